@@ -1,0 +1,302 @@
+//! Identity keys and signatures.
+
+use crate::verify::{Domain, SignatureError};
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+use std::str::FromStr;
+use zeroize::Zeroizing;
+
+/// Prefix of a secret key's text form, so a secret pasted where a public key
+/// belongs (or the other way round) is recognised and refused.
+const SECRET_PREFIX: &str = "bftd-secret-key:";
+
+/// Errors from parsing keys, signatures and digests from text.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KeyTextError {
+    /// The text is not the expected number of hex digits.
+    #[error("expected {expected_len} hex digits")]
+    BadHex {
+        /// How many hex digits were expected.
+        expected_len: usize,
+    },
+    /// A secret key's text must start with `bftd-secret-key:`.
+    #[error("a secret key starts with `{SECRET_PREFIX}`; this looks like something else")]
+    MissingSecretPrefix,
+    /// A public key's text must not be a secret key.
+    #[error("this is a secret key, not a public key: never share it")]
+    SecretWherePublicExpected,
+    /// The bytes are not a valid Ed25519 public key (not a curve point, or a
+    /// small-order point that would let anyone forge signatures).
+    #[error("not a valid Ed25519 public key")]
+    InvalidPublicKey,
+}
+
+/// An Ed25519 public key: 32 bytes, exactly as on the wire.
+///
+/// Kept as bytes, not as a decompressed curve point: requests carry their
+/// client's key and decompressing thousands of them per batch would cost more
+/// than the rest of the batch. [`PublicKey::validate`] decompresses on
+/// demand; committees keep their members' keys as [`ValidatedKey`]s.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PublicKey(pub [u8; 32]);
+
+impl PublicKey {
+    /// Decompresses and validates the key: a point on the curve and not of
+    /// small order (a "weak" key, for which signatures are trivially forged).
+    pub fn validate(&self) -> Result<ValidatedKey, KeyTextError> {
+        let key = VerifyingKey::from_bytes(&self.0).map_err(|_| KeyTextError::InvalidPublicKey)?;
+        if key.is_weak() {
+            return Err(KeyTextError::InvalidPublicKey);
+        }
+        Ok(ValidatedKey(key))
+    }
+
+    /// Verifies `signature` over `domain || message` with strict rules
+    /// (canonical encodings, no small-order components).
+    pub fn verify(
+        &self,
+        domain: Domain,
+        message: &[u8],
+        signature: &Signature,
+    ) -> Result<(), SignatureError> {
+        let key = self.validate().map_err(|_| SignatureError::InvalidKey)?;
+        key.verify(domain, message, signature)
+    }
+
+    /// The first 8 hex digits, for logs.
+    pub fn short(&self) -> String {
+        format!("{self:#}")
+    }
+}
+
+impl fmt::Display for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown = if f.alternate() { 4 } else { 32 };
+        for byte in self.0.iter().take(shown) {
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PublicKey({self:#})")
+    }
+}
+
+impl FromStr for PublicKey {
+    type Err = KeyTextError;
+    fn from_str(text: &str) -> Result<PublicKey, KeyTextError> {
+        let text = text.trim();
+        if text.starts_with(SECRET_PREFIX) {
+            return Err(KeyTextError::SecretWherePublicExpected);
+        }
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(text, &mut bytes)
+            .map_err(|_| KeyTextError::BadHex { expected_len: 64 })?;
+        let key = PublicKey(bytes);
+        key.validate()?;
+        Ok(key)
+    }
+}
+
+/// A public key that has been decompressed and checked: on the curve and not
+/// of small order. Verifying with it skips the decompression.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct ValidatedKey(pub(crate) VerifyingKey);
+
+impl ValidatedKey {
+    /// The key's wire form.
+    pub fn public(&self) -> PublicKey {
+        PublicKey(self.0.to_bytes())
+    }
+
+    /// Verifies `signature` over `domain || message` with `verify_strict`.
+    pub fn verify(
+        &self,
+        domain: Domain,
+        message: &[u8],
+        signature: &Signature,
+    ) -> Result<(), SignatureError> {
+        crate::verify::verify_strict(&self.0, &domain.signing_bytes(message), signature)
+    }
+}
+
+impl fmt::Debug for ValidatedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ValidatedKey({:#})", self.public())
+    }
+}
+
+/// An Ed25519 signature: 64 bytes on the wire, no length prefix.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Signature(pub [u8; 64]);
+
+impl fmt::Debug for Signature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Signature(")?;
+        for byte in self.0.iter().take(4) {
+            write!(f, "{byte:02x}")?;
+        }
+        write!(f, "..)")
+    }
+}
+
+impl Serialize for Signature {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        // Two 32-byte halves: serde implements fixed arrays only up to 32, and a
+        // tuple of fixed arrays encodes as exactly 64 bytes.
+        let (low, high) = self.0.split_at(32);
+        let mut a = [0u8; 32];
+        let mut b = [0u8; 32];
+        a.copy_from_slice(low);
+        b.copy_from_slice(high);
+        (a, b).serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Signature {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Signature, D::Error> {
+        let (a, b) = <([u8; 32], [u8; 32])>::deserialize(deserializer)?;
+        let mut bytes = [0u8; 64];
+        let (low, high) = bytes.split_at_mut(32);
+        low.copy_from_slice(&a);
+        high.copy_from_slice(&b);
+        Ok(Signature(bytes))
+    }
+}
+
+/// A node's or client's identity key pair. The secret half is zeroized on
+/// drop and never printed.
+#[derive(Clone)]
+pub struct KeyPair {
+    secret: SigningKey,
+    public: PublicKey,
+}
+
+impl fmt::Debug for KeyPair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyPair {{ public: {:?}, secret: <redacted> }}", self.public)
+    }
+}
+
+impl KeyPair {
+    /// Generates a key from a cryptographically secure RNG supplied by the
+    /// caller (the daemon passes the OS RNG; the simulator a seeded one).
+    pub fn generate<R: rand_core::RngCore + rand_core::CryptoRng>(rng: &mut R) -> KeyPair {
+        let mut seed = Zeroizing::new([0u8; 32]);
+        rng.fill_bytes(seed.as_mut());
+        KeyPair::from_seed(*seed)
+    }
+
+    /// The key pair whose 32-byte secret seed is `seed`.
+    pub fn from_seed(seed: [u8; 32]) -> KeyPair {
+        let secret = SigningKey::from_bytes(&seed);
+        let public = PublicKey(secret.verifying_key().to_bytes());
+        KeyPair { secret, public }
+    }
+
+    /// The public half.
+    pub fn public(&self) -> PublicKey {
+        self.public
+    }
+
+    /// Signs `domain || message`.
+    pub fn sign(&self, domain: Domain, message: &[u8]) -> Signature {
+        use ed25519_dalek::Signer as _;
+        let bytes = domain.signing_bytes(message);
+        Signature(self.secret.sign(&bytes).to_bytes())
+    }
+
+    /// The secret seed, for handing to TLS key encoders. Zeroized on drop.
+    pub fn secret_seed(&self) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(self.secret.to_bytes())
+    }
+
+    /// Text form of the secret key: `bftd-secret-key:` and 64 hex digits.
+    pub fn to_secret_text(&self) -> Zeroizing<String> {
+        let seed = self.secret_seed();
+        Zeroizing::new(format!("{SECRET_PREFIX}{}", hex::encode(seed.as_ref())))
+    }
+
+    /// Parses [`KeyPair::to_secret_text`]'s output; surrounding whitespace is
+    /// ignored.
+    pub fn from_secret_text(text: &str) -> Result<KeyPair, KeyTextError> {
+        let digits = text
+            .trim()
+            .strip_prefix(SECRET_PREFIX)
+            .ok_or(KeyTextError::MissingSecretPrefix)?;
+        let mut seed = Zeroizing::new([0u8; 32]);
+        hex::decode_to_slice(digits, seed.as_mut())
+            .map_err(|_| KeyTextError::BadHex { expected_len: 64 })?;
+        Ok(KeyPair::from_seed(*seed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand_chacha::rand_core::SeedableRng;
+
+    const TEST: Domain = Domain::new("test/v1/keys");
+
+    /// Secret keys survive a text round trip, and their Debug output never
+    /// contains the secret digits.
+    #[test]
+    fn secret_text_round_trip_and_redaction() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
+        let key = KeyPair::generate(&mut rng);
+        let text = key.to_secret_text();
+        let back = KeyPair::from_secret_text(&format!("  {}\n", text.as_str())).unwrap();
+        assert_eq!(back.public(), key.public());
+        let debug = format!("{key:?}");
+        let digits = text.strip_prefix(SECRET_PREFIX).unwrap();
+        assert!(!debug.contains(digits));
+        assert!(debug.contains("redacted"));
+    }
+
+    /// Public keys parse from their display form; secrets and junk are refused
+    /// with an error that says what went wrong.
+    #[test]
+    fn public_key_text() {
+        let key = KeyPair::from_seed([3; 32]);
+        let public: PublicKey = key.public().to_string().parse().unwrap();
+        assert_eq!(public, key.public());
+        assert_eq!(
+            key.to_secret_text().parse::<PublicKey>(),
+            Err(KeyTextError::SecretWherePublicExpected)
+        );
+        assert_eq!(
+            "abc".parse::<PublicKey>(),
+            Err(KeyTextError::BadHex { expected_len: 64 })
+        );
+        // The identity point has small order: a weak key, refused.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        assert_eq!(
+            hex::encode(identity).parse::<PublicKey>(),
+            Err(KeyTextError::InvalidPublicKey)
+        );
+        assert_eq!(
+            KeyPair::from_secret_text(&key.public().to_string()).unwrap_err(),
+            KeyTextError::MissingSecretPrefix
+        );
+    }
+
+    /// A signature verifies only under its own key, domain and message.
+    #[test]
+    fn signatures_bind_key_domain_and_message() {
+        let a = KeyPair::from_seed([1; 32]);
+        let b = KeyPair::from_seed([2; 32]);
+        let sig = a.sign(TEST, b"m");
+        assert!(a.public().verify(TEST, b"m", &sig).is_ok());
+        assert!(b.public().verify(TEST, b"m", &sig).is_err());
+        assert!(a.public().verify(TEST, b"n", &sig).is_err());
+        assert!(a
+            .public()
+            .verify(Domain::new("test/v1/other"), b"m", &sig)
+            .is_err());
+    }
+}
