@@ -29,9 +29,8 @@ impl Digest {
     /// Parses 64 hex digits.
     pub fn from_hex(text: &str) -> Result<Digest, crate::KeyTextError> {
         let mut bytes = [0u8; 32];
-        hex::decode_to_slice(text.trim(), &mut bytes).map_err(|_| crate::KeyTextError::BadHex {
-            expected_len: 64,
-        })?;
+        hex::decode_to_slice(text.trim(), &mut bytes)
+            .map_err(|_| crate::KeyTextError::BadHex { expected_len: 64 })?;
         Ok(Digest(bytes))
     }
 }

@@ -178,7 +178,11 @@ pub struct KeyPair {
 
 impl fmt::Debug for KeyPair {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "KeyPair {{ public: {:?}, secret: <redacted> }}", self.public)
+        write!(
+            f,
+            "KeyPair {{ public: {:?}, secret: <redacted> }}",
+            self.public
+        )
     }
 }
 

@@ -1,0 +1,240 @@
+//! Protocol parameters, validated in one place.
+
+use crate::verify::RequestMode;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// Why a configuration was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A parameter is outside its allowed range.
+    #[error("{parameter} must be {rule}; got {value}")]
+    OutOfRange {
+        /// The parameter's name as in the config file.
+        parameter: &'static str,
+        /// The rule it breaks.
+        rule: &'static str,
+        /// The value given.
+        value: u64,
+    },
+}
+
+/// The replica's parameters. Every bound on what a peer or client can make a
+/// replica hold is here.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// How requests are authenticated.
+    pub request_mode: RequestMode,
+    /// A checkpoint every this many sequence numbers (K in the paper).
+    pub checkpoint_interval: u64,
+    /// Watermark window `L`: sequence numbers in `(h, h + L]` are accepted,
+    /// `h` being the stable checkpoint. A multiple of the interval, at least
+    /// twice it, so ordering continues while a checkpoint stabilises.
+    pub window: u64,
+    /// Most sequence numbers the primary keeps in flight (proposed, not yet
+    /// executed).
+    pub pipeline: u64,
+    /// Most requests in one batch.
+    pub max_batch_requests: usize,
+    /// Most payload bytes in one batch.
+    pub max_batch_bytes: usize,
+    /// Longest a request waits at the primary for its batch to fill.
+    #[serde(with = "millis")]
+    pub batch_delay: Duration,
+    /// Largest payload a request may carry.
+    pub max_request_bytes: usize,
+    /// Most requests a replica holds that are not yet executed (queued at the
+    /// primary, or forwarded and watched by a backup). Beyond it new requests
+    /// are refused with "busy".
+    pub max_pending_requests: usize,
+    /// A backup with pending requests that sees no execution for this long
+    /// suspects the primary and starts a view change.
+    #[serde(with = "millis")]
+    pub request_timeout: Duration,
+    /// How long to wait for a new view once 2f+1 view-changes are in;
+    /// doubles with every view that fails in a row.
+    #[serde(with = "millis")]
+    pub view_change_timeout: Duration,
+    /// The doubling stops here.
+    #[serde(with = "millis")]
+    pub view_change_timeout_max: Duration,
+    /// Status reports go out this often; they drive catch-up and
+    /// retransmission of view-changes and new-views.
+    #[serde(with = "millis")]
+    pub status_interval: Duration,
+    /// Most blocks in one state-transfer response.
+    pub fetch_max_blocks: u64,
+    /// A state-transfer request unanswered for this long is sent to another
+    /// peer.
+    #[serde(with = "millis")]
+    pub fetch_timeout: Duration,
+    /// Most normal-case messages for future views held per peer until the
+    /// view starts.
+    pub max_future_messages_per_peer: usize,
+    /// Executed request ids remembered per client for deduplication; ids
+    /// more than this far below the newest are refused as stale.
+    pub client_window: usize,
+    /// Most clients whose executed ids are remembered; the least recently
+    /// active is forgotten first.
+    pub max_clients: usize,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            request_mode: RequestMode::ClientSigned,
+            checkpoint_interval: 64,
+            window: 256,
+            pipeline: 16,
+            max_batch_requests: 1000,
+            max_batch_bytes: 4 * 1024 * 1024,
+            batch_delay: Duration::from_millis(1),
+            max_request_bytes: 64 * 1024,
+            max_pending_requests: 200_000,
+            request_timeout: Duration::from_millis(800),
+            view_change_timeout: Duration::from_millis(800),
+            view_change_timeout_max: Duration::from_secs(30),
+            status_interval: Duration::from_millis(250),
+            fetch_max_blocks: 64,
+            fetch_timeout: Duration::from_millis(1000),
+            max_future_messages_per_peer: 1024,
+            client_window: 4096,
+            max_clients: 100_000,
+        }
+    }
+}
+
+impl Config {
+    /// Checks every parameter; the error names the first bad one and its
+    /// rule.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let range = |parameter, rule, value: u64, ok: bool| {
+            if ok {
+                Ok(())
+            } else {
+                Err(ConfigError::OutOfRange {
+                    parameter,
+                    rule,
+                    value,
+                })
+            }
+        };
+        let k = self.checkpoint_interval;
+        range(
+            "checkpoint_interval",
+            "between 1 and 1000000",
+            k,
+            (1..=1_000_000).contains(&k),
+        )?;
+        range(
+            "window",
+            "a multiple of checkpoint_interval, at least twice it",
+            self.window,
+            self.window >= 2 * k && self.window % k == 0,
+        )?;
+        range(
+            "pipeline",
+            "between 1 and window",
+            self.pipeline,
+            (1..=self.window).contains(&self.pipeline),
+        )?;
+        let count = |n: usize| n as u64;
+        range(
+            "max_batch_requests",
+            "between 1 and 100000",
+            count(self.max_batch_requests),
+            (1..=100_000).contains(&self.max_batch_requests),
+        )?;
+        range(
+            "max_request_bytes",
+            "between 1 and 16 MiB",
+            count(self.max_request_bytes),
+            (1..=16 << 20).contains(&self.max_request_bytes),
+        )?;
+        range(
+            "max_batch_bytes",
+            "at least max_request_bytes and at most 32 MiB",
+            count(self.max_batch_bytes),
+            self.max_batch_bytes >= self.max_request_bytes && self.max_batch_bytes <= 32 << 20,
+        )?;
+        range(
+            "max_pending_requests",
+            "at least max_batch_requests",
+            count(self.max_pending_requests),
+            self.max_pending_requests >= self.max_batch_requests,
+        )?;
+        let millis = |d: Duration| d.as_millis() as u64;
+        for (parameter, value) in [
+            ("request_timeout", self.request_timeout),
+            ("view_change_timeout", self.view_change_timeout),
+            ("status_interval", self.status_interval),
+            ("fetch_timeout", self.fetch_timeout),
+        ] {
+            range(
+                parameter,
+                "at least 1 ms",
+                millis(value),
+                value >= Duration::from_millis(1),
+            )?;
+        }
+        range(
+            "view_change_timeout_max",
+            "at least view_change_timeout",
+            millis(self.view_change_timeout_max),
+            self.view_change_timeout_max >= self.view_change_timeout,
+        )?;
+        range(
+            "fetch_max_blocks",
+            "between 1 and 4096",
+            self.fetch_max_blocks,
+            (1..=4096).contains(&self.fetch_max_blocks),
+        )?;
+        range(
+            "client_window",
+            "between 1 and 1000000",
+            count(self.client_window),
+            (1..=1_000_000).contains(&self.client_window),
+        )?;
+        range(
+            "max_clients",
+            "at least 1",
+            count(self.max_clients),
+            self.max_clients >= 1,
+        )?;
+        Ok(())
+    }
+}
+
+/// Durations as whole milliseconds in config files.
+mod millis {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u64(value.as_millis() as u64)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(deserializer)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The defaults are valid, and a bad window is refused by name.
+    #[test]
+    fn defaults_valid_and_errors_named() {
+        Config::default().validate().unwrap();
+        let config = Config {
+            window: 100,
+            ..Config::default()
+        };
+        match config.validate() {
+            Err(ConfigError::OutOfRange { parameter, .. }) => assert_eq!(parameter, "window"),
+            other => panic!("expected a window error, got {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,660 @@
+//! The PBFT replica as a deterministic state machine.
+//!
+//! Inputs: [`Replica::handle_message`], [`Replica::handle_request`],
+//! [`Replica::handle_timeout`]; time is a value passed in. Output: the
+//! [`Actions`] drained with [`Replica::drain_actions`]. Same inputs, same
+//! outputs — that is what lets the simulator replay a failing seed.
+//!
+//! The work is split by protocol phase: `requests` (client requests and
+//! batching), `normal_case` (pre-prepare, prepare, commit, execution),
+//! `checkpoint`, `view_change`, `state_transfer`.
+
+mod checkpoint;
+mod metrics;
+mod normal_case;
+mod requests;
+mod state_transfer;
+mod view_change;
+
+pub use metrics::{DropReason, Metrics};
+
+use crate::block::CommittedBlock;
+use crate::certificate::{CheckpointCertificate, CommitCertificate, PreparedCertificate};
+use crate::clients::ClientTable;
+use crate::committee::Committee;
+use crate::config::{Config, ConfigError};
+use crate::ids::{NodeId, SeqNum, View};
+use crate::message::{
+    Batch, Checkpoint, Commit, NewView, PrePrepare, Prepare, RequestKey, Signed, SignedRequest,
+    Status, ViewChange, WireMessage,
+};
+use crate::signer::Signer;
+use crate::storage::{BlockSource, Delivery, Record, Recovered};
+use crate::verify::Verified;
+use bftd_crypto::{Digest, KeyPair, PublicKey};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where a message goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Destination {
+    /// One replica.
+    To(NodeId),
+    /// Every replica but the sender.
+    AllOthers,
+}
+
+/// A message to send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outgoing {
+    /// Where to.
+    pub to: Destination,
+    /// What.
+    pub message: WireMessage,
+}
+
+/// Why a request was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RejectReason {
+    /// Too many requests pending; retry later.
+    Busy,
+    /// The request id is older than this client's window of remembered ids.
+    Stale,
+    /// The payload exceeds `max_request_bytes`.
+    TooLarge,
+}
+
+/// What a client is told about its request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplyOutcome {
+    /// Executed in the block at `height`.
+    Committed {
+        /// The block's height.
+        height: SeqNum,
+    },
+    /// Refused.
+    Rejected(RejectReason),
+}
+
+/// An answer to a client that submitted through this replica.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientReply {
+    /// The client.
+    pub client: PublicKey,
+    /// Its request id.
+    pub request_id: u64,
+    /// The outcome.
+    pub outcome: ReplyOutcome,
+}
+
+/// What the shell must do after an input. In this order: make `persist` and
+/// `deliver` durable (one atomic write), then send `send`, then answer
+/// `replies`. Nothing in `send` may leave before the write completes: it may
+/// carry votes that the persisted safety state must already cover.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Actions {
+    /// Records to make durable.
+    pub persist: Vec<Record>,
+    /// Blocks executed, in height order, to store and hand to the
+    /// application.
+    pub deliver: Vec<Delivery>,
+    /// Messages to send.
+    pub send: Vec<Outgoing>,
+    /// Answers to local clients.
+    pub replies: Vec<ClientReply>,
+}
+
+impl Actions {
+    /// Whether there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.persist.is_empty()
+            && self.deliver.is_empty()
+            && self.send.is_empty()
+            && self.replies.is_empty()
+    }
+}
+
+/// Evidence of misbehaviour: two conflicting messages, both validly signed by
+/// the same replica.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Evidence {
+    /// Two pre-prepares for one view and sequence.
+    PrePrepare(Signed<PrePrepare>, Signed<PrePrepare>),
+    /// Two prepares for one view and sequence.
+    Prepare(Signed<Prepare>, Signed<Prepare>),
+    /// Two commits for one view and sequence.
+    Commit(Signed<Commit>, Signed<Commit>),
+    /// Two checkpoints for one sequence.
+    Checkpoint(Signed<Checkpoint>, Signed<Checkpoint>),
+}
+
+impl Evidence {
+    /// The replica both messages are signed by.
+    pub fn culprit(&self) -> NodeId {
+        match self {
+            Evidence::PrePrepare(a, _) => a.signer,
+            Evidence::Prepare(a, _) => a.signer,
+            Evidence::Commit(a, _) => a.signer,
+            Evidence::Checkpoint(a, _) => a.signer,
+        }
+    }
+}
+
+/// Most pieces of evidence kept (the oldest are kept; later ones only count).
+const MAX_EVIDENCE: usize = 64;
+
+/// Normal operation, or between views.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Normal,
+    /// Moving to `Replica::view`.
+    ViewChange {
+        /// When 2f+1 view-changes for the view were in: the new-view timer
+        /// runs from then.
+        quorum_at: Option<Duration>,
+    },
+}
+
+/// Per-sequence protocol state, inside the watermark window.
+#[derive(Clone, Debug, Default)]
+struct Slot {
+    /// The pre-prepare accepted in the current view.
+    pre_prepare: Option<Signed<PrePrepare>>,
+    /// A batch known to hash to the digest beside it.
+    batch: Option<(Digest, Arc<Batch>)>,
+    /// Prepares for the current view, first per signer.
+    prepares: BTreeMap<NodeId, Signed<Prepare>>,
+    /// Commits for the current view, first per signer.
+    commits: BTreeMap<NodeId, Signed<Commit>>,
+    /// This replica sent its commit in the current view.
+    commit_sent: bool,
+    /// The prepared certificate from the highest view.
+    prepared: Option<PreparedCertificate>,
+    /// The commit certificate, once committed.
+    committed: Option<CommitCertificate>,
+}
+
+/// A request the replica holds until it executes.
+#[derive(Clone, Debug)]
+struct PendingRequest {
+    request: SignedRequest,
+    /// A client of this replica submitted it: reply when it executes.
+    local: bool,
+    /// In a batch proposed (or re-proposed) in the current view.
+    proposed: bool,
+}
+
+/// An outstanding state-transfer request.
+#[derive(Clone, Copy, Debug)]
+struct Fetch {
+    peer: NodeId,
+    deadline: Duration,
+}
+
+/// Read-only view of the replica's position, for status pages and tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplicaStatus {
+    /// This replica.
+    pub id: NodeId,
+    /// Current view (the target view while changing views).
+    pub view: View,
+    /// Whether it is between views.
+    pub in_view_change: bool,
+    /// The primary of `view`.
+    pub primary: NodeId,
+    /// Highest executed sequence.
+    pub last_executed: SeqNum,
+    /// Hash of the block at `last_executed`.
+    pub head_hash: Digest,
+    /// Stable checkpoint (low watermark).
+    pub stable_checkpoint: SeqNum,
+    /// Requests held, not yet executed.
+    pub pending_requests: usize,
+    /// Sequence numbers in the window with protocol state.
+    pub active_slots: usize,
+}
+
+/// Why a replica could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The id is not in the committee.
+    #[error("replica {id} is not in the committee of {n}")]
+    NotAMember {
+        /// The id.
+        id: NodeId,
+        /// Committee size.
+        n: usize,
+    },
+    /// The key does not match the committee's key for this id.
+    #[error("the key given for replica {id} is not the committee's key for it")]
+    WrongKey {
+        /// The id.
+        id: NodeId,
+    },
+    /// Stored blocks do not chain.
+    #[error("stored block {height} does not chain to the one before it")]
+    CorruptLog {
+        /// The first bad height.
+        height: SeqNum,
+    },
+}
+
+/// One PBFT replica.
+pub struct Replica {
+    id: NodeId,
+    committee: Committee,
+    config: Config,
+    signer: Signer,
+    blocks: Arc<dyn BlockSource>,
+    now: Duration,
+
+    /// The current view, or the one being moved to while `phase` is
+    /// `ViewChange`.
+    view: View,
+    phase: Phase,
+    /// Views that failed in a row: the new-view timeout doubles with each.
+    failed_views: u32,
+
+    stable_checkpoint: CheckpointCertificate,
+    slots: BTreeMap<SeqNum, Slot>,
+    /// The primary's next sequence number to assign.
+    next_seq: SeqNum,
+    last_executed: SeqNum,
+    head_hash: Digest,
+    /// Hashes of executed blocks at checkpoint sequences above the stable
+    /// checkpoint (to adopt checkpoints and certify our own).
+    checkpoint_hashes: BTreeMap<SeqNum, Digest>,
+    /// Checkpoint votes above the stable checkpoint, by sequence and signer.
+    checkpoint_votes: BTreeMap<SeqNum, BTreeMap<NodeId, Signed<Checkpoint>>>,
+
+    clients: ClientTable,
+    pending: BTreeMap<RequestKey, PendingRequest>,
+    /// The primary's batching queue, oldest first, with arrival times.
+    queue: VecDeque<(RequestKey, Duration)>,
+    /// Requests to forward to the primary at the end of this step.
+    to_forward: Vec<SignedRequest>,
+    /// When the replica last saw progress (an execution, a new view, or the
+    /// first pending request): the request timer runs from here.
+    last_progress: Duration,
+
+    /// The latest view-change from each replica.
+    view_changes: BTreeMap<NodeId, Signed<ViewChange>>,
+    /// The new-view that started the current view, to re-send to replicas
+    /// that missed it.
+    new_view: Option<Signed<NewView>>,
+    /// Normal-case messages for future views, per sender, bounded.
+    future: BTreeMap<NodeId, VecDeque<WireMessage>>,
+    /// Batches wanted for re-proposed digests, with when they were asked for.
+    wanted_batches: BTreeMap<Digest, Duration>,
+
+    peer_status: BTreeMap<NodeId, Status>,
+    fetch: Option<Fetch>,
+    next_status_at: Duration,
+
+    actions: Actions,
+    metrics: Metrics,
+    evidence: Vec<Evidence>,
+}
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica")
+            .field("status", &self.status())
+            .finish()
+    }
+}
+
+/// The parts a replica is made of.
+#[derive(Clone)]
+pub struct ReplicaSetup {
+    /// This replica's id.
+    pub id: NodeId,
+    /// Its identity key (must match the committee's key for `id`).
+    pub key: KeyPair,
+    /// The committee.
+    pub committee: Committee,
+    /// Protocol parameters.
+    pub config: Config,
+    /// Where executed blocks are read back from (for state transfer and
+    /// recovery).
+    pub blocks: Arc<dyn BlockSource>,
+}
+
+impl std::fmt::Debug for ReplicaSetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicaSetup")
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
+impl Replica {
+    /// Builds a replica from its setup and what storage recovered (use
+    /// `Recovered::default()` for a new one). Replays the stored blocks to
+    /// rebuild the deduplication table.
+    pub fn new(
+        setup: ReplicaSetup,
+        recovered: Recovered,
+        now: Duration,
+    ) -> Result<Replica, ReplicaError> {
+        let ReplicaSetup {
+            id,
+            key,
+            committee,
+            config,
+            blocks,
+        } = setup;
+        config.validate()?;
+        let member_key = committee.key(id).ok_or(ReplicaError::NotAMember {
+            id,
+            n: committee.n(),
+        })?;
+        if member_key.public() != key.public() {
+            return Err(ReplicaError::WrongKey { id });
+        }
+        let mut clients = ClientTable::new(config.client_window, config.max_clients);
+        let mut head_hash = Digest::ZERO;
+        let last_height = blocks.last_height();
+        for height in 1..=last_height.0 {
+            let height = SeqNum(height);
+            let block = blocks
+                .block(height)
+                .filter(|b| b.block.prev_hash == head_hash)
+                .ok_or(ReplicaError::CorruptLog { height })?;
+            let duplicates = blocks.duplicates(height);
+            for (index, request) in block.block.batch.requests.iter().enumerate() {
+                if !duplicates.contains(&(index as u32)) {
+                    clients.record(&request.key(), height);
+                }
+            }
+            head_hash = block.hash();
+        }
+        let safety = recovered.safety.clone();
+        let view = safety.view;
+        let phase = if safety.in_view_change {
+            Phase::ViewChange { quorum_at: None }
+        } else {
+            Phase::Normal
+        };
+        let stable_checkpoint = recovered
+            .stable_checkpoint
+            .clone()
+            .unwrap_or_else(CheckpointCertificate::genesis);
+        let mut replica = Replica {
+            id,
+            committee,
+            signer: Signer::new(id, key, safety),
+            blocks,
+            now,
+            view,
+            phase,
+            failed_views: 0,
+            next_seq: last_height.max(stable_checkpoint.seq()).next(),
+            last_executed: last_height,
+            head_hash,
+            checkpoint_hashes: BTreeMap::new(),
+            checkpoint_votes: BTreeMap::new(),
+            stable_checkpoint,
+            slots: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            queue: VecDeque::new(),
+            to_forward: Vec::new(),
+            last_progress: now,
+            view_changes: BTreeMap::new(),
+            new_view: None,
+            future: BTreeMap::new(),
+            wanted_batches: BTreeMap::new(),
+            peer_status: BTreeMap::new(),
+            fetch: None,
+            next_status_at: now,
+            actions: Actions::default(),
+            metrics: Metrics::default(),
+            evidence: Vec::new(),
+            clients,
+            config,
+        };
+        replica.restore(recovered);
+        Ok(replica)
+    }
+
+    /// Puts recovered prepared certificates and batches back into their
+    /// slots, so a view change after a restart still reports them.
+    fn restore(&mut self, recovered: Recovered) {
+        let low = self.stable_checkpoint.seq();
+        for cert in recovered.prepared {
+            if cert.seq() > low {
+                let seq = cert.seq();
+                self.slots.entry(seq).or_default().prepared = Some(cert);
+            }
+        }
+        for (seq, digest, batch) in recovered.batches {
+            if seq > low && seq > self.last_executed {
+                let slot = self.slots.entry(seq).or_default();
+                // Keep the batch that goes with the prepared certificate, if
+                // there is one; otherwise the last one accepted.
+                if slot.prepared.as_ref().is_none_or(|p| p.digest() == digest) {
+                    slot.batch = Some((digest, batch));
+                }
+            }
+        }
+        // A restarted replica in the middle of a view change re-sends its
+        // view-change (the signer allows it: same view).
+        if self.phase != Phase::Normal {
+            self.send_view_change();
+        }
+    }
+
+    // ----- inputs -------------------------------------------------------
+
+    /// A message from replica `from`, whose signatures the shell verified.
+    pub fn handle_message(&mut self, now: Duration, from: NodeId, message: Verified<WireMessage>) {
+        self.now = now;
+        let message = message.into_inner();
+        self.metrics.received(message.kind());
+        if !self.committee.contains(from) {
+            self.metrics.dropped(DropReason::WrongSender);
+            return;
+        }
+        self.dispatch(from, message);
+        self.finish_step();
+    }
+
+    fn dispatch(&mut self, from: NodeId, message: WireMessage) {
+        match message {
+            WireMessage::PrePrepare { pre_prepare, batch } => {
+                self.on_pre_prepare(pre_prepare, batch)
+            }
+            WireMessage::Prepare(prepare) => self.on_prepare(prepare),
+            WireMessage::Commit(commit) => self.on_commit(commit),
+            WireMessage::Checkpoint(checkpoint) => self.on_checkpoint(checkpoint),
+            WireMessage::ViewChange(view_change) => self.on_view_change(view_change),
+            WireMessage::NewView(new_view) => self.on_new_view(new_view),
+            WireMessage::Status(status) => self.on_status(status),
+            WireMessage::Forward(forward) => self.on_forward(forward),
+            WireMessage::FetchBlocks(fetch) => self.on_fetch_blocks(from, fetch),
+            WireMessage::Blocks(blocks) => self.on_blocks(blocks),
+            WireMessage::FetchBatch(fetch) => self.on_fetch_batch(from, fetch),
+            WireMessage::Batch(batch) => self.on_batch(batch),
+        }
+    }
+
+    /// A request from a client. `local` means the client submitted it to this
+    /// replica and waits for its reply here.
+    pub fn handle_request(&mut self, now: Duration, request: Verified<SignedRequest>, local: bool) {
+        self.now = now;
+        self.accept_request(request.into_inner(), local);
+        self.finish_step();
+    }
+
+    /// Time passed: call at [`Replica::next_deadline`] (earlier is harmless).
+    pub fn handle_timeout(&mut self, now: Duration) {
+        self.now = now;
+        if now >= self.next_status_at {
+            self.next_status_at = now + self.config.status_interval;
+            self.send_status();
+            self.retransmit();
+        }
+        self.check_request_timer();
+        self.check_new_view_timer();
+        self.check_fetch_timer();
+        self.propose_batches();
+        self.finish_step();
+    }
+
+    /// When [`Replica::handle_timeout`] should next be called.
+    pub fn next_deadline(&self) -> Option<Duration> {
+        [
+            Some(self.next_status_at),
+            self.request_deadline(),
+            self.new_view_deadline(),
+            self.fetch.map(|fetch| fetch.deadline),
+            self.batch_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Everything the replica wants done since the last drain.
+    pub fn drain_actions(&mut self) -> Actions {
+        std::mem::take(&mut self.actions)
+    }
+
+    // ----- inspection ----------------------------------------------------
+
+    /// Where the replica stands.
+    pub fn status(&self) -> ReplicaStatus {
+        let (view, in_view_change) = self.view_and_phase();
+        ReplicaStatus {
+            id: self.id,
+            view,
+            in_view_change,
+            primary: self.committee.primary(view),
+            last_executed: self.last_executed,
+            head_hash: self.head_hash,
+            stable_checkpoint: self.stable_checkpoint.seq(),
+            pending_requests: self.pending.len(),
+            active_slots: self.slots.len(),
+        }
+    }
+
+    /// The replica's counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Evidence of misbehaviour seen so far (bounded; see
+    /// [`Metrics::evidence`] for the full count).
+    pub fn evidence(&self) -> &[Evidence] {
+        &self.evidence
+    }
+
+    /// The committee.
+    pub fn committee(&self) -> &Committee {
+        &self.committee
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// This replica's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The signer, for the byzantine layer.
+    #[cfg(feature = "byzantine")]
+    pub(crate) fn signer(&self) -> &Signer {
+        &self.signer
+    }
+
+    // ----- helpers shared by the phases -----------------------------------
+
+    fn view_and_phase(&self) -> (View, bool) {
+        (self.view, self.phase != Phase::Normal)
+    }
+
+    fn primary(&self) -> NodeId {
+        self.committee.primary(self.view)
+    }
+
+    fn is_primary(&self) -> bool {
+        self.phase == Phase::Normal && self.primary() == self.id
+    }
+
+    fn low_watermark(&self) -> SeqNum {
+        self.stable_checkpoint.seq()
+    }
+
+    fn high_watermark(&self) -> SeqNum {
+        self.low_watermark().plus(self.config.window)
+    }
+
+    fn in_window(&self, seq: SeqNum) -> bool {
+        seq > self.low_watermark() && seq <= self.high_watermark()
+    }
+
+    fn send(&mut self, to: NodeId, message: WireMessage) {
+        if to == self.id {
+            return;
+        }
+        self.metrics.sent(message.kind());
+        self.actions.send.push(Outgoing {
+            to: Destination::To(to),
+            message,
+        });
+    }
+
+    fn broadcast(&mut self, message: WireMessage) {
+        self.metrics.sent(message.kind());
+        self.actions.send.push(Outgoing {
+            to: Destination::AllOthers,
+            message,
+        });
+    }
+
+    fn drop_input(&mut self, reason: DropReason) {
+        self.metrics.dropped(reason);
+    }
+
+    fn record_evidence(&mut self, evidence: Evidence) {
+        self.metrics.evidence += 1;
+        self.metrics.dropped(DropReason::Equivocation);
+        if self.evidence.len() < MAX_EVIDENCE {
+            self.evidence.push(evidence);
+        }
+    }
+
+    fn persist(&mut self, record: Record) {
+        self.actions.persist.push(record);
+    }
+
+    /// End of every input: flush forwards, and put the signer's state first
+    /// among the records so it is durable before the votes it covers leave.
+    fn finish_step(&mut self) {
+        self.flush_forwards();
+        if let Some(safety) = self.signer.take_changes() {
+            self.actions.persist.insert(0, Record::Safety(safety));
+        }
+    }
+
+    fn committed_block(&self, seq: SeqNum) -> Option<Arc<CommittedBlock>> {
+        self.blocks.block(seq)
+    }
+}
+
+impl Slot {
+    /// The batch if it is the one with `digest`.
+    fn batch_for(&self, digest: Digest) -> Option<&Arc<Batch>> {
+        match &self.batch {
+            Some((d, batch)) if *d == digest => Some(batch),
+            _ => None,
+        }
+    }
+}

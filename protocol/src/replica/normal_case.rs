@@ -1,0 +1,401 @@
+//! The normal case: pre-prepare, prepare, commit, and execution in sequence
+//! order.
+
+use super::{DropReason, Evidence, Phase, Replica, Slot};
+use crate::block::{Block, CommittedBlock};
+use crate::certificate::{PreparedCertificate, QuorumCertificate};
+use crate::clients::Lookup;
+use crate::ids::{SeqNum, View};
+use crate::merkle::MerkleTree;
+use crate::message::{Batch, Commit, PrePrepare, Prepare, Signed, WireMessage};
+use crate::storage::{Delivery, Record};
+use bftd_crypto::Digest;
+use std::sync::Arc;
+
+impl Replica {
+    /// Whether a normal-case message for `view` can be handled now. Messages
+    /// for a future view are kept (bounded, per sender) until that view
+    /// starts; those for past views are dropped.
+    fn admit_view(&mut self, view: View, message: WireMessage) -> bool {
+        if view < self.view {
+            self.drop_input(DropReason::StaleView);
+            return false;
+        }
+        if view > self.view || self.phase != Phase::Normal {
+            self.buffer_future(message);
+            return false;
+        }
+        true
+    }
+
+    fn buffer_future(&mut self, message: WireMessage) {
+        let cap = self.config.max_future_messages_per_peer;
+        let queue = self.future.entry(message.signer()).or_default();
+        queue.push_back(message);
+        if queue.len() > cap {
+            queue.pop_front();
+            self.drop_input(DropReason::FutureBufferFull);
+        }
+    }
+
+    /// Replays buffered messages for the view just entered; drops older ones.
+    pub(super) fn replay_future(&mut self) {
+        let view = self.view;
+        let mut ready = Vec::new();
+        for queue in self.future.values_mut() {
+            queue.retain(|message| {
+                let message_view = normal_case_view(message).unwrap_or(view);
+                if message_view == view {
+                    ready.push(message.clone());
+                }
+                message_view > view
+            });
+        }
+        self.future.retain(|_, queue| !queue.is_empty());
+        for message in ready {
+            let from = message.signer();
+            self.dispatch(from, message);
+        }
+    }
+
+    /// The primary proposes `batch` at the next sequence number.
+    pub(super) fn propose(&mut self, batch: Batch) {
+        let seq = self.next_seq;
+        let digest = MerkleTree::new(&batch).root();
+        let value = PrePrepare {
+            view: self.view,
+            seq,
+            digest,
+        };
+        let pre_prepare = match self.signer.sign_pre_prepare(value) {
+            Ok(signed) => signed,
+            Err(_) => {
+                self.drop_input(DropReason::SafetyRefused);
+                return;
+            }
+        };
+        self.next_seq = seq.next();
+        let batch = Arc::new(batch);
+        self.broadcast(WireMessage::PrePrepare {
+            pre_prepare: pre_prepare.clone(),
+            batch: batch.clone(),
+        });
+        self.install_pre_prepare(pre_prepare, Some(batch));
+    }
+
+    pub(super) fn on_pre_prepare(&mut self, pre_prepare: Signed<PrePrepare>, batch: Arc<Batch>) {
+        let value = pre_prepare.value;
+        if pre_prepare.signer != self.committee.primary(value.view) {
+            self.drop_input(DropReason::WrongSender);
+            return;
+        }
+        let message = WireMessage::PrePrepare {
+            pre_prepare: pre_prepare.clone(),
+            batch: batch.clone(),
+        };
+        if !self.admit_view(value.view, message) || pre_prepare.signer == self.id {
+            return;
+        }
+        if !self.in_window(value.seq) {
+            self.drop_input(DropReason::OutsideWindow);
+            return;
+        }
+        if let Some(existing) = self
+            .slots
+            .get(&value.seq)
+            .and_then(|s| s.pre_prepare.clone())
+        {
+            if existing.value != value {
+                self.record_evidence(Evidence::PrePrepare(existing, pre_prepare));
+            }
+            return;
+        }
+        if !self.batch_within_limits(&batch) {
+            self.drop_input(DropReason::Oversized);
+            return;
+        }
+        if MerkleTree::new(&batch).root() != value.digest {
+            self.drop_input(DropReason::DigestMismatch);
+            return;
+        }
+        self.install_pre_prepare(pre_prepare, Some(batch));
+    }
+
+    fn batch_within_limits(&self, batch: &Batch) -> bool {
+        let mut bytes = 0usize;
+        for request in &batch.requests {
+            let size = request.payload_len();
+            if size > self.config.max_request_bytes {
+                return false;
+            }
+            bytes = bytes.saturating_add(size);
+        }
+        batch.requests.len() <= self.config.max_batch_requests
+            && (bytes <= self.config.max_batch_bytes || batch.requests.len() == 1)
+    }
+
+    /// Accepts a pre-prepare for the current view (from the primary, or
+    /// re-proposed by a new view). Without its batch the replica asks peers
+    /// for it and prepares once it arrives.
+    pub(super) fn install_pre_prepare(
+        &mut self,
+        pre_prepare: Signed<PrePrepare>,
+        batch: Option<Arc<Batch>>,
+    ) {
+        let value = pre_prepare.value;
+        let slot = self.slots.entry(value.seq).or_default();
+        slot.pre_prepare = Some(pre_prepare);
+        if let Some(batch) = batch {
+            slot.batch = Some((value.digest, batch));
+        }
+        let Some(batch) = slot.batch_for(value.digest).cloned() else {
+            self.want_batch(value.digest);
+            return;
+        };
+        self.persist(Record::Batch {
+            seq: value.seq,
+            digest: value.digest,
+            batch: batch.clone(),
+        });
+        for request in &batch.requests {
+            if let Some(pending) = self.pending.get_mut(&request.key()) {
+                pending.proposed = true;
+            }
+        }
+        if self.committee.primary(value.view) != self.id {
+            let prepare = Prepare {
+                view: value.view,
+                seq: value.seq,
+                digest: value.digest,
+            };
+            match self.signer.sign_prepare(prepare) {
+                Ok(signed) => {
+                    let id = self.id;
+                    self.slot_mut(value.seq).prepares.insert(id, signed.clone());
+                    self.broadcast(WireMessage::Prepare(signed));
+                }
+                Err(_) => {
+                    self.drop_input(DropReason::SafetyRefused);
+                    return;
+                }
+            }
+        }
+        self.check_prepared(value.seq);
+    }
+
+    fn slot_mut(&mut self, seq: SeqNum) -> &mut Slot {
+        self.slots.entry(seq).or_default()
+    }
+
+    /// Common checks for prepares and commits: view, window, not executed.
+    fn admit_vote(&mut self, view: View, seq: SeqNum, message: WireMessage) -> bool {
+        if !self.admit_view(view, message) {
+            return false;
+        }
+        if !self.in_window(seq) {
+            self.drop_input(DropReason::OutsideWindow);
+            return false;
+        }
+        true
+    }
+
+    pub(super) fn on_prepare(&mut self, prepare: Signed<Prepare>) {
+        let value = prepare.value;
+        if prepare.signer == self.committee.primary(value.view) {
+            self.drop_input(DropReason::WrongSender);
+            return;
+        }
+        if !self.admit_vote(value.view, value.seq, WireMessage::Prepare(prepare.clone())) {
+            return;
+        }
+        let slot = self.slot_mut(value.seq);
+        if let Some(existing) = slot.prepares.get(&prepare.signer).cloned() {
+            if existing.value != value {
+                self.record_evidence(Evidence::Prepare(existing, prepare));
+            }
+            return;
+        }
+        slot.prepares.insert(prepare.signer, prepare);
+        self.check_prepared(value.seq);
+    }
+
+    pub(super) fn on_commit(&mut self, commit: Signed<Commit>) {
+        let value = commit.value;
+        if !self.admit_vote(value.view, value.seq, WireMessage::Commit(commit.clone())) {
+            return;
+        }
+        let slot = self.slot_mut(value.seq);
+        if let Some(existing) = slot.commits.get(&commit.signer).cloned() {
+            if existing.value != value {
+                self.record_evidence(Evidence::Commit(existing, commit));
+            }
+            return;
+        }
+        slot.commits.insert(commit.signer, commit);
+        self.check_committed(value.seq);
+    }
+
+    /// Prepared: the pre-prepare and 2f matching prepares from distinct
+    /// backups. Persist the certificate, then commit.
+    fn check_prepared(&mut self, seq: SeqNum) {
+        let view = self.view;
+        let needed = 2 * self.committee.f();
+        let Some(slot) = self.slots.get(&seq) else {
+            return;
+        };
+        let Some(pre_prepare) = slot.pre_prepare.clone() else {
+            return;
+        };
+        if slot.commit_sent || slot.batch_for(pre_prepare.value.digest).is_none() {
+            return;
+        }
+        let value = Prepare {
+            view,
+            seq,
+            digest: pre_prepare.value.digest,
+        };
+        let prepares = QuorumCertificate::collect(value, slot.prepares.values());
+        if prepares.votes.len() < needed {
+            return;
+        }
+        let certificate = PreparedCertificate {
+            pre_prepare,
+            prepares,
+        };
+        self.persist(Record::Prepared(certificate.clone()));
+        let commit = Commit {
+            view,
+            seq,
+            digest: value.digest,
+        };
+        let slot = self.slot_mut(seq);
+        slot.prepared = Some(certificate);
+        slot.commit_sent = true;
+        match self.signer.sign_commit(commit) {
+            Ok(signed) => {
+                let id = self.id;
+                self.slot_mut(seq).commits.insert(id, signed.clone());
+                self.broadcast(WireMessage::Commit(signed));
+            }
+            Err(_) => self.drop_input(DropReason::SafetyRefused),
+        }
+        self.check_committed(seq);
+    }
+
+    /// Committed: 2f+1 matching commits for the accepted pre-prepare.
+    fn check_committed(&mut self, seq: SeqNum) {
+        let quorum = self.commit_quorum();
+        let view = self.view;
+        let Some(slot) = self.slots.get(&seq) else {
+            return;
+        };
+        if slot.committed.is_some() {
+            return;
+        }
+        let Some(pre_prepare) = &slot.pre_prepare else {
+            return;
+        };
+        if slot.batch_for(pre_prepare.value.digest).is_none() {
+            return;
+        }
+        let value = Commit {
+            view,
+            seq,
+            digest: pre_prepare.value.digest,
+        };
+        let certificate = QuorumCertificate::collect(value, slot.commits.values());
+        if certificate.votes.len() < quorum {
+            return;
+        }
+        self.slot_mut(seq).committed = Some(certificate);
+        self.execute_ready();
+    }
+
+    /// 2f+1, or 2f with the test-only `broken-quorum` feature, which exists
+    /// to show that the simulator's agreement checker catches a broken rule.
+    fn commit_quorum(&self) -> usize {
+        if cfg!(feature = "broken-quorum") {
+            self.committee.quorum().saturating_sub(1).max(1)
+        } else {
+            self.committee.quorum()
+        }
+    }
+
+    /// Executes committed slots in sequence order.
+    pub(super) fn execute_ready(&mut self) {
+        loop {
+            let next = self.last_executed.next();
+            let Some(slot) = self.slots.get(&next) else {
+                return;
+            };
+            let Some(certificate) = slot.committed.clone() else {
+                return;
+            };
+            let Some(batch) = slot.batch_for(certificate.value.digest).cloned() else {
+                return;
+            };
+            let block = Arc::new(CommittedBlock {
+                block: Block {
+                    height: next,
+                    prev_hash: self.head_hash,
+                    batch_digest: certificate.value.digest,
+                    batch,
+                },
+                certificate,
+            });
+            self.execute_block(block);
+        }
+    }
+
+    /// Applies the next block (from the normal case or state transfer):
+    /// deduplicates its requests, answers local clients, delivers it, and
+    /// checkpoints every K blocks.
+    pub(super) fn execute_block(&mut self, block: Arc<CommittedBlock>) {
+        let height = block.height();
+        let mut duplicates = Vec::new();
+        for (index, request) in block.block.batch.requests.iter().enumerate() {
+            let key = request.key();
+            match self.clients.lookup(&key) {
+                Lookup::Fresh => {
+                    self.clients.record(&key, height);
+                    self.complete_request(request, height);
+                    self.metrics.requests_executed += 1;
+                }
+                Lookup::Executed { .. } | Lookup::Stale => {
+                    duplicates.push(index as u32);
+                    self.metrics.duplicates_skipped += 1;
+                }
+            }
+        }
+        let hash = block.hash();
+        self.last_executed = height;
+        self.head_hash = hash;
+        self.last_progress = self.now;
+        self.failed_views = 0;
+        self.metrics.blocks_executed += 1;
+        if self.next_seq <= height {
+            self.next_seq = height.next();
+        }
+        self.actions.deliver.push(Delivery { block, duplicates });
+        if height.0 % self.config.checkpoint_interval == 0 {
+            self.checkpoint_hashes.insert(height, hash);
+            self.send_checkpoint(height, hash);
+        }
+        self.propose_batches();
+    }
+}
+
+/// The view of a normal-case message (`None` for other kinds).
+pub(super) fn normal_case_view(message: &WireMessage) -> Option<View> {
+    match message {
+        WireMessage::PrePrepare { pre_prepare, .. } => Some(pre_prepare.value.view),
+        WireMessage::Prepare(m) => Some(m.value.view),
+        WireMessage::Commit(m) => Some(m.value.view),
+        _ => None,
+    }
+}
+
+/// The digest of the empty batch, which a new primary proposes for gaps.
+pub(super) fn null_digest() -> Digest {
+    MerkleTree::new(&Batch::default()).root()
+}

@@ -1,0 +1,238 @@
+//! Client requests: admission, deduplication, forwarding to the primary,
+//! batching at the primary, and the request timer that catches a primary
+//! that censors or stalls.
+
+use super::{ClientReply, PendingRequest, RejectReason, Replica, ReplyOutcome};
+use crate::clients::Lookup;
+use crate::message::{Batch, Forward, Signed, SignedRequest, WireMessage};
+use std::time::Duration;
+
+impl Replica {
+    pub(super) fn reply(&mut self, request: &SignedRequest, outcome: ReplyOutcome) {
+        self.actions.replies.push(ClientReply {
+            client: request.request.client,
+            request_id: request.request.request_id,
+            outcome,
+        });
+    }
+
+    /// Admits a request (from a local client, or forwarded to the primary).
+    pub(super) fn accept_request(&mut self, request: SignedRequest, local: bool) {
+        if request.payload_len() > self.config.max_request_bytes {
+            self.drop_input(super::DropReason::Oversized);
+            if local {
+                self.reply(&request, ReplyOutcome::Rejected(RejectReason::TooLarge));
+            }
+            return;
+        }
+        let key = request.key();
+        match self.clients.lookup(&key) {
+            Lookup::Executed { height } => {
+                if local {
+                    self.reply(&request, ReplyOutcome::Committed { height });
+                }
+                return;
+            }
+            Lookup::Stale => {
+                if local {
+                    self.reply(&request, ReplyOutcome::Rejected(RejectReason::Stale));
+                }
+                return;
+            }
+            Lookup::Fresh => {}
+        }
+        if let Some(pending) = self.pending.get_mut(&key) {
+            pending.local |= local;
+            return;
+        }
+        if self.pending.len() >= self.config.max_pending_requests {
+            self.metrics.requests_refused_busy += 1;
+            if local {
+                self.reply(&request, ReplyOutcome::Rejected(RejectReason::Busy));
+            }
+            return;
+        }
+        if self.pending.is_empty() {
+            // The request timer runs from the first pending request.
+            self.last_progress = self.now;
+        }
+        self.pending.insert(
+            key,
+            PendingRequest {
+                request: request.clone(),
+                local,
+                proposed: false,
+            },
+        );
+        if self.is_primary() {
+            self.queue.push_back((key, self.now));
+            self.propose_batches();
+        } else if self.phase == super::Phase::Normal {
+            self.to_forward.push(request);
+        }
+        // While changing views the request waits; it is forwarded to the new
+        // primary when the view starts.
+    }
+
+    /// Requests a backup passed on.
+    pub(super) fn on_forward(&mut self, forward: Signed<Forward>) {
+        if !self.is_primary() {
+            self.drop_input(super::DropReason::NotPrimary);
+            return;
+        }
+        for request in forward.value.requests {
+            self.accept_request(request, false);
+        }
+    }
+
+    /// Sends the requests gathered in this step to the primary, in one
+    /// message.
+    pub(super) fn flush_forwards(&mut self) {
+        if self.to_forward.is_empty() {
+            return;
+        }
+        let requests = std::mem::take(&mut self.to_forward);
+        let primary = self.primary();
+        match self.signer.sign(Forward { requests }) {
+            Ok(signed) => self.send(primary, WireMessage::Forward(signed)),
+            Err(_) => self.drop_input(super::DropReason::Oversized),
+        }
+    }
+
+    /// After a new view: every pending request goes to the new primary (or
+    /// into its queue, if that is us), since the old primary may have dropped
+    /// it.
+    pub(super) fn resubmit_pending(&mut self) {
+        self.queue.clear();
+        let primary = self.is_primary();
+        let now = self.now;
+        let mut forward = Vec::new();
+        for (key, pending) in self.pending.iter_mut() {
+            if pending.proposed {
+                continue;
+            }
+            if primary {
+                self.queue.push_back((*key, now));
+            } else {
+                forward.push(pending.request.clone());
+            }
+        }
+        // Keep each forward under the batch limits.
+        for chunk in forward.chunks(self.config.max_batch_requests) {
+            self.to_forward.extend_from_slice(chunk);
+            self.flush_forwards();
+        }
+        self.propose_batches();
+    }
+
+    /// When the primary's oldest queued request has waited `batch_delay`.
+    pub(super) fn batch_deadline(&self) -> Option<Duration> {
+        if !self.is_primary() || !self.can_propose() {
+            return None;
+        }
+        self.queue
+            .front()
+            .map(|&(_, since)| since + self.config.batch_delay)
+    }
+
+    fn in_flight(&self) -> u64 {
+        self.next_seq
+            .0
+            .saturating_sub(self.last_executed.0.saturating_add(1))
+    }
+
+    fn can_propose(&self) -> bool {
+        self.next_seq <= self.high_watermark()
+            && self.next_seq > self.low_watermark()
+            && self.in_flight() < self.config.pipeline
+    }
+
+    /// The primary cuts batches while the pipeline has room: at once when a
+    /// batch is full or nothing is in flight (low latency when idle), else
+    /// when the oldest request has waited `batch_delay` (throughput when
+    /// busy).
+    pub(super) fn propose_batches(&mut self) {
+        while self.is_primary() && self.can_propose() {
+            self.skip_dead_queue_entries();
+            let Some(&(_, oldest)) = self.queue.front() else {
+                return;
+            };
+            let full = self.queue.len() >= self.config.max_batch_requests;
+            let idle = self.in_flight() == 0;
+            let waited = self.now >= oldest + self.config.batch_delay;
+            if !(full || idle || waited) {
+                return;
+            }
+            let batch = self.cut_batch();
+            if batch.requests.is_empty() {
+                return;
+            }
+            self.propose(batch);
+        }
+    }
+
+    fn skip_dead_queue_entries(&mut self) {
+        while let Some((key, _)) = self.queue.front() {
+            match self.pending.get(key) {
+                Some(pending) if !pending.proposed => return,
+                _ => {
+                    self.queue.pop_front();
+                }
+            }
+        }
+    }
+
+    fn cut_batch(&mut self) -> Batch {
+        let mut requests = Vec::new();
+        let mut bytes = 0usize;
+        while let Some(&(key, _)) = self.queue.front() {
+            let Some(pending) = self.pending.get_mut(&key) else {
+                self.queue.pop_front();
+                continue;
+            };
+            if pending.proposed {
+                self.queue.pop_front();
+                continue;
+            }
+            let size = pending.request.payload_len();
+            if requests.len() >= self.config.max_batch_requests
+                || (!requests.is_empty() && bytes + size > self.config.max_batch_bytes)
+            {
+                break;
+            }
+            pending.proposed = true;
+            bytes += size;
+            requests.push(pending.request.clone());
+            self.queue.pop_front();
+        }
+        Batch { requests }
+    }
+
+    /// The request timer: a backup holding requests that sees no execution
+    /// for `request_timeout` suspects the primary.
+    pub(super) fn request_deadline(&self) -> Option<Duration> {
+        if self.phase != super::Phase::Normal || self.pending.is_empty() || self.is_primary() {
+            return None;
+        }
+        Some(self.last_progress + self.config.request_timeout)
+    }
+
+    pub(super) fn check_request_timer(&mut self) {
+        if let Some(deadline) = self.request_deadline() {
+            if self.now >= deadline {
+                let next = self.view.next();
+                self.start_view_change(next);
+            }
+        }
+    }
+
+    /// Removes executed requests from the pending set and answers local
+    /// clients.
+    pub(super) fn complete_request(&mut self, request: &SignedRequest, height: crate::SeqNum) {
+        if let Some(pending) = self.pending.remove(&request.key()) {
+            if pending.local {
+                self.reply(request, ReplyOutcome::Committed { height });
+            }
+        }
+    }
+}

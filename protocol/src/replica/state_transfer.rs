@@ -1,0 +1,282 @@
+//! Status reports, catch-up and retransmission.
+//!
+//! Every replica broadcasts a small signed status now and then. A replica
+//! that sees a peer ahead of it while making no progress itself fetches the
+//! missing blocks with their commit certificates from that peer and verifies
+//! each one itself: it never trusts the peer that sent them. The same reports
+//! let a replica re-send the new-view to a peer stuck in an old view.
+
+use super::{DropReason, Fetch, Phase, Replica};
+use crate::ids::NodeId;
+use crate::merkle::MerkleTree;
+use crate::message::{
+    Batch, BatchResponse, Blocks, FetchBatch, FetchBlocks, Signed, Status, WireMessage,
+};
+use bftd_crypto::Digest;
+use std::sync::Arc;
+
+/// Most payload bytes in one state-transfer response, so a response stays far
+/// below the message size limit whatever the blocks hold.
+const FETCH_MAX_BYTES: usize = 16 * 1024 * 1024;
+
+/// Most batch fetches outstanding at once (each is one re-proposed digest).
+const MAX_WANTED_BATCHES: usize = 1024;
+
+impl Replica {
+    pub(super) fn send_status(&mut self) {
+        let (view, in_view_change) = self.view_and_phase();
+        let status = Status {
+            view,
+            in_view_change,
+            last_executed: self.last_executed,
+            stable_checkpoint: self.low_watermark(),
+        };
+        if let Ok(signed) = self.signer.sign(status) {
+            self.broadcast(WireMessage::Status(signed));
+        }
+    }
+
+    /// Periodic re-sends: our view-change while a view change lasts, and
+    /// requests for batches still missing.
+    pub(super) fn retransmit(&mut self) {
+        self.retransmit_view_change();
+        let wanted: Vec<Digest> = self.wanted_batches.keys().copied().collect();
+        for digest in wanted {
+            self.ask_for_batch(digest);
+        }
+    }
+
+    pub(super) fn on_status(&mut self, status: Signed<Status>) {
+        let peer = status.signer;
+        let value = status.value;
+        self.peer_status.insert(peer, value);
+        // A peer in an older view (or still changing to ours) missed the
+        // new-view that started our view: send it.
+        let behind = value.view < self.view || (value.view == self.view && value.in_view_change);
+        if behind {
+            if let Some(new_view) = self.new_view_message().cloned() {
+                self.send(peer, WireMessage::NewView(new_view));
+            }
+        }
+        // A peer ahead of us while we make no progress: fetch from it.
+        let stalled = self.now >= self.last_progress + self.config.status_interval;
+        if value.last_executed > self.last_executed && self.fetch.is_none() && stalled {
+            self.start_fetch(peer);
+        }
+    }
+
+    /// Starts state transfer from the peer most ahead (after the stable
+    /// checkpoint moved past what we executed).
+    pub(super) fn catch_up(&mut self) {
+        if self.fetch.is_some() {
+            return;
+        }
+        let best = self
+            .peer_status
+            .iter()
+            .filter(|(&peer, _)| peer != self.id)
+            .max_by_key(|(_, status)| status.last_executed)
+            .map(|(&peer, _)| peer);
+        let peer = best.unwrap_or_else(|| self.next_peer(self.id));
+        self.start_fetch(peer);
+    }
+
+    fn next_peer(&self, after: NodeId) -> NodeId {
+        let n = self.committee.n() as u16;
+        let mut candidate = NodeId((after.0 + 1) % n);
+        if candidate == self.id {
+            candidate = NodeId((candidate.0 + 1) % n);
+        }
+        candidate
+    }
+
+    fn start_fetch(&mut self, peer: NodeId) {
+        if peer == self.id {
+            return;
+        }
+        let from = self.last_executed.next();
+        let request = FetchBlocks {
+            from,
+            to: from.plus(self.config.fetch_max_blocks.saturating_sub(1)),
+        };
+        if let Ok(signed) = self.signer.sign(request) {
+            self.send(peer, WireMessage::FetchBlocks(signed));
+            self.fetch = Some(Fetch {
+                peer,
+                deadline: self.now + self.config.fetch_timeout,
+            });
+        }
+    }
+
+    /// An unanswered fetch goes to another peer.
+    pub(super) fn check_fetch_timer(&mut self) {
+        let Some(fetch) = self.fetch else {
+            return;
+        };
+        if self.now < fetch.deadline {
+            return;
+        }
+        self.fetch = None;
+        let ahead = self
+            .peer_status
+            .iter()
+            .filter(|(&peer, status)| {
+                peer != fetch.peer && peer != self.id && status.last_executed > self.last_executed
+            })
+            .map(|(&peer, _)| peer)
+            .min_by_key(|peer| {
+                (peer.0 + self.committee.n() as u16 - fetch.peer.0) % self.committee.n() as u16
+            });
+        let behind_checkpoint = self.last_executed < self.low_watermark();
+        match ahead {
+            Some(peer) => self.start_fetch(peer),
+            None if behind_checkpoint => {
+                let peer = self.next_peer(fetch.peer);
+                self.start_fetch(peer);
+            }
+            None => {}
+        }
+    }
+
+    /// Serves committed blocks from storage.
+    pub(super) fn on_fetch_blocks(&mut self, from: NodeId, request: Signed<FetchBlocks>) {
+        let wanted = request.value;
+        let last = self.blocks.last_height();
+        let to = wanted.to.min(last).min(
+            wanted
+                .from
+                .plus(self.config.fetch_max_blocks.saturating_sub(1)),
+        );
+        let mut blocks = Vec::new();
+        let mut bytes = 0usize;
+        let mut height = wanted.from.max(crate::SeqNum(1));
+        while height <= to && bytes < FETCH_MAX_BYTES {
+            let Some(block) = self.committed_block(height) else {
+                break;
+            };
+            bytes += block
+                .block
+                .batch
+                .requests
+                .iter()
+                .map(|r| r.payload_len() + 128)
+                .sum::<usize>();
+            blocks.push(block);
+            height = height.next();
+        }
+        if blocks.is_empty() {
+            return;
+        }
+        let response = Blocks {
+            blocks,
+            checkpoint: self.stable_checkpoint.clone(),
+        };
+        if let Ok(signed) = self.signer.sign(response) {
+            self.send(from, WireMessage::Blocks(signed));
+        }
+    }
+
+    /// Applies fetched blocks that extend our chain, each verified against
+    /// the committee; then adopts the responder's checkpoint if we now hold
+    /// its block.
+    pub(super) fn on_blocks(&mut self, response: Signed<Blocks>) {
+        let peer = response.signer;
+        let Blocks { blocks, checkpoint } = response.value;
+        let before = self.last_executed;
+        for block in blocks {
+            if block.height() <= self.last_executed {
+                continue;
+            }
+            if block.height() != self.last_executed.next()
+                || block.check(&self.committee, self.head_hash).is_err()
+            {
+                self.drop_input(DropReason::InvalidBlock);
+                break;
+            }
+            self.metrics.blocks_fetched += 1;
+            self.execute_block(block);
+        }
+        let seq = checkpoint.seq();
+        if seq > self.low_watermark()
+            && seq <= self.last_executed
+            && self.checkpoint_hashes.get(&seq) == Some(&checkpoint.value.block_hash)
+            && checkpoint.check(&self.committee).is_ok()
+        {
+            self.advance_stable(checkpoint);
+        }
+        self.execute_ready();
+        if self.fetch.is_some_and(|f| f.peer == peer) {
+            self.fetch = None;
+            let progressed = self.last_executed > before;
+            let peer_ahead = self
+                .peer_status
+                .get(&peer)
+                .is_some_and(|s| s.last_executed > self.last_executed);
+            if progressed && (peer_ahead || self.last_executed < self.low_watermark()) {
+                self.start_fetch(peer);
+            }
+        }
+    }
+
+    /// A batch held in the window with this digest.
+    pub(super) fn batch_with_digest(&self, digest: Digest) -> Option<Arc<Batch>> {
+        self.slots
+            .values()
+            .find_map(|slot| slot.batch_for(digest).cloned())
+    }
+
+    pub(super) fn want_batch(&mut self, digest: Digest) {
+        if self.wanted_batches.contains_key(&digest) {
+            return;
+        }
+        if self.wanted_batches.len() >= MAX_WANTED_BATCHES {
+            return;
+        }
+        self.wanted_batches.insert(digest, self.now);
+        self.ask_for_batch(digest);
+    }
+
+    fn ask_for_batch(&mut self, digest: Digest) {
+        if let Ok(signed) = self.signer.sign(FetchBatch { digest }) {
+            self.broadcast(WireMessage::FetchBatch(signed));
+        }
+    }
+
+    pub(super) fn on_fetch_batch(&mut self, from: NodeId, request: Signed<FetchBatch>) {
+        let Some(batch) = self.batch_with_digest(request.value.digest) else {
+            return;
+        };
+        if let Ok(signed) = self.signer.sign(BatchResponse { batch }) {
+            self.send(from, WireMessage::Batch(signed));
+        }
+    }
+
+    /// A batch we asked for: prepare the pre-prepares that waited on it.
+    pub(super) fn on_batch(&mut self, response: Signed<BatchResponse>) {
+        let batch = response.value.batch;
+        let digest = MerkleTree::new(&batch).root();
+        if self.wanted_batches.remove(&digest).is_none() {
+            self.drop_input(DropReason::Unsolicited);
+            return;
+        }
+        if self.phase != Phase::Normal {
+            return;
+        }
+        let waiting: Vec<_> = self
+            .slots
+            .values()
+            .filter_map(|slot| slot.pre_prepare.clone())
+            .filter(|pp| pp.value.digest == digest && pp.value.view == self.view)
+            .collect();
+        for pre_prepare in waiting {
+            if self
+                .slots
+                .get(&pre_prepare.value.seq)
+                .is_some_and(|slot| slot.batch_for(digest).is_none())
+            {
+                self.install_pre_prepare(pre_prepare, Some(batch.clone()));
+            }
+        }
+        self.execute_ready();
+    }
+}

@@ -1,0 +1,374 @@
+//! View change and new view, as in the paper: a replica that suspects the
+//! primary sends a view-change with its stable checkpoint and prepared
+//! certificates; the new primary gathers 2f+1, recomputes `O` (re-proposing
+//! the highest-view prepared digest for every sequence, a null batch for
+//! gaps) and sends a new-view; every replica recomputes `O` from `V` and
+//! refuses a new-view that differs.
+
+use super::normal_case::null_digest;
+use super::{DropReason, Phase, Replica};
+use crate::certificate::CheckpointCertificate;
+use crate::committee::Committee;
+use crate::ids::{SeqNum, View};
+use crate::message::{NewView, PrePrepare, Signed, ViewChange, WireMessage};
+use bftd_crypto::Digest;
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+impl Replica {
+    /// Leaves the current view for `target` (if not already moving there or
+    /// beyond).
+    pub(super) fn start_view_change(&mut self, target: View) {
+        // `view` is the current view or the one being moved to: only ever
+        // move forward.
+        if target <= self.view {
+            return;
+        }
+        self.view = target;
+        self.phase = Phase::ViewChange { quorum_at: None };
+        self.metrics.view_changes_started += 1;
+        self.queue.clear();
+        self.send_view_change();
+    }
+
+    /// Signs and broadcasts a view-change for `self.view`.
+    pub(super) fn send_view_change(&mut self) {
+        let low = self.low_watermark();
+        let prepared = self
+            .slots
+            .range(low.next()..)
+            .filter_map(|(_, slot)| slot.prepared.clone())
+            .collect();
+        let value = ViewChange {
+            new_view: self.view,
+            checkpoint: self.stable_checkpoint.clone(),
+            prepared,
+        };
+        match self.signer.sign_view_change(value) {
+            Ok(signed) => {
+                self.view_changes.insert(self.id, signed.clone());
+                self.broadcast(WireMessage::ViewChange(signed));
+                self.check_view_change_quorum();
+            }
+            Err(_) => self.drop_input(DropReason::SafetyRefused),
+        }
+    }
+
+    /// Re-sends our view-change while the view change lasts (peers may have
+    /// missed it).
+    pub(super) fn retransmit_view_change(&mut self) {
+        if self.phase == Phase::Normal {
+            return;
+        }
+        if let Some(own) = self.view_changes.get(&self.id).cloned() {
+            if own.value.new_view == self.view {
+                self.broadcast(WireMessage::ViewChange(own));
+            }
+        }
+    }
+
+    pub(super) fn on_view_change(&mut self, view_change: Signed<ViewChange>) {
+        let new_view = view_change.value.new_view;
+        if new_view < self.view || (new_view == self.view && self.phase == Phase::Normal) {
+            // A replica behind us; it learns the view from our status.
+            self.drop_input(DropReason::StaleView);
+            return;
+        }
+        if !valid_view_change(&self.committee, self.config.window, &view_change.value) {
+            self.drop_input(DropReason::InvalidViewChange);
+            return;
+        }
+        if let Some(existing) = self.view_changes.get(&view_change.signer) {
+            if existing.value.new_view >= new_view {
+                return;
+            }
+        }
+        self.view_changes.insert(view_change.signer, view_change);
+        self.join_higher_view();
+        self.check_view_change_quorum();
+    }
+
+    /// f+1 replicas want a view above ours: at least one is honest, so join
+    /// the smallest of those views rather than wait for our own timer.
+    fn join_higher_view(&mut self) {
+        let current = self.view;
+        let higher: Vec<View> = self
+            .view_changes
+            .iter()
+            .filter(|(&signer, vc)| signer != self.id && vc.value.new_view > current)
+            .map(|(_, vc)| vc.value.new_view)
+            .collect();
+        if higher.len() >= self.committee.weak_quorum() {
+            if let Some(&smallest) = higher.iter().min() {
+                self.start_view_change(smallest);
+            }
+        }
+    }
+
+    fn view_changes_for(&self, view: View) -> Vec<Signed<ViewChange>> {
+        self.view_changes
+            .values()
+            .filter(|vc| vc.value.new_view == view)
+            .cloned()
+            .collect()
+    }
+
+    /// With 2f+1 view-changes for our target, start the new-view timer; the
+    /// new primary sends the new-view.
+    fn check_view_change_quorum(&mut self) {
+        let Phase::ViewChange { quorum_at } = self.phase else {
+            return;
+        };
+        let mut view_changes = self.view_changes_for(self.view);
+        if view_changes.len() < self.committee.quorum() {
+            return;
+        }
+        if quorum_at.is_none() {
+            self.phase = Phase::ViewChange {
+                quorum_at: Some(self.now),
+            };
+        }
+        if self.committee.primary(self.view) != self.id {
+            return;
+        }
+        // Our own first, then the others by id: any 2f+1 will do.
+        view_changes.sort_by_key(|vc| (vc.signer != self.id, vc.signer));
+        view_changes.truncate(self.committee.quorum());
+        self.send_new_view(view_changes);
+    }
+
+    fn send_new_view(&mut self, view_changes: Vec<Signed<ViewChange>>) {
+        let view = self.view;
+        let (checkpoint, reproposals) = compute_reproposals(&view_changes);
+        if self.signer.enter_view(view).is_err() {
+            self.drop_input(DropReason::SafetyRefused);
+            return;
+        }
+        let mut pre_prepares = Vec::with_capacity(reproposals.len());
+        for (seq, digest) in reproposals {
+            match self
+                .signer
+                .sign_pre_prepare(PrePrepare { view, seq, digest })
+            {
+                Ok(signed) => pre_prepares.push(signed),
+                Err(_) => {
+                    self.drop_input(DropReason::SafetyRefused);
+                    return;
+                }
+            }
+        }
+        let value = NewView {
+            view,
+            view_changes,
+            pre_prepares: pre_prepares.clone(),
+        };
+        match self.signer.sign_new_view(value) {
+            Ok(signed) => {
+                self.broadcast(WireMessage::NewView(signed.clone()));
+                self.install_new_view(signed, checkpoint, pre_prepares);
+            }
+            Err(_) => self.drop_input(DropReason::SafetyRefused),
+        }
+    }
+
+    pub(super) fn on_new_view(&mut self, new_view: Signed<NewView>) {
+        let view = new_view.value.view;
+        if view < self.view || (view == self.view && self.phase == Phase::Normal) {
+            return;
+        }
+        if new_view.signer != self.committee.primary(view) {
+            self.drop_input(DropReason::WrongSender);
+            return;
+        }
+        let Some((checkpoint, reproposals)) =
+            check_new_view(&self.committee, self.config.window, &new_view.value)
+        else {
+            self.drop_input(DropReason::InvalidNewView);
+            return;
+        };
+        let matches = reproposals.len() == new_view.value.pre_prepares.len()
+            && reproposals
+                .iter()
+                .zip(&new_view.value.pre_prepares)
+                .all(|(&(seq, digest), pp)| {
+                    pp.signer == new_view.signer && pp.value == PrePrepare { view, seq, digest }
+                });
+        if !matches {
+            self.drop_input(DropReason::InvalidNewView);
+            return;
+        }
+        if self.signer.enter_view(view).is_err() {
+            self.drop_input(DropReason::SafetyRefused);
+            return;
+        }
+        let pre_prepares = new_view.value.pre_prepares.clone();
+        self.view = view;
+        self.install_new_view(new_view, checkpoint, pre_prepares);
+    }
+
+    /// Enters the view: adopt the highest checkpoint in `V`, reset per-view
+    /// slot state, install `O`, replay buffered messages, resubmit pending
+    /// requests.
+    fn install_new_view(
+        &mut self,
+        new_view: Signed<NewView>,
+        checkpoint: CheckpointCertificate,
+        pre_prepares: Vec<Signed<PrePrepare>>,
+    ) {
+        let view = self.view;
+        self.phase = Phase::Normal;
+        self.metrics.views_installed += 1;
+        self.view_changes.retain(|_, vc| vc.value.new_view > view);
+        self.new_view = Some(new_view);
+        self.last_progress = self.now;
+        if checkpoint.seq() > self.low_watermark() {
+            self.advance_stable(checkpoint);
+        }
+        for slot in self.slots.values_mut() {
+            slot.pre_prepare = None;
+            slot.prepares.clear();
+            slot.commits.clear();
+            slot.commit_sent = false;
+        }
+        for pending in self.pending.values_mut() {
+            pending.proposed = false;
+        }
+        let null = null_digest();
+        let mut highest = self.low_watermark().max(self.last_executed);
+        for pre_prepare in pre_prepares {
+            let seq = pre_prepare.value.seq;
+            highest = highest.max(seq);
+            if !self.in_window(seq) {
+                continue;
+            }
+            let digest = pre_prepare.value.digest;
+            let batch = if digest == null {
+                Some(std::sync::Arc::new(crate::message::Batch::default()))
+            } else {
+                self.batch_with_digest(digest)
+            };
+            self.install_pre_prepare(pre_prepare, batch);
+        }
+        self.next_seq = highest.next();
+        self.replay_future();
+        self.resubmit_pending();
+        self.execute_ready();
+    }
+
+    /// When the new-view timer fires: the view-change timeout, doubled for
+    /// every view that failed in a row.
+    pub(super) fn new_view_deadline(&self) -> Option<Duration> {
+        let Phase::ViewChange {
+            quorum_at: Some(since),
+        } = self.phase
+        else {
+            return None;
+        };
+        let factor = 1u32
+            .checked_shl(self.failed_views.min(16))
+            .unwrap_or(u32::MAX);
+        let timeout = self
+            .config
+            .view_change_timeout
+            .saturating_mul(factor)
+            .min(self.config.view_change_timeout_max);
+        Some(since + timeout)
+    }
+
+    pub(super) fn check_new_view_timer(&mut self) {
+        if let Some(deadline) = self.new_view_deadline() {
+            if self.now >= deadline {
+                self.failed_views = self.failed_views.saturating_add(1);
+                let next = self.view.next();
+                self.start_view_change(next);
+            }
+        }
+    }
+
+    /// The current-view new-view, for a replica that missed it.
+    pub(super) fn new_view_message(&self) -> Option<&Signed<NewView>> {
+        self.new_view
+            .as_ref()
+            .filter(|nv| nv.value.view == self.view && self.phase == Phase::Normal)
+    }
+}
+
+/// A view-change holds: valid checkpoint certificate; prepared certificates
+/// valid, for views below the new one, strictly increasing sequences inside
+/// the checkpoint's window.
+fn valid_view_change(committee: &Committee, window: u64, view_change: &ViewChange) -> bool {
+    if view_change.checkpoint.check(committee).is_err() {
+        return false;
+    }
+    let low = view_change.checkpoint.seq();
+    let high = low.plus(window);
+    let mut previous = low;
+    for prepared in &view_change.prepared {
+        let seq = prepared.seq();
+        if seq <= previous
+            || seq > high
+            || prepared.view() >= view_change.new_view
+            || prepared.check(committee).is_err()
+        {
+            return false;
+        }
+        previous = seq;
+    }
+    true
+}
+
+/// Checks `V` and recomputes `O` from it: `None` if `V` does not hold.
+fn check_new_view(
+    committee: &Committee,
+    window: u64,
+    new_view: &NewView,
+) -> Option<(CheckpointCertificate, Vec<(SeqNum, Digest)>)> {
+    let mut signers = BTreeSet::new();
+    for view_change in &new_view.view_changes {
+        if view_change.value.new_view != new_view.view
+            || !signers.insert(view_change.signer)
+            || !valid_view_change(committee, window, &view_change.value)
+        {
+            return None;
+        }
+    }
+    if signers.len() < committee.quorum() {
+        return None;
+    }
+    Some(compute_reproposals(&new_view.view_changes))
+}
+
+/// `O`: the highest checkpoint in `V`, and for every sequence above it up to
+/// the highest prepared one, the digest prepared in the highest view (ties
+/// broken by digest, for determinism; honest quorums never tie), or the null
+/// batch.
+fn compute_reproposals(
+    view_changes: &[Signed<ViewChange>],
+) -> (CheckpointCertificate, Vec<(SeqNum, Digest)>) {
+    let checkpoint = view_changes
+        .iter()
+        .map(|vc| &vc.value.checkpoint)
+        .max_by_key(|cp| cp.seq())
+        .cloned()
+        .unwrap_or_else(CheckpointCertificate::genesis);
+    let low = checkpoint.seq();
+    let prepared: Vec<_> = view_changes
+        .iter()
+        .flat_map(|vc| vc.value.prepared.iter())
+        .filter(|p| p.seq() > low)
+        .collect();
+    let high = prepared.iter().map(|p| p.seq()).max().unwrap_or(low);
+    let null = null_digest();
+    let mut reproposals = Vec::new();
+    let mut seq = low.next();
+    while seq <= high {
+        let digest = prepared
+            .iter()
+            .filter(|p| p.seq() == seq)
+            .max_by_key(|p| (p.view(), p.digest()))
+            .map_or(null, |p| p.digest());
+        reproposals.push((seq, digest));
+        seq = seq.next();
+    }
+    (checkpoint, reproposals)
+}

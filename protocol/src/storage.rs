@@ -1,0 +1,341 @@
+//! What a replica persists, and the storage interface its shell implements.
+//!
+//! The replica never writes: it returns [`Record`]s and deliveries in its
+//! [`crate::Actions`], and the shell makes them durable (in one atomic write
+//! per step: group commit) before it sends anything from that step. The
+//! replica reads committed blocks through [`BlockSource`] to serve state
+//! transfer.
+//!
+//! [`MemStorage`] is the in-memory implementation the simulator uses; the
+//! daemon has a disk one. [`suite`] is one set of tests that both pass.
+
+use crate::block::CommittedBlock;
+use crate::certificate::{CheckpointCertificate, PreparedCertificate};
+use crate::ids::SeqNum;
+use crate::message::Batch;
+use crate::signer::SafetyState;
+use bftd_crypto::Digest;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+/// One thing to make durable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Record {
+    /// The signer's state. Must be durable before any vote signed under it
+    /// is sent.
+    Safety(SafetyState),
+    /// A batch this replica accepted at `seq`: needed to execute it, or to
+    /// hand it to a new primary, after a restart.
+    Batch {
+        /// The sequence it was accepted at.
+        seq: SeqNum,
+        /// Its digest.
+        digest: Digest,
+        /// The batch.
+        batch: Arc<Batch>,
+    },
+    /// A prepared certificate: must survive a restart so that a later
+    /// view-change reports it (else a committed request could be lost).
+    Prepared(PreparedCertificate),
+    /// A new stable checkpoint; batches and prepared certificates at or below
+    /// it may be discarded.
+    StableCheckpoint(CheckpointCertificate),
+}
+
+/// A block the replica executed, to be stored and handed to the application.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    /// The block and its commit certificate.
+    pub block: Arc<CommittedBlock>,
+    /// Positions of requests in the batch that were already executed in an
+    /// earlier block (a byzantine or confused primary can re-propose one);
+    /// the application must skip them. Every replica computes the same list.
+    pub duplicates: Vec<u32>,
+}
+
+/// Everything a replica needs to restart where it stopped.
+#[derive(Clone, Debug, Default)]
+pub struct Recovered {
+    /// The signer's state.
+    pub safety: SafetyState,
+    /// The stable checkpoint (genesis if none).
+    pub stable_checkpoint: Option<CheckpointCertificate>,
+    /// Prepared certificates above the checkpoint.
+    pub prepared: Vec<PreparedCertificate>,
+    /// Accepted batches above the checkpoint.
+    pub batches: Vec<(SeqNum, Digest, Arc<Batch>)>,
+}
+
+/// A storage failure. Carries the backend's message for the operator.
+#[derive(Debug, thiserror::Error)]
+#[error("storage: {source}")]
+pub struct StorageError {
+    /// The backend's error.
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+/// Durable storage for one replica.
+pub trait Storage {
+    /// Makes `records` and `deliveries` durable, atomically: after a crash,
+    /// either all of them are there or none.
+    fn apply(&mut self, records: &[Record], deliveries: &[Delivery]) -> Result<(), StorageError>;
+
+    /// What a restarting replica needs.
+    fn recover(&self) -> Result<Recovered, StorageError>;
+}
+
+/// Read access to committed blocks.
+pub trait BlockSource: Send + Sync {
+    /// The block at `height`, if stored.
+    fn block(&self, height: SeqNum) -> Option<Arc<CommittedBlock>>;
+
+    /// The highest stored height (0 if none).
+    fn last_height(&self) -> SeqNum;
+
+    /// Duplicate positions recorded with the block at `height`.
+    fn duplicates(&self, height: SeqNum) -> Vec<u32>;
+}
+
+#[derive(Debug, Default)]
+struct MemState {
+    safety: SafetyState,
+    checkpoint: Option<CheckpointCertificate>,
+    prepared: BTreeMap<SeqNum, PreparedCertificate>,
+    batches: BTreeMap<(SeqNum, Digest), Arc<Batch>>,
+    blocks: BTreeMap<SeqNum, (Arc<CommittedBlock>, Vec<u32>)>,
+}
+
+/// In-memory storage: "durable" for the simulator's crashes, which lose the
+/// replica but keep its storage. Cheap to clone (shared).
+#[derive(Clone, Debug, Default)]
+pub struct MemStorage {
+    state: Arc<Mutex<MemState>>,
+}
+
+impl MemStorage {
+    /// Empty storage.
+    pub fn new() -> MemStorage {
+        MemStorage::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemState> {
+        // A poisoned lock only means another thread panicked mid-update; the
+        // maps are still structurally sound.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Storage for MemStorage {
+    fn apply(&mut self, records: &[Record], deliveries: &[Delivery]) -> Result<(), StorageError> {
+        let mut state = self.lock();
+        for record in records {
+            match record {
+                Record::Safety(safety) => state.safety = safety.clone(),
+                Record::Batch { seq, digest, batch } => {
+                    state.batches.insert((*seq, *digest), batch.clone());
+                }
+                Record::Prepared(cert) => {
+                    let replace = state
+                        .prepared
+                        .get(&cert.seq())
+                        .is_none_or(|old| old.view() <= cert.view());
+                    if replace {
+                        state.prepared.insert(cert.seq(), cert.clone());
+                    }
+                }
+                Record::StableCheckpoint(cert) => {
+                    let seq = cert.seq();
+                    if state.checkpoint.as_ref().is_none_or(|c| c.seq() < seq) {
+                        state.checkpoint = Some(cert.clone());
+                        state.prepared.retain(|&s, _| s > seq);
+                        state.batches.retain(|&(s, _), _| s > seq);
+                    }
+                }
+            }
+        }
+        for delivery in deliveries {
+            state.blocks.insert(
+                delivery.block.height(),
+                (delivery.block.clone(), delivery.duplicates.clone()),
+            );
+        }
+        Ok(())
+    }
+
+    fn recover(&self) -> Result<Recovered, StorageError> {
+        let state = self.lock();
+        Ok(Recovered {
+            safety: state.safety.clone(),
+            stable_checkpoint: state.checkpoint.clone(),
+            prepared: state.prepared.values().cloned().collect(),
+            batches: state
+                .batches
+                .iter()
+                .map(|(&(seq, digest), batch)| (seq, digest, batch.clone()))
+                .collect(),
+        })
+    }
+}
+
+impl BlockSource for MemStorage {
+    fn block(&self, height: SeqNum) -> Option<Arc<CommittedBlock>> {
+        self.lock()
+            .blocks
+            .get(&height)
+            .map(|(block, _)| block.clone())
+    }
+
+    fn last_height(&self) -> SeqNum {
+        self.lock()
+            .blocks
+            .last_key_value()
+            .map_or(SeqNum(0), |(&height, _)| height)
+    }
+
+    fn duplicates(&self, height: SeqNum) -> Vec<u32> {
+        self.lock()
+            .blocks
+            .get(&height)
+            .map(|(_, duplicates)| duplicates.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// One test suite for every [`Storage`] implementation: call it from the
+/// implementation's tests with a fresh store and a function that "restarts" it
+/// (reopens from disk, or clones the shared memory).
+#[cfg(any(test, feature = "test-suite"))]
+pub mod suite {
+    use super::*;
+    use crate::block::Block;
+    use crate::certificate::QuorumCertificate;
+    use crate::ids::{NodeId, View};
+    use crate::message::{Checkpoint, Commit, PrePrepare, Prepare, Signed};
+    use bftd_crypto::Signature;
+
+    fn prepared(seq: u64, view: u64) -> PreparedCertificate {
+        let value = PrePrepare {
+            view: View(view),
+            seq: SeqNum(seq),
+            digest: Digest([seq as u8; 32]),
+        };
+        PreparedCertificate {
+            pre_prepare: Signed {
+                signer: NodeId(0),
+                value,
+                signature: Signature([1; 64]),
+            },
+            prepares: QuorumCertificate {
+                value: Prepare {
+                    view: value.view,
+                    seq: value.seq,
+                    digest: value.digest,
+                },
+                votes: Vec::new(),
+            },
+        }
+    }
+
+    fn block(height: u64) -> Arc<CommittedBlock> {
+        Arc::new(CommittedBlock {
+            block: Block {
+                height: SeqNum(height),
+                prev_hash: Digest([height as u8; 32]),
+                batch_digest: Digest::ZERO,
+                batch: Arc::new(Batch::default()),
+            },
+            certificate: QuorumCertificate {
+                value: Commit {
+                    view: View(0),
+                    seq: SeqNum(height),
+                    digest: Digest::ZERO,
+                },
+                votes: Vec::new(),
+            },
+        })
+    }
+
+    /// Runs every check. `reopen` must return the same store as seen after a
+    /// restart.
+    pub fn run<S: Storage + BlockSource>(mut store: S, reopen: impl Fn(S) -> S) {
+        // A new store recovers to genesis.
+        let recovered = store.recover().unwrap();
+        assert_eq!(recovered.safety, SafetyState::default());
+        assert!(recovered.stable_checkpoint.is_none());
+        assert_eq!(store.last_height(), SeqNum(0));
+
+        // Everything applied survives a restart.
+        let mut safety = SafetyState::default();
+        safety.view = View(3);
+        safety
+            .accepted
+            .insert(SeqNum(7), (View(3), Digest([7; 32])));
+        let batch = Arc::new(Batch::default());
+        store
+            .apply(
+                &[
+                    Record::Safety(safety.clone()),
+                    Record::Batch {
+                        seq: SeqNum(7),
+                        digest: Digest([7; 32]),
+                        batch: batch.clone(),
+                    },
+                    Record::Prepared(prepared(7, 2)),
+                    Record::Prepared(prepared(9, 1)),
+                ],
+                &[
+                    Delivery {
+                        block: block(1),
+                        duplicates: vec![],
+                    },
+                    Delivery {
+                        block: block(2),
+                        duplicates: vec![0, 3],
+                    },
+                ],
+            )
+            .unwrap();
+        let store = reopen(store);
+        let recovered = store.recover().unwrap();
+        assert_eq!(recovered.safety, safety);
+        assert_eq!(recovered.prepared, vec![prepared(7, 2), prepared(9, 1)]);
+        assert_eq!(recovered.batches.len(), 1);
+        assert_eq!(store.last_height(), SeqNum(2));
+        assert_eq!(store.block(SeqNum(2)), Some(block(2)));
+        assert_eq!(store.duplicates(SeqNum(2)), vec![0, 3]);
+        assert_eq!(store.block(SeqNum(3)), None);
+
+        // A prepared certificate from a lower view never replaces a higher one.
+        let mut store = store;
+        store
+            .apply(&[Record::Prepared(prepared(7, 1))], &[])
+            .unwrap();
+        let recovered = store.recover().unwrap();
+        assert_eq!(recovered.prepared.first(), Some(&prepared(7, 2)));
+
+        // A stable checkpoint discards what is at or below it.
+        let checkpoint = QuorumCertificate {
+            value: Checkpoint {
+                seq: SeqNum(8),
+                block_hash: Digest([8; 32]),
+            },
+            votes: Vec::new(),
+        };
+        store
+            .apply(&[Record::StableCheckpoint(checkpoint.clone())], &[])
+            .unwrap();
+        let store = reopen(store);
+        let recovered = store.recover().unwrap();
+        assert_eq!(recovered.stable_checkpoint, Some(checkpoint));
+        assert_eq!(recovered.prepared, vec![prepared(9, 1)]);
+        assert!(recovered.batches.is_empty());
+        assert_eq!(store.block(SeqNum(1)), Some(block(1)), "blocks are kept");
+    }
+
+    #[cfg(test)]
+    #[test]
+    fn mem_storage_passes_the_suite() {
+        run(MemStorage::new(), |store| store.clone());
+    }
+}
