@@ -1,0 +1,190 @@
+//! Client connections: the node's side ([`ClientConnection`]) and the
+//! client's side ([`connect_client`], [`ClientLink`]).
+//!
+//! A client opens one long-lived bidirectional stream and sends request
+//! frames on it; the node sends reply frames back on the same stream. Both
+//! directions use the framing of [`super::frame`].
+
+use super::endpoint::{self, CLIENT_STREAMS};
+use super::frame::{FrameReceiver, FrameSender, KeepAlive};
+use super::stats::Counters;
+use super::tls::{self, ALPN_CLIENT};
+use super::{TransportError, DEFAULT_MAX_FRAME_BYTES};
+use bftd_crypto::{KeyPair, PublicKey};
+use bytes::Bytes;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use tokio::sync::OwnedSemaphorePermit;
+
+/// A client connected to this node over the client ALPN.
+///
+/// `client` is the key the client proved in the TLS handshake (its
+/// certificate's key signed the handshake), so requests arriving on this
+/// connection come from the holder of that key.
+#[derive(Debug)]
+pub struct ClientConnection {
+    /// The client's identity key, proven in the handshake.
+    pub client: PublicKey,
+    connection: quinn::Connection,
+    max_frame_bytes: usize,
+    counters: Arc<Counters>,
+    /// Holds one of the `max_client_connections` slots until the connection
+    /// and both stream halves are dropped.
+    slot: Arc<OwnedSemaphorePermit>,
+}
+
+impl ClientConnection {
+    pub(crate) fn new(
+        client: PublicKey,
+        connection: quinn::Connection,
+        max_frame_bytes: usize,
+        counters: Arc<Counters>,
+        slot: OwnedSemaphorePermit,
+    ) -> ClientConnection {
+        ClientConnection {
+            client,
+            connection,
+            max_frame_bytes,
+            counters,
+            slot: Arc::new(slot),
+        }
+    }
+
+    /// The client's address.
+    pub fn remote_address(&self) -> SocketAddr {
+        self.connection.remote_address()
+    }
+
+    /// Waits for the client's request stream: a sender for replies and a
+    /// receiver of requests. QUIC announces a stream with its first bytes, so
+    /// this returns once the first request starts arriving. The connection
+    /// allows one such stream at a time; unidirectional streams are reset.
+    pub async fn accept_stream(&self) -> Result<(FrameSender, FrameReceiver), TransportError> {
+        let keep = KeepAlive {
+            endpoint: None,
+            client_slot: Some(self.slot.clone()),
+        };
+        loop {
+            tokio::select! {
+                stream = self.connection.accept_bi() => {
+                    let (send, recv) =
+                        stream.map_err(|source| TransportError::Connection { source })?;
+                    let sender = FrameSender::new(
+                        send,
+                        self.max_frame_bytes,
+                        self.counters.clone(),
+                        true,
+                        keep.clone(),
+                    );
+                    let receiver = FrameReceiver::new(
+                        recv,
+                        self.connection.clone(),
+                        self.max_frame_bytes,
+                        self.counters.clone(),
+                        true,
+                        keep,
+                    );
+                    return Ok((sender, receiver));
+                }
+                stream = self.connection.accept_uni() => {
+                    let mut recv = stream.map_err(|source| TransportError::Connection { source })?;
+                    self.counters.streams_refused.increment();
+                    let _ = recv.stop(super::close_code::STREAM_STOPPED);
+                }
+            }
+        }
+    }
+
+    /// Closes the connection.
+    pub fn close(&self) {
+        self.connection
+            .close(super::close_code::CLOSED, b"closed by the node");
+    }
+}
+
+/// A client's connection to one node: send request frames, receive reply
+/// frames.
+#[derive(Debug)]
+pub struct ClientLink {
+    connection: quinn::Connection,
+    sender: FrameSender,
+    receiver: FrameReceiver,
+}
+
+/// Connects to the node at `server` whose key is `server_key`, presenting
+/// `key` as the client identity. Fails if the server proves any other key.
+pub async fn connect_client(
+    key: &KeyPair,
+    server: SocketAddr,
+    server_key: PublicKey,
+) -> Result<ClientLink, TransportError> {
+    connect_client_with(key, server, server_key, DEFAULT_MAX_FRAME_BYTES).await
+}
+
+/// [`connect_client`] with an explicit limit on frames in both directions.
+pub async fn connect_client_with(
+    key: &KeyPair,
+    server: SocketAddr,
+    server_key: PublicKey,
+    max_frame_bytes: usize,
+) -> Result<ClientLink, TransportError> {
+    let counters = Arc::new(Counters::default());
+    let identity = tls::certified_key(key)?;
+    let crypto = tls::client_crypto(&identity, server_key, ALPN_CLIENT, &counters)?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(endpoint::transport_config(
+        CLIENT_STREAMS,
+        endpoint::SEGMENTATION_OFFLOAD,
+    ));
+    let local: SocketAddr = if server.is_ipv6() {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    };
+    let endpoint = endpoint::endpoint(endpoint::bind_socket(local)?, None)?;
+    let connection = super::peer::dial(&endpoint, &config, server).await?;
+    let (send, recv) = connection
+        .open_bi()
+        .await
+        .map_err(|source| TransportError::Connection { source })?;
+    let keep = KeepAlive {
+        endpoint: Some(endpoint),
+        client_slot: None,
+    };
+    Ok(ClientLink {
+        sender: FrameSender::new(send, max_frame_bytes, counters.clone(), false, keep.clone()),
+        receiver: FrameReceiver::new(
+            recv,
+            connection.clone(),
+            max_frame_bytes,
+            counters,
+            false,
+            keep,
+        ),
+        connection,
+    })
+}
+
+impl ClientLink {
+    /// Sends one request frame.
+    pub async fn send(&mut self, frame: Bytes) -> Result<(), TransportError> {
+        self.sender.send(frame).await
+    }
+
+    /// The next reply frame, or `None` if the node finished the stream.
+    pub async fn recv(&mut self) -> Result<Option<Bytes>, TransportError> {
+        self.receiver.recv().await
+    }
+
+    /// The two halves, to send and receive from different tasks. Each half
+    /// keeps the connection open.
+    pub fn split(self) -> (FrameSender, FrameReceiver) {
+        (self.sender, self.receiver)
+    }
+
+    /// Closes the connection.
+    pub fn close(&self) {
+        self.connection
+            .close(super::close_code::CLOSED, b"closed by the client");
+    }
+}

@@ -1,0 +1,127 @@
+//! The UDP socket and quinn settings.
+//!
+//! Tuning, from DESIGN.md's loopback measurements (660 MB/s stock vs
+//! ~2.4 GB/s tuned, and half the CPU per byte):
+//! - 4 MiB socket buffers: the default ones drop ~0.7% of loopback packets
+//!   under load, and every drop costs a retransmission and a congestion
+//!   back-off. Best effort: the kernel caps them at `net.core.rmem_max` /
+//!   `wmem_max`, and we log what we got.
+//! - MTU discovery up to 65000 bytes and a matching `max_udp_payload_size`:
+//!   on loopback (MTU 65536) a packet carries ~50x the data of a 1200-byte
+//!   one, and per-packet work (crypto setup, syscalls, ACKs) dominates.
+//!   Discovery only *probes* upward from the safe 1200-byte initial MTU, so
+//!   on a real network the same setting settles at the path MTU.
+//! - Segmentation offload (GSO): see [`SEGMENTATION_OFFLOAD`].
+
+use super::TransportError;
+use quinn::{IdleTimeout, MtuDiscoveryConfig, VarInt};
+use socket2::{Domain, Protocol, Socket, Type};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Requested socket send and receive buffer size.
+const SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+/// Largest UDP payload we accept and the MTU discovery upper bound.
+const MAX_UDP_PAYLOAD_BYTES: u16 = 65000;
+/// Close a connection that has been silent this long. Keep-alives make
+/// silence mean a dead peer; 10 s lets a stalled-but-alive peer (GC pause,
+/// overloaded 2-core box) survive while still noticing a crash quickly.
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Ping an otherwise idle connection this often: several per idle timeout,
+/// so a couple of lost pings do not kill a healthy connection.
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Whether quinn hands the kernel several packets per `sendmsg` (UDP GSO).
+///
+/// Measured on this 2-core machine with `tests::measure_segmentation_offload`
+/// (one 256 MiB stream, 64 KiB frames, loopback, MTU discovery up to 65000):
+/// see the figures next to that test. With loopback packets already ~64 KiB,
+/// GSO has little left to batch and its larger bursts overflow the receive
+/// buffer more often, so it is off. Off is also the safe default where GSO is
+/// broken (some virtual NICs).
+pub(crate) const SEGMENTATION_OFFLOAD: bool = false;
+
+/// Binds the UDP socket with enlarged buffers. An address already in use is
+/// reported as [`TransportError::AddressInUse`] naming the address.
+pub(crate) fn bind_socket(address: SocketAddr) -> Result<std::net::UdpSocket, TransportError> {
+    let bind_error = |source: std::io::Error| {
+        if source.kind() == std::io::ErrorKind::AddrInUse {
+            TransportError::AddressInUse { address }
+        } else {
+            TransportError::Bind { address, source }
+        }
+    };
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::DGRAM,
+        Some(Protocol::UDP),
+    )
+    .map_err(bind_error)?;
+    // Best effort: an unprivileged process may get less than it asks for.
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER_BYTES);
+    tracing::debug!(
+        %address,
+        recv_buffer = ?socket.recv_buffer_size().ok(),
+        send_buffer = ?socket.send_buffer_size().ok(),
+        "UDP socket buffers"
+    );
+    socket.bind(&address.into()).map_err(bind_error)?;
+    socket.set_nonblocking(true).map_err(bind_error)?;
+    Ok(socket.into())
+}
+
+/// Creates an endpoint on `socket`, listening if `server` is given.
+pub(crate) fn endpoint(
+    socket: std::net::UdpSocket,
+    server: Option<quinn::ServerConfig>,
+) -> Result<quinn::Endpoint, TransportError> {
+    let mut config = quinn::EndpointConfig::default();
+    config
+        .max_udp_payload_size(MAX_UDP_PAYLOAD_BYTES)
+        .map_err(|_| TransportError::Endpoint {
+            source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+        })?;
+    quinn::Endpoint::new(config, server, socket, Arc::new(quinn::TokioRuntime))
+        .map_err(|source| TransportError::Endpoint { source })
+}
+
+/// How many streams the remote side of a connection may open, by role.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StreamLimits {
+    /// Unidirectional streams the remote may have open at once.
+    pub(crate) uni: u32,
+    /// Bidirectional streams the remote may have open at once.
+    pub(crate) bidi: u32,
+}
+
+/// The listening side: a peer needs one unidirectional stream (two lets a
+/// replacement stream start before the old one is fully closed); a client
+/// needs one bidirectional stream. QUIC limits are set before the ALPN is
+/// known, so the listener allows the union, and each role resets the
+/// streams the other role would use.
+pub(crate) const LISTENER_STREAMS: StreamLimits = StreamLimits { uni: 2, bidi: 1 };
+/// Dialing a peer: the peer sends us its frames on one unidirectional
+/// stream.
+pub(crate) const PEER_DIALER_STREAMS: StreamLimits = StreamLimits { uni: 2, bidi: 0 };
+/// A client: the server opens nothing; replies come back on the client's
+/// own bidirectional stream.
+pub(crate) const CLIENT_STREAMS: StreamLimits = StreamLimits { uni: 0, bidi: 0 };
+
+/// Transport parameters shared by every connection, with per-role stream
+/// limits.
+pub(crate) fn transport_config(streams: StreamLimits, gso: bool) -> Arc<quinn::TransportConfig> {
+    let mut config = quinn::TransportConfig::default();
+    config
+        .max_concurrent_uni_streams(VarInt::from_u32(streams.uni))
+        .max_concurrent_bidi_streams(VarInt::from_u32(streams.bidi))
+        .keep_alive_interval(Some(KEEP_ALIVE_INTERVAL))
+        // Ten seconds always fits a QUIC idle timeout (62 bits of ms).
+        .max_idle_timeout(IdleTimeout::try_from(IDLE_TIMEOUT).ok())
+        .enable_segmentation_offload(gso);
+    let mut mtu = MtuDiscoveryConfig::default();
+    mtu.upper_bound(MAX_UDP_PAYLOAD_BYTES);
+    config.mtu_discovery_config(Some(mtu));
+    Arc::new(config)
+}
