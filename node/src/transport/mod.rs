@@ -68,8 +68,9 @@ pub const DEFAULT_PEER_QUEUE_BYTES: usize = 2 * DEFAULT_MAX_FRAME_BYTES;
 pub const DEFAULT_INBOUND_CAPACITY: usize = 4096;
 /// Default bound of the inbound channel, in bytes.
 pub const DEFAULT_INBOUND_BYTES: usize = 4 * DEFAULT_MAX_FRAME_BYTES;
-/// Default limit on concurrently open client connections.
-pub const DEFAULT_MAX_CLIENT_CONNECTIONS: usize = 1024;
+/// Default limit on concurrently open client connections. Each may make
+/// us buffer up to 2.5 MB (QUIC flow control), so 512 caps that at 1.25 GB.
+pub const DEFAULT_MAX_CLIENT_CONNECTIONS: usize = 512;
 
 /// A handshake that has not finished in this time is abandoned.
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
