@@ -28,8 +28,11 @@
 //! # Ok(()) }
 //! ```
 
+mod accept;
 mod client;
+mod config;
 mod endpoint;
+mod error;
 mod frame;
 mod peer;
 mod stats;
@@ -39,11 +42,13 @@ mod tls;
 
 pub use bytes::Bytes;
 pub use client::{connect_client, connect_client_with, ClientConnection, ClientLink};
+pub use config::{Peer, TransportConfig};
+pub use error::{ConfigError, SendError, TransportError};
 pub use frame::{FrameReceiver, FrameSender};
 pub use stats::TransportStats;
 pub use tls::{ALPN_CLIENT, ALPN_PEER};
 
-use bftd_crypto::{KeyPair, PublicKey};
+use bftd_crypto::PublicKey;
 use bftd_protocol::NodeId;
 use peer::PeerLink;
 use stats::Counters;
@@ -101,300 +106,6 @@ pub(crate) mod close_code {
     pub(crate) const STREAM_STOPPED: VarInt = VarInt::from_u32(5);
     /// Closed by the application.
     pub(crate) const CLOSED: VarInt = VarInt::from_u32(6);
-}
-
-/// One committee member, as the cluster file lists it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Peer {
-    /// The member's index.
-    pub id: NodeId,
-    /// Where it listens.
-    pub address: SocketAddr,
-    /// Its identity key, pinned in TLS.
-    pub key: PublicKey,
-}
-
-/// Everything the transport needs to start.
-#[derive(Debug, Clone)]
-pub struct TransportConfig {
-    /// This node's id.
-    pub me: NodeId,
-    /// This node's identity key; must be the key `peers` lists for `me`.
-    pub key: KeyPair,
-    /// Address to listen on for peers and clients.
-    pub listen: SocketAddr,
-    /// The whole committee, including this node.
-    pub peers: Vec<Peer>,
-    /// Largest frame sent or accepted, in bytes; at most `u32::MAX`.
-    pub max_frame_bytes: usize,
-    /// Per-peer outbound queue bound, in frames.
-    pub peer_queue_frames: usize,
-    /// Per-peer outbound queue bound, in bytes. A frame larger than this is
-    /// always dropped.
-    pub peer_queue_bytes: usize,
-    /// Inbound channel bound, in frames.
-    pub inbound_capacity: usize,
-    /// Inbound channel bound, in bytes of frames not yet dropped by the
-    /// consumer; at least `max_frame_bytes`.
-    pub inbound_bytes: usize,
-    /// Client connections open at once; more are refused.
-    pub max_client_connections: usize,
-}
-
-impl TransportConfig {
-    /// A configuration with the default limits.
-    pub fn new(me: NodeId, key: KeyPair, listen: SocketAddr, peers: Vec<Peer>) -> TransportConfig {
-        TransportConfig {
-            me,
-            key,
-            listen,
-            peers,
-            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
-            peer_queue_frames: DEFAULT_PEER_QUEUE_FRAMES,
-            peer_queue_bytes: DEFAULT_PEER_QUEUE_BYTES,
-            inbound_capacity: DEFAULT_INBOUND_CAPACITY,
-            inbound_bytes: DEFAULT_INBOUND_BYTES,
-            max_client_connections: DEFAULT_MAX_CLIENT_CONNECTIONS,
-        }
-    }
-
-    /// Checks the configuration; [`Transport::start`] calls this.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let nonzero = [
-            ("max_frame_bytes", self.max_frame_bytes),
-            ("peer_queue_frames", self.peer_queue_frames),
-            ("peer_queue_bytes", self.peer_queue_bytes),
-            ("inbound_capacity", self.inbound_capacity),
-            ("max_client_connections", self.max_client_connections),
-        ];
-        if let Some((field, _)) = nonzero.iter().find(|(_, value)| *value == 0) {
-            return Err(ConfigError::Zero { field });
-        }
-        if u32::try_from(self.max_frame_bytes).is_err() {
-            return Err(ConfigError::MaxFrameBytes {
-                max_frame_bytes: self.max_frame_bytes,
-            });
-        }
-        if self.inbound_bytes < self.max_frame_bytes || self.inbound_bytes > Semaphore::MAX_PERMITS
-        {
-            return Err(ConfigError::InboundBytes {
-                inbound_bytes: self.inbound_bytes,
-                max_frame_bytes: self.max_frame_bytes,
-            });
-        }
-        let mut ids = HashMap::new();
-        let mut keys = HashMap::new();
-        for peer in &self.peers {
-            if ids.insert(peer.id, ()).is_some() {
-                return Err(ConfigError::DuplicatePeer { id: peer.id });
-            }
-            if peer.key.validate().is_err() {
-                return Err(ConfigError::InvalidPeerKey { id: peer.id });
-            }
-            if let Some(first) = keys.insert(peer.key, peer.id) {
-                return Err(ConfigError::DuplicateKey {
-                    first,
-                    second: peer.id,
-                });
-            }
-        }
-        match self.peers.iter().find(|peer| peer.id == self.me) {
-            None => Err(ConfigError::MissingSelf { me: self.me }),
-            Some(peer) if peer.key != self.key.public() => {
-                Err(ConfigError::WrongKey { me: self.me })
-            }
-            Some(_) => Ok(()),
-        }
-    }
-}
-
-/// A problem in a [`TransportConfig`].
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ConfigError {
-    /// A limit that must be positive is zero.
-    #[error("`{field}` must be greater than zero")]
-    Zero {
-        /// The field.
-        field: &'static str,
-    },
-    /// Frames carry a `u32` length prefix.
-    #[error("max_frame_bytes {max_frame_bytes} does not fit the u32 length prefix")]
-    MaxFrameBytes {
-        /// The configured value.
-        max_frame_bytes: usize,
-    },
-    /// The inbound byte bound must admit one maximal frame (and fit a
-    /// semaphore).
-    #[error("inbound_bytes {inbound_bytes} must be at least max_frame_bytes {max_frame_bytes}")]
-    InboundBytes {
-        /// The configured bound.
-        inbound_bytes: usize,
-        /// The frame limit it must admit.
-        max_frame_bytes: usize,
-    },
-    /// Two committee entries share an id.
-    #[error("node {id} is listed twice")]
-    DuplicatePeer {
-        /// The repeated id.
-        id: NodeId,
-    },
-    /// Two committee entries share a key, so a connection could not be
-    /// attributed to one node.
-    #[error("nodes {first} and {second} have the same key")]
-    DuplicateKey {
-        /// The first node with the key.
-        first: NodeId,
-        /// The second node with the key.
-        second: NodeId,
-    },
-    /// A committee key is not a valid, non-weak Ed25519 key.
-    #[error("node {id} has an invalid key")]
-    InvalidPeerKey {
-        /// The node.
-        id: NodeId,
-    },
-    /// `me` is not in the committee.
-    #[error("this node ({me}) is not in the committee")]
-    MissingSelf {
-        /// Our id.
-        me: NodeId,
-    },
-    /// Our key pair is not the key the committee lists for `me`.
-    #[error("the key pair does not match the committee's key for {me}")]
-    WrongKey {
-        /// Our id.
-        me: NodeId,
-    },
-}
-
-/// Errors of the transport.
-#[derive(Debug, thiserror::Error)]
-pub enum TransportError {
-    /// The configuration is invalid.
-    #[error("invalid transport configuration: {source}")]
-    Config {
-        /// What is wrong.
-        #[from]
-        source: ConfigError,
-    },
-    /// Another process (or transport) already uses the listen address.
-    #[error("address {address} is already in use")]
-    AddressInUse {
-        /// The address.
-        address: SocketAddr,
-    },
-    /// Creating or binding the UDP socket failed.
-    #[error("cannot bind {address}: {source}")]
-    Bind {
-        /// The address.
-        address: SocketAddr,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// quinn could not start an endpoint on the socket.
-    #[error("cannot start the QUIC endpoint: {source}")]
-    Endpoint {
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// Building the self-signed certificate failed.
-    #[error("cannot build the TLS certificate: {source}")]
-    Certificate {
-        /// rcgen's error.
-        source: rcgen::Error,
-    },
-    /// Building the TLS configuration failed.
-    #[error("TLS configuration: {source}")]
-    Tls {
-        /// rustls's error.
-        source: rustls::Error,
-    },
-    /// The TLS configuration is not usable for QUIC.
-    #[error("TLS configuration unusable for QUIC: {source}")]
-    QuicCrypto {
-        /// quinn's error.
-        source: quinn::crypto::rustls::NoInitialCipherSuite,
-    },
-    /// A connection attempt could not start.
-    #[error("cannot connect to {address}: {source}")]
-    Connect {
-        /// The address dialed.
-        address: SocketAddr,
-        /// quinn's error.
-        source: quinn::ConnectError,
-    },
-    /// The handshake did not finish within the handshake timeout.
-    #[error("handshake with {address} timed out")]
-    HandshakeTimeout {
-        /// The address dialed.
-        address: SocketAddr,
-    },
-    /// The connection failed or was closed (including a refused handshake).
-    #[error("connection lost: {source}")]
-    Connection {
-        /// quinn's error.
-        source: quinn::ConnectionError,
-    },
-    /// Writing to a stream failed.
-    #[error("write failed: {source}")]
-    Write {
-        /// quinn's error.
-        source: quinn::WriteError,
-    },
-    /// Reading from a stream failed.
-    #[error("read failed: {source}")]
-    Read {
-        /// quinn's error.
-        source: quinn::ReadError,
-    },
-    /// The stream is already finished or reset.
-    #[error("stream already closed")]
-    StreamClosed,
-    /// A frame longer than the limit, sent or announced by a length prefix.
-    #[error("frame of {length} bytes exceeds the limit of {max_frame_bytes}")]
-    FrameTooLarge {
-        /// The frame's (announced) length.
-        length: u64,
-        /// The limit.
-        max_frame_bytes: usize,
-    },
-    /// The stream ended in the middle of a frame.
-    #[error("stream ended after {received} of {expected} bytes")]
-    TruncatedFrame {
-        /// Bytes expected.
-        expected: usize,
-        /// Bytes received before the end.
-        received: usize,
-    },
-}
-
-/// Why [`Transport::send`] dropped a frame. The frame is gone either way and
-/// the drop is counted; callers usually just ignore this.
-#[derive(Debug, Clone, Copy, thiserror::Error, PartialEq, Eq)]
-pub enum SendError {
-    /// The peer's outbound queue is full (frames or bytes).
-    #[error("outbound queue to {to} is full")]
-    QueueFull {
-        /// The destination.
-        to: NodeId,
-    },
-    /// The destination is not a peer (unknown id, or this node).
-    #[error("{to} is not a peer")]
-    UnknownPeer {
-        /// The destination.
-        to: NodeId,
-    },
-    /// The frame exceeds `max_frame_bytes`.
-    #[error("frame of {length} bytes exceeds the limit of {max_frame_bytes}")]
-    FrameTooLarge {
-        /// The frame's length.
-        length: usize,
-        /// The limit.
-        max_frame_bytes: usize,
-    },
-    /// The transport was shut down.
-    #[error("the transport is shut down")]
-    ShutDown,
 }
 
 /// A frame received from a peer.
@@ -591,7 +302,7 @@ impl Transport {
                 ));
             }
         }
-        shared.spawn(accept_loop(shared.clone(), endpoint));
+        shared.spawn(accept::accept_loop(shared.clone(), endpoint));
         tracing::info!(me = %config.me, address = %local_address, "transport listening");
         let transport = Transport {
             _owner: Arc::new(Owner(shared.clone())),
@@ -666,112 +377,5 @@ impl Transport {
         while tasks.join_next().await.is_some() {}
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, endpoint.wait_idle()).await;
         tracing::info!(me = %self.shared.me, "transport shut down");
-    }
-}
-
-/// Accepts connection attempts, each handshake in its own task, at most
-/// `MAX_CONCURRENT_HANDSHAKES` at once.
-async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
-    while let Some(incoming) = endpoint.accept().await {
-        match shared.handshake_slots.clone().try_acquire_owned() {
-            Ok(slot) => shared.spawn(handle_incoming(shared.clone(), incoming, slot)),
-            Err(_) => {
-                shared.counters.handshake_busy.increment();
-                incoming.refuse();
-            }
-        }
-    }
-}
-
-/// Completes one incoming handshake and routes the connection by ALPN.
-async fn handle_incoming(
-    shared: Arc<Shared>,
-    incoming: quinn::Incoming,
-    slot: OwnedSemaphorePermit,
-) {
-    let address = incoming.remote_address();
-    let connecting = match incoming.accept() {
-        Ok(connecting) => connecting,
-        Err(error) => {
-            shared.counters.handshake_failed.increment();
-            tracing::debug!(%address, %error, "incoming connection failed");
-            return;
-        }
-    };
-    // Dropping `connecting` on timeout abandons the connection.
-    let connection = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
-        Ok(Ok(connection)) => connection,
-        Ok(Err(error)) => {
-            shared.counters.handshake_failed.increment();
-            tracing::debug!(%address, %error, "incoming handshake failed");
-            return;
-        }
-        Err(_) => {
-            shared.counters.handshake_failed.increment();
-            tracing::debug!(%address, "incoming handshake timed out");
-            return;
-        }
-    };
-    drop(slot);
-    let (Some(key), Some(alpn)) = (
-        tls::connection_key(&connection),
-        tls::connection_alpn(&connection),
-    ) else {
-        // Our verifier and ALPN list guarantee both; be safe anyway.
-        refuse(&shared, &connection, "no identity or ALPN");
-        return;
-    };
-    if alpn == ALPN_PEER {
-        match shared.committee.get(&key) {
-            // The lower id dials (see `peer`): only lower ids may connect to us.
-            Some(&id) if id < shared.me => {
-                if let Some(link) = shared.links.get(&id) {
-                    peer::run_connection(shared.clone(), link.clone(), connection).await;
-                }
-            }
-            Some(&id) => {
-                tracing::warn!(peer = %id, "peer dialed us, but the lower id dials: refused");
-                refuse(&shared, &connection, "the lower id dials");
-            }
-            None => {
-                tracing::warn!(%address, key = %key.short(), "non-committee key on the peer ALPN: refused");
-                refuse(&shared, &connection, "not a committee key");
-            }
-        }
-    } else if alpn == ALPN_CLIENT {
-        accept_client(&shared, connection, key);
-    } else {
-        refuse(&shared, &connection, "unknown ALPN");
-    }
-}
-
-fn refuse(shared: &Shared, connection: &quinn::Connection, reason: &'static str) {
-    shared.counters.handshake_rejected.increment();
-    connection.close(close_code::UNAUTHORIZED, reason.as_bytes());
-}
-
-/// Hands a client connection to the consumer, or refuses it when the client
-/// limit is reached or the consumer is not keeping up.
-fn accept_client(shared: &Shared, connection: quinn::Connection, key: PublicKey) {
-    let Ok(slot) = shared.client_slots.clone().try_acquire_owned() else {
-        shared.counters.clients_refused.increment();
-        connection.close(close_code::BUSY, b"too many clients");
-        return;
-    };
-    let client = ClientConnection::new(
-        key,
-        connection.clone(),
-        shared.max_frame_bytes,
-        shared.counters.clone(),
-        slot,
-    );
-    let sent = lock(&shared.clients)
-        .as_ref()
-        .map(|clients| clients.try_send(client).is_ok());
-    if sent == Some(true) {
-        shared.counters.client_connections.increment();
-    } else {
-        shared.counters.clients_refused.increment();
-        connection.close(close_code::BUSY, b"node busy");
     }
 }

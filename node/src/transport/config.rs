@@ -1,0 +1,116 @@
+//! The transport's configuration and its validation.
+
+use super::{
+    ConfigError, DEFAULT_INBOUND_BYTES, DEFAULT_INBOUND_CAPACITY, DEFAULT_MAX_CLIENT_CONNECTIONS,
+    DEFAULT_MAX_FRAME_BYTES, DEFAULT_PEER_QUEUE_BYTES, DEFAULT_PEER_QUEUE_FRAMES,
+};
+use bftd_crypto::{KeyPair, PublicKey};
+use bftd_protocol::NodeId;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use tokio::sync::Semaphore;
+
+/// One committee member, as the cluster file lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    /// The member's index.
+    pub id: NodeId,
+    /// Where it listens.
+    pub address: SocketAddr,
+    /// Its identity key, pinned in TLS.
+    pub key: PublicKey,
+}
+
+/// Everything the transport needs to start.
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    /// This node's id.
+    pub me: NodeId,
+    /// This node's identity key; must be the key `peers` lists for `me`.
+    pub key: KeyPair,
+    /// Address to listen on for peers and clients.
+    pub listen: SocketAddr,
+    /// The whole committee, including this node.
+    pub peers: Vec<Peer>,
+    /// Largest frame sent or accepted, in bytes; at most `u32::MAX`.
+    pub max_frame_bytes: usize,
+    /// Per-peer outbound queue bound, in frames.
+    pub peer_queue_frames: usize,
+    /// Per-peer outbound queue bound, in bytes. A frame larger than this is
+    /// always dropped.
+    pub peer_queue_bytes: usize,
+    /// Inbound channel bound, in frames.
+    pub inbound_capacity: usize,
+    /// Inbound channel bound, in bytes of frames not yet dropped by the
+    /// consumer; at least `max_frame_bytes`.
+    pub inbound_bytes: usize,
+    /// Client connections open at once; more are refused.
+    pub max_client_connections: usize,
+}
+
+impl TransportConfig {
+    /// A configuration with the default limits.
+    pub fn new(me: NodeId, key: KeyPair, listen: SocketAddr, peers: Vec<Peer>) -> TransportConfig {
+        TransportConfig {
+            me,
+            key,
+            listen,
+            peers,
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            peer_queue_frames: DEFAULT_PEER_QUEUE_FRAMES,
+            peer_queue_bytes: DEFAULT_PEER_QUEUE_BYTES,
+            inbound_capacity: DEFAULT_INBOUND_CAPACITY,
+            inbound_bytes: DEFAULT_INBOUND_BYTES,
+            max_client_connections: DEFAULT_MAX_CLIENT_CONNECTIONS,
+        }
+    }
+
+    /// Checks the configuration; [`Transport::start`] calls this.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let nonzero = [
+            ("max_frame_bytes", self.max_frame_bytes),
+            ("peer_queue_frames", self.peer_queue_frames),
+            ("peer_queue_bytes", self.peer_queue_bytes),
+            ("inbound_capacity", self.inbound_capacity),
+            ("max_client_connections", self.max_client_connections),
+        ];
+        if let Some((field, _)) = nonzero.iter().find(|(_, value)| *value == 0) {
+            return Err(ConfigError::Zero { field });
+        }
+        if u32::try_from(self.max_frame_bytes).is_err() {
+            return Err(ConfigError::MaxFrameBytes {
+                max_frame_bytes: self.max_frame_bytes,
+            });
+        }
+        if self.inbound_bytes < self.max_frame_bytes || self.inbound_bytes > Semaphore::MAX_PERMITS
+        {
+            return Err(ConfigError::InboundBytes {
+                inbound_bytes: self.inbound_bytes,
+                max_frame_bytes: self.max_frame_bytes,
+            });
+        }
+        let mut ids = HashMap::new();
+        let mut keys = HashMap::new();
+        for peer in &self.peers {
+            if ids.insert(peer.id, ()).is_some() {
+                return Err(ConfigError::DuplicatePeer { id: peer.id });
+            }
+            if peer.key.validate().is_err() {
+                return Err(ConfigError::InvalidPeerKey { id: peer.id });
+            }
+            if let Some(first) = keys.insert(peer.key, peer.id) {
+                return Err(ConfigError::DuplicateKey {
+                    first,
+                    second: peer.id,
+                });
+            }
+        }
+        match self.peers.iter().find(|peer| peer.id == self.me) {
+            None => Err(ConfigError::MissingSelf { me: self.me }),
+            Some(peer) if peer.key != self.key.public() => {
+                Err(ConfigError::WrongKey { me: self.me })
+            }
+            Some(_) => Ok(()),
+        }
+    }
+}
