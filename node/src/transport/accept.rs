@@ -10,9 +10,20 @@ use tokio::sync::OwnedSemaphorePermit;
 
 /// Accepts connection attempts, each handshake in its own task, at most
 /// `MAX_CONCURRENT_HANDSHAKES` at once.
+///
+/// Attempts from a committee member's IP address first draw from a small
+/// reserved pool, so strangers holding every general slot with handshakes
+/// they never finish cannot lock the peers out; when the reserved pool is
+/// empty (on loopback every client shares the peers' IP) they use the
+/// general one. The key, not the address, is what authenticates; the
+/// address only picks the pool.
 pub(crate) async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
     while let Some(incoming) = endpoint.accept().await {
-        match shared.handshake_slots.clone().try_acquire_owned() {
+        let from_peer_ip = shared.peer_ips.contains(&incoming.remote_address().ip());
+        let reserved = from_peer_ip
+            .then(|| shared.peer_handshake_slots.clone().try_acquire_owned().ok())
+            .flatten();
+        match reserved.map_or_else(|| shared.handshake_slots.clone().try_acquire_owned(), Ok) {
             Ok(slot) => shared.spawn(handle_incoming(shared.clone(), incoming, slot)),
             Err(_) => {
                 shared.counters.handshake_busy.increment();
@@ -73,7 +84,8 @@ async fn handle_incoming(
                 refuse(&shared, &connection, "the lower id dials");
             }
             None => {
-                tracing::warn!(%address, key = %key.short(), "non-committee key on the peer ALPN: refused");
+                // Debug, not warn: strangers can repeat this at will.
+                tracing::debug!(%address, key = %key.short(), "non-committee key on the peer ALPN: refused");
                 refuse(&shared, &connection, "not a committee key");
             }
         }

@@ -52,9 +52,9 @@ use bftd_crypto::PublicKey;
 use bftd_protocol::NodeId;
 use peer::PeerLink;
 use stats::Counters;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -150,6 +150,10 @@ pub(crate) struct Shared {
     clients: Mutex<Option<mpsc::Sender<ClientConnection>>>,
     client_slots: Arc<Semaphore>,
     handshake_slots: Arc<Semaphore>,
+    /// Committee members' IP addresses, and the handshake slots reserved for
+    /// attempts from them (see `accept::accept_loop`).
+    peer_ips: HashSet<IpAddr>,
+    peer_handshake_slots: Arc<Semaphore>,
     endpoint: Mutex<Option<quinn::Endpoint>>,
     /// Every task of this transport; `None` once shut down.
     tasks: Mutex<Option<JoinSet<()>>>,
@@ -280,32 +284,46 @@ impl Transport {
             clients: Mutex::new(Some(clients)),
             client_slots: Arc::new(Semaphore::new(config.max_client_connections)),
             handshake_slots: Arc::new(Semaphore::new(MAX_CONCURRENT_HANDSHAKES)),
+            peer_ips: config
+                .peers
+                .iter()
+                .filter(|peer| peer.id != config.me)
+                .map(|peer| peer.address.ip())
+                .collect(),
+            peer_handshake_slots: Arc::new(Semaphore::new(2 * config.peers.len())),
             endpoint: Mutex::new(Some(endpoint.clone())),
             tasks: Mutex::new(Some(JoinSet::new())),
             shut_down: AtomicBool::new(false),
         });
 
+        // Every fallible step before the first spawn: tasks hold `shared`, and
+        // until `Owner` exists nothing would stop them.
+        let mut dialers = Vec::new();
+        for (link, _) in queues.iter().filter(|(link, _)| config.me < link.id) {
+            let crypto = tls::client_crypto(&identity, link.key, ALPN_PEER, &counters)?;
+            let mut dial = quinn::ClientConfig::new(Arc::new(crypto));
+            dial.transport_config(endpoint::transport_config(
+                endpoint::PEER_DIALER_STREAMS,
+                endpoint::SEGMENTATION_OFFLOAD,
+            ));
+            dialers.push((link.clone(), dial));
+        }
+        let owner = Arc::new(Owner(shared.clone()));
         for (link, queue) in queues {
-            shared.spawn(peer::run_writer(shared.clone(), link.clone(), queue));
-            if config.me < link.id {
-                let crypto = tls::client_crypto(&identity, link.key, ALPN_PEER, &counters)?;
-                let mut dial = quinn::ClientConfig::new(Arc::new(crypto));
-                dial.transport_config(endpoint::transport_config(
-                    endpoint::PEER_DIALER_STREAMS,
-                    endpoint::SEGMENTATION_OFFLOAD,
-                ));
-                shared.spawn(peer::run_dialer(
-                    shared.clone(),
-                    link,
-                    endpoint.clone(),
-                    dial,
-                ));
-            }
+            shared.spawn(peer::run_writer(shared.clone(), link, queue));
+        }
+        for (link, dial) in dialers {
+            shared.spawn(peer::run_dialer(
+                shared.clone(),
+                link,
+                endpoint.clone(),
+                dial,
+            ));
         }
         shared.spawn(accept::accept_loop(shared.clone(), endpoint));
         tracing::info!(me = %config.me, address = %local_address, "transport listening");
         let transport = Transport {
-            _owner: Arc::new(Owner(shared.clone())),
+            _owner: owner,
             shared,
             local_address,
         };
