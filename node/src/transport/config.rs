@@ -65,7 +65,7 @@ impl TransportConfig {
         }
     }
 
-    /// Checks the configuration; [`Transport::start`] calls this.
+    /// Checks the configuration; [`Transport::start`](super::Transport::start) calls this.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let nonzero = [
             ("max_frame_bytes", self.max_frame_bytes),

@@ -3,7 +3,7 @@
 use bftd_protocol::NodeId;
 use std::net::SocketAddr;
 
-/// A problem in a [`TransportConfig`].
+/// A problem in a [`TransportConfig`](super::TransportConfig).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
     /// A limit that must be positive is zero.
@@ -163,7 +163,7 @@ pub enum TransportError {
     },
 }
 
-/// Why [`Transport::send`] dropped a frame. The frame is gone either way and
+/// Why [`Transport::send`](super::Transport::send) dropped a frame. The frame is gone either way and
 /// the drop is counted; callers usually just ignore this.
 #[derive(Debug, Clone, Copy, thiserror::Error, PartialEq, Eq)]
 pub enum SendError {

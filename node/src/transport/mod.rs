@@ -4,13 +4,13 @@
 //! - **Identity.** TLS 1.3 certificates carry each node's and client's
 //!   Ed25519 identity key; dialers pin the key the cluster file names for
 //!   the address, listeners admit a peer only if its key is a committee
-//!   member's ([`tls`] explains why no PKI is involved).
+//!   member's (`tls.rs` explains why no PKI is involved).
 //! - **Endpoint.** One quinn endpoint per node serves both ALPNs,
 //!   `bftd-peer/1` and `bftd-client/1`, tuned for loopback throughput
-//!   ([`endpoint`]).
+//!   (`endpoint.rs`).
 //! - **Peers.** One connection per pair, dialed by the lower id, frames on a
 //!   long-lived unidirectional stream per direction, a bounded outbound queue
-//!   per peer ([`peer`]). Every frame received from any peer goes into one
+//!   per peer (`peer.rs`). Every frame received from any peer goes into one
 //!   bounded channel, [`PeerFrame`]s, bounded in frames and in bytes.
 //! - **Hostile input.** Frames are checked against `max_frame_bytes` before
 //!   allocation, stream counts are limited by QUIC itself, handshakes are
@@ -27,6 +27,17 @@
 //! }
 //! # Ok(()) }
 //! ```
+
+// Bytes from the network must never panic the node (STYLE.md 6).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )
+)]
 
 mod accept;
 mod client;
@@ -110,8 +121,8 @@ pub(crate) mod close_code {
 
 /// A frame received from a peer.
 ///
-/// Its bytes count against the inbound byte bound until this value is
-/// dropped (or destructured).
+/// Its bytes count against the inbound byte bound until this value (or what
+/// remains of it after moving `frame` out) is dropped.
 #[derive(Debug)]
 pub struct PeerFrame {
     /// The sender, authenticated by the connection's TLS handshake.
