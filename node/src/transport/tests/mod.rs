@@ -369,6 +369,61 @@ async fn full_queue_drops_without_blocking() {
     .await;
 }
 
+/// A connected peer whose consumer never reads: its inbound channel fills,
+/// its reader stops, QUIC flow control stalls our writer, and our queue to
+/// it fills and drops; `send` still never waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_consumer_backpressure_reaches_the_queue() {
+    bounded(async {
+        let mut configs = cluster(2, 130);
+        configs[0].peer_queue_frames = 16;
+        configs[1].inbound_capacity = 4;
+        let mut nodes = start_all(configs).await;
+        let sender = nodes[0].transport.clone();
+        deliver(
+            &sender,
+            NodeId(1),
+            &mut nodes[1].frames,
+            NodeId(0),
+            b"connected",
+        )
+        .await;
+        // From now on node 1's consumer reads nothing.
+        let delivered = nodes[1].stats().frames_in;
+        let frame = Bytes::from(vec![0x42; 64 * 1024]);
+        let mut sent = 0u64;
+        while sender.stats().dropped_queue_full == 0 {
+            assert!(sent < 1024, "64 MiB queued without a drop: unbounded");
+            let started = Instant::now();
+            let _ = sender.send(NodeId(1), frame.clone());
+            assert!(
+                started.elapsed() < Duration::from_millis(50),
+                "send never waits"
+            );
+            sent += 1;
+            // Let the writer drain into QUIC, so only flow control can stop it.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // Drops started only once flow control stalled the writer: beyond
+        // the queue (16) and node 1's channel (4), the stream's 1.25 MB
+        // receive window took about 19 frames of 64 KiB (40 measured).
+        assert!(
+            sent > 16 + 4 + 8,
+            "only {sent} frames before the first drop"
+        );
+        let received = nodes[1].stats().frames_in;
+        assert!(
+            received - delivered <= 4 + 1,
+            "node 1 took only what fits its channel (plus one held by the reader)"
+        );
+        assert!(
+            nodes[1].frames.len() <= 4,
+            "the inbound channel stays bounded"
+        );
+    })
+    .await;
+}
+
 /// A node whose transport stops and restarts on the same port is reached
 /// again by the node that dials it and dials its own higher peers again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
