@@ -57,6 +57,8 @@
     )
 )]
 
+#[cfg(feature = "byzantine")]
+pub mod byzantine;
 pub mod block;
 pub mod certificate;
 pub mod clients;

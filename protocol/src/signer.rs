@@ -123,13 +123,6 @@ impl Signer {
         self.key.public()
     }
 
-    /// The replica's key, for the byzantine test layer, which signs lies with
-    /// the replica's own key.
-    #[cfg(feature = "byzantine")]
-    pub(crate) fn key(&self) -> &KeyPair {
-        &self.key
-    }
-
     /// The state to persist if it changed since the last call. The replica
     /// puts it first in the actions it returns, so it is durable before
     /// anything signed under it is sent.

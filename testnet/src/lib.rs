@@ -1,1 +1,3 @@
-
+//! bftnet: local bftd testnets, byzantine behaviours, fault injection,
+//! benchmarks, and a deterministic simulator.
+pub mod sim;

@@ -298,6 +298,8 @@ pub struct Replica {
     actions: Actions,
     metrics: Metrics,
     evidence: Vec<Evidence>,
+    /// See [`Replica::break_commit_quorum_for_testing`].
+    broken_commit_quorum: bool,
 }
 
 impl std::fmt::Debug for Replica {
@@ -414,6 +416,7 @@ impl Replica {
             actions: Actions::default(),
             metrics: Metrics::default(),
             evidence: Vec::new(),
+            broken_commit_quorum: false,
             clients,
             config,
         };
@@ -524,6 +527,15 @@ impl Replica {
         std::mem::take(&mut self.actions)
     }
 
+    /// Deliberately breaks the commit rule: commit on 2f matching commits
+    /// instead of 2f+1. Exists only so the simulator can show that its
+    /// checkers catch a broken quorum rule (`bftnet sim --break-quorum`); no
+    /// configuration, message or command of the daemon reaches it.
+    #[doc(hidden)]
+    pub fn break_commit_quorum_for_testing(&mut self) {
+        self.broken_commit_quorum = true;
+    }
+
     // ----- inspection ----------------------------------------------------
 
     /// Where the replica stands.
@@ -566,12 +578,6 @@ impl Replica {
     /// This replica's id.
     pub fn id(&self) -> NodeId {
         self.id
-    }
-
-    /// The signer, for the byzantine layer.
-    #[cfg(feature = "byzantine")]
-    pub(crate) fn signer(&self) -> &Signer {
-        &self.signer
     }
 
     // ----- helpers shared by the phases -----------------------------------

@@ -311,10 +311,10 @@ impl Replica {
         self.execute_ready();
     }
 
-    /// 2f+1, or 2f with the test-only `broken-quorum` feature, which exists
-    /// to show that the simulator's agreement checker catches a broken rule.
+    /// 2f+1 — or one less once [`Replica::break_commit_quorum_for_testing`]
+    /// was called.
     fn commit_quorum(&self) -> usize {
-        if cfg!(feature = "broken-quorum") {
+        if self.broken_commit_quorum {
             self.committee.quorum().saturating_sub(1).max(1)
         } else {
             self.committee.quorum()

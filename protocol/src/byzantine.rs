@@ -1,0 +1,667 @@
+//! Byzantine behaviours, for testing only (cargo feature `byzantine`).
+//!
+//! A byzantine replica runs the honest core unchanged; an [`Adversary`]
+//! rewrites what the core emits before it reaches the network, and signs its
+//! lies with the replica's own key. The honest code path has no byzantine
+//! branches. The simulator and `bftd --byzantine` use this same module, so
+//! what the simulator shows is what the testnet runs.
+
+use crate::certificate::{PreparedCertificate, QuorumCertificate, Vote};
+use crate::codec;
+use crate::committee::Committee;
+use crate::ids::{NodeId, SeqNum, View};
+use crate::merkle::MerkleTree;
+use crate::message::{
+    Batch, Checkpoint, Commit, FetchBlocks, PrePrepare, Prepare, Signable, Signed, Status,
+    ViewChange, WireMessage,
+};
+use crate::replica::{ClientReply, Destination, Outgoing, ReplyOutcome};
+use bftd_crypto::{Digest, KeyPair, Signature};
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What a byzantine replica does to its honest core's output.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Behaviour {
+    /// Sends nothing at all (a crash that keeps its connections).
+    Silent,
+    /// Sends conflicting pre-prepares (as primary) and conflicting votes to
+    /// different halves of its peers.
+    Equivocate,
+    /// Breaks every signature it sends.
+    BadSignature,
+    /// Pre-prepares and votes name a wrong digest (validly signed).
+    WrongDigest,
+    /// Flips bytes of every message after signing.
+    Corrupt,
+    /// Re-sends old messages to random peers beside its honest traffic.
+    Replay,
+    /// View-changes carry a prepared certificate it does not have; as new
+    /// primary, a new-view whose `O` does not follow from `V`.
+    ForgeCertificate,
+    /// Delays everything it sends.
+    Slow(Duration),
+    /// Beside honest traffic, sprays validly signed junk: votes for random
+    /// slots and views, checkpoints, view-changes, status, fetches.
+    Flood,
+    /// Tells its clients wrong heights.
+    LieToClients,
+    /// Signs checkpoints of a chain it does not have.
+    FakeCheckpoint,
+    /// A seeded mix: each message gets one of the behaviours above.
+    Random,
+    /// Several byzantine replicas fork the log together without talking:
+    /// when one of them is primary, each derives the same split of the honest
+    /// replicas from view and sequence and shows each half a different batch.
+    /// Needs more than f colluders to succeed.
+    Collude,
+}
+
+impl Behaviour {
+    /// The names accepted by [`Behaviour::from_str`].
+    pub const NAMES: &'static str = "silent, equivocate, bad-signature, wrong-digest, corrupt, \
+        replay, forge-certificate, slow:MS, flood, lie-to-clients, fake-checkpoint, random, collude";
+
+    /// Every behaviour, with `slow` at 50 ms.
+    pub fn all() -> Vec<Behaviour> {
+        vec![
+            Behaviour::Silent,
+            Behaviour::Equivocate,
+            Behaviour::BadSignature,
+            Behaviour::WrongDigest,
+            Behaviour::Corrupt,
+            Behaviour::Replay,
+            Behaviour::ForgeCertificate,
+            Behaviour::Slow(Duration::from_millis(50)),
+            Behaviour::Flood,
+            Behaviour::LieToClients,
+            Behaviour::FakeCheckpoint,
+            Behaviour::Random,
+        ]
+    }
+}
+
+impl fmt::Display for Behaviour {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Behaviour::Silent => f.write_str("silent"),
+            Behaviour::Equivocate => f.write_str("equivocate"),
+            Behaviour::BadSignature => f.write_str("bad-signature"),
+            Behaviour::WrongDigest => f.write_str("wrong-digest"),
+            Behaviour::Corrupt => f.write_str("corrupt"),
+            Behaviour::Replay => f.write_str("replay"),
+            Behaviour::ForgeCertificate => f.write_str("forge-certificate"),
+            Behaviour::Slow(delay) => write!(f, "slow:{}", delay.as_millis()),
+            Behaviour::Flood => f.write_str("flood"),
+            Behaviour::LieToClients => f.write_str("lie-to-clients"),
+            Behaviour::FakeCheckpoint => f.write_str("fake-checkpoint"),
+            Behaviour::Random => f.write_str("random"),
+            Behaviour::Collude => f.write_str("collude"),
+        }
+    }
+}
+
+/// An unknown behaviour name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown byzantine behaviour; expected one of: {}", Behaviour::NAMES)]
+pub struct UnknownBehaviour;
+
+impl FromStr for Behaviour {
+    type Err = UnknownBehaviour;
+    fn from_str(text: &str) -> Result<Behaviour, UnknownBehaviour> {
+        Ok(match text.trim() {
+            "silent" => Behaviour::Silent,
+            "equivocate" => Behaviour::Equivocate,
+            "bad-signature" => Behaviour::BadSignature,
+            "wrong-digest" => Behaviour::WrongDigest,
+            "corrupt" => Behaviour::Corrupt,
+            "replay" => Behaviour::Replay,
+            "forge-certificate" => Behaviour::ForgeCertificate,
+            "flood" => Behaviour::Flood,
+            "lie-to-clients" => Behaviour::LieToClients,
+            "fake-checkpoint" => Behaviour::FakeCheckpoint,
+            "random" => Behaviour::Random,
+            "collude" => Behaviour::Collude,
+            other => {
+                let ms = other
+                    .strip_prefix("slow:")
+                    .and_then(|ms| ms.parse::<u64>().ok())
+                    .ok_or(UnknownBehaviour)?;
+                Behaviour::Slow(Duration::from_millis(ms))
+            }
+        })
+    }
+}
+
+/// A message ready for the wire, possibly delayed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Emission {
+    /// How long to hold it before sending.
+    pub delay: Duration,
+    /// Where to.
+    pub to: Destination,
+    /// The encoded (and possibly mangled) message.
+    pub bytes: Vec<u8>,
+}
+
+/// SplitMix64: a tiny deterministic generator, so this crate needs no RNG
+/// dependency and runs replay exactly.
+#[derive(Clone, Debug)]
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, bound: u64) -> u64 {
+        if bound == 0 {
+            0
+        } else {
+            self.next() % bound
+        }
+    }
+
+    fn digest(&mut self) -> Digest {
+        let mut bytes = [0u8; 32];
+        for chunk in bytes.chunks_mut(8) {
+            chunk.copy_from_slice(&self.next().to_le_bytes());
+        }
+        Digest(bytes)
+    }
+}
+
+/// Most old messages kept for replay, and batches remembered for collusion.
+const HISTORY: usize = 256;
+/// Junk messages `flood` adds per honest message sent: spam scales with the
+/// replica's real traffic, as the network would bound it.
+const FLOOD_PER_MESSAGE: usize = 4;
+
+/// Rewrites an honest replica's output according to a [`Behaviour`].
+pub struct Adversary {
+    behaviour: Behaviour,
+    id: NodeId,
+    key: KeyPair,
+    committee: Committee,
+    colluders: Vec<NodeId>,
+    rng: Rng,
+    history: VecDeque<WireMessage>,
+    batches: BTreeMap<Digest, Arc<Batch>>,
+}
+
+impl fmt::Debug for Adversary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Adversary({} as {})", self.behaviour, self.id)
+    }
+}
+
+impl Adversary {
+    /// An adversary for replica `id`, signing with its `key`. `colluders`
+    /// lists every replica running [`Behaviour::Collude`] (this one included).
+    pub fn new(
+        behaviour: Behaviour,
+        id: NodeId,
+        key: KeyPair,
+        committee: Committee,
+        colluders: Vec<NodeId>,
+        seed: u64,
+    ) -> Adversary {
+        Adversary {
+            behaviour,
+            id,
+            key,
+            committee,
+            colluders,
+            rng: Rng(seed ^ (u64::from(id.0) << 48) ^ 0xB1F7),
+            history: VecDeque::new(),
+            batches: BTreeMap::new(),
+        }
+    }
+
+    /// The behaviour.
+    pub fn behaviour(&self) -> &Behaviour {
+        &self.behaviour
+    }
+
+    /// Lets colluders learn batches from pre-prepares they receive.
+    pub fn observe(&mut self, message: &WireMessage) {
+        if self.behaviour != Behaviour::Collude {
+            return;
+        }
+        if let WireMessage::PrePrepare { pre_prepare, batch } = message {
+            self.remember_batch(pre_prepare.value.digest, batch.clone());
+        }
+    }
+
+    fn remember_batch(&mut self, digest: Digest, batch: Arc<Batch>) {
+        self.batches.insert(digest, batch);
+        while self.batches.len() > HISTORY {
+            self.batches.pop_first();
+        }
+    }
+
+    /// Rewrites the messages the honest core wants sent.
+    pub fn tamper(&mut self, sends: Vec<Outgoing>) -> Vec<Emission> {
+        let mut out = Vec::new();
+        let count = sends.len();
+        for outgoing in sends {
+            let behaviour = match &self.behaviour {
+                Behaviour::Random => self.pick_random(),
+                other => other.clone(),
+            };
+            self.apply(&behaviour, outgoing, &mut out);
+        }
+        if self.behaviour == Behaviour::Flood {
+            self.flood(count * FLOOD_PER_MESSAGE, &mut out);
+        }
+        out
+    }
+
+    /// Rewrites the replies to local clients.
+    pub fn tamper_replies(&mut self, replies: Vec<ClientReply>) -> Vec<ClientReply> {
+        match self.behaviour {
+            Behaviour::Silent => Vec::new(),
+            Behaviour::LieToClients => replies
+                .into_iter()
+                .map(|mut reply| {
+                    reply.outcome = match reply.outcome {
+                        ReplyOutcome::Committed { height } => ReplyOutcome::Committed {
+                            height: height.plus(1 + self.rng.below(5)),
+                        },
+                        ReplyOutcome::Rejected(_) => ReplyOutcome::Committed {
+                            height: SeqNum(1 + self.rng.below(100)),
+                        },
+                    };
+                    reply
+                })
+                .collect(),
+            _ => replies,
+        }
+    }
+
+    fn pick_random(&mut self) -> Behaviour {
+        let choices = [
+            Behaviour::Silent,
+            Behaviour::Equivocate,
+            Behaviour::BadSignature,
+            Behaviour::WrongDigest,
+            Behaviour::Corrupt,
+            Behaviour::Replay,
+            Behaviour::ForgeCertificate,
+            Behaviour::Slow(Duration::from_millis(1 + self.rng.below(40))),
+            Behaviour::FakeCheckpoint,
+            // Honest now and then, so the mix includes well-timed truths.
+            Behaviour::LieToClients,
+        ];
+        let index = self.rng.below(choices.len() as u64) as usize;
+        choices.get(index).cloned().unwrap_or(Behaviour::Silent)
+    }
+
+    fn emit(&mut self, out: &mut Vec<Emission>, delay: Duration, to: Destination, message: &WireMessage) {
+        if let Ok(bytes) = codec::encode(message) {
+            out.push(Emission { delay, to, bytes });
+        }
+    }
+
+    fn sign<T: Signable>(&self, value: T) -> Option<Signed<T>> {
+        Signed::sign(self.id, value, &self.key).ok()
+    }
+
+    /// Peers the message goes to, expanded (for per-peer lies).
+    fn targets(&self, to: Destination) -> Vec<NodeId> {
+        match to {
+            Destination::To(peer) => vec![peer],
+            Destination::AllOthers => self.committee.ids().filter(|&p| p != self.id).collect(),
+        }
+    }
+
+    fn apply(&mut self, behaviour: &Behaviour, outgoing: Outgoing, out: &mut Vec<Emission>) {
+        let Outgoing { to, message } = outgoing;
+        let now = Duration::ZERO;
+        match behaviour {
+            Behaviour::Silent => {}
+            Behaviour::Slow(delay) => self.emit(out, *delay, to, &message),
+            Behaviour::BadSignature => {
+                let broken = break_signature(message, &mut self.rng);
+                self.emit(out, now, to, &broken);
+            }
+            Behaviour::Corrupt => {
+                if let Ok(mut bytes) = codec::encode(&message) {
+                    let flips = 1 + self.rng.below(3);
+                    for _ in 0..flips {
+                        let index = self.rng.below(bytes.len() as u64) as usize;
+                        if let Some(byte) = bytes.get_mut(index) {
+                            *byte ^= 1 << self.rng.below(8);
+                        }
+                    }
+                    out.push(Emission {
+                        delay: now,
+                        to,
+                        bytes,
+                    });
+                }
+            }
+            Behaviour::WrongDigest => {
+                let digest = self.rng.digest();
+                let message = self.with_digest(&message, digest, None).unwrap_or(message);
+                self.emit(out, now, to, &message);
+            }
+            Behaviour::Equivocate => self.equivocate(to, message, out),
+            Behaviour::Replay => {
+                self.emit(out, now, to, &message);
+                self.history.push_back(message);
+                if self.history.len() > HISTORY {
+                    self.history.pop_front();
+                }
+                for _ in 0..1 + self.rng.below(3) {
+                    let index = self.rng.below(self.history.len() as u64) as usize;
+                    if let Some(old) = self.history.get(index).cloned() {
+                        let peer = self.random_peer();
+                        self.emit(out, now, Destination::To(peer), &old);
+                    }
+                }
+            }
+            Behaviour::ForgeCertificate => {
+                let forged = self.forge(&message).unwrap_or(message);
+                self.emit(out, now, to, &forged);
+            }
+            Behaviour::FakeCheckpoint => {
+                let block_hash = self.rng.digest();
+                let message = match &message {
+                    WireMessage::Checkpoint(cp) => self
+                        .sign(Checkpoint {
+                            seq: cp.value.seq,
+                            block_hash,
+                        })
+                        .map(WireMessage::Checkpoint)
+                        .unwrap_or(message),
+                    _ => message,
+                };
+                self.emit(out, now, to, &message);
+            }
+            Behaviour::Collude => self.collude(to, message, out),
+            Behaviour::Flood | Behaviour::LieToClients | Behaviour::Random => {
+                self.emit(out, now, to, &message)
+            }
+        }
+    }
+
+    fn random_peer(&mut self) -> NodeId {
+        let n = self.committee.n() as u64;
+        let mut peer = NodeId(self.rng.below(n) as u16);
+        if peer == self.id {
+            peer = NodeId(((u64::from(peer.0) + 1) % n) as u16);
+        }
+        peer
+    }
+
+    /// The same message with another digest, re-signed (pre-prepares get
+    /// `batch` if given, else keep theirs and so mismatch the digest).
+    fn with_digest(
+        &self,
+        message: &WireMessage,
+        digest: Digest,
+        batch: Option<Arc<Batch>>,
+    ) -> Option<WireMessage> {
+        Some(match message {
+            WireMessage::PrePrepare {
+                pre_prepare,
+                batch: original,
+            } => WireMessage::PrePrepare {
+                pre_prepare: self.sign(PrePrepare {
+                    digest,
+                    ..pre_prepare.value
+                })?,
+                batch: batch.unwrap_or_else(|| original.clone()),
+            },
+            WireMessage::Prepare(p) => WireMessage::Prepare(self.sign(Prepare { digest, ..p.value })?),
+            WireMessage::Commit(c) => WireMessage::Commit(self.sign(Commit { digest, ..c.value })?),
+            _ => return None,
+        })
+    }
+
+    /// Conflicting versions to the two halves of the peers.
+    fn equivocate(&mut self, to: Destination, message: WireMessage, out: &mut Vec<Emission>) {
+        let alternative = match &message {
+            WireMessage::PrePrepare { batch, .. } => {
+                let other = fork_batch(batch);
+                let digest = MerkleTree::new(&other).root();
+                self.with_digest(&message, digest, Some(Arc::new(other)))
+            }
+            WireMessage::Prepare(_) | WireMessage::Commit(_) => {
+                let digest = self.rng.digest();
+                self.with_digest(&message, digest, None)
+            }
+            _ => None,
+        };
+        let Some(alternative) = alternative else {
+            self.emit(out, Duration::ZERO, to, &message);
+            return;
+        };
+        for (index, peer) in self.targets(to).into_iter().enumerate() {
+            let version = if index % 2 == 0 { &message } else { &alternative };
+            self.emit(out, Duration::ZERO, Destination::To(peer), version);
+        }
+    }
+
+    /// A view-change with a prepared certificate this replica does not have
+    /// (votes "from" others carrying its own signature), or a new-view whose
+    /// re-proposals do not follow from its view-changes.
+    fn forge(&mut self, message: &WireMessage) -> Option<WireMessage> {
+        match message {
+            WireMessage::ViewChange(vc) => {
+                let mut value = vc.value.clone();
+                let low = value.checkpoint.seq();
+                let seq = value
+                    .prepared
+                    .last()
+                    .map_or(low.next(), |p| p.seq().next());
+                let view = View(value.new_view.0.saturating_sub(1));
+                let digest = self.rng.digest();
+                let pre_prepare = Signed {
+                    signer: self.committee.primary(view),
+                    value: PrePrepare { view, seq, digest },
+                    signature: self.key.sign(PrePrepare::DOMAIN, &[]),
+                };
+                let fake = self.key.sign(Prepare::DOMAIN, &[]);
+                let votes = self
+                    .committee
+                    .ids()
+                    .filter(|&id| id != pre_prepare.signer)
+                    .take(2 * self.committee.f())
+                    .map(|signer| Vote {
+                        signer,
+                        signature: fake,
+                    })
+                    .collect();
+                value.prepared.push(PreparedCertificate {
+                    pre_prepare,
+                    prepares: QuorumCertificate {
+                        value: Prepare { view, seq, digest },
+                        votes,
+                    },
+                });
+                Some(WireMessage::ViewChange(self.sign_view_change(value)?))
+            }
+            WireMessage::NewView(nv) => {
+                let mut value = nv.value.clone();
+                let first = value.pre_prepares.first_mut()?;
+                first.value.digest = self.rng.digest();
+                *first = self.sign(first.value)?;
+                Some(WireMessage::NewView(self.sign(value)?))
+            }
+            _ => None,
+        }
+    }
+
+    fn sign_view_change(&self, value: ViewChange) -> Option<Signed<ViewChange>> {
+        self.sign(value)
+    }
+
+    /// Valid-looking junk, signed with our key.
+    fn flood(&mut self, count: usize, out: &mut Vec<Emission>) {
+        for _ in 0..count {
+            let view = View(self.rng.below(1 << 20));
+            let seq = SeqNum(self.rng.below(1 << 20));
+            let digest = self.rng.digest();
+            let message = match self.rng.below(6) {
+                0 => self.sign(Prepare { view, seq, digest }).map(WireMessage::Prepare),
+                1 => self.sign(Commit { view, seq, digest }).map(WireMessage::Commit),
+                2 => self
+                    .sign(Checkpoint {
+                        seq: SeqNum(seq.0 * 64),
+                        block_hash: digest,
+                    })
+                    .map(WireMessage::Checkpoint),
+                3 => self
+                    .sign(ViewChange {
+                        new_view: view,
+                        checkpoint: crate::certificate::CheckpointCertificate::genesis(),
+                        prepared: Vec::new(),
+                    })
+                    .map(WireMessage::ViewChange),
+                4 => self
+                    .sign(Status {
+                        view,
+                        in_view_change: false,
+                        last_executed: seq,
+                        stable_checkpoint: SeqNum(0),
+                    })
+                    .map(WireMessage::Status),
+                _ => self
+                    .sign(FetchBlocks {
+                        from: SeqNum(1),
+                        to: seq,
+                    })
+                    .map(WireMessage::FetchBlocks),
+            };
+            if let Some(message) = message {
+                let peer = self.random_peer();
+                self.emit(out, Duration::ZERO, Destination::To(peer), &message);
+            }
+        }
+    }
+
+    /// Fork together: see [`Behaviour::Collude`].
+    fn collude(&mut self, to: Destination, message: WireMessage, out: &mut Vec<Emission>) {
+        let slot = match &message {
+            WireMessage::PrePrepare { pre_prepare, batch } => {
+                self.remember_batch(pre_prepare.value.digest, batch.clone());
+                Some((pre_prepare.value.view, pre_prepare.value.seq, pre_prepare.value.digest))
+            }
+            WireMessage::Prepare(p) => Some((p.value.view, p.value.seq, p.value.digest)),
+            WireMessage::Commit(c) => Some((c.value.view, c.value.seq, c.value.digest)),
+            _ => None,
+        };
+        let Some((view, seq, digest)) = slot else {
+            self.emit(out, Duration::ZERO, to, &message);
+            return;
+        };
+        if !self.colluders.contains(&self.committee.primary(view)) {
+            // An honest primary: starve its view so the view moves on to
+            // one of ours.
+            return;
+        }
+        let fork = self
+            .batches
+            .get(&digest)
+            .map(|batch| fork_batch(batch))
+            .filter(|fork| !fork.requests.is_empty() || digest != MerkleTree::new(fork).root());
+        let Some(fork) = fork else {
+            self.emit(out, Duration::ZERO, to, &message);
+            return;
+        };
+        let fork_digest = MerkleTree::new(&fork).root();
+        let Some(forked) = self.with_digest(&message, fork_digest, Some(Arc::new(fork))) else {
+            self.emit(out, Duration::ZERO, to, &message);
+            return;
+        };
+        let second_half = self.second_half(view, seq);
+        for peer in self.targets(to) {
+            let version = if second_half.contains(&peer) {
+                &forked
+            } else {
+                &message
+            };
+            self.emit(out, Duration::ZERO, Destination::To(peer), version);
+        }
+    }
+
+    /// The honest replicas that see the forked batch at `(view, seq)`: every
+    /// colluder computes the same set.
+    fn second_half(&self, view: View, seq: SeqNum) -> Vec<NodeId> {
+        let honest: Vec<NodeId> = self
+            .committee
+            .ids()
+            .filter(|id| !self.colluders.contains(id))
+            .collect();
+        if honest.len() < 2 {
+            return Vec::new();
+        }
+        let rotation = ((view.0 ^ seq.0) % honest.len() as u64) as usize;
+        let half = honest.len().div_ceil(2);
+        honest
+            .iter()
+            .cycle()
+            .skip(rotation)
+            .take(honest.len())
+            .skip(half)
+            .copied()
+            .collect()
+    }
+}
+
+/// Another valid batch from `batch`: without its first request, or, for an
+/// empty batch, the same (no fork possible).
+fn fork_batch(batch: &Batch) -> Batch {
+    Batch {
+        requests: batch.requests.iter().skip(1).cloned().collect(),
+    }
+}
+
+/// The message with its outer signature broken.
+fn break_signature(mut message: WireMessage, rng: &mut Rng) -> WireMessage {
+    let flip = |signature: &mut Signature, rng: &mut Rng| {
+        let index = rng.below(64) as usize;
+        if let Some(byte) = signature.0.get_mut(index) {
+            *byte ^= 0x20;
+        }
+    };
+    match &mut message {
+        WireMessage::PrePrepare { pre_prepare, .. } => flip(&mut pre_prepare.signature, rng),
+        WireMessage::Prepare(m) => flip(&mut m.signature, rng),
+        WireMessage::Commit(m) => flip(&mut m.signature, rng),
+        WireMessage::Checkpoint(m) => flip(&mut m.signature, rng),
+        WireMessage::ViewChange(m) => flip(&mut m.signature, rng),
+        WireMessage::NewView(m) => flip(&mut m.signature, rng),
+        WireMessage::Status(m) => flip(&mut m.signature, rng),
+        WireMessage::Forward(m) => flip(&mut m.signature, rng),
+        WireMessage::FetchBlocks(m) => flip(&mut m.signature, rng),
+        WireMessage::Blocks(m) => flip(&mut m.signature, rng),
+        WireMessage::FetchBatch(m) => flip(&mut m.signature, rng),
+        WireMessage::Batch(m) => flip(&mut m.signature, rng),
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every behaviour's name parses back to it.
+    #[test]
+    fn names_round_trip() {
+        for behaviour in Behaviour::all().into_iter().chain([Behaviour::Collude]) {
+            assert_eq!(behaviour.to_string().parse::<Behaviour>(), Ok(behaviour));
+        }
+        assert!("bogus".parse::<Behaviour>().is_err());
+        assert!("slow:x".parse::<Behaviour>().is_err());
+    }
+}

@@ -1,0 +1,156 @@
+//! The checkers: agreement, validity, certificates, liveness.
+
+use super::world::World;
+use bftd_crypto::Digest;
+use bftd_protocol::{BlockSource, NodeId, RequestKey, SeqNum};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The first property a run violated.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Violation {
+    /// `agreement`, `validity`, `certificates`, `liveness` or `restart`.
+    pub property: &'static str,
+    /// What exactly.
+    pub detail: String,
+}
+
+impl Violation {
+    pub(super) fn new(property: &'static str, detail: String) -> Violation {
+        Violation { property, detail }
+    }
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} violated: {}", self.property, self.detail)
+    }
+}
+
+/// Runs every checker; the first violation found, in order of severity.
+pub(super) fn run(world: &World<'_>) -> Option<Violation> {
+    agreement(world)
+        .or_else(|| certificates(world))
+        .or_else(|| validity(world))
+        .or_else(|| liveness(world))
+}
+
+/// No two honest replicas commit different blocks at one height.
+fn agreement(world: &World<'_>) -> Option<Violation> {
+    let mut by_height: BTreeMap<SeqNum, BTreeMap<Digest, Vec<NodeId>>> = BTreeMap::new();
+    for id in world.honest() {
+        let storage = &world.nodes[id.index()].storage;
+        for height in 1..=storage.last_height().0 {
+            if let Some(block) = storage.block(SeqNum(height)) {
+                by_height
+                    .entry(SeqNum(height))
+                    .or_default()
+                    .entry(block.hash())
+                    .or_default()
+                    .push(id);
+            }
+        }
+    }
+    for (height, hashes) in by_height {
+        if hashes.len() > 1 {
+            let sides: Vec<String> = hashes
+                .iter()
+                .map(|(hash, nodes)| format!("{nodes:?} have {hash:#}"))
+                .collect();
+            return Some(Violation::new(
+                "agreement",
+                format!("height {}: {}", height.0, sides.join("; ")),
+            ));
+        }
+    }
+    None
+}
+
+/// Every committed block chains to its predecessor and its commit
+/// certificate verifies (signatures included) against the committee.
+fn certificates(world: &World<'_>) -> Option<Violation> {
+    let mut verified: BTreeSet<Digest> = BTreeSet::new();
+    for id in world.honest() {
+        let storage = &world.nodes[id.index()].storage;
+        let mut prev = Digest::ZERO;
+        for height in 1..=storage.last_height().0 {
+            let Some(block) = storage.block(SeqNum(height)) else {
+                return Some(Violation::new(
+                    "certificates",
+                    format!("{id} has a gap at height {height}"),
+                ));
+            };
+            let hash = block.hash();
+            if verified.contains(&hash) && block.block.prev_hash == prev {
+                prev = hash;
+                continue;
+            }
+            if let Err(error) = block.verify(&world.committee, prev) {
+                return Some(Violation::new("certificates", format!("{id}: {error}")));
+            }
+            verified.insert(hash);
+            prev = hash;
+        }
+    }
+    None
+}
+
+/// Every executed request was submitted by a client, and none executed twice.
+fn validity(world: &World<'_>) -> Option<Violation> {
+    for id in world.honest() {
+        let storage = &world.nodes[id.index()].storage;
+        let mut seen: BTreeSet<RequestKey> = BTreeSet::new();
+        for height in 1..=storage.last_height().0 {
+            let Some(block) = storage.block(SeqNum(height)) else {
+                continue;
+            };
+            let duplicates = storage.duplicates(SeqNum(height));
+            for (index, request) in block.block.batch.requests.iter().enumerate() {
+                if duplicates.contains(&(index as u32)) {
+                    continue;
+                }
+                let key = request.key();
+                if world.submitted.get(&key) != Some(request) {
+                    return Some(Violation::new(
+                        "validity",
+                        format!("{id} executed a request no client submitted at height {height}"),
+                    ));
+                }
+                if !seen.insert(key) {
+                    return Some(Violation::new(
+                        "validity",
+                        format!(
+                            "{id} executed request {} of client {:#} twice (height {height})",
+                            key.request_id, key.client
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    None
+}
+
+/// After the heal, every honest replica executed every request within the
+/// bound.
+fn liveness(world: &World<'_>) -> Option<Violation> {
+    if world.live_at.is_some() {
+        return None;
+    }
+    let lagging: Vec<String> = world
+        .honest()
+        .filter_map(|id| {
+            let executed = world.nodes[id.index()].executed.len();
+            (executed < world.submitted.len())
+                .then(|| format!("{id} executed {executed}/{}", world.submitted.len()))
+        })
+        .collect();
+    Some(Violation::new(
+        "liveness",
+        format!(
+            "{} s after the heal: {}",
+            world.config.liveness_bound.as_secs(),
+            lagging.join(", ")
+        ),
+    ))
+}

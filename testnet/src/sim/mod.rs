@@ -1,0 +1,196 @@
+//! A deterministic simulator: whole clusters of real replicas on a virtual
+//! clock, a seeded network that delays, drops, duplicates, reorders and
+//! partitions (one-way too), crashes and restarts from storage, and byzantine
+//! replicas — then checkers for agreement, validity, certificates and
+//! liveness.
+//!
+//! Everything is driven by one seeded RNG and ordered collections, so a seed
+//! replays exactly; the trace hash (over every event processed) proves it.
+//! Modelled on TigerBeetle's VOPR.
+
+mod check;
+mod verifier;
+mod world;
+
+pub use check::Violation;
+
+use bftd_protocol::byzantine::Behaviour;
+use bftd_protocol::{Config, NodeId, RequestMode};
+use serde::Serialize;
+use std::time::Duration;
+
+/// Which network and process faults a run injects before it heals.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Faults {
+    /// Drop messages (up to 10%).
+    pub drop: bool,
+    /// Duplicate messages.
+    pub duplicate: bool,
+    /// Long random delays, which reorder messages.
+    pub reorder: bool,
+    /// Partitions, two-way and one-way.
+    pub partition: bool,
+    /// Crash honest replicas and restart them from storage.
+    pub crash: bool,
+}
+
+impl Faults {
+    /// Every fault.
+    pub const ALL: Faults = Faults {
+        drop: true,
+        duplicate: true,
+        reorder: true,
+        partition: true,
+        crash: true,
+    };
+
+    /// No fault: a clean network.
+    pub const NONE: Faults = Faults {
+        drop: false,
+        duplicate: false,
+        reorder: false,
+        partition: false,
+        crash: false,
+    };
+
+    /// Parses `all`, `none`, or a comma list of `drop,duplicate,reorder,partition,crash`.
+    pub fn parse(text: &str) -> Result<Faults, String> {
+        match text.trim() {
+            "all" => return Ok(Faults::ALL),
+            "none" => return Ok(Faults::NONE),
+            _ => {}
+        }
+        let mut faults = Faults::NONE;
+        for name in text.split(',').map(str::trim) {
+            match name {
+                "drop" => faults.drop = true,
+                "duplicate" => faults.duplicate = true,
+                "reorder" => faults.reorder = true,
+                "partition" => faults.partition = true,
+                "crash" => faults.crash = true,
+                other => {
+                    return Err(format!(
+                        "unknown fault `{other}`: use all, none, or a list of drop,duplicate,reorder,partition,crash"
+                    ))
+                }
+            }
+        }
+        Ok(faults)
+    }
+}
+
+/// Which replicas are byzantine, and how.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ByzantineSpec {
+    /// `count` replicas, chosen by the seed, all with `behaviour`.
+    Random {
+        /// How many.
+        count: usize,
+        /// What they do.
+        behaviour: Behaviour,
+    },
+    /// Exactly these.
+    Fixed(Vec<(NodeId, Behaviour)>),
+}
+
+/// One simulated run.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// Replicas (3f+1).
+    pub n: usize,
+    /// The seed: same seed, same run.
+    pub seed: u64,
+    /// Byzantine replicas.
+    pub byzantine: ByzantineSpec,
+    /// Faults injected before the heal.
+    pub faults: Faults,
+    /// Requests the clients submit.
+    pub requests: usize,
+    /// Clients.
+    pub clients: usize,
+    /// Virtual time with faults; then everything heals.
+    pub fault_phase: Duration,
+    /// After the heal, every request must be executed by every honest replica
+    /// within this virtual time.
+    pub liveness_bound: Duration,
+    /// Protocol parameters.
+    pub protocol: Config,
+    /// Deliberately break the honest replicas' commit rule (2f instead of
+    /// 2f+1): to see the checkers catch it.
+    pub break_quorum: bool,
+}
+
+impl SimConfig {
+    /// A sensible run for `n` replicas and `seed`: small batches and short
+    /// timeouts so many protocol paths are crossed in little virtual time.
+    pub fn new(n: usize, seed: u64) -> SimConfig {
+        SimConfig {
+            n,
+            seed,
+            byzantine: ByzantineSpec::Fixed(Vec::new()),
+            faults: Faults::ALL,
+            requests: 40,
+            clients: 3,
+            fault_phase: Duration::from_secs(4),
+            liveness_bound: Duration::from_secs(30),
+            protocol: sim_protocol_config(),
+            break_quorum: false,
+        }
+    }
+}
+
+/// Protocol parameters for simulation.
+pub fn sim_protocol_config() -> Config {
+    Config {
+        request_mode: RequestMode::ClientSigned,
+        checkpoint_interval: 8,
+        window: 32,
+        pipeline: 4,
+        max_batch_requests: 8,
+        max_batch_bytes: 64 * 1024,
+        batch_delay: Duration::from_millis(2),
+        max_request_bytes: 1024,
+        max_pending_requests: 1000,
+        request_timeout: Duration::from_millis(300),
+        view_change_timeout: Duration::from_millis(200),
+        view_change_timeout_max: Duration::from_millis(3200),
+        status_interval: Duration::from_millis(100),
+        fetch_max_blocks: 16,
+        fetch_timeout: Duration::from_millis(300),
+        max_future_messages_per_peer: 256,
+        client_window: 1024,
+        max_clients: 1000,
+    }
+}
+
+/// What one run found.
+#[derive(Clone, Debug, Serialize)]
+pub struct SimReport {
+    /// The seed.
+    pub seed: u64,
+    /// Hash over every event processed: equal for equal seeds.
+    pub trace_hash: String,
+    /// Highest height committed by an honest replica.
+    pub height: u64,
+    /// Blocks committed, summed over honest replicas.
+    pub commits: u64,
+    /// Requests submitted.
+    pub requests: usize,
+    /// Virtual time simulated.
+    pub virtual_ms: u64,
+    /// Messages delivered.
+    pub messages: u64,
+    /// Highest view any honest replica reached.
+    pub max_view: u64,
+    /// Inputs honest replicas dropped as invalid, summed.
+    pub dropped: u64,
+    /// The byzantine replicas and their behaviours.
+    pub byzantine: Vec<String>,
+    /// The first violated property, if any.
+    pub violation: Option<Violation>,
+}
+
+/// Runs one seed.
+pub fn run(config: &SimConfig) -> SimReport {
+    world::World::new(config).run()
+}

@@ -1,0 +1,51 @@
+//! Signature verification with a cache: a broadcast is verified once per
+//! receiver in a real cluster; here all receivers share one process, so the
+//! result for identical (key, bytes, signature) is computed once. Real
+//! Ed25519 throughout: only repeated work is skipped.
+
+use bftd_crypto::{verify_batch, Digest, DigestBuilder, Domain, SignatureCheck};
+use bftd_protocol::SignatureVerifier;
+use std::collections::HashMap;
+
+const CACHE_KEY: Domain = Domain::new("bftnet/sim/verify-cache");
+
+#[derive(Debug, Default)]
+pub struct CachingVerifier {
+    cache: HashMap<Digest, bool>,
+}
+
+fn key(check: &SignatureCheck) -> Digest {
+    let mut builder = DigestBuilder::new(CACHE_KEY);
+    builder
+        .update(&check.key.public().0)
+        .update(&check.signature.0)
+        .update(&check.signing_bytes);
+    builder.finish()
+}
+
+impl SignatureVerifier for CachingVerifier {
+    fn verify(&mut self, checks: &[SignatureCheck]) -> Result<(), Vec<usize>> {
+        let keys: Vec<Digest> = checks.iter().map(key).collect();
+        let unknown: Vec<usize> = (0..checks.len())
+            .filter(|&i| !self.cache.contains_key(&keys[i]))
+            .collect();
+        if !unknown.is_empty() {
+            let batch: Vec<SignatureCheck> = unknown.iter().map(|&i| checks[i].clone()).collect();
+            let bad = match verify_batch(&batch) {
+                Ok(()) => Vec::new(),
+                Err(bad) => bad,
+            };
+            for (position, &index) in unknown.iter().enumerate() {
+                self.cache.insert(keys[index], !bad.contains(&position));
+            }
+        }
+        let invalid: Vec<usize> = (0..checks.len())
+            .filter(|&i| self.cache.get(&keys[i]) != Some(&true))
+            .collect();
+        if invalid.is_empty() {
+            Ok(())
+        } else {
+            Err(invalid)
+        }
+    }
+}
