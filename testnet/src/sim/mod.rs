@@ -194,3 +194,130 @@ pub struct SimReport {
 pub fn run(config: &SimConfig) -> SimReport {
     world::World::new(config).run()
 }
+
+/// A failing seed and what it violated.
+#[derive(Clone, Debug, Serialize)]
+pub struct SeedFailure {
+    /// The seed, to replay with `--seed`.
+    pub seed: u64,
+    /// The violation.
+    pub violation: Violation,
+}
+
+/// What a sweep over many seeds found.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SweepSummary {
+    /// Seeds run.
+    pub seeds: u64,
+    /// Runs where two honest replicas committed different blocks at a height.
+    pub agreement_violations: u64,
+    /// Runs where an honest replica executed an unsubmitted or repeated request.
+    pub validity_violations: u64,
+    /// Runs where a committed block's certificate or chain did not verify.
+    pub certificate_violations: u64,
+    /// Runs where some request was not executed everywhere in time after the
+    /// heal.
+    pub liveness_failures: u64,
+    /// Runs that failed otherwise (a replica that could not restart, a
+    /// message storm).
+    pub other_failures: u64,
+    /// Blocks committed, summed over honest replicas and runs.
+    pub commits: u64,
+    /// Requests submitted, over all runs.
+    pub requests: u64,
+    /// Virtual seconds simulated.
+    pub virtual_seconds: f64,
+    /// Wall-clock seconds taken.
+    pub wall_seconds: f64,
+    /// Simulated commits per wall-clock second.
+    pub commits_per_second: f64,
+    /// The lowest failing seed, if any.
+    pub first_failure: Option<SeedFailure>,
+}
+
+impl SweepSummary {
+    /// Runs with any violation.
+    pub fn failures(&self) -> u64 {
+        self.agreement_violations
+            + self.validity_violations
+            + self.certificate_violations
+            + self.liveness_failures
+            + self.other_failures
+    }
+
+    fn add(&mut self, report: &SimReport) {
+        self.seeds += 1;
+        self.commits += report.commits;
+        self.requests += report.requests as u64;
+        self.virtual_seconds += report.virtual_ms as f64 / 1000.0;
+        if let Some(violation) = &report.violation {
+            match violation.property {
+                "agreement" => self.agreement_violations += 1,
+                "validity" => self.validity_violations += 1,
+                "certificates" => self.certificate_violations += 1,
+                "liveness" => self.liveness_failures += 1,
+                _ => self.other_failures += 1,
+            }
+            let earlier = self
+                .first_failure
+                .as_ref()
+                .is_none_or(|first| report.seed < first.seed);
+            if earlier {
+                self.first_failure = Some(SeedFailure {
+                    seed: report.seed,
+                    violation: violation.clone(),
+                });
+            }
+        }
+    }
+}
+
+/// Runs `config` for every seed in `seeds` on `threads` threads, calling
+/// `progress(done, total, failures)` as runs finish. The summary does not
+/// depend on the number of threads (except for wall time).
+pub fn sweep(
+    config: &SimConfig,
+    seeds: std::ops::Range<u64>,
+    threads: usize,
+    progress: &(dyn Fn(u64, u64, u64) + Sync),
+) -> SweepSummary {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Mutex;
+    let started = std::time::Instant::now();
+    let next = AtomicU64::new(seeds.start);
+    let done = AtomicU64::new(0);
+    let failures = AtomicU64::new(0);
+    let total = seeds.end.saturating_sub(seeds.start);
+    let reports = Mutex::new(Vec::with_capacity(total as usize));
+    std::thread::scope(|scope| {
+        for _ in 0..threads.max(1) {
+            scope.spawn(|| loop {
+                let seed = next.fetch_add(1, Ordering::Relaxed);
+                if seed >= seeds.end {
+                    break;
+                }
+                let mut run_config = config.clone();
+                run_config.seed = seed;
+                let report = run(&run_config);
+                if report.violation.is_some() {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                }
+                let finished = done.fetch_add(1, Ordering::Relaxed) + 1;
+                progress(finished, total, failures.load(Ordering::Relaxed));
+                reports
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(report);
+            });
+        }
+    });
+    let mut reports = reports.into_inner().unwrap_or_else(|e| e.into_inner());
+    reports.sort_by_key(|report| report.seed);
+    let mut summary = SweepSummary::default();
+    for report in &reports {
+        summary.add(report);
+    }
+    summary.wall_seconds = started.elapsed().as_secs_f64();
+    summary.commits_per_second = summary.commits as f64 / summary.wall_seconds.max(1e-9);
+    summary
+}

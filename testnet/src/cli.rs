@@ -1,0 +1,224 @@
+//! Command-line interface.
+
+use bftd_protocol::byzantine::Behaviour;
+use bftd_protocol::NodeId;
+use bftnet::sim::{self, ByzantineSpec, Faults, SimConfig};
+use clap::{Parser, Subcommand};
+use std::io::Write;
+use std::process::ExitCode;
+
+/// Local bftd testnets: start real clusters, break them, check them; and a
+/// deterministic simulator that runs thousands of seeded clusters with lying
+/// nodes and a hostile network.
+#[derive(Parser, Debug)]
+#[command(name = "bftnet", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Simulate whole clusters on a virtual clock and check safety and
+    /// liveness.
+    ///
+    /// Each seed runs n real replicas (real Ed25519, real encoding) over a
+    /// seeded network that delays, drops, duplicates, reorders and partitions
+    /// messages, crashes and restarts replicas from storage, and runs
+    /// byzantine replicas. Then the faults heal and every request must be
+    /// executed everywhere. A failing seed prints the command that replays it
+    /// exactly.
+    ///
+    /// Examples:
+    ///   bftnet sim --seeds 2000 -n 4 --byzantine random
+    ///   bftnet sim --seed 17 -n 7 --byzantine 2:equivocate
+    ///   bftnet sim --seeds 300 -n 4 --byzantine 2:collude --allow-unsafe
+    #[command(verbatim_doc_comment)]
+    Sim(SimArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct SimArgs {
+    /// Run this many seeds (0, 1, ...), in parallel.
+    #[arg(long, default_value_t = 100, conflicts_with = "seed")]
+    seeds: u64,
+    /// Run this one seed and print its report and trace hash.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Replicas: 3f + 1 (4, 7, 10, ...).
+    #[arg(short = 'n', default_value_t = 4)]
+    n: usize,
+    /// Byzantine replicas: BEHAVIOUR (f replicas chosen by the seed),
+    /// K:BEHAVIOUR (K replicas), or ID=BEHAVIOUR (that replica; repeatable).
+    /// Behaviours: silent, equivocate, bad-signature, wrong-digest, corrupt,
+    /// replay, forge-certificate, slow:MS, flood, lie-to-clients,
+    /// fake-checkpoint, random, collude.
+    #[arg(long)]
+    byzantine: Vec<String>,
+    /// Faults before the heal: all, none, or a list of
+    /// drop,duplicate,reorder,partition,crash.
+    #[arg(long, default_value = "all")]
+    faults: String,
+    /// Client requests per run.
+    #[arg(long, default_value_t = 40)]
+    requests: usize,
+    /// Allow more than f byzantine replicas (safety can then break: see the
+    /// agreement checker fail).
+    #[arg(long)]
+    allow_unsafe: bool,
+    /// Deliberately break the commit rule (2f instead of 2f+1 commits) to
+    /// watch the checkers catch it.
+    #[arg(long)]
+    break_quorum: bool,
+    /// Worker threads (default: available cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Print a JSON summary instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Sim(args) => match run_sim(args) {
+            Ok(code) => code,
+            Err(message) => {
+                eprintln!("error: {message}");
+                ExitCode::from(2)
+            }
+        },
+    }
+}
+
+fn parse_byzantine(specs: &[String], n: usize) -> Result<ByzantineSpec, String> {
+    let f = n.saturating_sub(1) / 3;
+    let mut fixed = Vec::new();
+    let mut random = None;
+    for spec in specs {
+        let bad = |e: bftd_protocol::byzantine::UnknownBehaviour| format!("--byzantine {spec}: {e}");
+        if let Some((id, behaviour)) = spec.split_once('=') {
+            let id: u16 = id
+                .trim()
+                .parse()
+                .map_err(|_| format!("--byzantine {spec}: `{id}` is not a replica id"))?;
+            if usize::from(id) >= n {
+                return Err(format!("--byzantine {spec}: replica {id} does not exist (n = {n})"));
+            }
+            fixed.push((NodeId(id), behaviour.parse::<Behaviour>().map_err(bad)?));
+        } else if let Some((count, behaviour)) = spec.split_once(':').filter(|(c, _)| c.parse::<usize>().is_ok()) {
+            let count: usize = count.parse().map_err(|_| format!("--byzantine {spec}: bad count"))?;
+            random = Some((count, behaviour.parse::<Behaviour>().map_err(bad)?));
+        } else {
+            random = Some((f, spec.parse::<Behaviour>().map_err(bad)?));
+        }
+    }
+    match (random, fixed.is_empty()) {
+        (Some(_), false) => Err("use either ID=BEHAVIOUR specs or one BEHAVIOUR / K:BEHAVIOUR spec, not both".into()),
+        (Some((count, behaviour)), true) => Ok(ByzantineSpec::Random { count, behaviour }),
+        (None, _) => Ok(ByzantineSpec::Fixed(fixed)),
+    }
+}
+
+fn byzantine_count(spec: &ByzantineSpec) -> usize {
+    match spec {
+        ByzantineSpec::Random { count, .. } => *count,
+        ByzantineSpec::Fixed(list) => list.len(),
+    }
+}
+
+fn run_sim(args: SimArgs) -> Result<ExitCode, String> {
+    if args.n == 0 || args.n % 3 != 1 {
+        return Err(format!("-n must be 3f + 1 (1, 4, 7, 10, ...); got {}", args.n));
+    }
+    let f = (args.n - 1) / 3;
+    let byzantine = parse_byzantine(&args.byzantine, args.n)?;
+    let count = byzantine_count(&byzantine);
+    if count > args.n {
+        return Err(format!("{count} byzantine replicas but only {} replicas", args.n));
+    }
+    if count > f && !args.allow_unsafe {
+        return Err(format!(
+            "{count} byzantine replicas exceed f = {f} for n = {}: PBFT then guarantees nothing \
+             (the log can fork). Add --allow-unsafe to watch it happen.",
+            args.n
+        ));
+    }
+    let mut config = SimConfig::new(args.n, 0);
+    config.byzantine = byzantine;
+    config.faults = Faults::parse(&args.faults)?;
+    config.requests = args.requests;
+    config.break_quorum = args.break_quorum;
+    let replay = replay_command(&args);
+    if let Some(seed) = args.seed {
+        config.seed = seed;
+        let report = sim::run(&config);
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+        } else {
+            println!("seed {seed}: height {} ({} commits over honest replicas), {} requests, {} messages, {:.1} s virtual, highest view {}",
+                report.height, report.commits, report.requests, report.messages, report.virtual_ms as f64 / 1000.0, report.max_view);
+            if !report.byzantine.is_empty() {
+                println!("byzantine: {}", report.byzantine.join(", "));
+            }
+            println!("trace hash {}", report.trace_hash);
+            match &report.violation {
+                None => println!("ok: agreement, validity, certificates and liveness hold"),
+                Some(violation) => println!("FAILED: {violation}"),
+            }
+        }
+        return Ok(if report.violation.is_some() { ExitCode::FAILURE } else { ExitCode::SUCCESS });
+    }
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let quiet = args.json;
+    let progress = move |done: u64, total: u64, failures: u64| {
+        if !quiet && (done % 10 == 0 || done == total) {
+            eprint!("\r  {done}/{total} seeds, {failures} failing");
+            let _ = std::io::stderr().flush();
+        }
+    };
+    let summary = sim::sweep(&config, 0..args.seeds, threads, &progress);
+    if !quiet {
+        eprintln!();
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary).unwrap_or_default());
+    } else {
+        println!(
+            "{} seeds, n = {}: {} agreement, {} validity, {} certificate violations; {} liveness failures; {} other",
+            summary.seeds, args.n, summary.agreement_violations, summary.validity_violations,
+            summary.certificate_violations, summary.liveness_failures, summary.other_failures
+        );
+        println!(
+            "{} commits in {:.1} s ({:.0} commits/s simulated, {:.0} s of virtual time)",
+            summary.commits, summary.wall_seconds, summary.commits_per_second, summary.virtual_seconds
+        );
+    }
+    if let Some(first) = &summary.first_failure {
+        eprintln!("first failure: seed {}: {}", first.seed, first.violation);
+        eprintln!("replay it with: {replay} --seed {}", first.seed);
+    }
+    Ok(if summary.failures() > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+fn replay_command(args: &SimArgs) -> String {
+    let mut command = format!("bftnet sim -n {}", args.n);
+    for spec in &args.byzantine {
+        command.push_str(&format!(" --byzantine {spec}"));
+    }
+    if args.faults != "all" {
+        command.push_str(&format!(" --faults {}", args.faults));
+    }
+    if args.requests != 40 {
+        command.push_str(&format!(" --requests {}", args.requests));
+    }
+    if args.allow_unsafe {
+        command.push_str(" --allow-unsafe");
+    }
+    if args.break_quorum {
+        command.push_str(" --break-quorum");
+    }
+    command
+}
