@@ -304,7 +304,13 @@ impl Adversary {
         choices.get(index).cloned().unwrap_or(Behaviour::Silent)
     }
 
-    fn emit(&mut self, out: &mut Vec<Emission>, delay: Duration, to: Destination, message: &WireMessage) {
+    fn emit(
+        &mut self,
+        out: &mut Vec<Emission>,
+        delay: Duration,
+        to: Destination,
+        message: &WireMessage,
+    ) {
         if let Ok(bytes) = codec::encode(message) {
             out.push(Emission { delay, to, bytes });
         }
@@ -421,7 +427,9 @@ impl Adversary {
                 })?,
                 batch: batch.unwrap_or_else(|| original.clone()),
             },
-            WireMessage::Prepare(p) => WireMessage::Prepare(self.sign(Prepare { digest, ..p.value })?),
+            WireMessage::Prepare(p) => {
+                WireMessage::Prepare(self.sign(Prepare { digest, ..p.value })?)
+            }
             WireMessage::Commit(c) => WireMessage::Commit(self.sign(Commit { digest, ..c.value })?),
             _ => return None,
         })
@@ -446,7 +454,11 @@ impl Adversary {
             return;
         };
         for (index, peer) in self.targets(to).into_iter().enumerate() {
-            let version = if index % 2 == 0 { &message } else { &alternative };
+            let version = if index % 2 == 0 {
+                &message
+            } else {
+                &alternative
+            };
             self.emit(out, Duration::ZERO, Destination::To(peer), version);
         }
     }
@@ -459,10 +471,7 @@ impl Adversary {
             WireMessage::ViewChange(vc) => {
                 let mut value = vc.value.clone();
                 let low = value.checkpoint.seq();
-                let seq = value
-                    .prepared
-                    .last()
-                    .map_or(low.next(), |p| p.seq().next());
+                let seq = value.prepared.last().map_or(low.next(), |p| p.seq().next());
                 let view = View(value.new_view.0.saturating_sub(1));
                 let digest = self.rng.digest();
                 let pre_prepare = Signed {
@@ -512,8 +521,12 @@ impl Adversary {
             let seq = SeqNum(self.rng.below(1 << 20));
             let digest = self.rng.digest();
             let message = match self.rng.below(6) {
-                0 => self.sign(Prepare { view, seq, digest }).map(WireMessage::Prepare),
-                1 => self.sign(Commit { view, seq, digest }).map(WireMessage::Commit),
+                0 => self
+                    .sign(Prepare { view, seq, digest })
+                    .map(WireMessage::Prepare),
+                1 => self
+                    .sign(Commit { view, seq, digest })
+                    .map(WireMessage::Commit),
                 2 => self
                     .sign(Checkpoint {
                         seq: SeqNum(seq.0 * 64),
@@ -554,7 +567,11 @@ impl Adversary {
         let slot = match &message {
             WireMessage::PrePrepare { pre_prepare, batch } => {
                 self.remember_batch(pre_prepare.value.digest, batch.clone());
-                Some((pre_prepare.value.view, pre_prepare.value.seq, pre_prepare.value.digest))
+                Some((
+                    pre_prepare.value.view,
+                    pre_prepare.value.seq,
+                    pre_prepare.value.digest,
+                ))
             }
             WireMessage::Prepare(p) => Some((p.value.view, p.value.seq, p.value.digest)),
             WireMessage::Commit(c) => Some((c.value.view, c.value.seq, c.value.digest)),

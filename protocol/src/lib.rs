@@ -57,9 +57,9 @@
     )
 )]
 
+pub mod block;
 #[cfg(feature = "byzantine")]
 pub mod byzantine;
-pub mod block;
 pub mod certificate;
 pub mod clients;
 pub mod codec;

@@ -12,7 +12,7 @@
 use crate::block::CommittedBlock;
 use crate::certificate::{CheckpointCertificate, PreparedCertificate};
 use crate::ids::SeqNum;
-use crate::message::Batch;
+use crate::message::{Batch, NewView, Signed};
 use crate::signer::SafetyState;
 use bftd_crypto::Digest;
 use std::collections::BTreeMap;
@@ -40,6 +40,11 @@ pub enum Record {
     /// A new stable checkpoint; batches and prepared certificates at or below
     /// it may be discarded.
     StableCheckpoint(CheckpointCertificate),
+    /// The new-view that started the replica's current view (replaces any
+    /// earlier one). After a restart the replica re-sends it to peers that
+    /// missed it; without it, a primary that restarts right after sending a
+    /// new-view could leave the others waiting for it forever.
+    NewView(Signed<NewView>),
 }
 
 /// A block the replica executed, to be stored and handed to the application.
@@ -64,6 +69,8 @@ pub struct Recovered {
     pub prepared: Vec<PreparedCertificate>,
     /// Accepted batches above the checkpoint.
     pub batches: Vec<(SeqNum, Digest, Arc<Batch>)>,
+    /// The latest new-view.
+    pub new_view: Option<Signed<NewView>>,
 }
 
 /// A storage failure. Carries the backend's message for the operator.
@@ -104,6 +111,7 @@ struct MemState {
     prepared: BTreeMap<SeqNum, PreparedCertificate>,
     batches: BTreeMap<(SeqNum, Digest), Arc<Batch>>,
     blocks: BTreeMap<SeqNum, (Arc<CommittedBlock>, Vec<u32>)>,
+    new_view: Option<Signed<NewView>>,
 }
 
 /// In-memory storage: "durable" for the simulator's crashes, which lose the
@@ -144,6 +152,7 @@ impl Storage for MemStorage {
                         state.prepared.insert(cert.seq(), cert.clone());
                     }
                 }
+                Record::NewView(new_view) => state.new_view = Some(new_view.clone()),
                 Record::StableCheckpoint(cert) => {
                     let seq = cert.seq();
                     if state.checkpoint.as_ref().is_none_or(|c| c.seq() < seq) {
@@ -174,6 +183,7 @@ impl Storage for MemStorage {
                 .iter()
                 .map(|(&(seq, digest), batch)| (seq, digest, batch.clone()))
                 .collect(),
+            new_view: state.new_view.clone(),
         })
     }
 }
@@ -211,7 +221,7 @@ pub mod suite {
     use crate::block::Block;
     use crate::certificate::QuorumCertificate;
     use crate::ids::{NodeId, View};
-    use crate::message::{Checkpoint, Commit, PrePrepare, Prepare, Signed};
+    use crate::message::{Checkpoint, Commit, PrePrepare, Prepare};
     use bftd_crypto::Signature;
 
     fn prepared(seq: u64, view: u64) -> PreparedCertificate {
@@ -306,8 +316,23 @@ pub mod suite {
         assert_eq!(store.duplicates(SeqNum(2)), vec![0, 3]);
         assert_eq!(store.block(SeqNum(3)), None);
 
-        // A prepared certificate from a lower view never replaces a higher one.
+        // The latest new-view is kept.
+        let new_view = |view: u64| Signed {
+            signer: NodeId(1),
+            value: NewView {
+                view: View(view),
+                view_changes: Vec::new(),
+                pre_prepares: Vec::new(),
+            },
+            signature: Signature([2; 64]),
+        };
         let mut store = store;
+        store.apply(&[Record::NewView(new_view(5))], &[]).unwrap();
+        store.apply(&[Record::NewView(new_view(9))], &[]).unwrap();
+        let mut store = reopen(store);
+        assert_eq!(store.recover().unwrap().new_view, Some(new_view(9)));
+
+        // A prepared certificate from a lower view never replaces a higher one.
         store
             .apply(&[Record::Prepared(prepared(7, 1))], &[])
             .unwrap();

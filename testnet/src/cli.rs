@@ -96,25 +96,35 @@ fn parse_byzantine(specs: &[String], n: usize) -> Result<ByzantineSpec, String> 
     let mut fixed = Vec::new();
     let mut random = None;
     for spec in specs {
-        let bad = |e: bftd_protocol::byzantine::UnknownBehaviour| format!("--byzantine {spec}: {e}");
+        let bad =
+            |e: bftd_protocol::byzantine::UnknownBehaviour| format!("--byzantine {spec}: {e}");
         if let Some((id, behaviour)) = spec.split_once('=') {
             let id: u16 = id
                 .trim()
                 .parse()
                 .map_err(|_| format!("--byzantine {spec}: `{id}` is not a replica id"))?;
             if usize::from(id) >= n {
-                return Err(format!("--byzantine {spec}: replica {id} does not exist (n = {n})"));
+                return Err(format!(
+                    "--byzantine {spec}: replica {id} does not exist (n = {n})"
+                ));
             }
             fixed.push((NodeId(id), behaviour.parse::<Behaviour>().map_err(bad)?));
-        } else if let Some((count, behaviour)) = spec.split_once(':').filter(|(c, _)| c.parse::<usize>().is_ok()) {
-            let count: usize = count.parse().map_err(|_| format!("--byzantine {spec}: bad count"))?;
+        } else if let Some((count, behaviour)) = spec
+            .split_once(':')
+            .filter(|(c, _)| c.parse::<usize>().is_ok())
+        {
+            let count: usize = count
+                .parse()
+                .map_err(|_| format!("--byzantine {spec}: bad count"))?;
             random = Some((count, behaviour.parse::<Behaviour>().map_err(bad)?));
         } else {
             random = Some((f, spec.parse::<Behaviour>().map_err(bad)?));
         }
     }
     match (random, fixed.is_empty()) {
-        (Some(_), false) => Err("use either ID=BEHAVIOUR specs or one BEHAVIOUR / K:BEHAVIOUR spec, not both".into()),
+        (Some(_), false) => Err(
+            "use either ID=BEHAVIOUR specs or one BEHAVIOUR / K:BEHAVIOUR spec, not both".into(),
+        ),
         (Some((count, behaviour)), true) => Ok(ByzantineSpec::Random { count, behaviour }),
         (None, _) => Ok(ByzantineSpec::Fixed(fixed)),
     }
@@ -129,13 +139,19 @@ fn byzantine_count(spec: &ByzantineSpec) -> usize {
 
 fn run_sim(args: SimArgs) -> Result<ExitCode, String> {
     if args.n == 0 || args.n % 3 != 1 {
-        return Err(format!("-n must be 3f + 1 (1, 4, 7, 10, ...); got {}", args.n));
+        return Err(format!(
+            "-n must be 3f + 1 (1, 4, 7, 10, ...); got {}",
+            args.n
+        ));
     }
     let f = (args.n - 1) / 3;
     let byzantine = parse_byzantine(&args.byzantine, args.n)?;
     let count = byzantine_count(&byzantine);
     if count > args.n {
-        return Err(format!("{count} byzantine replicas but only {} replicas", args.n));
+        return Err(format!(
+            "{count} byzantine replicas but only {} replicas",
+            args.n
+        ));
     }
     if count > f && !args.allow_unsafe {
         return Err(format!(
@@ -154,12 +170,18 @@ fn run_sim(args: SimArgs) -> Result<ExitCode, String> {
         config.seed = seed;
         let report = sim::run(&config);
         if args.json {
-            println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).unwrap_or_default()
+            );
         } else {
             println!("seed {seed}: height {} ({} commits over honest replicas), {} requests, {} messages, {:.1} s virtual, highest view {}",
                 report.height, report.commits, report.requests, report.messages, report.virtual_ms as f64 / 1000.0, report.max_view);
             if !report.byzantine.is_empty() {
                 println!("byzantine: {}", report.byzantine.join(", "));
+            }
+            for line in &report.replicas {
+                println!("  {line}");
             }
             println!("trace hash {}", report.trace_hash);
             match &report.violation {
@@ -167,7 +189,11 @@ fn run_sim(args: SimArgs) -> Result<ExitCode, String> {
                 Some(violation) => println!("FAILED: {violation}"),
             }
         }
-        return Ok(if report.violation.is_some() { ExitCode::FAILURE } else { ExitCode::SUCCESS });
+        return Ok(if report.violation.is_some() {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        });
     }
     let threads = args
         .threads
@@ -184,7 +210,10 @@ fn run_sim(args: SimArgs) -> Result<ExitCode, String> {
         eprintln!();
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&summary).unwrap_or_default()
+        );
     } else {
         println!(
             "{} seeds, n = {}: {} agreement, {} validity, {} certificate violations; {} liveness failures; {} other",
@@ -193,14 +222,21 @@ fn run_sim(args: SimArgs) -> Result<ExitCode, String> {
         );
         println!(
             "{} commits in {:.1} s ({:.0} commits/s simulated, {:.0} s of virtual time)",
-            summary.commits, summary.wall_seconds, summary.commits_per_second, summary.virtual_seconds
+            summary.commits,
+            summary.wall_seconds,
+            summary.commits_per_second,
+            summary.virtual_seconds
         );
     }
     if let Some(first) = &summary.first_failure {
         eprintln!("first failure: seed {}: {}", first.seed, first.violation);
         eprintln!("replay it with: {replay} --seed {}", first.seed);
     }
-    Ok(if summary.failures() > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if summary.failures() > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn replay_command(args: &SimArgs) -> String {

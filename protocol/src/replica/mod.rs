@@ -428,6 +428,9 @@ impl Replica {
     /// slots, so a view change after a restart still reports them.
     fn restore(&mut self, recovered: Recovered) {
         let low = self.stable_checkpoint.seq();
+        self.new_view = recovered
+            .new_view
+            .filter(|nv| nv.value.view == self.view && self.phase == Phase::Normal);
         for cert in recovered.prepared {
             if cert.seq() > low {
                 let seq = cert.seq();

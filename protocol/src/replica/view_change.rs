@@ -219,6 +219,7 @@ impl Replica {
         self.phase = Phase::Normal;
         self.metrics.views_installed += 1;
         self.view_changes.retain(|_, vc| vc.value.new_view > view);
+        self.persist(crate::storage::Record::NewView(new_view.clone()));
         self.new_view = Some(new_view);
         self.last_progress = self.now;
         if checkpoint.seq() > self.low_watermark() {

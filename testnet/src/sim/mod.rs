@@ -186,6 +186,8 @@ pub struct SimReport {
     pub dropped: u64,
     /// The byzantine replicas and their behaviours.
     pub byzantine: Vec<String>,
+    /// Each replica's final state, one line each.
+    pub replicas: Vec<String>,
     /// The first violated property, if any.
     pub violation: Option<Violation>,
 }

@@ -143,8 +143,16 @@ impl<'a> World<'a> {
             });
         }
         let (drop_probability, duplicate_probability) = (
-            if config.faults.drop { rng.gen_range(0.0..0.1) } else { 0.0 },
-            if config.faults.duplicate { rng.gen_range(0.0..0.05) } else { 0.0 },
+            if config.faults.drop {
+                rng.gen_range(0.0..0.1)
+            } else {
+                0.0
+            },
+            if config.faults.duplicate {
+                rng.gen_range(0.0..0.05)
+            } else {
+                0.0
+            },
         );
         World {
             config,
@@ -221,7 +229,11 @@ impl<'a> World<'a> {
         let clients: Vec<KeyPair> = (0..self.config.clients)
             .map(|_| KeyPair::generate(&mut self.rng))
             .collect();
-        let window = self.config.fault_phase.mul_f64(0.8).max(Duration::from_millis(1));
+        let window = self
+            .config
+            .fault_phase
+            .mul_f64(0.8)
+            .max(Duration::from_millis(1));
         for index in 0..self.config.requests {
             let client = &clients[index % clients.len()];
             let request = Request {
@@ -294,18 +306,19 @@ impl<'a> World<'a> {
             if events > MAX_EVENTS {
                 self.failure = Some(Violation::new(
                     "runaway",
-                    format!("more than {MAX_EVENTS} events by {:?} of virtual time", scheduled.at),
+                    format!(
+                        "more than {MAX_EVENTS} events by {:?} of virtual time",
+                        scheduled.at
+                    ),
                 ));
                 break;
             }
             self.now = scheduled.at;
-            self.trace.update(&(scheduled.at.as_micros() as u64).to_le_bytes());
+            self.trace
+                .update(&(scheduled.at.as_micros() as u64).to_le_bytes());
             self.handle(scheduled.event);
         }
-        let violation = self
-            .failure
-            .clone()
-            .or_else(|| check::run(&self));
+        let violation = self.failure.clone().or_else(|| check::run(&self));
         let honest: Vec<NodeId> = self.honest().collect();
         let heights: Vec<u64> = honest
             .iter()
@@ -315,8 +328,45 @@ impl<'a> World<'a> {
             .iter()
             .filter_map(|id| self.nodes[id.index()].replica.as_ref())
             .collect();
+        let replica_lines = (0..self.config.n)
+            .map(|i| {
+                let node = &self.nodes[i];
+                let role = self
+                    .byzantine
+                    .get(&NodeId(i as u16))
+                    .map_or("honest".to_string(), |b| b.to_string());
+                match &node.replica {
+                    None => format!("n{i} ({role}): down"),
+                    Some(r) => {
+                        let s = r.status();
+                        let drops: Vec<String> = r
+                            .metrics()
+                            .dropped_by_reason()
+                            .filter(|(_, c)| *c > 0)
+                            .map(|(reason, c)| format!("{}={c}", reason.name()))
+                            .collect();
+                        format!(
+                            "n{i} ({role}): view {}{} executed {} stable {} pending {} slots {} executed-requests {} dropped [{}]",
+                            s.view.0,
+                            if s.in_view_change { " (changing)" } else { "" },
+                            s.last_executed.0,
+                            s.stable_checkpoint.0,
+                            s.pending_requests,
+                            s.active_slots,
+                            node.executed.len(),
+                            drops.join(" ")
+                        )
+                    }
+                }
+            })
+            .collect();
         SimReport {
-            max_view: replicas.iter().map(|r| r.status().view.0).max().unwrap_or(0),
+            replicas: replica_lines,
+            max_view: replicas
+                .iter()
+                .map(|r| r.status().view.0)
+                .max()
+                .unwrap_or(0),
             dropped: replicas.iter().map(|r| r.metrics().dropped_total()).sum(),
             seed: self.config.seed,
             trace_hash: format!("{}", self.trace.clone().finish()),
@@ -337,7 +387,9 @@ impl<'a> World<'a> {
     fn handle(&mut self, event: Event) {
         match event {
             Event::Deliver { from, to, bytes } => {
-                self.trace.update(&[1, from.0 as u8, to.0 as u8]).update(&bytes);
+                self.trace
+                    .update(&[1, from.0 as u8, to.0 as u8])
+                    .update(&bytes);
                 self.deliver(from, to, &bytes);
             }
             Event::Timer { node, generation } => {
@@ -402,7 +454,8 @@ impl<'a> World<'a> {
             return;
         };
         let mode = self.config.protocol.request_mode;
-        let Ok(verified) = verify_request(request, &self.committee, mode, &mut self.verifier) else {
+        let Ok(verified) = verify_request(request, &self.committee, mode, &mut self.verifier)
+        else {
             return;
         };
         if let Some(replica) = self.nodes[node.index()].replica.as_mut() {
@@ -426,9 +479,11 @@ impl<'a> World<'a> {
             self.schedule(self.now, Event::Submit { request: key, node });
         }
         if self.healed && self.live_at.is_none() {
-            let everyone = self.honest().collect::<Vec<_>>().into_iter().all(|id| {
-                self.nodes[id.index()].executed.len() >= self.submitted.len()
-            });
+            let everyone = self
+                .honest()
+                .collect::<Vec<_>>()
+                .into_iter()
+                .all(|id| self.nodes[id.index()].executed.len() >= self.submitted.len());
             if everyone {
                 self.live_at = Some(self.now);
             }
@@ -444,7 +499,8 @@ impl<'a> World<'a> {
             return;
         };
         let mode = self.config.protocol.request_mode;
-        let Ok(verified) = verify_message(message, &self.committee, mode, &mut self.verifier) else {
+        let Ok(verified) = verify_message(message, &self.committee, mode, &mut self.verifier)
+        else {
             return;
         };
         let node = &mut self.nodes[to.index()];
@@ -505,7 +561,13 @@ impl<'a> World<'a> {
                 node.timer_at = Some(at);
                 node.timer_generation += 1;
                 let generation = node.timer_generation;
-                self.schedule(at, Event::Timer { node: id, generation });
+                self.schedule(
+                    at,
+                    Event::Timer {
+                        node: id,
+                        generation,
+                    },
+                );
             }
         }
     }
@@ -526,7 +588,11 @@ impl<'a> World<'a> {
             if self.blocked.contains(&(from, to)) || self.rng.gen_bool(self.drop_probability) {
                 continue;
             }
-            let copies = if self.rng.gen_bool(self.duplicate_probability) { 2 } else { 1 };
+            let copies = if self.rng.gen_bool(self.duplicate_probability) {
+                2
+            } else {
+                1
+            };
             for _ in 0..copies {
                 let delay = self.network_delay() + emission.delay;
                 self.schedule(
