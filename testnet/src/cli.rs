@@ -198,7 +198,8 @@ fn run_sim(args: SimArgs) -> Result<ExitCode, String> {
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let quiet = args.json;
+    use std::io::IsTerminal;
+    let quiet = args.json || !std::io::stderr().is_terminal();
     let progress = move |done: u64, total: u64, failures: u64| {
         if !quiet && (done % 10 == 0 || done == total) {
             eprint!("\r  {done}/{total} seeds, {failures} failing");

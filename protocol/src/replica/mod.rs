@@ -281,8 +281,9 @@ pub struct Replica {
     /// first pending request): the request timer runs from here.
     last_progress: Duration,
 
-    /// The latest view-change from each replica.
-    view_changes: BTreeMap<NodeId, Signed<ViewChange>>,
+    /// View-changes above the current view, by view and signer; at most
+    /// `VIEW_CHANGES_PER_PEER` views per signer (the highest).
+    view_changes: BTreeMap<View, BTreeMap<NodeId, Signed<ViewChange>>>,
     /// The new-view that started the current view, to re-send to replicas
     /// that missed it.
     new_view: Option<Signed<NewView>>,

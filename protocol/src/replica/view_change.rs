@@ -15,6 +15,11 @@ use bftd_crypto::Digest;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+/// View-changes kept per replica: its few highest views. Several, not one: a
+/// replica that timed out and moved on to `v+2` may still be the last vote a
+/// slower new primary of `v+1` needs, and its `v+1` view-change stays valid.
+const VIEW_CHANGES_PER_PEER: usize = 4;
+
 impl Replica {
     /// Leaves the current view for `target` (if not already moving there or
     /// beyond).
@@ -46,7 +51,7 @@ impl Replica {
         };
         match self.signer.sign_view_change(value) {
             Ok(signed) => {
-                self.view_changes.insert(self.id, signed.clone());
+                self.store_view_change(signed.clone());
                 self.broadcast(WireMessage::ViewChange(signed));
                 self.check_view_change_quorum();
             }
@@ -54,17 +59,57 @@ impl Replica {
         }
     }
 
-    /// Re-sends our view-change while the view change lasts (peers may have
-    /// missed it).
+    /// Re-sends our view-changes while the view change lasts (peers may have
+    /// missed them): the current one and the few before it that a slower new
+    /// primary may still be collecting.
     pub(super) fn retransmit_view_change(&mut self) {
         if self.phase == Phase::Normal {
             return;
         }
-        if let Some(own) = self.view_changes.get(&self.id).cloned() {
-            if own.value.new_view == self.view {
-                self.broadcast(WireMessage::ViewChange(own));
+        let own: Vec<Signed<ViewChange>> = self
+            .view_changes
+            .values()
+            .filter_map(|by_signer| by_signer.get(&self.id).cloned())
+            .collect();
+        for view_change in own {
+            self.broadcast(WireMessage::ViewChange(view_change));
+        }
+    }
+
+    /// Keeps a view-change, at most [`VIEW_CHANGES_PER_PEER`] views per
+    /// signer. Returns false if it was already known or too old to keep.
+    fn store_view_change(&mut self, view_change: Signed<ViewChange>) -> bool {
+        let signer = view_change.signer;
+        let view = view_change.value.new_view;
+        if self
+            .view_changes
+            .get(&view)
+            .is_some_and(|by_signer| by_signer.contains_key(&signer))
+        {
+            return false;
+        }
+        let held: Vec<View> = self
+            .view_changes
+            .iter()
+            .filter(|(_, by_signer)| by_signer.contains_key(&signer))
+            .map(|(&v, _)| v)
+            .collect();
+        if held.len() >= VIEW_CHANGES_PER_PEER {
+            match held.first() {
+                Some(&lowest) if lowest < view => {
+                    if let Some(by_signer) = self.view_changes.get_mut(&lowest) {
+                        by_signer.remove(&signer);
+                    }
+                    self.view_changes.retain(|_, by_signer| !by_signer.is_empty());
+                }
+                _ => return false,
             }
         }
+        self.view_changes
+            .entry(view)
+            .or_default()
+            .insert(signer, view_change);
+        true
     }
 
     pub(super) fn on_view_change(&mut self, view_change: Signed<ViewChange>) {
@@ -78,12 +123,9 @@ impl Replica {
             self.drop_input(DropReason::InvalidViewChange);
             return;
         }
-        if let Some(existing) = self.view_changes.get(&view_change.signer) {
-            if existing.value.new_view >= new_view {
-                return;
-            }
+        if !self.store_view_change(view_change) {
+            return;
         }
-        self.view_changes.insert(view_change.signer, view_change);
         self.join_higher_view();
         self.check_view_change_quorum();
     }
@@ -92,12 +134,16 @@ impl Replica {
     /// the smallest of those views rather than wait for our own timer.
     fn join_higher_view(&mut self) {
         let current = self.view;
-        let higher: Vec<View> = self
-            .view_changes
-            .iter()
-            .filter(|(&signer, vc)| signer != self.id && vc.value.new_view > current)
-            .map(|(_, vc)| vc.value.new_view)
-            .collect();
+        // Each other replica's highest view above ours.
+        let mut highest: std::collections::BTreeMap<crate::NodeId, View> = Default::default();
+        for (&view, by_signer) in self.view_changes.range(current.next()..) {
+            for &signer in by_signer.keys() {
+                if signer != self.id {
+                    highest.insert(signer, view);
+                }
+            }
+        }
+        let higher: Vec<View> = highest.into_values().collect();
         if higher.len() >= self.committee.weak_quorum() {
             if let Some(&smallest) = higher.iter().min() {
                 self.start_view_change(smallest);
@@ -107,28 +153,33 @@ impl Replica {
 
     fn view_changes_for(&self, view: View) -> Vec<Signed<ViewChange>> {
         self.view_changes
-            .values()
-            .filter(|vc| vc.value.new_view == view)
-            .cloned()
-            .collect()
+            .get(&view)
+            .map(|by_signer| by_signer.values().cloned().collect())
+            .unwrap_or_default()
     }
 
-    /// With 2f+1 view-changes for our target, start the new-view timer; the
-    /// new primary sends the new-view.
+    /// Once 2f+1 replicas are changing to our target view or beyond, start
+    /// the new-view timer (so a lone replica never races ahead, yet a quorum
+    /// split over neighbouring views still moves on together); the new
+    /// primary sends the new-view when 2f+1 are for exactly our target.
     fn check_view_change_quorum(&mut self) {
         let Phase::ViewChange { quorum_at } = self.phase else {
             return;
         };
-        let mut view_changes = self.view_changes_for(self.view);
-        if view_changes.len() < self.committee.quorum() {
-            return;
-        }
         if quorum_at.is_none() {
-            self.phase = Phase::ViewChange {
-                quorum_at: Some(self.now),
-            };
+            let changing: BTreeSet<crate::NodeId> = self
+                .view_changes
+                .range(self.view..)
+                .flat_map(|(_, by_signer)| by_signer.keys().copied())
+                .collect();
+            if changing.len() >= self.committee.quorum() {
+                self.phase = Phase::ViewChange {
+                    quorum_at: Some(self.now),
+                };
+            }
         }
-        if self.committee.primary(self.view) != self.id {
+        let mut view_changes = self.view_changes_for(self.view);
+        if view_changes.len() < self.committee.quorum() || self.committee.primary(self.view) != self.id {
             return;
         }
         // Our own first, then the others by id: any 2f+1 will do.
@@ -218,7 +269,7 @@ impl Replica {
         let view = self.view;
         self.phase = Phase::Normal;
         self.metrics.views_installed += 1;
-        self.view_changes.retain(|_, vc| vc.value.new_view > view);
+        self.view_changes.retain(|&v, _| v > view);
         self.persist(crate::storage::Record::NewView(new_view.clone()));
         self.new_view = Some(new_view);
         self.last_progress = self.now;
