@@ -40,7 +40,7 @@ pub struct Config {
     /// Most payload bytes in one batch.
     pub max_batch_bytes: usize,
     /// Longest a request waits at the primary for its batch to fill.
-    #[serde(with = "millis")]
+    #[serde(rename = "batch_delay_ms", with = "millis")]
     pub batch_delay: Duration,
     /// Largest payload a request may carry.
     pub max_request_bytes: usize,
@@ -50,24 +50,24 @@ pub struct Config {
     pub max_pending_requests: usize,
     /// A backup with pending requests that sees no execution for this long
     /// suspects the primary and starts a view change.
-    #[serde(with = "millis")]
+    #[serde(rename = "request_timeout_ms", with = "millis")]
     pub request_timeout: Duration,
     /// How long to wait for a new view once 2f+1 view-changes are in;
     /// doubles with every view that fails in a row.
-    #[serde(with = "millis")]
+    #[serde(rename = "view_change_timeout_ms", with = "millis")]
     pub view_change_timeout: Duration,
     /// The doubling stops here.
-    #[serde(with = "millis")]
+    #[serde(rename = "view_change_timeout_max_ms", with = "millis")]
     pub view_change_timeout_max: Duration,
     /// Status reports go out this often; they drive catch-up and
     /// retransmission of view-changes and new-views.
-    #[serde(with = "millis")]
+    #[serde(rename = "status_interval_ms", with = "millis")]
     pub status_interval: Duration,
     /// Most blocks in one state-transfer response.
     pub fetch_max_blocks: u64,
     /// A state-transfer request unanswered for this long is sent to another
     /// peer.
-    #[serde(with = "millis")]
+    #[serde(rename = "fetch_timeout_ms", with = "millis")]
     pub fetch_timeout: Duration,
     /// Most normal-case messages for future views held per peer until the
     /// view starts.
@@ -206,7 +206,7 @@ impl Config {
     }
 }
 
-/// Durations as whole milliseconds in config files.
+/// Durations as whole milliseconds in config files (the names end in `_ms`).
 mod millis {
     use serde::{Deserialize, Deserializer, Serializer};
     use std::time::Duration;

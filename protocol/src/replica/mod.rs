@@ -280,6 +280,10 @@ pub struct Replica {
     /// When the replica last saw progress (an execution, a new view, or the
     /// first pending request): the request timer runs from here.
     last_progress: Duration,
+    /// The request timer fired once since `last_progress` and the pending
+    /// requests were re-sent to every replica; the next firing starts a view
+    /// change.
+    requests_rebroadcast: bool,
 
     /// View-changes above the current view, by view and signer; at most
     /// `VIEW_CHANGES_PER_PEER` views per signer (the highest).
@@ -407,6 +411,7 @@ impl Replica {
             queue: VecDeque::new(),
             to_forward: Vec::new(),
             last_progress: now,
+            requests_rebroadcast: false,
             view_changes: BTreeMap::new(),
             new_view: None,
             future: BTreeMap::new(),

@@ -370,7 +370,7 @@ impl Replica {
         let hash = block.hash();
         self.last_executed = height;
         self.head_hash = hash;
-        self.last_progress = self.now;
+        self.note_progress();
         self.failed_views = 0;
         self.metrics.blocks_executed += 1;
         if self.next_seq <= height {

@@ -54,7 +54,7 @@ impl Replica {
         }
         if self.pending.is_empty() {
             // The request timer runs from the first pending request.
-            self.last_progress = self.now;
+            self.note_progress();
         }
         self.pending.insert(
             key,
@@ -74,10 +74,13 @@ impl Replica {
         // primary when the view starts.
     }
 
-    /// Requests a backup passed on.
+    /// Requests another replica passed on: a backup forwarding to us as
+    /// primary, or a backup whose request timer fired re-sending its pending
+    /// requests to everyone (then we watch them too, and forward them to the
+    /// primary ourselves).
     pub(super) fn on_forward(&mut self, forward: Signed<Forward>) {
-        if !self.is_primary() {
-            self.drop_input(super::DropReason::NotPrimary);
+        if self.phase != super::Phase::Normal {
+            self.drop_input(super::DropReason::NotNow);
             return;
         }
         for request in forward.value.requests {
@@ -217,13 +220,43 @@ impl Replica {
         Some(self.last_progress + self.config.request_timeout)
     }
 
+    /// First firing: re-send the pending requests to every replica (like a
+    /// PBFT client re-sending to all), so every honest backup watches them —
+    /// one backup alone cannot move the view. Second firing without
+    /// progress: suspect the primary.
     pub(super) fn check_request_timer(&mut self) {
-        if let Some(deadline) = self.request_deadline() {
-            if self.now >= deadline {
-                let next = self.view.next();
-                self.start_view_change(next);
+        let Some(deadline) = self.request_deadline() else {
+            return;
+        };
+        if self.now < deadline {
+            return;
+        }
+        if self.requests_rebroadcast {
+            let next = self.view.next();
+            self.start_view_change(next);
+            return;
+        }
+        self.requests_rebroadcast = true;
+        self.last_progress = self.now;
+        let requests: Vec<SignedRequest> = self
+            .pending
+            .values()
+            .map(|pending| pending.request.clone())
+            .collect();
+        for chunk in requests.chunks(self.config.max_batch_requests) {
+            match self.signer.sign(Forward {
+                requests: chunk.to_vec(),
+            }) {
+                Ok(signed) => self.broadcast(WireMessage::Forward(signed)),
+                Err(_) => self.drop_input(super::DropReason::Oversized),
             }
         }
+    }
+
+    /// Something moved: restart the request timer from scratch.
+    pub(super) fn note_progress(&mut self) {
+        self.last_progress = self.now;
+        self.requests_rebroadcast = false;
     }
 
     /// Removes executed requests from the pending set and answers local

@@ -272,7 +272,7 @@ impl Replica {
         self.view_changes.retain(|&v, _| v > view);
         self.persist(crate::storage::Record::NewView(new_view.clone()));
         self.new_view = Some(new_view);
-        self.last_progress = self.now;
+        self.note_progress();
         if checkpoint.seq() > self.low_watermark() {
             self.advance_stable(checkpoint);
         }
