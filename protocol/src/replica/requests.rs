@@ -28,6 +28,7 @@ impl Replica {
         let key = request.key();
         match self.clients.lookup(&key) {
             Lookup::Executed { height } => {
+                self.metrics.requests_replayed += 1;
                 if local {
                     self.reply(&request, ReplyOutcome::Committed { height });
                 }
@@ -43,6 +44,7 @@ impl Replica {
         }
         if let Some(pending) = self.pending.get_mut(&key) {
             pending.local |= local;
+            self.metrics.requests_replayed += 1;
             return;
         }
         if self.pending.len() >= self.config.max_pending_requests {
