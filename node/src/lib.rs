@@ -1,1 +1,2 @@
+pub mod storage;
 pub mod transport;

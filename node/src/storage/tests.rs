@@ -1,0 +1,581 @@
+//! Tests of the disk store: the shared suite, and what only a disk store can
+//! get wrong (locking, damaged or foreign files, identity, reopening, an
+//! aborted step). The crash test with a real SIGKILL and the latency
+//! measurement are in `node/tests/storage.rs`.
+
+use super::*;
+use bftd_crypto::{Digest, KeyPair, PublicKey, Signature};
+use bftd_protocol::certificate::{QuorumCertificate, Vote};
+use bftd_protocol::message::{Checkpoint, Commit, PrePrepare, Prepare};
+use bftd_protocol::signer::SafetyState;
+use bftd_protocol::{Batch, Block, NodeId, Request, Signed, SignedRequest, View};
+use std::io::Write;
+
+fn store_path(dir: &tempfile::TempDir) -> PathBuf {
+    dir.path().join("store.redb")
+}
+
+fn disk_error(error: &StorageError) -> &DiskStorageError {
+    match DiskStorageError::of(error) {
+        Some(error) => error,
+        None => panic!("not a disk storage error: {error}"),
+    }
+}
+
+fn open_error(path: &Path) -> DiskStorageError {
+    match DiskStorage::open(path) {
+        Ok(_) => panic!("{} opened", path.display()),
+        Err(error) => match error.source.downcast::<DiskStorageError>() {
+            Ok(error) => *error,
+            Err(error) => panic!("not a disk storage error: {error}"),
+        },
+    }
+}
+
+fn batch(requests: usize, payload_bytes: usize, tag: u64) -> Arc<Batch> {
+    let requests = (0..requests)
+        .map(|i| {
+            SignedRequest::unsigned(Request {
+                client: PublicKey([i as u8; 32]),
+                request_id: tag,
+                payload: vec![tag as u8; payload_bytes],
+            })
+        })
+        .collect();
+    Arc::new(Batch { requests })
+}
+
+fn block(height: u64, batch: Arc<Batch>) -> Arc<CommittedBlock> {
+    Arc::new(CommittedBlock {
+        block: Block {
+            height: SeqNum(height),
+            prev_hash: Digest([height as u8; 32]),
+            batch_digest: Digest([1; 32]),
+            batch,
+        },
+        certificate: QuorumCertificate {
+            value: Commit {
+                view: View(0),
+                seq: SeqNum(height),
+                digest: Digest([1; 32]),
+            },
+            votes: (0..3)
+                .map(|i| Vote {
+                    signer: NodeId(i),
+                    signature: Signature([9; 64]),
+                })
+                .collect(),
+        },
+    })
+}
+
+fn delivery(height: u64, duplicates: Vec<u32>) -> Delivery {
+    Delivery {
+        block: block(height, batch(3, 10, height)),
+        duplicates,
+    }
+}
+
+fn prepared(seq: u64, view: u64) -> PreparedCertificate {
+    let value = PrePrepare {
+        view: View(view),
+        seq: SeqNum(seq),
+        digest: Digest([seq as u8; 32]),
+    };
+    PreparedCertificate {
+        pre_prepare: Signed {
+            signer: NodeId(0),
+            value,
+            signature: Signature([1; 64]),
+        },
+        prepares: QuorumCertificate {
+            value: Prepare {
+                view: value.view,
+                seq: value.seq,
+                digest: value.digest,
+            },
+            votes: Vec::new(),
+        },
+    }
+}
+
+fn checkpoint(seq: u64) -> CheckpointCertificate {
+    QuorumCertificate {
+        value: Checkpoint {
+            seq: SeqNum(seq),
+            block_hash: Digest([seq as u8; 32]),
+        },
+        votes: Vec::new(),
+    }
+}
+
+fn identity(node_seed: u8, committee_size: u8) -> StoreIdentity {
+    StoreIdentity {
+        node_key: KeyPair::from_seed([node_seed; 32]).public(),
+        committee: (0..committee_size)
+            .map(|i| KeyPair::from_seed([i; 32]).public())
+            .collect(),
+    }
+}
+
+/// The disk store passes the suite every `Storage` passes, reopening from
+/// disk where the suite restarts.
+#[test]
+fn passes_the_shared_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = store_path(&dir);
+    let store = DiskStorage::open(&path).unwrap();
+    bftd_protocol::storage::suite::run(store, |store| {
+        drop(store);
+        DiskStorage::open(&path).unwrap()
+    });
+}
+
+/// A store held open (here by another handle in the same process; across
+/// processes the same file lock applies, see the crash test) cannot be
+/// opened again, and the error names the path.
+#[test]
+fn a_store_held_open_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = store_path(&dir);
+    let first = DiskStorage::open(&path).unwrap();
+    let error = open_error(&path);
+    assert!(matches!(error, DiskStorageError::Locked { .. }), "{error}");
+    assert!(error.to_string().contains(&*path.to_string_lossy()));
+    // A clone is the same handle, not a second open.
+    let clone = first.clone();
+    drop(first);
+    assert!(matches!(open_error(&path), DiskStorageError::Locked { .. }));
+    drop(clone);
+    DiskStorage::open(&path).unwrap();
+}
+
+/// Garbage, a damaged redb file, a foreign redb file, and a directory are
+/// all refused with an error naming the path, never a panic.
+#[test]
+fn files_that_are_not_a_store_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+
+    let garbage = dir.path().join("garbage");
+    std::fs::write(&garbage, vec![0x5a; 100_000]).unwrap();
+    let error = open_error(&garbage);
+    assert!(
+        matches!(error, DiskStorageError::NotADatabase { .. }),
+        "{error}"
+    );
+    assert!(error.to_string().contains("garbage"), "{error}");
+
+    // redb's magic number, then garbage: past the first check.
+    let mut file = std::fs::read(&garbage).unwrap();
+    file.splice(0..9, [b'r', b'e', b'd', b'b', 0x1A, 0x0A, 0xA9, 0x0D, 0x0A]);
+    let magic = dir.path().join("magic");
+    std::fs::write(&magic, &file).unwrap();
+    let error = open_error(&magic);
+    assert!(error.to_string().contains("magic"), "{error}");
+
+    // A real store, damaged: its second half overwritten.
+    let damaged = dir.path().join("damaged");
+    let mut store = DiskStorage::open(&damaged).unwrap();
+    for height in 1..=20 {
+        store.apply(&[], &[delivery(height, vec![])]).unwrap();
+    }
+    drop(store);
+    let mut bytes = std::fs::read(&damaged).unwrap();
+    let half = bytes.len() / 2;
+    bytes.iter_mut().skip(half).for_each(|byte| *byte ^= 0xa5);
+    std::fs::write(&damaged, &bytes).unwrap();
+    match DiskStorage::open(&damaged) {
+        // redb trusts a cleanly closed file's header; then the damage shows
+        // when the data is read, as an error, not a panic.
+        Ok(store) => {
+            let read = store.blocks_from(SeqNum(1), 100);
+            assert!(read.is_err() || read.is_ok_and(|blocks| blocks.len() < 20));
+        }
+        Err(error) => assert!(error.to_string().contains("damaged"), "{error}"),
+    }
+
+    // A redb database some other program wrote.
+    let foreign = dir.path().join("foreign");
+    {
+        let db = Database::create(&foreign).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(redb::TableDefinition::<u64, u64>::new("accounts"))
+            .unwrap()
+            .insert(1, 2)
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let error = open_error(&foreign);
+    assert!(
+        matches!(error, DiskStorageError::NotABftdStore { .. }),
+        "{error}"
+    );
+
+    let error = open_error(dir.path());
+    assert!(
+        matches!(error, DiskStorageError::Unreadable { .. }),
+        "{error}"
+    );
+    let error = open_error(&dir.path().join("missing/store.redb"));
+    assert!(
+        matches!(error, DiskStorageError::Unreadable { .. }),
+        "{error}"
+    );
+}
+
+/// A store of another format version is refused rather than misread.
+#[test]
+fn another_format_version_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = store_path(&dir);
+    drop(DiskStorage::open(&path).unwrap());
+    {
+        let db = Database::open(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        let version = codec::encode(&(FORMAT_VERSION + 1)).unwrap();
+        txn.open_table(layout::META)
+            .unwrap()
+            .insert(layout::META_FORMAT, version.as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let error = open_error(&path);
+    assert!(
+        matches!(error, DiskStorageError::UnsupportedFormat { found, supported, .. }
+            if found == FORMAT_VERSION + 1 && supported == FORMAT_VERSION),
+        "{error}"
+    );
+}
+
+/// `open_for` records the identity in a new store and refuses the store
+/// for another node or another committee; a store created without one
+/// adopts the first identity it is opened for.
+#[test]
+fn a_store_belongs_to_one_node_and_committee() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = store_path(&dir);
+    drop(DiskStorage::open_for(&path, &identity(1, 4)).unwrap());
+    drop(DiskStorage::open_for(&path, &identity(1, 4)).unwrap());
+    drop(DiskStorage::open(&path).unwrap());
+
+    let error = DiskStorage::open_for(&path, &identity(2, 4)).unwrap_err();
+    assert!(
+        matches!(disk_error(&error), DiskStorageError::WrongNode { .. }),
+        "{error}"
+    );
+    let error = DiskStorage::open_for(&path, &identity(1, 7)).unwrap_err();
+    assert!(
+        matches!(
+            disk_error(&error),
+            DiskStorageError::WrongCommittee {
+                expected: 7,
+                found: 4,
+                ..
+            }
+        ),
+        "{error}"
+    );
+
+    let other = dir.path().join("other.redb");
+    drop(DiskStorage::open(&other).unwrap());
+    drop(DiskStorage::open_for(&other, &identity(3, 4)).unwrap());
+    assert!(DiskStorage::open_for(&other, &identity(1, 4)).is_err());
+}
+
+/// A value damaged on disk surfaces as a decode error naming its table
+/// (`recover`, `blocks_from`) or as a missing block (`block`), never as a
+/// panic.
+#[test]
+fn damaged_values_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = store_path(&dir);
+    let mut store = DiskStorage::open(&path).unwrap();
+    store.apply(&[], &[delivery(1, vec![])]).unwrap();
+    drop(store);
+    {
+        let db = Database::open(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(layout::STATE)
+            .unwrap()
+            .insert(layout::STATE_SAFETY, [0xff_u8; 3].as_slice())
+            .unwrap();
+        txn.open_table(layout::BLOCKS)
+            .unwrap()
+            .insert(layout::chunk_key(SeqNum(1), 0), [0xff_u8; 3].as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let store = DiskStorage::open(&path).unwrap();
+    let error = store.recover().unwrap_err();
+    assert!(
+        matches!(
+            disk_error(&error),
+            DiskStorageError::Decode { table: "state", .. }
+        ),
+        "{error}"
+    );
+    assert_eq!(store.block(SeqNum(1)), None);
+    let error = store.blocks_from(SeqNum(1), 10).unwrap_err();
+    assert!(
+        matches!(
+            disk_error(&error),
+            DiskStorageError::Decode {
+                table: "blocks",
+                ..
+            }
+        ),
+        "{error}"
+    );
+}
+
+/// A step that fails part way (here: a batch too large to encode) writes
+/// nothing, not even the records before the failing one.
+#[test]
+fn a_failed_step_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = store_path(&dir);
+    let mut store = DiskStorage::open(&path).unwrap();
+    let safety = SafetyState {
+        view: View(1),
+        ..SafetyState::default()
+    };
+    store.apply(&[Record::Safety(safety.clone())], &[]).unwrap();
+
+    let mut newer = safety.clone();
+    newer.view = View(2);
+    let huge = batch(1, 65 * 1024 * 1024, 7);
+    let error = store
+        .apply(
+            &[
+                Record::Safety(newer),
+                Record::Batch {
+                    seq: SeqNum(7),
+                    digest: Digest([7; 32]),
+                    batch: huge,
+                },
+            ],
+            &[delivery(1, vec![])],
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            disk_error(&error),
+            DiskStorageError::Encode {
+                table: "batches",
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert_eq!(store.recover().unwrap().safety, safety);
+    assert_eq!(store.last_height(), SeqNum(0));
+    assert_eq!(store.block(SeqNum(1)), None);
+    // The store still works after the failed step.
+    store.apply(&[], &[delivery(1, vec![])]).unwrap();
+    assert_eq!(store.last_height(), SeqNum(1));
+}
+
+/// Checkpoints discard exactly what is at or below them (every digest at
+/// the checkpoint's sequence included), and an older checkpoint changes
+/// nothing.
+#[test]
+fn a_checkpoint_discards_at_or_below_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = store_path(&dir);
+    let mut store = DiskStorage::open(&path).unwrap();
+    let batch_record = |seq: u64, digest: u8| Record::Batch {
+        seq: SeqNum(seq),
+        digest: Digest([digest; 32]),
+        batch: batch(1, 1, seq),
+    };
+    store
+        .apply(
+            &[
+                batch_record(7, 0),
+                batch_record(8, 0),
+                batch_record(8, 0xff),
+                batch_record(9, 0),
+                Record::Prepared(prepared(8, 1)),
+                Record::Prepared(prepared(9, 1)),
+                Record::Prepared(prepared(300, 1)),
+                Record::StableCheckpoint(checkpoint(8)),
+                // In the same step, after the checkpoint: kept.
+                batch_record(8, 1),
+            ],
+            &[],
+        )
+        .unwrap();
+    store
+        .apply(&[Record::StableCheckpoint(checkpoint(5))], &[])
+        .unwrap();
+    drop(store);
+    let store = DiskStorage::open(&path).unwrap();
+    let recovered = store.recover().unwrap();
+    assert_eq!(recovered.stable_checkpoint, Some(checkpoint(8)));
+    let seqs: Vec<_> = recovered.prepared.iter().map(|cert| cert.seq().0).collect();
+    assert_eq!(seqs, vec![9, 300], "in sequence order");
+    let batches: Vec<_> = recovered
+        .batches
+        .iter()
+        .map(|(seq, digest, _)| (seq.0, digest.0[0]))
+        .collect();
+    assert_eq!(batches, vec![(8, 1), (9, 0)]);
+}
+
+/// Blocks read back equal what was stored, from the cache and from disk;
+/// `last_height` follows `apply`; `blocks_from` returns blocks in order with
+/// their duplicates, at most `max`; re-storing a height replaces its
+/// duplicates.
+#[test]
+fn blocks_read_back_from_cache_and_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = store_path(&dir);
+    let mut store = DiskStorage::open(&path).unwrap();
+    let deliveries: Vec<_> = (1..=5)
+        .map(|height| delivery(height, if height == 3 { vec![0, 2] } else { vec![] }))
+        .collect();
+    store.apply(&[], &deliveries[..2]).unwrap();
+    store.apply(&[], &deliveries[2..]).unwrap();
+    assert_eq!(store.last_height(), SeqNum(5));
+    assert_eq!(store.block(SeqNum(3)), Some(deliveries[2].block.clone()));
+    assert_eq!(store.duplicates(SeqNum(3)), vec![0, 2]);
+
+    let options = StorageOptions {
+        block_cache_entries: 0,
+        ..StorageOptions::default()
+    };
+    drop(store);
+    let mut store = DiskStorage::open_with(&path, None, &options).unwrap();
+    assert_eq!(store.last_height(), SeqNum(5));
+    for delivery in &deliveries {
+        let height = delivery.block.height();
+        assert_eq!(store.block(height), Some(delivery.block.clone()));
+        assert_eq!(store.duplicates(height), delivery.duplicates);
+    }
+    assert_eq!(store.block(SeqNum(6)), None);
+    assert_eq!(store.duplicates(SeqNum(6)), Vec::<u32>::new());
+
+    let from = store.blocks_from(SeqNum(2), 3).unwrap();
+    let heights: Vec<_> = from.iter().map(|(block, _)| block.height().0).collect();
+    assert_eq!(heights, vec![2, 3, 4]);
+    assert_eq!(from[1].1, vec![0, 2]);
+    assert!(store.blocks_from(SeqNum(6), 3).unwrap().is_empty());
+    assert!(store.blocks_from(SeqNum(1), 0).unwrap().is_empty());
+
+    store.apply(&[], &[delivery(3, vec![])]).unwrap();
+    assert_eq!(store.duplicates(SeqNum(3)), Vec::<u32>::new());
+    assert_eq!(
+        store.last_height(),
+        SeqNum(5),
+        "re-storing does not lower it"
+    );
+}
+
+/// A new store is a file at `path`, usable from another thread (the shell
+/// reads blocks from the transport's tasks while it applies steps).
+#[test]
+fn is_send_sync_and_creates_the_file() {
+    fn assert_send_sync<T: Send + Sync + 'static>(_: &T) {}
+    let dir = tempfile::tempdir().unwrap();
+    let path = store_path(&dir);
+    let mut store = DiskStorage::open(&path).unwrap();
+    assert_send_sync(&store);
+    assert!(path.is_file());
+    assert_eq!(store.path(), path);
+    let reader = store.clone();
+    let thread = std::thread::spawn(move || {
+        while reader.last_height() < SeqNum(20) {
+            std::thread::yield_now();
+        }
+        reader.block(SeqNum(20)).is_some()
+    });
+    for height in 1..=20 {
+        store.apply(&[], &[delivery(height, vec![])]).unwrap();
+    }
+    assert!(thread.join().unwrap());
+    let mut log = std::io::sink();
+    writeln!(log, "{store:?}").unwrap();
+}
+
+/// A block larger than a chunk is split and read back whole; re-storing
+/// its height with a smaller block leaves none of the old chunks; a missing
+/// chunk or a block stored under the wrong height is reported as damage.
+#[test]
+fn large_blocks_are_chunked_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = store_path(&dir);
+    let options = StorageOptions {
+        block_cache_entries: 0,
+        ..StorageOptions::default()
+    };
+    let mut store = DiskStorage::open_with(&path, None, &options).unwrap();
+    let large = |height: u64| Delivery {
+        block: block(height, batch(5, 40_000, height)),
+        duplicates: vec![1],
+    };
+    let deliveries = [large(1), large(2), large(3)];
+    store.apply(&[], &deliveries).unwrap();
+    let chunks = |store: &DiskStorage, height: u64| {
+        let txn = store.inner.db.begin_read().unwrap();
+        let table = txn.open_table(layout::BLOCKS).unwrap();
+        table
+            .range(
+                layout::chunk_key(SeqNum(height), 0)..=layout::chunk_key(SeqNum(height), u32::MAX),
+            )
+            .unwrap()
+            .count()
+    };
+    assert!(chunks(&store, 2) > 5, "200 KB is more than five chunks");
+    for delivery in &deliveries {
+        assert_eq!(
+            store.block(delivery.block.height()),
+            Some(delivery.block.clone())
+        );
+    }
+    let all = store.blocks_from(SeqNum(1), 10).unwrap();
+    assert_eq!(all.len(), 3);
+    assert_eq!(all[2].0, deliveries[2].block);
+    assert_eq!(store.blocks_from(SeqNum(2), 1).unwrap().len(), 1);
+
+    store.apply(&[], &[delivery(2, vec![])]).unwrap();
+    assert_eq!(chunks(&store, 2), 1);
+    assert_eq!(store.block(SeqNum(2)), Some(delivery(2, vec![]).block));
+    drop(store);
+
+    {
+        let db = Database::open(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut table = txn.open_table(layout::BLOCKS).unwrap();
+            table.remove(layout::chunk_key(SeqNum(3), 2)).unwrap();
+            let chunk = table
+                .get(layout::chunk_key(SeqNum(2), 0))
+                .unwrap()
+                .unwrap()
+                .value()
+                .to_vec();
+            table
+                .insert(layout::chunk_key(SeqNum(4), 0), chunk.as_slice())
+                .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let store = DiskStorage::open_with(&path, None, &options).unwrap();
+    assert_eq!(store.last_height(), SeqNum(4));
+    assert_eq!(store.block(SeqNum(3)), None);
+    let error = store.blocks_from(SeqNum(3), 1).unwrap_err();
+    assert!(
+        matches!(
+            disk_error(&error),
+            DiskStorageError::BrokenBlock { chunk: 2, .. }
+        ),
+        "{error}"
+    );
+    assert_eq!(store.block(SeqNum(4)), None);
+    let error = store.blocks_from(SeqNum(4), 1).unwrap_err();
+    assert!(
+        matches!(disk_error(&error), DiskStorageError::MisplacedBlock { .. }),
+        "{error}"
+    );
+    assert_eq!(store.blocks_from(SeqNum(1), 2).unwrap().len(), 2);
+}
