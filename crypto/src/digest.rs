@@ -1,13 +1,14 @@
 //! SHA-256 digests.
 
-use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use std::fmt;
 
 /// A SHA-256 digest. Displays as lowercase hex; `{:#}` shows the first 8 hex
 /// digits, which is what logs and status lines use.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Digest(pub [u8; 32]);
+
+crate::fixed_bytes::serde_as_bytes!(Digest, 32);
 
 impl Digest {
     /// The all-zero digest, used as the `prev_hash` of the first block.

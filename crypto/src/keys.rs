@@ -2,7 +2,6 @@
 
 use crate::verify::{Domain, SignatureError};
 use ed25519_dalek::{SigningKey, VerifyingKey};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 use std::str::FromStr;
 use zeroize::Zeroizing;
@@ -38,8 +37,10 @@ pub enum KeyTextError {
 /// client's key and decompressing thousands of them per batch would cost more
 /// than the rest of the batch. [`PublicKey::validate`] decompresses on
 /// demand; committees keep their members' keys as [`ValidatedKey`]s.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PublicKey(pub [u8; 32]);
+
+crate::fixed_bytes::serde_as_bytes!(PublicKey, 32);
 
 impl PublicKey {
     /// Decompresses and validates the key: a point on the curve and not of
@@ -130,7 +131,7 @@ impl fmt::Debug for ValidatedKey {
     }
 }
 
-/// An Ed25519 signature: 64 bytes on the wire, no length prefix.
+/// An Ed25519 signature: 64 bytes.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Signature(pub [u8; 64]);
 
@@ -144,29 +145,7 @@ impl fmt::Debug for Signature {
     }
 }
 
-impl Serialize for Signature {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        // Two 32-byte halves: serde implements fixed arrays only up to 32, and a
-        // tuple of fixed arrays encodes as exactly 64 bytes.
-        let (low, high) = self.0.split_at(32);
-        let mut a = [0u8; 32];
-        let mut b = [0u8; 32];
-        a.copy_from_slice(low);
-        b.copy_from_slice(high);
-        (a, b).serialize(serializer)
-    }
-}
-
-impl<'de> Deserialize<'de> for Signature {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Signature, D::Error> {
-        let (a, b) = <([u8; 32], [u8; 32])>::deserialize(deserializer)?;
-        let mut bytes = [0u8; 64];
-        let (low, high) = bytes.split_at_mut(32);
-        low.copy_from_slice(&a);
-        high.copy_from_slice(&b);
-        Ok(Signature(bytes))
-    }
-}
+crate::fixed_bytes::serde_as_bytes!(Signature, 64);
 
 /// A node's or client's identity key pair. The secret half is zeroized on
 /// drop and never printed.

@@ -30,6 +30,7 @@
 )]
 
 mod digest;
+mod fixed_bytes;
 mod keys;
 mod verify;
 

@@ -50,7 +50,8 @@ struct Cluster {
 
 fn cluster(mode: RequestMode) -> Cluster {
     let keys: Vec<KeyPair> = (0..4).map(|i| KeyPair::from_seed([i + 1; 32])).collect();
-    let committee = Committee::new(&keys.iter().map(KeyPair::public).collect::<Vec<_>>()).expect("4 keys");
+    let committee =
+        Committee::new(&keys.iter().map(KeyPair::public).collect::<Vec<_>>()).expect("4 keys");
     let config = Config {
         request_mode: mode,
         max_batch_requests: 1000,
@@ -70,7 +71,10 @@ fn cluster(mode: RequestMode) -> Cluster {
             Replica::new(setup, Recovered::default(), Duration::ZERO).expect("replica")
         })
         .collect();
-    Cluster { replicas, committee }
+    Cluster {
+        replicas,
+        committee,
+    }
 }
 
 /// Runs one batch through pre-prepare, prepare and commit on four replicas,
@@ -85,12 +89,17 @@ fn one_instance(cluster: &mut Cluster, batch: &Batch, mode: RequestMode, round: 
         if mode == RequestMode::ClientSigned {
             continue;
         }
-        let verified = bftd_protocol::verify_request(request, &cluster.committee, mode, &mut BatchVerifier).expect("valid");
+        let verified =
+            bftd_protocol::verify_request(request, &cluster.committee, mode, &mut BatchVerifier)
+                .expect("valid");
         cluster.replicas[primary].handle_request(now, verified, false);
     }
     let mut queue: Vec<(usize, usize, Vec<u8>)> = Vec::new();
     let mut delivered = 0;
-    let collect = |from: usize, replica: &mut Replica, queue: &mut Vec<(usize, usize, Vec<u8>)>, delivered: &mut usize| {
+    let collect = |from: usize,
+                   replica: &mut Replica,
+                   queue: &mut Vec<(usize, usize, Vec<u8>)>,
+                   delivered: &mut usize| {
         let actions = replica.drain_actions();
         *delivered += actions.deliver.len();
         for outgoing in actions.send {
@@ -105,10 +114,16 @@ fn one_instance(cluster: &mut Cluster, batch: &Batch, mode: RequestMode, round: 
             }
         }
     };
-    collect(primary, &mut cluster.replicas[primary], &mut queue, &mut delivered);
+    collect(
+        primary,
+        &mut cluster.replicas[primary],
+        &mut queue,
+        &mut delivered,
+    );
     while let Some((from, to, bytes)) = queue.pop() {
         let message: WireMessage = codec::decode(&bytes).expect("decodes");
-        let verified = verify_message(message, &cluster.committee, mode, &mut BatchVerifier).expect("valid");
+        let verified =
+            verify_message(message, &cluster.committee, mode, &mut BatchVerifier).expect("valid");
         cluster.replicas[to].handle_message(now, NodeId(from as u16), verified);
         collect(to, &mut cluster.replicas[to], &mut queue, &mut delivered);
     }

@@ -42,48 +42,167 @@ fn samples() -> Vec<(&'static str, WireMessage)> {
     )
     .unwrap();
     let batch = Arc::new(Batch {
-        requests: vec![request.clone(), SignedRequest::unsigned(request.request.clone())],
+        requests: vec![
+            request.clone(),
+            SignedRequest::unsigned(request.request.clone()),
+        ],
     });
     let digest = Digest([0xd1; 32]);
     let (view, seq) = (View(3), SeqNum(9));
     let pre_prepare = sign(3, PrePrepare { view, seq, digest });
     let prepares = QuorumCertificate {
         value: Prepare { view, seq, digest },
-        votes: vec![Vote { signer: NodeId(0), signature: sign(0, Prepare { view, seq, digest }).signature }],
+        votes: vec![Vote {
+            signer: NodeId(0),
+            signature: sign(0, Prepare { view, seq, digest }).signature,
+        }],
     };
-    let prepared = PreparedCertificate { pre_prepare: pre_prepare.clone(), prepares };
+    let prepared = PreparedCertificate {
+        pre_prepare: pre_prepare.clone(),
+        prepares,
+    };
     let checkpoint = CheckpointCertificate {
-        value: Checkpoint { seq: SeqNum(8), block_hash: Digest([0xcc; 32]) },
-        votes: vec![Vote { signer: NodeId(1), signature: sign(1, Checkpoint { seq: SeqNum(8), block_hash: Digest([0xcc; 32]) }).signature }],
+        value: Checkpoint {
+            seq: SeqNum(8),
+            block_hash: Digest([0xcc; 32]),
+        },
+        votes: vec![Vote {
+            signer: NodeId(1),
+            signature: sign(
+                1,
+                Checkpoint {
+                    seq: SeqNum(8),
+                    block_hash: Digest([0xcc; 32]),
+                },
+            )
+            .signature,
+        }],
     };
-    let view_change = sign(2, ViewChange { new_view: View(4), checkpoint: checkpoint.clone(), prepared: vec![prepared] });
+    let view_change = sign(
+        2,
+        ViewChange {
+            new_view: View(4),
+            checkpoint: checkpoint.clone(),
+            prepared: vec![prepared],
+        },
+    );
     let block = Arc::new(CommittedBlock {
-        block: Block { height: seq, prev_hash: Digest([0xaa; 32]), batch_digest: digest, batch: batch.clone() },
+        block: Block {
+            height: seq,
+            prev_hash: Digest([0xaa; 32]),
+            batch_digest: digest,
+            batch: batch.clone(),
+        },
         certificate: QuorumCertificate {
             value: Commit { view, seq, digest },
-            votes: vec![Vote { signer: NodeId(2), signature: sign(2, Commit { view, seq, digest }).signature }],
+            votes: vec![Vote {
+                signer: NodeId(2),
+                signature: sign(2, Commit { view, seq, digest }).signature,
+            }],
         },
     });
     vec![
-        ("pre_prepare", WireMessage::PrePrepare { pre_prepare: pre_prepare.clone(), batch: batch.clone() }),
-        ("prepare", WireMessage::Prepare(sign(1, Prepare { view, seq, digest }))),
-        ("commit", WireMessage::Commit(sign(1, Commit { view, seq, digest }))),
-        ("checkpoint", WireMessage::Checkpoint(sign(0, Checkpoint { seq: SeqNum(8), block_hash: Digest([0xcc; 32]) }))),
+        (
+            "pre_prepare",
+            WireMessage::PrePrepare {
+                pre_prepare: pre_prepare.clone(),
+                batch: batch.clone(),
+            },
+        ),
+        (
+            "prepare",
+            WireMessage::Prepare(sign(1, Prepare { view, seq, digest })),
+        ),
+        (
+            "commit",
+            WireMessage::Commit(sign(1, Commit { view, seq, digest })),
+        ),
+        (
+            "checkpoint",
+            WireMessage::Checkpoint(sign(
+                0,
+                Checkpoint {
+                    seq: SeqNum(8),
+                    block_hash: Digest([0xcc; 32]),
+                },
+            )),
+        ),
         ("view_change", WireMessage::ViewChange(view_change.clone())),
-        ("new_view", WireMessage::NewView(sign(0, NewView { view: View(4), view_changes: vec![view_change], pre_prepares: vec![sign(0, PrePrepare { view: View(4), seq, digest })] }))),
-        ("status", WireMessage::Status(sign(1, Status { view, in_view_change: true, last_executed: seq, stable_checkpoint: SeqNum(8) }))),
-        ("forward", WireMessage::Forward(sign(2, Forward { requests: vec![request] }))),
-        ("fetch_blocks", WireMessage::FetchBlocks(sign(3, FetchBlocks { from: SeqNum(1), to: SeqNum(64) }))),
-        ("blocks", WireMessage::Blocks(sign(3, Blocks { blocks: vec![block], checkpoint }))),
-        ("fetch_batch", WireMessage::FetchBatch(sign(0, FetchBatch { digest }))),
-        ("batch", WireMessage::Batch(sign(1, BatchResponse { batch }))),
+        (
+            "new_view",
+            WireMessage::NewView(sign(
+                0,
+                NewView {
+                    view: View(4),
+                    view_changes: vec![view_change],
+                    pre_prepares: vec![sign(
+                        0,
+                        PrePrepare {
+                            view: View(4),
+                            seq,
+                            digest,
+                        },
+                    )],
+                },
+            )),
+        ),
+        (
+            "status",
+            WireMessage::Status(sign(
+                1,
+                Status {
+                    view,
+                    in_view_change: true,
+                    last_executed: seq,
+                    stable_checkpoint: SeqNum(8),
+                },
+            )),
+        ),
+        (
+            "forward",
+            WireMessage::Forward(sign(
+                2,
+                Forward {
+                    requests: vec![request],
+                },
+            )),
+        ),
+        (
+            "fetch_blocks",
+            WireMessage::FetchBlocks(sign(
+                3,
+                FetchBlocks {
+                    from: SeqNum(1),
+                    to: SeqNum(64),
+                },
+            )),
+        ),
+        (
+            "blocks",
+            WireMessage::Blocks(sign(
+                3,
+                Blocks {
+                    blocks: vec![block],
+                    checkpoint,
+                },
+            )),
+        ),
+        (
+            "fetch_batch",
+            WireMessage::FetchBatch(sign(0, FetchBatch { digest })),
+        ),
+        (
+            "batch",
+            WireMessage::Batch(sign(1, BatchResponse { batch })),
+        ),
     ]
 }
 
 /// The bytes of every message kind are exactly those in the golden file.
 #[test]
 fn golden_wire_format() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/wire_format.txt");
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/wire_format.txt");
     let actual: String = samples()
         .into_iter()
         .map(|(name, message)| format!("{name} {}\n", hex(&codec::encode(&message).unwrap())))
@@ -92,7 +211,8 @@ fn golden_wire_format() {
         std::fs::write(&path, &actual).unwrap();
         return;
     }
-    let expected = std::fs::read_to_string(&path).expect("golden file (create it with BFTD_BLESS=1)");
+    let expected =
+        std::fs::read_to_string(&path).expect("golden file (create it with BFTD_BLESS=1)");
     for (want, got) in expected.lines().zip(actual.lines()) {
         assert_eq!(
             want, got,

@@ -100,7 +100,8 @@ impl Replica {
                     if let Some(by_signer) = self.view_changes.get_mut(&lowest) {
                         by_signer.remove(&signer);
                     }
-                    self.view_changes.retain(|_, by_signer| !by_signer.is_empty());
+                    self.view_changes
+                        .retain(|_, by_signer| !by_signer.is_empty());
                 }
                 _ => return false,
             }
@@ -179,7 +180,9 @@ impl Replica {
             }
         }
         let mut view_changes = self.view_changes_for(self.view);
-        if view_changes.len() < self.committee.quorum() || self.committee.primary(self.view) != self.id {
+        if view_changes.len() < self.committee.quorum()
+            || self.committee.primary(self.view) != self.id
+        {
             return;
         }
         // Our own first, then the others by id: any 2f+1 will do.
