@@ -1,0 +1,216 @@
+//! The client protocol: what clients and nodes say to each other over the
+//! client ALPN, and the receipts that let a client trust a result without
+//! trusting the node that gave it.
+//!
+//! A [`Receipt`] carries the block's header fields, a Merkle proof that the
+//! request is in the block's batch, and the block's commit certificate (2f+1
+//! signatures). [`Receipt::verify`] checks all three against the committee's
+//! public keys: a lying node cannot produce a receipt that verifies.
+
+use bftd_crypto::Digest;
+use bftd_protocol::merkle::{MerkleProof, MerkleTree};
+use bftd_protocol::{
+    Block, CertificateError, CommitCertificate, CommittedBlock, Committee, RequestMode, SeqNum,
+    SignedRequest,
+};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// Client to node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientMessage {
+    /// Order this request.
+    Submit(SignedRequest),
+    /// Stream committed blocks from this height on (each with its
+    /// certificate), then every new block as it commits.
+    Subscribe {
+        /// First height wanted (1 for everything).
+        from: SeqNum,
+    },
+    /// Report the node's status.
+    Status,
+}
+
+/// Why a node refused a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Rejection {
+    /// Too many requests pending: retry later.
+    Busy,
+    /// The request id is older than the client's window of remembered ids;
+    /// use increasing ids.
+    Stale,
+    /// The payload exceeds the cluster's `max_request_bytes`.
+    TooLarge,
+    /// The client signature does not verify (client-signed clusters).
+    BadSignature,
+    /// The request names another client than the one connected.
+    WrongClient,
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Rejection::Busy => "busy: too many pending requests, retry later",
+            Rejection::Stale => "stale request id: use increasing ids",
+            Rejection::TooLarge => "payload larger than the cluster's max_request_bytes",
+            Rejection::BadSignature => "client signature does not verify",
+            Rejection::WrongClient => "request signed for another client than this connection's",
+        })
+    }
+}
+
+/// A node's position, for `bftd status`, `/status` and scripts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// Node id.
+    pub id: u16,
+    /// Committee size.
+    pub n: usize,
+    /// Faults tolerated.
+    pub f: usize,
+    /// Current view (the one being moved to while changing views).
+    pub view: u64,
+    /// Whether a view change is in progress.
+    pub in_view_change: bool,
+    /// Primary of `view`.
+    pub primary: u16,
+    /// Highest executed (committed) height.
+    pub height: u64,
+    /// Hash of the block at `height`, hex.
+    pub head_hash: String,
+    /// Stable checkpoint.
+    pub stable_checkpoint: u64,
+    /// Requests held, not yet executed.
+    pub pending_requests: usize,
+    /// How requests are authenticated.
+    pub request_mode: RequestMode,
+    /// Byzantine behaviour, if this is a testnet liar.
+    pub byzantine: Option<String>,
+}
+
+/// Proof that a request committed at a height.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// The request id.
+    pub request_id: u64,
+    /// The block height.
+    pub height: SeqNum,
+    /// The block's `prev_hash`.
+    pub prev_hash: Digest,
+    /// The block's batch digest.
+    pub batch_digest: Digest,
+    /// The request's place in the batch.
+    pub proof: MerkleProof,
+    /// The block's commit certificate.
+    pub certificate: CommitCertificate,
+}
+
+/// Why a receipt does not prove what it claims.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReceiptError {
+    /// The receipt is for another request id.
+    #[error("receipt for request {got}, expected {expected}")]
+    WrongRequest {
+        /// The id submitted.
+        expected: u64,
+        /// The id in the receipt.
+        got: u64,
+    },
+    /// The Merkle proof does not lead from the request to the batch digest.
+    #[error("the request is not in the block the receipt names (height {height})")]
+    NotInBlock {
+        /// The height claimed.
+        height: SeqNum,
+    },
+    /// The certificate does not certify this block.
+    #[error("the commit certificate does not verify: {0}")]
+    Certificate(#[from] CertificateError),
+}
+
+/// A verified result: the request is committed at `height` in the block with
+/// hash `block_hash`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Committed {
+    /// The request id.
+    pub request_id: u64,
+    /// The block height.
+    pub height: SeqNum,
+    /// The block hash.
+    pub block_hash: Digest,
+}
+
+impl Receipt {
+    /// Builds the receipt for the request at `index` of `block`.
+    pub fn new(
+        block: &CommittedBlock,
+        tree: &MerkleTree,
+        index: usize,
+        request_id: u64,
+    ) -> Receipt {
+        Receipt {
+            request_id,
+            height: block.block.height,
+            prev_hash: block.block.prev_hash,
+            batch_digest: block.block.batch_digest,
+            proof: tree.proof(index).unwrap_or(MerkleProof {
+                index: 0,
+                count: 0,
+                siblings: Vec::new(),
+            }),
+            certificate: block.certificate.clone(),
+        }
+    }
+
+    /// Checks the receipt for `request` against the committee: the proof,
+    /// the header and every certificate signature.
+    pub fn verify(
+        &self,
+        committee: &Committee,
+        request: &SignedRequest,
+    ) -> Result<Committed, ReceiptError> {
+        let expected = request.request.request_id;
+        if self.request_id != expected {
+            return Err(ReceiptError::WrongRequest {
+                expected,
+                got: self.request_id,
+            });
+        }
+        if self.proof.root_for(request) != Some(self.batch_digest) {
+            return Err(ReceiptError::NotInBlock {
+                height: self.height,
+            });
+        }
+        self.certificate
+            .verify_for(committee, self.height, self.batch_digest)?;
+        Ok(Committed {
+            request_id: expected,
+            height: self.height,
+            block_hash: Block::header_hash(self.height, self.prev_hash, self.batch_digest),
+        })
+    }
+}
+
+/// Node to client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeMessage {
+    /// A request committed.
+    Receipt(Receipt),
+    /// A request was refused.
+    Rejected {
+        /// The request id.
+        request_id: u64,
+        /// Why.
+        reason: Rejection,
+    },
+    /// A committed block (for subscribers).
+    Block {
+        /// The block and its certificate.
+        block: Arc<CommittedBlock>,
+        /// Positions of duplicate requests the application must skip.
+        duplicates: Vec<u32>,
+    },
+    /// The node's status.
+    Status(NodeStatus),
+    /// The client sent something the node could not decode.
+    Malformed,
+}

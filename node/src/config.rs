@@ -1,0 +1,500 @@
+//! Configuration: a node file (who am I, where are my key and data) and a
+//! cluster file (every node's id, address and public key), both TOML,
+//! validated at start with errors that say what to fix.
+//!
+//! ```toml
+//! # node.toml
+//! id = 0
+//! key_file = "node0.key"          # relative paths are relative to this file
+//! cluster_file = "cluster.toml"
+//! data_dir = "data/node0"
+//! listen = "127.0.0.1:7000"       # optional: defaults to this node's cluster address
+//! metrics = "127.0.0.1:9100"      # optional: Prometheus /metrics, /status, /healthz
+//! log_format = "human"            # or "json"
+//!
+//! [protocol]                      # optional: every field has a default
+//! request_mode = "client-signed"  # or "connection-authenticated"
+//! max_batch_requests = 1000
+//! ```
+//!
+//! ```toml
+//! # cluster.toml
+//! [[node]]
+//! id = 0
+//! address = "127.0.0.1:7000"
+//! public_key = "3b6a27bc..."
+//! ```
+
+use bftd_crypto::{KeyPair, PublicKey};
+use bftd_protocol::{Committee, CommitteeError, Config as ProtocolConfig, ConfigError, NodeId};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Why a configuration could not be loaded. Each variant names the file and
+/// what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A file is not valid TOML for its schema.
+    #[error("{path} is not a valid {what}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// "node config" or "cluster file".
+        what: &'static str,
+        /// The parser's message, with line and column.
+        source: toml::de::Error,
+    },
+    /// A key file does not hold a bftd secret key.
+    #[error("{path} does not hold a bftd secret key ({source}); create one with `bftd keygen --out {path}`")]
+    BadKey {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong.
+        source: bftd_crypto::KeyTextError,
+    },
+    /// A public key in the cluster file is malformed.
+    #[error("{path}: node {id} has a malformed public_key ({source})")]
+    BadPublicKey {
+        /// The cluster file.
+        path: PathBuf,
+        /// The node.
+        id: u16,
+        /// What is wrong.
+        source: bftd_crypto::KeyTextError,
+    },
+    /// Node ids must be 0..n, each once.
+    #[error("{path}: node ids must be 0, 1, ..., n-1, each exactly once; found {ids:?}")]
+    BadIds {
+        /// The cluster file.
+        path: PathBuf,
+        /// The ids found, in file order.
+        ids: Vec<u16>,
+    },
+    /// Two nodes share an address.
+    #[error("{path}: nodes {first} and {second} have the same address {address}")]
+    DuplicateAddress {
+        /// The cluster file.
+        path: PathBuf,
+        /// First node.
+        first: u16,
+        /// Second node.
+        second: u16,
+        /// The address.
+        address: SocketAddr,
+    },
+    /// The committee is invalid (size, duplicate keys).
+    #[error("{path}: {source}")]
+    Committee {
+        /// The cluster file.
+        path: PathBuf,
+        /// What is wrong.
+        source: CommitteeError,
+    },
+    /// This node's id is not in the cluster file.
+    #[error("node id {id} is not in {path}")]
+    UnknownId {
+        /// The id.
+        id: u16,
+        /// The cluster file.
+        path: PathBuf,
+    },
+    /// The key file does not hold this node's key.
+    #[error("{key_file} holds key {found:#}, but {cluster_file} says node {id} has {expected:#}: wrong key file, or a stale cluster file")]
+    KeyMismatch {
+        /// The node.
+        id: u16,
+        /// The key file.
+        key_file: PathBuf,
+        /// The cluster file.
+        cluster_file: PathBuf,
+        /// The key in the cluster file.
+        expected: PublicKey,
+        /// The key in the key file.
+        found: PublicKey,
+    },
+    /// The protocol section is invalid.
+    #[error("[protocol] in {path}: {source}")]
+    Protocol {
+        /// The node config.
+        path: PathBuf,
+        /// What is wrong.
+        source: ConfigError,
+    },
+}
+
+/// One node of the cluster, as in the cluster file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterNode {
+    /// Node id: 0..n.
+    pub id: u16,
+    /// Where it listens (peers and clients).
+    pub address: SocketAddr,
+    /// Its Ed25519 public key, 64 hex digits.
+    pub public_key: String,
+}
+
+/// The cluster file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFile {
+    /// The nodes.
+    #[serde(rename = "node")]
+    pub nodes: Vec<ClusterNode>,
+}
+
+/// A validated cluster: the committee and every node's address.
+#[derive(Clone, Debug)]
+pub struct Cluster {
+    /// The committee (keys in id order).
+    pub committee: Committee,
+    /// Addresses, indexed by node id.
+    pub addresses: Vec<SocketAddr>,
+}
+
+impl Cluster {
+    /// Reads and validates a cluster file.
+    pub fn load(path: &Path) -> Result<Cluster, LoadError> {
+        let text = read(path)?;
+        let file: ClusterFile = toml::from_str(&text).map_err(|source| LoadError::Parse {
+            path: path.to_owned(),
+            what: "cluster file",
+            source,
+        })?;
+        Cluster::from_file(&file, path)
+    }
+
+    /// Validates a parsed cluster file (`path` is only for messages).
+    pub fn from_file(file: &ClusterFile, path: &Path) -> Result<Cluster, LoadError> {
+        let mut nodes = file.nodes.clone();
+        let ids: Vec<u16> = nodes.iter().map(|node| node.id).collect();
+        nodes.sort_by_key(|node| node.id);
+        let contiguous = nodes
+            .iter()
+            .enumerate()
+            .all(|(index, node)| usize::from(node.id) == index);
+        if !contiguous {
+            return Err(LoadError::BadIds {
+                path: path.to_owned(),
+                ids,
+            });
+        }
+        let mut keys = Vec::with_capacity(nodes.len());
+        for node in &nodes {
+            let key: PublicKey =
+                node.public_key
+                    .parse()
+                    .map_err(|source| LoadError::BadPublicKey {
+                        path: path.to_owned(),
+                        id: node.id,
+                        source,
+                    })?;
+            keys.push(key);
+        }
+        let mut seen = BTreeSet::new();
+        for node in &nodes {
+            if !seen.insert(node.address) {
+                let first = nodes
+                    .iter()
+                    .find(|other| other.address == node.address)
+                    .map_or(0, |other| other.id);
+                return Err(LoadError::DuplicateAddress {
+                    path: path.to_owned(),
+                    first,
+                    second: node.id,
+                    address: node.address,
+                });
+            }
+        }
+        let committee = Committee::new(&keys).map_err(|source| LoadError::Committee {
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(Cluster {
+            committee,
+            addresses: nodes.iter().map(|node| node.address).collect(),
+        })
+    }
+
+    /// The address of node `id`.
+    pub fn address(&self, id: NodeId) -> Option<SocketAddr> {
+        self.addresses.get(id.index()).copied()
+    }
+
+    /// The cluster as a file.
+    pub fn to_file(&self) -> ClusterFile {
+        ClusterFile {
+            nodes: self
+                .committee
+                .public_keys()
+                .iter()
+                .zip(&self.addresses)
+                .enumerate()
+                .map(|(id, (key, address))| ClusterNode {
+                    id: id as u16,
+                    address: *address,
+                    public_key: key.to_string(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The node config file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeFile {
+    /// This node's id in the cluster file.
+    pub id: u16,
+    /// The secret key file (from `bftd keygen`).
+    pub key_file: PathBuf,
+    /// The cluster file.
+    pub cluster_file: PathBuf,
+    /// Where the node keeps its store.
+    pub data_dir: PathBuf,
+    /// Listen address; defaults to this node's address in the cluster file.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// HTTP address for /metrics, /status and /healthz; none if absent.
+    #[serde(default)]
+    pub metrics: Option<SocketAddr>,
+    /// Log format.
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// A byzantine behaviour, for testnets only (needs a build with the
+    /// `byzantine` feature).
+    #[serde(default)]
+    pub byzantine: Option<String>,
+    /// For `byzantine = "collude"`: every colluding node's id (this one
+    /// included), so each derives the same fork without talking.
+    #[serde(default)]
+    pub colluders: Vec<u16>,
+    /// Protocol parameters.
+    #[serde(default)]
+    pub protocol: ProtocolConfig,
+}
+
+/// Everything a node needs, loaded and validated.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// This node.
+    pub id: NodeId,
+    /// Its identity key.
+    pub key: KeyPair,
+    /// The cluster.
+    pub cluster: Cluster,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    /// Its listen address.
+    pub listen: SocketAddr,
+    /// Its metrics address.
+    pub metrics: Option<SocketAddr>,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Byzantine behaviour (testnets).
+    pub byzantine: Option<String>,
+    /// Colluding nodes (testnets).
+    pub colluders: Vec<NodeId>,
+    /// Protocol parameters.
+    pub protocol: ProtocolConfig,
+}
+
+impl NodeConfig {
+    /// Reads the node file, its key and its cluster file, and checks them
+    /// against each other.
+    pub fn load(path: &Path) -> Result<NodeConfig, LoadError> {
+        let text = read(path)?;
+        let file: NodeFile = toml::from_str(&text).map_err(|source| LoadError::Parse {
+            path: path.to_owned(),
+            what: "node config",
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_owned()
+            } else {
+                base.join(p)
+            }
+        };
+        let key_file = resolve(&file.key_file);
+        let cluster_file = resolve(&file.cluster_file);
+        let key = read_key(&key_file)?;
+        let cluster = Cluster::load(&cluster_file)?;
+        let id = NodeId(file.id);
+        let expected =
+            cluster
+                .committee
+                .key(id)
+                .map(|key| key.public())
+                .ok_or(LoadError::UnknownId {
+                    id: file.id,
+                    path: cluster_file.clone(),
+                })?;
+        if expected != key.public() {
+            return Err(LoadError::KeyMismatch {
+                id: file.id,
+                key_file,
+                cluster_file,
+                expected,
+                found: key.public(),
+            });
+        }
+        file.protocol
+            .validate()
+            .map_err(|source| LoadError::Protocol {
+                path: path.to_owned(),
+                source,
+            })?;
+        let listen = match file.listen {
+            Some(listen) => listen,
+            None => cluster.address(id).ok_or(LoadError::UnknownId {
+                id: file.id,
+                path: cluster_file,
+            })?,
+        };
+        Ok(NodeConfig {
+            id,
+            key,
+            cluster,
+            data_dir: resolve(&file.data_dir),
+            listen,
+            metrics: file.metrics,
+            log_format: file.log_format,
+            byzantine: file.byzantine,
+            colluders: file.colluders.iter().map(|&id| NodeId(id)).collect(),
+            protocol: file.protocol,
+        })
+    }
+}
+
+fn read(path: &Path) -> Result<String, LoadError> {
+    std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Reads a secret key file written by `bftd keygen`.
+pub fn read_key(path: &Path) -> Result<KeyPair, LoadError> {
+    let text = zeroize::Zeroizing::new(read(path)?);
+    KeyPair::from_secret_text(&text).map_err(|source| LoadError::BadKey {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Writes a new secret key file, readable only by its owner. Refuses to
+/// overwrite an existing file.
+pub fn write_key(path: &Path, key: &KeyPair) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(key.to_secret_text().as_bytes())?;
+    file.write_all(b"\n")?;
+    file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster_file(n: usize) -> ClusterFile {
+        ClusterFile {
+            nodes: (0..n)
+                .map(|i| ClusterNode {
+                    id: i as u16,
+                    address: format!("127.0.0.1:{}", 7000 + i).parse().unwrap(),
+                    public_key: KeyPair::from_seed([i as u8 + 1; 32]).public().to_string(),
+                })
+                .collect(),
+        }
+    }
+
+    /// A cluster file round-trips through TOML; bad ids, duplicate addresses
+    /// and wrong sizes are refused with errors naming the problem.
+    #[test]
+    fn cluster_validation() {
+        let path = Path::new("cluster.toml");
+        let file = cluster_file(4);
+        let text = toml::to_string(&file).unwrap();
+        let parsed: ClusterFile = toml::from_str(&text).unwrap();
+        let cluster = Cluster::from_file(&parsed, path).unwrap();
+        assert_eq!(cluster.committee.n(), 4);
+        assert_eq!(cluster.to_file(), file);
+
+        let mut gap = file.clone();
+        gap.nodes[3].id = 7;
+        assert!(matches!(
+            Cluster::from_file(&gap, path),
+            Err(LoadError::BadIds { .. })
+        ));
+
+        let mut same_address = file.clone();
+        same_address.nodes[2].address = same_address.nodes[1].address;
+        let error = Cluster::from_file(&same_address, path).unwrap_err();
+        assert!(error.to_string().contains("same address"), "{error}");
+
+        let error = Cluster::from_file(&cluster_file(5), path).unwrap_err();
+        assert!(error.to_string().contains("3f + 1"), "{error}");
+
+        let mut same_key = file;
+        same_key.nodes[3].public_key = same_key.nodes[0].public_key.clone();
+        let error = Cluster::from_file(&same_key, path).unwrap_err();
+        assert!(error.to_string().contains("same public key"), "{error}");
+    }
+
+    /// A node file with a key that is not the cluster's key for its id is
+    /// refused, naming both files.
+    #[test]
+    fn key_must_match_cluster() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("cluster.toml"),
+            toml::to_string(&cluster_file(4)).unwrap(),
+        )
+        .unwrap();
+        write_key(&dir.path().join("node0.key"), &KeyPair::from_seed([1; 32])).unwrap();
+        write_key(&dir.path().join("wrong.key"), &KeyPair::from_seed([9; 32])).unwrap();
+        let node = |key: &str| {
+            format!("id = 0\nkey_file = \"{key}\"\ncluster_file = \"cluster.toml\"\ndata_dir = \"data\"\n")
+        };
+        std::fs::write(dir.path().join("good.toml"), node("node0.key")).unwrap();
+        std::fs::write(dir.path().join("bad.toml"), node("wrong.key")).unwrap();
+        let config = NodeConfig::load(&dir.path().join("good.toml")).unwrap();
+        assert_eq!(config.listen, "127.0.0.1:7000".parse().unwrap());
+        let error = NodeConfig::load(&dir.path().join("bad.toml")).unwrap_err();
+        assert!(matches!(error, LoadError::KeyMismatch { .. }), "{error}");
+        assert!(
+            write_key(&dir.path().join("node0.key"), &KeyPair::from_seed([1; 32])).is_err(),
+            "keygen never overwrites a key"
+        );
+    }
+}

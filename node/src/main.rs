@@ -1,0 +1,262 @@
+//! `bftd`: the Byzantine fault-tolerant ordering daemon and its client
+//! commands.
+
+use bftd::client::Client;
+use bftd::config::{self, Cluster, LogFormat, NodeConfig};
+use bftd_crypto::KeyPair;
+use bftd_protocol::{NodeId, SeqNum};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// bftd orders transactions with PBFT across n = 3f + 1 nodes and keeps
+/// ordering correctly while up to f of them lie, crash or stall. Every block
+/// comes with a commit certificate (2f + 1 signatures) that anyone holding
+/// the cluster file can verify.
+///
+/// Start here: `bftnet up` runs a local 4-node testnet. To deploy, run
+/// `bftd keygen` on each machine, list every node's id, address and public
+/// key in a cluster file, and start each node with `bftd run --config`.
+#[derive(Parser, Debug)]
+#[command(name = "bftd", version, about, verbatim_doc_comment)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create a new Ed25519 identity key (node or client) and print its
+    /// public key for the cluster file.
+    Keygen {
+        /// Where to write the secret key (created readable only by you; never
+        /// overwritten).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Run a node.
+    ///
+    /// The node file names the node's id, key file, cluster file and data
+    /// directory (see the README for a commented example). The node
+    /// recovers from its data directory, so restarting with the same config
+    /// resumes where it stopped and catches up from its peers.
+    Run {
+        /// The node config file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Submit transactions and wait for their verified receipts.
+    ///
+    /// Prints one line per payload: its height and block hash, proven by the
+    /// block's commit certificate and a Merkle proof (a lying node cannot
+    /// fake them).
+    Submit {
+        #[command(flatten)]
+        target: Target,
+        /// The client key (from `bftd keygen`); a fresh key if absent.
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// The payloads (one transaction each).
+        #[arg(required = true)]
+        payloads: Vec<String>,
+    },
+    /// Print committed blocks as they commit, verifying each certificate and
+    /// the hash chain.
+    Tail {
+        #[command(flatten)]
+        target: Target,
+        /// First height.
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// Stop after this many blocks.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// Show a node's view, height and pending requests.
+    Status {
+        #[command(flatten)]
+        target: Target,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct Target {
+    /// The cluster file (node ids, addresses, public keys).
+    #[arg(long, default_value = "testnet/cluster.toml")]
+    cluster: PathBuf,
+    /// Which node to talk to.
+    #[arg(long, default_value_t = 0)]
+    node: u16,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Human => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    match cli.command {
+        Command::Keygen { out } => {
+            let key = KeyPair::generate(&mut rand::rngs::OsRng);
+            config::write_key(&out, &key).map_err(|error| {
+                if error.kind() == std::io::ErrorKind::AlreadyExists {
+                    format!("{} already exists; bftd never overwrites a key (delete it first if you mean it)", out.display())
+                } else {
+                    format!("cannot write {}: {error}", out.display())
+                }
+            })?;
+            println!("{}", key.public());
+            eprintln!(
+                "secret key written to {}; put the public key above in the cluster file",
+                out.display()
+            );
+            Ok(())
+        }
+        Command::Run { config } => {
+            let config = NodeConfig::load(&config).map_err(|e| e.to_string())?;
+            init_logging(config.log_format);
+            let mut node = bftd::start(config, None).await.map_err(|e| e.to_string())?;
+            tokio::select! {
+                result = node.wait() => result.map_err(|e| format!("node stopped: {e}"))?,
+                _ = shutdown_signal() => {
+                    tracing::info!("shutting down");
+                    node.shutdown().await;
+                }
+            }
+            Ok(())
+        }
+        Command::Submit {
+            target,
+            key,
+            payloads,
+        } => {
+            let client = connect(&target, key).await?;
+            for payload in payloads {
+                let committed = client
+                    .submit(payload.clone().into_bytes())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                println!(
+                    "{payload}\theight {}\tblock {}",
+                    committed.height.0, committed.block_hash
+                );
+            }
+            Ok(())
+        }
+        Command::Tail {
+            target,
+            from,
+            count,
+        } => {
+            let client = connect(&target, None).await?;
+            let mut blocks = client
+                .subscribe(SeqNum(from))
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut seen = 0u64;
+            while count.is_none_or(|count| seen < count) {
+                let Some(block) = blocks.next().await.map_err(|e| e.to_string())? else {
+                    return Err("the node closed the connection".into());
+                };
+                let certificate = &block.block.certificate;
+                println!(
+                    "height {}\tblock {:#}\tprev {:#}\t{} requests ({} duplicates)\tview {}\tcertificate {} signatures verified",
+                    block.block.height().0,
+                    block.hash,
+                    block.block.block.prev_hash,
+                    block.block.block.batch.requests.len(),
+                    block.duplicates.len(),
+                    certificate.value.view.0,
+                    certificate.votes.len(),
+                );
+                seen += 1;
+            }
+            Ok(())
+        }
+        Command::Status { target, json } => {
+            let client = connect(&target, None).await?;
+            let status = client.status().await.map_err(|e| e.to_string())?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&status).map_err(|e| e.to_string())?
+                );
+            } else {
+                println!(
+                    "node {} of {} (f = {}): height {}, view {}{}, primary {}, stable checkpoint {}, {} pending, mode {:?}{}",
+                    status.id, status.n, status.f, status.height, status.view,
+                    if status.in_view_change { " (changing)" } else { "" },
+                    status.primary, status.stable_checkpoint, status.pending_requests, status.request_mode,
+                    status.byzantine.as_deref().map(|b| format!(", BYZANTINE: {b}")).unwrap_or_default(),
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn connect(target: &Target, key: Option<PathBuf>) -> Result<Client, String> {
+    let cluster = Cluster::load(&target.cluster).map_err(|e| e.to_string())?;
+    let key = match key {
+        Some(path) => config::read_key(&path).map_err(|e| e.to_string())?,
+        None => KeyPair::generate(&mut rand::rngs::OsRng),
+    };
+    Client::connect(&cluster, NodeId(target.node), key)
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot reach node {} ({}): {e}",
+                target.node,
+                target.cluster.display()
+            )
+        })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => return ctrl_c.await.unwrap_or(()),
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,138 @@
+//! A minimal HTTP/1.1 endpoint for operators: `/metrics` (Prometheus),
+//! `/status` (JSON), `/healthz`, `/evidence` (JSON). Requests are read with a
+//! size cap and a timeout; anything else gets a 404 or 400.
+
+use super::Shared;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Longest request head read.
+const MAX_HEAD: usize = 8 * 1024;
+/// A request must arrive this fast.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections served at once.
+const MAX_CONNECTIONS: usize = 64;
+
+/// Binds the metrics address. Fails with the address in the error.
+pub(crate) async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(address).await
+}
+
+/// Serves until the task is dropped.
+pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            continue; // over the limit: drop the connection
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _ = tokio::time::timeout(READ_TIMEOUT, handle(stream, &shared)).await;
+        });
+    }
+}
+
+async fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
+    let mut head = Vec::with_capacity(512);
+    let mut buffer = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let read = stream.read(&mut buffer).await?;
+        if read == 0 {
+            return Ok(());
+        }
+        head.extend_from_slice(buffer.get(..read).unwrap_or_default());
+        if head.len() > MAX_HEAD {
+            return respond(
+                &mut stream,
+                "431 Request Header Fields Too Large",
+                "text/plain",
+                "request head too large\n",
+            )
+            .await;
+        }
+    }
+    let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.split_whitespace();
+    let (Some(method), Some(path)) = (parts.next(), parts.next()) else {
+        return respond(
+            &mut stream,
+            "400 Bad Request",
+            "text/plain",
+            "bad request\n",
+        )
+        .await;
+    };
+    if method != "GET" {
+        return respond(
+            &mut stream,
+            "405 Method Not Allowed",
+            "text/plain",
+            "only GET\n",
+        )
+        .await;
+    }
+    match path {
+        "/metrics" => {
+            let body = shared.metrics.render(&shared.transport_stats());
+            respond(&mut stream, "200 OK", "text/plain; version=0.0.4", &body).await
+        }
+        "/status" => {
+            let body = serde_json::to_string_pretty(&shared.status()).unwrap_or_default() + "\n";
+            respond(&mut stream, "200 OK", "application/json", &body).await
+        }
+        "/evidence" => {
+            let evidence: Vec<String> = shared
+                .metrics
+                .latest()
+                .map(|s| s.evidence.iter().map(|e| format!("{e:?}")).collect())
+                .unwrap_or_default();
+            let body = serde_json::to_string_pretty(&evidence).unwrap_or_default() + "\n";
+            respond(&mut stream, "200 OK", "application/json", &body).await
+        }
+        "/healthz" => {
+            if shared.metrics.latest().is_some() {
+                respond(&mut stream, "200 OK", "text/plain", "ok\n").await
+            } else {
+                respond(
+                    &mut stream,
+                    "503 Service Unavailable",
+                    "text/plain",
+                    "starting\n",
+                )
+                .await
+            }
+        }
+        _ => {
+            respond(
+                &mut stream,
+                "404 Not Found",
+                "text/plain",
+                "try /metrics, /status, /healthz or /evidence\n",
+            )
+            .await
+        }
+    }
+}
+
+async fn respond(
+    stream: &mut TcpStream,
+    status: &str,
+    content_type: &str,
+    body: &str,
+) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await
+}

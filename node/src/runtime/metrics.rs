@@ -1,0 +1,375 @@
+//! The node's metrics: counters kept by the shell, the replica's own
+//! counters (copied after every step), a commit-latency histogram, and their
+//! Prometheus text rendering.
+
+use crate::client_api::Rejection;
+use crate::transport::TransportStats;
+use bftd_protocol::replica::{Evidence, Metrics as ReplicaMetrics, ReplicaStatus};
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Commit-latency bucket bounds, in seconds.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+];
+
+/// A fixed-bucket histogram with atomic counters.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, value: Duration) {
+        let seconds = value.as_secs_f64();
+        for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&self.buckets) {
+            if seconds <= *bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(value.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&self.buckets) {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{bound}\"}} {}",
+                bucket.load(Ordering::Relaxed)
+            );
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
+    }
+}
+
+/// What the consensus task publishes after each step.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    /// The replica's position.
+    pub status: ReplicaStatus,
+    /// The replica's counters.
+    pub replica: ReplicaMetrics,
+    /// Evidence of misbehaviour (bounded).
+    pub evidence: Vec<Evidence>,
+}
+
+/// Counters kept by the daemon around the replica.
+#[derive(Debug, Default)]
+pub struct NodeMetrics {
+    /// Peer frames that did not decode.
+    pub malformed_frames: AtomicU64,
+    /// Peer messages with an invalid signature.
+    pub invalid_signatures: AtomicU64,
+    /// Peer messages signed by an unknown replica or otherwise unverifiable.
+    pub unverifiable_messages: AtomicU64,
+    /// Client frames that did not decode.
+    pub malformed_client_frames: AtomicU64,
+    /// Requests refused, by reason.
+    rejected: [AtomicU64; 5],
+    /// Client requests received.
+    pub client_requests: AtomicU64,
+    /// Receipts dropped because the client did not read them in time.
+    pub replies_dropped: AtomicU64,
+    /// Outgoing messages the transport dropped (queue full).
+    pub send_dropped: AtomicU64,
+    /// Storage write time.
+    pub storage_apply: Histogram,
+    /// Time from a client's request reaching this node to its receipt.
+    pub commit_latency: Histogram,
+    /// The latest snapshot.
+    pub snapshot: Mutex<Option<Snapshot>>,
+}
+
+fn rejection_index(reason: Rejection) -> usize {
+    match reason {
+        Rejection::Busy => 0,
+        Rejection::Stale => 1,
+        Rejection::TooLarge => 2,
+        Rejection::BadSignature => 3,
+        Rejection::WrongClient => 4,
+    }
+}
+
+const REJECTIONS: [(Rejection, &str); 5] = [
+    (Rejection::Busy, "busy"),
+    (Rejection::Stale, "stale"),
+    (Rejection::TooLarge, "too_large"),
+    (Rejection::BadSignature, "bad_signature"),
+    (Rejection::WrongClient, "wrong_client"),
+];
+
+impl NodeMetrics {
+    /// Counts a refused request.
+    pub fn rejected(&self, reason: Rejection) {
+        if let Some(counter) = self.rejected.get(rejection_index(reason)) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Publishes a snapshot.
+    pub fn publish(&self, snapshot: Snapshot) {
+        *self.snapshot.lock().unwrap_or_else(|e| e.into_inner()) = Some(snapshot);
+    }
+
+    /// The latest snapshot.
+    pub fn latest(&self) -> Option<Snapshot> {
+        self.snapshot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Prometheus text format.
+    pub fn render(&self, transport: &TransportStats) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        let gauge = |out: &mut String, name: &str, help: &str, value: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
+        };
+        let counter = |out: &mut String, name: &str, help: &str, value: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
+        };
+        if let Some(snapshot) = self.latest() {
+            let status = &snapshot.status;
+            let metrics = &snapshot.replica;
+            gauge(
+                &mut out,
+                "bftd_height",
+                "Highest committed (executed) block height.",
+                status.last_executed.0,
+            );
+            gauge(
+                &mut out,
+                "bftd_view",
+                "Current view (the target view during a view change).",
+                status.view.0,
+            );
+            gauge(
+                &mut out,
+                "bftd_in_view_change",
+                "1 while a view change is in progress.",
+                u64::from(status.in_view_change),
+            );
+            gauge(
+                &mut out,
+                "bftd_primary",
+                "Primary of the current view.",
+                u64::from(status.primary.0),
+            );
+            gauge(
+                &mut out,
+                "bftd_stable_checkpoint",
+                "Stable checkpoint (low watermark).",
+                status.stable_checkpoint.0,
+            );
+            gauge(
+                &mut out,
+                "bftd_pending_requests",
+                "Requests held and not yet executed.",
+                status.pending_requests as u64,
+            );
+            gauge(
+                &mut out,
+                "bftd_active_slots",
+                "Sequence numbers with protocol state in the window.",
+                status.active_slots as u64,
+            );
+            counter(
+                &mut out,
+                "bftd_view_changes_total",
+                "View changes this node started.",
+                metrics.view_changes_started,
+            );
+            counter(
+                &mut out,
+                "bftd_views_installed_total",
+                "New views installed.",
+                metrics.views_installed,
+            );
+            counter(
+                &mut out,
+                "bftd_blocks_committed_total",
+                "Blocks executed.",
+                metrics.blocks_executed,
+            );
+            counter(
+                &mut out,
+                "bftd_requests_committed_total",
+                "Requests executed (duplicates excluded).",
+                metrics.requests_executed,
+            );
+            counter(
+                &mut out,
+                "bftd_duplicates_skipped_total",
+                "Duplicate requests in committed batches, skipped.",
+                metrics.duplicates_skipped,
+            );
+            counter(
+                &mut out,
+                "bftd_blocks_fetched_total",
+                "Blocks obtained through state transfer.",
+                metrics.blocks_fetched,
+            );
+            counter(
+                &mut out,
+                "bftd_checkpoints_stable_total",
+                "Checkpoints that became stable.",
+                metrics.checkpoints_stable,
+            );
+            counter(
+                &mut out,
+                "bftd_requests_replayed_total",
+                "Requests received again while pending or after executing (ordered at most once).",
+                metrics.requests_replayed,
+            );
+            counter(
+                &mut out,
+                "bftd_misbehaviour_evidence_total",
+                "Conflicting signed messages seen from one replica.",
+                metrics.evidence,
+            );
+            let _ = writeln!(out, "# HELP bftd_messages_received_total Verified peer messages handed to the replica, by kind.\n# TYPE bftd_messages_received_total counter");
+            for (kind, count) in metrics.received_by_kind() {
+                let _ = writeln!(
+                    out,
+                    "bftd_messages_received_total{{kind=\"{}\"}} {count}",
+                    kind.name()
+                );
+            }
+            let _ = writeln!(out, "# HELP bftd_messages_sent_total Messages sent by the replica, by kind (a broadcast counts once).\n# TYPE bftd_messages_sent_total counter");
+            for (kind, count) in metrics.sent_by_kind() {
+                let _ = writeln!(
+                    out,
+                    "bftd_messages_sent_total{{kind=\"{}\"}} {count}",
+                    kind.name()
+                );
+            }
+            let _ = writeln!(out, "# HELP bftd_rejected_total Inputs refused, by reason.\n# TYPE bftd_rejected_total counter");
+            for (reason, count) in metrics.dropped_by_reason() {
+                let _ = writeln!(
+                    out,
+                    "bftd_rejected_total{{reason=\"{}\"}} {count}",
+                    reason.name()
+                );
+            }
+        }
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        for (name, value) in [
+            ("malformed_frame", load(&self.malformed_frames)),
+            ("invalid_signature", load(&self.invalid_signatures)),
+            ("unverifiable", load(&self.unverifiable_messages)),
+            (
+                "malformed_client_frame",
+                load(&self.malformed_client_frames),
+            ),
+            ("oversized_frame", transport.oversized_received),
+            ("handshake_rejected", transport.handshake_rejected),
+            ("handshake_failed", transport.handshake_failed),
+            ("streams_refused", transport.streams_refused),
+            ("clients_refused", transport.clients_refused),
+        ] {
+            let _ = writeln!(out, "bftd_rejected_total{{reason=\"{name}\"}} {value}");
+        }
+        let _ = writeln!(out, "# HELP bftd_client_rejected_total Client requests refused, by reason.\n# TYPE bftd_client_rejected_total counter");
+        for (reason, name) in REJECTIONS {
+            let value = self.rejected.get(rejection_index(reason)).map_or(0, load);
+            let _ = writeln!(
+                out,
+                "bftd_client_rejected_total{{reason=\"{name}\"}} {value}"
+            );
+        }
+        counter(
+            &mut out,
+            "bftd_client_requests_total",
+            "Client requests received.",
+            load(&self.client_requests),
+        );
+        counter(
+            &mut out,
+            "bftd_replies_dropped_total",
+            "Replies dropped because a client was not reading.",
+            load(&self.replies_dropped),
+        );
+        counter(
+            &mut out,
+            "bftd_send_dropped_total",
+            "Outgoing peer messages dropped (queue full).",
+            load(&self.send_dropped),
+        );
+        counter(
+            &mut out,
+            "bftd_transport_frames_in_total",
+            "Peer frames received.",
+            transport.frames_in,
+        );
+        counter(
+            &mut out,
+            "bftd_transport_frames_out_total",
+            "Peer frames sent.",
+            transport.frames_out,
+        );
+        counter(
+            &mut out,
+            "bftd_transport_bytes_in_total",
+            "Peer bytes received.",
+            transport.bytes_in,
+        );
+        counter(
+            &mut out,
+            "bftd_transport_bytes_out_total",
+            "Peer bytes sent.",
+            transport.bytes_out,
+        );
+        counter(
+            &mut out,
+            "bftd_transport_dropped_queue_full_total",
+            "Frames dropped at a full peer queue.",
+            transport.dropped_queue_full,
+        );
+        counter(
+            &mut out,
+            "bftd_transport_reconnects_total",
+            "Peer reconnections.",
+            transport.reconnects,
+        );
+        gauge(
+            &mut out,
+            "bftd_transport_connections",
+            "Peer connections established (cumulative).",
+            transport.connections,
+        );
+        counter(
+            &mut out,
+            "bftd_client_connections_total",
+            "Client connections accepted.",
+            transport.client_connections,
+        );
+        self.commit_latency.render(
+            &mut out,
+            "bftd_commit_latency_seconds",
+            "From a client's request reaching this node to its receipt.",
+        );
+        self.storage_apply.render(
+            &mut out,
+            "bftd_storage_apply_seconds",
+            "Durable write of one step (group commit).",
+        );
+        out
+    }
+}

@@ -1,0 +1,183 @@
+//! A real cluster for tests: `bftd run` processes on loopback with free
+//! ports, killed by PID when the guard drops (even if the test fails).
+
+#![allow(dead_code)]
+
+use bftd::client::Client;
+use bftd::config::{self, Cluster, ClusterFile, ClusterNode};
+use bftd_crypto::KeyPair;
+use bftd_protocol::{NodeId, RequestMode};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free loopback UDP port (QUIC) — also free for TCP in practice.
+pub fn free_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+pub struct TestCluster {
+    pub dir: tempfile::TempDir,
+    pub cluster: Cluster,
+    pub metrics: Vec<SocketAddr>,
+    children: Vec<Option<Child>>,
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for child in self.children.iter_mut().flatten() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn bftd() -> &'static str {
+    env!("CARGO_BIN_EXE_bftd")
+}
+
+impl TestCluster {
+    /// Writes keys and configs for `n` nodes and starts them all.
+    pub fn start(n: usize, mode: RequestMode, extra: &str) -> TestCluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let keys: Vec<KeyPair> = (0..n)
+            .map(|_| KeyPair::generate(&mut rand::rngs::OsRng))
+            .collect();
+        let nodes: Vec<ClusterNode> = keys
+            .iter()
+            .enumerate()
+            .map(|(id, key)| ClusterNode {
+                id: id as u16,
+                address: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+                public_key: key.public().to_string(),
+            })
+            .collect();
+        let file = ClusterFile { nodes };
+        std::fs::write(
+            dir.path().join("cluster.toml"),
+            toml::to_string(&file).unwrap(),
+        )
+        .unwrap();
+        let cluster = Cluster::load(&dir.path().join("cluster.toml")).unwrap();
+        let mode = match mode {
+            RequestMode::ClientSigned => "client-signed",
+            RequestMode::ConnectionAuthenticated => "connection-authenticated",
+        };
+        let mut metrics = Vec::new();
+        for (id, key) in keys.iter().enumerate() {
+            config::write_key(&dir.path().join(format!("node{id}.key")), key).unwrap();
+            let address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            metrics.push(address);
+            let text = format!(
+                "id = {id}\nkey_file = \"node{id}.key\"\ncluster_file = \"cluster.toml\"\n\
+                 data_dir = \"data{id}\"\nmetrics = \"{address}\"\n\n[protocol]\nrequest_mode = \"{mode}\"\n{extra}\n"
+            );
+            std::fs::write(dir.path().join(format!("node{id}.toml")), text).unwrap();
+        }
+        let mut cluster = TestCluster {
+            dir,
+            cluster,
+            metrics,
+            children: (0..n).map(|_| None).collect(),
+        };
+        for id in 0..n {
+            cluster.start_node(id);
+        }
+        cluster.wait_healthy(Duration::from_secs(20));
+        cluster
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn start_node(&mut self, id: usize) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path().join(format!("node{id}.log")))
+            .unwrap();
+        let child = Command::new(bftd())
+            .arg("run")
+            .arg("--config")
+            .arg(self.path().join(format!("node{id}.toml")))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn bftd");
+        self.children[id] = Some(child);
+    }
+
+    /// SIGKILL: no chance to flush or say goodbye.
+    pub fn kill(&mut self, id: usize) {
+        if let Some(mut child) = self.children[id].take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    pub fn log(&self, id: usize) -> String {
+        std::fs::read_to_string(self.path().join(format!("node{id}.log"))).unwrap_or_default()
+    }
+
+    /// Blocks until every running node answers /healthz.
+    pub fn wait_healthy(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        for (id, child) in self.children.iter().enumerate() {
+            if child.is_none() {
+                continue;
+            }
+            while http_get(self.metrics[id], "/healthz").is_none() {
+                assert!(
+                    Instant::now() < deadline,
+                    "node {id} not healthy; log:\n{}",
+                    self.log(id)
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    pub fn metrics(&self, id: usize) -> String {
+        http_get(self.metrics[id], "/metrics").unwrap_or_default()
+    }
+
+    /// A metric's value (first sample whose name and labels start with `prefix`).
+    pub fn metric(&self, id: usize, prefix: &str) -> f64 {
+        self.metrics(id)
+            .lines()
+            .find(|line| line.starts_with(prefix))
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    pub async fn client(&self, node: usize) -> Client {
+        let key = KeyPair::generate(&mut rand::rngs::OsRng);
+        Client::connect(&self.cluster, NodeId(node as u16), key)
+            .await
+            .expect("client connects")
+    }
+}
+
+/// A tiny HTTP GET on loopback, for /healthz and /metrics.
+pub fn http_get(address: SocketAddr, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&address, Duration::from_millis(500)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+}
+
+pub fn data_dir(cluster: &TestCluster, id: usize) -> PathBuf {
+    cluster.path().join(format!("data{id}"))
+}
