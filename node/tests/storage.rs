@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 const CHILD_STORE: &str = "BFTD_STORAGE_CHILD_STORE";
 /// Set in the child: requests per batch and payload bytes per request.
 const CHILD_SHAPE: &str = "BFTD_STORAGE_CHILD_SHAPE";
-/// Set in the child: "1" for two-phase commit and quick repair (default).
+/// Set in the child: "1" for two-phase commit and quick repair.
 const CHILD_TWO_PHASE: &str = "BFTD_STORAGE_CHILD_TWO_PHASE";
 
 /// A checkpoint becomes stable every this many steps, four steps behind.
@@ -191,7 +191,7 @@ fn storage_crash_child() {
     let Ok(path) = std::env::var(CHILD_STORE) else {
         return;
     };
-    let two_phase = std::env::var(CHILD_TWO_PHASE).map_or(true, |value| value == "1");
+    let two_phase = std::env::var(CHILD_TWO_PHASE).is_ok_and(|value| value == "1");
     let options = StorageOptions {
         commit: if two_phase {
             CommitMode::TwoPhaseQuickRepair
@@ -340,7 +340,8 @@ fn storage_survives_sigkill_without_losing_a_committed_step() {
     let shape = child_shape();
     let mut last_reported = 0;
     for round in 0..5 {
-        let child = spawn_child(&path, shape, true);
+        // Both commit modes, on the same store.
+        let child = spawn_child(&path, shape, round % 2 == 1);
         let first = child
             .lines
             .recv_timeout(Duration::from_secs(20))
@@ -410,7 +411,7 @@ fn storage_latency() {
         payload_bytes: 512,
     };
     let steps = 400;
-    let modes = [CommitMode::TwoPhaseQuickRepair, CommitMode::OnePhase];
+    let modes = [CommitMode::OnePhase, CommitMode::TwoPhaseQuickRepair];
     let dir = tempfile::tempdir().unwrap();
     let mut stores: Vec<DiskStorage> = modes
         .iter()
@@ -438,7 +439,8 @@ fn storage_latency() {
             .into_iter()
             .filter(|r| matches!(r, Record::Safety(_) | Record::Batch { .. }))
             .collect();
-        encoded_bytes += bftd_protocol::codec::encoded_len(&*delivery.block).unwrap();
+        encoded_bytes += bftd_protocol::codec::encoded_len(&*delivery.block).unwrap()
+            + bftd_protocol::codec::encoded_len(&*delivery.block.block.batch).unwrap();
         for turn in 0..modes.len() {
             let index = (turn + step as usize) % modes.len();
             let store = &mut stores[index];
@@ -469,10 +471,11 @@ fn storage_latency() {
         );
     }
     let path = stores[0].path().to_path_buf();
-    let size = std::fs::metadata(&path).unwrap().len();
+    let metadata = std::fs::metadata(&path).unwrap();
     println!(
-        "store after {steps} steps: {} MB on disk; blocks encode to {} MB, batches as much again",
-        size / 1_000_000,
+        "store after {steps} steps: {} MB of disk blocks (file length {} MB) for {} MB of encoded blocks and batches",
+        std::os::unix::fs::MetadataExt::blocks(&metadata) * 512 / 1_000_000,
+        metadata.len() / 1_000_000,
         encoded_bytes / 1_000_000
     );
 
@@ -487,6 +490,15 @@ fn storage_latency() {
         }
     }
     report("block() cache hit (recent block)", hits);
+    let (_, sample) = step_contents(1, Digest::ZERO, typical);
+    let mut encode = Vec::new();
+    for _ in 0..100 {
+        let start = Instant::now();
+        let bytes = bftd_protocol::codec::encode(&*sample.block).unwrap();
+        encode.push(start.elapsed());
+        assert!(!bytes.is_empty());
+    }
+    report("encode a typical block (CPU, for reference)", encode);
     drop(store);
     let uncached = StorageOptions {
         block_cache_entries: 0,
@@ -505,7 +517,7 @@ fn storage_latency() {
     drop(store);
     drop(stores);
 
-    // Reopening after a SIGKILL, on a store of ~200 typical steps.
+    // Reopening after a SIGKILL, on a store of ~800 typical steps.
     for two_phase in [true, false] {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("store.redb");
@@ -514,7 +526,7 @@ fn storage_latency() {
             .lines
             .recv_timeout(Duration::from_secs(60))
             .expect("child progress")
-            < 200
+            < 800
         {}
         child.kill();
         let options = StorageOptions {

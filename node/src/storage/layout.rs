@@ -7,7 +7,7 @@ use bftd_protocol::{Committee, SeqNum};
 use redb::TableDefinition;
 use serde::{Deserialize, Serialize};
 
-/// The format this code writes and reads. Stored under [`META_FORMAT`]; a
+/// The format this code writes and reads. Stored under `meta/format`; a
 /// store with another version is refused rather than misread.
 pub const FORMAT_VERSION: u32 = 1;
 

@@ -8,7 +8,11 @@ use bftd_crypto::{Digest, KeyPair, PublicKey, Signature};
 use bftd_protocol::certificate::{QuorumCertificate, Vote};
 use bftd_protocol::message::{Checkpoint, Commit, PrePrepare, Prepare};
 use bftd_protocol::signer::SafetyState;
-use bftd_protocol::{Batch, Block, NodeId, Request, Signed, SignedRequest, View};
+use bftd_protocol::{
+    Batch, Block, CheckpointCertificate, NodeId, PreparedCertificate, Request, Signed,
+    SignedRequest, View,
+};
+use redb::{ReadableDatabase, ReadableTable};
 use std::io::Write;
 
 fn store_path(dir: &tempfile::TempDir) -> PathBuf {

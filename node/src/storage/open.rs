@@ -1,0 +1,199 @@
+//! Opening a store: the redb file, its lock, and the checks that it is a
+//! bftd store of this format and, with an identity, of this node.
+
+use super::layout::{
+    chunk_from_key, BATCHES, BLOCKS, DUPLICATES, META, META_FORMAT, META_IDENTITY, PREPARED, STATE,
+    TABLE_NAMES,
+};
+use super::{
+    decode_value, encode_value, redb_error, write::begin_write, DiskStorageError, StorageOptions,
+    StoreIdentity, FORMAT_VERSION,
+};
+use bftd_protocol::codec;
+use bftd_protocol::SeqNum;
+use redb::{Database, DatabaseError, ReadableTable, TableHandle};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+
+/// Opens (or creates) the redb file, mapping redb's refusals to errors that
+/// name the path.
+pub(super) fn open_database(
+    path: &Path,
+    options: &StorageOptions,
+) -> Result<Database, DiskStorageError> {
+    let unreadable = |source| DiskStorageError::Unreadable {
+        path: path.to_path_buf(),
+        source,
+    };
+    let existed = path.try_exists().map_err(unreadable)?;
+    let mut builder = Database::builder();
+    builder.set_cache_size(options.page_cache_bytes);
+    // redb trusts a cleanly closed file and may panic on one damaged
+    // outside it; report that as damage of this path, not a node crash.
+    let opened = catch_unwind(AssertUnwindSafe(|| builder.create(path))).map_err(|_| {
+        DiskStorageError::OpenPanicked {
+            path: path.to_path_buf(),
+        }
+    })?;
+    let db = opened.map_err(|error| open_error(path, error))?;
+    if !existed {
+        sync_parent_directory(path).map_err(unreadable)?;
+    }
+    Ok(db)
+}
+
+fn open_error(path: &Path, error: DatabaseError) -> DiskStorageError {
+    let path = path.to_path_buf();
+    match error {
+        DatabaseError::DatabaseAlreadyOpen => DiskStorageError::Locked { path },
+        // redb reports "not a redb database" as InvalidData.
+        DatabaseError::Storage(redb::StorageError::Io(source))
+            if source.kind() == std::io::ErrorKind::InvalidData =>
+        {
+            DiskStorageError::NotADatabase { path }
+        }
+        DatabaseError::Storage(redb::StorageError::Io(source)) => {
+            DiskStorageError::Unreadable { path, source }
+        }
+        // bftd never wrote an older redb file format.
+        DatabaseError::UpgradeRequired(_) => DiskStorageError::NotABftdStore { path },
+        error @ (DatabaseError::RepairAborted
+        | DatabaseError::Storage(redb::StorageError::Corrupted(_))) => {
+            DiskStorageError::Corrupted {
+                path,
+                source: error.into(),
+            }
+        }
+        error => DiskStorageError::Backend {
+            path,
+            source: error.into(),
+        },
+    }
+}
+
+/// Makes a new file's directory entry durable: without it a power loss
+/// right after creation can lose the whole store.
+fn sync_parent_directory(path: &Path) -> std::io::Result<()> {
+    let parent = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(parent)?.sync_all()
+}
+
+/// Checks (or, for a new store, writes) the format version and identity,
+/// creates missing tables, and returns the highest stored height.
+pub(super) fn initialize(
+    db: &Database,
+    path: &Path,
+    identity: Option<&StoreIdentity>,
+    options: &StorageOptions,
+) -> Result<SeqNum, DiskStorageError> {
+    let fail = |error: redb::Error| redb_error(path, error);
+    let txn = begin_write(db, options).map_err(|e| fail(e.into()))?;
+    let existing = txn
+        .list_tables()
+        .map_err(|e| fail(e.into()))?
+        .map(|table| table.name().to_owned())
+        .collect::<Vec<_>>();
+    let has_multimap = txn
+        .list_multimap_tables()
+        .map_err(|e| fail(e.into()))?
+        .next()
+        .is_some();
+    let fresh = existing.is_empty() && !has_multimap;
+    if !fresh && !existing.iter().any(|name| name == META.name()) {
+        return Err(DiskStorageError::NotABftdStore {
+            path: path.to_path_buf(),
+        });
+    }
+    let mut changed = TABLE_NAMES
+        .iter()
+        .any(|name| !existing.iter().any(|table| table == name));
+    {
+        let mut meta = txn.open_table(META).map_err(|error| match error {
+            redb::TableError::TableTypeMismatch { .. } => DiskStorageError::NotABftdStore {
+                path: path.to_path_buf(),
+            },
+            error => fail(error.into()),
+        })?;
+        let mut buffer = Vec::new();
+        if fresh {
+            encode_value(path, "meta", &FORMAT_VERSION, &mut buffer)?;
+            meta.insert(META_FORMAT, buffer.as_slice())
+                .map_err(|e| fail(e.into()))?;
+        } else {
+            let format = meta.get(META_FORMAT).map_err(|e| fail(e.into()))?;
+            let not_ours = || DiskStorageError::NotABftdStore {
+                path: path.to_path_buf(),
+            };
+            let found: u32 =
+                codec::decode(format.ok_or_else(not_ours)?.value()).map_err(|_| not_ours())?;
+            if found != FORMAT_VERSION {
+                return Err(DiskStorageError::UnsupportedFormat {
+                    path: path.to_path_buf(),
+                    found,
+                    supported: FORMAT_VERSION,
+                });
+            }
+        }
+        if let Some(identity) = identity {
+            let recorded = meta
+                .get(META_IDENTITY)
+                .map_err(|e| fail(e.into()))?
+                .map(|bytes| decode_value::<StoreIdentity>(path, "meta", bytes.value()))
+                .transpose()?;
+            match recorded {
+                Some(found) => check_identity(path, identity, &found)?,
+                None => {
+                    encode_value(path, "meta", identity, &mut buffer)?;
+                    meta.insert(META_IDENTITY, buffer.as_slice())
+                        .map_err(|e| fail(e.into()))?;
+                    changed = true;
+                }
+            }
+        }
+    }
+    // Every table exists from creation on, so that readers can open them.
+    for result in [
+        txn.open_table(STATE).map(drop),
+        txn.open_table(PREPARED).map(drop),
+        txn.open_table(BATCHES).map(drop),
+        txn.open_table(DUPLICATES).map(drop),
+    ] {
+        result.map_err(|e| fail(e.into()))?;
+    }
+    let last_height = {
+        let blocks = txn.open_table(BLOCKS).map_err(|e| fail(e.into()))?;
+        let last = blocks.last().map_err(|e| fail(e.into()))?;
+        last.map_or(SeqNum(0), |(key, _)| chunk_from_key(key.value()).0)
+    };
+    if changed {
+        txn.commit().map_err(|e| fail(e.into()))?;
+    } else {
+        txn.abort().map_err(|e| fail(e.into()))?;
+    }
+    Ok(last_height)
+}
+
+fn check_identity(
+    path: &Path,
+    expected: &StoreIdentity,
+    found: &StoreIdentity,
+) -> Result<(), DiskStorageError> {
+    if found.node_key != expected.node_key {
+        return Err(DiskStorageError::WrongNode {
+            path: path.to_path_buf(),
+            expected: expected.node_key,
+            found: found.node_key,
+        });
+    }
+    if found.committee != expected.committee {
+        return Err(DiskStorageError::WrongCommittee {
+            path: path.to_path_buf(),
+            expected: expected.committee.len(),
+            found: found.committee.len(),
+        });
+    }
+    Ok(())
+}
