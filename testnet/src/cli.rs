@@ -35,6 +35,8 @@ enum Command {
     ///   bftnet sim --seeds 300 -n 4 --byzantine 2:collude --allow-unsafe
     #[command(verbatim_doc_comment)]
     Sim(SimArgs),
+    #[command(flatten)]
+    Net(bftnet::net::cli::NetCommand),
 }
 
 #[derive(clap::Args, Debug)]
@@ -88,6 +90,7 @@ pub fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Net(command) => bftnet::net::cli::run(command),
     }
 }
 

@@ -1,3 +1,4 @@
 //! bftnet: local bftd testnets, byzantine behaviours, fault injection,
 //! benchmarks, and a deterministic simulator.
+pub mod net;
 pub mod sim;

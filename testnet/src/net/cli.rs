@@ -1,0 +1,432 @@
+//! The testnet subcommands' command line (flattened into `bftnet`'s).
+
+use super::commands::{self, LoadArgs, UpOptions};
+use super::layout::ByzantineArg;
+use super::NetError;
+use bftd_protocol::byzantine::Behaviour;
+use bftd_protocol::RequestMode;
+use clap::{Args, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// The testnet subcommands.
+#[derive(Subcommand, Debug)]
+pub enum NetCommand {
+    /// Start a local testnet of real bftd processes and watch it.
+    ///
+    /// Generates keys and configs in --dir, starts a fault proxy and every
+    /// node on loopback, waits until all are healthy, and prints where
+    /// everything is. Then, unless --detach, it drives a light load (20 tx/s,
+    /// so heights move; --idle turns it off) and shows a live status line
+    /// (height, tx/s, view, each node's height and behaviour) until Ctrl-C,
+    /// which stops every process it started. Data is kept: `bftnet up` on the
+    /// same --dir resumes with the same keys and logs, with the behaviours,
+    /// delay and loss of the new command line.
+    ///
+    /// Every node is reached through the fault proxy, so `bftnet partition`,
+    /// --delay and --loss need no root. Byzantine nodes run bftd with a
+    /// behaviour that rewrites what their honest core sends: silent,
+    /// equivocate, bad-signature, wrong-digest, corrupt, replay,
+    /// forge-certificate, slow:MS, flood, lie-to-clients, fake-checkpoint,
+    /// random, and collude (several nodes fork the log together; needs more
+    /// than f of them, hence --allow-unsafe).
+    ///
+    /// Examples:
+    ///   bftnet up                                   4 nodes, light load, live status
+    ///   bftnet up -f 2 --byzantine 0=equivocate --byzantine 3=silent
+    ///   bftnet up --delay 20 --jitter 5 --loss 1
+    ///   bftnet up --detach --idle && bftnet status
+    ///   bftnet up --byzantine 0=collude --byzantine 1=collude --allow-unsafe
+    #[command(verbatim_doc_comment)]
+    Up(UpArgs),
+    /// Show every node: up or down, height, view, primary, behaviour.
+    ///
+    /// Examples:
+    ///   bftnet status
+    ///   bftnet status --json | jq '.nodes[].status.height'
+    #[command(verbatim_doc_comment)]
+    Status {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Print JSON (for scripts).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Order transactions and print the height each committed at.
+    ///
+    /// Submits through the first honest node that answers, with the
+    /// testnet's client key, and verifies every receipt (certificate and
+    /// Merkle proof) against the cluster's keys.
+    ///
+    /// Examples:
+    ///   bftnet submit hello world
+    #[command(verbatim_doc_comment)]
+    Submit {
+        #[command(flatten)]
+        dir: DirArg,
+        /// The transactions (one each).
+        #[arg(required = true)]
+        payloads: Vec<String>,
+    },
+    /// Offer open-loop load and report throughput and latency.
+    ///
+    /// Requests leave at --rate whatever the answers, spread over several
+    /// clients on every honest running node. Prints a progress line while
+    /// running, then the achieved rate and latency p50/p90/p99/max.
+    ///
+    /// Examples:
+    ///   bftnet load --rate 1000 --duration 30s --size 256
+    ///   bftnet load --rate 200 --duration 5s --json
+    #[command(verbatim_doc_comment)]
+    Load {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Requests per second.
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        /// How long: 30s, 500ms, 2m (plain numbers are seconds).
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        duration: Duration,
+        /// Payload bytes per request.
+        #[arg(long, default_value_t = 128)]
+        size: usize,
+        /// Client connections per honest node.
+        #[arg(long, default_value_t = 2)]
+        clients: usize,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// SIGKILL a node (fail-stop). Its data stays; `restart` brings it back.
+    ///
+    /// Examples:
+    ///   bftnet kill 0          kill the primary of view 0: watch the view change
+    #[command(verbatim_doc_comment)]
+    Kill {
+        #[command(flatten)]
+        dir: DirArg,
+        /// The node.
+        id: u16,
+    },
+    /// Restart a node with the same config and data (stopping it first if it
+    /// runs), optionally as another behaviour.
+    ///
+    /// Examples:
+    ///   bftnet restart 0
+    ///   bftnet restart 2 --byzantine equivocate
+    ///   bftnet restart 2 --honest
+    #[command(verbatim_doc_comment)]
+    Restart {
+        #[command(flatten)]
+        dir: DirArg,
+        /// The node.
+        id: u16,
+        /// Restart it as this byzantine behaviour.
+        #[arg(long, conflicts_with = "honest", value_parser = parse_behaviour)]
+        byzantine: Option<Behaviour>,
+        /// Restart it honest.
+        #[arg(long)]
+        honest: bool,
+        /// Allow more than f byzantine nodes.
+        #[arg(long)]
+        allow_unsafe: bool,
+        /// How long it may take to become healthy.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Cut links between nodes (at the fault proxy; clients are unaffected).
+    ///
+    /// SPEC is groups separated by `/` (no datagram crosses between groups,
+    /// either way; nodes not named keep every link), or `A,B->C,D` (one way:
+    /// datagrams from A and B to C and D are dropped, replies still flow). A
+    /// new partition replaces the previous one.
+    ///
+    /// Examples:
+    ///   bftnet partition 0,1/2,3      no side has a quorum: commits stop
+    ///   bftnet partition 3/0,1,2      isolate node 3; the others go on
+    ///   bftnet partition 0->1,2,3     node 0 can hear but not speak
+    #[command(verbatim_doc_comment)]
+    Partition {
+        #[command(flatten)]
+        dir: DirArg,
+        /// The partition.
+        spec: String,
+    },
+    /// Remove the partition (delay and loss from `up` stay).
+    ///
+    /// Examples:
+    ///   bftnet heal
+    #[command(verbatim_doc_comment)]
+    Heal {
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// Check safety: every honest node's log verifies and they agree.
+    ///
+    /// Reads every honest node's blocks from height 1 (over the client API,
+    /// or from its store if it is down), verifies every commit certificate
+    /// with the cluster's public keys and every hash link, checks the logs
+    /// are prefixes of one another and that no request executed twice.
+    /// Exits 0 with a one-line summary, or 1 with a report naming the first
+    /// divergent height and which nodes hold which block.
+    ///
+    /// Examples:
+    ///   bftnet check
+    ///   bftnet check --json
+    #[command(verbatim_doc_comment)]
+    Check {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop every node and the fault proxy (by PID). Data is kept unless
+    /// --clean.
+    ///
+    /// Examples:
+    ///   bftnet down
+    ///   bftnet down --clean
+    #[command(verbatim_doc_comment)]
+    Down {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Also delete the testnet directory.
+        #[arg(long)]
+        clean: bool,
+    },
+    /// Run the fault proxy of a testnet (started by `bftnet up`).
+    #[command(hide = true)]
+    Proxy {
+        #[command(flatten)]
+        dir: DirArg,
+    },
+}
+
+/// `--dir`.
+#[derive(Args, Debug)]
+pub struct DirArg {
+    /// The testnet directory.
+    #[arg(long, default_value = "testnet")]
+    pub dir: PathBuf,
+}
+
+/// How requests are authenticated.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ModeArg {
+    /// Every node verifies every request's signature.
+    ClientSigned,
+    /// The client's key is proven in the handshake; requests are unsigned.
+    ConnectionAuthenticated,
+}
+
+/// `bftnet up`'s options.
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    #[command(flatten)]
+    dir: DirArg,
+    /// Nodes: 3f + 1 (default 4).
+    #[arg(short = 'n', conflicts_with = "f")]
+    n: Option<usize>,
+    /// Faults to tolerate: n = 3f + 1.
+    #[arg(short = 'f')]
+    f: Option<usize>,
+    /// Make node ID byzantine (repeatable), e.g. 0=equivocate, 3=slow:200.
+    #[arg(long, value_name = "ID=BEHAVIOUR")]
+    byzantine: Vec<ByzantineArg>,
+    /// Allow more than f byzantine nodes (the log can then fork).
+    #[arg(long)]
+    allow_unsafe: bool,
+    /// Delay every node-to-node datagram this many milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    delay: u64,
+    /// Add up to this much random delay (reorders datagrams).
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    jitter: u64,
+    /// Drop this percentage of node-to-node datagrams at random.
+    #[arg(long, value_name = "PERCENT", default_value_t = 0.0)]
+    loss: f64,
+    /// How requests are authenticated.
+    #[arg(long, value_enum, default_value = "client-signed")]
+    request_mode: ModeArg,
+    /// Return once every node is healthy, leaving the testnet running.
+    #[arg(long)]
+    detach: bool,
+    /// No default load while attached.
+    #[arg(long)]
+    idle: bool,
+    /// How long nodes may take to become healthy.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    timeout: Duration,
+}
+
+/// Parses `30s`, `500ms`, `2m`, `1.5s`; a plain number is seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(index) => text.split_at(index),
+        None => (text, "s"),
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration (try 30s, 500ms or 2m)"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => {
+            return Err(format!(
+                "unknown unit `{unit}` in `{text}` (use ms, s, m or h)"
+            ))
+        }
+    };
+    if !seconds.is_finite() || !(0.0..=1e7).contains(&seconds) {
+        return Err(format!("`{text}` is out of range"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+fn parse_behaviour(text: &str) -> Result<Behaviour, String> {
+    text.parse().map_err(|e| format!("{e}"))
+}
+
+/// Runs a testnet subcommand.
+pub fn run(command: NetCommand) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => return fail(&NetError::Runtime(error)),
+    };
+    match runtime.block_on(dispatch(command)) {
+        Ok(code) => code,
+        Err(error) => fail(&error),
+    }
+}
+
+fn fail(error: &NetError) -> ExitCode {
+    eprintln!("error: {error}");
+    ExitCode::from(2)
+}
+
+async fn dispatch(command: NetCommand) -> Result<ExitCode, NetError> {
+    match command {
+        NetCommand::Up(args) => {
+            let n = match (args.n, args.f) {
+                (Some(n), _) => Some(n),
+                (None, Some(f)) => Some(3 * f + 1),
+                (None, None) => None,
+            };
+            if !(0.0..=100.0).contains(&args.loss) {
+                return Err(NetError::BadArgument {
+                    flag: "--loss",
+                    value: args.loss.to_string(),
+                    reason: "a percentage: 0 to 100".into(),
+                });
+            }
+            commands::up(UpOptions {
+                dir: args.dir.dir,
+                n,
+                byzantine: args.byzantine,
+                allow_unsafe: args.allow_unsafe,
+                delay_ms: args.delay,
+                jitter_ms: args.jitter,
+                loss_percent: args.loss,
+                request_mode: match args.request_mode {
+                    ModeArg::ClientSigned => RequestMode::ClientSigned,
+                    ModeArg::ConnectionAuthenticated => RequestMode::ConnectionAuthenticated,
+                },
+                detach: args.detach,
+                idle: args.idle,
+                timeout: args.timeout,
+                default_rate: 20.0,
+            })
+            .await?;
+        }
+        NetCommand::Status { dir, json } => commands::status(&dir.dir, json).await?,
+        NetCommand::Submit { dir, payloads } => commands::submit(&dir.dir, &payloads).await?,
+        NetCommand::Load {
+            dir,
+            rate,
+            duration,
+            size,
+            clients,
+            json,
+        } => {
+            if !(rate > 0.0 && rate <= 10_000_000.0) {
+                return Err(NetError::BadArgument {
+                    flag: "--rate",
+                    value: rate.to_string(),
+                    reason: "requests per second: more than 0".into(),
+                });
+            }
+            if size == 0 {
+                return Err(NetError::BadArgument {
+                    flag: "--size",
+                    value: "0".into(),
+                    reason: "payloads need at least 1 byte".into(),
+                });
+            }
+            commands::load(
+                &dir.dir,
+                LoadArgs {
+                    rate,
+                    duration,
+                    size,
+                    clients: clients.max(1),
+                    json,
+                },
+            )
+            .await?;
+        }
+        NetCommand::Kill { dir, id } => commands::kill(&dir.dir, id).await?,
+        NetCommand::Restart {
+            dir,
+            id,
+            byzantine,
+            honest,
+            allow_unsafe,
+            timeout,
+        } => {
+            let behaviour = match (byzantine, honest) {
+                (Some(behaviour), _) => Some(Some(behaviour)),
+                (None, true) => Some(None),
+                (None, false) => None,
+            };
+            commands::restart(&dir.dir, id, behaviour, allow_unsafe, timeout).await?;
+        }
+        NetCommand::Partition { dir, spec } => commands::partition(&dir.dir, &spec)?,
+        NetCommand::Heal { dir } => commands::heal(&dir.dir)?,
+        NetCommand::Check { dir, json } => {
+            let report = commands::check(&dir.dir, json).await?;
+            if !report.ok() {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        NetCommand::Down { dir, clean } => commands::down(&dir.dir, clean)?,
+        NetCommand::Proxy { dir } => commands::proxy(&dir.dir).await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Durations parse in the units people type; nonsense is refused.
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}

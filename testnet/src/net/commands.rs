@@ -1,0 +1,670 @@
+//! The testnet subcommands: what `bftnet up`, `down`, `status`, `submit`,
+//! `load`, `kill`, `restart`, `partition`, `heal` and `check` do.
+
+use super::check::{self, CheckReport};
+use super::error::NetError;
+use super::launch::{
+    find_bftd, find_bftnet, kill as kill_pid, node_alive, node_marker, proxy_alive, proxy_marker,
+    shutdown_signal, start_node, start_proxy, stop_all, wait_healthy,
+};
+use super::layout::{
+    assign_behaviours, generate, read_faults, unsafe_warning, write_faults, write_node_files,
+    ByzantineArg, Layout, State,
+};
+use super::live::{render_table, snapshot, watch};
+use super::load::{self, LoadOptions, LoadReport};
+use super::proxy::{parse_partition, Faults};
+use bftd::client::Client;
+use bftd::config::Cluster;
+use bftd_protocol::byzantine::Behaviour;
+use bftd_protocol::{NodeId, RequestMode};
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::Duration;
+
+/// Grace period for SIGTERM before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Options of `bftnet up`.
+#[derive(Clone, Debug)]
+pub struct UpOptions {
+    /// The testnet directory.
+    pub dir: PathBuf,
+    /// Nodes (3f + 1); `None` keeps an existing testnet's size, or 4.
+    pub n: Option<usize>,
+    /// Byzantine nodes.
+    pub byzantine: Vec<ByzantineArg>,
+    /// Allow more than f byzantine nodes.
+    pub allow_unsafe: bool,
+    /// Delay between nodes, each direction.
+    pub delay_ms: u64,
+    /// Extra random delay.
+    pub jitter_ms: u64,
+    /// Loss between nodes, percent.
+    pub loss_percent: f64,
+    /// Request authentication.
+    pub request_mode: RequestMode,
+    /// Return once healthy, leaving the testnet running.
+    pub detach: bool,
+    /// No default load while attached.
+    pub idle: bool,
+    /// How long nodes may take to become healthy.
+    pub timeout: Duration,
+    /// The default load's rate (tx/s) while attached.
+    pub default_rate: f64,
+}
+
+/// The `--dir` to repeat in suggested commands ("" for the default).
+fn dir_flag(layout: &Layout) -> String {
+    let default = Layout::new(Path::new("testnet"));
+    if layout.dir == default.dir {
+        String::new()
+    } else {
+        format!(" --dir {}", layout.dir.display())
+    }
+}
+
+/// Which processes of `state` run, as "nodes 0, 2 and the proxy".
+fn running_processes(layout: &Layout, state: &State) -> Option<String> {
+    let nodes: Vec<String> = state
+        .nodes
+        .iter()
+        .filter(|node| node_alive(layout, state, node.id))
+        .map(|node| node.id.to_string())
+        .collect();
+    let proxy = proxy_alive(layout, state);
+    match (nodes.is_empty(), proxy) {
+        (true, false) => None,
+        (true, true) => Some("the fault proxy".into()),
+        (false, false) => Some(format!("nodes {}", nodes.join(", "))),
+        (false, true) => Some(format!("nodes {} and the fault proxy", nodes.join(", "))),
+    }
+}
+
+/// Loads an existing stopped testnet for `up`, or generates a new one.
+fn prepare(layout: &Layout, options: &UpOptions, bftd: &Path) -> Result<(State, bool), NetError> {
+    match State::load(layout) {
+        Ok(mut state) => {
+            if let Some(running) = running_processes(layout, &state) {
+                return Err(NetError::AlreadyRunning {
+                    dir: layout.dir.clone(),
+                    running,
+                });
+            }
+            if let Some(n) = options.n.filter(|&n| n != state.n) {
+                return Err(NetError::SizeMismatch {
+                    dir: layout.dir.clone(),
+                    existing: state.n,
+                    asked: n,
+                });
+            }
+            state.bftd = bftd.to_owned();
+            Ok((state, true))
+        }
+        Err(NetError::NoTestnet { .. }) => {
+            let occupied =
+                std::fs::read_dir(&layout.dir).is_ok_and(|mut entries| entries.next().is_some());
+            if occupied {
+                return Err(NetError::NotATestnet {
+                    dir: layout.dir.clone(),
+                });
+            }
+            let n = options.n.unwrap_or(4);
+            if n == 0 || n % 3 != 1 {
+                return Err(NetError::BadArgument {
+                    flag: "-n",
+                    value: n.to_string(),
+                    reason: "n must be 3f + 1: 1, 4, 7, 10, ... (or give -f F)".into(),
+                });
+            }
+            Ok((generate(layout, n, options.request_mode, bftd)?, false))
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// `bftnet up`.
+pub async fn up(options: UpOptions) -> Result<(), NetError> {
+    let layout = Layout::new(&options.dir);
+    let bftd = find_bftd()?;
+    let bftnet = find_bftnet()?;
+    let (mut state, resumed) = prepare(&layout, &options, &bftd)?;
+    assign_behaviours(&mut state, &options.byzantine, options.allow_unsafe)?;
+    state.request_mode = options.request_mode;
+    if state.byzantine_count() > state.f {
+        eprintln!("{}", unsafe_warning(state.byzantine_count(), state.f));
+    }
+    write_node_files(&layout, &state)?;
+    write_faults(
+        &layout,
+        &Faults {
+            delay_ms: options.delay_ms,
+            jitter_ms: options.jitter_ms,
+            loss_percent: options.loss_percent,
+            ..Faults::default()
+        },
+    )?;
+    state.save(&layout)?;
+    eprintln!(
+        "{} a {}-node testnet in {} ...",
+        if resumed { "resuming" } else { "starting" },
+        state.n,
+        layout.dir.display()
+    );
+    let mut children = Vec::new();
+    let started = start_all(&layout, &mut state, &bftnet, &mut children, options.timeout).await;
+    if let Err(error) = started {
+        stop_testnet(&layout);
+        reap(children);
+        return Err(error);
+    }
+    print_summary(&layout, &state, &options);
+    if options.detach {
+        return Ok(());
+    }
+    let background = if options.idle {
+        None
+    } else {
+        start_default_load(&layout, &state, options.default_rate).await
+    };
+    watch(&layout, shutdown_signal()).await;
+    if let Some(load) = &background {
+        load.stop();
+    }
+    eprintln!("stopping the testnet ...");
+    let stopped = stop_testnet(&layout);
+    reap(children);
+    eprintln!(
+        "stopped {stopped}. Data kept in {}: `bftnet up{}` resumes it, `bftnet down --clean{}` deletes it.",
+        layout.dir.display(),
+        dir_flag(&layout),
+        dir_flag(&layout)
+    );
+    Ok(())
+}
+
+async fn start_all(
+    layout: &Layout,
+    state: &mut State,
+    bftnet: &Path,
+    children: &mut Vec<Child>,
+    timeout: Duration,
+) -> Result<(), NetError> {
+    children.push(start_proxy(layout, state, bftnet)?);
+    for id in 0..state.n as u16 {
+        children.push(start_node(layout, state, id)?);
+    }
+    let ids: Vec<u16> = (0..state.n as u16).collect();
+    wait_healthy(layout, state, &ids, timeout).await
+}
+
+/// Waits for our own children so they leave no zombies.
+fn reap(children: Vec<Child>) {
+    for mut child in children {
+        if matches!(child.try_wait(), Ok(None)) {
+            let _ = child.kill();
+        }
+        let _ = child.wait();
+    }
+}
+
+async fn start_default_load(layout: &Layout, state: &State, rate: f64) -> Option<load::Load> {
+    let cluster = Cluster::load(&layout.cluster()).ok()?;
+    let targets: Vec<u16> = state
+        .nodes
+        .iter()
+        .filter(|n| n.honest())
+        .map(|n| n.id)
+        .collect();
+    let options = LoadOptions {
+        rate,
+        duration: None,
+        size: 64,
+        clients_per_node: 1,
+        ..LoadOptions::default()
+    };
+    match load::start(&cluster, &targets, options).await {
+        Ok(load) => {
+            eprintln!("driving a light load of {rate} tx/s (--idle turns it off; `bftnet load` adds more)");
+            Some(load)
+        }
+        Err(error) => {
+            eprintln!("warning: cannot start the default load: {error}");
+            None
+        }
+    }
+}
+
+fn print_summary(layout: &Layout, state: &State, options: &UpOptions) {
+    let dir = dir_flag(layout);
+    let mut out = String::new();
+    out.push_str(&format!(
+        "testnet up: {} nodes (f = {}), {} requests, in {}\n",
+        state.n,
+        state.f,
+        serde_json::to_value(state.request_mode)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default(),
+        layout.dir.display()
+    ));
+    for node in &state.nodes {
+        out.push_str(&format!(
+            "  node {}  quic {} (proxy; binds {})  metrics http://{}/metrics  {}  pid {}\n          data {}  log {}\n",
+            node.id,
+            node.address,
+            node.listen,
+            node.metrics,
+            node.behaviour.as_deref().map(|b| format!("BYZANTINE: {b}")).unwrap_or_else(|| "honest".into()),
+            node.pid.map(|p| p.to_string()).unwrap_or_default(),
+            layout.data_dir(node.id).display(),
+            layout.node_log(node.id).display(),
+        ));
+    }
+    let faults = read_faults(layout).describe();
+    out.push_str(&format!(
+        "  fault proxy pid {} (log {}); network: {}\n  cluster file {} (for `bftd tail --cluster ... --node 1`)\n",
+        state.proxy.pid.map(|p| p.to_string()).unwrap_or_default(),
+        layout.proxy_log().display(),
+        if faults.is_empty() { "clean".into() } else { faults },
+        layout.cluster().display()
+    ));
+    out.push_str(&format!(
+        "\nnext, {}:\n  \
+         bftnet status{dir}                       heights, views, who is primary\n  \
+         bftnet submit{dir} hello world           order two transactions\n  \
+         bftnet load{dir} --rate 500 --duration 10s\n  \
+         bftnet kill{dir} 0                       SIGKILL the primary, watch the view change\n  \
+         bftnet restart{dir} 0 --byzantine equivocate\n  \
+         bftnet partition{dir} 0,1/2,3            no side has a quorum: commits stop\n  \
+         bftnet heal{dir}\n  \
+         bftnet check{dir}                        honest logs agree, certificates verify\n  \
+         bftnet down{dir}\n",
+        if options.detach {
+            "the testnet keeps running"
+        } else {
+            "in another terminal"
+        }
+    ));
+    if !options.detach {
+        out.push_str("Ctrl-C stops every node and the proxy (data is kept).\n");
+    }
+    print!("{out}");
+    let _ = std::io::stdout().flush();
+}
+
+/// Stops every process of the testnet in `layout` (nodes first, then the
+/// proxy) and clears their PIDs. Returns what was stopped, for messages.
+pub fn stop_testnet(layout: &Layout) -> String {
+    let Ok(mut state) = State::load(layout) else {
+        return "nothing (no state file)".into();
+    };
+    let nodes: Vec<(u32, String)> = state
+        .nodes
+        .iter()
+        .filter_map(|node| node.pid.map(|pid| (pid, node_marker(layout, node.id))))
+        .collect();
+    let count = nodes
+        .iter()
+        .filter(|(pid, marker)| super::launch::alive(*pid, marker))
+        .count();
+    stop_all(&nodes, STOP_GRACE);
+    let proxy = state.proxy.pid.map(|pid| (pid, proxy_marker(layout)));
+    let proxy_ran = proxy_alive(layout, &state);
+    if let Some(proxy) = proxy {
+        stop_all(&[proxy], STOP_GRACE);
+    }
+    for node in &mut state.nodes {
+        node.pid = None;
+    }
+    state.proxy.pid = None;
+    let _ = state.save(layout);
+    format!(
+        "{count} node{}{}",
+        if count == 1 { "" } else { "s" },
+        if proxy_ran {
+            " and the fault proxy"
+        } else {
+            ""
+        }
+    )
+}
+
+/// `bftnet down`.
+pub fn down(dir: &Path, clean: bool) -> Result<(), NetError> {
+    let layout = Layout::new(dir);
+    State::load(&layout)?;
+    let stopped = stop_testnet(&layout);
+    if clean {
+        std::fs::remove_dir_all(&layout.dir).map_err(NetError::io("remove", &layout.dir))?;
+        println!("stopped {stopped}; removed {}", layout.dir.display());
+    } else {
+        println!(
+            "stopped {stopped}; data kept in {} (`bftnet up{}` resumes, `bftnet down --clean{}` deletes)",
+            layout.dir.display(),
+            dir_flag(&layout),
+            dir_flag(&layout)
+        );
+    }
+    Ok(())
+}
+
+/// `bftnet status`.
+pub async fn status(dir: &Path, json: bool) -> Result<(), NetError> {
+    let layout = Layout::new(dir);
+    let state = State::load(&layout)?;
+    let snapshot = snapshot(&layout, &state).await;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&snapshot).unwrap_or_default()
+        );
+    } else {
+        print!("{}", render_table(&snapshot));
+        if snapshot.nodes.iter().all(|node| !node.running) {
+            println!(
+                "the testnet is stopped: `bftnet up{}` starts it again",
+                dir_flag(&layout)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Connects to the first answering honest node.
+async fn connect_honest(layout: &Layout, state: &State) -> Result<(u16, Client), NetError> {
+    let cluster = Cluster::load(&layout.cluster())?;
+    let key = bftd::config::read_key(&layout.client_key())?;
+    let mut last = None;
+    for node in state.nodes.iter().filter(|node| node.honest()) {
+        if !node_alive(layout, state, node.id) {
+            continue;
+        }
+        match Client::connect(&cluster, NodeId(node.id), key.clone()).await {
+            Ok(client) => return Ok((node.id, client)),
+            Err(source) => {
+                last = Some(NetError::Client {
+                    id: node.id,
+                    source,
+                })
+            }
+        }
+    }
+    Err(last.unwrap_or(NetError::NoHealthyNode {
+        dir: layout.dir.clone(),
+    }))
+}
+
+/// `bftnet submit`.
+pub async fn submit(dir: &Path, payloads: &[String]) -> Result<(), NetError> {
+    let layout = Layout::new(dir);
+    let state = State::load(&layout)?;
+    let (id, client) = connect_honest(&layout, &state).await?;
+    eprintln!("submitting through node {id}; receipts are verified against the cluster's keys");
+    for payload in payloads {
+        let committed = client
+            .submit(payload.clone().into_bytes())
+            .await
+            .map_err(|source| NetError::Client { id, source })?;
+        println!(
+            "{payload}\theight {}\tblock {}",
+            committed.height.0, committed.block_hash
+        );
+    }
+    Ok(())
+}
+
+/// Options of `bftnet load`.
+#[derive(Clone, Debug)]
+pub struct LoadArgs {
+    /// Requests per second.
+    pub rate: f64,
+    /// How long.
+    pub duration: Duration,
+    /// Payload bytes.
+    pub size: usize,
+    /// Clients per honest node.
+    pub clients: usize,
+    /// Print the report as JSON.
+    pub json: bool,
+}
+
+/// `bftnet load`.
+pub async fn load(dir: &Path, args: LoadArgs) -> Result<LoadReport, NetError> {
+    let layout = Layout::new(dir);
+    let state = State::load(&layout)?;
+    let cluster = Cluster::load(&layout.cluster())?;
+    let targets: Vec<u16> = state
+        .nodes
+        .iter()
+        .filter(|node| node.honest() && node_alive(&layout, &state, node.id))
+        .map(|node| node.id)
+        .collect();
+    if targets.is_empty() {
+        return Err(NetError::NoHealthyNode { dir: layout.dir });
+    }
+    let options = LoadOptions {
+        rate: args.rate,
+        duration: Some(args.duration),
+        size: args.size,
+        clients_per_node: args.clients,
+        ..LoadOptions::default()
+    };
+    eprintln!(
+        "offering {} tx/s of {} B for {:.1} s through honest nodes {:?} ({} clients each)",
+        args.rate,
+        args.size,
+        args.duration.as_secs_f64(),
+        targets,
+        args.clients
+    );
+    let running = load::start(&cluster, &targets, options.clone())
+        .await
+        .map_err(|source| NetError::Client {
+            id: targets.first().copied().unwrap_or(0),
+            source,
+        })?;
+    let terminal = std::io::stderr().is_terminal();
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    ticker.tick().await;
+    let deadline = running.started() + args.duration;
+    while std::time::Instant::now() < deadline {
+        ticker.tick().await;
+        let line = load::progress_line(&running, &options);
+        if terminal {
+            eprint!("\r\x1b[K{line}");
+        } else {
+            eprintln!("{line}");
+        }
+    }
+    if terminal {
+        eprintln!();
+    }
+    eprintln!("waiting for the last receipts ...");
+    let report = running.finish().await;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+    } else {
+        println!("{}", report.summary());
+    }
+    Ok(report)
+}
+
+/// `bftnet kill`.
+pub async fn kill(dir: &Path, id: u16) -> Result<(), NetError> {
+    let layout = Layout::new(dir);
+    let mut state = State::load(&layout)?;
+    let node = state.node(id)?.clone();
+    let Some(pid) = node.pid.filter(|_| node_alive(&layout, &state, id)) else {
+        println!(
+            "node {id} is not running (`bftnet restart {id}{}` starts it)",
+            dir_flag(&layout)
+        );
+        return Ok(());
+    };
+    let status = super::launch::node_status(node.metrics, Duration::from_millis(500)).await;
+    kill_pid(pid);
+    for _ in 0..100 {
+        if !node_alive(&layout, &state, id) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    state.node_mut(id)?.pid = None;
+    state.save(&layout)?;
+    let primary = status
+        .filter(|s| s.primary == id)
+        .map(|s| {
+            format!(
+                "; it was the primary of view {}: the others will change views",
+                s.view
+            )
+        })
+        .unwrap_or_default();
+    println!(
+        "node {id} killed (SIGKILL, pid {pid}){primary}. `bftnet restart {id}{}` brings it back with its data.",
+        dir_flag(&layout)
+    );
+    Ok(())
+}
+
+/// `bftnet restart`.
+pub async fn restart(
+    dir: &Path,
+    id: u16,
+    behaviour: Option<Option<Behaviour>>,
+    allow_unsafe: bool,
+    timeout: Duration,
+) -> Result<(), NetError> {
+    let layout = Layout::new(dir);
+    let mut state = State::load(&layout)?;
+    state.node(id)?;
+    if !proxy_alive(&layout, &state) {
+        return Err(NetError::BadArgument {
+            flag: "restart",
+            value: id.to_string(),
+            reason: format!(
+                "the testnet is down (its fault proxy is not running): `bftnet up{}` starts everything",
+                dir_flag(&layout)
+            ),
+        });
+    }
+    if let Some(new) = behaviour {
+        let mut args: Vec<ByzantineArg> = state
+            .nodes
+            .iter()
+            .filter(|node| node.id != id)
+            .filter_map(|node| {
+                let behaviour = node.behaviour.as_deref()?.parse().ok()?;
+                Some(ByzantineArg {
+                    id: node.id,
+                    behaviour,
+                })
+            })
+            .collect();
+        if let Some(behaviour) = new {
+            args.push(ByzantineArg { id, behaviour });
+        }
+        let allow = allow_unsafe || state.allow_unsafe;
+        assign_behaviours(&mut state, &args, allow)?;
+        if state.byzantine_count() > state.f {
+            eprintln!("{}", unsafe_warning(state.byzantine_count(), state.f));
+        }
+        write_node_files(&layout, &state)?;
+        state.save(&layout)?;
+    }
+    if let Some(pid) = state
+        .node(id)?
+        .pid
+        .filter(|_| node_alive(&layout, &state, id))
+    {
+        stop_all(&[(pid, node_marker(&layout, id))], STOP_GRACE);
+    }
+    let child = start_node(&layout, &mut state, id)?;
+    drop(child); // detached: `down` stops it by PID
+    wait_healthy(&layout, &state, &[id], timeout).await?;
+    let node = state.node(id)?;
+    println!(
+        "node {id} restarted (pid {}) as {}, same keys and data: it catches up from its peers",
+        node.pid.unwrap_or(0),
+        node.behaviour.as_deref().unwrap_or("honest")
+    );
+    Ok(())
+}
+
+/// `bftnet partition`.
+pub fn partition(dir: &Path, spec: &str) -> Result<(), NetError> {
+    let layout = Layout::new(dir);
+    let state = State::load(&layout)?;
+    let blocked = parse_partition(spec, state.n).map_err(|reason| NetError::BadArgument {
+        flag: "partition",
+        value: spec.to_owned(),
+        reason,
+    })?;
+    let mut faults = read_faults(&layout);
+    faults.blocked = blocked;
+    faults.partition = Some(spec.replace(' ', ""));
+    write_faults(&layout, &faults)?;
+    let quorum = 2 * state.f + 1;
+    let how = if spec.contains("->") {
+        "one way only"
+    } else {
+        "in both directions"
+    };
+    println!(
+        "partition {spec} in force: node-to-node datagrams across it are dropped {how} (clients still reach every node).\n\
+         A side keeps committing only if it holds a quorum of {quorum} connected nodes. `bftnet heal{}` undoes it.",
+        dir_flag(&layout)
+    );
+    if !proxy_alive(&layout, &state) {
+        eprintln!("note: the fault proxy is not running; the rule applies when the testnet starts");
+    }
+    Ok(())
+}
+
+/// `bftnet heal`.
+pub fn heal(dir: &Path) -> Result<(), NetError> {
+    let layout = Layout::new(dir);
+    State::load(&layout)?;
+    let mut faults = read_faults(&layout);
+    let had = faults.partition.take();
+    faults.blocked.clear();
+    write_faults(&layout, &faults)?;
+    let left = faults.describe();
+    println!(
+        "{}; every link is open again{}",
+        had.map(|p| format!("healed partition {p}"))
+            .unwrap_or_else(|| "no partition was in force".into()),
+        if left.is_empty() {
+            String::new()
+        } else {
+            format!(" (still: {left})")
+        }
+    );
+    Ok(())
+}
+
+/// `bftnet check`: prints the verdict; `Ok(true)` when everything holds.
+pub async fn check(dir: &Path, json: bool) -> Result<CheckReport, NetError> {
+    let layout = Layout::new(dir);
+    let state = State::load(&layout)?;
+    let report = check::run(&layout, &state).await?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+    } else {
+        println!("{}", report.render());
+    }
+    Ok(report)
+}
+
+/// `bftnet proxy` (run by `up`).
+pub async fn proxy(dir: &Path) -> Result<(), NetError> {
+    super::proxy::run(&Layout::new(dir)).await
+}

@@ -1,0 +1,487 @@
+//! A testnet directory: generated keys and configs, and `testnet.json`, the
+//! state every subcommand reads (ports, PIDs, behaviours).
+//!
+//! ```text
+//! DIR/testnet.json        state: ports, PIDs, behaviours (bftnet rewrites it)
+//! DIR/cluster.toml        ids, addresses (the fault proxy's ports), public keys
+//! DIR/faults.json         the proxy's rules (partition/heal rewrite it)
+//! DIR/node0.toml ...      node files, for `bftd run --config`
+//! DIR/keys/node0.key ...  node keys; keys/client.key for `bftnet submit`
+//! DIR/data/node0/ ...     node stores
+//! DIR/logs/node0.log ...  node logs; logs/proxy.log
+//! ```
+
+use super::error::NetError;
+use super::proxy::Faults;
+use bftd::config::write_key;
+use bftd_crypto::KeyPair;
+use bftd_protocol::byzantine::Behaviour;
+use bftd_protocol::RequestMode;
+use serde::{Deserialize, Serialize};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+
+/// The state file's name.
+pub const STATE_FILE: &str = "testnet.json";
+/// The state file's format version.
+const FORMAT: u32 = 1;
+
+/// Paths inside a testnet directory.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    /// The directory (absolute).
+    pub dir: PathBuf,
+}
+
+impl Layout {
+    /// The layout of `dir`, made absolute so printed paths work from
+    /// anywhere.
+    pub fn new(dir: &Path) -> Layout {
+        let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned());
+        Layout { dir }
+    }
+
+    /// `testnet.json`.
+    pub fn state(&self) -> PathBuf {
+        self.dir.join(STATE_FILE)
+    }
+    /// `cluster.toml`.
+    pub fn cluster(&self) -> PathBuf {
+        self.dir.join("cluster.toml")
+    }
+    /// `faults.json`, the proxy's rules.
+    pub fn faults(&self) -> PathBuf {
+        self.dir.join("faults.json")
+    }
+    /// A node's config file.
+    pub fn node_config(&self, id: u16) -> PathBuf {
+        self.dir.join(format!("node{id}.toml"))
+    }
+    /// A node's key file.
+    pub fn node_key(&self, id: u16) -> PathBuf {
+        self.dir.join("keys").join(format!("node{id}.key"))
+    }
+    /// The client key used by `bftnet submit`.
+    pub fn client_key(&self) -> PathBuf {
+        self.dir.join("keys").join("client.key")
+    }
+    /// A node's data directory.
+    pub fn data_dir(&self, id: u16) -> PathBuf {
+        self.dir.join("data").join(format!("node{id}"))
+    }
+    /// A node's log file.
+    pub fn node_log(&self, id: u16) -> PathBuf {
+        self.dir.join("logs").join(format!("node{id}.log"))
+    }
+    /// The proxy's log file.
+    pub fn proxy_log(&self) -> PathBuf {
+        self.dir.join("logs").join("proxy.log")
+    }
+}
+
+/// One node as the testnet knows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeState {
+    /// Node id.
+    pub id: u16,
+    /// Its address in the cluster file: the fault proxy's port for it, which
+    /// peers and clients dial.
+    pub address: SocketAddr,
+    /// Where the node itself binds (its QUIC socket).
+    pub listen: SocketAddr,
+    /// Its HTTP address (/metrics, /status, /healthz).
+    pub metrics: SocketAddr,
+    /// Byzantine behaviour, if any.
+    pub behaviour: Option<String>,
+    /// For `collude`: every colluder's id.
+    #[serde(default)]
+    pub colluders: Vec<u16>,
+    /// PID of its `bftd` process, while bftnet believes it runs.
+    pub pid: Option<u32>,
+}
+
+impl NodeState {
+    /// Whether the node runs the honest protocol.
+    pub fn honest(&self) -> bool {
+        self.behaviour.is_none()
+    }
+}
+
+/// The fault proxy's process.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProxyState {
+    /// Its PID, while running.
+    pub pid: Option<u32>,
+}
+
+/// `testnet.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    /// Format version.
+    pub format: u32,
+    /// Nodes.
+    pub n: usize,
+    /// Faults tolerated.
+    pub f: usize,
+    /// How requests are authenticated.
+    pub request_mode: RequestMode,
+    /// Whether more than f byzantine nodes were allowed.
+    pub allow_unsafe: bool,
+    /// The `bftd` binary the nodes run.
+    pub bftd: PathBuf,
+    /// The fault proxy.
+    pub proxy: ProxyState,
+    /// The nodes, by id.
+    pub nodes: Vec<NodeState>,
+}
+
+impl State {
+    /// Reads `testnet.json` from `layout`.
+    pub fn load(layout: &Layout) -> Result<State, NetError> {
+        let path = layout.state();
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                return Err(NetError::NoTestnet {
+                    dir: layout.dir.clone(),
+                })
+            }
+            Err(source) => {
+                return Err(NetError::Io {
+                    action: "read",
+                    path,
+                    source,
+                })
+            }
+        };
+        serde_json::from_str(&text).map_err(|source| NetError::BadState { path, source })
+    }
+
+    /// Writes `testnet.json` atomically (write, then rename), so a reader
+    /// never sees half a file.
+    pub fn save(&self, layout: &Layout) -> Result<(), NetError> {
+        let path = layout.state();
+        let text = serde_json::to_string_pretty(self).unwrap_or_default() + "\n";
+        write_atomic(&path, &text)
+    }
+
+    /// Node `id`, or an error naming the valid ids.
+    pub fn node(&self, id: u16) -> Result<&NodeState, NetError> {
+        self.nodes
+            .get(usize::from(id))
+            .ok_or(NetError::UnknownNode {
+                id,
+                last: self.n.saturating_sub(1),
+            })
+    }
+
+    /// Node `id`, mutably.
+    pub fn node_mut(&mut self, id: u16) -> Result<&mut NodeState, NetError> {
+        let last = self.n.saturating_sub(1);
+        self.nodes
+            .get_mut(usize::from(id))
+            .ok_or(NetError::UnknownNode { id, last })
+    }
+
+    /// Byzantine nodes.
+    pub fn byzantine_count(&self) -> usize {
+        self.nodes.iter().filter(|node| !node.honest()).count()
+    }
+}
+
+/// Writes `text` to `path` through a temporary file and a rename.
+pub fn write_atomic(path: &Path, text: &str) -> Result<(), NetError> {
+    let temporary = path.with_extension("tmp");
+    std::fs::write(&temporary, text).map_err(NetError::io("write", &temporary))?;
+    std::fs::rename(&temporary, path).map_err(NetError::io("write", path))
+}
+
+/// One `--byzantine ID=BEHAVIOUR` argument.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ByzantineArg {
+    /// The node.
+    pub id: u16,
+    /// What it does.
+    pub behaviour: Behaviour,
+}
+
+impl std::str::FromStr for ByzantineArg {
+    type Err = String;
+    fn from_str(text: &str) -> Result<ByzantineArg, String> {
+        let (id, behaviour) = text.split_once('=').ok_or_else(|| {
+            format!(
+                "expected ID=BEHAVIOUR, for example 3=equivocate; behaviours: {}",
+                Behaviour::NAMES
+            )
+        })?;
+        let id = id
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{id}` is not a node id (0, 1, 2, ...)"))?;
+        let behaviour = behaviour.parse().map_err(|e| format!("{e}"))?;
+        Ok(ByzantineArg { id, behaviour })
+    }
+}
+
+/// Assigns behaviours to the nodes of `state`: every node not named is
+/// honest; the `collude` nodes each learn the whole group. Refuses unknown
+/// ids, a node named twice, and more than f liars without `allow_unsafe`.
+pub fn assign_behaviours(
+    state: &mut State,
+    byzantine: &[ByzantineArg],
+    allow_unsafe: bool,
+) -> Result<(), NetError> {
+    let n = state.n;
+    let mut behaviours: Vec<Option<Behaviour>> = vec![None; n];
+    for arg in byzantine {
+        let value = format!("{}={}", arg.id, arg.behaviour);
+        let slot =
+            behaviours
+                .get_mut(usize::from(arg.id))
+                .ok_or_else(|| NetError::BadArgument {
+                    flag: "--byzantine",
+                    value: value.clone(),
+                    reason: format!("node {} does not exist (nodes are 0..={})", arg.id, n - 1),
+                })?;
+        if slot.is_some() {
+            return Err(NetError::BadArgument {
+                flag: "--byzantine",
+                value,
+                reason: format!("node {} is named twice", arg.id),
+            });
+        }
+        *slot = Some(arg.behaviour.clone());
+    }
+    let count = behaviours.iter().flatten().count();
+    if count > state.f && !allow_unsafe {
+        return Err(NetError::Unsafe {
+            count,
+            f: state.f,
+            n,
+        });
+    }
+    let colluders: Vec<u16> = behaviours
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.as_ref() == Some(&Behaviour::Collude))
+        .map(|(id, _)| id as u16)
+        .collect();
+    for (node, behaviour) in state.nodes.iter_mut().zip(behaviours) {
+        node.colluders = if behaviour == Some(Behaviour::Collude) {
+            colluders.clone()
+        } else {
+            Vec::new()
+        };
+        node.behaviour = behaviour.map(|b| b.to_string());
+    }
+    state.allow_unsafe = allow_unsafe;
+    Ok(())
+}
+
+/// What can break with more than f liars, printed when `--allow-unsafe`
+/// lets it happen.
+pub fn unsafe_warning(count: usize, f: usize) -> String {
+    format!(
+        "warning: {count} byzantine nodes > f = {f}. PBFT's guarantees are gone: colluding nodes \
+         can make honest nodes commit different blocks at the same height (a fork; \
+         `bftnet check` reports it), lie in certificates that now verify, and f + 1 silent \
+         nodes stop all progress."
+    )
+}
+
+/// Loopback addresses for `n` nodes: each node's real QUIC port, its proxy
+/// port and its HTTP port. All sockets stay bound until every port is
+/// chosen, so no two are equal.
+fn free_addresses(n: usize) -> std::io::Result<Vec<(SocketAddr, SocketAddr, SocketAddr)>> {
+    let mut udp = Vec::new();
+    let mut tcp = Vec::new();
+    for _ in 0..n {
+        udp.push(UdpSocket::bind("127.0.0.1:0")?);
+        udp.push(UdpSocket::bind("127.0.0.1:0")?);
+        tcp.push(TcpListener::bind("127.0.0.1:0")?);
+    }
+    let mut out = Vec::with_capacity(n);
+    for (pair, listener) in udp.chunks(2).zip(&tcp) {
+        if let [real, proxy] = pair {
+            out.push((
+                real.local_addr()?,
+                proxy.local_addr()?,
+                listener.local_addr()?,
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Creates a new testnet in `layout.dir` (which must be absent or empty):
+/// keys, free ports, cluster file. Node files are written by
+/// [`write_node_files`] once behaviours are assigned.
+pub fn generate(
+    layout: &Layout,
+    n: usize,
+    request_mode: RequestMode,
+    bftd: &Path,
+) -> Result<State, NetError> {
+    for dir in [
+        layout.dir.clone(),
+        layout.dir.join("keys"),
+        layout.dir.join("data"),
+        layout.dir.join("logs"),
+    ] {
+        std::fs::create_dir_all(&dir).map_err(NetError::io("create", &dir))?;
+    }
+    let addresses = free_addresses(n).map_err(NetError::io("find free ports on", "127.0.0.1"))?;
+    let mut cluster = bftd::config::ClusterFile { nodes: Vec::new() };
+    let mut nodes = Vec::with_capacity(n);
+    let mut rng = rand::rngs::OsRng;
+    for (id, (listen, address, metrics)) in addresses.into_iter().enumerate() {
+        let id = id as u16;
+        let key = KeyPair::generate(&mut rng);
+        let path = layout.node_key(id);
+        write_key(&path, &key).map_err(NetError::io("write", &path))?;
+        cluster.nodes.push(bftd::config::ClusterNode {
+            id,
+            address,
+            public_key: key.public().to_string(),
+        });
+        nodes.push(NodeState {
+            id,
+            address,
+            listen,
+            metrics,
+            behaviour: None,
+            colluders: Vec::new(),
+            pid: None,
+        });
+    }
+    let client = layout.client_key();
+    write_key(&client, &KeyPair::generate(&mut rng)).map_err(NetError::io("write", &client))?;
+    let text = format!(
+        "# Generated by `bftnet up`. Addresses are the fault proxy's ports: peers and\n\
+         # clients reach each node through it, so `bftnet partition` can cut links.\n{}",
+        toml::to_string(&cluster).unwrap_or_default()
+    );
+    write_atomic(&layout.cluster(), &text)?;
+    // Validate what we wrote with the node's own loader.
+    bftd::config::Cluster::load(&layout.cluster())?;
+    Ok(State {
+        format: FORMAT,
+        n,
+        f: (n - 1) / 3,
+        request_mode,
+        allow_unsafe: false,
+        bftd: bftd.to_owned(),
+        proxy: ProxyState::default(),
+        nodes,
+    })
+}
+
+#[derive(Serialize)]
+struct NodeFileOut<'a> {
+    id: u16,
+    key_file: String,
+    cluster_file: &'static str,
+    data_dir: String,
+    listen: SocketAddr,
+    metrics: SocketAddr,
+    log_format: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    byzantine: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[u16]>::is_empty")]
+    colluders: &'a [u16],
+    protocol: ProtocolOut,
+}
+
+#[derive(Serialize)]
+struct ProtocolOut {
+    request_mode: RequestMode,
+}
+
+/// Writes every node's config file from `state`, and checks each loads.
+pub fn write_node_files(layout: &Layout, state: &State) -> Result<(), NetError> {
+    for node in &state.nodes {
+        let file = NodeFileOut {
+            id: node.id,
+            key_file: format!("keys/node{}.key", node.id),
+            cluster_file: "cluster.toml",
+            data_dir: format!("data/node{}", node.id),
+            listen: node.listen,
+            metrics: node.metrics,
+            log_format: "human",
+            byzantine: node.behaviour.as_deref(),
+            colluders: &node.colluders,
+            protocol: ProtocolOut {
+                request_mode: state.request_mode,
+            },
+        };
+        let text = format!(
+            "# Generated by bftnet: node {} of {}. Peers and clients reach it through\n\
+             # the fault proxy at {}; it binds {} itself.\n\
+             # Run by hand: bftd run --config {}\n{}",
+            node.id,
+            state.n,
+            node.address,
+            node.listen,
+            layout.node_config(node.id).display(),
+            toml::to_string(&file).unwrap_or_default()
+        );
+        let path = layout.node_config(node.id);
+        write_atomic(&path, &text)?;
+        bftd::config::NodeConfig::load(&path)?;
+    }
+    Ok(())
+}
+
+/// Writes the proxy's rules.
+pub fn write_faults(layout: &Layout, faults: &Faults) -> Result<(), NetError> {
+    let text = serde_json::to_string_pretty(faults).unwrap_or_default() + "\n";
+    write_atomic(&layout.faults(), &text)
+}
+
+/// Reads the proxy's rules (none if the file is absent or unreadable).
+pub fn read_faults(layout: &Layout) -> Faults {
+    std::fs::read_to_string(layout.faults())
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Generated node files load with bftd's own loader, behaviours and
+    /// colluders included, and the state file round-trips.
+    #[test]
+    fn generated_files_load() {
+        let dir = std::env::temp_dir().join(format!("bftnet-layout-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let layout = Layout::new(&dir);
+        let mut state = generate(&layout, 4, RequestMode::ClientSigned, Path::new("bftd")).unwrap();
+        let args: Vec<ByzantineArg> =
+            vec!["1=collude".parse().unwrap(), "2=collude".parse().unwrap()];
+        assert!(matches!(
+            assign_behaviours(&mut state, &args, false),
+            Err(NetError::Unsafe {
+                count: 2,
+                f: 1,
+                n: 4
+            })
+        ));
+        assign_behaviours(&mut state, &args, true).unwrap();
+        write_node_files(&layout, &state).unwrap();
+        let config = bftd::config::NodeConfig::load(&layout.node_config(2)).unwrap();
+        assert_eq!(config.byzantine.as_deref(), Some("collude"));
+        assert_eq!(config.colluders.len(), 2);
+        assert_eq!(config.listen, state.nodes[2].listen);
+        assert_eq!(config.cluster.addresses[2], state.nodes[2].address);
+        state.save(&layout).unwrap();
+        assert_eq!(State::load(&layout).unwrap(), state);
+        assert!("9".parse::<ByzantineArg>().is_err());
+        assert!("x=silent".parse::<ByzantineArg>().is_err());
+        assert!("1=sneaky".parse::<ByzantineArg>().is_err());
+        let too_big = vec!["4=silent".parse().unwrap()];
+        assert!(assign_behaviours(&mut state, &too_big, false).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,556 @@
+//! Open-loop load: requests leave at a fixed rate whatever the cluster's
+//! answers (a slow cluster does not slow the offered load, so latency shows
+//! queueing honestly), spread over several clients connected to the honest
+//! nodes. A client whose node goes away reconnects in the background; its
+//! share goes to the others meanwhile.
+
+use bftd::client::{Client, ClientError};
+use bftd::config::Cluster;
+use bftd_crypto::KeyPair;
+use bftd_protocol::NodeId;
+use serde::Serialize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::{watch, Semaphore};
+
+/// How to load the cluster.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Requests per second offered.
+    pub rate: f64,
+    /// How long to offer them; `None` runs until stopped.
+    pub duration: Option<Duration>,
+    /// Payload size in bytes.
+    pub size: usize,
+    /// Client connections per target node.
+    pub clients_per_node: usize,
+    /// Requests waiting for receipts at most; beyond, new ones are skipped
+    /// (and counted) rather than queued without bound.
+    pub max_in_flight: usize,
+    /// How long a request may wait for its receipt.
+    pub request_timeout: Duration,
+    /// After the offering stops, how long to wait for the last receipts.
+    pub drain: Duration,
+}
+
+impl Default for LoadOptions {
+    fn default() -> LoadOptions {
+        LoadOptions {
+            rate: 100.0,
+            duration: Some(Duration::from_secs(10)),
+            size: 128,
+            clients_per_node: 2,
+            max_in_flight: 20_000,
+            request_timeout: Duration::from_secs(15),
+            drain: Duration::from_secs(15),
+        }
+    }
+}
+
+/// Latencies with ~1% relative precision in constant memory.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: Vec<u64>,
+    count: u64,
+    max_micros: u64,
+}
+
+/// Bucket growth factor.
+const GROWTH: f64 = 1.01;
+
+impl Histogram {
+    /// Records one latency.
+    pub fn record(&mut self, latency: Duration) {
+        let micros = latency.as_micros().max(1) as u64;
+        let index = ((micros as f64).ln() / GROWTH.ln()) as usize;
+        if self.buckets.len() <= index {
+            self.buckets.resize(index + 1, 0);
+        }
+        if let Some(bucket) = self.buckets.get_mut(index) {
+            *bucket += 1;
+        }
+        self.count += 1;
+        self.max_micros = self.max_micros.max(micros);
+    }
+
+    /// Observations.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// The `q` quantile (0..=1), in milliseconds.
+    pub fn quantile_ms(&self, q: f64) -> f64 {
+        if self.count == 0 {
+            return 0.0;
+        }
+        let rank = ((self.count as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (index, bucket) in self.buckets.iter().enumerate() {
+            seen += bucket;
+            if seen >= rank {
+                let micros = GROWTH.powf(index as f64 + 0.5);
+                return (micros.min(self.max_micros as f64)) / 1000.0;
+            }
+        }
+        self.max_ms()
+    }
+
+    /// The largest, in milliseconds.
+    pub fn max_ms(&self) -> f64 {
+        self.max_micros as f64 / 1000.0
+    }
+}
+
+/// What happened to the requests, live.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Sent.
+    pub submitted: AtomicU64,
+    /// Committed with a verified receipt.
+    pub committed: AtomicU64,
+    /// Refused by the node ("busy", ...).
+    pub rejected: AtomicU64,
+    /// No receipt in time.
+    pub timed_out: AtomicU64,
+    /// The connection failed.
+    pub disconnected: AtomicU64,
+    /// Receipts that did not verify (a lying node).
+    pub invalid: AtomicU64,
+    /// Not sent: too many in flight, or no connected client.
+    pub skipped: AtomicU64,
+    /// Latencies of committed requests.
+    pub latencies: Mutex<Histogram>,
+}
+
+impl Counters {
+    fn record(&self, result: Result<Duration, ClientError>) {
+        let counter = match result {
+            Ok(latency) => {
+                self.latencies
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .record(latency);
+                &self.committed
+            }
+            Err(ClientError::Rejected(_)) => &self.rejected,
+            Err(ClientError::Timeout(_)) => &self.timed_out,
+            Err(ClientError::InvalidReceipt(_)) | Err(ClientError::InvalidBlock(_)) => {
+                &self.invalid
+            }
+            Err(_) => &self.disconnected,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn failed(&self) -> u64 {
+        self.rejected.load(Ordering::Relaxed)
+            + self.timed_out.load(Ordering::Relaxed)
+            + self.disconnected.load(Ordering::Relaxed)
+            + self.invalid.load(Ordering::Relaxed)
+    }
+}
+
+/// The outcome of a load run.
+#[derive(Clone, Debug, Serialize)]
+pub struct LoadReport {
+    /// Rate asked for, per second.
+    pub offered_rate: f64,
+    /// Seconds spent offering.
+    pub offered_seconds: f64,
+    /// Seconds until the last receipt (or the drain gave up).
+    pub elapsed_seconds: f64,
+    /// Requests sent.
+    pub submitted: u64,
+    /// Requests committed (verified receipts).
+    pub committed: u64,
+    /// Committed per second of `elapsed_seconds`.
+    pub achieved_rate: f64,
+    /// Refused by a node.
+    pub rejected: u64,
+    /// No receipt in time.
+    pub timed_out: u64,
+    /// Connection failures.
+    pub disconnected: u64,
+    /// Receipts that did not verify.
+    pub invalid_receipts: u64,
+    /// Not sent (too many in flight or no node reachable).
+    pub skipped: u64,
+    /// Latency percentiles of committed requests, milliseconds.
+    pub latency_ms: Percentiles,
+    /// Nodes loaded.
+    pub nodes: Vec<u16>,
+}
+
+/// Latency percentiles, milliseconds.
+#[derive(Clone, Debug, Serialize)]
+pub struct Percentiles {
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Largest.
+    pub max: f64,
+}
+
+impl LoadReport {
+    /// The closing lines for people.
+    pub fn summary(&self) -> String {
+        let l = &self.latency_ms;
+        format!(
+            "offered {:.0} tx/s for {:.1} s: {} submitted, {} committed, achieved {:.1} tx/s\n\
+             latency p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms\n\
+             failures: {} refused (busy), {} timed out, {} connection errors, {} invalid receipts; {} not sent (too many in flight / no node)",
+            self.offered_rate, self.offered_seconds, self.submitted, self.committed, self.achieved_rate,
+            l.p50, l.p90, l.p99, l.max,
+            self.rejected, self.timed_out, self.disconnected, self.invalid_receipts, self.skipped
+        )
+    }
+}
+
+/// A client whose node does not answer a status query this fast is taken
+/// for dead (a SIGKILLed node sends no close; QUIC would only notice after
+/// its idle timeout) and replaced.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often each connection is probed.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// One client connection slot; `None` while reconnecting.
+struct Slot {
+    node: NodeId,
+    client: RwLock<Option<Arc<Client>>>,
+    reconnecting: std::sync::atomic::AtomicBool,
+    /// Bumped when the connection is given up: requests in flight on it
+    /// fail at once instead of waiting for their timeout.
+    generation: watch::Sender<u64>,
+}
+
+/// A running load: the counters update live; [`Load::finish`] waits for the
+/// end and reports.
+#[derive(Debug)]
+pub struct Load {
+    /// Live counters.
+    pub counters: Arc<Counters>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<LoadReport>,
+    started: Instant,
+}
+
+impl Load {
+    /// Stops offering load now (for runs without a duration).
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// When the load started.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// Waits for the run to end and returns its report.
+    pub async fn finish(self) -> LoadReport {
+        match self.task.await {
+            Ok(report) => report,
+            Err(_) => report(&Counters::default(), 0.0, 0.0, 0.0, Vec::new()),
+        }
+    }
+
+    /// Requests that failed so far.
+    pub fn failures(&self) -> u64 {
+        self.counters.failed()
+    }
+}
+
+/// Connects the clients and starts offering load to `targets`. Fails if no
+/// target accepts a connection.
+pub async fn start(
+    cluster: &Cluster,
+    targets: &[u16],
+    options: LoadOptions,
+) -> Result<Load, ClientError> {
+    let mut slots = Vec::new();
+    let mut first_error = None;
+    for &id in targets {
+        for _ in 0..options.clients_per_node.max(1) {
+            let key = KeyPair::generate(&mut rand::rngs::OsRng);
+            let client = match Client::connect(cluster, NodeId(id), key).await {
+                Ok(mut client) => {
+                    client.set_timeout(options.request_timeout);
+                    Some(Arc::new(client))
+                }
+                Err(error) => {
+                    first_error.get_or_insert(error);
+                    None
+                }
+            };
+            slots.push(Arc::new(Slot {
+                node: NodeId(id),
+                client: RwLock::new(client),
+                reconnecting: false.into(),
+                generation: watch::channel(0).0,
+            }));
+        }
+    }
+    if slots
+        .iter()
+        .all(|slot| slot.client.read().map(|c| c.is_none()).unwrap_or(true))
+    {
+        return Err(first_error.unwrap_or(ClientError::Disconnected));
+    }
+    let counters = Arc::new(Counters::default());
+    let (stop, stopped) = watch::channel(false);
+    let started = Instant::now();
+    let task = tokio::spawn(offer(
+        cluster.clone(),
+        slots,
+        options,
+        counters.clone(),
+        stopped,
+        started,
+        targets.to_vec(),
+    ));
+    Ok(Load {
+        counters,
+        stop,
+        task,
+        started,
+    })
+}
+
+/// Reconnects a slot in the background, every half second until it works.
+/// Only the connection `failed` is given up: a late failure of an older
+/// connection leaves its replacement alone.
+fn reconnect(cluster: Cluster, slot: Arc<Slot>, failed: &Arc<Client>, timeout: Duration) {
+    {
+        let mut current = slot.client.write().unwrap_or_else(|e| e.into_inner());
+        match &*current {
+            Some(client) if Arc::ptr_eq(client, failed) => *current = None,
+            _ => return,
+        }
+    }
+    if slot.reconnecting.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    slot.generation.send_modify(|generation| *generation += 1);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let key = KeyPair::generate(&mut rand::rngs::OsRng);
+            if let Ok(mut client) = Client::connect(&cluster, slot.node, key).await {
+                client.set_timeout(timeout);
+                *slot.client.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(client));
+                slot.reconnecting.store(false, Ordering::Release);
+                return;
+            }
+        }
+    });
+}
+
+async fn offer(
+    cluster: Cluster,
+    slots: Vec<Arc<Slot>>,
+    options: LoadOptions,
+    counters: Arc<Counters>,
+    mut stopped: watch::Receiver<bool>,
+    started: Instant,
+    nodes: Vec<u16>,
+) -> LoadReport {
+    let probes: Vec<_> = slots
+        .iter()
+        .map(|slot| {
+            tokio::spawn(probe(
+                cluster.clone(),
+                slot.clone(),
+                options.request_timeout,
+            ))
+        })
+        .collect();
+    let in_flight = Arc::new(Semaphore::new(options.max_in_flight.max(1)));
+    let mut sent = 0u64;
+    let mut next_slot = 0usize;
+    let rate = options.rate.max(0.001);
+    let tick = Duration::from_millis(2);
+    loop {
+        let elapsed = started.elapsed();
+        if options.duration.is_some_and(|d| elapsed >= d) || *stopped.borrow() {
+            break;
+        }
+        let due = (elapsed.as_secs_f64() * rate) as u64;
+        while sent < due {
+            sent += 1;
+            let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                counters.skipped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            // Round robin over connected clients.
+            let mut chosen = None;
+            for _ in 0..slots.len() {
+                let slot = &slots[next_slot % slots.len()];
+                next_slot = next_slot.wrapping_add(1);
+                let client = slot
+                    .client
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                if let Some(client) = client {
+                    chosen = Some((slot.clone(), client));
+                    break;
+                }
+            }
+            let Some((slot, client)) = chosen else {
+                counters.skipped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            let payload = payload(sent, options.size);
+            let counters = counters.clone();
+            let cluster = cluster.clone();
+            let timeout = options.request_timeout;
+            counters.submitted.fetch_add(1, Ordering::Relaxed);
+            let mut given_up = slot.generation.subscribe();
+            tokio::spawn(async move {
+                let start = Instant::now();
+                let result = tokio::select! {
+                    result = client.submit(payload) => result.map(|_| start.elapsed()),
+                    _ = given_up.changed() => Err(ClientError::Disconnected),
+                };
+                if matches!(
+                    result,
+                    Err(ClientError::Disconnected) | Err(ClientError::Transport(_))
+                ) {
+                    reconnect(cluster, slot, &client, timeout);
+                }
+                counters.record(result);
+                drop(permit);
+            });
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(tick) => {}
+            _ = stopped.changed() => {}
+        }
+    }
+    let offered_seconds = started.elapsed().as_secs_f64();
+    // Drain: wait for outstanding receipts.
+    let all = options.max_in_flight.max(1) as u32;
+    let _ = tokio::time::timeout(options.drain, in_flight.acquire_many(all)).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    for probe in probes {
+        probe.abort();
+    }
+    report(&counters, options.rate, offered_seconds, elapsed, nodes)
+}
+
+/// Probes a slot's connection with status queries; a connection that does
+/// not answer in time is given up and reconnected.
+async fn probe(cluster: Cluster, slot: Arc<Slot>, timeout: Duration) {
+    loop {
+        tokio::time::sleep(PROBE_INTERVAL).await;
+        let client = slot
+            .client
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let Some(client) = client else { continue };
+        if !matches!(
+            tokio::time::timeout(PROBE_TIMEOUT, client.status()).await,
+            Ok(Ok(_))
+        ) {
+            reconnect(cluster.clone(), slot.clone(), &client, timeout);
+        }
+    }
+}
+
+/// A payload of `size` bytes, unique per request number.
+fn payload(number: u64, size: usize) -> Vec<u8> {
+    let mut bytes = format!("bftnet-load-{number:012}-").into_bytes();
+    bytes.resize(size.max(1), b'.');
+    bytes.truncate(size.max(1));
+    bytes
+}
+
+fn report(
+    counters: &Counters,
+    rate: f64,
+    offered_seconds: f64,
+    elapsed: f64,
+    nodes: Vec<u16>,
+) -> LoadReport {
+    let histogram = counters.latencies.lock().unwrap_or_else(|e| e.into_inner());
+    let committed = counters.committed.load(Ordering::Relaxed);
+    LoadReport {
+        offered_rate: rate,
+        offered_seconds,
+        elapsed_seconds: elapsed,
+        submitted: counters.submitted.load(Ordering::Relaxed),
+        committed,
+        achieved_rate: if elapsed > 0.0 {
+            committed as f64 / elapsed
+        } else {
+            0.0
+        },
+        rejected: counters.rejected.load(Ordering::Relaxed),
+        timed_out: counters.timed_out.load(Ordering::Relaxed),
+        disconnected: counters.disconnected.load(Ordering::Relaxed),
+        invalid_receipts: counters.invalid.load(Ordering::Relaxed),
+        skipped: counters.skipped.load(Ordering::Relaxed),
+        latency_ms: Percentiles {
+            p50: histogram.quantile_ms(0.5),
+            p90: histogram.quantile_ms(0.9),
+            p99: histogram.quantile_ms(0.99),
+            max: histogram.max_ms(),
+        },
+        nodes,
+    }
+}
+
+/// A progress line from the live counters.
+pub fn progress_line(load: &Load, options: &LoadOptions) -> String {
+    let c = &load.counters;
+    let elapsed = load.started.elapsed().as_secs_f64();
+    let committed = c.committed.load(Ordering::Relaxed);
+    let submitted = c.submitted.load(Ordering::Relaxed);
+    let (p50, p99) = {
+        let h = c.latencies.lock().unwrap_or_else(|e| e.into_inner());
+        (h.quantile_ms(0.5), h.quantile_ms(0.99))
+    };
+    let total = options
+        .duration
+        .map(|d| format!("/{:.0}", d.as_secs_f64()))
+        .unwrap_or_default();
+    format!(
+        "load {elapsed:.1}{total} s: {submitted} sent, {committed} committed ({:.0} tx/s), {} in flight, {} failed, p50 {p50:.1} ms, p99 {p99:.1} ms",
+        committed as f64 / elapsed.max(0.001),
+        submitted.saturating_sub(committed + c.failed()),
+        c.failed(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Percentiles come within the histogram's precision of the truth.
+    #[test]
+    fn percentiles() {
+        let mut histogram = Histogram::default();
+        for ms in 1..=1000u64 {
+            histogram.record(Duration::from_millis(ms));
+        }
+        let near = |got: f64, want: f64| (got - want).abs() / want < 0.02;
+        assert!(
+            near(histogram.quantile_ms(0.5), 500.0),
+            "{}",
+            histogram.quantile_ms(0.5)
+        );
+        assert!(
+            near(histogram.quantile_ms(0.99), 990.0),
+            "{}",
+            histogram.quantile_ms(0.99)
+        );
+        assert_eq!(histogram.max_ms(), 1000.0);
+        assert_eq!(Histogram::default().quantile_ms(0.5), 0.0);
+        assert_eq!(payload(7, 40).len(), 40);
+        assert_eq!(payload(7, 3).len(), 3);
+    }
+}

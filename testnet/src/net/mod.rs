@@ -1,0 +1,24 @@
+//! Real local testnets: `bftd` processes on loopback behind a fault proxy.
+//!
+//! - [`layout`]: the testnet directory, generated keys and configs, and
+//!   `testnet.json` (ports, PIDs, behaviours) that every subcommand reads;
+//! - [`launch`]: finding `bftd`, starting and stopping processes by PID,
+//!   health over HTTP;
+//! - [`proxy`]: the UDP fault proxy (partitions, delay, loss) that needs no
+//!   root;
+//! - [`load`]: the open-loop load generator;
+//! - [`check`]: the safety check of honest logs;
+//! - [`live`]: `status` and the live status line;
+//! - [`commands`]: the subcommands themselves.
+
+pub mod check;
+pub mod cli;
+pub mod commands;
+mod error;
+pub mod launch;
+pub mod layout;
+pub mod live;
+pub mod load;
+pub mod proxy;
+
+pub use error::NetError;

@@ -1,0 +1,663 @@
+//! Real-process scenarios: `bftd` nodes on loopback behind bftnet's fault
+//! proxy, driven through the `bftnet` binary exactly as a person would, for
+//! what the simulator cannot show (QUIC, disks, SIGKILL, restarts).
+//!
+//! Each test starts its own testnet in a fresh directory; a guard stops
+//! every process it started (by PID) even when the test fails, and keeps the
+//! logs of a failed test. Tests take turns (they share the machine's cores,
+//! and the throughput figures must not be skewed by a neighbour).
+//!
+//! The tests need the `bftd` binary next to `bftnet`; the first test builds
+//! it (`cargo build -p bftd -p bftnet` in this test's profile and target
+//! directory) unless `BFTD_BIN` names one.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+/// One testnet at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn bftnet_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_bftnet"))
+}
+
+/// The `bftd` binary, built with the `byzantine` feature in the same
+/// profile and target directory as `bftnet`.
+fn bftd_bin() -> &'static Path {
+    static BFTD: OnceLock<PathBuf> = OnceLock::new();
+    BFTD.get_or_init(|| {
+        if let Some(path) = std::env::var_os("BFTD_BIN") {
+            return PathBuf::from(path);
+        }
+        let profile_dir = bftnet_bin().parent().expect("bftnet has a directory");
+        let target_dir = profile_dir
+            .parent()
+            .expect("the profile directory has a parent");
+        let profile: &[&str] = if profile_dir.ends_with("release") {
+            &["--release"]
+        } else {
+            &["--profile", "test"]
+        };
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+        let started = Instant::now();
+        let mut command = Command::new(cargo);
+        // Variables cargo sets for running this test would change some
+        // build scripts' fingerprints (ring watches CARGO_MANIFEST_DIR) and
+        // make this build and the next `cargo test` rebuild everything.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            let set_by_cargo = name.starts_with("CARGO_PKG_")
+                || name.starts_with("CARGO_BIN_")
+                || matches!(
+                    &*name,
+                    "CARGO_MANIFEST_DIR"
+                        | "CARGO_MANIFEST_PATH"
+                        | "CARGO_CRATE_NAME"
+                        | "CARGO_PRIMARY_PACKAGE"
+                        | "CARGO_TARGET_TMPDIR"
+                        | "CARGO_RUSTC_CURRENT_DIR"
+                        | "OUT_DIR"
+                );
+            if set_by_cargo {
+                command.env_remove(&*name);
+            }
+        }
+        let output = command
+            .args(["build", "--quiet", "-p", "bftd", "-p", "bftnet"])
+            .args(profile)
+            .arg("--target-dir")
+            .arg(target_dir)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .expect("run cargo to build bftd");
+        assert!(
+            output.status.success(),
+            "building bftd failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        eprintln!(
+            "bftd built (or fresh) in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        profile_dir.join(format!("bftd{}", std::env::consts::EXE_SUFFIX))
+    })
+}
+
+/// Runs a command, killing it if it outlives `timeout`.
+fn run_bounded(mut command: Command, timeout: Duration) -> Output {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn bftnet");
+    // Read the pipes on threads so a chatty child never blocks on them.
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut stderr = child.stderr.take().expect("piped");
+    let out = std::thread::spawn(move || {
+        let mut buffer = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut stdout, &mut buffer);
+        buffer
+    });
+    let err = std::thread::spawn(move || {
+        let mut buffer = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut stderr, &mut buffer);
+        buffer
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for bftnet") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let status = child.wait().expect("wait for bftnet");
+            eprintln!("command timed out after {timeout:?}: {command:?}");
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    }
+}
+
+/// A testnet in a temporary directory. Dropping it stops every process it
+/// started: `bftnet down`, then SIGKILL to any PID still recorded.
+struct Testnet {
+    dir: PathBuf,
+}
+
+/// A `bftnet` process running in the background (a load), killed on drop.
+struct Background(Child);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Background {
+    /// Waits for it to finish; returns its stdout.
+    fn finish(mut self, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let mut out = String::new();
+        if let Some(mut stdout) = self.0.stdout.take() {
+            let _ = std::io::Read::read_to_string(&mut stdout, &mut out);
+        }
+        out
+    }
+}
+
+impl Testnet {
+    /// `bftnet up --detach --idle` with `extra` flags.
+    fn up(name: &str, extra: &[&str]) -> Testnet {
+        let dir =
+            std::env::temp_dir().join(format!("bftnet-scenario-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let net = Testnet { dir };
+        let mut args = vec!["--detach", "--idle"];
+        args.extend_from_slice(extra);
+        let started = Instant::now();
+        net.ok("up", &args);
+        eprintln!(
+            "[{name}] testnet up in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        net
+    }
+
+    fn command(&self, subcommand: &str, args: &[&str]) -> Command {
+        let mut command = Command::new(bftnet_bin());
+        command
+            .arg(subcommand)
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(args)
+            .env("BFTD_BIN", bftd_bin());
+        command
+    }
+
+    /// Runs a subcommand (bounded to two minutes).
+    fn run(&self, subcommand: &str, args: &[&str]) -> Output {
+        run_bounded(self.command(subcommand, args), Duration::from_secs(120))
+    }
+
+    /// Runs a subcommand that must succeed; returns its stdout.
+    fn ok(&self, subcommand: &str, args: &[&str]) -> String {
+        let output = self.run(subcommand, args);
+        assert!(
+            output.status.success(),
+            "bftnet {subcommand} {args:?} failed ({}):\n{}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    fn status(&self) -> Value {
+        serde_json::from_str(&self.ok("status", &["--json"])).expect("status --json is JSON")
+    }
+
+    /// Each node's height, `None` if it does not answer.
+    fn heights(&self) -> Vec<Option<u64>> {
+        self.status()["nodes"]
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .map(|node| node["status"]["height"].as_u64())
+            .collect()
+    }
+
+    /// The highest height among honest answering nodes.
+    fn height(&self) -> u64 {
+        let status = self.status();
+        honest(&status)
+            .filter_map(|node| node["status"]["height"].as_u64())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The primary most honest nodes follow, and their view.
+    fn primary(&self) -> (u16, u64) {
+        let status = self.status();
+        let views: Vec<(u64, u64)> = honest(&status)
+            .filter_map(|node| {
+                Some((
+                    node["status"]["view"].as_u64()?,
+                    node["status"]["primary"].as_u64()?,
+                ))
+            })
+            .collect();
+        let (view, primary) = views.iter().max().copied().unwrap_or((0, 0));
+        (primary as u16, view)
+    }
+
+    /// `bftnet load --json`; returns its report.
+    fn load(&self, rate: u32, seconds: f64) -> Value {
+        let out = self.ok(
+            "load",
+            &[
+                "--rate",
+                &rate.to_string(),
+                "--duration",
+                &format!("{seconds}s"),
+                "--size",
+                "128",
+                "--json",
+            ],
+        );
+        serde_json::from_str(&out).expect("load --json is JSON")
+    }
+
+    fn load_in_background(&self, rate: u32, seconds: f64) -> Background {
+        let mut command = self.command(
+            "load",
+            &[
+                "--rate",
+                &rate.to_string(),
+                "--duration",
+                &format!("{seconds}s"),
+                "--json",
+            ],
+        );
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        Background(command.spawn().expect("spawn bftnet load"))
+    }
+
+    /// `bftnet check`: whether it passed, and what it printed.
+    fn check(&self) -> (bool, String) {
+        let output = self.run("check", &[]);
+        let text = String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr);
+        (output.status.success(), text)
+    }
+
+    fn assert_check(&self, context: &str) {
+        let (ok, text) = self.check();
+        assert!(ok, "{context}: bftnet check failed:\n{text}");
+    }
+
+    /// Waits until `condition` holds for the heights, or panics after
+    /// `timeout` naming `what`.
+    fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        condition: impl Fn(&[Option<u64>]) -> bool,
+    ) -> Vec<Option<u64>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let heights = self.heights();
+            if condition(&heights) {
+                return heights;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not within {timeout:?}; heights {heights:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+fn honest(status: &Value) -> impl Iterator<Item = &Value> {
+    status["nodes"]
+        .as_array()
+        .map(|nodes| nodes.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .filter(|node| node["behaviour"] == "honest")
+}
+
+impl Drop for Testnet {
+    fn drop(&mut self) {
+        let failed = std::thread::panicking();
+        let args: &[&str] = if failed { &[] } else { &["--clean"] };
+        let _ = run_bounded(self.command("down", args), Duration::from_secs(30));
+        // Whatever `down` missed: SIGKILL every PID still recorded.
+        let layout = bftnet::net::layout::Layout::new(&self.dir);
+        if let Ok(state) = bftnet::net::layout::State::load(&layout) {
+            for pid in state
+                .nodes
+                .iter()
+                .filter_map(|node| node.pid)
+                .chain(state.proxy.pid)
+            {
+                bftnet::net::launch::kill(pid);
+            }
+        }
+        if failed {
+            eprintln!("testnet logs kept in {}", self.dir.join("logs").display());
+            for id in 0..4 {
+                let log = layout.node_log(id);
+                eprintln!(
+                    "--- {} ---\n{}",
+                    log.display(),
+                    bftnet::net::launch::log_tail(&log, 12)
+                );
+            }
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Offered load in the scenarios (tx/s) and how long each phase lasts.
+const RATE: u32 = 300;
+const PHASE_SECONDS: f64 = 3.0;
+/// Blocks each phase must add, byzantine node or not.
+const MIN_GROWTH: u64 = 10;
+
+/// One load phase's figures.
+struct Phase {
+    achieved: f64,
+    p50: f64,
+    p99: f64,
+    growth: u64,
+    failed: u64,
+}
+
+fn phase(net: &Testnet) -> Phase {
+    let before = net.height();
+    let report = net.load(RATE, PHASE_SECONDS);
+    let after = net.height();
+    let number = |key: &str| report[key].as_u64().unwrap_or(0);
+    Phase {
+        achieved: report["achieved_rate"].as_f64().unwrap_or(0.0),
+        p50: report["latency_ms"]["p50"].as_f64().unwrap_or(0.0),
+        p99: report["latency_ms"]["p99"].as_f64().unwrap_or(0.0),
+        growth: after.saturating_sub(before),
+        failed: number("rejected")
+            + number("timed_out")
+            + number("disconnected")
+            + number("invalid_receipts"),
+    }
+}
+
+/// Every byzantine behaviour, run by the node that is primary at the time
+/// (the most damaging place for most of them), one after another in one
+/// cluster: safety holds (`bftnet check` passes after each phase) and
+/// commits continue (at least MIN_GROWTH blocks per 3 s phase of 300 tx/s).
+/// Prints each behaviour's throughput relative to the honest phase.
+#[test]
+fn every_behaviour_on_one_node_keeps_safety_and_progress() {
+    let _serial = serial();
+    let started = Instant::now();
+    let net = Testnet::up("behaviours", &[]);
+    net.load(RATE, 1.0); // warm up connections and caches
+    let honest = phase(&net);
+    net.assert_check("honest phase");
+    assert!(
+        honest.growth >= MIN_GROWTH,
+        "honest cluster: only {} blocks",
+        honest.growth
+    );
+    let mut rows = vec![("honest".to_string(), None, honest)];
+    let mut liar: Option<u16> = None;
+    for behaviour in bftd_protocol::byzantine::Behaviour::all() {
+        let name = behaviour.to_string();
+        let (primary, _) = net.primary();
+        if let Some(previous) = liar.filter(|&previous| previous != primary) {
+            net.ok("restart", &[&previous.to_string(), "--honest"]);
+        }
+        net.ok("restart", &[&primary.to_string(), "--byzantine", &name]);
+        liar = Some(primary);
+        let result = phase(&net);
+        net.assert_check(&format!("{name} on node {primary}"));
+        assert!(
+            result.growth >= MIN_GROWTH,
+            "{name} on node {primary}: only {} blocks committed during a {PHASE_SECONDS} s phase at {RATE} tx/s",
+            result.growth
+        );
+        rows.push((name, Some(primary), result));
+    }
+    let base = rows.first().map_or(1.0, |(_, _, p)| p.achieved.max(0.001));
+    eprintln!("\nthroughput with one byzantine node of 4 (the primary when its phase starts), {RATE} tx/s offered for {PHASE_SECONDS} s, debug build:");
+    eprintln!(
+        "{:<18} {:>5} {:>10} {:>9} {:>9} {:>9} {:>7} {:>7}",
+        "behaviour", "node", "tx/s", "relative", "p50 ms", "p99 ms", "blocks", "failed"
+    );
+    for (name, node, p) in &rows {
+        eprintln!(
+            "{:<18} {:>5} {:>10.1} {:>8.0}% {:>9.1} {:>9.1} {:>7} {:>7}",
+            name,
+            node.map(|n| n.to_string()).unwrap_or_else(|| "-".into()),
+            p.achieved,
+            100.0 * p.achieved / base,
+            p.p50,
+            p.p99,
+            p.growth,
+            p.failed
+        );
+    }
+    eprintln!("every behaviour: {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// SIGKILL of the primary under load: the others change views (view > 0),
+/// commits resume, and the restarted node catches up; safety holds.
+#[test]
+fn primary_crash_view_change_and_recovery() {
+    let _serial = serial();
+    let started = Instant::now();
+    let net = Testnet::up("primary-crash", &[]);
+    let load = net.load_in_background(RATE, 10.0);
+    net.wait_for("first commits", Duration::from_secs(10), |h| {
+        h.iter().flatten().any(|&h| h >= 5)
+    });
+    let (primary, view) = net.primary();
+    let at_kill = net.height();
+    let out = net.ok("kill", &[&primary.to_string()]);
+    assert!(out.contains("killed"), "{out}");
+    // The others move to a new view and keep committing.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = net.status();
+        let survivors: Vec<&Value> = honest(&status)
+            .filter(|node| node["status"].is_object())
+            .collect();
+        let moved = survivors.len() == 3
+            && survivors
+                .iter()
+                .all(|node| node["status"]["view"].as_u64().unwrap_or(0) > view);
+        let height = survivors
+            .iter()
+            .filter_map(|node| node["status"]["height"].as_u64())
+            .max()
+            .unwrap_or(0);
+        if moved && height >= at_kill + MIN_GROWTH {
+            eprintln!(
+                "[primary-crash] view {view} -> {}, height {at_kill} -> {height} after killing node {primary}",
+                survivors[0]["status"]["view"]
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no recovery after killing primary {primary}: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let report: Value =
+        serde_json::from_str(&load.finish(Duration::from_secs(40))).unwrap_or(Value::Null);
+    eprintln!("[primary-crash] load during the crash: {}", report);
+    net.assert_check("after the primary crash");
+    net.ok("restart", &[&primary.to_string()]);
+    let target = net.height();
+    net.wait_for(
+        "the restarted node catches up",
+        Duration::from_secs(30),
+        |h| {
+            h.get(usize::from(primary))
+                .copied()
+                .flatten()
+                .is_some_and(|h| h >= target)
+        },
+    );
+    net.assert_check("after the restart");
+    eprintln!("[primary-crash] {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// A 2/2 partition leaves no side a quorum: no commits during it, and no
+/// divergence; after `heal`, commits resume and every node catches up.
+#[test]
+fn partition_two_two_stalls_then_heals() {
+    let _serial = serial();
+    let started = Instant::now();
+    let net = Testnet::up("partition", &[]);
+    let load = net.load_in_background(100, 14.0);
+    net.wait_for("first commits", Duration::from_secs(10), |h| {
+        h.iter().flatten().all(|&h| h >= 3)
+    });
+    net.ok("partition", &["0,1/2,3"]);
+    // Blocks already past their commit phase may still land: let them.
+    std::thread::sleep(Duration::from_millis(1000));
+    let during = net.heights();
+    std::thread::sleep(Duration::from_secs(3));
+    let later = net.heights();
+    assert_eq!(during, later, "commits during a 2/2 partition");
+    net.assert_check("during the partition");
+    net.ok("heal", &[]);
+    let stalled = later.iter().flatten().copied().max().unwrap_or(0);
+    let healed = net.wait_for(
+        "progress and catch-up after heal",
+        Duration::from_secs(30),
+        |h| h.iter().all(|h| h.is_some_and(|h| h >= stalled + 5)),
+    );
+    eprintln!("[partition] stalled at {later:?}, after heal {healed:?}");
+    drop(load);
+    net.assert_check("after heal");
+    eprintln!("[partition] {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// The block at `height` as node `id` serves it, verified.
+fn block_hash(net: &Testnet, id: u16, height: u64) -> String {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let cluster =
+            bftd::config::Cluster::load(&net.dir.join("cluster.toml")).expect("cluster file");
+        let key = bftd_crypto::KeyPair::generate(&mut rand::rngs::OsRng);
+        let client = bftd::client::Client::connect(&cluster, bftd_protocol::NodeId(id), key)
+            .await
+            .expect("connect");
+        let mut blocks = client
+            .subscribe(bftd_protocol::SeqNum(height))
+            .await
+            .expect("subscribe");
+        let block = tokio::time::timeout(Duration::from_secs(10), blocks.next())
+            .await
+            .expect("a block in time")
+            .expect("a valid block")
+            .expect("the node keeps the connection");
+        block.hash.to_string()
+    })
+}
+
+/// Stopping every node and starting them again keeps every log: the same
+/// heights and the same block hashes (checked from the stores while down,
+/// and through the nodes after), and the cluster goes on committing.
+#[test]
+fn stop_and_restart_all_keeps_logs() {
+    let _serial = serial();
+    let started = Instant::now();
+    let net = Testnet::up("restart-all", &[]);
+    net.load(RATE, 2.0);
+    let settled = net.wait_for(
+        "every node at the same height",
+        Duration::from_secs(10),
+        |h| h.iter().all(|x| x.is_some() && *x == h[0]),
+    );
+    let height = settled[0].unwrap_or(0);
+    assert!(height >= MIN_GROWTH, "only {height} blocks");
+    let hashes: Vec<String> = (0..4).map(|id| block_hash(&net, id, height)).collect();
+    assert!(hashes.iter().all(|h| *h == hashes[0]), "{hashes:?}");
+    net.ok("down", &[]);
+    net.assert_check("every node down (read from the stores)");
+    net.ok("up", &["--detach", "--idle"]);
+    let after = net.heights();
+    assert!(
+        after.iter().all(|h| h.is_some_and(|h| h >= height)),
+        "heights before {height}, after {after:?}"
+    );
+    for id in 0..4 {
+        assert_eq!(
+            block_hash(&net, id, height),
+            hashes[0],
+            "node {id} changed block {height}"
+        );
+    }
+    let report = net.load(RATE, 2.0);
+    assert!(
+        net.height() >= height + MIN_GROWTH,
+        "no progress after the restart: {report}"
+    );
+    net.assert_check("after the restart");
+    eprintln!(
+        "[restart-all] height {height} kept; {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// Beyond f the check must fail: two colluding nodes of four (with
+/// --allow-unsafe) show the two honest nodes different batches, both commit,
+/// and `bftnet check` exits non-zero naming the divergent height.
+#[test]
+fn colluding_majority_forks_and_check_reports_it() {
+    let _serial = serial();
+    let started = Instant::now();
+    let net = Testnet::up(
+        "collude",
+        &[
+            "--byzantine",
+            "0=collude",
+            "--byzantine",
+            "1=collude",
+            "--allow-unsafe",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let _ = net.run("load", &["--rate", "100", "--duration", "2s"]);
+        let (ok, text) = net.check();
+        if !ok {
+            assert!(
+                text.contains("FORK at height"),
+                "check failed without naming a fork:\n{text}"
+            );
+            assert!(
+                text.contains("node(s) 2") && text.contains("node(s) 3"),
+                "{text}"
+            );
+            eprintln!(
+                "[collude] bftnet check after {:.1} s:\n{text}",
+                started.elapsed().as_secs_f64()
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no fork within 90 s of collusion; last check:\n{text}"
+        );
+    }
+}
