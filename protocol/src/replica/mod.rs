@@ -14,6 +14,8 @@ mod metrics;
 mod normal_case;
 mod requests;
 mod state_transfer;
+#[cfg(test)]
+mod tests;
 mod view_change;
 
 pub use metrics::{DropReason, Metrics};

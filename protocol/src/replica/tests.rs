@@ -1,0 +1,152 @@
+//! Unit tests of the replica's bounds and rules, each driving one replica
+//! with validly signed messages from its peers.
+
+use super::*;
+use crate::certificate::QuorumCertificate;
+use crate::message::{Checkpoint, Prepare, Signable};
+use crate::storage::MemStorage;
+use crate::verify::{verify_message, BatchVerifier};
+use proptest::prelude::*;
+
+fn keys() -> Vec<KeyPair> {
+    (0..4)
+        .map(|i| KeyPair::from_seed([i as u8 + 1; 32]))
+        .collect()
+}
+
+fn committee() -> Committee {
+    Committee::new(&keys().iter().map(KeyPair::public).collect::<Vec<_>>()).unwrap()
+}
+
+/// Replica 2 (a backup in view 0), with its stable checkpoint at `low`.
+fn replica(low: u64) -> Replica {
+    let config = Config::default();
+    let setup = ReplicaSetup {
+        id: NodeId(2),
+        key: keys()[2].clone(),
+        committee: committee(),
+        config,
+        blocks: Arc::new(MemStorage::new()),
+    };
+    let recovered = Recovered {
+        stable_checkpoint: (low > 0).then(|| QuorumCertificate {
+            value: Checkpoint {
+                seq: SeqNum(low),
+                block_hash: Digest([1; 32]),
+            },
+            votes: Vec::new(),
+        }),
+        ..Recovered::default()
+    };
+    Replica::new(setup, recovered, Duration::ZERO).unwrap()
+}
+
+fn signed<T: Signable>(signer: u16, value: T) -> Signed<T> {
+    Signed::sign(NodeId(signer), value, &keys()[usize::from(signer)]).unwrap()
+}
+
+fn deliver(replica: &mut Replica, message: WireMessage) {
+    let from = message.signer();
+    let verified = verify_message(
+        message,
+        &committee(),
+        RequestMode::ClientSigned,
+        &mut BatchVerifier,
+    )
+    .unwrap();
+    replica.handle_message(Duration::from_millis(1), from, verified);
+}
+
+fn prepare(signer: u16, view: u64, seq: u64, digest: u8) -> WireMessage {
+    WireMessage::Prepare(signed(
+        signer,
+        Prepare {
+            view: View(view),
+            seq: SeqNum(seq),
+            digest: Digest([digest; 32]),
+        },
+    ))
+}
+
+use crate::verify::RequestMode;
+
+proptest! {
+    /// Watermarks: a prepare is kept iff its sequence is in (h, h + L];
+    /// anything else is dropped and counted, never stored.
+    #[test]
+    fn only_sequences_inside_the_window_are_kept(k in 0u64..1000, offset in 0u64..600) {
+        let low = k * 64;
+        let mut replica = replica(low);
+        let seq = low.saturating_sub(50) + offset;
+        deliver(&mut replica, prepare(1, 0, seq, 9));
+        let inside = seq > low && seq <= low + 256;
+        prop_assert_eq!(replica.status().active_slots, usize::from(inside));
+        prop_assert_eq!(replica.metrics().dropped_for(DropReason::OutsideWindow), u64::from(!inside));
+    }
+}
+
+/// A peer flooding messages for future views fills only its own bounded
+/// buffer; the overflow is dropped and counted.
+#[test]
+fn future_view_messages_are_bounded_per_peer() {
+    let mut replica = replica(0);
+    let cap = replica.config().max_future_messages_per_peer;
+    for seq in 1..=(cap as u64 + 50) {
+        deliver(&mut replica, prepare(1, 6, seq % 200 + 1, 7));
+    }
+    assert_eq!(replica.future.get(&NodeId(1)).map_or(0, |q| q.len()), cap);
+    assert_eq!(
+        replica.metrics().dropped_for(DropReason::FutureBufferFull),
+        50
+    );
+    assert_eq!(
+        replica.status().active_slots,
+        0,
+        "future messages touch no slot"
+    );
+}
+
+/// Two different prepares for one slot from one replica are evidence of
+/// equivocation; only the first counts.
+#[test]
+fn conflicting_votes_are_evidence() {
+    let mut replica = replica(0);
+    deliver(&mut replica, prepare(1, 0, 3, 1));
+    deliver(&mut replica, prepare(1, 0, 3, 2));
+    deliver(&mut replica, prepare(1, 0, 3, 1));
+    assert_eq!(replica.evidence().len(), 1);
+    assert_eq!(replica.evidence()[0].culprit(), NodeId(1));
+    assert_eq!(replica.metrics().evidence, 1);
+}
+
+/// The primary may not vote prepare in its own view.
+#[test]
+fn prepares_from_the_primary_are_refused() {
+    let mut replica = replica(0);
+    deliver(&mut replica, prepare(0, 0, 3, 1));
+    assert_eq!(replica.metrics().dropped_for(DropReason::WrongSender), 1);
+    assert_eq!(replica.status().active_slots, 0);
+}
+
+/// Checkpoint votes are bounded per peer: a replica spraying checkpoints at
+/// ever higher sequences keeps only its newest few.
+#[test]
+fn checkpoint_votes_are_bounded_per_peer() {
+    let mut replica = replica(0);
+    for i in 1..=100u64 {
+        let vote = signed(
+            1,
+            Checkpoint {
+                seq: SeqNum(i * 64),
+                block_hash: Digest([i as u8; 32]),
+            },
+        );
+        deliver(&mut replica, WireMessage::Checkpoint(vote));
+    }
+    let held: usize = replica
+        .checkpoint_votes
+        .values()
+        .map(|votes| votes.len())
+        .sum();
+    assert_eq!(held, 4);
+}
