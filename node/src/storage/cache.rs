@@ -28,6 +28,9 @@ pub(super) struct BlockCache {
     max_bytes: usize,
     bytes: usize,
     clock: u64,
+    /// Bumped by every [`Self::insert`]: a reader that decoded a block from
+    /// an older snapshot must not overwrite what a newer commit put here.
+    generation: u64,
 }
 
 impl BlockCache {
@@ -40,6 +43,7 @@ impl BlockCache {
             max_bytes,
             bytes: 0,
             clock: 0,
+            generation: 0,
         }
     }
 
@@ -56,6 +60,25 @@ impl BlockCache {
         Some((entry.block.clone(), entry.duplicates.clone()))
     }
 
+    /// The current generation, to pass to [`Self::insert_read`].
+    pub(super) fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Caches a block read from disk, unless anything was inserted since
+    /// `generation` (a commit may have replaced it meanwhile).
+    pub(super) fn insert_read(
+        &mut self,
+        generation: u64,
+        block: Arc<CommittedBlock>,
+        duplicates: Vec<u32>,
+        bytes: usize,
+    ) {
+        if generation == self.generation {
+            self.insert(block, duplicates, bytes);
+        }
+    }
+
     /// Caches a block whose encoding is `bytes` long, replacing any entry at
     /// its height. A block larger than the whole budget is not cached.
     pub(super) fn insert(
@@ -64,6 +87,7 @@ impl BlockCache {
         duplicates: Vec<u32>,
         bytes: usize,
     ) {
+        self.generation = self.generation.wrapping_add(1);
         let height = block.height();
         if let Some(old) = self.entries.remove(&height) {
             self.bytes = self.bytes.saturating_sub(old.bytes);
@@ -159,6 +183,15 @@ mod tests {
         cache.insert(block(4), vec![1], 5);
         assert_eq!(cache.get(SeqNum(4)).map(|(_, d)| d), Some(vec![1]));
         assert_eq!(cache.bytes, 5);
+
+        // A block read from an older snapshot does not replace a newer one.
+        let generation = cache.generation();
+        cache.insert(block(4), vec![2], 5);
+        cache.insert_read(generation, block(4), vec![1], 5);
+        assert_eq!(cache.get(SeqNum(4)).map(|(_, d)| d), Some(vec![2]));
+        let generation = cache.generation();
+        cache.insert_read(generation, block(6), vec![], 5);
+        assert!(cache.get(SeqNum(6)).is_some());
 
         let mut disabled = BlockCache::new(0, 100);
         disabled.insert(block(1), vec![], 1);

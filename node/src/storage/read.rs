@@ -61,9 +61,13 @@ impl DiskStorage {
         height: SeqNum,
     ) -> Result<Option<StoredBlock>, DiskStorageError> {
         let inner = &*self.inner;
-        if let Some(cached) = inner.cache().get(height) {
-            return Ok(Some(cached));
-        }
+        let generation = {
+            let mut cache = inner.cache();
+            if let Some(cached) = cache.get(height) {
+                return Ok(Some(cached));
+            }
+            cache.generation()
+        };
         let txn = inner.db.begin_read().map_err(|e| inner.backend(e))?;
         let blocks = txn.open_table(BLOCKS).map_err(|e| inner.backend(e))?;
         let mut pending = PendingBlock::new(height, None);
@@ -80,7 +84,7 @@ impl DiskStorage {
         let (stored, bytes) = pending.finish(inner, &txn)?;
         inner
             .cache()
-            .insert(stored.0.clone(), stored.1.clone(), bytes);
+            .insert_read(generation, stored.0.clone(), stored.1.clone(), bytes);
         Ok(Some(stored))
     }
 
