@@ -52,7 +52,7 @@ pub enum LoadError {
         /// "node config" or "cluster file".
         what: &'static str,
         /// The parser's message, with line and column.
-        source: toml::de::Error,
+        source: Box<toml::de::Error>,
     },
     /// A key file does not hold a bftd secret key.
     #[error("{path} does not hold a bftd secret key ({source}); create one with `bftd keygen --out {path}`")]
@@ -169,7 +169,7 @@ impl Cluster {
         let file: ClusterFile = toml::from_str(&text).map_err(|source| LoadError::Parse {
             path: path.to_owned(),
             what: "cluster file",
-            source,
+            source: Box::new(source),
         })?;
         Cluster::from_file(&file, path)
     }
@@ -328,7 +328,7 @@ impl NodeConfig {
         let file: NodeFile = toml::from_str(&text).map_err(|source| LoadError::Parse {
             path: path.to_owned(),
             what: "node config",
-            source,
+            source: Box::new(source),
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         let resolve = |p: &Path| {

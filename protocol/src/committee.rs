@@ -142,7 +142,7 @@ mod tests {
                 prop_assert_eq!(committee.quorum(), 2 * committee.f() + 1);
                 prop_assert_eq!(3 * committee.f() + 1, n);
                 let (q, f) = (committee.quorum(), committee.f());
-                prop_assert!(2 * q - n >= f + 1);
+                prop_assert!(2 * q - n > f, "quorums intersect in at least f + 1");
                 prop_assert!(n - f >= q);
                 prop_assert!(committee.weak_quorum() > f);
                 let primaries: std::collections::BTreeSet<_> =

@@ -131,7 +131,7 @@ impl Config {
             "window",
             "a multiple of checkpoint_interval, at least twice it",
             self.window,
-            self.window >= 2 * k && self.window % k == 0,
+            self.window >= 2 * k && self.window.is_multiple_of(k),
         )?;
         range(
             "pipeline",

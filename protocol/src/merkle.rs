@@ -137,7 +137,7 @@ impl MerkleProof {
             let sibling = position ^ 1;
             if sibling < width {
                 let other = siblings.next()?;
-                hash = if position % 2 == 0 {
+                hash = if position.is_multiple_of(2) {
                     node(&hash, other)
                 } else {
                     node(other, &hash)

@@ -216,6 +216,12 @@ impl BlockSource for MemStorage {
 /// implementation's tests with a fresh store and a function that "restarts" it
 /// (reopens from disk, or clones the shared memory).
 #[cfg(any(test, feature = "test-suite"))]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 pub mod suite {
     use super::*;
     use crate::block::Block;
@@ -276,11 +282,11 @@ pub mod suite {
         assert_eq!(store.last_height(), SeqNum(0));
 
         // Everything applied survives a restart.
-        let mut safety = SafetyState::default();
-        safety.view = View(3);
-        safety
-            .accepted
-            .insert(SeqNum(7), (View(3), Digest([7; 32])));
+        let safety = SafetyState {
+            view: View(3),
+            accepted: [(SeqNum(7), (View(3), Digest([7; 32])))].into(),
+            ..SafetyState::default()
+        };
         let batch = Arc::new(Batch::default());
         store
             .apply(

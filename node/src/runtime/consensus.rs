@@ -262,7 +262,7 @@ impl Consensus {
                     }
                 }
                 ReplyOutcome::Committed { height } => {
-                    if !trees.contains_key(&height) {
+                    if let std::collections::hash_map::Entry::Vacant(entry) = trees.entry(height) {
                         let found = delivered
                             .iter()
                             .find(|d| d.block.height() == height)
@@ -276,7 +276,7 @@ impl Consensus {
                             continue;
                         };
                         let tree = MerkleTree::new(&block.block.batch);
-                        trees.insert(height, (block, duplicates, tree));
+                        entry.insert((block, duplicates, tree));
                     }
                     let Some((block, duplicates, tree)) = trees.get(&height) else {
                         continue;

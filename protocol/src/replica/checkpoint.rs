@@ -30,7 +30,7 @@ impl Replica {
         if seq <= self.low_watermark() {
             return;
         }
-        if seq.0 % self.config.checkpoint_interval != 0 {
+        if !seq.0.is_multiple_of(self.config.checkpoint_interval) {
             self.drop_input(DropReason::InvalidCheckpoint);
             return;
         }

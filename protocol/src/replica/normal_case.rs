@@ -377,7 +377,7 @@ impl Replica {
             self.next_seq = height.next();
         }
         self.actions.deliver.push(Delivery { block, duplicates });
-        if height.0 % self.config.checkpoint_interval == 0 {
+        if height.0.is_multiple_of(self.config.checkpoint_interval) {
             self.checkpoint_hashes.insert(height, hash);
             self.send_checkpoint(height, hash);
         }

@@ -204,10 +204,7 @@ impl<'a> World<'a> {
     }
 
     fn start(&mut self, id: NodeId) {
-        let recovered = match self.nodes[id.index()].storage.recover() {
-            Ok(recovered) => recovered,
-            Err(_) => Recovered::default(),
-        };
+        let recovered = self.nodes[id.index()].storage.recover().unwrap_or_default();
         match Replica::new(self.setup(id), recovered, self.now) {
             Ok(mut replica) => {
                 if self.config.break_quorum {
