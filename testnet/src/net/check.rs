@@ -82,6 +82,12 @@ impl CheckReport {
             .map(|node| format!("{}:{}", node.id, node.height))
             .collect::<Vec<_>>()
             .join(" ");
+        if self.ok() && self.nodes.iter().all(|node| node.height == 0) {
+            return format!(
+                "ok: no blocks committed yet ({} honest nodes read)",
+                self.nodes.len()
+            );
+        }
         if self.ok() {
             let requests = self.nodes.iter().map(|n| n.requests).max().unwrap_or(0);
             return format!(

@@ -8,8 +8,8 @@ use super::launch::{
     shutdown_signal, start_node, start_proxy, stop_all, wait_healthy,
 };
 use super::layout::{
-    assign_behaviours, generate, read_faults, unsafe_warning, write_faults, write_node_files,
-    ByzantineArg, Layout, State,
+    assign_behaviours, behaviours, generate, read_faults, unsafe_warning, write_faults,
+    write_node_files, ByzantineArg, Layout, State,
 };
 use super::live::{render_table, snapshot, watch};
 use super::load::{self, LoadOptions, LoadReport};
@@ -103,21 +103,26 @@ fn prepare(layout: &Layout, options: &UpOptions, bftd: &Path) -> Result<(State, 
             Ok((state, true))
         }
         Err(NetError::NoTestnet { .. }) => {
-            let occupied =
-                std::fs::read_dir(&layout.dir).is_ok_and(|mut entries| entries.next().is_some());
+            let occupied = std::fs::read_dir(&layout.dir).is_ok_and(|entries| {
+                entries
+                    .flatten()
+                    .any(|entry| entry.file_name() != super::layout::LOCK_FILE)
+            });
             if occupied {
                 return Err(NetError::NotATestnet {
                     dir: layout.dir.clone(),
                 });
             }
             let n = options.n.unwrap_or(4);
-            if n == 0 || n % 3 != 1 {
+            if n == 0 || n % 3 != 1 || n > 301 {
                 return Err(NetError::BadArgument {
                     flag: "-n",
                     value: n.to_string(),
-                    reason: "n must be 3f + 1: 1, 4, 7, 10, ... (or give -f F)".into(),
+                    reason: "n must be 3f + 1: 1, 4, 7, 10, ... up to 301 (or give -f F)".into(),
                 });
             }
+            // Refuse bad --byzantine values before writing anything.
+            behaviours(n, &options.byzantine, options.allow_unsafe)?;
             Ok((generate(layout, n, options.request_mode, bftd)?, false))
         }
         Err(error) => Err(error),
@@ -129,7 +134,19 @@ pub async fn up(options: UpOptions) -> Result<(), NetError> {
     let layout = Layout::new(&options.dir);
     let bftd = find_bftd()?;
     let bftnet = find_bftnet()?;
-    let (mut state, resumed) = prepare(&layout, &options, &bftd)?;
+    let fresh = !layout.dir.exists();
+    std::fs::create_dir_all(&layout.dir).map_err(NetError::io("create", &layout.dir))?;
+    let lock = layout.lock()?;
+    let (mut state, resumed) = match prepare(&layout, &options, &bftd) {
+        Ok(prepared) => prepared,
+        Err(error) => {
+            // Leave no half-made testnet behind.
+            if fresh {
+                let _ = std::fs::remove_dir_all(&layout.dir);
+            }
+            return Err(error);
+        }
+    };
     assign_behaviours(&mut state, &options.byzantine, options.allow_unsafe)?;
     state.request_mode = options.request_mode;
     if state.byzantine_count() > state.f {
@@ -159,6 +176,7 @@ pub async fn up(options: UpOptions) -> Result<(), NetError> {
         reap(children);
         return Err(error);
     }
+    drop(lock);
     print_summary(&layout, &state, &options);
     if options.detach {
         return Ok(());
@@ -173,7 +191,9 @@ pub async fn up(options: UpOptions) -> Result<(), NetError> {
         load.stop();
     }
     eprintln!("stopping the testnet ...");
+    let lock = layout.lock()?;
     let stopped = stop_testnet(&layout);
+    drop(lock);
     reap(children);
     eprintln!(
         "stopped {stopped}. Data kept in {}: `bftnet up{}` resumes it, `bftnet down --clean{}` deletes it.",
@@ -270,23 +290,54 @@ fn print_summary(layout: &Layout, state: &State, options: &UpOptions) {
         if faults.is_empty() { "clean".into() } else { faults },
         layout.cluster().display()
     ));
+    let suggestions = [
+        (
+            format!("bftnet status{dir}"),
+            "heights, views, who is primary",
+        ),
+        (
+            format!("bftnet submit{dir} hello world"),
+            "order two transactions",
+        ),
+        (
+            format!("bftnet load{dir} --rate 500 --duration 10s"),
+            "open-loop load, latency percentiles",
+        ),
+        (
+            format!("bftnet kill{dir} 0"),
+            "SIGKILL the primary: watch the view change",
+        ),
+        (
+            format!("bftnet restart{dir} 0 --byzantine equivocate"),
+            "bring it back as a liar",
+        ),
+        (
+            format!("bftnet partition{dir} 0,1/2,3"),
+            "no side has a quorum: commits stop",
+        ),
+        (format!("bftnet heal{dir}"), "and they resume"),
+        (
+            format!("bftnet check{dir}"),
+            "honest logs agree, certificates verify",
+        ),
+        (format!("bftnet down{dir}"), "stop everything (data kept)"),
+    ];
+    let width = suggestions
+        .iter()
+        .map(|(command, _)| command.len())
+        .max()
+        .unwrap_or(0);
     out.push_str(&format!(
-        "\nnext, {}:\n  \
-         bftnet status{dir}                       heights, views, who is primary\n  \
-         bftnet submit{dir} hello world           order two transactions\n  \
-         bftnet load{dir} --rate 500 --duration 10s\n  \
-         bftnet kill{dir} 0                       SIGKILL the primary, watch the view change\n  \
-         bftnet restart{dir} 0 --byzantine equivocate\n  \
-         bftnet partition{dir} 0,1/2,3            no side has a quorum: commits stop\n  \
-         bftnet heal{dir}\n  \
-         bftnet check{dir}                        honest logs agree, certificates verify\n  \
-         bftnet down{dir}\n",
+        "\nnext, {}:\n",
         if options.detach {
             "the testnet keeps running"
         } else {
             "in another terminal"
         }
     ));
+    for (command, what) in suggestions {
+        out.push_str(&format!("  {command:<width$}   # {what}\n"));
+    }
     if !options.detach {
         out.push_str("Ctrl-C stops every node and the proxy (data is kept).\n");
     }
@@ -296,6 +347,7 @@ fn print_summary(layout: &Layout, state: &State, options: &UpOptions) {
 
 /// Stops every process of the testnet in `layout` (nodes first, then the
 /// proxy) and clears their PIDs. Returns what was stopped, for messages.
+/// The caller holds the directory's lock.
 pub fn stop_testnet(layout: &Layout) -> String {
     let Ok(mut state) = State::load(layout) else {
         return "nothing (no state file)".into();
@@ -335,7 +387,9 @@ pub fn stop_testnet(layout: &Layout) -> String {
 pub fn down(dir: &Path, clean: bool) -> Result<(), NetError> {
     let layout = Layout::new(dir);
     State::load(&layout)?;
+    let lock = layout.lock()?;
     let stopped = stop_testnet(&layout);
+    drop(lock);
     if clean {
         std::fs::remove_dir_all(&layout.dir).map_err(NetError::io("remove", &layout.dir))?;
         println!("stopped {stopped}; removed {}", layout.dir.display());
@@ -497,6 +551,8 @@ pub async fn load(dir: &Path, args: LoadArgs) -> Result<LoadReport, NetError> {
 /// `bftnet kill`.
 pub async fn kill(dir: &Path, id: u16) -> Result<(), NetError> {
     let layout = Layout::new(dir);
+    State::load(&layout)?;
+    let _lock = layout.lock()?;
     let mut state = State::load(&layout)?;
     let node = state.node(id)?.clone();
     let Some(pid) = node.pid.filter(|_| node_alive(&layout, &state, id)) else {
@@ -541,6 +597,8 @@ pub async fn restart(
     timeout: Duration,
 ) -> Result<(), NetError> {
     let layout = Layout::new(dir);
+    State::load(&layout)?;
+    let _lock = layout.lock()?;
     let mut state = State::load(&layout)?;
     state.node(id)?;
     if !proxy_alive(&layout, &state) {
@@ -600,6 +658,7 @@ pub async fn restart(
 pub fn partition(dir: &Path, spec: &str) -> Result<(), NetError> {
     let layout = Layout::new(dir);
     let state = State::load(&layout)?;
+    let _lock = layout.lock()?;
     let blocked = parse_partition(spec, state.n).map_err(|reason| NetError::BadArgument {
         flag: "partition",
         value: spec.to_owned(),
@@ -630,6 +689,7 @@ pub fn partition(dir: &Path, spec: &str) -> Result<(), NetError> {
 pub fn heal(dir: &Path) -> Result<(), NetError> {
     let layout = Layout::new(dir);
     State::load(&layout)?;
+    let _lock = layout.lock()?;
     let mut faults = read_faults(&layout);
     let had = faults.partition.take();
     faults.blocked.clear();

@@ -79,6 +79,39 @@ impl Layout {
     }
 }
 
+/// The lock file's name.
+pub const LOCK_FILE: &str = ".lock";
+
+/// An exclusive lock on a testnet directory, held while a command changes
+/// its processes or state file, so two commands (`kill` from one terminal,
+/// `restart` from another) never lose each other's PIDs. Released on drop.
+#[derive(Debug)]
+pub struct StateLock {
+    _file: std::fs::File,
+}
+
+impl Layout {
+    /// Takes the directory's lock, waiting for another command holding it.
+    /// The directory must exist.
+    pub fn lock(&self) -> Result<StateLock, NetError> {
+        let path = self.dir.join(LOCK_FILE);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(NetError::io("open", &path))?;
+        if let Err(std::fs::TryLockError::WouldBlock) = file.try_lock() {
+            eprintln!(
+                "waiting for another bftnet command working on {} ...",
+                self.dir.display()
+            );
+            file.lock().map_err(NetError::io("lock", &path))?;
+        }
+        Ok(StateLock { _file: file })
+    }
+}
+
 /// One node as the testnet knows it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NodeState {
@@ -231,7 +264,33 @@ pub fn assign_behaviours(
     byzantine: &[ByzantineArg],
     allow_unsafe: bool,
 ) -> Result<(), NetError> {
-    let n = state.n;
+    let behaviours = behaviours(state.n, byzantine, allow_unsafe)?;
+    let colluders: Vec<u16> = behaviours
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.as_ref() == Some(&Behaviour::Collude))
+        .map(|(id, _)| id as u16)
+        .collect();
+    for (node, behaviour) in state.nodes.iter_mut().zip(behaviours) {
+        node.colluders = if behaviour == Some(Behaviour::Collude) {
+            colluders.clone()
+        } else {
+            Vec::new()
+        };
+        node.behaviour = behaviour.map(|b| b.to_string());
+    }
+    state.allow_unsafe = allow_unsafe;
+    Ok(())
+}
+
+/// Each node's behaviour for `n` nodes, checked as [`assign_behaviours`]
+/// says (callable before any file exists).
+pub fn behaviours(
+    n: usize,
+    byzantine: &[ByzantineArg],
+    allow_unsafe: bool,
+) -> Result<Vec<Option<Behaviour>>, NetError> {
+    let f = n.saturating_sub(1) / 3;
     let mut behaviours: Vec<Option<Behaviour>> = vec![None; n];
     for arg in byzantine {
         let value = format!("{}={}", arg.id, arg.behaviour);
@@ -253,29 +312,10 @@ pub fn assign_behaviours(
         *slot = Some(arg.behaviour.clone());
     }
     let count = behaviours.iter().flatten().count();
-    if count > state.f && !allow_unsafe {
-        return Err(NetError::Unsafe {
-            count,
-            f: state.f,
-            n,
-        });
+    if count > f && !allow_unsafe {
+        return Err(NetError::Unsafe { count, f, n });
     }
-    let colluders: Vec<u16> = behaviours
-        .iter()
-        .enumerate()
-        .filter(|(_, b)| b.as_ref() == Some(&Behaviour::Collude))
-        .map(|(id, _)| id as u16)
-        .collect();
-    for (node, behaviour) in state.nodes.iter_mut().zip(behaviours) {
-        node.colluders = if behaviour == Some(Behaviour::Collude) {
-            colluders.clone()
-        } else {
-            Vec::new()
-        };
-        node.behaviour = behaviour.map(|b| b.to_string());
-    }
-    state.allow_unsafe = allow_unsafe;
-    Ok(())
+    Ok(behaviours)
 }
 
 /// What can break with more than f liars, printed when `--allow-unsafe`

@@ -225,6 +225,23 @@ struct Slot {
     /// Bumped when the connection is given up: requests in flight on it
     /// fail at once instead of waiting for their timeout.
     generation: watch::Sender<u64>,
+    /// When the node last answered anything (receipt, refusal, status): an
+    /// overloaded node answers status late but still sends receipts, and
+    /// must not be taken for dead.
+    last_answer: Mutex<Instant>,
+}
+
+impl Slot {
+    fn answered(&self) {
+        *self.last_answer.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+
+    fn silent_for(&self) -> Duration {
+        self.last_answer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed()
+    }
 }
 
 /// A running load: the counters update live; [`Load::finish`] waits for the
@@ -290,6 +307,7 @@ pub async fn start(
                 client: RwLock::new(client),
                 reconnecting: false.into(),
                 generation: watch::channel(0).0,
+                last_answer: Mutex::new(Instant::now()),
             }));
         }
     }
@@ -340,6 +358,7 @@ fn reconnect(cluster: Cluster, slot: Arc<Slot>, failed: &Arc<Client>, timeout: D
             let key = KeyPair::generate(&mut rand::rngs::OsRng);
             if let Ok(mut client) = Client::connect(&cluster, slot.node, key).await {
                 client.set_timeout(timeout);
+                slot.answered();
                 *slot.client.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(client));
                 slot.reconnecting.store(false, Ordering::Release);
                 return;
@@ -415,11 +434,14 @@ async fn offer(
                     result = client.submit(payload) => result.map(|_| start.elapsed()),
                     _ = given_up.changed() => Err(ClientError::Disconnected),
                 };
-                if matches!(
-                    result,
-                    Err(ClientError::Disconnected) | Err(ClientError::Transport(_))
-                ) {
-                    reconnect(cluster, slot, &client, timeout);
+                match &result {
+                    Ok(_) | Err(ClientError::Rejected(_)) | Err(ClientError::InvalidReceipt(_)) => {
+                        slot.answered()
+                    }
+                    Err(ClientError::Disconnected) | Err(ClientError::Transport(_)) => {
+                        reconnect(cluster, slot, &client, timeout)
+                    }
+                    Err(_) => {}
                 }
                 counters.record(result);
                 drop(permit);
@@ -452,10 +474,12 @@ async fn probe(cluster: Cluster, slot: Arc<Slot>, timeout: Duration) {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let Some(client) = client else { continue };
-        if !matches!(
+        if matches!(
             tokio::time::timeout(PROBE_TIMEOUT, client.status()).await,
             Ok(Ok(_))
         ) {
+            slot.answered();
+        } else if slot.silent_for() >= PROBE_TIMEOUT {
             reconnect(cluster.clone(), slot.clone(), &client, timeout);
         }
     }
