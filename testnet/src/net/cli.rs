@@ -78,6 +78,7 @@ pub enum NetCommand {
     /// Examples:
     ///   bftnet load --rate 1000 --duration 30s --size 256
     ///   bftnet load --rate 200 --duration 5s --json
+    ///   bftnet load --rate 50000 --max-in-flight 1000   (capacity: closed loop)
     #[command(verbatim_doc_comment)]
     Load {
         #[command(flatten)]
@@ -94,6 +95,11 @@ pub enum NetCommand {
         /// Client connections per honest node.
         #[arg(long, default_value_t = 2)]
         clients: usize,
+        /// Most requests waiting for receipts; more are not sent (counted).
+        /// A small window with a high --rate measures capacity without
+        /// burying the cluster under a backlog.
+        #[arg(long, default_value_t = 20_000)]
+        max_in_flight: usize,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -355,6 +361,7 @@ async fn dispatch(command: NetCommand) -> Result<ExitCode, NetError> {
             duration,
             size,
             clients,
+            max_in_flight,
             json,
         } => {
             if !(rate > 0.0 && rate <= 10_000_000.0) {
@@ -378,6 +385,7 @@ async fn dispatch(command: NetCommand) -> Result<ExitCode, NetError> {
                     duration,
                     size,
                     clients: clients.max(1),
+                    max_in_flight: max_in_flight.max(1),
                     json,
                 },
             )

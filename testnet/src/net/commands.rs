@@ -480,6 +480,8 @@ pub struct LoadArgs {
     pub size: usize,
     /// Clients per honest node.
     pub clients: usize,
+    /// Most requests awaiting receipts.
+    pub max_in_flight: usize,
     /// Print the report as JSON.
     pub json: bool,
 }
@@ -503,6 +505,7 @@ pub async fn load(dir: &Path, args: LoadArgs) -> Result<LoadReport, NetError> {
         duration: Some(args.duration),
         size: args.size,
         clients_per_node: args.clients,
+        max_in_flight: args.max_in_flight,
         ..LoadOptions::default()
     };
     eprintln!(

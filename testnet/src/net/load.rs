@@ -210,10 +210,12 @@ impl LoadReport {
     }
 }
 
-/// A client whose node does not answer a status query this fast is taken
-/// for dead (a SIGKILLed node sends no close; QUIC would only notice after
+/// A client whose node does not answer a status query this fast, and has
+/// sent nothing else for [`PROBE_SILENCE`], is taken for dead (a SIGKILLed node sends no close; QUIC would only notice after
 /// its idle timeout) and replaced.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// ... and has not answered anything else for this long either.
+const PROBE_SILENCE: Duration = Duration::from_secs(5);
 /// How often each connection is probed.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -479,7 +481,7 @@ async fn probe(cluster: Cluster, slot: Arc<Slot>, timeout: Duration) {
             Ok(Ok(_))
         ) {
             slot.answered();
-        } else if slot.silent_for() >= PROBE_TIMEOUT {
+        } else if slot.silent_for() >= PROBE_SILENCE {
             reconnect(cluster.clone(), slot.clone(), &client, timeout);
         }
     }
