@@ -1,17 +1,16 @@
 //! The consensus task: the only owner of the replica. It takes verified
-//! inputs, lets the replica step, makes the step's records durable in one
-//! write (group commit), and only then sends what the step produced.
+//! inputs, lets the replica step, and hands what the step produced to the
+//! durability worker (`durable.rs`), which makes the step's records durable
+//! and only then sends its messages. Consensus never waits for a disk.
 
+use super::durable::{Answer, Outbound, Step};
 use super::metrics::{NodeMetrics, Snapshot};
 use super::Shared;
-use crate::client_api::{NodeMessage, Receipt, Rejection};
-use crate::storage::DiskStorage;
-use crate::transport::{Bytes, SendError, Transport};
-use bftd_protocol::merkle::MerkleTree;
-use bftd_protocol::replica::{ClientReply, RejectReason, ReplyOutcome};
+use crate::client_api::{NodeMessage, Rejection};
+use crate::transport::Bytes;
+use bftd_protocol::replica::ClientReply;
 use bftd_protocol::{
-    codec, BlockSource, CommittedBlock, Delivery, Destination, NodeId, Outgoing, Replica,
-    RequestKey, SeqNum, SignedRequest, Storage, Verified, WireMessage,
+    codec, NodeId, Outgoing, Replica, RequestKey, SignedRequest, Verified, WireMessage,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -34,10 +33,10 @@ pub(crate) enum Input {
 }
 
 /// A client waiting for its request's outcome.
-struct Waiter {
-    reply_to: mpsc::Sender<NodeMessage>,
-    received: Instant,
-    request: SignedRequest,
+pub(crate) struct Waiter {
+    pub reply_to: mpsc::Sender<NodeMessage>,
+    pub received: Instant,
+    pub request: SignedRequest,
 }
 
 /// Most inputs handled before one durable write: bounds the latency a big
@@ -48,11 +47,9 @@ const MAX_WAITERS_PER_REQUEST: usize = 4;
 
 pub(crate) struct Consensus {
     pub replica: Replica,
-    pub storage: DiskStorage,
-    pub transport: Transport,
     pub shared: Arc<Shared>,
     pub inputs: mpsc::Receiver<Input>,
-    pub height: watch::Sender<SeqNum>,
+    pub writer: mpsc::Sender<Step>,
     pub shutdown: watch::Receiver<bool>,
     pub started: Instant,
     #[cfg(feature = "byzantine")]
@@ -61,24 +58,19 @@ pub(crate) struct Consensus {
 }
 
 impl Consensus {
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         replica: Replica,
-        storage: DiskStorage,
-        transport: Transport,
         shared: Arc<Shared>,
         inputs: mpsc::Receiver<Input>,
-        height: watch::Sender<SeqNum>,
+        writer: mpsc::Sender<Step>,
         shutdown: watch::Receiver<bool>,
         started: Instant,
     ) -> Consensus {
         Consensus {
             replica,
-            storage,
-            transport,
             shared,
             inputs,
-            height,
+            writer,
             shutdown,
             started,
             #[cfg(feature = "byzantine")]
@@ -98,7 +90,7 @@ impl Consensus {
     /// Runs until shutdown, or until storage fails (then the node must stop:
     /// it can no longer promise what it signs is durable).
     pub(crate) async fn run(mut self) -> Result<(), bftd_protocol::StorageError> {
-        self.step_done()?;
+        self.step_done().await?;
         loop {
             let deadline = self
                 .replica
@@ -124,7 +116,7 @@ impl Consensus {
                 }
                 _ = self.shutdown.changed() => return Ok(()),
             }
-            self.step_done()?;
+            self.step_done().await?;
         }
     }
 
@@ -167,20 +159,35 @@ impl Consensus {
         }
     }
 
-    /// After a step: persist, send, reply, publish.
-    fn step_done(&mut self) -> Result<(), bftd_protocol::StorageError> {
+    /// After a step: hand what the step produced to the durability worker
+    /// (which writes it, then sends and replies), and publish the status.
+    async fn step_done(&mut self) -> Result<(), bftd_protocol::StorageError> {
         let actions = self.replica.drain_actions();
-        if !actions.persist.is_empty() || !actions.deliver.is_empty() {
-            let started = Instant::now();
-            let storage = &mut self.storage;
-            tokio::task::block_in_place(|| storage.apply(&actions.persist, &actions.deliver))?;
-            self.metrics().storage_apply.observe(started.elapsed());
-        }
-        self.send(actions.send);
+        let sends = self.encode(actions.send);
         let replies = self.tamper_replies(actions.replies);
-        self.reply(&actions.deliver, replies);
-        if let Some(last) = actions.deliver.last() {
-            self.height.send_replace(last.block.height());
+        let answers = replies
+            .into_iter()
+            .filter_map(|reply| {
+                let key = RequestKey {
+                    client: reply.client,
+                    request_id: reply.request_id,
+                };
+                let waiters = self.waiting.remove(&key)?;
+                Some(Answer {
+                    waiters,
+                    request_id: reply.request_id,
+                    outcome: reply.outcome,
+                })
+            })
+            .collect();
+        let step = Step {
+            persist: actions.persist,
+            deliver: actions.deliver,
+            sends,
+            answers,
+        };
+        if !step.is_empty() && self.writer.send(step).await.is_err() {
+            return Err(self.shared.storage_failure());
         }
         self.metrics().publish(Snapshot {
             status: self.replica.status(),
@@ -203,127 +210,34 @@ impl Consensus {
         replies
     }
 
-    fn send(&mut self, sends: Vec<Outgoing>) {
+    /// Encodes each message once (a broadcast shares its bytes), through the
+    /// byzantine layer if this node lies.
+    fn encode(&mut self, sends: Vec<Outgoing>) -> Vec<Outbound> {
         #[cfg(feature = "byzantine")]
         if let Some(adversary) = self.adversary.as_mut() {
-            for emission in adversary.tamper(sends) {
-                let transport = self.transport.clone();
-                let bytes = Bytes::from(emission.bytes);
-                let to = emission.to;
-                if emission.delay.is_zero() {
-                    transmit(&transport, &self.shared.metrics, to, bytes);
-                } else {
-                    let shared = self.shared.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(emission.delay).await;
-                        transmit(&transport, &shared.metrics, to, bytes);
-                    });
-                }
-            }
-            return;
+            return adversary
+                .tamper(sends)
+                .into_iter()
+                .map(|emission| Outbound {
+                    delay: emission.delay,
+                    to: emission.to,
+                    bytes: Bytes::from(emission.bytes),
+                })
+                .collect();
         }
-        for outgoing in sends {
-            match codec::encode(&outgoing.message) {
-                Ok(bytes) => transmit(
-                    &self.transport,
-                    self.metrics(),
-                    outgoing.to,
-                    Bytes::from(bytes),
-                ),
-                Err(error) => tracing::error!(%error, "cannot encode an outgoing message"),
-            }
-        }
-    }
-
-    /// Answers local clients: a verifiable receipt for each committed
-    /// request, a rejection otherwise.
-    fn reply(&mut self, delivered: &[Delivery], replies: Vec<ClientReply>) {
-        let mut trees: HashMap<SeqNum, (Arc<CommittedBlock>, Vec<u32>, MerkleTree)> =
-            HashMap::new();
-        for reply in replies {
-            let key = RequestKey {
-                client: reply.client,
-                request_id: reply.request_id,
-            };
-            let Some(waiters) = self.waiting.remove(&key) else {
-                continue;
-            };
-            let message = match reply.outcome {
-                ReplyOutcome::Rejected(reason) => {
-                    let reason = match reason {
-                        RejectReason::Busy => Rejection::Busy,
-                        RejectReason::Stale => Rejection::Stale,
-                        RejectReason::TooLarge => Rejection::TooLarge,
-                    };
-                    self.metrics().rejected(reason);
-                    NodeMessage::Rejected {
-                        request_id: reply.request_id,
-                        reason,
-                    }
+        sends
+            .into_iter()
+            .filter_map(|outgoing| match codec::encode(&outgoing.message) {
+                Ok(bytes) => Some(Outbound {
+                    delay: Duration::ZERO,
+                    to: outgoing.to,
+                    bytes: Bytes::from(bytes),
+                }),
+                Err(error) => {
+                    tracing::error!(%error, "cannot encode an outgoing message");
+                    None
                 }
-                ReplyOutcome::Committed { height } => {
-                    if let std::collections::hash_map::Entry::Vacant(entry) = trees.entry(height) {
-                        let found = delivered
-                            .iter()
-                            .find(|d| d.block.height() == height)
-                            .map(|d| (d.block.clone(), d.duplicates.clone()))
-                            .or_else(|| {
-                                self.storage
-                                    .block(height)
-                                    .map(|b| (b, self.storage.duplicates(height)))
-                            });
-                        let Some((block, duplicates)) = found else {
-                            continue;
-                        };
-                        let tree = MerkleTree::new(&block.block.batch);
-                        entry.insert((block, duplicates, tree));
-                    }
-                    let Some((block, duplicates, tree)) = trees.get(&height) else {
-                        continue;
-                    };
-                    let Some(first) = waiters.first() else {
-                        continue;
-                    };
-                    // The request's own position (not a later duplicate of
-                    // it). A lying shell could name the wrong block; the
-                    // client's check of the proof then fails.
-                    let index = block
-                        .block
-                        .batch
-                        .requests
-                        .iter()
-                        .enumerate()
-                        .position(|(i, r)| r == &first.request && !duplicates.contains(&(i as u32)))
-                        .unwrap_or(0);
-                    NodeMessage::Receipt(Receipt::new(block, tree, index, reply.request_id))
-                }
-            };
-            for waiter in waiters {
-                if matches!(message, NodeMessage::Receipt(_)) {
-                    self.metrics()
-                        .commit_latency
-                        .observe(waiter.received.elapsed());
-                }
-                if waiter.reply_to.try_send(message.clone()).is_err() {
-                    self.metrics()
-                        .replies_dropped
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-            }
-        }
-    }
-}
-
-fn transmit(transport: &Transport, metrics: &NodeMetrics, to: Destination, bytes: Bytes) {
-    match to {
-        Destination::AllOthers => transport.broadcast(bytes),
-        Destination::To(peer) => match transport.send(peer, bytes) {
-            Ok(()) | Err(SendError::UnknownPeer { .. }) => {}
-            Err(_) => {
-                metrics
-                    .send_dropped
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-        },
+            })
+            .collect()
     }
 }

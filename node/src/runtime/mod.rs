@@ -13,6 +13,7 @@
 
 mod clients;
 mod consensus;
+mod durable;
 mod http;
 mod ingress;
 pub mod metrics;
@@ -35,6 +36,9 @@ use tokio::task::JoinHandle;
 
 /// Inputs queued for the consensus task.
 const INPUT_QUEUE: usize = 8192;
+/// Steps queued for the durability worker; when full, consensus waits
+/// (backpressure from a slow disk).
+const STEP_QUEUE: usize = 256;
 
 /// Receives committed blocks, in height order, exactly once each, when bftd
 /// is embedded as a library.
@@ -72,6 +76,9 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
+    /// The durability worker thread could not be started.
+    #[error("cannot start the storage thread: {0}")]
+    Thread(std::io::Error),
     /// A byzantine behaviour was asked for but cannot be used.
     #[error("byzantine behaviour `{behaviour}`: {reason}")]
     Byzantine {
@@ -90,9 +97,27 @@ pub(crate) struct Shared {
     pub id: u16,
     pub byzantine: Option<String>,
     transport: Mutex<Option<Transport>>,
+    /// Set by the durability worker when storage fails.
+    fatal: Mutex<Option<String>>,
 }
 
 impl Shared {
+    pub(crate) fn fail(&self, error: String) {
+        *self.fatal.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
+    }
+
+    pub(crate) fn storage_failure(&self) -> StorageError {
+        let message = self
+            .fatal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or_else(|| "the durability worker stopped".into());
+        StorageError {
+            source: message.into(),
+        }
+    }
+
     pub(crate) fn transport_stats(&self) -> TransportStats {
         self.transport
             .lock()
@@ -232,6 +257,7 @@ pub async fn start(
         id: config.id.0,
         byzantine: config.byzantine.clone(),
         transport: Mutex::new(None),
+        fatal: Mutex::new(None),
     });
     let metrics_listener = match config.metrics {
         Some(address) => Some(
@@ -263,14 +289,25 @@ pub async fn start(
     let (inputs_tx, inputs) = mpsc::channel::<Input>(INPUT_QUEUE);
     let (height_tx, height) = watch::channel(storage.last_height());
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let (writer, steps) = mpsc::channel(STEP_QUEUE);
+    let worker = durable::Worker {
+        storage: storage.clone(),
+        transport: transport.clone(),
+        shared: shared.clone(),
+        height: height_tx,
+        runtime: tokio::runtime::Handle::current(),
+        steps,
+    };
+    std::thread::Builder::new()
+        .name(format!("bftd-durable-{}", config.id.0))
+        .spawn(move || worker.run())
+        .map_err(StartError::Thread)?;
     #[allow(unused_mut)]
     let mut consensus = Consensus::new(
         replica,
-        storage.clone(),
-        transport.clone(),
         shared.clone(),
         inputs,
-        height_tx,
+        writer,
         shutdown_rx,
         started,
     );

@@ -1,0 +1,211 @@
+//! The durability worker: group commit, then send.
+//!
+//! Consensus hands over each step's records, deliveries, messages and client
+//! answers. The worker takes every step waiting, writes all their records in
+//! one transaction (one fsync), and only then sends their messages and
+//! answers their clients, in step order. So nothing a step signed leaves
+//! before the state that covers it is durable, no client hears of a block
+//! before it is on disk — and consensus itself never waits for the disk: a
+//! slower disk makes bigger groups, not a slower protocol loop.
+
+use super::consensus::Waiter;
+use super::metrics::NodeMetrics;
+use super::Shared;
+use crate::client_api::{NodeMessage, Receipt, Rejection};
+use crate::storage::DiskStorage;
+use crate::transport::{Bytes, SendError, Transport};
+use bftd_protocol::merkle::MerkleTree;
+use bftd_protocol::replica::{RejectReason, ReplyOutcome};
+use bftd_protocol::{BlockSource, CommittedBlock, Delivery, Destination, Record, SeqNum, Storage};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+
+/// Steps written together at most: bounds one write's size and latency.
+const MAX_GROUP: usize = 64;
+
+/// A message ready for the wire.
+pub(crate) struct Outbound {
+    pub delay: Duration,
+    pub to: Destination,
+    pub bytes: Bytes,
+}
+
+/// The outcome of a request, for the clients waiting on it.
+pub(crate) struct Answer {
+    pub waiters: Vec<Waiter>,
+    pub request_id: u64,
+    pub outcome: ReplyOutcome,
+}
+
+/// What one replica step produced.
+pub(crate) struct Step {
+    pub persist: Vec<Record>,
+    pub deliver: Vec<Delivery>,
+    pub sends: Vec<Outbound>,
+    pub answers: Vec<Answer>,
+}
+
+impl Step {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.persist.is_empty()
+            && self.deliver.is_empty()
+            && self.sends.is_empty()
+            && self.answers.is_empty()
+    }
+}
+
+pub(crate) struct Worker {
+    pub storage: DiskStorage,
+    pub transport: Transport,
+    pub shared: Arc<Shared>,
+    pub height: watch::Sender<SeqNum>,
+    pub runtime: tokio::runtime::Handle,
+    pub steps: mpsc::Receiver<Step>,
+}
+
+impl Worker {
+    /// Runs on its own thread until consensus stops or storage fails (then
+    /// the node must stop: it can no longer promise durability).
+    pub(crate) fn run(mut self) {
+        while let Some(first) = self.steps.blocking_recv() {
+            let mut group = vec![first];
+            while group.len() < MAX_GROUP {
+                match self.steps.try_recv() {
+                    Ok(step) => group.push(step),
+                    Err(_) => break,
+                }
+            }
+            if let Err(error) = self.write(&mut group) {
+                tracing::error!(%error, "storage failed; stopping the node");
+                self.shared.fail(error.to_string());
+                return;
+            }
+            for step in group {
+                self.release(step);
+            }
+        }
+    }
+
+    fn write(&mut self, group: &mut [Step]) -> Result<(), bftd_protocol::StorageError> {
+        let mut records = Vec::new();
+        let mut deliveries = Vec::new();
+        for step in group.iter_mut() {
+            records.append(&mut step.persist);
+            // Deliveries stay with their step (answers need them); the write
+            // takes copies (cheap: the blocks are shared).
+            deliveries.extend(step.deliver.iter().cloned());
+        }
+        if records.is_empty() && deliveries.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        self.storage.apply(&records, &deliveries)?;
+        self.shared.metrics.storage_apply.observe(started.elapsed());
+        if let Some(last) = deliveries.last() {
+            self.height.send_replace(last.block.height());
+        }
+        Ok(())
+    }
+
+    /// The step is durable: send its messages, answer its clients.
+    fn release(&self, step: Step) {
+        for outbound in step.sends {
+            if outbound.delay.is_zero() {
+                transmit(
+                    &self.transport,
+                    &self.shared.metrics,
+                    outbound.to,
+                    outbound.bytes,
+                );
+            } else {
+                let transport = self.transport.clone();
+                let shared = self.shared.clone();
+                self.runtime.spawn(async move {
+                    tokio::time::sleep(outbound.delay).await;
+                    transmit(&transport, &shared.metrics, outbound.to, outbound.bytes);
+                });
+            }
+        }
+        if !step.answers.is_empty() {
+            self.answer(&step.deliver, step.answers);
+        }
+    }
+
+    /// A verifiable receipt for each committed request, a rejection
+    /// otherwise. Each block's Merkle tree is built once per step.
+    fn answer(&self, delivered: &[Delivery], answers: Vec<Answer>) {
+        let metrics = &self.shared.metrics;
+        let mut blocks: HashMap<SeqNum, Option<(Arc<CommittedBlock>, Vec<u32>, MerkleTree)>> =
+            HashMap::new();
+        for answer in answers {
+            let message = match answer.outcome {
+                ReplyOutcome::Rejected(reason) => {
+                    let reason = match reason {
+                        RejectReason::Busy => Rejection::Busy,
+                        RejectReason::Stale => Rejection::Stale,
+                        RejectReason::TooLarge => Rejection::TooLarge,
+                    };
+                    metrics.rejected(reason);
+                    NodeMessage::Rejected {
+                        request_id: answer.request_id,
+                        reason,
+                    }
+                }
+                ReplyOutcome::Committed { height } => {
+                    let entry = blocks.entry(height).or_insert_with(|| {
+                        let (block, duplicates) = delivered
+                            .iter()
+                            .find(|d| d.block.height() == height)
+                            .map(|d| (d.block.clone(), d.duplicates.clone()))
+                            .or_else(|| {
+                                let block = self.storage.block(height)?;
+                                Some((block, self.storage.duplicates(height)))
+                            })?;
+                        let tree = MerkleTree::new(&block.block.batch);
+                        Some((block, duplicates, tree))
+                    });
+                    let (Some((block, duplicates, tree)), Some(first)) =
+                        (entry.as_ref(), answer.waiters.first())
+                    else {
+                        continue;
+                    };
+                    // The request's own position (not a later duplicate of
+                    // it). A lying node could name the wrong block; the
+                    // client's check of the proof then fails.
+                    let index = block
+                        .block
+                        .batch
+                        .requests
+                        .iter()
+                        .enumerate()
+                        .position(|(i, r)| r == &first.request && !duplicates.contains(&(i as u32)))
+                        .unwrap_or(0);
+                    NodeMessage::Receipt(Receipt::new(block, tree, index, answer.request_id))
+                }
+            };
+            for waiter in answer.waiters {
+                if matches!(message, NodeMessage::Receipt(_)) {
+                    metrics.commit_latency.observe(waiter.received.elapsed());
+                }
+                if waiter.reply_to.try_send(message.clone()).is_err() {
+                    metrics.replies_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+fn transmit(transport: &Transport, metrics: &NodeMetrics, to: Destination, bytes: Bytes) {
+    match to {
+        Destination::AllOthers => transport.broadcast(bytes),
+        Destination::To(peer) => match transport.send(peer, bytes) {
+            Ok(()) | Err(SendError::UnknownPeer { .. }) => {}
+            Err(_) => {
+                metrics.send_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        },
+    }
+}
