@@ -7,9 +7,10 @@
 //! logs of a failed test. Tests take turns (they share the machine's cores,
 //! and the throughput figures must not be skewed by a neighbour).
 //!
-//! The tests need the `bftd` binary next to `bftnet`; the first test builds
-//! it (`cargo build -p bftd -p bftnet` in this test's profile and target
-//! directory) unless `BFTD_BIN` names one.
+//! The tests need the `bftd` binary next to `bftnet`; unless it is up to
+//! date (or `BFTD_BIN` names one), the first test builds it
+//! (`cargo build -p bftd -p bftnet` in this test's profile and target
+//! directory).
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -28,8 +29,9 @@ fn bftnet_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_bftnet"))
 }
 
-/// The `bftd` binary, built with the `byzantine` feature in the same
-/// profile and target directory as `bftnet`.
+/// The `bftd` binary, with the `byzantine` feature, from the same sources,
+/// profile and target directory as `bftnet`: used as is when up to date
+/// (`cargo test --workspace` builds it), otherwise built once here.
 fn bftd_bin() -> &'static Path {
     static BFTD: OnceLock<PathBuf> = OnceLock::new();
     BFTD.get_or_init(|| {
@@ -37,56 +39,25 @@ fn bftd_bin() -> &'static Path {
             return PathBuf::from(path);
         }
         let profile_dir = bftnet_bin().parent().expect("bftnet has a directory");
-        let target_dir = profile_dir
-            .parent()
-            .expect("the profile directory has a parent");
         let profile: &[&str] = if profile_dir.ends_with("release") {
             &["--release"]
         } else {
             &["--profile", "test"]
         };
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("the workspace");
         let started = Instant::now();
-        let mut command = Command::new(cargo);
-        // Variables cargo sets for running this test would change some
-        // build scripts' fingerprints (ring watches CARGO_MANIFEST_DIR) and
-        // make this build and the next `cargo test` rebuild everything.
-        for (name, _) in std::env::vars_os() {
-            let name = name.to_string_lossy();
-            let set_by_cargo = name.starts_with("CARGO_PKG_")
-                || name.starts_with("CARGO_BIN_")
-                || matches!(
-                    &*name,
-                    "CARGO_MANIFEST_DIR"
-                        | "CARGO_MANIFEST_PATH"
-                        | "CARGO_CRATE_NAME"
-                        | "CARGO_PRIMARY_PACKAGE"
-                        | "CARGO_TARGET_TMPDIR"
-                        | "CARGO_RUSTC_CURRENT_DIR"
-                        | "OUT_DIR"
-                );
-            if set_by_cargo {
-                command.env_remove(&*name);
-            }
-        }
-        let output = command
-            .args(["build", "--quiet", "-p", "bftd", "-p", "bftnet"])
-            .args(profile)
-            .arg("--target-dir")
-            .arg(target_dir)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
-            .expect("run cargo to build bftd");
-        assert!(
-            output.status.success(),
-            "building bftd failed:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        let bftd =
+            bftnet::net::binaries::ensure_bftd(&cargo, workspace, profile_dir, profile, false)
+                .unwrap_or_else(|error| panic!("{error}"));
         eprintln!(
-            "bftd built (or fresh) in {:.1} s",
-            started.elapsed().as_secs_f64()
+            "bftd ready in {:.1} s: {}",
+            started.elapsed().as_secs_f64(),
+            bftd.display()
         );
-        profile_dir.join(format!("bftd{}", std::env::consts::EXE_SUFFIX))
+        bftd
     })
 }
 

@@ -5,7 +5,6 @@
 //! Replay any failing seed with the command the assertion prints.
 
 use bftd_protocol::byzantine::Behaviour;
-use bftd_protocol::NodeId;
 use bftnet::sim::{run, sweep, ByzantineSpec, Faults, SimConfig, SweepSummary};
 
 fn threads() -> usize {
@@ -47,7 +46,11 @@ fn honest_cluster_and_exact_replay() {
     let second = run(&noisy);
     assert_eq!(first.trace_hash, second.trace_hash, "same seed, same trace");
     noisy.seed = 8;
-    assert_ne!(run(&noisy).trace_hash, first.trace_hash, "another seed, another trace");
+    assert_ne!(
+        run(&noisy).trace_hash,
+        first.trace_hash,
+        "another seed, another trace"
+    );
 }
 
 /// Crashes, restarts, partitions (one-way too), drops, duplicates and
@@ -55,7 +58,12 @@ fn honest_cluster_and_exact_replay() {
 #[test]
 fn faults_without_byzantine_replicas() {
     for (n, seeds) in [(4, 150), (7, 60)] {
-        let summary = sweep(&config(n, ByzantineSpec::Fixed(Vec::new())), 0..seeds, threads(), &|_, _, _| {});
+        let summary = sweep(
+            &config(n, ByzantineSpec::Fixed(Vec::new())),
+            0..seeds,
+            threads(),
+            &|_, _, _| {},
+        );
         assert_clean(&summary, &format!("n={n}, faults only"), &format!("-n {n}"));
     }
 }
@@ -65,17 +73,39 @@ fn faults_without_byzantine_replicas() {
 #[test]
 fn every_behaviour_with_f_byzantine_n4() {
     for behaviour in Behaviour::all() {
-        let summary = sweep(&config(4, random_byzantine(1, behaviour.clone())), 0..60, threads(), &|_, _, _| {});
-        assert_clean(&summary, &format!("n=4, {behaviour}"), &format!("-n 4 --byzantine {behaviour}"));
+        let summary = sweep(
+            &config(4, random_byzantine(1, behaviour.clone())),
+            0..60,
+            threads(),
+            &|_, _, _| {},
+        );
+        assert_clean(
+            &summary,
+            &format!("n=4, {behaviour}"),
+            &format!("-n 4 --byzantine {behaviour}"),
+        );
     }
 }
 
 /// Two byzantine replicas of seven (f = 2), mixed and equivocating.
 #[test]
 fn f_byzantine_n7() {
-    for behaviour in [Behaviour::Random, Behaviour::Equivocate, Behaviour::ForgeCertificate] {
-        let summary = sweep(&config(7, random_byzantine(2, behaviour.clone())), 0..40, threads(), &|_, _, _| {});
-        assert_clean(&summary, &format!("n=7, 2x {behaviour}"), &format!("-n 7 --byzantine 2:{behaviour}"));
+    for behaviour in [
+        Behaviour::Random,
+        Behaviour::Equivocate,
+        Behaviour::ForgeCertificate,
+    ] {
+        let summary = sweep(
+            &config(7, random_byzantine(2, behaviour.clone())),
+            0..40,
+            threads(),
+            &|_, _, _| {},
+        );
+        assert_clean(
+            &summary,
+            &format!("n=7, 2x {behaviour}"),
+            &format!("-n 7 --byzantine 2:{behaviour}"),
+        );
     }
 }
 
@@ -91,7 +121,10 @@ fn colluders_beyond_f_fork_the_log() {
             .violation
             .is_some_and(|v| v.property == "agreement")
     });
-    assert!(fork.is_some(), "two colluders never forked the log in 300 seeds");
+    assert!(
+        fork.is_some(),
+        "two colluders never forked the log in 300 seeds"
+    );
 }
 
 /// A deliberately broken commit rule (2f instead of 2f+1 matching commits)

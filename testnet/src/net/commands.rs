@@ -1,10 +1,11 @@
 //! The testnet subcommands: what `bftnet up`, `down`, `status`, `submit`,
 //! `load`, `kill`, `restart`, `partition`, `heal` and `check` do.
 
+use super::binaries::find_bftd;
 use super::check::{self, CheckReport};
 use super::error::NetError;
 use super::launch::{
-    find_bftd, find_bftnet, kill as kill_pid, node_alive, node_marker, proxy_alive, proxy_marker,
+    find_bftnet, kill as kill_pid, node_alive, node_marker, proxy_alive, proxy_marker,
     shutdown_signal, start_node, start_proxy, stop_all, wait_healthy,
 };
 use super::layout::{

@@ -65,6 +65,14 @@ pub enum NetError {
         /// Where it was looked for.
         searched: Vec<PathBuf>,
     },
+    /// Building `bftd` with cargo failed.
+    #[error("building bftd failed ({command}): {detail}")]
+    Build {
+        /// The cargo command.
+        command: String,
+        /// Its exit status and error output.
+        detail: String,
+    },
     /// A process could not be started.
     #[error("cannot start {program}: {source}")]
     Spawn {

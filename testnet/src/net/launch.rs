@@ -12,37 +12,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Environment variable naming the `bftd` binary.
-pub const BFTD_ENV: &str = "BFTD_BIN";
-
-/// Finds the `bftd` binary: next to the running executable (and one level
-/// up, which is where `cargo test` puts binaries relative to test
-/// executables in `target/*/deps`), then `$BFTD_BIN`.
-pub fn find_bftd() -> Result<PathBuf, NetError> {
-    let name = format!("bftd{}", std::env::consts::EXE_SUFFIX);
-    let mut searched = Vec::new();
-    if let Ok(exe) = std::env::current_exe() {
-        if let Some(dir) = exe.parent() {
-            searched.push(dir.join(&name));
-            if let Some(up) = dir.parent() {
-                searched.push(up.join(&name));
-            }
-        }
-    }
-    if let Some(path) = std::env::var_os(BFTD_ENV) {
-        searched.push(PathBuf::from(path));
-    }
-    searched
-        .iter()
-        .find(|path| path.is_file())
-        .cloned()
-        .ok_or(NetError::BinaryMissing {
-            name: "bftd",
-            env: BFTD_ENV,
-            searched,
-        })
-}
-
 /// The running `bftnet` executable (it runs the proxy as `bftnet proxy`).
 pub fn find_bftnet() -> Result<PathBuf, NetError> {
     std::env::current_exe().map_err(|_| NetError::BinaryMissing {

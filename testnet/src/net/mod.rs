@@ -2,7 +2,8 @@
 //!
 //! - [`layout`]: the testnet directory, generated keys and configs, and
 //!   `testnet.json` (ports, PIDs, behaviours) that every subcommand reads;
-//! - [`launch`]: finding `bftd`, starting and stopping processes by PID,
+//! - [`binaries`]: finding `bftd` (building it when run by cargo);
+//! - [`launch`]: starting and stopping processes by PID,
 //!   health over HTTP;
 //! - [`proxy`]: the UDP fault proxy (partitions, delay, loss) that needs no
 //!   root;
@@ -11,6 +12,7 @@
 //! - [`live`]: `status` and the live status line;
 //! - [`commands`]: the subcommands themselves.
 
+pub mod binaries;
 pub mod check;
 pub mod cli;
 pub mod commands;

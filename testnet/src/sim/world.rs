@@ -6,8 +6,8 @@ use super::{ByzantineSpec, SimConfig, SimReport};
 use bftd_crypto::{DigestBuilder, Domain, KeyPair};
 use bftd_protocol::byzantine::{Adversary, Behaviour, Emission};
 use bftd_protocol::{
-    codec, verify_message, verify_request, Committee, Destination, MemStorage, NodeId, Recovered,
-    Replica, ReplicaSetup, Request, RequestKey, SignedRequest, Storage, WireMessage,
+    codec, verify_message, verify_request, Committee, Destination, MemStorage, NodeId, Replica,
+    ReplicaSetup, Request, RequestKey, SignedRequest, Storage, WireMessage,
 };
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
