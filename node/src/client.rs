@@ -22,6 +22,7 @@
 
 use crate::client_api::{
     ClientMessage, Committed, NodeMessage, NodeStatus, ReceiptError, Rejection,
+    VerifiedCertificates,
 };
 use crate::config::Cluster;
 use crate::transport::{connect_client, Bytes, FrameSender, TransportError};
@@ -82,6 +83,8 @@ pub struct Client {
     next_id: AtomicU64,
     timeout: Duration,
     reader: tokio::task::JoinHandle<()>,
+    /// Certificates of recent blocks, verified once for all their receipts.
+    certificates: Mutex<VerifiedCertificates>,
 }
 
 impl std::fmt::Debug for Client {
@@ -147,6 +150,7 @@ impl Client {
             next_id: AtomicU64::new(start),
             timeout: Duration::from_secs(30),
             reader,
+            certificates: Mutex::default(),
         };
         client.mode = client.status().await?.request_mode;
         Ok(client)
@@ -216,11 +220,25 @@ impl Client {
         let answer = tokio::time::timeout(self.timeout, rx).await;
         lock(&self.routes).receipts.remove(&id);
         match answer {
-            Ok(Ok(NodeMessage::Receipt(receipt))) => Ok(receipt.verify(&self.committee, request)?),
+            Ok(Ok(NodeMessage::Receipt(receipt))) => {
+                let committed = receipt.verify_inclusion(request)?;
+                let certified = (receipt.height, receipt.batch_digest);
+                if !self.verified_certificates().contains(certified) {
+                    // Outside the lock: signature checks take a while (two
+                    // receipts of a new block may both verify it; harmless).
+                    receipt.verify_certificate(&self.committee)?;
+                    self.verified_certificates().insert(certified);
+                }
+                Ok(committed)
+            }
             Ok(Ok(NodeMessage::Rejected { reason, .. })) => Err(ClientError::Rejected(reason)),
             Ok(Ok(_)) | Ok(Err(_)) => Err(ClientError::Disconnected),
             Err(_) => Err(ClientError::Timeout(self.timeout)),
         }
+    }
+
+    fn verified_certificates(&self) -> std::sync::MutexGuard<'_, VerifiedCertificates> {
+        self.certificates.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Streams committed blocks from `from` on, then new ones as they

@@ -168,6 +168,18 @@ impl Receipt {
         committee: &Committee,
         request: &SignedRequest,
     ) -> Result<Committed, ReceiptError> {
+        let committed = self.verify_inclusion(request)?;
+        self.verify_certificate(committee)?;
+        Ok(committed)
+    }
+
+    /// The cheap half of [`Receipt::verify`]: the receipt is for `request`
+    /// and its Merkle proof leads to the batch digest. Alone this proves
+    /// nothing until [`Receipt::verify_certificate`] (or a certificate
+    /// already verified for the same height and batch digest) shows that
+    /// batch committed; clients verify each block's certificate once for
+    /// all the receipts of that block.
+    pub fn verify_inclusion(&self, request: &SignedRequest) -> Result<Committed, ReceiptError> {
         let expected = request.request.request_id;
         if self.request_id != expected {
             return Err(ReceiptError::WrongRequest {
@@ -180,13 +192,48 @@ impl Receipt {
                 height: self.height,
             });
         }
-        self.certificate
-            .verify_for(committee, self.height, self.batch_digest)?;
         Ok(Committed {
             request_id: expected,
             height: self.height,
             block_hash: Block::header_hash(self.height, self.prev_hash, self.batch_digest),
         })
+    }
+
+    /// The expensive half of [`Receipt::verify`]: 2f+1 committee members
+    /// signed commits for this height and batch digest.
+    pub fn verify_certificate(&self, committee: &Committee) -> Result<(), ReceiptError> {
+        Ok(self
+            .certificate
+            .verify_for(committee, self.height, self.batch_digest)?)
+    }
+}
+
+/// The (height, batch digest) pairs whose commit certificates a client has
+/// verified, most recent last; bounded, oldest forgotten first.
+#[derive(Clone, Debug, Default)]
+pub struct VerifiedCertificates {
+    recent: std::collections::VecDeque<(SeqNum, Digest)>,
+}
+
+impl VerifiedCertificates {
+    /// Blocks remembered: receipts arrive for a handful of recent blocks at
+    /// a time, so a short list is enough (and a linear scan is fastest).
+    const CAPACITY: usize = 32;
+
+    /// Whether a certificate for `certified` was verified.
+    pub fn contains(&self, certified: (SeqNum, Digest)) -> bool {
+        self.recent.iter().rev().any(|&known| known == certified)
+    }
+
+    /// Remembers a verified certificate.
+    pub fn insert(&mut self, certified: (SeqNum, Digest)) {
+        if self.contains(certified) {
+            return;
+        }
+        if self.recent.len() >= Self::CAPACITY {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(certified);
     }
 }
 
@@ -213,4 +260,29 @@ pub enum NodeMessage {
     Status(NodeStatus),
     /// The client sent something the node could not decode.
     Malformed,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The cache remembers exactly what was inserted, up to its capacity,
+    /// forgetting the oldest first; a height with another digest is not a hit.
+    #[test]
+    fn verified_certificates_are_bounded_and_exact() {
+        let mut cache = VerifiedCertificates::default();
+        let entry = |h: u64| (SeqNum(h), Digest([h as u8; 32]));
+        for h in 0..(VerifiedCertificates::CAPACITY as u64 + 5) {
+            cache.insert(entry(h));
+            cache.insert(entry(h));
+        }
+        assert_eq!(cache.recent.len(), VerifiedCertificates::CAPACITY);
+        assert!(!cache.contains(entry(4)), "oldest forgotten");
+        assert!(cache.contains(entry(5)));
+        assert!(cache.contains(entry(VerifiedCertificates::CAPACITY as u64 + 4)));
+        assert!(
+            !cache.contains((SeqNum(10), Digest([11; 32]))),
+            "same height, other batch"
+        );
+    }
 }
