@@ -16,7 +16,9 @@ use crate::storage::DiskStorage;
 use crate::transport::{Bytes, SendError, Transport};
 use bftd_protocol::merkle::MerkleTree;
 use bftd_protocol::replica::{RejectReason, ReplyOutcome};
-use bftd_protocol::{BlockSource, CommittedBlock, Delivery, Destination, Record, SeqNum, Storage};
+use bftd_protocol::{
+    BlockSource, CommittedBlock, Delivery, Destination, Record, RequestKey, SeqNum, Storage,
+};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -135,11 +137,11 @@ impl Worker {
     }
 
     /// A verifiable receipt for each committed request, a rejection
-    /// otherwise. Each block's Merkle tree is built once per step.
+    /// otherwise. Each block's Merkle tree and request index are built once
+    /// per step, however many of its requests are answered.
     fn answer(&self, delivered: &[Delivery], answers: Vec<Answer>) {
         let metrics = &self.shared.metrics;
-        let mut blocks: HashMap<SeqNum, Option<(Arc<CommittedBlock>, Vec<u32>, MerkleTree)>> =
-            HashMap::new();
+        let mut blocks: HashMap<SeqNum, Option<Answered>> = HashMap::new();
         for answer in answers {
             let message = match answer.outcome {
                 ReplyOutcome::Rejected(reason) => {
@@ -156,34 +158,33 @@ impl Worker {
                 }
                 ReplyOutcome::Committed { height } => {
                     let entry = blocks.entry(height).or_insert_with(|| {
-                        let (block, duplicates) = delivered
+                        delivered
                             .iter()
                             .find(|d| d.block.height() == height)
-                            .map(|d| (d.block.clone(), d.duplicates.clone()))
+                            .map(|d| Answered::new(d.block.clone(), &d.duplicates))
                             .or_else(|| {
                                 let block = self.storage.block(height)?;
-                                Some((block, self.storage.duplicates(height)))
-                            })?;
-                        let tree = MerkleTree::new(&block.block.batch);
-                        Some((block, duplicates, tree))
+                                Some(Answered::new(block, &self.storage.duplicates(height)))
+                            })
                     });
-                    let (Some((block, duplicates, tree)), Some(first)) =
-                        (entry.as_ref(), answer.waiters.first())
+                    let (Some(answered), Some(first)) = (entry.as_ref(), answer.waiters.first())
                     else {
                         continue;
                     };
                     // The request's own position (not a later duplicate of
                     // it). A lying node could name the wrong block; the
                     // client's check of the proof then fails.
-                    let index = block
-                        .block
-                        .batch
-                        .requests
-                        .iter()
-                        .enumerate()
-                        .position(|(i, r)| r == &first.request && !duplicates.contains(&(i as u32)))
+                    let index = answered
+                        .positions
+                        .get(&first.request.key())
+                        .copied()
                         .unwrap_or(0);
-                    NodeMessage::Receipt(Receipt::new(block, tree, index, answer.request_id))
+                    NodeMessage::Receipt(Receipt::new(
+                        &answered.block,
+                        &answered.tree,
+                        index,
+                        answer.request_id,
+                    ))
                 }
             };
             for waiter in answer.waiters {
@@ -194,6 +195,31 @@ impl Worker {
                     metrics.replies_dropped.fetch_add(1, Ordering::Relaxed);
                 }
             }
+        }
+    }
+}
+
+/// A committed block being answered for: its Merkle tree, and where each
+/// request executed (its first position; later duplicates were skipped).
+struct Answered {
+    block: Arc<CommittedBlock>,
+    tree: MerkleTree,
+    positions: HashMap<RequestKey, usize>,
+}
+
+impl Answered {
+    fn new(block: Arc<CommittedBlock>, duplicates: &[u32]) -> Answered {
+        let tree = MerkleTree::new(&block.block.batch);
+        let mut positions = HashMap::with_capacity(block.block.batch.requests.len());
+        for (index, request) in block.block.batch.requests.iter().enumerate() {
+            if !duplicates.contains(&(index as u32)) {
+                positions.entry(request.key()).or_insert(index);
+            }
+        }
+        Answered {
+            block,
+            tree,
+            positions,
         }
     }
 }

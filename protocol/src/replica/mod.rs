@@ -277,8 +277,13 @@ pub struct Replica {
     pending: BTreeMap<RequestKey, PendingRequest>,
     /// The primary's batching queue, oldest first, with arrival times.
     queue: VecDeque<(RequestKey, Duration)>,
-    /// Requests to forward to the primary at the end of this step.
+    /// Requests waiting to be forwarded to the primary, and their payload
+    /// bytes (see [`Replica::flush_forwards`]).
     to_forward: Vec<SignedRequest>,
+    to_forward_bytes: usize,
+    /// When the last forward left: forwards are paced to one per
+    /// `batch_delay` under load, so one signature covers many requests.
+    last_forward: Option<Duration>,
     /// When the replica last saw progress (an execution, a new view, or the
     /// first pending request): the request timer runs from here.
     last_progress: Duration,
@@ -412,6 +417,8 @@ impl Replica {
             pending: BTreeMap::new(),
             queue: VecDeque::new(),
             to_forward: Vec::new(),
+            to_forward_bytes: 0,
+            last_forward: None,
             last_progress: now,
             requests_rebroadcast: false,
             view_changes: BTreeMap::new(),
@@ -527,6 +534,7 @@ impl Replica {
             self.new_view_deadline(),
             self.fetch.map(|fetch| fetch.deadline),
             self.batch_deadline(),
+            self.forward_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -652,7 +660,7 @@ impl Replica {
         self.actions.persist.push(record);
     }
 
-    /// End of every input: flush forwards, and put the signer's state first
+    /// End of every input: flush forwards (if due), and put the signer's state first
     /// among the records so it is durable before the votes it covers leave.
     fn finish_step(&mut self) {
         self.flush_forwards();

@@ -5,7 +5,7 @@ use super::*;
 use crate::certificate::QuorumCertificate;
 use crate::message::{Checkpoint, Prepare, Signable};
 use crate::storage::MemStorage;
-use crate::verify::{verify_message, BatchVerifier};
+use crate::verify::{verify_message, verify_request, BatchVerifier};
 use proptest::prelude::*;
 
 fn keys() -> Vec<KeyPair> {
@@ -149,4 +149,63 @@ fn checkpoint_votes_are_bounded_per_peer() {
         .map(|votes| votes.len())
         .sum();
     assert_eq!(held, 4);
+}
+
+fn forwards(actions: &Actions) -> Vec<usize> {
+    actions
+        .send
+        .iter()
+        .filter_map(|outgoing| match &outgoing.message {
+            WireMessage::Forward(forward) => Some(forward.value.requests.len()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A backup forwards an isolated request at once, but under a stream of
+/// requests it sends at most one forward per `batch_delay` (or per full
+/// batch), each covering everything gathered since: one signature for
+/// many requests.
+#[test]
+fn forwards_are_paced_under_load() {
+    let mut replica = replica(0);
+    let client = KeyPair::from_seed([42; 32]);
+    let delay = replica.config().batch_delay;
+    let mut submit = |replica: &mut Replica, id: u64, at: Duration| {
+        let request = crate::message::Request {
+            client: client.public(),
+            request_id: id,
+            payload: vec![7; 16],
+        };
+        let request = verify_request(
+            SignedRequest::sign(request, &client).unwrap(),
+            &committee(),
+            RequestMode::ClientSigned,
+            &mut BatchVerifier,
+        )
+        .unwrap();
+        replica.handle_request(at, request, true);
+    };
+    let start = Duration::from_secs(1);
+    submit(&mut replica, 1, start);
+    assert_eq!(forwards(&replica.drain_actions()), vec![1], "idle: at once");
+    // Ten more within the same delay: held back until the deadline.
+    for id in 2..=11 {
+        submit(&mut replica, id, start + delay / 20 * id as u32);
+    }
+    assert!(forwards(&replica.drain_actions()).is_empty());
+    assert_eq!(replica.forward_deadline(), Some(start + delay));
+    assert!(replica.next_deadline() <= Some(start + delay));
+    replica.handle_timeout(start + delay);
+    assert_eq!(
+        forwards(&replica.drain_actions()),
+        vec![10],
+        "one forward for all"
+    );
+    // A full batch leaves without waiting.
+    let max = replica.config().max_batch_requests as u64;
+    for id in 12..12 + max {
+        submit(&mut replica, id, start + delay + delay / 2);
+    }
+    assert_eq!(forwards(&replica.drain_actions()), vec![max as usize]);
 }
