@@ -9,8 +9,8 @@ use super::launch::{
     shutdown_signal, start_node, start_proxy, stop_all, wait_healthy,
 };
 use super::layout::{
-    assign_behaviours, behaviours, generate, read_faults, unsafe_warning, write_faults,
-    write_node_files, ByzantineArg, Layout, State,
+    assign_behaviours, behaviours, check_size, generate, read_faults, unsafe_warning, write_faults,
+    write_node_files, ByzantineArg, Layout, Network, State,
 };
 use super::live::{render_table, snapshot, watch};
 use super::load::{self, LoadOptions, LoadReport};
@@ -115,16 +115,11 @@ fn prepare(layout: &Layout, options: &UpOptions, bftd: &Path) -> Result<(State, 
                 });
             }
             let n = options.n.unwrap_or(4);
-            if n == 0 || n % 3 != 1 || n > 301 {
-                return Err(NetError::BadArgument {
-                    flag: "-n",
-                    value: n.to_string(),
-                    reason: "n must be 3f + 1: 1, 4, 7, 10, ... up to 301 (or give -f F)".into(),
-                });
-            }
+            check_size(n, " (or give -f F)")?;
             // Refuse bad --byzantine values before writing anything.
             behaviours(n, &options.byzantine, options.allow_unsafe)?;
-            Ok((generate(layout, n, options.request_mode, bftd)?, false))
+            let state = generate(layout, n, options.request_mode, Network::Proxied, bftd)?;
+            Ok((state, false))
         }
         Err(error) => Err(error),
     }
@@ -205,14 +200,19 @@ pub async fn up(options: UpOptions) -> Result<(), NetError> {
     Ok(())
 }
 
-async fn start_all(
+/// Starts the fault proxy (unless the testnet is direct) and every node,
+/// and waits until all nodes are healthy. `children` gets every process
+/// started, also on error, for [`reap`].
+pub(super) async fn start_all(
     layout: &Layout,
     state: &mut State,
     bftnet: &Path,
     children: &mut Vec<Child>,
     timeout: Duration,
 ) -> Result<(), NetError> {
-    children.push(start_proxy(layout, state, bftnet)?);
+    if state.network == Network::Proxied {
+        children.push(start_proxy(layout, state, bftnet)?);
+    }
     for id in 0..state.n as u16 {
         children.push(start_node(layout, state, id)?);
     }
@@ -221,7 +221,7 @@ async fn start_all(
 }
 
 /// Waits for our own children so they leave no zombies.
-fn reap(children: Vec<Child>) {
+pub(super) fn reap(children: Vec<Child>) {
     for mut child in children {
         if matches!(child.try_wait(), Ok(None)) {
             let _ = child.kill();
