@@ -1,8 +1,16 @@
-//! Open-loop load: requests leave at a fixed rate whatever the cluster's
-//! answers (a slow cluster does not slow the offered load, so latency shows
-//! queueing honestly), spread over several clients connected to the honest
+//! Load: requests spread over several clients connected to the honest
 //! nodes. A client whose node goes away reconnects in the background; its
 //! share goes to the others meanwhile.
+//!
+//! - Open loop (the default): requests leave at a fixed rate whatever the
+//!   cluster's answers (a slow cluster does not slow the offered load, so
+//!   latency shows queueing honestly).
+//! - Closed loop ([`LoadOptions::closed_loop`]): each client keeps a fixed
+//!   number of requests outstanding and sends the next as soon as one is
+//!   answered, so latency is the cluster's own, without queueing.
+//!
+//! A warm-up ([`LoadOptions::warmup`]) leaves the first requests out of the
+//! figures: only requests sent after it are counted and timed.
 
 use bftd::client::{Client, ClientError};
 use bftd::config::Cluster;
@@ -19,8 +27,15 @@ use tokio::sync::{watch, Semaphore};
 pub struct LoadOptions {
     /// Requests per second offered.
     pub rate: f64,
-    /// How long to offer them; `None` runs until stopped.
+    /// How long to offer them, warm-up included; `None` runs until
+    /// stopped.
     pub duration: Option<Duration>,
+    /// Requests sent this early are load, not measurement: left out of
+    /// every figure but [`Counters::receipts`].
+    pub warmup: Duration,
+    /// Closed loop instead of `rate`: each client keeps this many requests
+    /// outstanding (`max_in_flight` is then unused).
+    pub closed_loop: Option<usize>,
     /// Payload size in bytes.
     pub size: usize,
     /// Client connections per target node.
@@ -39,6 +54,8 @@ impl Default for LoadOptions {
         LoadOptions {
             rate: 100.0,
             duration: Some(Duration::from_secs(10)),
+            warmup: Duration::ZERO,
+            closed_loop: None,
             size: 128,
             clients_per_node: 2,
             max_in_flight: 20_000,
@@ -102,9 +119,12 @@ impl Histogram {
     }
 }
 
-/// What happened to the requests, live.
+/// What happened to the requests sent after the warm-up, live.
 #[derive(Debug, Default)]
 pub struct Counters {
+    /// Every verified receipt as it arrives, warm-up included: the
+    /// throughput over any interval is the difference of two readings.
+    pub receipts: AtomicU64,
     /// Sent.
     pub submitted: AtomicU64,
     /// Committed with a verified receipt.
@@ -124,7 +144,15 @@ pub struct Counters {
 }
 
 impl Counters {
-    fn record(&self, result: Result<Duration, ClientError>) {
+    /// Counts a request's outcome; `measured` says whether it was sent
+    /// after the warm-up.
+    fn record(&self, measured: bool, result: Result<Duration, ClientError>) {
+        if result.is_ok() {
+            self.receipts.fetch_add(1, Ordering::Relaxed);
+        }
+        if !measured {
+            return;
+        }
         let counter = match result {
             Ok(latency) => {
                 self.latencies
@@ -143,7 +171,8 @@ impl Counters {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn failed(&self) -> u64 {
+    /// Requests that failed (refused, timed out, disconnected, invalid).
+    pub fn failed(&self) -> u64 {
         self.rejected.load(Ordering::Relaxed)
             + self.timed_out.load(Ordering::Relaxed)
             + self.disconnected.load(Ordering::Relaxed)
@@ -154,7 +183,7 @@ impl Counters {
 /// The outcome of a load run.
 #[derive(Clone, Debug, Serialize)]
 pub struct LoadReport {
-    /// Rate asked for, per second.
+    /// Rate asked for, per second (0 in closed loop).
     pub offered_rate: f64,
     /// Seconds spent offering.
     pub offered_seconds: f64,
@@ -236,6 +265,14 @@ struct Slot {
 impl Slot {
     fn answered(&self) {
         *self.last_answer.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+
+    /// The client, unless it is reconnecting.
+    fn connected(&self) -> Option<Arc<Client>> {
+        self.client
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn silent_for(&self) -> Duration {
@@ -374,7 +411,7 @@ async fn offer(
     slots: Vec<Arc<Slot>>,
     options: LoadOptions,
     counters: Arc<Counters>,
-    mut stopped: watch::Receiver<bool>,
+    stopped: watch::Receiver<bool>,
     started: Instant,
     nodes: Vec<u16>,
 ) -> LoadReport {
@@ -388,21 +425,61 @@ async fn offer(
             ))
         })
         .collect();
+    let offered_seconds = match options.closed_loop {
+        None => offer_open(&cluster, &slots, &options, &counters, stopped, started).await,
+        Some(window) => {
+            offer_closed(
+                &cluster, &slots, &options, window, &counters, stopped, started,
+            )
+            .await
+        }
+    };
+    let elapsed = started.elapsed().as_secs_f64();
+    for probe in probes {
+        probe.abort();
+    }
+    let rate = if options.closed_loop.is_some() {
+        0.0
+    } else {
+        options.rate
+    };
+    report(&counters, rate, offered_seconds, elapsed, nodes)
+}
+
+/// Whether the run is over: its duration has passed or it was stopped.
+fn over(options: &LoadOptions, started: Instant, stopped: &watch::Receiver<bool>) -> bool {
+    options
+        .duration
+        .is_some_and(|duration| started.elapsed() >= duration)
+        || *stopped.borrow()
+}
+
+/// Offers `options.rate` requests per second until the run is over, then
+/// waits up to `options.drain` for the last receipts. Returns the seconds
+/// spent offering.
+async fn offer_open(
+    cluster: &Cluster,
+    slots: &[Arc<Slot>],
+    options: &LoadOptions,
+    counters: &Arc<Counters>,
+    mut stopped: watch::Receiver<bool>,
+    started: Instant,
+) -> f64 {
     let in_flight = Arc::new(Semaphore::new(options.max_in_flight.max(1)));
     let mut sent = 0u64;
     let mut next_slot = 0usize;
     let rate = options.rate.max(0.001);
     let tick = Duration::from_millis(2);
-    loop {
+    while !over(options, started, &stopped) {
         let elapsed = started.elapsed();
-        if options.duration.is_some_and(|d| elapsed >= d) || *stopped.borrow() {
-            break;
-        }
+        let measured = elapsed >= options.warmup;
         let due = (elapsed.as_secs_f64() * rate) as u64;
         while sent < due {
             sent += 1;
             let Ok(permit) = in_flight.clone().try_acquire_owned() else {
-                counters.skipped.fetch_add(1, Ordering::Relaxed);
+                if measured {
+                    counters.skipped.fetch_add(1, Ordering::Relaxed);
+                }
                 continue;
             };
             // Round robin over connected clients.
@@ -410,42 +487,27 @@ async fn offer(
             for _ in 0..slots.len() {
                 let slot = &slots[next_slot % slots.len()];
                 next_slot = next_slot.wrapping_add(1);
-                let client = slot
-                    .client
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone();
-                if let Some(client) = client {
+                if let Some(client) = slot.connected() {
                     chosen = Some((slot.clone(), client));
                     break;
                 }
             }
             let Some((slot, client)) = chosen else {
-                counters.skipped.fetch_add(1, Ordering::Relaxed);
+                if measured {
+                    counters.skipped.fetch_add(1, Ordering::Relaxed);
+                }
                 continue;
             };
+            if measured {
+                counters.submitted.fetch_add(1, Ordering::Relaxed);
+            }
             let payload = payload(sent, options.size);
             let counters = counters.clone();
             let cluster = cluster.clone();
             let timeout = options.request_timeout;
-            counters.submitted.fetch_add(1, Ordering::Relaxed);
-            let mut given_up = slot.generation.subscribe();
             tokio::spawn(async move {
-                let start = Instant::now();
-                let result = tokio::select! {
-                    result = client.submit(payload) => result.map(|_| start.elapsed()),
-                    _ = given_up.changed() => Err(ClientError::Disconnected),
-                };
-                match &result {
-                    Ok(_) | Err(ClientError::Rejected(_)) | Err(ClientError::InvalidReceipt(_)) => {
-                        slot.answered()
-                    }
-                    Err(ClientError::Disconnected) | Err(ClientError::Transport(_)) => {
-                        reconnect(cluster, slot, &client, timeout)
-                    }
-                    Err(_) => {}
-                }
-                counters.record(result);
+                let result = send(&cluster, &slot, &client, payload, timeout).await;
+                counters.record(measured, result);
                 drop(permit);
             });
         }
@@ -458,11 +520,112 @@ async fn offer(
     // Drain: wait for outstanding receipts.
     let all = options.max_in_flight.max(1) as u32;
     let _ = tokio::time::timeout(options.drain, in_flight.acquire_many(all)).await;
-    let elapsed = started.elapsed().as_secs_f64();
-    for probe in probes {
-        probe.abort();
+    offered_seconds
+}
+
+/// Keeps `window` requests outstanding on every client until the run is
+/// over, then waits up to `options.drain` for the last answers. Returns the
+/// seconds spent offering.
+async fn offer_closed(
+    cluster: &Cluster,
+    slots: &[Arc<Slot>],
+    options: &LoadOptions,
+    window: usize,
+    counters: &Arc<Counters>,
+    mut stopped: watch::Receiver<bool>,
+    started: Instant,
+) -> f64 {
+    let numbers = Arc::new(AtomicU64::new(0));
+    let mut workers = tokio::task::JoinSet::new();
+    for slot in slots {
+        for _ in 0..window.max(1) {
+            workers.spawn(keep_one_outstanding(
+                cluster.clone(),
+                slot.clone(),
+                options.clone(),
+                counters.clone(),
+                stopped.clone(),
+                started,
+                numbers.clone(),
+            ));
+        }
     }
-    report(&counters, options.rate, offered_seconds, elapsed, nodes)
+    let until_over = async {
+        while !over(options, started, &stopped) {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+                _ = stopped.changed() => {}
+            }
+        }
+    };
+    until_over.await;
+    let offered_seconds = started.elapsed().as_secs_f64();
+    // Drain: each worker finishes the request it has outstanding.
+    let _ = tokio::time::timeout(options.drain, async {
+        while workers.join_next().await.is_some() {}
+    })
+    .await;
+    workers.abort_all();
+    offered_seconds
+}
+
+/// One closed-loop worker: sends a request, waits for its answer, sends the
+/// next, until the run is over.
+async fn keep_one_outstanding(
+    cluster: Cluster,
+    slot: Arc<Slot>,
+    options: LoadOptions,
+    counters: Arc<Counters>,
+    stopped: watch::Receiver<bool>,
+    started: Instant,
+    numbers: Arc<AtomicU64>,
+) {
+    while !over(&options, started, &stopped) {
+        let Some(client) = slot.connected() else {
+            // Reconnecting: the other clients carry on meanwhile.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let measured = started.elapsed() >= options.warmup;
+        if measured {
+            counters.submitted.fetch_add(1, Ordering::Relaxed);
+        }
+        let payload = payload(numbers.fetch_add(1, Ordering::Relaxed), options.size);
+        let result = send(&cluster, &slot, &client, payload, options.request_timeout).await;
+        let failed = result.is_err();
+        counters.record(measured, result);
+        if failed {
+            // A busy node refuses at once: do not spin on it.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// Submits one request on `slot`'s `client` and returns its latency. A
+/// connection that fails is given up and reconnected in the background.
+async fn send(
+    cluster: &Cluster,
+    slot: &Arc<Slot>,
+    client: &Arc<Client>,
+    payload: Vec<u8>,
+    timeout: Duration,
+) -> Result<Duration, ClientError> {
+    let mut given_up = slot.generation.subscribe();
+    let start = Instant::now();
+    let result = tokio::select! {
+        result = client.submit(payload) => result.map(|_| start.elapsed()),
+        _ = given_up.changed() => Err(ClientError::Disconnected),
+    };
+    match &result {
+        Ok(_) | Err(ClientError::Rejected(_)) | Err(ClientError::InvalidReceipt(_)) => {
+            slot.answered()
+        }
+        Err(ClientError::Disconnected) | Err(ClientError::Transport(_)) => {
+            reconnect(cluster.clone(), slot.clone(), client, timeout)
+        }
+        Err(_) => {}
+    }
+    result
 }
 
 /// Probes a slot's connection with status queries; a connection that does
