@@ -1,6 +1,7 @@
 //! Real-process scenarios: `bftd` nodes on loopback behind bftnet's fault
 //! proxy, driven through the `bftnet` binary exactly as a person would, for
-//! what the simulator cannot show (QUIC, disks, SIGKILL, restarts).
+//! what the simulator cannot show (QUIC, disks, SIGKILL, restarts); and
+//! `bftnet bench`, which starts and stops its own cluster.
 //!
 //! Each test starts its own testnet in a fresh directory; a guard stops
 //! every process it started (by PID) even when the test fails, and keeps the
@@ -635,4 +636,87 @@ fn colluding_majority_forks_and_check_reports_it() {
             "no fork within 90 s of collusion; last check:\n{text}"
         );
     }
+}
+
+/// `bftnet bench` measures a fresh cluster (nodes talking directly, no
+/// proxy) and leaves nothing behind: requests commit, the JSON report has
+/// its fields, the temporary directory is gone and none of the bftd
+/// processes it started still runs.
+#[test]
+fn bench_measures_and_cleans_up() {
+    let _serial = serial();
+    let started = Instant::now();
+    let mut command = Command::new(bftnet_bin());
+    command
+        .args(["bench", "--duration", "2", "--warmup", "1", "--rate", "200"])
+        .arg("--json")
+        .env("BFTD_BIN", bftd_bin());
+    let output = run_bounded(command, Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "bftnet bench failed ({}):\n{stderr}",
+        output.status
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).expect("bench --json is JSON");
+    for key in [
+        "n",
+        "clients",
+        "size",
+        "rate",
+        "closed_loop",
+        "window",
+        "batch",
+        "signed_requests",
+        "duration_s",
+        "runs",
+        "throughput_tx_s",
+        "latency_ms",
+        "cpu_s_per_1000_tx",
+        "loadgen_cpu_s_per_1000_tx",
+        "peak_rss_mb",
+        "committed",
+        "failures",
+        "view_changes",
+        "profile",
+        "runs_detail",
+    ] {
+        assert!(report.get(key).is_some(), "no `{key}` in {report:#}");
+    }
+    for key in ["p50", "p90", "p99", "max"] {
+        assert!(report["latency_ms"][key].as_f64().is_some(), "{report:#}");
+    }
+    assert!(report["committed"].as_u64().unwrap_or(0) > 0, "{report:#}");
+    assert!(
+        report["throughput_tx_s"].as_f64().unwrap_or(0.0) > 0.0,
+        "{report:#}"
+    );
+    assert!(report["cpu_s_per_1000_tx"].as_f64().unwrap_or(0.0) > 0.0);
+    assert_eq!(report["rate"].as_f64(), Some(200.0));
+    assert_eq!(report["closed_loop"], false);
+    let peaks = report["peak_rss_mb"]["nodes"].as_array().expect("per node");
+    assert_eq!(peaks.len(), 4);
+    assert!(peaks.iter().all(|mb| mb.as_f64().unwrap_or(0.0) > 0.0));
+    let run = &report["runs_detail"][0];
+    let dir = PathBuf::from(run["dir"].as_str().expect("the run's directory"));
+    assert!(!dir.exists(), "{} was not removed", dir.display());
+    let layout = bftnet::net::layout::Layout::new(&dir);
+    let nodes = run["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 4);
+    for node in nodes {
+        let id = node["id"].as_u64().expect("id") as u16;
+        let pid = node["pid"].as_u64().expect("pid") as u32;
+        let marker = bftnet::net::launch::node_marker(&layout, id);
+        assert!(
+            !bftnet::net::launch::alive(pid, &marker),
+            "node {id} (pid {pid}) still runs"
+        );
+        assert!(node["height"].as_u64().unwrap_or(0) > 0, "{node:#}");
+    }
+    eprintln!(
+        "[bench] {:.0} tx/s, p50 {:.1} ms, in {:.1} s",
+        report["throughput_tx_s"].as_f64().unwrap_or(0.0),
+        report["latency_ms"]["p50"].as_f64().unwrap_or(0.0),
+        started.elapsed().as_secs_f64()
+    );
 }

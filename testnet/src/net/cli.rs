@@ -1,5 +1,6 @@
 //! The testnet subcommands' command line (flattened into `bftnet`'s).
 
+use super::bench::{self, BenchOptions, Pacing};
 use super::commands::{self, LoadArgs, UpOptions};
 use super::layout::ByzantineArg;
 use super::NetError;
@@ -104,6 +105,40 @@ pub enum NetCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Measure throughput, latency, CPU and memory of a fresh cluster.
+    ///
+    /// Starts N real bftd processes in a new temporary directory, on
+    /// 127.0.0.1 with free ports. The nodes talk to each other directly: no
+    /// fault proxy is in the path (unlike `bftnet up`), so the figures are
+    /// the nodes' own. Once all are healthy it offers load through --clients
+    /// connections spread round-robin over the honest nodes: --warmup first
+    /// (not counted), then --duration measured, then at most 5 s to drain
+    /// the last receipts. Then it stops every process it started, by PID
+    /// (also on errors and Ctrl-C), and deletes the directory (--keep keeps
+    /// it, with the nodes' logs).
+    ///
+    /// Reported: committed tx/s (verified receipts arriving in the window,
+    /// per second); latency p50/p90/p99/max of the requests sent in the
+    /// window, from submit to verified receipt; failures; CPU seconds per
+    /// 1,000 committed transactions summed over all bftd processes (utime +
+    /// stime from /proc); the load generator's own CPU per 1,000, reported
+    /// separately; each node's peak and final resident memory; each node's
+    /// final height and view (a view above 0 means a view change happened).
+    /// --runs K repeats it all on K fresh clusters and adds the medians.
+    ///
+    /// The load generator runs on the same machine and competes with the
+    /// nodes for the cores: on a shared or small machine the figures include
+    /// its cost (its CPU is shown so you can tell how much). Measure a
+    /// release build (`cargo run --release -p bftnet -- bench ...`): debug
+    /// builds are many times slower.
+    ///
+    /// Examples:
+    ///   bftnet bench --rate 50000                capacity: 50,000 tx/s offered, open loop
+    ///   bftnet bench --closed-loop --clients 1   latency at low load: one request at a time
+    ///   bftnet bench --signed-requests           every request signed, verified by every node
+    ///   bftnet bench --runs 3 --json             three fresh clusters and the medians, as JSON
+    #[command(verbatim_doc_comment)]
+    Bench(BenchArgs),
     /// SIGKILL a node (fail-stop). Its data stays; `restart` brings it back.
     ///
     /// Examples:
@@ -267,6 +302,65 @@ pub struct UpArgs {
     timeout: Duration,
 }
 
+/// `bftnet bench`'s options.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Nodes: 3f + 1.
+    #[arg(short = 'n', default_value_t = 4)]
+    n: usize,
+    /// Client connections, spread round-robin over the honest nodes.
+    #[arg(long, default_value_t = 4)]
+    clients: usize,
+    /// Payload bytes per request.
+    #[arg(long, value_name = "BYTES", default_value_t = 512)]
+    size: usize,
+    /// Open loop: requests per second offered in total, whatever the
+    /// answers (latency then includes queueing). Requests beyond 20,000
+    /// awaiting receipts are not sent, and counted as not sent.
+    #[arg(long, value_name = "R", default_value_t = 20_000.0)]
+    rate: f64,
+    /// Closed loop instead of --rate: each client keeps --window requests
+    /// outstanding and sends the next as soon as a receipt arrives.
+    #[arg(long, conflicts_with = "rate")]
+    closed_loop: bool,
+    /// Closed loop: requests each client keeps outstanding.
+    #[arg(long, value_name = "W", default_value_t = 1, requires = "closed_loop")]
+    window: usize,
+    /// How long to measure: 10s, 500ms, 2m (plain numbers are seconds).
+    #[arg(long, value_name = "D", default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Load before measuring, not counted (connections, batching and
+    /// caches settle).
+    #[arg(long, value_name = "D", default_value = "2s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// The nodes' max_batch_requests, the most requests in one block
+    /// (default: bftd's, 1000).
+    #[arg(long, value_name = "B")]
+    batch: Option<usize>,
+    /// Client-signed requests: every node verifies every request's
+    /// signature. Default: connection-authenticated (the client's key is
+    /// proven once in the QUIC handshake; requests are unsigned).
+    #[arg(long)]
+    signed_requests: bool,
+    /// Make node ID byzantine (repeatable), as in `bftnet up`, e.g.
+    /// 3=slow:200. Clients connect to honest nodes only.
+    #[arg(long, value_name = "ID=BEHAVIOUR")]
+    byzantine: Vec<ByzantineArg>,
+    /// Allow more than f byzantine nodes.
+    #[arg(long)]
+    allow_unsafe: bool,
+    /// Measure K fresh clusters, one after another; report each and the
+    /// medians of throughput and latency.
+    #[arg(long, value_name = "K", default_value_t = 1)]
+    runs: usize,
+    /// Keep each run's directory (configs, logs, stores) and print its path.
+    #[arg(long)]
+    keep: bool,
+    /// Print one JSON object (for scripts) instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
 /// Parses `30s`, `500ms`, `2m`, `1.5s`; a plain number is seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
@@ -316,7 +410,11 @@ pub fn run(command: NetCommand) -> ExitCode {
 
 fn fail(error: &NetError) -> ExitCode {
     eprintln!("error: {error}");
-    ExitCode::from(2)
+    match error {
+        // The shell's convention for "stopped by SIGINT".
+        NetError::Interrupted => ExitCode::from(130),
+        _ => ExitCode::from(2),
+    }
 }
 
 async fn dispatch(command: NetCommand) -> Result<ExitCode, NetError> {
@@ -389,6 +487,34 @@ async fn dispatch(command: NetCommand) -> Result<ExitCode, NetError> {
                     json,
                 },
             )
+            .await?;
+        }
+        NetCommand::Bench(args) => {
+            bench::bench(BenchOptions {
+                n: args.n,
+                clients: args.clients,
+                size: args.size,
+                pacing: if args.closed_loop {
+                    Pacing::Closed {
+                        window: args.window,
+                    }
+                } else {
+                    Pacing::Open { rate: args.rate }
+                },
+                duration: args.duration,
+                warmup: args.warmup,
+                batch: args.batch,
+                request_mode: if args.signed_requests {
+                    RequestMode::ClientSigned
+                } else {
+                    RequestMode::ConnectionAuthenticated
+                },
+                byzantine: args.byzantine,
+                allow_unsafe: args.allow_unsafe,
+                runs: args.runs,
+                keep: args.keep,
+                json: args.json,
+            })
             .await?;
         }
         NetCommand::Kill { dir, id } => commands::kill(&dir.dir, id).await?,

@@ -147,6 +147,19 @@ pub enum NetError {
     /// rare).
     #[error("{0}")]
     Config(Box<bftd::config::LoadError>),
+    /// A benchmark's measurement window saw no committed request.
+    #[error("nothing committed during the {window_seconds:.1} s measurement window ({failures}); the nodes' logs end with:\n{tails}")]
+    NothingCommitted {
+        /// The window's length.
+        window_seconds: f64,
+        /// What happened to the requests instead.
+        failures: String,
+        /// Each node's last log lines.
+        tails: String,
+    },
+    /// Ctrl-C (or SIGTERM/SIGHUP) stopped the command.
+    #[error("interrupted: every process this command started has been stopped")]
+    Interrupted,
     /// The async runtime could not start.
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),

@@ -1,4 +1,5 @@
-//! Real local testnets: `bftd` processes on loopback behind a fault proxy.
+//! Real local testnets: `bftd` processes on loopback behind a fault proxy,
+//! and benchmarks of fresh clusters without it.
 //!
 //! - [`layout`]: the testnet directory, generated keys and configs, and
 //!   `testnet.json` (ports, PIDs, behaviours) that every subcommand reads;
@@ -7,11 +8,14 @@
 //!   health over HTTP;
 //! - [`proxy`]: the UDP fault proxy (partitions, delay, loss) that needs no
 //!   root;
-//! - [`load`]: the open-loop load generator;
+//! - [`load`]: the load generator (open or closed loop);
+//! - [`bench`]: `bftnet bench`, throughput, latency, CPU and memory of a
+//!   fresh cluster whose nodes talk directly;
 //! - [`check`]: the safety check of honest logs;
 //! - [`live`]: `status` and the live status line;
 //! - [`commands`]: the subcommands themselves.
 
+pub mod bench;
 pub mod binaries;
 pub mod check;
 pub mod cli;
