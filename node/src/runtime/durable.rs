@@ -1,12 +1,13 @@
 //! The durability worker: group commit, then send.
 //!
 //! Consensus hands over each step's records, deliveries, messages and client
-//! answers. The worker takes every step waiting, writes all their records in
-//! one transaction (one fsync), and only then sends their messages and
-//! answers their clients, in step order. So nothing a step signed leaves
-//! before the state that covers it is durable, no client hears of a block
-//! before it is on disk — and consensus itself never waits for the disk: a
-//! slower disk makes bigger groups, not a slower protocol loop.
+//! answers. The worker takes every step waiting, answers their clients
+//! (receipts prove themselves with commit certificates, see [`Worker::run`]),
+//! writes all their records in one transaction (one fsync), and only then
+//! sends their messages, in step order. So nothing a step signed leaves
+//! before the state that covers it is durable — and consensus itself never
+//! waits for the disk: a slower disk makes bigger groups, not a slower
+//! protocol loop.
 
 use super::consensus::Waiter;
 use super::metrics::NodeMetrics;
@@ -80,7 +81,26 @@ impl Worker {
                     Err(_) => break,
                 }
             }
-            if let Err(error) = self.write(&mut group) {
+            let mut records = Vec::new();
+            let mut deliveries = Vec::new();
+            let mut answers = Vec::new();
+            for step in group.iter_mut() {
+                records.append(&mut step.persist);
+                deliveries.append(&mut step.deliver);
+                answers.append(&mut step.answers);
+            }
+            // Clients need not wait for the write: a receipt carries the
+            // block's commit certificate (2f+1 signed commits, each sent
+            // only after its signer's state was durable), which proves the
+            // block committed whatever becomes of this node's disk; a node
+            // that crashes before writing the block fetches it back from
+            // its peers. This takes one fsync off every request's latency.
+            // (A replayed request may name a block delivered earlier in this
+            // group, so the answers see all of the group's deliveries.)
+            if !answers.is_empty() {
+                self.answer(&deliveries, answers);
+            }
+            if let Err(error) = self.write(&records, &deliveries) {
                 tracing::error!(%error, "storage failed; stopping the node");
                 self.shared.fail(error.to_string());
                 return;
@@ -91,20 +111,16 @@ impl Worker {
         }
     }
 
-    fn write(&mut self, group: &mut [Step]) -> Result<(), bftd_protocol::StorageError> {
-        let mut records = Vec::new();
-        let mut deliveries = Vec::new();
-        for step in group.iter_mut() {
-            records.append(&mut step.persist);
-            // Deliveries stay with their step (answers need them); the write
-            // takes copies (cheap: the blocks are shared).
-            deliveries.extend(step.deliver.iter().cloned());
-        }
+    fn write(
+        &mut self,
+        records: &[Record],
+        deliveries: &[Delivery],
+    ) -> Result<(), bftd_protocol::StorageError> {
         if records.is_empty() && deliveries.is_empty() {
             return Ok(());
         }
         let started = Instant::now();
-        self.storage.apply(&records, &deliveries)?;
+        self.storage.apply(records, deliveries)?;
         self.shared.metrics.storage_apply.observe(started.elapsed());
         if let Some(last) = deliveries.last() {
             self.height.send_replace(last.block.height());
@@ -112,7 +128,7 @@ impl Worker {
         Ok(())
     }
 
-    /// The step is durable: send its messages, answer its clients.
+    /// The step is durable: send its messages.
     fn release(&self, step: Step) {
         for outbound in step.sends {
             if outbound.delay.is_zero() {
@@ -130,9 +146,6 @@ impl Worker {
                     transmit(&transport, &shared.metrics, outbound.to, outbound.bytes);
                 });
             }
-        }
-        if !step.answers.is_empty() {
-            self.answer(&step.deliver, step.answers);
         }
     }
 
