@@ -23,15 +23,18 @@ use super::layout::{
     assign_behaviours, behaviours, check_size, generate, write_node_files, ByzantineArg, Layout,
     Network, State,
 };
-use super::load::{self, Load, LoadOptions, Percentiles};
+use super::load::{self, Load, LoadOptions};
 use bftd::config::Cluster;
 use bftd_protocol::RequestMode;
-use serde::Serialize;
 use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::process::Child;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+
+mod report;
+pub use report::{median, BenchReport, Failures, Memory, NodeFigures, RunReport};
+use report::{parameters_line, render, summarize};
 
 /// How long the nodes may take to become healthy.
 const HEALTHY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -91,186 +94,6 @@ pub struct BenchOptions {
     pub json: bool,
 }
 
-/// Failures among the requests sent in the window.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct Failures {
-    /// Refused by a node ("busy", ...).
-    pub rejected: u64,
-    /// No receipt within the request timeout.
-    pub timed_out: u64,
-    /// The connection failed.
-    pub disconnected: u64,
-    /// Receipts that did not verify.
-    pub invalid_receipts: u64,
-    /// Not sent: too many in flight, or no connected client.
-    pub skipped: u64,
-    /// Still unanswered when the drain gave up.
-    pub unanswered: u64,
-}
-
-impl Failures {
-    fn add(&mut self, other: &Failures) {
-        self.rejected += other.rejected;
-        self.timed_out += other.timed_out;
-        self.disconnected += other.disconnected;
-        self.invalid_receipts += other.invalid_receipts;
-        self.skipped += other.skipped;
-        self.unanswered += other.unanswered;
-    }
-
-    fn describe(&self) -> String {
-        format!(
-            "{} refused, {} timed out, {} disconnected, {} invalid receipts, {} not sent, {} unanswered",
-            self.rejected,
-            self.timed_out,
-            self.disconnected,
-            self.invalid_receipts,
-            self.skipped,
-            self.unanswered
-        )
-    }
-}
-
-/// Memory of every node, megabytes.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct Memory {
-    /// Each node's, by id (0 if unreadable).
-    pub nodes: Vec<f64>,
-    /// The largest.
-    pub max: f64,
-}
-
-impl Memory {
-    fn of(nodes: Vec<f64>) -> Memory {
-        let max = nodes.iter().copied().fold(0.0, f64::max);
-        Memory { nodes, max }
-    }
-}
-
-/// One node at the end of a run.
-#[derive(Clone, Debug, Serialize)]
-pub struct NodeFigures {
-    /// Node id.
-    pub id: u16,
-    /// Its PID (stopped by now).
-    pub pid: Option<u32>,
-    /// "honest" or its behaviour.
-    pub behaviour: String,
-    /// Its height after the drain, if it answered.
-    pub height: Option<u64>,
-    /// Its view after the drain, if it answered.
-    pub view: Option<u64>,
-    /// CPU seconds over the window.
-    pub cpu_s: Option<f64>,
-    /// Peak resident memory (VmHWM), megabytes.
-    pub peak_rss_mb: Option<f64>,
-    /// Resident memory after the drain (VmRSS), megabytes.
-    pub rss_mb: Option<f64>,
-}
-
-/// One run's figures.
-#[derive(Clone, Debug, Serialize)]
-pub struct RunReport {
-    /// 1, 2, ...
-    pub run: usize,
-    /// Its directory (deleted unless `kept`).
-    pub dir: String,
-    /// Whether the directory was kept.
-    pub kept: bool,
-    /// The window as measured, seconds.
-    pub window_s: f64,
-    /// Requests sent in the window.
-    pub submitted: u64,
-    /// Verified receipts arriving in the window.
-    pub committed: u64,
-    /// `committed` per second of the window.
-    pub throughput_tx_s: f64,
-    /// Latency of requests sent in the window, milliseconds.
-    pub latency_ms: Percentiles,
-    /// Failures among them.
-    pub failures: Failures,
-    /// CPU seconds of every bftd process over the window.
-    pub cpu_s: f64,
-    /// ... per 1,000 committed transactions.
-    pub cpu_s_per_1000_tx: f64,
-    /// CPU seconds of the load generator (this process) over the window.
-    pub loadgen_cpu_s: f64,
-    /// ... per 1,000 committed transactions.
-    pub loadgen_cpu_s_per_1000_tx: f64,
-    /// Peak resident memory.
-    pub peak_rss_mb: Memory,
-    /// Resident memory after the drain.
-    pub rss_end_mb: Memory,
-    /// The highest view an honest node reached (views start at 0).
-    pub view_changes: u64,
-    /// Every node.
-    pub nodes: Vec<NodeFigures>,
-}
-
-/// The whole benchmark (`--json`): the parameters, the medians over runs
-/// (a single run's figures when `runs` is 1), and every run.
-#[derive(Clone, Debug, Serialize)]
-pub struct BenchReport {
-    /// Nodes.
-    pub n: usize,
-    /// Client connections.
-    pub clients: usize,
-    /// Payload bytes.
-    pub size: usize,
-    /// Offered rate, tx/s; null in closed loop.
-    pub rate: Option<f64>,
-    /// Whether the load was closed loop.
-    pub closed_loop: bool,
-    /// Closed loop: outstanding requests per client; null in open loop.
-    pub window: Option<usize>,
-    /// The nodes' `max_batch_requests`; null for bftd's default.
-    pub batch: Option<usize>,
-    /// Whether requests were client-signed.
-    pub signed_requests: bool,
-    /// Byzantine nodes, `ID=BEHAVIOUR`.
-    pub byzantine: Vec<String>,
-    /// The measurement window asked for, seconds.
-    pub duration_s: f64,
-    /// The warm-up, seconds.
-    pub warmup_s: f64,
-    /// Runs.
-    pub runs: usize,
-    /// "release" or "debug" (this bftnet's build).
-    pub profile: &'static str,
-    /// The bftd binary.
-    pub bftd: String,
-    /// Median throughput, tx/s.
-    pub throughput_tx_s: f64,
-    /// Median of each latency percentile, milliseconds.
-    pub latency_ms: Percentiles,
-    /// Median CPU of the nodes per 1,000 transactions, seconds.
-    pub cpu_s_per_1000_tx: f64,
-    /// Median CPU of the load generator per 1,000 transactions, seconds.
-    pub loadgen_cpu_s_per_1000_tx: f64,
-    /// Peak resident memory, the largest over runs.
-    pub peak_rss_mb: Memory,
-    /// Committed in all windows.
-    pub committed: u64,
-    /// Failures in all windows.
-    pub failures: Failures,
-    /// View changes over all runs.
-    pub view_changes: u64,
-    /// Every run.
-    pub runs_detail: Vec<RunReport>,
-}
-
-/// The median (the mean of the middle two for an even count; 0 if empty).
-pub fn median(values: &[f64]) -> f64 {
-    let mut sorted: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
-    sorted.sort_by(f64::total_cmp);
-    let middle = sorted.len() / 2;
-    match (sorted.len(), sorted.get(middle)) {
-        (_, None) => 0.0,
-        (len, Some(&value)) if len % 2 == 1 => value,
-        (_, Some(&value)) => (value + sorted.get(middle - 1).copied().unwrap_or(value)) / 2.0,
-    }
-}
-
 /// utime + stime, in clock ticks, from the text of `/proc/PID/stat`. The
 /// command name (field 2) is in parentheses and may itself hold spaces and
 /// parentheses, so fields are counted from the last `)`.
@@ -310,14 +133,6 @@ fn memory_megabytes(pid: u32, name: &str) -> Option<f64> {
         &std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?,
         name,
     )
-}
-
-fn profile() -> &'static str {
-    if cfg!(debug_assertions) {
-        "debug"
-    } else {
-        "release"
-    }
 }
 
 /// Refuses nonsense before anything starts.
@@ -534,15 +349,10 @@ fn difference(before: Option<f64>, after: Option<f64>) -> Option<f64> {
     Some((after? - before?).max(0.0))
 }
 
-async fn measure(
-    layout: &Layout,
-    state: &State,
-    options: &BenchOptions,
-    run: usize,
-) -> Result<RunReport, NetError> {
-    let cluster = Cluster::load(&layout.cluster())?;
-    let targets = client_targets(state, options.clients);
-    let load_options = LoadOptions {
+/// The load generator's options for `options`: one connection per entry
+/// of the client targets, the warm-up left out of the figures.
+fn load_options(options: &BenchOptions) -> LoadOptions {
+    LoadOptions {
         rate: match options.pacing {
             Pacing::Open { rate } => rate,
             Pacing::Closed { .. } => 0.0,
@@ -558,8 +368,18 @@ async fn measure(
         max_in_flight: MAX_IN_FLIGHT,
         request_timeout: REQUEST_TIMEOUT,
         drain: DRAIN,
-    };
-    let running = load::start(&cluster, &targets, load_options)
+    }
+}
+
+async fn measure(
+    layout: &Layout,
+    state: &State,
+    options: &BenchOptions,
+    run: usize,
+) -> Result<RunReport, NetError> {
+    let cluster = Cluster::load(&layout.cluster())?;
+    let targets = client_targets(state, options.clients);
+    let running = load::start(&cluster, &targets, load_options(options))
         .await
         .map_err(|source| NetError::Client {
             id: targets.first().copied().unwrap_or(0),
@@ -591,56 +411,10 @@ async fn measure(
         DRAIN.as_secs()
     );
     let load = running.finish().await;
-    let failures = Failures {
-        rejected: load.rejected,
-        timed_out: load.timed_out,
-        disconnected: load.disconnected,
-        invalid_receipts: load.invalid_receipts,
-        skipped: load.skipped,
-        unanswered: load.submitted.saturating_sub(
-            load.committed
-                + load.rejected
-                + load.timed_out
-                + load.disconnected
-                + load.invalid_receipts,
-        ),
-    };
+    let failures = Failures::of(&load);
+    let nodes = node_figures(state, &nodes_before, &nodes_after).await;
     if committed == 0 {
-        let tails = state
-            .nodes
-            .iter()
-            .map(|node| {
-                format!(
-                    "  node {}:\n{}",
-                    node.id,
-                    log_tail(&layout.node_log(node.id), 5)
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("\n");
-        return Err(NetError::NothingCommitted {
-            window_seconds: window_s,
-            failures: failures.describe(),
-            tails,
-        });
-    }
-    let mut nodes = Vec::with_capacity(state.n);
-    for (index, node) in state.nodes.iter().enumerate() {
-        let status = node_status(node.metrics, Duration::from_secs(1)).await;
-        let memory = |name| node.pid.and_then(|pid| memory_megabytes(pid, name));
-        nodes.push(NodeFigures {
-            id: node.id,
-            pid: node.pid,
-            behaviour: node.behaviour.clone().unwrap_or_else(|| "honest".into()),
-            height: status.as_ref().map(|s| s.height),
-            view: status.as_ref().map(|s| s.view),
-            cpu_s: difference(
-                nodes_before.get(index).copied().flatten(),
-                nodes_after.get(index).copied().flatten(),
-            ),
-            peak_rss_mb: memory("VmHWM"),
-            rss_mb: memory("VmRSS"),
-        });
+        return Err(nothing_committed(layout, &nodes, window_s, &failures));
     }
     let cpu_s: f64 = nodes.iter().filter_map(|node| node.cpu_s).sum();
     let loadgen_cpu_s = difference(self_before, self_after).unwrap_or(0.0);
@@ -672,6 +446,64 @@ async fn measure(
             .unwrap_or(0),
         nodes,
     })
+}
+
+/// Every node after the drain: its `/status`, memory, and CPU over the
+/// window (from the samples taken at its ends).
+async fn node_figures(
+    state: &State,
+    cpu_before: &[Option<f64>],
+    cpu_after: &[Option<f64>],
+) -> Vec<NodeFigures> {
+    let mut nodes = Vec::with_capacity(state.n);
+    for (index, node) in state.nodes.iter().enumerate() {
+        let status = node_status(node.metrics, Duration::from_secs(1)).await;
+        let memory = |name| node.pid.and_then(|pid| memory_megabytes(pid, name));
+        nodes.push(NodeFigures {
+            id: node.id,
+            pid: node.pid,
+            behaviour: node.behaviour.clone().unwrap_or_else(|| "honest".into()),
+            height: status.as_ref().map(|s| s.height),
+            view: status.as_ref().map(|s| s.view),
+            cpu_s: difference(
+                cpu_before.get(index).copied().flatten(),
+                cpu_after.get(index).copied().flatten(),
+            ),
+            peak_rss_mb: memory("VmHWM"),
+            rss_mb: memory("VmRSS"),
+        });
+    }
+    nodes
+}
+
+/// The error for a window without a commit: where each node stands, and
+/// the end of its log.
+fn nothing_committed(
+    layout: &Layout,
+    nodes: &[NodeFigures],
+    window_seconds: f64,
+    failures: &Failures,
+) -> NetError {
+    let or_dash = |value: Option<u64>| value.map_or_else(|| "-".to_owned(), |v| v.to_string());
+    let tails = nodes
+        .iter()
+        .map(|node| {
+            format!(
+                "  node {} ({}, height {}, view {}):\n{}",
+                node.id,
+                node.behaviour,
+                or_dash(node.height),
+                or_dash(node.view),
+                log_tail(&layout.node_log(node.id), 5)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    NetError::NothingCommitted {
+        window_seconds,
+        failures: failures.describe(),
+        tails,
+    }
 }
 
 /// The progress line on stderr: rewritten in place every second on a
@@ -751,254 +583,6 @@ fn window_line(running: &Load, options: &BenchOptions, opened: Instant, before: 
     )
 }
 
-/// The medians and totals over runs.
-fn summarize(options: &BenchOptions, bftd: &Path, runs: Vec<RunReport>) -> BenchReport {
-    let median_of =
-        |figure: fn(&RunReport) -> f64| median(&runs.iter().map(figure).collect::<Vec<_>>());
-    let mut failures = Failures::default();
-    for run in &runs {
-        failures.add(&run.failures);
-    }
-    let mut peak = vec![0.0f64; options.n];
-    for run in &runs {
-        for (slot, value) in peak.iter_mut().zip(&run.peak_rss_mb.nodes) {
-            *slot = slot.max(*value);
-        }
-    }
-    BenchReport {
-        n: options.n,
-        clients: options.clients,
-        size: options.size,
-        rate: match options.pacing {
-            Pacing::Open { rate } => Some(rate),
-            Pacing::Closed { .. } => None,
-        },
-        closed_loop: matches!(options.pacing, Pacing::Closed { .. }),
-        window: match options.pacing {
-            Pacing::Open { .. } => None,
-            Pacing::Closed { window } => Some(window),
-        },
-        batch: options.batch,
-        signed_requests: options.request_mode == RequestMode::ClientSigned,
-        byzantine: options
-            .byzantine
-            .iter()
-            .map(|arg| format!("{}={}", arg.id, arg.behaviour))
-            .collect(),
-        duration_s: options.duration.as_secs_f64(),
-        warmup_s: options.warmup.as_secs_f64(),
-        runs: runs.len(),
-        profile: profile(),
-        bftd: bftd.display().to_string(),
-        throughput_tx_s: median_of(|r| r.throughput_tx_s),
-        latency_ms: Percentiles {
-            p50: median_of(|r| r.latency_ms.p50),
-            p90: median_of(|r| r.latency_ms.p90),
-            p99: median_of(|r| r.latency_ms.p99),
-            max: median_of(|r| r.latency_ms.max),
-        },
-        cpu_s_per_1000_tx: median_of(|r| r.cpu_s_per_1000_tx),
-        loadgen_cpu_s_per_1000_tx: median_of(|r| r.loadgen_cpu_s_per_1000_tx),
-        peak_rss_mb: Memory::of(peak),
-        committed: runs.iter().map(|r| r.committed).sum(),
-        failures,
-        view_changes: runs.iter().map(|r| r.view_changes).sum(),
-        runs_detail: runs,
-    }
-}
-
-/// What was measured, in one line.
-fn parameters_line(options: &BenchOptions) -> String {
-    let pacing = match options.pacing {
-        Pacing::Open { rate } => format!("open loop at {rate} tx/s"),
-        Pacing::Closed { window } => format!("closed loop, {window} outstanding per client"),
-    };
-    let batch = options.batch.map_or_else(
-        || {
-            format!(
-                "default ({})",
-                bftd_protocol::Config::default().max_batch_requests
-            )
-        },
-        |b| b.to_string(),
-    );
-    let mode = match options.request_mode {
-        RequestMode::ClientSigned => "client-signed",
-        RequestMode::ConnectionAuthenticated => "connection-authenticated",
-    };
-    let byzantine = if options.byzantine.is_empty() {
-        String::new()
-    } else {
-        let list: Vec<String> = options
-            .byzantine
-            .iter()
-            .map(|arg| format!("{}={}", arg.id, arg.behaviour))
-            .collect();
-        format!(", byzantine {}", list.join(" "))
-    };
-    format!(
-        "n {}, {} client{}, {} B payloads, {pacing}, batch {batch}, {mode} requests{byzantine}, \
-         {:.1} s measured after {:.1} s warm-up, {} build, {} run{}",
-        options.n,
-        options.clients,
-        if options.clients == 1 { "" } else { "s" },
-        options.size,
-        options.duration.as_secs_f64(),
-        options.warmup.as_secs_f64(),
-        profile(),
-        options.runs,
-        if options.runs == 1 { "" } else { "s" },
-    )
-}
-
-/// The table for people.
-fn render(report: &BenchReport, parameters: &str) -> String {
-    let runs = &report.runs_detail;
-    let several = runs.len() > 1;
-    let mut header = vec![String::new()];
-    header.extend(runs.iter().map(|r| format!("run {}", r.run)));
-    if several {
-        header.push("median".into());
-    }
-    type Row = (&'static str, fn(&RunReport) -> String, Option<String>);
-    let rows: Vec<Row> = vec![
-        (
-            "throughput (tx/s)",
-            |r| format!("{:.0}", r.throughput_tx_s),
-            Some(format!("{:.0}", report.throughput_tx_s)),
-        ),
-        (
-            "latency p50 (ms)",
-            |r| format!("{:.2}", r.latency_ms.p50),
-            Some(format!("{:.2}", report.latency_ms.p50)),
-        ),
-        (
-            "latency p90 (ms)",
-            |r| format!("{:.2}", r.latency_ms.p90),
-            Some(format!("{:.2}", report.latency_ms.p90)),
-        ),
-        (
-            "latency p99 (ms)",
-            |r| format!("{:.2}", r.latency_ms.p99),
-            Some(format!("{:.2}", report.latency_ms.p99)),
-        ),
-        (
-            "latency max (ms)",
-            |r| format!("{:.2}", r.latency_ms.max),
-            Some(format!("{:.2}", report.latency_ms.max)),
-        ),
-        ("committed", |r| r.committed.to_string(), None),
-        (
-            "failed",
-            |r| {
-                let f = &r.failures;
-                (f.rejected + f.timed_out + f.disconnected + f.invalid_receipts).to_string()
-            },
-            None,
-        ),
-        (
-            "not sent / unanswered",
-            |r| format!("{} / {}", r.failures.skipped, r.failures.unanswered),
-            None,
-        ),
-        (
-            "bftd CPU s per 1000 tx",
-            |r| format!("{:.3}", r.cpu_s_per_1000_tx),
-            Some(format!("{:.3}", report.cpu_s_per_1000_tx)),
-        ),
-        (
-            "loadgen CPU s per 1000 tx",
-            |r| format!("{:.3}", r.loadgen_cpu_s_per_1000_tx),
-            Some(format!("{:.3}", report.loadgen_cpu_s_per_1000_tx)),
-        ),
-        (
-            "peak RSS, largest node (MB)",
-            |r| format!("{:.1}", r.peak_rss_mb.max),
-            Some(format!("{:.1}", report.peak_rss_mb.max)),
-        ),
-        ("highest view", |r| r.view_changes.to_string(), None),
-    ];
-    let mut table = vec![header];
-    for (name, figure, median) in rows {
-        let mut line = vec![name.to_owned()];
-        line.extend(runs.iter().map(figure));
-        if several {
-            line.push(median.unwrap_or_default());
-        }
-        table.push(line);
-    }
-    let mut out = format!("bftnet bench: {parameters}\n\n{}", align(&table));
-    for run in runs {
-        out.push_str(&format!(
-            "\nrun {}: {:.0} committed in {:.2} s; failures: {}; {}\n",
-            run.run,
-            run.committed,
-            run.window_s,
-            run.failures.describe(),
-            if run.view_changes == 0 {
-                "no view change".to_owned()
-            } else {
-                format!("view changes happened (highest view {})", run.view_changes)
-            }
-        ));
-        let mut nodes = vec![vec![
-            "node".to_owned(),
-            "behaviour".into(),
-            "height".into(),
-            "view".into(),
-            "CPU s".into(),
-            "peak RSS MB".into(),
-            "end RSS MB".into(),
-        ]];
-        let or_dash = |value: Option<String>| value.unwrap_or_else(|| "-".into());
-        for node in &run.nodes {
-            nodes.push(vec![
-                node.id.to_string(),
-                node.behaviour.clone(),
-                or_dash(node.height.map(|h| h.to_string())),
-                or_dash(node.view.map(|v| v.to_string())),
-                or_dash(node.cpu_s.map(|c| format!("{c:.2}"))),
-                or_dash(node.peak_rss_mb.map(|m| format!("{m:.1}"))),
-                or_dash(node.rss_mb.map(|m| format!("{m:.1}"))),
-            ]);
-        }
-        out.push_str(&align(&nodes));
-    }
-    out.push_str(
-        "\nThe load generator runs on this machine too: its CPU (above) competes with the nodes'.\n",
-    );
-    out
-}
-
-/// Columns padded to their widest cell; the first left-aligned, the
-/// others right-aligned.
-fn align(rows: &[Vec<String>]) -> String {
-    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..columns)
-        .map(|column| {
-            rows.iter()
-                .filter_map(|row| row.get(column))
-                .map(String::len)
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut out = String::new();
-    for row in rows {
-        let mut line = String::new();
-        for (column, (cell, width)) in row.iter().zip(&widths).enumerate() {
-            if column == 0 {
-                line.push_str(&format!("{cell:<width$}"));
-            } else {
-                line.push_str(&format!("  {cell:>width$}"));
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1026,17 +610,6 @@ mod tests {
         assert_eq!(status_megabytes(status, "VmRSS"), Some(40.0));
         assert_eq!(status_megabytes(status, "VmSwap"), None);
         assert_eq!(status_megabytes("VmHWM:\tlots", "VmHWM"), None);
-    }
-
-    /// The median is the middle value, or the mean of the middle two; it
-    /// ignores order and non-finite values.
-    #[test]
-    fn medians() {
-        assert_eq!(median(&[]), 0.0);
-        assert_eq!(median(&[7.0]), 7.0);
-        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
-        assert_eq!(median(&[5.0, f64::NAN, 1.0, 3.0]), 3.0);
     }
 
     /// Clients go round-robin over the honest nodes only.

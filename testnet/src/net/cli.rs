@@ -130,7 +130,9 @@ pub enum NetCommand {
     /// nodes for the cores: on a shared or small machine the figures include
     /// its cost (its CPU is shown so you can tell how much). Measure a
     /// release build (`cargo run --release -p bftnet -- bench ...`): debug
-    /// builds are many times slower.
+    /// builds are many times slower. The nodes' stores live in the
+    /// temporary directory ($TMPDIR, else /tmp), so its disk's fsync latency
+    /// is part of the figures; TMPDIR=/dev/shm takes the disk out.
     ///
     /// Examples:
     ///   bftnet bench --rate 50000                capacity: 50,000 tx/s offered, open loop

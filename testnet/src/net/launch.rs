@@ -166,11 +166,13 @@ pub fn stop_all(procs: &[(u32, String)], grace: Duration) {
     }
 }
 
-/// The last `lines` lines of a log file.
+/// The last `lines` lines of a log file, without terminal colour codes.
 pub fn log_tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read(path).unwrap_or_default();
     let start = text.len().saturating_sub(64 * 1024);
-    let text = String::from_utf8_lossy(text.get(start..).unwrap_or_default()).into_owned();
+    let text = strip_colours(&String::from_utf8_lossy(
+        text.get(start..).unwrap_or_default(),
+    ));
     let all: Vec<&str> = text.lines().collect();
     let tail = all
         .get(all.len().saturating_sub(lines)..)
@@ -179,6 +181,27 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
         .map(|line| format!("    {line}"))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// `text` without ANSI escape sequences (`ESC [ ... letter`), which a
+/// node's log holds when its logger colours its output.
+fn strip_colours(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c != '\u{1b}' {
+            out.push(c);
+            continue;
+        }
+        if chars.next() == Some('[') {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        }
+    }
+    out
 }
 
 /// A GET request to a node's HTTP endpoint: `(status code, body)`.
@@ -321,4 +344,22 @@ pub async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Log tails shown in errors lose the logger's colour codes, and
+    /// nothing else.
+    #[test]
+    fn colour_codes_are_stripped() {
+        let line =
+            "\u{1b}[2m2026-11-26T16:09:02Z\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m node started [3] (a)";
+        assert_eq!(
+            strip_colours(line),
+            "2026-11-26T16:09:02Z  INFO node started [3] (a)"
+        );
+        assert_eq!(strip_colours("plain"), "plain");
+    }
 }
