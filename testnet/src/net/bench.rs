@@ -431,6 +431,7 @@ async fn measure(
         committed,
         throughput_tx_s: committed as f64 / window_s.max(1e-9),
         latency_ms: load.latency_ms,
+        timed: load.committed,
         failures,
         cpu_s,
         cpu_s_per_1000_tx: per_1000(cpu_s),

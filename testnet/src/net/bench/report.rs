@@ -118,8 +118,11 @@ pub struct RunReport {
     pub committed: u64,
     /// `committed` per second of the window.
     pub throughput_tx_s: f64,
-    /// Latency of requests sent in the window, milliseconds.
+    /// Latency of requests sent in the window, milliseconds (zeros when
+    /// none committed: see `timed`).
     pub latency_ms: Percentiles,
+    /// Requests sent in the window that committed: the latency samples.
+    pub timed: u64,
     /// Failures among them.
     pub failures: Failures,
     /// CPU seconds of every bftd process over the window.
@@ -217,6 +220,11 @@ pub(super) fn profile() -> &'static str {
 pub(super) fn summarize(options: &BenchOptions, bftd: &Path, runs: Vec<RunReport>) -> BenchReport {
     let median_of =
         |figure: fn(&RunReport) -> f64| median(&runs.iter().map(figure).collect::<Vec<_>>());
+    // Runs in which no request sent in the window committed have no latency.
+    let latency_median = |figure: fn(&RunReport) -> f64| {
+        let timed: Vec<f64> = runs.iter().filter(|r| r.timed > 0).map(figure).collect();
+        median(&timed)
+    };
     let mut failures = Failures::default();
     for run in &runs {
         failures.add(&run.failures);
@@ -254,10 +262,10 @@ pub(super) fn summarize(options: &BenchOptions, bftd: &Path, runs: Vec<RunReport
         bftd: bftd.display().to_string(),
         throughput_tx_s: median_of(|r| r.throughput_tx_s),
         latency_ms: Percentiles {
-            p50: median_of(|r| r.latency_ms.p50),
-            p90: median_of(|r| r.latency_ms.p90),
-            p99: median_of(|r| r.latency_ms.p99),
-            max: median_of(|r| r.latency_ms.max),
+            p50: latency_median(|r| r.latency_ms.p50),
+            p90: latency_median(|r| r.latency_ms.p90),
+            p99: latency_median(|r| r.latency_ms.p99),
+            max: latency_median(|r| r.latency_ms.max),
         },
         cpu_s_per_1000_tx: median_of(|r| r.cpu_s_per_1000_tx),
         loadgen_cpu_s_per_1000_tx: median_of(|r| r.loadgen_cpu_s_per_1000_tx),
@@ -331,22 +339,22 @@ pub(super) fn render(report: &BenchReport, parameters: &str) -> String {
         ),
         (
             "latency p50 (ms)",
-            |r| format!("{:.2}", r.latency_ms.p50),
+            |r| latency_cell(r, r.latency_ms.p50),
             Some(format!("{:.2}", report.latency_ms.p50)),
         ),
         (
             "latency p90 (ms)",
-            |r| format!("{:.2}", r.latency_ms.p90),
+            |r| latency_cell(r, r.latency_ms.p90),
             Some(format!("{:.2}", report.latency_ms.p90)),
         ),
         (
             "latency p99 (ms)",
-            |r| format!("{:.2}", r.latency_ms.p99),
+            |r| latency_cell(r, r.latency_ms.p99),
             Some(format!("{:.2}", report.latency_ms.p99)),
         ),
         (
             "latency max (ms)",
-            |r| format!("{:.2}", r.latency_ms.max),
+            |r| latency_cell(r, r.latency_ms.max),
             Some(format!("{:.2}", report.latency_ms.max)),
         ),
         ("committed", |r| r.committed.to_string(), None),
@@ -392,10 +400,12 @@ pub(super) fn render(report: &BenchReport, parameters: &str) -> String {
     let mut out = format!("bftnet bench: {parameters}\n\n{}", align(&table));
     for run in runs {
         out.push_str(&format!(
-            "\nrun {}: {:.0} committed in {:.2} s; failures: {}; {}\n",
+            "\nrun {}: {} committed in {:.2} s; of the {} requests sent in it, {} committed (the latency samples); failures: {}; {}\n",
             run.run,
             run.committed,
             run.window_s,
+            run.submitted,
+            run.timed,
             run.failures.describe(),
             if run.view_changes == 0 {
                 "no view change".to_owned()
@@ -430,6 +440,16 @@ pub(super) fn render(report: &BenchReport, parameters: &str) -> String {
         "\nThe load generator runs on this machine too: its CPU (above) competes with the nodes'.\n",
     );
     out
+}
+
+/// A latency figure of a run, or "-" if none of its measured requests
+/// committed.
+fn latency_cell(run: &RunReport, milliseconds: f64) -> String {
+    if run.timed == 0 {
+        "-".into()
+    } else {
+        format!("{milliseconds:.2}")
+    }
 }
 
 /// Columns padded to their widest cell; the first left-aligned, the
