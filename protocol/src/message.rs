@@ -380,6 +380,19 @@ impl MessageKind {
         MessageKind::Batch,
     ];
 
+    /// The kind of an encoded [`WireMessage`], read from its variant tag
+    /// without decoding the rest: lets the shell queue cheap consensus
+    /// messages apart from bulky forwarded requests before spending any
+    /// work on them. `None` for bytes no message starts with. (The codec
+    /// writes an enum's variant index as a little-endian u32 first, and
+    /// [`MessageKind::ALL`] lists the kinds in variant order; the
+    /// `peek_kind_matches_every_variant` test checks both.)
+    pub fn peek(frame: &[u8]) -> Option<MessageKind> {
+        let tag = frame.get(..4)?;
+        let index = u32::from_le_bytes(tag.try_into().ok()?);
+        MessageKind::ALL.get(usize::try_from(index).ok()?).copied()
+    }
+
     /// A short snake_case name, used as a metrics label.
     pub fn name(self) -> &'static str {
         match self {

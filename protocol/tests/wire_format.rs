@@ -10,8 +10,8 @@
 use bftd_crypto::{Digest, KeyPair};
 use bftd_protocol::certificate::QuorumCertificate;
 use bftd_protocol::message::{
-    BatchResponse, Blocks, Checkpoint, Commit, FetchBatch, FetchBlocks, Forward, NewView,
-    PrePrepare, Prepare, Status, ViewChange,
+    BatchResponse, Blocks, Checkpoint, Commit, FetchBatch, FetchBlocks, Forward, MessageKind,
+    NewView, PrePrepare, Prepare, Status, ViewChange,
 };
 use bftd_protocol::{
     codec, Batch, Block, CheckpointCertificate, CommittedBlock, NodeId, PreparedCertificate,
@@ -287,4 +287,24 @@ proptest! {
         let bytes = codec::encode(&message).unwrap();
         prop_assert_eq!(codec::decode::<WireMessage>(&bytes).unwrap(), message);
     }
+}
+
+/// `MessageKind::peek` names every variant's kind from its encoding alone,
+/// and nothing for bytes too short or with an unknown tag.
+#[test]
+fn peek_kind_matches_every_variant() {
+    let samples = samples();
+    for kind in MessageKind::ALL {
+        assert!(
+            samples.iter().any(|(_, message)| message.kind() == kind),
+            "no sample of {kind:?}"
+        );
+    }
+    for (name, message) in samples {
+        let bytes = codec::encode(&message).unwrap();
+        assert_eq!(MessageKind::peek(&bytes), Some(message.kind()), "{name}");
+    }
+    assert_eq!(MessageKind::peek(&[0, 0, 0]), None);
+    assert_eq!(MessageKind::peek(&[12, 0, 0, 0]), None);
+    assert_eq!(MessageKind::peek(&[0, 0, 0, 1]), None);
 }

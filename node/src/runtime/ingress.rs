@@ -1,20 +1,79 @@
 //! Peer frames in: decode and verify every signature off the consensus task,
 //! in batches (one batch verification for all the messages that arrived
 //! together), then hand verified messages to consensus.
+//!
+//! Two lanes. Forwarded requests (a backup's `Forward`, up to a batch of
+//! client requests, each signature checked in client-signed clusters) are
+//! bulky to verify; consensus messages (pre-prepares, votes, checkpoints,
+//! view changes, fetches) are what keeps the cluster live. Frames are sorted
+//! by kind as they arrive ([`MessageKind::peek`], no decoding), consensus
+//! frames are verified first, and at most one job verifies forwards at a
+//! time, so under a flood of requests a pre-prepare never waits behind
+//! thousands of request signatures (it did: an overloaded client-signed
+//! cluster missed its request timers and changed views again and again).
 
 use super::consensus::Input;
 use super::Shared;
 use crate::transport::PeerFrame;
+use bftd_protocol::message::MessageKind;
 use bftd_protocol::{codec, verify_messages, BatchVerifier, VerifyError, WireMessage};
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-/// Frames verified together at most.
+/// Consensus frames verified together at most.
 const MAX_BATCH: usize = 128;
+/// Forward frames verified together at most (each may hold a whole batch of
+/// requests).
+const FORWARDS_PER_JOB: usize = 4;
+/// Frames read but not yet verified, per lane, at most: beyond, ingress
+/// stops reading and the transport's bounded queues push back on the peers.
+const MAX_WAITING: usize = 1024;
 /// Verification jobs in flight at once (one per core is plenty).
 const MAX_JOBS: usize = 2;
+
+/// Which lane a frame waits in.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    Consensus,
+    Requests,
+}
+
+#[derive(Default)]
+struct Lanes {
+    consensus: VecDeque<PeerFrame>,
+    requests: VecDeque<PeerFrame>,
+}
+
+impl Lanes {
+    fn push(&mut self, frame: PeerFrame) {
+        match MessageKind::peek(&frame.frame) {
+            Some(MessageKind::Forward) => self.requests.push_back(frame),
+            // Garbage goes with consensus frames: it is cheap to refuse.
+            _ => self.consensus.push_back(frame),
+        }
+    }
+
+    fn full(&self) -> bool {
+        self.consensus.len() >= MAX_WAITING || self.requests.len() >= MAX_WAITING
+    }
+
+    /// The next job to start, consensus first; at most one requests job
+    /// runs at a time.
+    fn next_job(&mut self, requests_running: bool) -> Option<(Lane, Vec<PeerFrame>)> {
+        if !self.consensus.is_empty() {
+            let take = self.consensus.len().min(MAX_BATCH);
+            return Some((Lane::Consensus, self.consensus.drain(..take).collect()));
+        }
+        if !requests_running && !self.requests.is_empty() {
+            let take = self.requests.len().min(FORWARDS_PER_JOB);
+            return Some((Lane::Requests, self.requests.drain(..take).collect()));
+        }
+        None
+    }
+}
 
 /// Runs until the frame channel closes.
 pub(crate) async fn run(
@@ -22,41 +81,51 @@ pub(crate) async fn run(
     inputs: mpsc::Sender<Input>,
     shared: Arc<Shared>,
 ) {
-    let mut jobs = JoinSet::new();
-    loop {
-        // Keep at most MAX_JOBS verification jobs running; while at the
-        // limit, wait for one to finish before reading more frames (the
-        // transport then applies backpressure to the peers).
-        while jobs.len() >= MAX_JOBS {
-            if let Some(Ok(verified)) = jobs.join_next().await {
-                if forward(&inputs, verified).await.is_err() {
-                    return;
-                }
+    let mut lanes = Lanes::default();
+    let mut jobs: JoinSet<(Lane, Vec<Input>)> = JoinSet::new();
+    let mut requests_running = false;
+    let mut open = true;
+    while open || !jobs.is_empty() || !lanes.consensus.is_empty() || !lanes.requests.is_empty() {
+        // Read whatever has arrived, up to the lanes' bounds.
+        while open && !lanes.full() {
+            match frames.try_recv() {
+                Ok(frame) => lanes.push(frame),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => open = false,
             }
         }
+        while jobs.len() < MAX_JOBS {
+            let Some((lane, batch)) = lanes.next_job(requests_running) else {
+                break;
+            };
+            requests_running |= lane == Lane::Requests;
+            let shared = shared.clone();
+            jobs.spawn_blocking(move || (lane, verify(batch, &shared)));
+        }
+        let idle = jobs.is_empty();
         tokio::select! {
-            frame = frames.recv() => {
-                let Some(frame) = frame else { break };
-                let mut batch = vec![frame];
-                while batch.len() < MAX_BATCH {
-                    match frames.try_recv() {
-                        Ok(frame) => batch.push(frame),
-                        Err(_) => break,
+            frame = frames.recv(), if open && !lanes.full() => match frame {
+                Some(frame) => lanes.push(frame),
+                None => open = false,
+            },
+            done = jobs.join_next(), if !idle => {
+                if let Some(Ok((lane, verified))) = done {
+                    if lane == Lane::Requests {
+                        requests_running = false;
                     }
+                    if forward(&inputs, verified).await.is_err() {
+                        return;
+                    }
+                } else if let Some(Err(_)) = done {
+                    // A verification job panicked (a bug): its lane may run again.
+                    requests_running = false;
                 }
-                let shared = shared.clone();
-                jobs.spawn_blocking(move || verify(batch, &shared));
             }
-            Some(Ok(verified)) = jobs.join_next(), if !jobs.is_empty() => {
-                if forward(&inputs, verified).await.is_err() {
-                    return;
+            else => {
+                if !open && idle && lanes.consensus.is_empty() && lanes.requests.is_empty() {
+                    break;
                 }
             }
-        }
-    }
-    while let Some(Ok(verified)) = jobs.join_next().await {
-        if forward(&inputs, verified).await.is_err() {
-            return;
         }
     }
 }
