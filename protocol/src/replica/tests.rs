@@ -171,7 +171,7 @@ fn forwards_are_paced_under_load() {
     let mut replica = replica(0);
     let client = KeyPair::from_seed([42; 32]);
     let delay = replica.config().batch_delay;
-    let mut submit = |replica: &mut Replica, id: u64, at: Duration| {
+    let submit = |replica: &mut Replica, id: u64, at: Duration| {
         let request = crate::message::Request {
             client: client.public(),
             request_id: id,

@@ -616,17 +616,12 @@ mod tests {
     /// Clients go round-robin over the honest nodes only.
     #[test]
     fn clients_spread_over_honest_nodes() {
-        let dir = std::env::temp_dir().join(format!("bftnet-bench-targets-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let layout = Layout::new(&dir);
-        let mut state = generate(
-            &layout,
-            4,
+        let (layout, mut state) = crate::net::layout::test_testnet(
+            "bench-targets",
             RequestMode::ConnectionAuthenticated,
             Network::Direct,
-            Path::new("bftd"),
-        )
-        .unwrap();
+        );
+        let dir = layout.dir.clone();
         assign_behaviours(&mut state, &["1=silent".parse().unwrap()], false).unwrap();
         assert_eq!(client_targets(&state, 5), vec![0, 2, 3, 0, 2]);
         assert_eq!(client_targets(&state, 1), vec![0]);

@@ -549,6 +549,17 @@ pub fn read_faults(layout: &Layout) -> Faults {
         .unwrap_or_default()
 }
 
+/// A freshly generated 4-node testnet in a new temporary directory named
+/// after `name`, for tests; the caller removes `layout.dir`.
+#[cfg(test)]
+pub(crate) fn test_testnet(name: &str, mode: RequestMode, network: Network) -> (Layout, State) {
+    let dir = std::env::temp_dir().join(format!("bftnet-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let layout = Layout::new(&dir);
+    let state = generate(&layout, 4, mode, network, Path::new("bftd")).unwrap();
+    (layout, state)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -557,17 +568,9 @@ mod tests {
     /// colluders included, and the state file round-trips.
     #[test]
     fn generated_files_load() {
-        let dir = std::env::temp_dir().join(format!("bftnet-layout-test-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let layout = Layout::new(&dir);
-        let mut state = generate(
-            &layout,
-            4,
-            RequestMode::ClientSigned,
-            Network::Proxied,
-            Path::new("bftd"),
-        )
-        .unwrap();
+        let (layout, mut state) =
+            test_testnet("layout-test", RequestMode::ClientSigned, Network::Proxied);
+        let dir = layout.dir.clone();
         let args: Vec<ByzantineArg> =
             vec!["1=collude".parse().unwrap(), "2=collude".parse().unwrap()];
         assert!(matches!(
@@ -600,17 +603,12 @@ mod tests {
     /// section.
     #[test]
     fn direct_network_and_batch_size() {
-        let dir = std::env::temp_dir().join(format!("bftnet-layout-direct-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let layout = Layout::new(&dir);
-        let mut state = generate(
-            &layout,
-            4,
+        let (layout, mut state) = test_testnet(
+            "layout-direct",
             RequestMode::ConnectionAuthenticated,
             Network::Direct,
-            Path::new("bftd"),
-        )
-        .unwrap();
+        );
+        let dir = layout.dir.clone();
         state.max_batch_requests = Some(64);
         write_node_files(&layout, &state).unwrap();
         for node in &state.nodes {
