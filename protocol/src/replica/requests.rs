@@ -7,6 +7,10 @@ use crate::clients::Lookup;
 use crate::message::{Batch, Forward, Signed, SignedRequest, WireMessage};
 use std::time::Duration;
 
+/// Blocks in flight below which the primary proposes a batch that is not
+/// full (see [`Replica::propose_batches`]).
+pub(super) const PARTIAL_BATCHES_IN_FLIGHT: u64 = 2;
+
 impl Replica {
     pub(super) fn reply(&mut self, request: &SignedRequest, outcome: ReplyOutcome) {
         self.actions.replies.push(ClientReply {
@@ -164,7 +168,12 @@ impl Replica {
 
     /// When the primary's oldest queued request has waited `batch_delay`.
     pub(super) fn batch_deadline(&self) -> Option<Duration> {
-        if !self.is_primary() || !self.can_propose() {
+        // With too many blocks in flight for a partial batch, the next
+        // proposal waits for an execution, not for a time.
+        if !self.is_primary()
+            || !self.can_propose()
+            || self.in_flight() >= PARTIAL_BATCHES_IN_FLIGHT
+        {
             return None;
         }
         self.queue
@@ -186,8 +195,12 @@ impl Replica {
 
     /// The primary cuts batches while the pipeline has room: at once when a
     /// batch is full or nothing is in flight (low latency when idle), else
-    /// when the oldest request has waited `batch_delay` (throughput when
-    /// busy).
+    /// when the oldest request has waited `batch_delay` and fewer than
+    /// [`PARTIAL_BATCHES_IN_FLIGHT`] blocks are in flight. Full batches may
+    /// fill the whole pipeline; partial ones wait for a block to commit
+    /// first, so under moderate load blocks grow with the commit latency
+    /// instead of being cut every `batch_delay` (each block costs every
+    /// replica 2f+1 signature checks and a group commit, whatever its size).
     pub(super) fn propose_batches(&mut self) {
         while self.is_primary() && self.can_propose() {
             self.skip_dead_queue_entries();
@@ -196,7 +209,8 @@ impl Replica {
             };
             let full = self.queue.len() >= self.config.max_batch_requests;
             let idle = self.in_flight() == 0;
-            let waited = self.now >= oldest + self.config.batch_delay;
+            let waited = self.now >= oldest + self.config.batch_delay
+                && self.in_flight() < PARTIAL_BATCHES_IN_FLIGHT;
             if !(full || idle || waited) {
                 return;
             }
