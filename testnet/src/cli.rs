@@ -204,7 +204,7 @@ fn run_sim(args: SimArgs) -> Result<ExitCode, String> {
     use std::io::IsTerminal;
     let quiet = args.json || !std::io::stderr().is_terminal();
     let progress = move |done: u64, total: u64, failures: u64| {
-        if !quiet && (done % 10 == 0 || done == total) {
+        if !quiet && (done.is_multiple_of(10) || done == total) {
             eprint!("\r  {done}/{total} seeds, {failures} failing");
             let _ = std::io::stderr().flush();
         }

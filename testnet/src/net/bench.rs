@@ -326,13 +326,12 @@ async fn start_and_measure(
 /// The client connections' nodes: `clients` of them, round-robin over the
 /// honest nodes.
 fn client_targets(state: &State, clients: usize) -> Vec<u16> {
-    let honest: Vec<u16> = state
-        .nodes
-        .iter()
-        .filter(|node| node.honest())
-        .map(|node| node.id)
-        .collect();
-    honest.iter().copied().cycle().take(clients).collect()
+    state
+        .honest_ids()
+        .into_iter()
+        .cycle()
+        .take(clients)
+        .collect()
 }
 
 /// CPU seconds so far of every node (by id) and of this process.

@@ -232,12 +232,7 @@ pub(super) fn reap(children: Vec<Child>) {
 
 async fn start_default_load(layout: &Layout, state: &State, rate: f64) -> Option<load::Load> {
     let cluster = Cluster::load(&layout.cluster()).ok()?;
-    let targets: Vec<u16> = state
-        .nodes
-        .iter()
-        .filter(|n| n.honest())
-        .map(|n| n.id)
-        .collect();
+    let targets = state.honest_ids();
     let options = LoadOptions {
         rate,
         duration: None,

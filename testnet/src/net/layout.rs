@@ -247,6 +247,15 @@ impl State {
     pub fn byzantine_count(&self) -> usize {
         self.nodes.iter().filter(|node| !node.honest()).count()
     }
+
+    /// The honest nodes' ids, in order.
+    pub fn honest_ids(&self) -> Vec<u16> {
+        self.nodes
+            .iter()
+            .filter(|node| node.honest())
+            .map(|node| node.id)
+            .collect()
+    }
 }
 
 /// Writes `text` to `path` through a temporary file and a rename.
