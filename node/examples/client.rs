@@ -4,7 +4,7 @@
 //! then:
 //!
 //! ```text
-//! cargo run --release -p bftd --example client -- testnet/cluster.toml
+//! cargo run --release -p bftd --example client -- testnet-data/cluster.toml
 //! ```
 //!
 //! Every receipt and every block is verified against the committee's public
@@ -20,7 +20,7 @@ use bftd_protocol::{NodeId, SeqNum};
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = std::env::args()
         .nth(1)
-        .unwrap_or_else(|| "testnet/cluster.toml".into());
+        .unwrap_or_else(|| "testnet-data/cluster.toml".into());
     let cluster = Cluster::load(path.as_ref())?;
     let key = KeyPair::generate(&mut rand::rngs::OsRng);
     let client = Client::connect(&cluster, NodeId(1), key).await?;

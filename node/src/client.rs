@@ -8,7 +8,7 @@
 //! use bftd_crypto::KeyPair;
 //! use bftd_protocol::{NodeId, SeqNum};
 //!
-//! let cluster = Cluster::load("testnet/cluster.toml".as_ref())?;
+//! let cluster = Cluster::load("testnet-data/cluster.toml".as_ref())?;
 //! let key = KeyPair::generate(&mut rand::rngs::OsRng);
 //! let client = Client::connect(&cluster, NodeId(0), key).await?;
 //! let committed = client.submit(b"hello".to_vec()).await?;   // receipt verified

@@ -85,7 +85,7 @@ enum Command {
 #[derive(clap::Args, Debug)]
 struct Target {
     /// The cluster file (node ids, addresses, public keys).
-    #[arg(long, default_value = "testnet/cluster.toml")]
+    #[arg(long, default_value = "testnet-data/cluster.toml")]
     cluster: PathBuf,
     /// Which node to talk to.
     #[arg(long, default_value_t = 0)]

@@ -250,8 +250,10 @@ pub enum NetCommand {
 /// `--dir`.
 #[derive(Args, Debug)]
 pub struct DirArg {
-    /// The testnet directory.
-    #[arg(long, default_value = "testnet")]
+    /// The testnet directory (keys, configs, data, logs). The default is
+    /// `testnet-data`, not `testnet`: run from the source tree, `./testnet`
+    /// is bftnet's own crate.
+    #[arg(long, default_value = "testnet-data")]
     pub dir: PathBuf,
 }
 

@@ -58,7 +58,7 @@ pub struct UpOptions {
 
 /// The `--dir` to repeat in suggested commands ("" for the default).
 fn dir_flag(layout: &Layout) -> String {
-    let default = Layout::new(Path::new("testnet"));
+    let default = Layout::new(Path::new("testnet-data"));
     if layout.dir == default.dir {
         String::new()
     } else {
