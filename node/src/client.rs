@@ -25,7 +25,9 @@ use crate::client_api::{
     VerifiedCertificates,
 };
 use crate::config::Cluster;
-use crate::transport::{connect_client, Bytes, FrameSender, TransportError};
+use crate::transport::{
+    connect_client, Bytes, FrameSender, TransportError, DEFAULT_MAX_FRAME_BYTES,
+};
 use bftd_crypto::{Digest, KeyPair};
 use bftd_protocol::{
     codec, BlockError, CommittedBlock, Committee, NodeId, Request, RequestMode, SeqNum,
@@ -78,11 +80,14 @@ pub struct Client {
     key: KeyPair,
     mode: RequestMode,
     node: NodeId,
-    sender: tokio::sync::Mutex<FrameSender>,
+    /// Frames for the writer task, which sends everything queued since its
+    /// last write in one write (concurrent submits share QUIC writes).
+    outbox: mpsc::Sender<Bytes>,
     routes: Arc<Mutex<Routes>>,
     next_id: AtomicU64,
     timeout: Duration,
     reader: tokio::task::JoinHandle<()>,
+    writer: tokio::task::JoinHandle<()>,
     /// Certificates of recent blocks, verified once for all their receipts.
     certificates: Mutex<VerifiedCertificates>,
 }
@@ -96,6 +101,7 @@ impl std::fmt::Debug for Client {
 impl Drop for Client {
     fn drop(&mut self) {
         self.reader.abort();
+        self.writer.abort();
     }
 }
 
@@ -136,6 +142,8 @@ impl Client {
             routes.status.clear();
             routes.blocks = None;
         });
+        let (outbox, frames) = mpsc::channel(OUTBOX_FRAMES);
+        let writer = tokio::spawn(write_frames(sender, frames));
         // Ids increase across runs with the same key: start from the clock.
         let start = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -145,11 +153,12 @@ impl Client {
             key,
             mode: RequestMode::ClientSigned,
             node,
-            sender: tokio::sync::Mutex::new(sender),
+            outbox,
             routes,
             next_id: AtomicU64::new(start),
             timeout: Duration::from_secs(30),
             reader,
+            writer,
             certificates: Mutex::default(),
         };
         client.mode = client.status().await?.request_mode;
@@ -169,8 +178,15 @@ impl Client {
     async fn send(&self, message: &ClientMessage) -> Result<(), ClientError> {
         let bytes =
             codec::encode(message).map_err(|_| ClientError::Rejected(Rejection::TooLarge))?;
-        self.sender.lock().await.send(Bytes::from(bytes)).await?;
-        Ok(())
+        // The writer drops what the transport would refuse; refuse it here,
+        // where the caller still hears about it.
+        if bytes.len() > DEFAULT_MAX_FRAME_BYTES {
+            return Err(ClientError::Rejected(Rejection::TooLarge));
+        }
+        self.outbox
+            .send(Bytes::from(bytes))
+            .await
+            .map_err(|_| ClientError::Disconnected)
     }
 
     /// The node's status.
@@ -255,6 +271,24 @@ impl Client {
             prev_hash: None,
         })
     }
+}
+
+/// Frames queued for the writer at most; `send` waits beyond that.
+const OUTBOX_FRAMES: usize = 4096;
+/// Frames sent in one write at most.
+const WRITE_BATCH: usize = 512;
+
+/// Sends queued frames, each write taking all that are waiting. On a write
+/// error it stops: the connection is gone, the reader fails the waiters, and
+/// later sends see the closed outbox.
+async fn write_frames(mut sender: FrameSender, mut frames: mpsc::Receiver<Bytes>) {
+    let mut batch = Vec::new();
+    while frames.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+        if sender.send_many(std::mem::take(&mut batch)).await.is_err() {
+            return;
+        }
+    }
+    let _ = sender.finish();
 }
 
 async fn route(routes: &Mutex<Routes>, message: NodeMessage) {

@@ -16,6 +16,8 @@ use tokio::sync::{mpsc, watch};
 /// Replies queued per connection before further ones are dropped (the
 /// client is not reading).
 const REPLY_QUEUE: usize = 4096;
+/// Replies written together at most.
+const REPLY_WRITE_BATCH: usize = 512;
 /// A client must open its stream this soon after connecting.
 const STREAM_TIMEOUT: Duration = Duration::from_secs(10);
 /// Blocks read from storage at a time when catching a subscriber up.
@@ -140,12 +142,18 @@ async fn serve(
     let _ = writer.await;
 }
 
+/// Writes replies as they come; every reply queued while the last write was
+/// under way goes out in the next one (one QUIC write for a block's worth of
+/// receipts, not one each).
 async fn write_replies(mut sender: FrameSender, mut replies: mpsc::Receiver<NodeMessage>) {
-    while let Some(reply) = replies.recv().await {
-        let Ok(bytes) = codec::encode(&reply) else {
-            continue;
-        };
-        if sender.send(Bytes::from(bytes)).await.is_err() {
+    let mut batch = Vec::new();
+    while replies.recv_many(&mut batch, REPLY_WRITE_BATCH).await > 0 {
+        let frames = batch
+            .drain(..)
+            .filter_map(|reply| codec::encode(&reply).ok())
+            .map(Bytes::from)
+            .collect();
+        if sender.send_many(frames).await.is_err() {
             break;
         }
     }

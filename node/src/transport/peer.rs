@@ -20,7 +20,7 @@
 //! opened by its writer, so frames from one sender arrive in order for as
 //! long as a connection lasts.
 
-use super::frame::{write_frame, FrameReceiver, KeepAlive};
+use super::frame::{write_frames, FrameReceiver, KeepAlive};
 use super::{close_code, PeerFrame, SendError, Shared, TransportError};
 use bftd_crypto::PublicKey;
 use bftd_protocol::NodeId;
@@ -35,6 +35,8 @@ use tokio::sync::{mpsc, watch};
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 /// Longest wait between dials: a restarted peer is found within this.
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// A writer takes queued frames into one write until they reach this size.
+pub(crate) const WRITE_BYTES: usize = 1024 * 1024;
 
 /// What we keep about one peer.
 #[derive(Debug)]
@@ -280,14 +282,22 @@ pub(crate) async fn run_writer(
                 }
                 frame = queue.recv() => {
                     let Some(frame) = frame else { return };
-                    let length = frame.len();
+                    // Everything queued meanwhile goes in the same write.
+                    let mut frames = vec![frame];
+                    let mut length = frames.iter().map(Bytes::len).sum::<usize>();
+                    while length < WRITE_BYTES {
+                        let Ok(frame) = queue.try_recv() else { break };
+                        length += frame.len();
+                        frames.push(frame);
+                    }
                     link.release(length);
-                    if let Err(error) = write_frame(&mut send, frame).await {
-                        shared.counters.dropped_in_flight.increment();
+                    let count = frames.len() as u64;
+                    if let Err(error) = write_frames(&mut send, frames).await {
+                        shared.counters.dropped_in_flight.add(count);
                         tracing::debug!(peer = %link.id, %error, "write failed");
                         break;
                     }
-                    shared.counters.frames_out.increment();
+                    shared.counters.frames_out.add(count);
                     shared.counters.bytes_out.add(length as u64);
                 }
             }

@@ -64,7 +64,9 @@ async fn bulk_transfer(gso: bool, total: usize) -> (f64, f64) {
     let chunk = Bytes::from(vec![0x5a; 64 * 1024]);
     let (wall, cpu) = (Instant::now(), cpu_seconds());
     for _ in 0..total / chunk.len() {
-        frame::write_frame(&mut send, chunk.clone()).await.unwrap();
+        frame::write_frames(&mut send, [chunk.clone()])
+            .await
+            .unwrap();
     }
     send.finish().unwrap();
     assert_eq!(receiving.await.unwrap(), total);

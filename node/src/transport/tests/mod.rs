@@ -257,6 +257,79 @@ async fn clients_are_identified_by_their_key() {
     .await;
 }
 
+/// Frames written together (small ones copied into one buffer, large ones
+/// as their own chunks) and frames whose bytes arrive in many small pieces
+/// (a prefix split across packets) come out exactly as they went in, in
+/// order, with a clean end after the last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_survive_coalescing_and_splitting() {
+    bounded(async {
+        let config = cluster(1, 45).remove(0);
+        let server_key = config.key.public();
+        let mut node = start(config).await;
+        let address = node.transport.local_address();
+
+        // Sizes around every boundary: empty, the prefix, a packet, the
+        // coalescing limit (16 KiB) and well past it.
+        let sizes = [0, 1, 3, 4, 5, 600, 1500, 16 * 1024, 16 * 1024 + 1, 200_000];
+        let frames: Vec<Bytes> = (0..300)
+            .map(|i: usize| {
+                let size = sizes[i % sizes.len()];
+                Bytes::from((0..size).map(|b| (b + i) as u8).collect::<Vec<u8>>())
+            })
+            .collect();
+        let link = connect_client(&key(46), address, server_key).await.unwrap();
+        let (mut sender, _receiver) = link.split();
+        let sent = frames.clone();
+        let sending = tokio::spawn(async move {
+            for batch in sent.chunks(37) {
+                sender.send_many(batch.to_vec()).await.unwrap();
+            }
+            sender.finish().unwrap();
+            sender
+        });
+        let connection = node.clients.recv().await.unwrap();
+        let (_replies, mut requests) = connection.accept_stream().await.unwrap();
+        for (i, expected) in frames.iter().enumerate() {
+            let got = requests.recv().await.unwrap().unwrap();
+            assert!(got == expected, "frame {i} differs ({} bytes)", got.len());
+        }
+        assert!(requests.recv().await.unwrap().is_none(), "clean end");
+        drop(sending.await.unwrap());
+
+        // The same frames, their bytes written a few at a time.
+        let raw = raw_connection(&key(47), address, server_key, ALPN_CLIENT)
+            .await
+            .unwrap();
+        let (mut send, _recv) = raw.open_bi().await.unwrap();
+        let mut wire = Vec::new();
+        for frame in &frames[..20] {
+            wire.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+            wire.extend_from_slice(frame);
+        }
+        let tail = wire.split_off(600);
+        let head = wire;
+        let writing = tokio::spawn(async move {
+            for piece in head.chunks(3).chain(tail.chunks(4096)) {
+                send.write_all(piece).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+            send
+        });
+        let connection = node.clients.recv().await.unwrap();
+        let (_replies, mut requests) = connection.accept_stream().await.unwrap();
+        for (i, expected) in frames[..20].iter().enumerate() {
+            let got = requests.recv().await.unwrap().unwrap();
+            assert!(
+                got == expected,
+                "split frame {i} differs ({} bytes)",
+                got.len()
+            );
+        }
+    })
+    .await;
+}
+
 /// Two transports cannot share a listen address; the error names it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn address_in_use_is_named() {
