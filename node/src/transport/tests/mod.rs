@@ -326,6 +326,7 @@ async fn frames_survive_coalescing_and_splitting() {
                 got.len()
             );
         }
+        drop(writing.await.unwrap());
     })
     .await;
 }
