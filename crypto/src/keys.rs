@@ -53,7 +53,8 @@ impl PublicKey {
         Ok(ValidatedKey(key))
     }
 
-    /// Verifies `signature` over `domain || message` with strict rules
+    /// Verifies `signature` over `message` under `domain` (its
+    /// domain-separated digest) with strict rules
     /// (canonical encodings, no small-order components).
     pub fn verify(
         &self,
@@ -114,7 +115,8 @@ impl ValidatedKey {
         PublicKey(self.0.to_bytes())
     }
 
-    /// Verifies `signature` over `domain || message` with `verify_strict`.
+    /// Verifies `signature` over `message` under `domain` (its
+    /// domain-separated digest) with `verify_strict`.
     pub fn verify(
         &self,
         domain: Domain,
@@ -186,7 +188,8 @@ impl KeyPair {
         self.public
     }
 
-    /// Signs `domain || message`.
+    /// Signs `message` under `domain` (its domain-separated digest, see
+    /// [`Domain::signing_bytes`]).
     pub fn sign(&self, domain: Domain, message: &[u8]) -> Signature {
         use ed25519_dalek::Signer as _;
         let bytes = domain.signing_bytes(message);

@@ -1,9 +1,10 @@
 //! Cryptography for bftd: Ed25519 identity keys, domain-separated signatures,
 //! batch verification and SHA-256 digests.
 //!
-//! Every signature in bftd covers `domain tag || message`, where the tag names
-//! the protocol version and the message kind (see [`Domain`]). A signature made
-//! for one kind of message therefore never verifies as another kind.
+//! Every signature in bftd covers `SHA-256(domain tag || message)`, where the
+//! tag names the protocol version and the message kind (see [`Domain`]). A
+//! signature made for one kind of message therefore never verifies as another
+//! kind.
 //!
 //! This crate does no I/O: keys are generated from a caller-supplied RNG and
 //! encoded to and from text; reading and writing key files is the daemon's job.

@@ -6,8 +6,9 @@ use ed25519_dalek::VerifyingKey;
 /// A domain tag: names the protocol version and message kind a signature or
 /// digest is for (for example `bftd/v1/prepare`). At most 255 bytes.
 ///
-/// Signed bytes are `len(tag) as u8 || tag || message`; the length prefix makes
-/// the split between tag and message unambiguous.
+/// Digests are SHA-256 of `len(tag) as u8 || tag || message`; the length
+/// prefix makes the split between tag and message unambiguous. Signatures
+/// are Ed25519 over that digest (see [`Domain::signing_bytes`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Domain(&'static str);
 
@@ -30,12 +31,18 @@ impl Domain {
         write(self.0.as_bytes());
     }
 
-    /// The exact bytes a signature covers: `len(tag) || tag || message`.
-    pub fn signing_bytes(&self, message: &[u8]) -> Vec<u8> {
-        let mut bytes = Vec::with_capacity(1 + self.0.len() + message.len());
-        self.write_prefix(|part| bytes.extend_from_slice(part));
-        bytes.extend_from_slice(message);
-        bytes
+    /// The exact bytes a signature covers: the 32-byte digest of the message
+    /// under this domain, `SHA-256(len(tag) || tag || message)`.
+    ///
+    /// Ed25519 hashes what it signs twice with SHA-512 (and verification
+    /// once more); signing the digest instead makes that a constant 32 bytes
+    /// and leaves one SHA-256 pass over the message, which this machine's
+    /// SHA extensions do about three times as fast as SHA-512. A 300 kB
+    /// forwarded batch was 8 % of a node's CPU to sign (design-notes §15).
+    /// Signatures still bind the domain and every message byte: the digest
+    /// is collision resistant.
+    pub fn signing_bytes(&self, message: &[u8]) -> [u8; 32] {
+        crate::Digest::of(*self, message).0
     }
 }
 
@@ -60,20 +67,21 @@ pub(crate) fn verify_strict(
         .map_err(|_| SignatureError::Invalid)
 }
 
-/// One signature to check: the key, the exact signed bytes (domain prefix
-/// included) and the signature.
+/// One signature to check: the key, the exact signed bytes (the message's
+/// domain-separated digest) and the signature.
 #[derive(Clone, Debug)]
 pub struct SignatureCheck {
     /// The signer's validated key.
     pub key: ValidatedKey,
     /// `Domain::signing_bytes(message)`.
-    pub signing_bytes: Vec<u8>,
+    pub signing_bytes: [u8; 32],
     /// The signature to check.
     pub signature: Signature,
 }
 
 impl SignatureCheck {
-    /// A check of `signature` by `key` over `domain || message`.
+    /// A check of `signature` by `key` over `message` under `domain` (its
+    /// domain-separated digest).
     pub fn new(
         key: ValidatedKey,
         domain: Domain,

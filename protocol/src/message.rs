@@ -48,7 +48,8 @@ pub struct Signed<T> {
     pub signer: NodeId,
     /// The signed value.
     pub value: T,
-    /// Signature over `T::DOMAIN || encode(value)`.
+    /// Signature over `SHA-256(T::DOMAIN || encode(value))` (see
+    /// `Domain::signing_bytes`).
     pub signature: Signature,
 }
 
