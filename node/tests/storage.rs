@@ -164,6 +164,7 @@ fn step_contents(step: u64, prev_hash: Digest, shape: Shape) -> (Vec<Record>, De
     let delivery = Delivery {
         block,
         duplicates: duplicates(step),
+        tree: None,
     };
     (records, delivery)
 }

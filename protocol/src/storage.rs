@@ -12,6 +12,7 @@
 use crate::block::CommittedBlock;
 use crate::certificate::{CheckpointCertificate, PreparedCertificate};
 use crate::ids::SeqNum;
+use crate::merkle::MerkleTree;
 use crate::message::{Batch, NewView, Signed};
 use crate::signer::SafetyState;
 use bftd_crypto::Digest;
@@ -56,6 +57,10 @@ pub struct Delivery {
     /// earlier block (a byzantine or confused primary can re-propose one);
     /// the application must skip them. Every replica computes the same list.
     pub duplicates: Vec<u32>,
+    /// The batch's Merkle tree, if the replica built it while checking the
+    /// pre-prepare: whoever cuts receipts (Merkle proofs) for this block can
+    /// use it instead of hashing the batch again. Not stored.
+    pub tree: Option<Arc<MerkleTree>>,
 }
 
 /// Everything a replica needs to restart where it stopped.
@@ -304,10 +309,12 @@ pub mod suite {
                     Delivery {
                         block: block(1),
                         duplicates: vec![],
+                        tree: None,
                     },
                     Delivery {
                         block: block(2),
                         duplicates: vec![0, 3],
+                        tree: None,
                     },
                 ],
             )

@@ -77,6 +77,7 @@ fn delivery(height: u64, duplicates: Vec<u32>) -> Delivery {
     Delivery {
         block: block(height, batch(3, 10, height)),
         duplicates,
+        tree: None,
     }
 }
 
@@ -516,6 +517,7 @@ fn large_blocks_are_chunked_and_checked() {
     let large = |height: u64| Delivery {
         block: block(height, batch(5, 40_000, height)),
         duplicates: vec![1],
+        tree: None,
     };
     let deliveries = [large(1), large(2), large(3)];
     store.apply(&[], &deliveries).unwrap();

@@ -26,6 +26,7 @@ use crate::clients::ClientTable;
 use crate::committee::Committee;
 use crate::config::{Config, ConfigError};
 use crate::ids::{NodeId, SeqNum, View};
+use crate::merkle::MerkleTree;
 use crate::message::{
     Batch, Checkpoint, Commit, NewView, PrePrepare, Prepare, RequestKey, Signed, SignedRequest,
     Status, ViewChange, WireMessage,
@@ -165,6 +166,10 @@ struct Slot {
     pre_prepare: Option<Signed<PrePrepare>>,
     /// A batch known to hash to the digest beside it.
     batch: Option<(Digest, Arc<Batch>)>,
+    /// `batch`'s Merkle tree, when this replica built it to check the digest:
+    /// handed on at execution (in [`Delivery::tree`]) so receipts' proofs
+    /// need no second pass over the batch.
+    tree: Option<Arc<MerkleTree>>,
     /// Prepares for the current view, first per signer.
     prepares: BTreeMap<NodeId, Signed<Prepare>>,
     /// Commits for the current view, first per signer.
@@ -459,6 +464,7 @@ impl Replica {
                 // there is one; otherwise the last one accepted.
                 if slot.prepared.as_ref().is_none_or(|p| p.digest() == digest) {
                     slot.batch = Some((digest, batch));
+                    slot.tree = None;
                 }
             }
         }

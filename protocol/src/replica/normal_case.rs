@@ -61,7 +61,8 @@ impl Replica {
     /// The primary proposes `batch` at the next sequence number.
     pub(super) fn propose(&mut self, batch: Batch) {
         let seq = self.next_seq;
-        let digest = MerkleTree::new(&batch).root();
+        let tree = Arc::new(MerkleTree::new(&batch));
+        let digest = tree.root();
         let value = PrePrepare {
             view: self.view,
             seq,
@@ -80,7 +81,7 @@ impl Replica {
             pre_prepare: pre_prepare.clone(),
             batch: batch.clone(),
         });
-        self.install_pre_prepare(pre_prepare, Some(batch));
+        self.install_pre_prepare(pre_prepare, Some(batch), Some(tree));
     }
 
     pub(super) fn on_pre_prepare(&mut self, pre_prepare: Signed<PrePrepare>, batch: Arc<Batch>) {
@@ -114,11 +115,12 @@ impl Replica {
             self.drop_input(DropReason::Oversized);
             return;
         }
-        if MerkleTree::new(&batch).root() != value.digest {
+        let tree = Arc::new(MerkleTree::new(&batch));
+        if tree.root() != value.digest {
             self.drop_input(DropReason::DigestMismatch);
             return;
         }
-        self.install_pre_prepare(pre_prepare, Some(batch));
+        self.install_pre_prepare(pre_prepare, Some(batch), Some(tree));
     }
 
     fn batch_within_limits(&self, batch: &Batch) -> bool {
@@ -141,12 +143,14 @@ impl Replica {
         &mut self,
         pre_prepare: Signed<PrePrepare>,
         batch: Option<Arc<Batch>>,
+        tree: Option<Arc<MerkleTree>>,
     ) {
         let value = pre_prepare.value;
         let slot = self.slots.entry(value.seq).or_default();
         slot.pre_prepare = Some(pre_prepare);
         if let Some(batch) = batch {
             slot.batch = Some((value.digest, batch));
+            slot.tree = tree.filter(|tree| tree.root() == value.digest);
         }
         let Some(batch) = slot.batch_for(value.digest).cloned() else {
             self.want_batch(value.digest);
@@ -325,7 +329,7 @@ impl Replica {
     pub(super) fn execute_ready(&mut self) {
         loop {
             let next = self.last_executed.next();
-            let Some(slot) = self.slots.get(&next) else {
+            let Some(slot) = self.slots.get_mut(&next) else {
                 return;
             };
             let Some(certificate) = slot.committed.clone() else {
@@ -334,6 +338,11 @@ impl Replica {
             let Some(batch) = slot.batch_for(certificate.value.digest).cloned() else {
                 return;
             };
+            // Only in flight: the slot lives on until the next checkpoint.
+            let tree = slot
+                .tree
+                .take()
+                .filter(|tree| tree.root() == certificate.value.digest);
             let block = Arc::new(CommittedBlock {
                 block: Block {
                     height: next,
@@ -343,14 +352,18 @@ impl Replica {
                 },
                 certificate,
             });
-            self.execute_block(block);
+            self.execute_block(block, tree);
         }
     }
 
     /// Applies the next block (from the normal case or state transfer):
     /// deduplicates its requests, answers local clients, delivers it, and
     /// checkpoints every K blocks.
-    pub(super) fn execute_block(&mut self, block: Arc<CommittedBlock>) {
+    pub(super) fn execute_block(
+        &mut self,
+        block: Arc<CommittedBlock>,
+        tree: Option<Arc<MerkleTree>>,
+    ) {
         let height = block.height();
         let mut duplicates = Vec::new();
         for (index, request) in block.block.batch.requests.iter().enumerate() {
@@ -376,7 +389,11 @@ impl Replica {
         if self.next_seq <= height {
             self.next_seq = height.next();
         }
-        self.actions.deliver.push(Delivery { block, duplicates });
+        self.actions.deliver.push(Delivery {
+            block,
+            duplicates,
+            tree,
+        });
         if height.0.is_multiple_of(self.config.checkpoint_interval) {
             self.checkpoint_hashes.insert(height, hash);
             self.send_checkpoint(height, hash);

@@ -194,7 +194,7 @@ impl Replica {
                 break;
             }
             self.metrics.blocks_fetched += 1;
-            self.execute_block(block);
+            self.execute_block(block, None);
         }
         let seq = checkpoint.seq();
         if seq > self.low_watermark()
@@ -254,7 +254,8 @@ impl Replica {
     /// A batch we asked for: prepare the pre-prepares that waited on it.
     pub(super) fn on_batch(&mut self, response: Signed<BatchResponse>) {
         let batch = response.value.batch;
-        let digest = MerkleTree::new(&batch).root();
+        let tree = Arc::new(MerkleTree::new(&batch));
+        let digest = tree.root();
         if self.wanted_batches.remove(&digest).is_none() {
             self.drop_input(DropReason::Unsolicited);
             return;
@@ -274,7 +275,7 @@ impl Replica {
                 .get(&pre_prepare.value.seq)
                 .is_some_and(|slot| slot.batch_for(digest).is_none())
             {
-                self.install_pre_prepare(pre_prepare, Some(batch.clone()));
+                self.install_pre_prepare(pre_prepare, Some(batch.clone()), Some(tree.clone()));
             }
         }
         self.execute_ready();

@@ -302,7 +302,7 @@ impl Replica {
             } else {
                 self.batch_with_digest(digest)
             };
-            self.install_pre_prepare(pre_prepare, batch);
+            self.install_pre_prepare(pre_prepare, batch, None);
         }
         self.next_seq = highest.next();
         self.replay_future();

@@ -522,6 +522,19 @@ impl<'a> World<'a> {
             .apply(&actions.persist, &actions.deliver)
             .expect("memory storage does not fail");
         for delivery in &actions.deliver {
+            // A tree handed on for receipts must be the batch's: a proof cut
+            // from another tree would not verify for the client.
+            if let Some(tree) = &delivery.tree {
+                if tree.root() != delivery.block.block.batch_digest {
+                    self.failure.get_or_insert(Violation::new(
+                        "receipts",
+                        format!(
+                            "{id} delivered height {} with another batch's Merkle tree",
+                            delivery.block.height()
+                        ),
+                    ));
+                }
+            }
             for (index, request) in delivery.block.block.batch.requests.iter().enumerate() {
                 if !delivery.duplicates.contains(&(index as u32)) {
                     node.executed.insert(request.key());
