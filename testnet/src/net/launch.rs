@@ -102,6 +102,23 @@ pub fn alive(pid: u32, marker: &str) -> bool {
     cmdline.contains(marker)
 }
 
+/// Whether a process this bftnet spawned has exited (gone, or a zombie: we
+/// never reap detached children, so their PIDs cannot be recycled while we
+/// run). Unlike [`alive`] it does not read the command line: for a moment
+/// after `spawn` returns, Linux shows an empty `/proc/PID/cmdline` (the
+/// parent resumes before exec has set up the new program's arguments), and
+/// a node checked in that moment was once reported as "exited while
+/// starting" although it started fine.
+pub fn exited(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return !fallback_alive(pid);
+    };
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    matches!(state, Some("Z") | Some("X") | None)
+}
+
 /// Without /proc: ask the kernel whether the PID exists.
 fn fallback_alive(pid: u32) -> bool {
     rustix::process::Pid::from_raw(pid as i32)
@@ -270,6 +287,8 @@ pub async fn node_counter(address: SocketAddr, name: &str, timeout: Duration) ->
 
 /// Waits until every node in `ids` answers `/healthz`, failing early (with
 /// the log's last lines) if a node or the proxy exits, or after `timeout`.
+/// The nodes must be this process's children, just started, and the proxy
+/// known to be running (see [`exited`]).
 pub async fn wait_healthy(
     layout: &Layout,
     state: &State,
@@ -282,7 +301,7 @@ pub async fn wait_healthy(
         let mut still = Vec::new();
         for &id in &pending {
             let node = state.node(id)?;
-            if !node_alive(layout, state, id) {
+            if node.pid.is_none_or(exited) {
                 return Err(NetError::Unhealthy {
                     id,
                     reason: "exited while starting".into(),
@@ -298,7 +317,7 @@ pub async fn wait_healthy(
                 still.push(id);
             }
         }
-        if state.proxy.pid.is_some() && !proxy_alive(layout, state) {
+        if state.proxy.pid.is_some_and(exited) {
             return Err(NetError::ProxyDied {
                 log: layout.proxy_log(),
                 tail: log_tail(&layout.proxy_log(), 15),
