@@ -131,8 +131,21 @@ pub(crate) async fn write_frames(
 
 /// Frames to write, as few chunks as possible (see [`write_frames`]).
 fn coalesce(frames: impl IntoIterator<Item = Bytes>) -> Result<Vec<Bytes>, TransportError> {
+    let frames: Vec<Bytes> = frames.into_iter().collect();
+    // One allocation for everything copied: every prefix, every small body.
+    let copied = frames
+        .iter()
+        .map(|frame| {
+            PREFIX_BYTES
+                + if frame.len() <= COALESCE_BYTES {
+                    frame.len()
+                } else {
+                    0
+                }
+        })
+        .sum();
+    let mut buffer = BytesMut::with_capacity(copied);
     let mut chunks = Vec::new();
-    let mut buffer = BytesMut::new();
     for frame in frames {
         let length = u32::try_from(frame.len()).map_err(|_| TransportError::FrameTooLarge {
             length: frame.len() as u64,
