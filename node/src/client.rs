@@ -86,6 +86,7 @@ pub struct Client {
     routes: Arc<Mutex<Routes>>,
     next_id: AtomicU64,
     timeout: Duration,
+    resend_after: Duration,
     reader: tokio::task::JoinHandle<()>,
     writer: tokio::task::JoinHandle<()>,
     /// Certificates of recent blocks, verified once for all their receipts.
@@ -157,6 +158,7 @@ impl Client {
             routes,
             next_id: AtomicU64::new(start),
             timeout: Duration::from_secs(30),
+            resend_after: DEFAULT_RESEND_AFTER,
             reader,
             writer,
             certificates: Mutex::default(),
@@ -168,6 +170,16 @@ impl Client {
     /// How long to wait for a receipt or a status (default 30 s).
     pub fn set_timeout(&mut self, timeout: Duration) {
         self.timeout = timeout;
+    }
+
+    /// How long a submitted request may go unanswered before it is sent
+    /// again (default 5 s; the wait doubles after each resend, until the
+    /// timeout). Resending is safe: a request is ordered at most once, and a
+    /// node answers a request it already executed with its receipt. It
+    /// recovers answers a node dropped because this client read its
+    /// connection too slowly (see `[clients] reply_queue`).
+    pub fn set_resend_after(&mut self, resend_after: Duration) {
+        self.resend_after = resend_after.max(Duration::from_millis(1));
     }
 
     /// The client's public key.
@@ -227,13 +239,22 @@ impl Client {
     /// the same request is safe: it is ordered at most once.
     pub async fn submit_request(&self, request: &SignedRequest) -> Result<Committed, ClientError> {
         let id = request.request.request_id;
-        let (tx, rx) = oneshot::channel();
+        let (tx, mut rx) = oneshot::channel();
         lock(&self.routes).receipts.insert(id, tx);
-        if let Err(error) = self.send(&ClientMessage::Submit(request.clone())).await {
-            lock(&self.routes).receipts.remove(&id);
-            return Err(error);
-        }
-        let answer = tokio::time::timeout(self.timeout, rx).await;
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut wait = self.resend_after;
+        let answer = loop {
+            if let Err(error) = self.send(&ClientMessage::Submit(request.clone())).await {
+                lock(&self.routes).receipts.remove(&id);
+                return Err(error);
+            }
+            let resend_at = (tokio::time::Instant::now() + wait).min(deadline);
+            match tokio::time::timeout_at(resend_at, &mut rx).await {
+                Ok(answer) => break Ok(answer),
+                Err(elapsed) if resend_at >= deadline => break Err(elapsed),
+                Err(_) => wait = wait.saturating_mul(2),
+            }
+        };
         lock(&self.routes).receipts.remove(&id);
         match answer {
             Ok(Ok(NodeMessage::Receipt(receipt))) => {
@@ -273,6 +294,8 @@ impl Client {
     }
 }
 
+/// How long a request may go unanswered before the client sends it again.
+const DEFAULT_RESEND_AFTER: Duration = Duration::from_secs(5);
 /// Frames queued for the writer at most; `send` waits beyond that.
 const OUTBOX_FRAMES: usize = 4096;
 /// Frames sent in one write at most.

@@ -130,6 +130,14 @@ pub enum LoadError {
         /// What is wrong.
         source: ConfigError,
     },
+    /// The clients section is invalid.
+    #[error("[clients] in {path}: {reason}")]
+    Clients {
+        /// The node config.
+        path: PathBuf,
+        /// What is wrong.
+        reason: &'static str,
+    },
 }
 
 /// One node of the cluster, as in the cluster file.
@@ -293,6 +301,27 @@ pub struct NodeFile {
     /// Protocol parameters.
     #[serde(default)]
     pub protocol: ProtocolConfig,
+    /// Client connections.
+    #[serde(default)]
+    pub clients: ClientsConfig,
+}
+
+/// The `[clients]` section of a node file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientsConfig {
+    /// Replies (receipts, rejections, blocks) queued per client connection
+    /// while the client is not reading; beyond it replies are dropped and
+    /// counted (`bftd_replies_dropped_total`), so a slow client cannot grow
+    /// the node's memory. A client that gets no answer resends its request
+    /// and is answered again. Default 4096.
+    pub reply_queue: usize,
+}
+
+impl Default for ClientsConfig {
+    fn default() -> ClientsConfig {
+        ClientsConfig { reply_queue: 4096 }
+    }
 }
 
 /// Everything a node needs, loaded and validated.
@@ -318,6 +347,8 @@ pub struct NodeConfig {
     pub colluders: Vec<NodeId>,
     /// Protocol parameters.
     pub protocol: ProtocolConfig,
+    /// Client connections.
+    pub clients: ClientsConfig,
 }
 
 impl NodeConfig {
@@ -367,6 +398,12 @@ impl NodeConfig {
                 path: path.to_owned(),
                 source,
             })?;
+        if file.clients.reply_queue == 0 {
+            return Err(LoadError::Clients {
+                path: path.to_owned(),
+                reason: "reply_queue must be at least 1 (the default is 4096)",
+            });
+        }
         let listen = match file.listen {
             Some(listen) => listen,
             None => cluster.address(id).ok_or(LoadError::UnknownId {
@@ -385,6 +422,7 @@ impl NodeConfig {
             byzantine: file.byzantine,
             colluders: file.colluders.iter().map(|&id| NodeId(id)).collect(),
             protocol: file.protocol,
+            clients: file.clients,
         })
     }
 }
@@ -495,6 +533,18 @@ mod tests {
         assert!(
             write_key(&dir.path().join("node0.key"), &KeyPair::from_seed([1; 32])).is_err(),
             "keygen never overwrites a key"
+        );
+        assert_eq!(config.clients.reply_queue, 4096, "the default");
+
+        let with_clients = |section: &str| format!("{}\n[clients]\n{section}\n", node("node0.key"));
+        std::fs::write(dir.path().join("q8.toml"), with_clients("reply_queue = 8")).unwrap();
+        std::fs::write(dir.path().join("q0.toml"), with_clients("reply_queue = 0")).unwrap();
+        let config = NodeConfig::load(&dir.path().join("q8.toml")).unwrap();
+        assert_eq!(config.clients.reply_queue, 8);
+        let error = NodeConfig::load(&dir.path().join("q0.toml")).unwrap_err();
+        assert!(
+            error.to_string().contains("reply_queue must be at least 1"),
+            "{error}"
         );
     }
 }

@@ -225,3 +225,46 @@ async fn backup_crash_under_load() {
 async fn primary_crash_under_load() {
     crash_and_recover(0).await;
 }
+
+/// A client that reads its connection too slowly for the node's reply queue
+/// (here 32 replies) loses answers: the node drops them and counts them. The
+/// client library resends a request it got no answer for, the node answers
+/// the replay with its receipt, and every submit succeeds on its own, with no
+/// retry by the caller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_receipts_are_recovered_by_resending() {
+    let cluster = TestCluster::start(
+        4,
+        RequestMode::ConnectionAuthenticated,
+        "[clients]\nreply_queue = 32",
+    );
+    let mut client = cluster.client(0).await;
+    client.set_resend_after(Duration::from_millis(300));
+    client.set_timeout(Duration::from_secs(60));
+    let client = Arc::new(client);
+    let mut submits = tokio::task::JoinSet::new();
+    for i in 0..300 {
+        let client = client.clone();
+        submits.spawn(async move {
+            client
+                .submit(format!("burst-{i}").into_bytes())
+                .await
+                .map_err(|error| format!("request {i}: {error}"))
+        });
+    }
+    let committed = tokio::time::timeout(Duration::from_secs(90), async {
+        let mut committed = 0;
+        while let Some(result) = submits.join_next().await {
+            result.unwrap().unwrap();
+            committed += 1;
+        }
+        committed
+    })
+    .await
+    .expect("every request answered within 90 s");
+    assert_eq!(committed, 300);
+    assert!(
+        cluster.metric(0, "bftd_replies_dropped_total") > 0.0,
+        "the burst overflowed the reply queue: the test exercised resending"
+    );
+}

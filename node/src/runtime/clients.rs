@@ -13,9 +13,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
-/// Replies queued per connection before further ones are dropped (the
-/// client is not reading).
-const REPLY_QUEUE: usize = 4096;
 /// Replies written together at most.
 const REPLY_WRITE_BATCH: usize = 512;
 /// A client must open its stream this soon after connecting.
@@ -63,7 +60,9 @@ async fn serve(
     storage: DiskStorage,
     height: watch::Receiver<SeqNum>,
 ) {
-    let (reply_to, replies) = mpsc::channel::<NodeMessage>(REPLY_QUEUE);
+    // Beyond this the client is not reading: replies are dropped (counted),
+    // and the client resends what it still waits for.
+    let (reply_to, replies) = mpsc::channel::<NodeMessage>(shared.reply_queue.max(1));
     let writer = tokio::spawn(write_replies(sender, replies));
     let mut subscription: Option<tokio::task::JoinHandle<()>> = None;
     loop {

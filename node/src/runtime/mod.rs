@@ -94,6 +94,8 @@ pub(crate) struct Shared {
     pub metrics: NodeMetrics,
     pub committee: Committee,
     pub request_mode: RequestMode,
+    /// Replies queued per client connection (`[clients] reply_queue`).
+    pub reply_queue: usize,
     pub id: u16,
     pub byzantine: Option<String>,
     transport: Mutex<Option<Transport>>,
@@ -254,6 +256,7 @@ pub async fn start(
         metrics: NodeMetrics::default(),
         committee: committee.clone(),
         request_mode: config.protocol.request_mode,
+        reply_queue: config.clients.reply_queue,
         id: config.id.0,
         byzantine: config.byzantine.clone(),
         transport: Mutex::new(None),
