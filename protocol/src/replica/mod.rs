@@ -220,7 +220,25 @@ pub struct ReplicaStatus {
     pub pending_requests: usize,
     /// Sequence numbers in the window with protocol state.
     pub active_slots: usize,
+    /// Other replicas heard from (any verified message) within the last
+    /// [`IN_TOUCH_STATUS_INTERVALS`] status intervals.
+    pub peers_in_touch: usize,
+    /// Replicas needed for a quorum (2f+1, this one included).
+    pub quorum: usize,
 }
+
+impl ReplicaStatus {
+    /// Whether this replica hears from enough peers to form a quorum with
+    /// them: without one nothing can commit, and a node should say so (in
+    /// its health check, and to its clients) rather than time out silently.
+    pub fn has_quorum(&self) -> bool {
+        self.peers_in_touch + 1 >= self.quorum
+    }
+}
+
+/// A peer counts as in touch if any of its messages arrived within this many
+/// status intervals (it sends a status every interval).
+pub const IN_TOUCH_STATUS_INTERVALS: u32 = 4;
 
 /// Why a replica could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -309,6 +327,8 @@ pub struct Replica {
     wanted_batches: BTreeMap<Digest, Duration>,
 
     peer_status: BTreeMap<NodeId, Status>,
+    /// When each peer was last heard from (any verified message).
+    heard_from: BTreeMap<NodeId, Duration>,
     fetch: Option<Fetch>,
     next_status_at: Duration,
 
@@ -431,6 +451,7 @@ impl Replica {
             future: BTreeMap::new(),
             wanted_batches: BTreeMap::new(),
             peer_status: BTreeMap::new(),
+            heard_from: BTreeMap::new(),
             fetch: None,
             next_status_at: now,
             actions: Actions::default(),
@@ -486,6 +507,7 @@ impl Replica {
             self.metrics.dropped(DropReason::WrongSender);
             return;
         }
+        self.heard_from.insert(from, now);
         self.dispatch(from, message);
         self.finish_step();
     }
@@ -576,7 +598,19 @@ impl Replica {
             stable_checkpoint: self.stable_checkpoint.seq(),
             pending_requests: self.pending.len(),
             active_slots: self.slots.len(),
+            peers_in_touch: self.peers_in_touch(),
+            quorum: self.committee.quorum(),
         }
+    }
+
+    /// Peers heard from within [`IN_TOUCH_STATUS_INTERVALS`] status
+    /// intervals.
+    fn peers_in_touch(&self) -> usize {
+        let window = self.config.status_interval * IN_TOUCH_STATUS_INTERVALS;
+        self.heard_from
+            .iter()
+            .filter(|(&peer, &at)| peer != self.id && self.now.saturating_sub(at) <= window)
+            .count()
     }
 
     /// The replica's counters.
