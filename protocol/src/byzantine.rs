@@ -664,6 +664,7 @@ fn break_signature(mut message: WireMessage, rng: &mut Rng) -> WireMessage {
         WireMessage::Blocks(m) => flip(&mut m.signature, rng),
         WireMessage::FetchBatch(m) => flip(&mut m.signature, rng),
         WireMessage::Batch(m) => flip(&mut m.signature, rng),
+        WireMessage::Suspect(m) => flip(&mut m.signature, rng),
     }
     message
 }

@@ -91,6 +91,12 @@ impl ClientTable {
         }
     }
 
+    /// The highest request id of `client` that is stale (forgotten), if
+    /// any: every id up to it is refused.
+    pub fn stale_through(&self, client: &PublicKey) -> Option<u64> {
+        self.clients.get(client)?.forgotten_through
+    }
+
     /// Number of clients remembered.
     pub fn len(&self) -> usize {
         self.clients.len()

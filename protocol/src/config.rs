@@ -48,10 +48,17 @@ pub struct Config {
     /// primary, or forwarded and watched by a backup). Beyond it new requests
     /// are refused with "busy".
     pub max_pending_requests: usize,
-    /// A backup with pending requests that sees no execution for this long
-    /// suspects the primary and starts a view change.
+    /// A backup that waited this long for a request relays it to every
+    /// replica; after as long again it suspects the primary, and 2f+1
+    /// suspicions start a view change. Raised automatically to twice the
+    /// longest recent wait of an executed request (load is not a fault).
     #[serde(rename = "request_timeout_ms", with = "millis")]
     pub request_timeout: Duration,
+    /// The automatic raise stops here: the longest a primary that slows
+    /// everyone down can hold a request before it is suspected is twice
+    /// this.
+    #[serde(rename = "request_timeout_max_ms", with = "millis")]
+    pub request_timeout_max: Duration,
     /// How long to wait for a new view once 2f+1 view-changes are in;
     /// doubles with every view that fails in a row.
     #[serde(rename = "view_change_timeout_ms", with = "millis")]
@@ -93,6 +100,7 @@ impl Default for Config {
             max_request_bytes: 64 * 1024,
             max_pending_requests: 200_000,
             request_timeout: Duration::from_millis(800),
+            request_timeout_max: Duration::from_secs(8),
             view_change_timeout: Duration::from_millis(800),
             view_change_timeout_max: Duration::from_secs(30),
             status_interval: Duration::from_millis(250),
@@ -178,6 +186,12 @@ impl Config {
                 value >= Duration::from_millis(1),
             )?;
         }
+        range(
+            "request_timeout_max",
+            "at least request_timeout",
+            millis(self.request_timeout_max),
+            self.request_timeout_max >= self.request_timeout,
+        )?;
         range(
             "view_change_timeout_max",
             "at least view_change_timeout",

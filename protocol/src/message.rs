@@ -39,6 +39,7 @@ signable! {
     Blocks => "bftd/v1/blocks",
     FetchBatch => "bftd/v1/fetch-batch",
     BatchResponse => "bftd/v1/batch",
+    Suspect => "bftd/v1/suspect",
 }
 
 /// A value signed by a replica.
@@ -263,6 +264,20 @@ pub struct BatchResponse {
     pub batch: Arc<Batch>,
 }
 
+/// A backup suspects the primary of `view`: a request it waits for has waited
+/// too long. Not a vote: it commits its signer to nothing, and a replica that
+/// stops suspecting simply stops re-sending it. A replica leaves a view only
+/// once 2f+1 replicas suspect its primary (at least f+1 of them honest), and
+/// it relays those 2f+1 suspicions so every other replica leaves too; one
+/// replica whose timer fired alone (it started before the others, or lost
+/// its links) therefore never strands itself in a view change while the rest
+/// carry on. Zyzzyva's "I hate the primary" serves the same purpose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Suspect {
+    /// The view whose primary is suspected.
+    pub view: View,
+}
+
 /// Everything one replica sends another.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WireMessage {
@@ -295,6 +310,8 @@ pub enum WireMessage {
     FetchBatch(Signed<FetchBatch>),
     /// A batch in answer to a fetch.
     Batch(Signed<BatchResponse>),
+    /// A suspicion of the primary (the signer's own, or relayed).
+    Suspect(Signed<Suspect>),
 }
 
 impl WireMessage {
@@ -313,6 +330,7 @@ impl WireMessage {
             WireMessage::Blocks(_) => MessageKind::Blocks,
             WireMessage::FetchBatch(_) => MessageKind::FetchBatch,
             WireMessage::Batch(_) => MessageKind::Batch,
+            WireMessage::Suspect(_) => MessageKind::Suspect,
         }
     }
 
@@ -331,6 +349,7 @@ impl WireMessage {
             WireMessage::Blocks(m) => m.signer,
             WireMessage::FetchBatch(m) => m.signer,
             WireMessage::Batch(m) => m.signer,
+            WireMessage::Suspect(m) => m.signer,
         }
     }
 }
@@ -362,11 +381,13 @@ pub enum MessageKind {
     FetchBatch,
     /// Batch.
     Batch,
+    /// Suspicion of the primary.
+    Suspect,
 }
 
 impl MessageKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [MessageKind; 12] = [
+    pub const ALL: [MessageKind; 13] = [
         MessageKind::PrePrepare,
         MessageKind::Prepare,
         MessageKind::Commit,
@@ -379,6 +400,7 @@ impl MessageKind {
         MessageKind::Blocks,
         MessageKind::FetchBatch,
         MessageKind::Batch,
+        MessageKind::Suspect,
     ];
 
     /// The kind of an encoded [`WireMessage`], read from its variant tag
@@ -409,6 +431,7 @@ impl MessageKind {
             MessageKind::Blocks => "blocks",
             MessageKind::FetchBatch => "fetch_batch",
             MessageKind::Batch => "batch",
+            MessageKind::Suspect => "suspect",
         }
     }
 }

@@ -13,7 +13,7 @@ use crate::codec::CodecError;
 use crate::ids::{NodeId, SeqNum, View};
 use crate::message::{
     BatchResponse, Blocks, Checkpoint, Commit, FetchBatch, FetchBlocks, Forward, NewView,
-    PrePrepare, Prepare, Signable, Signed, Status, ViewChange,
+    PrePrepare, Prepare, Signable, Signed, Status, Suspect, ViewChange,
 };
 use bftd_crypto::{Digest, KeyPair, PublicKey};
 use serde::{Deserialize, Serialize};
@@ -92,6 +92,7 @@ impl FreelySignable for FetchBlocks {}
 impl FreelySignable for Blocks {}
 impl FreelySignable for FetchBatch {}
 impl FreelySignable for BatchResponse {}
+impl FreelySignable for Suspect {}
 
 /// Owns the key and the safety state.
 #[derive(Debug)]

@@ -13,7 +13,7 @@ use crate::block::CommittedBlock;
 use crate::certificate::{CheckpointCertificate, PreparedCertificate};
 use crate::ids::SeqNum;
 use crate::merkle::MerkleTree;
-use crate::message::{Batch, NewView, Signed};
+use crate::message::{Batch, NewView, Signed, Suspect};
 use crate::signer::SafetyState;
 use bftd_crypto::Digest;
 use std::collections::BTreeMap;
@@ -46,6 +46,11 @@ pub enum Record {
     /// missed it; without it, a primary that restarts right after sending a
     /// new-view could leave the others waiting for it forever.
     NewView(Signed<NewView>),
+    /// The 2f+1 suspicions that made this replica leave its last normal view
+    /// (replaces any earlier ones). After a restart in the middle of that
+    /// view change it relays them again, so replicas that never saw them
+    /// follow it out of the view instead of leaving it alone there.
+    Suspicion(Vec<Signed<Suspect>>),
 }
 
 /// A block the replica executed, to be stored and handed to the application.
@@ -76,6 +81,8 @@ pub struct Recovered {
     pub batches: Vec<(SeqNum, Digest, Arc<Batch>)>,
     /// The latest new-view.
     pub new_view: Option<Signed<NewView>>,
+    /// The suspicions that started the last view change.
+    pub suspicion: Vec<Signed<Suspect>>,
 }
 
 /// A storage failure. Carries the backend's message for the operator.
@@ -117,6 +124,7 @@ struct MemState {
     batches: BTreeMap<(SeqNum, Digest), Arc<Batch>>,
     blocks: BTreeMap<SeqNum, (Arc<CommittedBlock>, Vec<u32>)>,
     new_view: Option<Signed<NewView>>,
+    suspicion: Vec<Signed<Suspect>>,
 }
 
 /// In-memory storage: "durable" for the simulator's crashes, which lose the
@@ -158,6 +166,7 @@ impl Storage for MemStorage {
                     }
                 }
                 Record::NewView(new_view) => state.new_view = Some(new_view.clone()),
+                Record::Suspicion(suspects) => state.suspicion = suspects.clone(),
                 Record::StableCheckpoint(cert) => {
                     let seq = cert.seq();
                     if state.checkpoint.as_ref().is_none_or(|c| c.seq() < seq) {
@@ -189,6 +198,7 @@ impl Storage for MemStorage {
                 .map(|(&(seq, digest), batch)| (seq, digest, batch.clone()))
                 .collect(),
             new_view: state.new_view.clone(),
+            suspicion: state.suspicion.clone(),
         })
     }
 }
@@ -344,6 +354,22 @@ pub mod suite {
         store.apply(&[Record::NewView(new_view(9))], &[]).unwrap();
         let mut store = reopen(store);
         assert_eq!(store.recover().unwrap().new_view, Some(new_view(9)));
+
+        // The latest suspicions are kept.
+        let suspect = |view: u64, signer: u16| Signed {
+            signer: NodeId(signer),
+            value: crate::message::Suspect { view: View(view) },
+            signature: Signature([3; 64]),
+        };
+        store
+            .apply(&[Record::Suspicion(vec![suspect(4, 0)])], &[])
+            .unwrap();
+        let latest = vec![suspect(8, 1), suspect(8, 2), suspect(8, 3)];
+        store
+            .apply(&[Record::Suspicion(latest.clone())], &[])
+            .unwrap();
+        let mut store = reopen(store);
+        assert_eq!(store.recover().unwrap().suspicion, latest);
 
         // A prepared certificate from a lower view never replaces a higher one.
         store

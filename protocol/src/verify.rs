@@ -208,6 +208,7 @@ impl<'a> SignatureCollector<'a> {
             WireMessage::FetchBlocks(m) => self.add_signed(m),
             WireMessage::FetchBatch(m) => self.add_signed(m),
             WireMessage::Batch(m) => self.add_signed(m),
+            WireMessage::Suspect(m) => self.add_signed(m),
             WireMessage::ViewChange(m) => self.add_view_change(m),
             WireMessage::NewView(m) => {
                 self.add_signed(m);

@@ -11,7 +11,7 @@ use bftd_crypto::{Digest, KeyPair};
 use bftd_protocol::certificate::QuorumCertificate;
 use bftd_protocol::message::{
     BatchResponse, Blocks, Checkpoint, Commit, FetchBatch, FetchBlocks, Forward, MessageKind,
-    NewView, PrePrepare, Prepare, Status, ViewChange,
+    NewView, PrePrepare, Prepare, Status, Suspect, ViewChange,
 };
 use bftd_protocol::{
     codec, Batch, Block, CheckpointCertificate, CommittedBlock, NodeId, PreparedCertificate,
@@ -195,6 +195,7 @@ fn samples() -> Vec<(&'static str, WireMessage)> {
             "batch",
             WireMessage::Batch(sign(1, BatchResponse { batch })),
         ),
+        ("suspect", WireMessage::Suspect(sign(2, Suspect { view }))),
     ]
 }
 
@@ -305,6 +306,6 @@ fn peek_kind_matches_every_variant() {
         assert_eq!(MessageKind::peek(&bytes), Some(message.kind()), "{name}");
     }
     assert_eq!(MessageKind::peek(&[0, 0, 0]), None);
-    assert_eq!(MessageKind::peek(&[12, 0, 0, 0]), None);
+    assert_eq!(MessageKind::peek(&[13, 0, 0, 0]), None);
     assert_eq!(MessageKind::peek(&[0, 0, 0, 1]), None);
 }

@@ -240,6 +240,24 @@ impl NodeMetrics {
             );
             counter(
                 &mut out,
+                "bftd_retransmissions_total",
+                "Votes and pre-prepares re-sent while execution stalled.",
+                metrics.retransmissions,
+            );
+            counter(
+                &mut out,
+                "bftd_requests_relayed_total",
+                "Requests relayed to every replica after waiting one request timeout.",
+                metrics.requests_relayed,
+            );
+            counter(
+                &mut out,
+                "bftd_suspicions_total",
+                "Times this node began to suspect the primary (a request waited too long).",
+                metrics.suspicions,
+            );
+            counter(
+                &mut out,
                 "bftd_misbehaviour_evidence_total",
                 "Conflicting signed messages seen from one replica.",
                 metrics.evidence,

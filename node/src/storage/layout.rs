@@ -18,11 +18,13 @@ pub(super) const META_FORMAT: &str = "format";
 pub(super) const META_IDENTITY: &str = "identity";
 
 /// `state`: the single-valued parts of the replica's state, codec-encoded:
-/// [`STATE_SAFETY`], [`STATE_CHECKPOINT`], [`STATE_NEW_VIEW`].
+/// [`STATE_SAFETY`], [`STATE_CHECKPOINT`], [`STATE_NEW_VIEW`],
+/// [`STATE_SUSPICION`].
 pub(super) const STATE: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("state");
 pub(super) const STATE_SAFETY: &str = "safety";
 pub(super) const STATE_CHECKPOINT: &str = "stable_checkpoint";
 pub(super) const STATE_NEW_VIEW: &str = "new_view";
+pub(super) const STATE_SUSPICION: &str = "suspicion";
 
 /// `prepared`: sequence number (big-endian) → `PreparedCertificate`.
 pub(super) const PREPARED: TableDefinition<'static, SeqKey, &[u8]> =

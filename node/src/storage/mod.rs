@@ -44,7 +44,7 @@
 //! | table        | key                                  | value                                  |
 //! |--------------|--------------------------------------|----------------------------------------|
 //! | `meta`       | `"format"`, `"identity"`             | `u32` ([`FORMAT_VERSION`]), [`StoreIdentity`] |
-//! | `state`      | `"safety"`, `"stable_checkpoint"`, `"new_view"` | `SafetyState`, `CheckpointCertificate`, `Signed<NewView>` |
+//! | `state`      | `"safety"`, `"stable_checkpoint"`, `"new_view"`, `"suspicion"` | `SafetyState`, `CheckpointCertificate`, `Signed<NewView>`, `Vec<Signed<Suspect>>` |
 //! | `prepared`   | seq (8 bytes)                        | `PreparedCertificate`                  |
 //! | `batches`    | seq (8) ‖ digest (32)                | `Batch`                                |
 //! | `blocks`     | height (8) ‖ chunk index (4)         | ≤ 32 KiB piece of the `CommittedBlock` |

@@ -3,7 +3,7 @@
 
 use super::layout::{
     batch_from_key, chunk_from_key, chunk_key, seq_key, BATCHES, BLOCKS, DUPLICATES, PREPARED,
-    STATE, STATE_CHECKPOINT, STATE_NEW_VIEW, STATE_SAFETY,
+    STATE, STATE_CHECKPOINT, STATE_NEW_VIEW, STATE_SAFETY, STATE_SUSPICION,
 };
 use super::{decode_value, redb_error, DiskStorage, DiskStorageError, Inner, StoredBlock};
 use bftd_protocol::{CommittedBlock, Recovered, SeqNum, StorageError};
@@ -107,6 +107,9 @@ impl DiskStorage {
         }
         if let Some(bytes) = get(STATE_NEW_VIEW)? {
             recovered.new_view = Some(decode_value(path, "state", bytes.value())?);
+        }
+        if let Some(bytes) = get(STATE_SUSPICION)? {
+            recovered.suspicion = decode_value(path, "state", bytes.value())?;
         }
         let prepared = txn.open_table(PREPARED).map_err(|e| fail(e.into()))?;
         for entry in prepared.iter().map_err(|e| fail(e.into()))? {

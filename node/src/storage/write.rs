@@ -3,6 +3,7 @@
 use super::layout::{
     batch_key, chunk_key, last_batch_key, seq_key, BatchKey, ChunkKey, SeqKey, BATCHES, BLOCKS,
     BLOCK_CHUNK_BYTES, DUPLICATES, PREPARED, STATE, STATE_CHECKPOINT, STATE_NEW_VIEW, STATE_SAFETY,
+    STATE_SUSPICION,
 };
 use super::{
     decode_value, encode_value, redb_error, CommitMode, DiskStorage, DiskStorageError,
@@ -125,6 +126,12 @@ impl<'txn> WriteTables<'txn> {
                 encode_value(path, "state", new_view, buffer)?;
                 self.state
                     .insert(STATE_NEW_VIEW, buffer.as_slice())
+                    .map_err(fail)?;
+            }
+            Record::Suspicion(suspects) => {
+                encode_value(path, "state", suspects, buffer)?;
+                self.state
+                    .insert(STATE_SUSPICION, buffer.as_slice())
                     .map_err(fail)?;
             }
         }

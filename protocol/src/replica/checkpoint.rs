@@ -25,6 +25,21 @@ impl Replica {
         }
     }
 
+    /// Re-sends our checkpoint votes that are not stable yet (a lost vote
+    /// would otherwise keep the window from moving until the next
+    /// checkpoint).
+    pub(super) fn retransmit_checkpoint_votes(&mut self) {
+        let own: Vec<Signed<Checkpoint>> = self
+            .checkpoint_votes
+            .values()
+            .filter_map(|votes| votes.get(&self.id).cloned())
+            .collect();
+        self.metrics.retransmissions += own.len() as u64;
+        for vote in own {
+            self.broadcast(WireMessage::Checkpoint(vote));
+        }
+    }
+
     pub(super) fn on_checkpoint(&mut self, checkpoint: Signed<Checkpoint>) {
         let seq = checkpoint.value.seq;
         if seq <= self.low_watermark() {

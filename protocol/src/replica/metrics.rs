@@ -129,6 +129,14 @@ pub struct Metrics {
     pub evidence: u64,
     /// Checkpoints that became stable.
     pub checkpoints_stable: u64,
+    /// Votes and pre-prepares re-sent while execution stalled.
+    pub retransmissions: u64,
+    /// Requests this replica relayed to every replica after waiting one
+    /// request timeout for them.
+    pub requests_relayed: u64,
+    /// Times this replica began to suspect the primary (a request waited
+    /// twice the request timeout).
+    pub suspicions: u64,
 }
 
 impl Metrics {

@@ -10,10 +10,13 @@
 //! `checkpoint`, `view_change`, `state_transfer`.
 
 mod checkpoint;
+#[cfg(test)]
+mod liveness_tests;
 mod metrics;
 mod normal_case;
 mod requests;
 mod state_transfer;
+mod suspicion;
 #[cfg(test)]
 mod tests;
 mod view_change;
@@ -29,7 +32,7 @@ use crate::ids::{NodeId, SeqNum, View};
 use crate::merkle::MerkleTree;
 use crate::message::{
     Batch, Checkpoint, Commit, NewView, PrePrepare, Prepare, RequestKey, Signed, SignedRequest,
-    Status, ViewChange, WireMessage,
+    Status, Suspect, ViewChange, WireMessage,
 };
 use crate::signer::Signer;
 use crate::storage::{BlockSource, Delivery, Record, Recovered};
@@ -190,6 +193,23 @@ struct PendingRequest {
     local: bool,
     /// In a batch proposed (or re-proposed) in the current view.
     proposed: bool,
+    /// Since when this replica has been waiting for it to execute (its
+    /// arrival, or the start of the current view): the request timer runs
+    /// from here.
+    since: Duration,
+    /// How far the request timer got with it.
+    watch: Watch,
+}
+
+/// The request timer's stages for one pending request (see `suspicion.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Watch {
+    /// Only this replica and the primary may have it.
+    Fresh,
+    /// This replica relayed it to every replica after one timeout.
+    RelayedByUs,
+    /// Another backup relayed it to us: every replica has it.
+    RelayedToUs,
 }
 
 /// An outstanding state-transfer request.
@@ -307,13 +327,31 @@ pub struct Replica {
     /// When the last forward left: forwards are paced to one per
     /// `batch_delay` under load, so one signature covers many requests.
     last_forward: Option<Duration>,
-    /// When the replica last saw progress (an execution, a new view, or the
-    /// first pending request): the request timer runs from here.
-    last_progress: Duration,
-    /// The request timer fired once since `last_progress` and the pending
-    /// requests were re-sent to every replica; the next firing starts a view
-    /// change.
-    requests_rebroadcast: bool,
+    /// Pending requests in the order this replica started waiting for them
+    /// (`since`, key); entries of requests no longer pending are skipped
+    /// lazily. The request timer watches the front: the oldest request.
+    waiting: VecDeque<(Duration, RequestKey)>,
+    /// The longest a recently executed request waited here, and when that
+    /// was measured (it decays from then): the request timer never fires
+    /// sooner than twice it, so load alone does not look like a faulty
+    /// primary.
+    latency: (Duration, Duration),
+    /// Who suspects the primary of the current view, and when their
+    /// suspicion (re-sent every status interval while it stands) last
+    /// arrived.
+    suspects: BTreeMap<NodeId, (Signed<Suspect>, Duration)>,
+    /// The 2f+1 suspicions that made this replica leave its last normal
+    /// view: relayed while the view change lasts.
+    suspicion: Vec<Signed<Suspect>>,
+    /// When this replica last executed a block (or started, or entered a
+    /// view): state transfer and retransmission start when it stalls.
+    last_execution: Duration,
+    /// `last_executed` at the previous status tick: unchanged means stalled.
+    executed_at_last_tick: SeqNum,
+    /// The first sequence number the current view's primary proposed afresh
+    /// (after the new-view's re-proposals): only its execution proves the
+    /// view works and resets `failed_views`.
+    view_fresh_from: SeqNum,
 
     /// View-changes above the current view, by view and signer; at most
     /// `VIEW_CHANGES_PER_PEER` views per signer (the highest).
@@ -444,8 +482,13 @@ impl Replica {
             to_forward: Vec::new(),
             to_forward_bytes: 0,
             last_forward: None,
-            last_progress: now,
-            requests_rebroadcast: false,
+            waiting: VecDeque::new(),
+            latency: (Duration::ZERO, now),
+            suspects: BTreeMap::new(),
+            suspicion: Vec::new(),
+            last_execution: now,
+            executed_at_last_tick: last_height,
+            view_fresh_from: SeqNum(0),
             view_changes: BTreeMap::new(),
             new_view: None,
             future: BTreeMap::new(),
@@ -469,30 +512,54 @@ impl Replica {
     /// slots, so a view change after a restart still reports them.
     fn restore(&mut self, recovered: Recovered) {
         let low = self.stable_checkpoint.seq();
+        let view = self.view;
         self.new_view = recovered
             .new_view
-            .filter(|nv| nv.value.view == self.view && self.phase == Phase::Normal);
+            .filter(|nv| nv.value.view == view && self.phase == Phase::Normal);
         for cert in recovered.prepared {
             if cert.seq() > low {
                 let seq = cert.seq();
                 self.slots.entry(seq).or_default().prepared = Some(cert);
             }
         }
+        // What this replica accepted in the current view, per sequence.
+        let accepted: BTreeMap<SeqNum, Digest> = self
+            .signer
+            .state()
+            .accepted
+            .iter()
+            .filter(|(_, &(accepted_view, _))| accepted_view == view)
+            .map(|(&seq, &(_, digest))| (seq, digest))
+            .collect();
         for (seq, digest, batch) in recovered.batches {
             if seq > low && seq > self.last_executed {
                 let slot = self.slots.entry(seq).or_default();
-                // Keep the batch that goes with the prepared certificate, if
-                // there is one; otherwise the last one accepted.
-                if slot.prepared.as_ref().is_none_or(|p| p.digest() == digest) {
+                // Keep the batch accepted in the current view, else the one
+                // that goes with the prepared certificate, else the last one.
+                let wanted = accepted
+                    .get(&seq)
+                    .copied()
+                    .or_else(|| slot.prepared.as_ref().map(|p| p.digest()));
+                let holds_wanted = slot
+                    .batch
+                    .as_ref()
+                    .is_some_and(|(held, _)| Some(*held) == wanted);
+                if !holds_wanted && wanted.is_none_or(|w| w == digest) {
                     slot.batch = Some((digest, batch));
                     slot.tree = None;
                 }
             }
         }
-        // A restarted replica in the middle of a view change re-sends its
-        // view-change (the signer allows it: same view).
-        if self.phase != Phase::Normal {
+        if self.phase == Phase::Normal {
+            self.resume_view(&accepted);
+        } else {
+            // A restarted replica in the middle of a view change re-sends its
+            // view-change (the signer allows it: same view), and the
+            // suspicions that started it, so replicas that never saw them
+            // follow it out of the old view.
+            self.suspicion = recovered.suspicion;
             self.send_view_change();
+            self.relay_suspicion();
         }
     }
 
@@ -528,6 +595,7 @@ impl Replica {
             WireMessage::Blocks(blocks) => self.on_blocks(blocks),
             WireMessage::FetchBatch(fetch) => self.on_fetch_batch(from, fetch),
             WireMessage::Batch(batch) => self.on_batch(batch),
+            WireMessage::Suspect(suspect) => self.on_suspect(suspect),
         }
     }
 
@@ -704,6 +772,7 @@ impl Replica {
     /// among the records so it is durable before the votes it covers leave.
     fn finish_step(&mut self) {
         self.flush_forwards();
+        self.prune_waiting();
         if let Some(safety) = self.signer.take_changes() {
             self.actions.persist.insert(0, Record::Safety(safety));
         }

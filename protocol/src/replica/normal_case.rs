@@ -1,7 +1,7 @@
 //! The normal case: pre-prepare, prepare, commit, and execution in sequence
 //! order.
 
-use super::{DropReason, Evidence, Phase, Replica, Slot};
+use super::{DropReason, Evidence, Phase, RejectReason, Replica, ReplyOutcome, Slot};
 use crate::block::{Block, CommittedBlock};
 use crate::certificate::{PreparedCertificate, QuorumCertificate};
 use crate::clients::Lookup;
@@ -10,7 +10,13 @@ use crate::merkle::MerkleTree;
 use crate::message::{Batch, Commit, PrePrepare, Prepare, Signed, WireMessage};
 use crate::storage::{Delivery, Record};
 use bftd_crypto::Digest;
+use std::collections::BTreeMap;
 use std::sync::Arc;
+
+/// Pre-prepares a stalled primary re-sends per status interval (the lowest
+/// uncommitted ones: execution is in order, so they are the ones everyone
+/// waits for). They carry whole batches; votes are small and all re-sent.
+const PRE_PREPARES_RESENT_PER_TICK: usize = 4;
 
 impl Replica {
     /// Whether a normal-case message for `view` can be handled now. Messages
@@ -58,8 +64,9 @@ impl Replica {
         }
     }
 
-    /// The primary proposes `batch` at the next sequence number.
-    pub(super) fn propose(&mut self, batch: Batch) {
+    /// The primary proposes `batch` at the next sequence number. False if
+    /// the signer refused (nothing was sent).
+    pub(super) fn propose(&mut self, batch: Batch) -> bool {
         let seq = self.next_seq;
         let tree = Arc::new(MerkleTree::new(&batch));
         let digest = tree.root();
@@ -72,7 +79,7 @@ impl Replica {
             Ok(signed) => signed,
             Err(_) => {
                 self.drop_input(DropReason::SafetyRefused);
-                return;
+                return false;
             }
         };
         self.next_seq = seq.next();
@@ -82,6 +89,119 @@ impl Replica {
             batch: batch.clone(),
         });
         self.install_pre_prepare(pre_prepare, Some(batch), Some(tree));
+        true
+    }
+
+    /// After a restart in a normal view: puts back what this replica agreed
+    /// to in the view, so the slots it voted on can still commit. A prepared
+    /// certificate of this view gives back its pre-prepare and prepares (the
+    /// commit is signed again: the signer allows the same digest). A primary
+    /// signs its pre-prepares again (the same digests, so the same
+    /// signatures) and re-sends them with their batches, as PBFT re-sends
+    /// its log: backups that restarted too lost them. Without this, a
+    /// restarted primary proposed at sequence numbers it had already used,
+    /// its signer refused, and nothing ever committed again.
+    pub(super) fn resume_view(&mut self, accepted: &BTreeMap<SeqNum, Digest>) {
+        let view = self.view;
+        let prepared: Vec<PreparedCertificate> = self
+            .slots
+            .range(self.last_executed.next()..)
+            .filter_map(|(_, slot)| slot.prepared.clone())
+            .filter(|cert| cert.view() == view)
+            .collect();
+        for cert in &prepared {
+            let slot = self.slot_mut(cert.seq());
+            slot.pre_prepare = Some(cert.pre_prepare.clone());
+            for vote in &cert.prepares.votes {
+                slot.prepares.insert(
+                    vote.signer,
+                    Signed {
+                        signer: vote.signer,
+                        value: cert.prepares.value,
+                        signature: vote.signature,
+                    },
+                );
+            }
+        }
+        if self.committee.primary(view) == self.id {
+            for (&seq, &digest) in accepted.range(self.last_executed.next()..) {
+                if !self.in_window(seq) {
+                    continue;
+                }
+                let batch = if digest == null_digest() {
+                    Some(Arc::new(Batch::default()))
+                } else {
+                    self.slots
+                        .get(&seq)
+                        .and_then(|slot| slot.batch_for(digest).cloned())
+                };
+                let Some(batch) = batch else {
+                    // Cannot happen: the batch is written with the signer
+                    // state that accepted it. Should it, the backups'
+                    // request timers replace a primary stuck on the gap.
+                    continue;
+                };
+                let Ok(pre_prepare) =
+                    self.signer
+                        .sign_pre_prepare(PrePrepare { view, seq, digest })
+                else {
+                    self.drop_input(DropReason::SafetyRefused);
+                    continue;
+                };
+                self.next_seq = self.next_seq.max(seq.next());
+                self.broadcast(WireMessage::PrePrepare {
+                    pre_prepare: pre_prepare.clone(),
+                    batch: batch.clone(),
+                });
+                self.install_pre_prepare(pre_prepare, Some(batch), None);
+            }
+        }
+        for cert in prepared {
+            self.check_prepared(cert.seq());
+        }
+    }
+
+    /// Re-sends, once per status interval while nothing executes, what this
+    /// replica contributed to the slots everyone waits for: its prepares and
+    /// commits for every unexecuted slot of the view, and as primary the
+    /// pre-prepares of the lowest uncommitted ones. PBFT leaves
+    /// retransmission to the implementation; without it one lost vote, or a
+    /// peer that restarted and forgot the votes it had received, stalls a
+    /// slot until the primary is replaced.
+    pub(super) fn retransmit_votes(&mut self) {
+        if self.phase != Phase::Normal {
+            return;
+        }
+        let primary = self.is_primary();
+        let mut votes = Vec::new();
+        let mut pre_prepares = Vec::new();
+        for (_, slot) in self.slots.range(self.last_executed.next()..) {
+            let Some(pre_prepare) = &slot.pre_prepare else {
+                continue;
+            };
+            if let Some(prepare) = slot.prepares.get(&self.id) {
+                votes.push(WireMessage::Prepare(prepare.clone()));
+            }
+            if let Some(commit) = slot.commits.get(&self.id) {
+                votes.push(WireMessage::Commit(commit.clone()));
+            }
+            let digest = pre_prepare.value.digest;
+            if primary
+                && slot.committed.is_none()
+                && pre_prepares.len() < PRE_PREPARES_RESENT_PER_TICK
+            {
+                if let Some(batch) = slot.batch_for(digest) {
+                    pre_prepares.push(WireMessage::PrePrepare {
+                        pre_prepare: pre_prepare.clone(),
+                        batch: batch.clone(),
+                    });
+                }
+            }
+        }
+        self.metrics.retransmissions += (votes.len() + pre_prepares.len()) as u64;
+        for message in pre_prepares.into_iter().chain(votes) {
+            self.broadcast(message);
+        }
     }
 
     pub(super) fn on_pre_prepare(&mut self, pre_prepare: Signed<PrePrepare>, batch: Arc<Batch>) {
@@ -366,25 +486,42 @@ impl Replica {
     ) {
         let height = block.height();
         let mut duplicates = Vec::new();
+        let mut clients = std::collections::BTreeSet::new();
         for (index, request) in block.block.batch.requests.iter().enumerate() {
             let key = request.key();
             match self.clients.lookup(&key) {
                 Lookup::Fresh => {
                     self.clients.record(&key, height);
-                    self.complete_request(request, height);
+                    clients.insert(key.client);
+                    self.complete_request(request, ReplyOutcome::Committed { height });
                     self.metrics.requests_executed += 1;
                 }
-                Lookup::Executed { .. } | Lookup::Stale => {
+                Lookup::Executed { height: earlier } => {
                     duplicates.push(index as u32);
                     self.metrics.duplicates_skipped += 1;
+                    self.complete_request(request, ReplyOutcome::Committed { height: earlier });
+                }
+                Lookup::Stale => {
+                    duplicates.push(index as u32);
+                    self.metrics.duplicates_skipped += 1;
+                    // Its id fell out of the client's window while it waited:
+                    // it can never execute, so stop waiting for it and say so.
+                    self.complete_request(request, ReplyOutcome::Rejected(RejectReason::Stale));
                 }
             }
+        }
+        for client in clients {
+            self.drop_stale_pending(client);
         }
         let hash = block.hash();
         self.last_executed = height;
         self.head_hash = hash;
-        self.note_progress();
-        self.failed_views = 0;
+        self.last_execution = self.now;
+        // Only a block the current view's primary proposed afresh shows the
+        // view works; re-proposals of the view change do not.
+        if block.certificate.value.view == self.view && height >= self.view_fresh_from {
+            self.failed_views = 0;
+        }
         self.metrics.blocks_executed += 1;
         if self.next_seq <= height {
             self.next_seq = height.next();

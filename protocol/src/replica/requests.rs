@@ -2,7 +2,7 @@
 //! batching at the primary, and the request timer that catches a primary
 //! that censors or stalls.
 
-use super::{ClientReply, PendingRequest, RejectReason, Replica, ReplyOutcome};
+use super::{ClientReply, PendingRequest, RejectReason, Replica, ReplyOutcome, Watch};
 use crate::clients::Lookup;
 use crate::message::{Batch, Forward, Signed, SignedRequest, WireMessage};
 use std::time::Duration;
@@ -22,6 +22,12 @@ impl Replica {
 
     /// Admits a request (from a local client, or forwarded to the primary).
     pub(super) fn accept_request(&mut self, request: SignedRequest, local: bool) {
+        self.admit_request(request, local, Watch::Fresh);
+    }
+
+    /// Admits a request; `watch` says whether every replica has it already
+    /// (another backup relayed it to us), which shortens the request timer.
+    fn admit_request(&mut self, request: SignedRequest, local: bool, watch: Watch) {
         if request.payload_len() > self.config.max_request_bytes {
             self.drop_input(super::DropReason::Oversized);
             if local {
@@ -48,6 +54,9 @@ impl Replica {
         }
         if let Some(pending) = self.pending.get_mut(&key) {
             pending.local |= local;
+            if watch == Watch::RelayedToUs && pending.watch == Watch::Fresh {
+                pending.watch = watch;
+            }
             self.metrics.requests_replayed += 1;
             return;
         }
@@ -58,18 +67,17 @@ impl Replica {
             }
             return;
         }
-        if self.pending.is_empty() {
-            // The request timer runs from the first pending request.
-            self.note_progress();
-        }
         self.pending.insert(
             key,
             PendingRequest {
                 request: request.clone(),
                 local,
                 proposed: false,
+                since: self.now,
+                watch,
             },
         );
+        self.waiting.push_back((self.now, key));
         if self.is_primary() {
             self.queue.push_back((key, self.now));
             self.propose_batches();
@@ -90,8 +98,15 @@ impl Replica {
             self.drop_input(super::DropReason::NotNow);
             return;
         }
+        // To a backup, a forward is a relay: another backup waited too long
+        // for these and sent them to every replica.
+        let watch = if self.is_primary() {
+            Watch::Fresh
+        } else {
+            Watch::RelayedToUs
+        };
         for request in forward.value.requests {
-            self.accept_request(request, false);
+            self.admit_request(request, false, watch);
         }
     }
 
@@ -143,13 +158,19 @@ impl Replica {
 
     /// After a new view: every pending request goes to the new primary (or
     /// into its queue, if that is us), since the old primary may have dropped
-    /// it.
+    /// it, and the request timer restarts for all of them: the new primary
+    /// gets a full timeout. A request another backup relayed stays marked so:
+    /// every replica still has it, and a new primary that censors it too is
+    /// suspected after one timeout.
     pub(super) fn resubmit_pending(&mut self) {
         self.queue.clear();
+        self.waiting.clear();
         let primary = self.is_primary();
         let now = self.now;
         let mut forward = Vec::new();
         for (key, pending) in self.pending.iter_mut() {
+            pending.since = now;
+            self.waiting.push_back((now, *key));
             if pending.proposed {
                 continue;
             }
@@ -214,11 +235,18 @@ impl Replica {
             if !(full || idle || waited) {
                 return;
             }
-            let batch = self.cut_batch();
+            let (batch, cut) = self.cut_batch();
             if batch.requests.is_empty() {
                 return;
             }
-            self.propose(batch);
+            if !self.propose(batch) {
+                // Nothing was signed: the requests go back to the head of
+                // the queue, still unproposed, and wait for a view change.
+                for entry in cut.into_iter().rev() {
+                    self.queue.push_front(entry);
+                }
+                return;
+            }
         }
     }
 
@@ -233,11 +261,15 @@ impl Replica {
         }
     }
 
-    fn cut_batch(&mut self) -> Batch {
+    /// The next batch from the queue, and the queue entries it took. The
+    /// requests are marked proposed only once a pre-prepare carrying them is
+    /// signed (`install_pre_prepare`).
+    fn cut_batch(&mut self) -> (Batch, Vec<(crate::RequestKey, Duration)>) {
         let mut requests = Vec::new();
+        let mut cut = Vec::new();
         let mut bytes = 0usize;
-        while let Some(&(key, _)) = self.queue.front() {
-            let Some(pending) = self.pending.get_mut(&key) else {
+        while let Some(&(key, arrived)) = self.queue.front() {
+            let Some(pending) = self.pending.get(&key) else {
                 self.queue.pop_front();
                 continue;
             };
@@ -251,68 +283,49 @@ impl Replica {
             {
                 break;
             }
-            pending.proposed = true;
             bytes += size;
             requests.push(pending.request.clone());
+            cut.push((key, arrived));
             self.queue.pop_front();
         }
-        Batch { requests }
+        (Batch { requests }, cut)
     }
 
-    /// The request timer: a backup holding requests that sees no execution
-    /// for `request_timeout` suspects the primary.
-    pub(super) fn request_deadline(&self) -> Option<Duration> {
-        if self.phase != super::Phase::Normal || self.pending.is_empty() || self.is_primary() {
-            return None;
-        }
-        Some(self.last_progress + self.config.request_timeout)
-    }
-
-    /// First firing: re-send the pending requests to every replica (like a
-    /// PBFT client re-sending to all), so every honest backup watches them —
-    /// one backup alone cannot move the view. Second firing without
-    /// progress: suspect the primary.
-    pub(super) fn check_request_timer(&mut self) {
-        let Some(deadline) = self.request_deadline() else {
+    /// `client`'s window of remembered ids moved: its pending requests that
+    /// fell out of it can never execute. Answer and drop them, or they would
+    /// be watched (and the primary suspected) forever.
+    pub(super) fn drop_stale_pending(&mut self, client: bftd_crypto::PublicKey) {
+        let Some(through) = self.clients.stale_through(&client) else {
             return;
         };
-        if self.now < deadline {
-            return;
-        }
-        if self.requests_rebroadcast {
-            let next = self.view.next();
-            self.start_view_change(next);
-            return;
-        }
-        self.requests_rebroadcast = true;
-        self.last_progress = self.now;
-        let requests: Vec<SignedRequest> = self
+        let from = crate::RequestKey {
+            client,
+            request_id: 0,
+        };
+        let to = crate::RequestKey {
+            client,
+            request_id: through,
+        };
+        let stale: Vec<SignedRequest> = self
             .pending
-            .values()
-            .map(|pending| pending.request.clone())
+            .range(from..=to)
+            .map(|(_, pending)| pending.request.clone())
             .collect();
-        for chunk in requests.chunks(self.config.max_batch_requests) {
-            match self.signer.sign(Forward {
-                requests: chunk.to_vec(),
-            }) {
-                Ok(signed) => self.broadcast(WireMessage::Forward(signed)),
-                Err(_) => self.drop_input(super::DropReason::Oversized),
-            }
+        for request in stale {
+            self.complete_request(&request, ReplyOutcome::Rejected(RejectReason::Stale));
         }
     }
 
-    /// Something moved: restart the request timer from scratch.
-    pub(super) fn note_progress(&mut self) {
-        self.last_progress = self.now;
-        self.requests_rebroadcast = false;
-    }
-
-    /// Removes executed requests from the pending set and answers local
-    /// clients.
-    pub(super) fn complete_request(&mut self, request: &SignedRequest, height: crate::SeqNum) {
+    /// A request was settled by execution (run, or found a duplicate or
+    /// stale): stop waiting for it, answer a local client, and note how long
+    /// it waited.
+    pub(super) fn complete_request(&mut self, request: &SignedRequest, outcome: ReplyOutcome) {
         if let Some(pending) = self.pending.remove(&request.key()) {
+            if matches!(outcome, ReplyOutcome::Committed { .. }) {
+                self.note_wait(self.now.saturating_sub(pending.since));
+            }
             if pending.local {
-                self.reply(request, ReplyOutcome::Committed { height });
+                self.reply(request, outcome);
             }
         }
     }

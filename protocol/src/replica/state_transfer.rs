@@ -20,7 +20,7 @@ use std::sync::Arc;
 const FETCH_MAX_BYTES: usize = 16 * 1024 * 1024;
 
 /// Most batch fetches outstanding at once (each is one re-proposed digest).
-const MAX_WANTED_BATCHES: usize = 1024;
+pub(super) const MAX_WANTED_BATCHES: usize = 1024;
 
 impl Replica {
     pub(super) fn send_status(&mut self) {
@@ -36,10 +36,21 @@ impl Replica {
         }
     }
 
-    /// Periodic re-sends: our view-change while a view change lasts, and
-    /// requests for batches still missing.
+    /// Periodic re-sends, every status interval: our view-change and the
+    /// suspicions that started it while a view change lasts; our standing
+    /// suspicion; while nothing executes, our votes for the slots everyone
+    /// waits for; requests for batches still missing.
     pub(super) fn retransmit(&mut self) {
         self.retransmit_view_change();
+        self.relay_suspicion();
+        self.refresh_suspicion();
+        let stalled = self.last_executed == self.executed_at_last_tick;
+        self.executed_at_last_tick = self.last_executed;
+        if stalled {
+            self.retransmit_votes();
+            self.retransmit_checkpoint_votes();
+        }
+        self.prune_wanted_batches();
         let wanted: Vec<Digest> = self.wanted_batches.keys().copied().collect();
         for digest in wanted {
             self.ask_for_batch(digest);
@@ -59,7 +70,7 @@ impl Replica {
             }
         }
         // A peer ahead of us while we make no progress: fetch from it.
-        let stalled = self.now >= self.last_progress + self.config.status_interval;
+        let stalled = self.now >= self.last_execution + self.config.status_interval;
         if value.last_executed > self.last_executed && self.fetch.is_none() && stalled {
             self.start_fetch(peer);
         }
@@ -230,10 +241,33 @@ impl Replica {
             return;
         }
         if self.wanted_batches.len() >= MAX_WANTED_BATCHES {
-            return;
+            self.prune_wanted_batches();
+            if self.wanted_batches.len() >= MAX_WANTED_BATCHES {
+                return;
+            }
         }
         self.wanted_batches.insert(digest, self.now);
         self.ask_for_batch(digest);
+    }
+
+    /// Forgets batch fetches nothing waits for any more (the slot executed,
+    /// was discarded at a checkpoint, changed view, or got its batch another
+    /// way), so the bounded set never fills up with dead digests and later
+    /// ones can still be fetched.
+    pub(super) fn prune_wanted_batches(&mut self) {
+        if self.wanted_batches.is_empty() {
+            return;
+        }
+        let needed: std::collections::BTreeSet<Digest> = self
+            .slots
+            .range(self.last_executed.next()..)
+            .filter_map(|(_, slot)| {
+                let digest = slot.pre_prepare.as_ref()?.value.digest;
+                slot.batch_for(digest).is_none().then_some(digest)
+            })
+            .collect();
+        self.wanted_batches
+            .retain(|digest, _| needed.contains(digest));
     }
 
     fn ask_for_batch(&mut self, digest: Digest) {

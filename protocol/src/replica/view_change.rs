@@ -33,6 +33,7 @@ impl Replica {
         self.phase = Phase::ViewChange { quorum_at: None };
         self.metrics.view_changes_started += 1;
         self.queue.clear();
+        self.suspects.clear();
         self.send_view_change();
     }
 
@@ -128,6 +129,7 @@ impl Replica {
             return;
         }
         self.join_higher_view();
+        self.check_suspects();
         self.check_view_change_quorum();
     }
 
@@ -275,7 +277,9 @@ impl Replica {
         self.view_changes.retain(|&v, _| v > view);
         self.persist(crate::storage::Record::NewView(new_view.clone()));
         self.new_view = Some(new_view);
-        self.note_progress();
+        self.suspects.clear();
+        self.suspicion.clear();
+        self.last_execution = self.now;
         if checkpoint.seq() > self.low_watermark() {
             self.advance_stable(checkpoint);
         }
@@ -305,13 +309,16 @@ impl Replica {
             self.install_pre_prepare(pre_prepare, batch, None);
         }
         self.next_seq = highest.next();
+        self.view_fresh_from = self.next_seq;
         self.replay_future();
         self.resubmit_pending();
         self.execute_ready();
     }
 
-    /// When the new-view timer fires: the view-change timeout, doubled for
-    /// every view that failed in a row.
+    /// When the new-view timer fires: the view-change timeout (or twice the
+    /// longest recent request wait, if longer: a loaded cluster needs longer
+    /// to complete a view change too), doubled for every view that failed in
+    /// a row.
     pub(super) fn new_view_deadline(&self) -> Option<Duration> {
         let Phase::ViewChange {
             quorum_at: Some(since),
@@ -325,6 +332,7 @@ impl Replica {
         let timeout = self
             .config
             .view_change_timeout
+            .max(self.recent_latency().saturating_mul(2))
             .saturating_mul(factor)
             .min(self.config.view_change_timeout_max);
         Some(since + timeout)

@@ -152,6 +152,7 @@ pub fn sim_protocol_config() -> Config {
         max_request_bytes: 1024,
         max_pending_requests: 1000,
         request_timeout: Duration::from_millis(300),
+        request_timeout_max: Duration::from_millis(2400),
         view_change_timeout: Duration::from_millis(200),
         view_change_timeout_max: Duration::from_millis(3200),
         status_interval: Duration::from_millis(100),

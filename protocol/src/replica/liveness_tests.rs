@@ -1,0 +1,440 @@
+//! Liveness tests: whole clusters of replicas in one process, on a virtual
+//! clock, with a network the test controls message by message. Each test
+//! builds one pattern users hit (every node killed at once, a primary that
+//! leaves one client out, a replica started before the others) and checks
+//! that every request commits within a stated time.
+
+use super::*;
+use crate::message::Request;
+use crate::storage::{MemStorage, Storage};
+use crate::verify::{verify_message, verify_request, BatchVerifier, RequestMode};
+
+/// What the test network does with a message from `from` to `to`.
+type Filter = Box<dyn FnMut(NodeId, NodeId, &WireMessage) -> bool>;
+
+struct Cluster {
+    keys: Vec<KeyPair>,
+    committee: Committee,
+    config: Config,
+    replicas: Vec<Option<Replica>>,
+    storage: Vec<MemStorage>,
+    queue: VecDeque<(NodeId, NodeId, WireMessage)>,
+    now: Duration,
+    /// Answers to local clients, by the replica that gave them.
+    replies: Vec<(NodeId, ClientReply)>,
+    /// Messages pass if this says so (all of them by default).
+    filter: Filter,
+}
+
+impl Cluster {
+    fn new(n: usize, config: Config) -> Cluster {
+        let keys: Vec<KeyPair> = (0..n)
+            .map(|i| KeyPair::from_seed([i as u8 + 11; 32]))
+            .collect();
+        let committee =
+            Committee::new(&keys.iter().map(KeyPair::public).collect::<Vec<_>>()).unwrap();
+        let mut cluster = Cluster {
+            keys,
+            committee,
+            config,
+            replicas: (0..n).map(|_| None).collect(),
+            storage: (0..n).map(|_| MemStorage::new()).collect(),
+            queue: VecDeque::new(),
+            now: Duration::from_secs(1),
+            replies: Vec::new(),
+            filter: Box::new(|_, _, _| true),
+        };
+        for id in 0..n {
+            cluster.start(id);
+        }
+        cluster
+    }
+
+    fn n(&self) -> usize {
+        self.replicas.len()
+    }
+
+    /// Starts (or restarts) replica `id` from its storage.
+    fn start(&mut self, id: usize) {
+        let setup = ReplicaSetup {
+            id: NodeId(id as u16),
+            key: self.keys[id].clone(),
+            committee: self.committee.clone(),
+            config: self.config.clone(),
+            blocks: Arc::new(self.storage[id].clone()),
+        };
+        let recovered = self.storage[id].recover().unwrap();
+        self.replicas[id] = Some(Replica::new(setup, recovered, self.now).unwrap());
+        self.after_step(id);
+    }
+
+    /// Loses replica `id` (its storage stays).
+    fn crash(&mut self, id: usize) {
+        self.replicas[id] = None;
+        self.queue
+            .retain(|(from, to, _)| from.index() != id && to.index() != id);
+    }
+
+    fn after_step(&mut self, id: usize) {
+        let Some(replica) = self.replicas[id].as_mut() else {
+            return;
+        };
+        let actions = replica.drain_actions();
+        self.storage[id]
+            .apply(&actions.persist, &actions.deliver)
+            .unwrap();
+        let from = NodeId(id as u16);
+        for outgoing in actions.send {
+            let targets: Vec<NodeId> = match outgoing.to {
+                Destination::To(peer) => vec![peer],
+                Destination::AllOthers => (0..self.n() as u16)
+                    .map(NodeId)
+                    .filter(|&peer| peer != from)
+                    .collect(),
+            };
+            for to in targets {
+                if (self.filter)(from, to, &outgoing.message) {
+                    self.queue.push_back((from, to, outgoing.message.clone()));
+                }
+            }
+        }
+        for reply in actions.replies {
+            self.replies.push((from, reply));
+        }
+    }
+
+    /// Delivers every queued message (and what they cause), in order.
+    fn deliver_all(&mut self) {
+        while let Some((from, to, message)) = self.queue.pop_front() {
+            let Some(replica) = self.replicas[to.index()].as_mut() else {
+                continue;
+            };
+            let verified = verify_message(
+                message,
+                &self.committee,
+                RequestMode::ClientSigned,
+                &mut BatchVerifier,
+            )
+            .unwrap();
+            replica.handle_message(self.now, from, verified);
+            self.after_step(to.index());
+        }
+    }
+
+    /// Runs for `duration` of virtual time: messages arrive at once, timers
+    /// fire when due.
+    fn run_for(&mut self, duration: Duration) {
+        let end = self.now + duration;
+        loop {
+            self.deliver_all();
+            let next = self
+                .replicas
+                .iter()
+                .flatten()
+                .filter_map(Replica::next_deadline)
+                .min();
+            match next {
+                Some(at) if at <= end => {
+                    self.now = self.now.max(at);
+                    for id in 0..self.n() {
+                        let due = self.replicas[id]
+                            .as_ref()
+                            .and_then(Replica::next_deadline)
+                            .is_some_and(|at| at <= self.now);
+                        if due {
+                            if let Some(replica) = self.replicas[id].as_mut() {
+                                replica.handle_timeout(self.now);
+                            }
+                            self.after_step(id);
+                        }
+                    }
+                }
+                _ => break,
+            }
+        }
+        self.now = end;
+    }
+
+    /// Runs until every live replica executed `request` (or `limit` passes);
+    /// how long it took.
+    fn time_to_execute(&mut self, request: &SignedRequest, limit: Duration) -> Option<Duration> {
+        let start = self.now;
+        let step = Duration::from_millis(10);
+        while self.now < start + limit {
+            if self.executed_everywhere(request) {
+                return Some(self.now - start);
+            }
+            self.run_for(step);
+        }
+        self.executed_everywhere(request).then(|| self.now - start)
+    }
+
+    fn executed_everywhere(&self, request: &SignedRequest) -> bool {
+        (0..self.n())
+            .all(|id| self.replicas[id].is_none() || self.executed(id).contains(&request.key()))
+    }
+
+    /// The requests replica `id` executed (not counting duplicates).
+    fn executed(&self, id: usize) -> Vec<RequestKey> {
+        let storage = &self.storage[id];
+        let mut keys = Vec::new();
+        for height in 1..=storage.last_height().0 {
+            let block = storage.block(SeqNum(height)).unwrap();
+            let duplicates = storage.duplicates(SeqNum(height));
+            for (index, request) in block.block.batch.requests.iter().enumerate() {
+                if !duplicates.contains(&(index as u32)) {
+                    keys.push(request.key());
+                }
+            }
+        }
+        keys
+    }
+
+    fn submit(&mut self, id: usize, request: &SignedRequest) {
+        let verified = verify_request(
+            request.clone(),
+            &self.committee,
+            RequestMode::ClientSigned,
+            &mut BatchVerifier,
+        )
+        .unwrap();
+        if let Some(replica) = self.replicas[id].as_mut() {
+            replica.handle_request(self.now, verified, true);
+        }
+        self.after_step(id);
+    }
+
+    fn status(&self, id: usize) -> ReplicaStatus {
+        self.replicas[id].as_ref().unwrap().status()
+    }
+}
+
+fn client(seed: u8) -> KeyPair {
+    KeyPair::from_seed([seed; 32])
+}
+
+fn request(client: &KeyPair, id: u64) -> SignedRequest {
+    let request = Request {
+        client: client.public(),
+        request_id: id,
+        payload: format!("tx {id}").into_bytes(),
+    };
+    SignedRequest::sign(request, client).unwrap()
+}
+
+/// Every node killed at once (a power cut) while the primary's proposal was
+/// in flight, then all restarted: a request submitted to the primary alone
+/// (no backup waits for anything, so no backup's timer runs) commits. The
+/// restarted primary re-sends the pre-prepare it had signed and proposes
+/// afresh after it, instead of proposing at a sequence number its signer
+/// already used and stalling forever.
+#[test]
+fn restart_of_every_node_resumes_where_the_primary_stopped() {
+    let mut cluster = Cluster::new(4, Config::default());
+    let alice = client(1);
+    let first = request(&alice, 1);
+    cluster.submit(1, &first);
+    assert!(cluster
+        .time_to_execute(&first, Duration::from_secs(1))
+        .is_some());
+
+    // The primary proposes the second request; the power fails before any
+    // backup receives it.
+    cluster.filter = Box::new(|_, _, _| false);
+    let second = request(&alice, 2);
+    cluster.submit(0, &second);
+    for id in 0..4 {
+        cluster.crash(id);
+    }
+    cluster.filter = Box::new(|_, _, _| true);
+    for id in [3, 1, 2, 0] {
+        cluster.start(id);
+    }
+    let third = request(&alice, 3);
+    cluster.submit(0, &third);
+    let took = cluster.time_to_execute(&third, Duration::from_secs(10));
+    assert!(
+        took.is_some_and(|t| t <= Duration::from_secs(2)),
+        "not executed everywhere within 2 s after the restart: {:?}; statuses {:?}",
+        took,
+        (0..4).map(|id| cluster.status(id)).collect::<Vec<_>>()
+    );
+    assert!(cluster.executed_everywhere(&second));
+}
+
+/// A primary that orders everyone's requests but one client's is replaced:
+/// the censored request's own wait (not the time since anything executed,
+/// which the other clients' traffic keeps resetting) makes the backups
+/// relay it, then suspect the primary; the next primary orders it. Bound:
+/// two request timeouts, plus the view change.
+#[test]
+fn a_censoring_primary_is_replaced() {
+    let mut cluster = Cluster::new(4, Config::default());
+    let censored = client(7);
+    let victim = censored.public();
+    // The primary (node 0) never sees the censored client's requests: the
+    // same, to the backups, as a primary that leaves them out of every batch.
+    cluster.filter = Box::new(move |_, to, message| {
+        let carries_victim = match message {
+            WireMessage::Forward(forward) => forward
+                .value
+                .requests
+                .iter()
+                .any(|r| r.request.client == victim),
+            _ => false,
+        };
+        !(to == NodeId(0) && carries_victim)
+    });
+    let busy = client(8);
+    let target = request(&censored, 1);
+    cluster.submit(1, &target);
+    let start = cluster.now;
+    // Others' requests keep committing every 100 ms.
+    let mut id = 1;
+    while !cluster.executed_everywhere(&target) && cluster.now < start + Duration::from_secs(10) {
+        cluster.submit(2, &request(&busy, id));
+        id += 1;
+        cluster.run_for(Duration::from_millis(100));
+    }
+    let took = cluster.now - start;
+    assert!(
+        cluster.executed_everywhere(&target),
+        "the censored request never executed in 10 s while {} others did; statuses {:?}",
+        id - 1,
+        (0..4).map(|id| cluster.status(id)).collect::<Vec<_>>()
+    );
+    let bound = Config::default().request_timeout * 2 + Duration::from_millis(500);
+    assert!(took <= bound, "took {took:?}, bound {bound:?}");
+    assert!(cluster.status(1).view >= View(1), "the view changed");
+}
+
+/// A request that is found stale when its block executes (the client's
+/// window of ids moved past it meanwhile) is answered as stale and no longer
+/// waited for: else its replica would relay it, suspect the primary and
+/// change views for a request that can never execute.
+#[test]
+fn a_request_stale_at_execution_is_answered_and_dropped() {
+    let config = Config {
+        client_window: 4,
+        ..Config::default()
+    };
+    let mut cluster = Cluster::new(4, config);
+    let alice = client(3);
+    // Ids 5..=9 reach the primary first; id 1 follows through node 1.
+    for id in 5..=9 {
+        cluster.submit(0, &request(&alice, id));
+    }
+    let late = request(&alice, 1);
+    cluster.submit(1, &late);
+    cluster.run_for(Duration::from_secs(5));
+    let answers: Vec<ReplyOutcome> = cluster
+        .replies
+        .iter()
+        .filter(|(node, reply)| *node == NodeId(1) && reply.request_id == 1)
+        .map(|(_, reply)| reply.outcome)
+        .collect();
+    assert_eq!(
+        answers,
+        vec![ReplyOutcome::Rejected(RejectReason::Stale)],
+        "node 1's client is told, once"
+    );
+    for id in 0..4 {
+        let status = cluster.status(id);
+        assert_eq!(
+            status.pending_requests, 0,
+            "node {id} still waits: {status:?}"
+        );
+        assert_eq!(status.view, View(0), "no view change for it: {status:?}");
+    }
+}
+
+/// One replica started before the others (an operator bringing hosts up one
+/// at a time) times out on its client's request alone. It suspects the
+/// primary, but a suspicion is not a view change: it stays in the view, and
+/// once the others are up the whole cluster commits in that view.
+#[test]
+fn a_replica_that_times_out_alone_stays_with_the_others() {
+    let mut cluster = Cluster::new(4, Config::default());
+    for id in [2, 3] {
+        cluster.crash(id);
+    }
+    let alice = client(4);
+    let early = request(&alice, 1);
+    cluster.submit(1, &early);
+    cluster.run_for(Duration::from_secs(5));
+    assert!(cluster.replicas[1].as_ref().unwrap().metrics().suspicions > 0);
+    for id in [2, 3] {
+        cluster.start(id);
+    }
+    let took = cluster.time_to_execute(&early, Duration::from_secs(10));
+    assert!(
+        took.is_some_and(|t| t <= Duration::from_secs(2)),
+        "took {took:?}; statuses {:?}",
+        (0..4).map(|id| cluster.status(id)).collect::<Vec<_>>()
+    );
+    for id in 0..4 {
+        assert_eq!(cluster.status(id).view, View(0), "node {id}");
+        assert!(!cluster.status(id).in_view_change, "node {id}");
+    }
+}
+
+/// Lost votes are re-sent: with every prepare and commit of one slot lost
+/// once, the slot still commits (each replica re-sends its own votes while
+/// nothing executes), without a view change.
+#[test]
+fn lost_votes_are_retransmitted() {
+    let mut cluster = Cluster::new(4, Config::default());
+    let mut dropped = 0;
+    cluster.filter = Box::new(move |_, _, message| {
+        let vote = matches!(message, WireMessage::Prepare(_) | WireMessage::Commit(_));
+        if vote && dropped < 6 {
+            dropped += 1;
+            return false;
+        }
+        true
+    });
+    let alice = client(5);
+    let first = request(&alice, 1);
+    cluster.submit(0, &first);
+    let took = cluster.time_to_execute(&first, Duration::from_secs(5));
+    assert!(
+        took.is_some_and(|t| t < Config::default().request_timeout),
+        "took {took:?}; statuses {:?}",
+        (0..4).map(|id| cluster.status(id)).collect::<Vec<_>>()
+    );
+    for id in 0..4 {
+        assert_eq!(cluster.status(id).view, View(0));
+    }
+}
+
+/// Batch fetches nobody waits for any more are forgotten: the bounded set of
+/// wanted batches never fills with digests of executed or discarded slots.
+#[test]
+fn wanted_batches_are_forgotten_once_not_needed() {
+    let mut cluster = Cluster::new(4, Config::default());
+    let replica = cluster.replicas[2].as_mut().unwrap();
+    for i in 0..super::state_transfer::MAX_WANTED_BATCHES as u32 {
+        let mut digest = [0u8; 32];
+        digest[..4].copy_from_slice(&i.to_le_bytes());
+        replica.want_batch(Digest(digest));
+    }
+    assert_eq!(
+        replica.wanted_batches.len(),
+        super::state_transfer::MAX_WANTED_BATCHES
+    );
+    cluster.after_step(2);
+    // None of those digests belongs to a slot: a new one is still fetched.
+    let alice = client(6);
+    let first = request(&alice, 1);
+    cluster.submit(1, &first);
+    assert!(cluster
+        .time_to_execute(&first, Duration::from_secs(2))
+        .is_some());
+    let replica = cluster.replicas[2].as_mut().unwrap();
+    replica.want_batch(Digest([0xee; 32]));
+    assert!(
+        replica.wanted_batches.len() <= 1,
+        "dead digests still held: {}",
+        replica.wanted_batches.len()
+    );
+}
