@@ -537,8 +537,8 @@ async fn dispatch(command: NetCommand) -> Result<ExitCode, NetError> {
             };
             commands::restart(&dir.dir, id, behaviour, allow_unsafe, timeout).await?;
         }
-        NetCommand::Partition { dir, spec } => commands::partition(&dir.dir, &spec)?,
-        NetCommand::Heal { dir } => commands::heal(&dir.dir)?,
+        NetCommand::Partition { dir, spec } => commands::partition(&dir.dir, &spec).await?,
+        NetCommand::Heal { dir } => commands::heal(&dir.dir).await?,
         NetCommand::Check { dir, json } => {
             let report = commands::check(&dir.dir, json).await?;
             if !report.ok() {

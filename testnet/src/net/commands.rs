@@ -5,12 +5,13 @@ use super::binaries::find_bftd;
 use super::check::{self, CheckReport};
 use super::error::NetError;
 use super::launch::{
-    find_bftnet, kill as kill_pid, node_alive, node_marker, proxy_alive, proxy_marker,
+    find_bftnet, kill as kill_pid, log_tail, node_alive, node_marker, proxy_alive, proxy_marker,
     shutdown_signal, start_node, start_proxy, stop_all, wait_healthy,
 };
 use super::layout::{
-    assign_behaviours, behaviours, check_size, generate, read_faults, unsafe_warning, write_faults,
-    write_node_files, ByzantineArg, Layout, Network, State,
+    assign_behaviours, behaviours, check_size, generate, next_generation, read_applied,
+    read_faults, unsafe_warning, write_faults, write_node_files, ByzantineArg, Layout, Network,
+    State,
 };
 use super::live::{render_table, snapshot, watch};
 use super::load::{self, LoadOptions, LoadReport};
@@ -155,6 +156,7 @@ pub async fn up(options: UpOptions) -> Result<(), NetError> {
             delay_ms: options.delay_ms,
             jitter_ms: options.jitter_ms,
             loss_percent: options.loss_percent,
+            generation: next_generation(&layout),
             ..Faults::default()
         },
     )?;
@@ -653,8 +655,51 @@ pub async fn restart(
     Ok(())
 }
 
-/// `bftnet partition`.
-pub fn partition(dir: &Path, spec: &str) -> Result<(), NetError> {
+/// How long `partition` and `heal` wait for the proxy to put new rules in
+/// force (it looks every 50 ms).
+const RULES_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Writes `faults` as the next generation of the proxy's rules and, if the
+/// proxy runs, returns only once it has put them in force (it says so in
+/// `faults-applied.json`). Returns `false` when no proxy runs: the rules
+/// then apply when one starts. The caller holds the directory's lock.
+async fn install_faults(
+    layout: &Layout,
+    state: &State,
+    mut faults: Faults,
+) -> Result<bool, NetError> {
+    faults.generation = next_generation(layout);
+    write_faults(layout, &faults)?;
+    let Some(pid) = state.proxy.pid.filter(|_| proxy_alive(layout, state)) else {
+        return Ok(false);
+    };
+    let deadline = std::time::Instant::now() + RULES_TIMEOUT;
+    loop {
+        if read_applied(layout) == Some(faults.generation) {
+            return Ok(true);
+        }
+        if !proxy_alive(layout, state) {
+            return Err(NetError::ProxyDied {
+                log: layout.proxy_log(),
+                tail: log_tail(&layout.proxy_log(), 15),
+            });
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(NetError::RulesNotApplied {
+                pid,
+                dir: layout.dir.clone(),
+                timeout_ms: RULES_TIMEOUT.as_millis(),
+                log: layout.proxy_log(),
+                tail: log_tail(&layout.proxy_log(), 15),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `bftnet partition`: returns once the proxy drops datagrams across the
+/// cut, on every connection.
+pub async fn partition(dir: &Path, spec: &str) -> Result<(), NetError> {
     let layout = Layout::new(dir);
     let state = State::load(&layout)?;
     let _lock = layout.lock()?;
@@ -666,42 +711,50 @@ pub fn partition(dir: &Path, spec: &str) -> Result<(), NetError> {
     let mut faults = read_faults(&layout);
     faults.blocked = blocked;
     faults.partition = Some(spec.replace(' ', ""));
-    write_faults(&layout, &faults)?;
+    let applied = install_faults(&layout, &state, faults).await?;
     let quorum = 2 * state.f + 1;
     let how = if spec.contains("->") {
         "one way only"
     } else {
         "in both directions"
     };
-    println!(
-        "partition {spec} in force: node-to-node datagrams across it are dropped {how} (clients still reach every node).\n\
-         A side keeps committing only if it holds a quorum of {quorum} connected nodes. `bftnet heal{}` undoes it.",
-        dir_flag(&layout)
-    );
-    if !proxy_alive(&layout, &state) {
-        eprintln!("note: the fault proxy is not running; the rule applies when the testnet starts");
+    let heal = format!("`bftnet heal{}` undoes it", dir_flag(&layout));
+    if !applied {
+        println!(
+            "partition {spec} recorded; the fault proxy is not running, so it does not hold now ({heal})"
+        );
+        return Ok(());
     }
+    println!(
+        "partition {spec} in force: node-to-node datagrams across it are dropped {how}, on open connections too (clients still reach every node).\n\
+         A side keeps committing only if it holds a quorum of {quorum} connected nodes. {heal}."
+    );
     Ok(())
 }
 
-/// `bftnet heal`.
-pub fn heal(dir: &Path) -> Result<(), NetError> {
+/// `bftnet heal`: returns once the proxy lets datagrams through again.
+pub async fn heal(dir: &Path) -> Result<(), NetError> {
     let layout = Layout::new(dir);
-    State::load(&layout)?;
+    let state = State::load(&layout)?;
     let _lock = layout.lock()?;
     let mut faults = read_faults(&layout);
     let had = faults.partition.take();
     faults.blocked.clear();
-    write_faults(&layout, &faults)?;
     let left = faults.describe();
+    let applied = install_faults(&layout, &state, faults).await?;
     println!(
-        "{}; every link is open again{}",
+        "{}; every link is open again{}{}",
         had.map(|p| format!("healed partition {p}"))
             .unwrap_or_else(|| "no partition was in force".into()),
         if left.is_empty() {
             String::new()
         } else {
             format!(" (still: {left})")
+        },
+        if applied {
+            ""
+        } else {
+            " (the fault proxy is not running)"
         }
     );
     Ok(())

@@ -101,6 +101,20 @@ pub enum NetError {
         /// The log's last lines.
         tail: String,
     },
+    /// The fault proxy did not confirm new rules in time.
+    #[error("the fault proxy (pid {pid}) did not put the new rules of {dir}/faults.json in force within {timeout_ms} ms, so they may not hold yet; its log ({log}) ends with:\n{tail}\n`bftnet down --dir {dir}` then `bftnet up --dir {dir}` restarts it")]
+    RulesNotApplied {
+        /// The testnet directory.
+        dir: PathBuf,
+        /// The proxy's PID.
+        pid: u32,
+        /// How long the command waited.
+        timeout_ms: u128,
+        /// The proxy's log file.
+        log: PathBuf,
+        /// The log's last lines.
+        tail: String,
+    },
     /// A command-line value is invalid.
     #[error("{flag} {value}: {reason}")]
     BadArgument {
