@@ -23,7 +23,10 @@ pub enum NetCommand {
     /// (height, tx/s, view, each node's height and behaviour) until Ctrl-C,
     /// which stops every process it started. Data is kept: `bftnet up` on the
     /// same --dir resumes with the same keys and logs, with the behaviours,
-    /// delay and loss of the new command line.
+    /// delay and loss of the new command line. On a testnet that partly runs
+    /// (nodes killed, say every bftd at once while the proxy ran on), `up`
+    /// starts only what is down, with the recorded data and behaviours, and
+    /// keeps the rules in force; it refuses only when everything runs.
     ///
     /// Every node is reached through the fault proxy, so `bftnet partition`,
     /// --delay and --loss need no root. Byzantine nodes run bftd with a
@@ -283,18 +286,22 @@ pub struct UpArgs {
     /// Allow more than f byzantine nodes (the log can then fork).
     #[arg(long)]
     allow_unsafe: bool,
-    /// Delay every node-to-node datagram this many milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = 0)]
-    delay: u64,
-    /// Add up to this much random delay (reorders datagrams).
-    #[arg(long, value_name = "MS", default_value_t = 0)]
-    jitter: u64,
-    /// Drop this percentage of node-to-node datagrams at random.
-    #[arg(long, value_name = "PERCENT", default_value_t = 0.0)]
-    loss: f64,
-    /// How requests are authenticated.
-    #[arg(long, value_enum, default_value = "client-signed")]
-    request_mode: ModeArg,
+    /// Delay every node-to-node datagram this many milliseconds [default:
+    /// 0; on a testnet that partly runs, unchanged].
+    #[arg(long, value_name = "MS")]
+    delay: Option<u64>,
+    /// Add up to this much random delay (reorders datagrams) [default: 0;
+    /// on a testnet that partly runs, unchanged].
+    #[arg(long, value_name = "MS")]
+    jitter: Option<u64>,
+    /// Drop this percentage of node-to-node datagrams at random [default:
+    /// 0; on a testnet that partly runs, unchanged].
+    #[arg(long, value_name = "PERCENT")]
+    loss: Option<f64>,
+    /// How requests are authenticated [default: client-signed; on a
+    /// testnet that partly runs, unchanged].
+    #[arg(long, value_enum)]
+    request_mode: Option<ModeArg>,
     /// Return once every node is healthy, leaving the testnet running.
     #[arg(long)]
     detach: bool,
@@ -429,10 +436,10 @@ async fn dispatch(command: NetCommand) -> Result<ExitCode, NetError> {
                 (None, Some(f)) => Some(3 * f + 1),
                 (None, None) => None,
             };
-            if !(0.0..=100.0).contains(&args.loss) {
+            if let Some(loss) = args.loss.filter(|loss| !(0.0..=100.0).contains(loss)) {
                 return Err(NetError::BadArgument {
                     flag: "--loss",
-                    value: args.loss.to_string(),
+                    value: loss.to_string(),
                     reason: "a percentage: 0 to 100".into(),
                 });
             }
@@ -444,10 +451,10 @@ async fn dispatch(command: NetCommand) -> Result<ExitCode, NetError> {
                 delay_ms: args.delay,
                 jitter_ms: args.jitter,
                 loss_percent: args.loss,
-                request_mode: match args.request_mode {
+                request_mode: args.request_mode.map(|mode| match mode {
                     ModeArg::ClientSigned => RequestMode::ClientSigned,
                     ModeArg::ConnectionAuthenticated => RequestMode::ConnectionAuthenticated,
-                },
+                }),
                 detach: args.detach,
                 idle: args.idle,
                 timeout: args.timeout,
@@ -537,8 +544,8 @@ async fn dispatch(command: NetCommand) -> Result<ExitCode, NetError> {
             };
             commands::restart(&dir.dir, id, behaviour, allow_unsafe, timeout).await?;
         }
-        NetCommand::Partition { dir, spec } => commands::partition(&dir.dir, &spec)?,
-        NetCommand::Heal { dir } => commands::heal(&dir.dir)?,
+        NetCommand::Partition { dir, spec } => commands::partition(&dir.dir, &spec).await?,
+        NetCommand::Heal { dir } => commands::heal(&dir.dir).await?,
         NetCommand::Check { dir, json } => {
             let report = commands::check(&dir.dir, json).await?;
             if !report.ok() {

@@ -5,14 +5,15 @@ use super::binaries::find_bftd;
 use super::check::{self, CheckReport};
 use super::error::NetError;
 use super::launch::{
-    find_bftnet, kill as kill_pid, node_alive, node_marker, proxy_alive, proxy_marker,
+    find_bftnet, kill as kill_pid, log_tail, node_alive, node_marker, proxy_alive, proxy_marker,
     shutdown_signal, start_node, start_proxy, stop_all, wait_healthy,
 };
 use super::layout::{
-    assign_behaviours, behaviours, check_size, generate, read_faults, unsafe_warning, write_faults,
-    write_node_files, ByzantineArg, Layout, Network, State,
+    assign_behaviours, behaviours, check_size, generate, next_generation, read_applied,
+    read_faults, unsafe_warning, write_faults, write_node_files, ByzantineArg, Layout, Network,
+    State,
 };
-use super::live::{render_table, snapshot, watch};
+use super::live::{nodes_list, render_table, snapshot, watch, Liveness};
 use super::load::{self, LoadOptions, LoadReport};
 use super::proxy::{parse_partition, Faults};
 use bftd::client::Client;
@@ -38,14 +39,16 @@ pub struct UpOptions {
     pub byzantine: Vec<ByzantineArg>,
     /// Allow more than f byzantine nodes.
     pub allow_unsafe: bool,
-    /// Delay between nodes, each direction.
-    pub delay_ms: u64,
+    /// Delay between nodes, each direction (`None`: 0 on a new or stopped
+    /// testnet, unchanged on one that partly runs; likewise below).
+    pub delay_ms: Option<u64>,
     /// Extra random delay.
-    pub jitter_ms: u64,
+    pub jitter_ms: Option<u64>,
     /// Loss between nodes, percent.
-    pub loss_percent: f64,
-    /// Request authentication.
-    pub request_mode: RequestMode,
+    pub loss_percent: Option<f64>,
+    /// Request authentication (`None`: client-signed on a new or stopped
+    /// testnet, unchanged on one that partly runs).
+    pub request_mode: Option<RequestMode>,
     /// Return once healthy, leaving the testnet running.
     pub detach: bool,
     /// No default load while attached.
@@ -66,31 +69,28 @@ fn dir_flag(layout: &Layout) -> String {
     }
 }
 
-/// Which processes of `state` run, as "nodes 0, 2 and the proxy".
-fn running_processes(layout: &Layout, state: &State) -> Option<String> {
-    let nodes: Vec<String> = state
-        .nodes
-        .iter()
-        .filter(|node| node_alive(layout, state, node.id))
-        .map(|node| node.id.to_string())
-        .collect();
-    let proxy = proxy_alive(layout, state);
-    match (nodes.is_empty(), proxy) {
-        (true, false) => None,
-        (true, true) => Some("the fault proxy".into()),
-        (false, false) => Some(format!("nodes {}", nodes.join(", "))),
-        (false, true) => Some(format!("nodes {} and the fault proxy", nodes.join(", "))),
-    }
+/// What `bftnet up` found in its directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Found {
+    /// No testnet: one was generated.
+    Nothing,
+    /// A testnet none of whose processes runs.
+    Stopped,
+    /// A testnet some of whose processes run (a node killed, or every node
+    /// killed at once while the proxy ran on): only what is down starts,
+    /// with the recorded settings.
+    PartlyRunning(Liveness),
 }
 
-/// Loads an existing stopped testnet for `up`, or generates a new one.
-fn prepare(layout: &Layout, options: &UpOptions, bftd: &Path) -> Result<(State, bool), NetError> {
+/// Loads an existing testnet for `up`, or generates a new one.
+fn prepare(layout: &Layout, options: &UpOptions, bftd: &Path) -> Result<(State, Found), NetError> {
     match State::load(layout) {
         Ok(mut state) => {
-            if let Some(running) = running_processes(layout, &state) {
+            let liveness = Liveness::of(layout, &state);
+            if liveness.everything_runs() {
                 return Err(NetError::AlreadyRunning {
                     dir: layout.dir.clone(),
-                    running,
+                    running: liveness.describe_running(),
                 });
             }
             if let Some(n) = options.n.filter(|&n| n != state.n) {
@@ -101,7 +101,11 @@ fn prepare(layout: &Layout, options: &UpOptions, bftd: &Path) -> Result<(State, 
                 });
             }
             state.bftd = bftd.to_owned();
-            Ok((state, true))
+            if liveness.nothing_runs() {
+                return Ok((state, Found::Stopped));
+            }
+            refuse_changes(layout, &state, options, &liveness)?;
+            Ok((state, Found::PartlyRunning(liveness)))
         }
         Err(NetError::NoTestnet { .. }) => {
             let occupied = std::fs::read_dir(&layout.dir).is_ok_and(|entries| {
@@ -118,11 +122,95 @@ fn prepare(layout: &Layout, options: &UpOptions, bftd: &Path) -> Result<(State, 
             check_size(n, " (or give -f F)")?;
             // Refuse bad --byzantine values before writing anything.
             behaviours(n, &options.byzantine, options.allow_unsafe)?;
-            let state = generate(layout, n, options.request_mode, Network::Proxied, bftd)?;
-            Ok((state, false))
+            let request_mode = options.request_mode.unwrap_or(RequestMode::ClientSigned);
+            let state = generate(layout, n, request_mode, Network::Proxied, bftd)?;
+            Ok((state, Found::Nothing))
         }
         Err(error) => Err(error),
     }
+}
+
+/// Refuses a command line that would change what the still-running
+/// processes were started with: the nodes brought back must run the same
+/// protocol as those that never stopped.
+fn refuse_changes(
+    layout: &Layout,
+    state: &State,
+    options: &UpOptions,
+    liveness: &Liveness,
+) -> Result<(), NetError> {
+    let refuse = |setting: &'static str, recorded: String, flag: &'static str| {
+        Err(NetError::ChangeWhileRunning {
+            dir: layout.dir.clone(),
+            running: liveness.describe_running(),
+            setting,
+            recorded,
+            flag,
+        })
+    };
+    if !options.byzantine.is_empty() {
+        let asked = behaviours(state.n, &options.byzantine, options.allow_unsafe)?;
+        let recorded: Vec<Option<String>> = state
+            .nodes
+            .iter()
+            .map(|node| node.behaviour.clone())
+            .collect();
+        let asked: Vec<Option<String>> = asked
+            .iter()
+            .map(|b| b.as_ref().map(ToString::to_string))
+            .collect();
+        if asked != recorded {
+            let described: Vec<String> = state
+                .nodes
+                .iter()
+                .filter_map(|node| Some(format!("{}={}", node.id, node.behaviour.as_deref()?)))
+                .collect();
+            let described = if described.is_empty() {
+                "every node honest".into()
+            } else {
+                described.join(" ")
+            };
+            return refuse("behaviours", described, "--byzantine");
+        }
+    }
+    if options
+        .request_mode
+        .is_some_and(|mode| mode != state.request_mode)
+    {
+        let recorded = serde_json::to_value(state.request_mode)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        return refuse("request mode", recorded, "--request-mode");
+    }
+    let faults = read_faults(layout);
+    let network = || {
+        let described = faults.describe();
+        if described.is_empty() {
+            "clean".to_string()
+        } else {
+            described
+        }
+    };
+    if options
+        .delay_ms
+        .is_some_and(|delay| delay != faults.delay_ms)
+    {
+        return refuse("network", network(), "--delay");
+    }
+    if options
+        .jitter_ms
+        .is_some_and(|jitter| jitter != faults.jitter_ms)
+    {
+        return refuse("network", network(), "--jitter");
+    }
+    if options
+        .loss_percent
+        .is_some_and(|loss| loss != faults.loss_percent)
+    {
+        return refuse("network", network(), "--loss");
+    }
+    Ok(())
 }
 
 /// `bftnet up`.
@@ -133,7 +221,7 @@ pub async fn up(options: UpOptions) -> Result<(), NetError> {
     let fresh = !layout.dir.exists();
     std::fs::create_dir_all(&layout.dir).map_err(NetError::io("create", &layout.dir))?;
     let lock = layout.lock()?;
-    let (mut state, resumed) = match prepare(&layout, &options, &bftd) {
+    let (mut state, found) = match prepare(&layout, &options, &bftd) {
         Ok(prepared) => prepared,
         Err(error) => {
             // Leave no half-made testnet behind.
@@ -143,32 +231,33 @@ pub async fn up(options: UpOptions) -> Result<(), NetError> {
             return Err(error);
         }
     };
-    assign_behaviours(&mut state, &options.byzantine, options.allow_unsafe)?;
-    state.request_mode = options.request_mode;
-    if state.byzantine_count() > state.f {
-        eprintln!("{}", unsafe_warning(state.byzantine_count(), state.f));
-    }
-    write_node_files(&layout, &state)?;
-    write_faults(
-        &layout,
-        &Faults {
-            delay_ms: options.delay_ms,
-            jitter_ms: options.jitter_ms,
-            loss_percent: options.loss_percent,
-            ..Faults::default()
-        },
-    )?;
-    state.save(&layout)?;
-    eprintln!(
-        "{} a {}-node testnet in {} ...",
-        if resumed { "resuming" } else { "starting" },
-        state.n,
-        layout.dir.display()
-    );
     let mut children = Vec::new();
-    let started = start_all(&layout, &mut state, &bftnet, &mut children, options.timeout).await;
+    let started = match &found {
+        Found::Nothing | Found::Stopped => {
+            let resumed = found == Found::Stopped;
+            start_configured(
+                &layout,
+                &mut state,
+                &options,
+                resumed,
+                &bftnet,
+                &mut children,
+            )
+            .await
+        }
+        Found::PartlyRunning(liveness) => {
+            bring_back(
+                &layout,
+                &mut state,
+                liveness,
+                &bftnet,
+                &mut children,
+                options.timeout,
+            )
+            .await
+        }
+    };
     if let Err(error) = started {
-        stop_testnet(&layout);
         reap(children);
         return Err(error);
     }
@@ -200,6 +289,118 @@ pub async fn up(options: UpOptions) -> Result<(), NetError> {
     Ok(())
 }
 
+/// Starts a new or stopped testnet as the command line says; on failure
+/// stops every process again.
+async fn start_configured(
+    layout: &Layout,
+    state: &mut State,
+    options: &UpOptions,
+    resumed: bool,
+    bftnet: &Path,
+    children: &mut Vec<Child>,
+) -> Result<(), NetError> {
+    configure(layout, state, options)?;
+    eprintln!(
+        "{} a {}-node testnet in {} ...",
+        if resumed { "resuming" } else { "starting" },
+        state.n,
+        layout.dir.display()
+    );
+    let started = start_all(layout, state, bftnet, children, options.timeout).await;
+    if started.is_err() {
+        stop_testnet(layout);
+    }
+    started
+}
+
+/// Starts what is down of a testnet that partly runs (the nodes with their
+/// recorded data and behaviours, the proxy with the recorded rules); on
+/// failure stops only what it started, since the rest ran before.
+async fn bring_back(
+    layout: &Layout,
+    state: &mut State,
+    liveness: &Liveness,
+    bftnet: &Path,
+    children: &mut Vec<Child>,
+    timeout: Duration,
+) -> Result<(), NetError> {
+    state.save(layout)?;
+    let proxy = liveness.proxy == Some(false);
+    let mut starting = Vec::new();
+    match liveness.down.as_slice() {
+        [] => {}
+        _ if liveness.running.is_empty() => starting.push("every node".to_string()),
+        down => starting.push(nodes_list(down)),
+    }
+    if proxy {
+        starting.push("the fault proxy".into());
+    }
+    eprintln!(
+        "bringing back {} of the {}-node testnet in {} with the recorded data, behaviours and network ({} still running) ...",
+        starting.join(" and "),
+        state.n,
+        layout.dir.display(),
+        liveness.describe_running(),
+    );
+    let started = start_processes(
+        layout,
+        state,
+        bftnet,
+        children,
+        timeout,
+        proxy,
+        &liveness.down,
+    )
+    .await;
+    if started.is_err() {
+        forget_started(layout, &liveness.down, proxy);
+    }
+    started
+}
+
+/// Applies the command line to a new or stopped testnet: behaviours,
+/// request mode, node files and the network's rules (no partition).
+fn configure(layout: &Layout, state: &mut State, options: &UpOptions) -> Result<(), NetError> {
+    assign_behaviours(state, &options.byzantine, options.allow_unsafe)?;
+    state.request_mode = options.request_mode.unwrap_or(RequestMode::ClientSigned);
+    if state.byzantine_count() > state.f {
+        eprintln!("{}", unsafe_warning(state.byzantine_count(), state.f));
+    }
+    write_node_files(layout, state)?;
+    write_faults(
+        layout,
+        &Faults {
+            delay_ms: options.delay_ms.unwrap_or(0),
+            jitter_ms: options.jitter_ms.unwrap_or(0),
+            loss_percent: options.loss_percent.unwrap_or(0.0),
+            generation: next_generation(layout),
+            ..Faults::default()
+        },
+    )?;
+    state.save(layout)
+}
+
+/// After a failed partial start: stops the nodes `ids` (and the proxy if
+/// `proxy`), which this command started, and forgets their PIDs.
+fn forget_started(layout: &Layout, ids: &[u16], proxy: bool) {
+    let Ok(mut state) = State::load(layout) else {
+        return;
+    };
+    let mut procs = Vec::new();
+    for node in state.nodes.iter_mut().filter(|node| ids.contains(&node.id)) {
+        if let Some(pid) = node.pid.take() {
+            procs.push((pid, node_marker(layout, node.id)));
+        }
+    }
+    if proxy {
+        if let Some(pid) = state.proxy.pid.take() {
+            procs.push((pid, proxy_marker(layout)));
+        }
+    }
+    stop_all(&procs, STOP_GRACE);
+    let _ = state.save(layout);
+}
+
 /// Starts the fault proxy (unless the testnet is direct) and every node,
 /// and waits until all nodes are healthy. `children` gets every process
 /// started, also on error, for [`reap`].
@@ -210,14 +411,30 @@ pub(super) async fn start_all(
     children: &mut Vec<Child>,
     timeout: Duration,
 ) -> Result<(), NetError> {
-    if state.network == Network::Proxied {
+    let ids: Vec<u16> = (0..state.n as u16).collect();
+    let proxy = state.network == Network::Proxied;
+    start_processes(layout, state, bftnet, children, timeout, proxy, &ids).await
+}
+
+/// Starts the fault proxy if `proxy`, then the nodes `ids`, and waits until
+/// those nodes are healthy. `children` gets every process started, also on
+/// error, for [`reap`].
+async fn start_processes(
+    layout: &Layout,
+    state: &mut State,
+    bftnet: &Path,
+    children: &mut Vec<Child>,
+    timeout: Duration,
+    proxy: bool,
+    ids: &[u16],
+) -> Result<(), NetError> {
+    if proxy {
         children.push(start_proxy(layout, state, bftnet)?);
     }
-    for id in 0..state.n as u16 {
+    for &id in ids {
         children.push(start_node(layout, state, id)?);
     }
-    let ids: Vec<u16> = (0..state.n as u16).collect();
-    wait_healthy(layout, state, &ids, timeout).await
+    wait_healthy(layout, state, ids, timeout).await
 }
 
 /// Waits for our own children so they leave no zombies.
@@ -412,12 +629,10 @@ pub async fn status(dir: &Path, json: bool) -> Result<(), NetError> {
         );
     } else {
         print!("{}", render_table(&snapshot));
-        if snapshot.nodes.iter().all(|node| !node.running) {
-            println!(
-                "the testnet is stopped: `bftnet up{}` starts it again",
-                dir_flag(&layout)
-            );
-        }
+        println!(
+            "{}",
+            Liveness::of(&layout, &state).next_step(&dir_flag(&layout))
+        );
     }
     Ok(())
 }
@@ -653,8 +868,51 @@ pub async fn restart(
     Ok(())
 }
 
-/// `bftnet partition`.
-pub fn partition(dir: &Path, spec: &str) -> Result<(), NetError> {
+/// How long `partition` and `heal` wait for the proxy to put new rules in
+/// force (it looks every 50 ms).
+const RULES_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Writes `faults` as the next generation of the proxy's rules and, if the
+/// proxy runs, returns only once it has put them in force (it says so in
+/// `faults-applied.json`). Returns `false` when no proxy runs: the rules
+/// then apply when one starts. The caller holds the directory's lock.
+async fn install_faults(
+    layout: &Layout,
+    state: &State,
+    mut faults: Faults,
+) -> Result<bool, NetError> {
+    faults.generation = next_generation(layout);
+    write_faults(layout, &faults)?;
+    let Some(pid) = state.proxy.pid.filter(|_| proxy_alive(layout, state)) else {
+        return Ok(false);
+    };
+    let deadline = std::time::Instant::now() + RULES_TIMEOUT;
+    loop {
+        if read_applied(layout) == Some(faults.generation) {
+            return Ok(true);
+        }
+        if !proxy_alive(layout, state) {
+            return Err(NetError::ProxyDied {
+                log: layout.proxy_log(),
+                tail: log_tail(&layout.proxy_log(), 15),
+            });
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(NetError::RulesNotApplied {
+                pid,
+                dir: layout.dir.clone(),
+                timeout_ms: RULES_TIMEOUT.as_millis(),
+                log: layout.proxy_log(),
+                tail: log_tail(&layout.proxy_log(), 15),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `bftnet partition`: returns once the proxy drops datagrams across the
+/// cut, on every connection.
+pub async fn partition(dir: &Path, spec: &str) -> Result<(), NetError> {
     let layout = Layout::new(dir);
     let state = State::load(&layout)?;
     let _lock = layout.lock()?;
@@ -663,45 +921,66 @@ pub fn partition(dir: &Path, spec: &str) -> Result<(), NetError> {
         value: spec.to_owned(),
         reason,
     })?;
+    if Liveness::of(&layout, &state).nothing_runs() {
+        // `up` on a stopped testnet starts with a clean network: a rule
+        // written now would never hold.
+        return Err(NetError::BadArgument {
+            flag: "partition",
+            value: spec.to_owned(),
+            reason: format!(
+                "the testnet is stopped: start it with `bftnet up{}` (its network starts clean), then partition it",
+                dir_flag(&layout)
+            ),
+        });
+    }
     let mut faults = read_faults(&layout);
     faults.blocked = blocked;
     faults.partition = Some(spec.replace(' ', ""));
-    write_faults(&layout, &faults)?;
+    let applied = install_faults(&layout, &state, faults).await?;
     let quorum = 2 * state.f + 1;
     let how = if spec.contains("->") {
         "one way only"
     } else {
         "in both directions"
     };
-    println!(
-        "partition {spec} in force: node-to-node datagrams across it are dropped {how} (clients still reach every node).\n\
-         A side keeps committing only if it holds a quorum of {quorum} connected nodes. `bftnet heal{}` undoes it.",
-        dir_flag(&layout)
-    );
-    if !proxy_alive(&layout, &state) {
-        eprintln!("note: the fault proxy is not running; the rule applies when the testnet starts");
+    let heal = format!("`bftnet heal{}` undoes it", dir_flag(&layout));
+    if !applied {
+        println!(
+            "partition {spec} recorded; the fault proxy is down, so it applies once `bftnet up{}` restarts it ({heal})",
+            dir_flag(&layout)
+        );
+        return Ok(());
     }
+    println!(
+        "partition {spec} in force: node-to-node datagrams across it are dropped {how}, on open connections too (clients still reach every node).\n\
+         A side keeps committing only if it holds a quorum of {quorum} connected nodes. {heal}."
+    );
     Ok(())
 }
 
-/// `bftnet heal`.
-pub fn heal(dir: &Path) -> Result<(), NetError> {
+/// `bftnet heal`: returns once the proxy lets datagrams through again.
+pub async fn heal(dir: &Path) -> Result<(), NetError> {
     let layout = Layout::new(dir);
-    State::load(&layout)?;
+    let state = State::load(&layout)?;
     let _lock = layout.lock()?;
     let mut faults = read_faults(&layout);
     let had = faults.partition.take();
     faults.blocked.clear();
-    write_faults(&layout, &faults)?;
     let left = faults.describe();
+    let applied = install_faults(&layout, &state, faults).await?;
     println!(
-        "{}; every link is open again{}",
+        "{}; every link is open again{}{}",
         had.map(|p| format!("healed partition {p}"))
             .unwrap_or_else(|| "no partition was in force".into()),
         if left.is_empty() {
             String::new()
         } else {
             format!(" (still: {left})")
+        },
+        if applied {
+            ""
+        } else {
+            " (the fault proxy is not running)"
         }
     );
     Ok(())

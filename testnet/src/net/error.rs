@@ -31,13 +31,28 @@ pub enum NetError {
         /// The parser's message.
         source: serde_json::Error,
     },
-    /// A testnet is already running there.
-    #[error("a testnet is already running in {dir} ({running}): stop it with `bftnet down --dir {dir}` first, or pick another --dir")]
+    /// Every process of the testnet there already runs.
+    #[error("the testnet in {dir} already runs ({running}): `bftnet status --dir {dir}` shows it, `bftnet down --dir {dir}` stops it (or pick another --dir)")]
     AlreadyRunning {
         /// The directory.
         dir: PathBuf,
         /// Which processes are up.
         running: String,
+    },
+    /// `bftnet up` was asked to change a setting while some of the
+    /// testnet's processes still run with the recorded one.
+    #[error("the testnet in {dir} partly runs ({running}) with its recorded {setting} ({recorded}): `bftnet up --dir {dir}` without {flag} brings back the rest as recorded; to change the {setting}, `bftnet down --dir {dir}` first")]
+    ChangeWhileRunning {
+        /// The directory.
+        dir: PathBuf,
+        /// Which processes are up.
+        running: String,
+        /// What the command line would change ("behaviours", ...).
+        setting: &'static str,
+        /// Its recorded value.
+        recorded: String,
+        /// The flag that asked for the change.
+        flag: &'static str,
     },
     /// The directory exists and holds something else.
     #[error("{dir} exists, is not empty and holds no bftnet testnet: pick another --dir (bftnet never deletes what it did not create)")]
@@ -101,6 +116,20 @@ pub enum NetError {
         /// The log's last lines.
         tail: String,
     },
+    /// The fault proxy did not confirm new rules in time.
+    #[error("the fault proxy (pid {pid}) did not put the new rules of {dir}/faults.json in force within {timeout_ms} ms, so they may not hold yet; its log ({log}) ends with:\n{tail}\n`bftnet down --dir {dir}` then `bftnet up --dir {dir}` restarts it")]
+    RulesNotApplied {
+        /// The testnet directory.
+        dir: PathBuf,
+        /// The proxy's PID.
+        pid: u32,
+        /// How long the command waited.
+        timeout_ms: u128,
+        /// The proxy's log file.
+        log: PathBuf,
+        /// The log's last lines.
+        tail: String,
+    },
     /// A command-line value is invalid.
     #[error("{flag} {value}: {reason}")]
     BadArgument {
@@ -130,7 +159,7 @@ pub enum NetError {
         last: usize,
     },
     /// No honest node answers.
-    #[error("no honest node answers (try `bftnet status --dir {dir}`; `bftnet restart ID` brings a node back)")]
+    #[error("no honest node answers (try `bftnet status --dir {dir}`; `bftnet up --dir {dir}` brings back every node that is down)")]
     NoHealthyNode {
         /// The directory.
         dir: PathBuf,

@@ -6,6 +6,7 @@
 //! DIR/cluster.toml        ids, addresses (the fault proxy's ports, or the nodes'
 //!                         own for a direct testnet), public keys
 //! DIR/faults.json         the proxy's rules (partition/heal rewrite it)
+//! DIR/faults-applied.json the generation of rules the proxy has put in force
 //! DIR/node0.toml ...      node files, for `bftd run --config`
 //! DIR/keys/node0.key ...  node keys; keys/client.key for `bftnet submit`
 //! DIR/data/node0/ ...     node stores
@@ -53,6 +54,11 @@ impl Layout {
     /// `faults.json`, the proxy's rules.
     pub fn faults(&self) -> PathBuf {
         self.dir.join("faults.json")
+    }
+    /// `faults-applied.json`: which generation of `faults.json` the proxy
+    /// has put in force.
+    pub fn faults_applied(&self) -> PathBuf {
+        self.dir.join("faults-applied.json")
     }
     /// A node's config file.
     pub fn node_config(&self, id: u16) -> PathBuf {
@@ -556,6 +562,38 @@ pub fn read_faults(layout: &Layout) -> Faults {
         .ok()
         .and_then(|text| serde_json::from_str(&text).ok())
         .unwrap_or_default()
+}
+
+/// `faults-applied.json`, written by the proxy.
+#[derive(Debug, Serialize, Deserialize)]
+struct AppliedFaults {
+    /// The `generation` of the rules in force.
+    generation: u64,
+}
+
+/// Records that the proxy has put generation `generation` of the rules in
+/// force (written by the proxy).
+pub fn write_applied(layout: &Layout, generation: u64) -> Result<(), NetError> {
+    let text = serde_json::to_string(&AppliedFaults { generation }).unwrap_or_default() + "\n";
+    write_atomic(&layout.faults_applied(), &text)
+}
+
+/// The generation of rules the proxy last put in force, if it said.
+pub fn read_applied(layout: &Layout) -> Option<u64> {
+    let text = std::fs::read_to_string(layout.faults_applied()).ok()?;
+    serde_json::from_str::<AppliedFaults>(&text)
+        .ok()
+        .map(|applied| applied.generation)
+}
+
+/// The generation the next change of the rules gets: above both the one
+/// written and the one the proxy last applied, so waiting for it never
+/// mistakes an old acknowledgement for the new one.
+pub fn next_generation(layout: &Layout) -> u64 {
+    read_faults(layout)
+        .generation
+        .max(read_applied(layout).unwrap_or(0))
+        .saturating_add(1)
 }
 
 /// A freshly generated 4-node testnet in a new temporary directory named

@@ -1,8 +1,9 @@
-//! What the testnet is doing now: `bftnet status` and the live status line
-//! of `bftnet up`.
+//! What the testnet is doing now: which of its processes run (and the
+//! command that brings back the rest), `bftnet status` and the live status
+//! line of `bftnet up`.
 
 use super::launch::{node_alive, node_counter, node_status, proxy_alive};
-use super::layout::{read_faults, Layout, State};
+use super::layout::{read_faults, Layout, Network, State};
 use bftd::client_api::NodeStatus;
 use serde::Serialize;
 use std::collections::VecDeque;
@@ -11,6 +12,101 @@ use std::time::{Duration, Instant};
 
 /// How long a node may take to answer `/status`.
 const STATUS_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// Which processes of a testnet run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Liveness {
+    /// Nodes whose process runs.
+    pub running: Vec<u16>,
+    /// Nodes whose process does not.
+    pub down: Vec<u16>,
+    /// Whether the fault proxy runs; `None` on a direct testnet, which has
+    /// none.
+    pub proxy: Option<bool>,
+}
+
+impl Liveness {
+    /// Looks at the recorded PIDs of `state`.
+    pub fn of(layout: &Layout, state: &State) -> Liveness {
+        let (running, down) = state
+            .nodes
+            .iter()
+            .map(|node| node.id)
+            .partition(|&id| node_alive(layout, state, id));
+        Liveness {
+            running,
+            down,
+            proxy: (state.network == Network::Proxied).then(|| proxy_alive(layout, state)),
+        }
+    }
+
+    /// Whether every process the testnet needs runs.
+    pub fn everything_runs(&self) -> bool {
+        self.down.is_empty() && self.proxy != Some(false)
+    }
+
+    /// Whether no process of the testnet runs.
+    pub fn nothing_runs(&self) -> bool {
+        self.running.is_empty() && self.proxy != Some(true)
+    }
+
+    /// What runs, as "nodes 0, 2 and the fault proxy".
+    pub fn describe_running(&self) -> String {
+        let proxy = self.proxy == Some(true);
+        match (self.running.as_slice(), proxy) {
+            ([], false) => "nothing".into(),
+            ([], true) => "the fault proxy".into(),
+            (nodes, false) => nodes_list(nodes),
+            (nodes, true) => format!("{} and the fault proxy", nodes_list(nodes)),
+        }
+    }
+
+    /// One line saying what is down and the command that fixes it, for
+    /// `bftnet status` (`dir` is "" or " --dir DIR"). Every command it
+    /// names works in the state it describes.
+    pub fn next_step(&self, dir: &str) -> String {
+        if self.nothing_runs() {
+            return format!(
+                "the testnet is stopped: `bftnet up{dir}` starts it again (same keys and data)"
+            );
+        }
+        if self.everything_runs() {
+            return format!("every process runs: `bftnet down{dir}` stops them (data kept)");
+        }
+        let mut what = Vec::new();
+        match self.down.as_slice() {
+            [] => {}
+            _ if self.running.is_empty() => what.push("every node is down".to_string()),
+            [id] => what.push(format!("node {id} is down")),
+            nodes => what.push(format!("{} are down", nodes_list(nodes))),
+        }
+        match self.proxy {
+            Some(false) => {
+                what.push("the fault proxy is down (nodes cannot reach each other)".into())
+            }
+            Some(true) if self.running.is_empty() => what.push("the fault proxy still runs".into()),
+            _ => {}
+        }
+        format!(
+            "{}: `bftnet up{dir}` brings back what is down (same keys, data and behaviours)",
+            what.join("; ")
+        )
+    }
+}
+
+/// "node 3" or "nodes 0, 2".
+pub(super) fn nodes_list(ids: &[u16]) -> String {
+    let list = ids
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if ids.len() == 1 {
+        format!("node {list}")
+    } else {
+        format!("nodes {list}")
+    }
+}
 
 /// One node, now.
 #[derive(Clone, Debug, Serialize)]
@@ -313,5 +409,55 @@ pub async fn watch(layout: &Layout, stop: impl std::future::Future<Output = ()>)
     }
     if terminal {
         eprintln!();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn liveness(running: &[u16], down: &[u16], proxy: Option<bool>) -> Liveness {
+        Liveness {
+            running: running.to_vec(),
+            down: down.to_vec(),
+            proxy,
+        }
+    }
+
+    /// `bftnet status` names, in every state, a command that works there:
+    /// `up` whenever anything is down (it starts only that), `down` when
+    /// everything runs (where `up` refuses).
+    #[test]
+    fn status_names_a_command_that_works() {
+        let dir = " --dir /tmp/t";
+        let cases = [
+            (liveness(&[], &[0, 1, 2, 3], Some(false)), "bftnet up --dir /tmp/t` starts it again"),
+            (liveness(&[], &[0, 1, 2, 3], Some(true)), "every node is down; the fault proxy still runs: `bftnet up --dir /tmp/t` brings back"),
+            (liveness(&[0, 2], &[1, 3], Some(true)), "nodes 1, 3 are down: `bftnet up --dir /tmp/t` brings back"),
+            (liveness(&[0, 1, 3], &[2], Some(true)), "node 2 is down: `bftnet up --dir /tmp/t` brings back"),
+            (liveness(&[0, 1, 2, 3], &[], Some(false)), "the fault proxy is down (nodes cannot reach each other): `bftnet up --dir /tmp/t` brings back"),
+            (liveness(&[0, 1, 2, 3], &[], Some(true)), "every process runs: `bftnet down --dir /tmp/t` stops them"),
+            (liveness(&[0, 1, 2, 3], &[], None), "every process runs: `bftnet down --dir /tmp/t`"),
+        ];
+        for (state, expected) in cases {
+            let line = state.next_step(dir);
+            assert!(line.contains(expected), "{state:?}: {line}");
+            // `up` refuses exactly when the line does not suggest it.
+            assert_eq!(
+                state.everything_runs(),
+                !line.contains("bftnet up"),
+                "{line}"
+            );
+        }
+        assert!(liveness(&[], &[0, 1, 2, 3], Some(false)).nothing_runs());
+        assert!(!liveness(&[], &[0, 1, 2, 3], Some(true)).nothing_runs());
+        assert_eq!(
+            liveness(&[0, 2], &[1, 3], Some(true)).describe_running(),
+            "nodes 0, 2 and the fault proxy"
+        );
+        assert_eq!(
+            liveness(&[], &[0], Some(true)).describe_running(),
+            "the fault proxy"
+        );
     }
 }

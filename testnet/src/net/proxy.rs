@@ -11,8 +11,16 @@
 //! dials, from its QUIC socket), so every datagram has a direction
 //! `from -> to` between two nodes and the rules in `faults.json` apply:
 //! blocked directed links (`partition`), delay with jitter, and loss. Client
-//! traffic (any other source) passes untouched. `partition` and `heal`
-//! rewrite `faults.json`; the proxy re-reads it ten times a second.
+//! traffic (any other source) passes untouched.
+//!
+//! `partition` and `heal` rewrite `faults.json` with a higher `generation`;
+//! the proxy re-reads it twenty times a second, and once the new rules are
+//! in force writes that generation to `faults-applied.json`, which the
+//! command waits for. "In force" holds for every datagram, on connections
+//! old and new: a datagram's fate is decided and it is sent under one read
+//! of the rules (which the swap takes exclusively), and a delayed datagram
+//! is checked again against the rules of the moment it leaves. So once the
+//! command returns, nothing crosses a cut link, whenever it was sent.
 //!
 //! Memory is bounded: at most [`MAX_MAPPINGS`] sources per node port
 //! (expired after [`MAPPING_IDLE`] without traffic) and at most
@@ -20,7 +28,7 @@
 //! dropped and counted, as a congested network would.
 
 use super::error::NetError;
-use super::layout::{read_faults, Layout, State};
+use super::layout::{read_faults, write_applied, Layout, State};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
@@ -42,8 +50,9 @@ pub const MAPPING_IDLE: Duration = Duration::from_secs(60);
 pub const MAX_DELAYED_BYTES: usize = 64 << 20;
 /// Largest datagram relayed.
 const MAX_DATAGRAM: usize = 65_536;
-/// How often the rules file is re-read.
-const RELOAD_INTERVAL: Duration = Duration::from_millis(100);
+/// How often the rules file is re-read (`partition` and `heal` wait up to
+/// this long for the proxy to notice).
+const RELOAD_INTERVAL: Duration = Duration::from_millis(50);
 
 /// The proxy's rules, kept in `faults.json`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -63,6 +72,11 @@ pub struct Faults {
     /// Datagrams between nodes dropped at random, in percent.
     #[serde(default)]
     pub loss_percent: f64,
+    /// Which version of the rules this is: each command that changes them
+    /// writes a new one, and the proxy writes back the generation it has put
+    /// in force (`faults-applied.json`), so the command can wait for it.
+    #[serde(default)]
+    pub generation: u64,
 }
 
 impl Faults {
@@ -181,9 +195,35 @@ struct Counters {
 #[derive(Debug)]
 struct Delayed {
     due: Instant,
+    /// The link `[from, to]` it travels (only node-to-node datagrams are
+    /// delayed), checked again when it is due.
+    link: [u16; 2],
     socket: Arc<UdpSocket>,
     to: SocketAddr,
     bytes: Vec<u8>,
+}
+
+/// What became of one attempt to pass a datagram on.
+#[derive(Debug, PartialEq)]
+enum Verdict {
+    /// Handed to the kernel.
+    Sent,
+    /// Dropped by the rules (a cut link, or random loss).
+    Dropped,
+    /// To be sent after this delay.
+    Delay(Duration),
+    /// The socket's send buffer is full: wait until it is writable and try
+    /// again (deciding again: the rules may have changed meanwhile).
+    Busy,
+}
+
+/// Sends without waiting; a full send buffer is [`Verdict::Busy`], any other
+/// error drops the datagram (as a network would).
+fn send_now(socket: &UdpSocket, to: SocketAddr, bytes: &[u8]) -> Verdict {
+    match socket.try_send_to(bytes, to) {
+        Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => Verdict::Busy,
+        _ => Verdict::Sent,
+    }
 }
 
 /// What every relay task shares.
@@ -191,6 +231,10 @@ struct Delayed {
 struct Context {
     /// Real node ports to node ids.
     who: HashMap<SocketAddr, u16>,
+    /// The rules in force. Every datagram is decided and sent while holding
+    /// a read guard, and `reload` swaps the rules under the write lock
+    /// before it acknowledges them, so once acknowledged no datagram decided
+    /// under the old rules can still leave.
     rules: RwLock<Faults>,
     delayed: mpsc::Sender<Delayed>,
     counters: Counters,
@@ -198,41 +242,80 @@ struct Context {
 }
 
 impl Context {
-    fn decide(&self, from: Option<u16>, to: Option<u16>, rng: &mut impl Rng) -> Option<Duration> {
-        self.rules
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .decide(from, to, rng)
-    }
-
     fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
     }
 
+    /// Decides a datagram `from -> to_node` and, if it may leave at once,
+    /// sends it, under one read of the rules.
+    fn decide_and_send(
+        &self,
+        (from, to_node): (Option<u16>, Option<u16>),
+        socket: &UdpSocket,
+        to: SocketAddr,
+        bytes: &[u8],
+        rng: &mut impl Rng,
+    ) -> Verdict {
+        let rules = self.rules.read().unwrap_or_else(|e| e.into_inner());
+        match rules.decide(from, to_node, rng) {
+            None => Verdict::Dropped,
+            Some(delay) if delay.is_zero() => send_now(socket, to, bytes),
+            Some(delay) => Verdict::Delay(delay),
+        }
+    }
+
+    /// Sends a delayed datagram that is due, unless its link has been cut
+    /// since it was queued (a partition applies to datagrams in flight).
+    fn release(&self, item: &Delayed) -> Verdict {
+        let rules = self.rules.read().unwrap_or_else(|e| e.into_inner());
+        if rules.blocked.contains(&item.link) {
+            return Verdict::Dropped;
+        }
+        send_now(&item.socket, item.to, &item.bytes)
+    }
+
+    fn count(&self, verdict: &Verdict) {
+        let counter = match verdict {
+            Verdict::Sent => &self.counters.forwarded,
+            Verdict::Dropped => &self.counters.blocked,
+            Verdict::Delay(_) | Verdict::Busy => return,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Passes one datagram `from -> to_node` on from `socket` to `to`, as
+    /// the rules say.
     async fn relay(
         &self,
-        decision: Option<Duration>,
+        link: (Option<u16>, Option<u16>),
         socket: &Arc<UdpSocket>,
         to: SocketAddr,
         bytes: &[u8],
+        rng: &mut impl Rng,
     ) {
-        match decision {
-            None => {
-                self.counters.blocked.fetch_add(1, Ordering::Relaxed);
-            }
-            Some(delay) if delay.is_zero() => {
-                self.counters.forwarded.fetch_add(1, Ordering::Relaxed);
-                let _ = socket.send_to(bytes, to).await;
-            }
-            Some(delay) => {
-                let delayed = Delayed {
-                    due: Instant::now() + delay,
-                    socket: socket.clone(),
-                    to,
-                    bytes: bytes.to_vec(),
-                };
-                if self.delayed.try_send(delayed).is_err() {
-                    self.counters.overflow.fetch_add(1, Ordering::Relaxed);
+        loop {
+            let verdict = self.decide_and_send(link, socket, to, bytes, rng);
+            self.count(&verdict);
+            match verdict {
+                Verdict::Sent | Verdict::Dropped => return,
+                Verdict::Busy => {
+                    let _ = socket.writable().await;
+                }
+                Verdict::Delay(delay) => {
+                    let (Some(from), Some(to_node)) = link else {
+                        return;
+                    };
+                    let delayed = Delayed {
+                        due: Instant::now() + delay,
+                        link: [from, to_node],
+                        socket: socket.clone(),
+                        to,
+                        bytes: bytes.to_vec(),
+                    };
+                    if self.delayed.try_send(delayed).is_err() {
+                        self.counters.overflow.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return;
                 }
             }
         }
@@ -282,7 +365,7 @@ pub async fn run(layout: &Layout) -> Result<(), NetError> {
             node.listen,
         )));
     }
-    tasks.push(tokio::spawn(schedule(delayed_rx)));
+    tasks.push(tokio::spawn(schedule(context.clone(), delayed_rx)));
     tasks.push(tokio::spawn(reload(context.clone(), layout.clone())));
     eprintln!(
         "bftnet proxy: relaying {} nodes ({}); rules from {}",
@@ -315,41 +398,54 @@ fn log_counters(context: &Context) {
     );
 }
 
-/// Re-reads `faults.json` whenever it changes.
+/// Re-reads `faults.json` whenever it changes, puts the rules in force and
+/// acknowledges their generation in `faults-applied.json`.
 async fn reload(context: Arc<Context>, layout: Layout) {
     let mut last = String::new();
     let mut ticks = 0u64;
     loop {
-        tokio::time::sleep(RELOAD_INTERVAL).await;
         ticks += 1;
-        if ticks.is_multiple_of(300) {
+        if ticks.is_multiple_of(600) {
             log_counters(&context);
         }
-        let Ok(text) = std::fs::read_to_string(layout.faults()) else {
-            continue;
-        };
-        if text == last {
-            continue;
-        }
-        match serde_json::from_str::<Faults>(&text) {
-            Ok(faults) => {
-                let described = faults.describe();
-                eprintln!(
-                    "bftnet proxy: rules now: {}",
-                    if described.is_empty() {
-                        "none"
-                    } else {
-                        &described
-                    }
-                );
-                *context.rules.write().unwrap_or_else(|e| e.into_inner()) = faults;
+        if let Ok(text) = std::fs::read_to_string(layout.faults()) {
+            if text != last {
+                apply(&context, &layout, &text);
+                last = text;
             }
-            Err(error) => eprintln!(
-                "bftnet proxy: ignoring unreadable {}: {error}",
-                layout.faults().display()
-            ),
         }
-        last = text;
+        tokio::time::sleep(RELOAD_INTERVAL).await;
+    }
+}
+
+/// Puts the rules in `text` in force, then says so in
+/// `faults-applied.json`. The write lock waits out every datagram being
+/// decided under the old rules, so the acknowledgement is true of every
+/// datagram that leaves after it.
+fn apply(context: &Context, layout: &Layout, text: &str) {
+    let faults = match serde_json::from_str::<Faults>(text) {
+        Ok(faults) => faults,
+        Err(error) => {
+            eprintln!(
+                "bftnet proxy: ignoring unreadable {} (the previous rules stay): {error}",
+                layout.faults().display()
+            );
+            return;
+        }
+    };
+    let described = faults.describe();
+    let generation = faults.generation;
+    *context.rules.write().unwrap_or_else(|e| e.into_inner()) = faults;
+    eprintln!(
+        "bftnet proxy: rules now (generation {generation}): {}",
+        if described.is_empty() {
+            "none"
+        } else {
+            &described
+        }
+    );
+    if let Err(error) = write_applied(layout, generation) {
+        eprintln!("bftnet proxy: cannot acknowledge generation {generation}: {error}");
     }
 }
 
@@ -384,9 +480,8 @@ async fn serve(context: Arc<Context>, node: u16, listener: Arc<UdpSocket>, targe
                 let Some(mapping) = mappings.get(&source) else { continue };
                 mapping.last_active.store(context.now_ms(), Ordering::Relaxed);
                 let from = context.who.get(&source).copied();
-                let decision = context.decide(from, Some(node), &mut rng);
                 let bytes = buffer.get(..length).unwrap_or_default();
-                context.relay(decision, &mapping.upstream, target, bytes).await;
+                context.relay((from, Some(node)), &mapping.upstream, target, bytes, &mut rng).await;
             }
             _ = sweep.tick() => {
                 let now = context.now_ms();
@@ -452,9 +547,10 @@ async fn relay_replies(
             }
         };
         last_active.store(context.now_ms(), Ordering::Relaxed);
-        let decision = context.decide(Some(node), to, &mut rng);
         let bytes = buffer.get(..length).unwrap_or_default();
-        context.relay(decision, &listener, source, bytes).await;
+        context
+            .relay((Some(node), to), &listener, source, bytes, &mut rng)
+            .await;
     }
 }
 
@@ -478,9 +574,9 @@ impl Ord for Due {
     }
 }
 
-/// Sends delayed datagrams when they are due, holding at most
-/// [`MAX_DELAYED_BYTES`].
-async fn schedule(mut incoming: mpsc::Receiver<Delayed>) {
+/// Sends delayed datagrams when they are due (if their link is still
+/// open), holding at most [`MAX_DELAYED_BYTES`].
+async fn schedule(context: Arc<Context>, mut incoming: mpsc::Receiver<Delayed>) {
     let mut queue: BinaryHeap<Reverse<Due>> = BinaryHeap::new();
     let mut held = 0usize;
     let mut arrivals = 0u64;
@@ -490,6 +586,7 @@ async fn schedule(mut incoming: mpsc::Receiver<Delayed>) {
             item = incoming.recv() => {
                 let Some(item) = item else { return };
                 if held + item.bytes.len() > MAX_DELAYED_BYTES {
+                    context.counters.overflow.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
                 held += item.bytes.len();
@@ -499,9 +596,15 @@ async fn schedule(mut incoming: mpsc::Receiver<Delayed>) {
             _ = tokio::time::sleep_until(next.unwrap_or_else(Instant::now)), if next.is_some() => {
                 let now = Instant::now();
                 while queue.peek().is_some_and(|Reverse(due)| due.0 <= now) {
-                    if let Some(Reverse(Due(_, _, item))) = queue.pop() {
-                        held = held.saturating_sub(item.bytes.len());
-                        let _ = item.socket.send_to(&item.bytes, item.to).await;
+                    let Some(Reverse(Due(_, _, item))) = queue.pop() else { break };
+                    held = held.saturating_sub(item.bytes.len());
+                    loop {
+                        let verdict = context.release(&item);
+                        context.count(&verdict);
+                        if verdict != Verdict::Busy {
+                            break;
+                        }
+                        let _ = item.socket.writable().await;
                     }
                 }
             }
@@ -566,26 +669,33 @@ mod tests {
         assert!((400..600).contains(&dropped), "{dropped}");
     }
 
-    /// Datagrams cross the proxy both ways, and a blocked link drops them.
+    /// A context relaying between `nodes` (real address, id) with no rules,
+    /// its delay queue running.
+    fn test_context(nodes: &[(SocketAddr, u16)]) -> Arc<Context> {
+        let (delayed, receiver) = mpsc::channel(16);
+        let context = Arc::new(Context {
+            who: nodes.iter().copied().collect(),
+            rules: RwLock::new(Faults::default()),
+            delayed,
+            counters: Counters::default(),
+            started: Instant::now(),
+        });
+        tokio::spawn(schedule(context.clone(), receiver));
+        context
+    }
+
+    /// Datagrams cross the proxy both ways, and a blocked link drops them,
+    /// on a path (mapping) opened before the rule came.
     #[tokio::test]
     async fn relays_and_blocks() {
         let node = udp_socket("127.0.0.1:0".parse().unwrap()).unwrap();
         let peer = udp_socket("127.0.0.1:0".parse().unwrap()).unwrap();
         let listener = Arc::new(udp_socket("127.0.0.1:0".parse().unwrap()).unwrap());
         let proxy_address = listener.local_addr().unwrap();
-        let (delayed, receiver) = mpsc::channel(16);
-        let context = Arc::new(Context {
-            who: [
-                (node.local_addr().unwrap(), 1),
-                (peer.local_addr().unwrap(), 0),
-            ]
-            .into(),
-            rules: RwLock::new(Faults::default()),
-            delayed,
-            counters: Counters::default(),
-            started: Instant::now(),
-        });
-        tokio::spawn(schedule(receiver));
+        let context = test_context(&[
+            (node.local_addr().unwrap(), 1),
+            (peer.local_addr().unwrap(), 0),
+        ]);
         tokio::spawn(serve(
             context.clone(),
             1,
@@ -621,5 +731,99 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(&buffer[..length], b"back");
+    }
+
+    /// A partition applies to datagrams already in flight: one queued by
+    /// the delay before the cut is dropped when it falls due after it.
+    #[tokio::test]
+    async fn a_cut_drops_delayed_datagrams_in_flight() {
+        let node = udp_socket("127.0.0.1:0".parse().unwrap()).unwrap();
+        let peer = udp_socket("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = Arc::new(udp_socket("127.0.0.1:0".parse().unwrap()).unwrap());
+        let proxy_address = listener.local_addr().unwrap();
+        let context = test_context(&[
+            (node.local_addr().unwrap(), 1),
+            (peer.local_addr().unwrap(), 0),
+        ]);
+        let delayed = Faults {
+            delay_ms: 300,
+            ..Faults::default()
+        };
+        *context.rules.write().unwrap() = delayed.clone();
+        tokio::spawn(serve(
+            context.clone(),
+            1,
+            listener,
+            node.local_addr().unwrap(),
+        ));
+        let mut buffer = [0u8; 64];
+        peer.send_to(b"queued", proxy_address).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        *context.rules.write().unwrap() = Faults {
+            blocked: vec![[0, 1]],
+            ..delayed.clone()
+        };
+        let late =
+            tokio::time::timeout(Duration::from_millis(600), node.recv_from(&mut buffer)).await;
+        assert!(
+            late.is_err(),
+            "a datagram queued before the cut crossed it after"
+        );
+        // Healed: delayed datagrams arrive again.
+        *context.rules.write().unwrap() = delayed;
+        peer.send_to(b"after", proxy_address).await.unwrap();
+        let (length, _) = tokio::time::timeout(Duration::from_secs(2), node.recv_from(&mut buffer))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&buffer[..length], b"after");
+    }
+
+    /// The proxy acknowledges each generation of `faults.json` once it is in
+    /// force, and only then; a file it cannot read changes nothing and is
+    /// not acknowledged.
+    #[tokio::test]
+    async fn new_rules_are_acknowledged_once_in_force() {
+        let dir = std::env::temp_dir().join(format!("bftnet-proxy-ack-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let layout = Layout::new(&dir);
+        let context = test_context(&[]);
+        let wait_for = |generation: u64| {
+            let layout = layout.clone();
+            async move {
+                for _ in 0..200 {
+                    if crate::net::layout::read_applied(&layout) == Some(generation) {
+                        return true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                false
+            }
+        };
+        let cut = Faults {
+            blocked: vec![[0, 1]],
+            partition: Some("0/1".into()),
+            generation: 5,
+            ..Faults::default()
+        };
+        crate::net::layout::write_faults(&layout, &cut).unwrap();
+        let reloader = tokio::spawn(reload(context.clone(), layout.clone()));
+        assert!(wait_for(5).await, "generation 5 never acknowledged");
+        assert_eq!(*context.rules.read().unwrap(), cut);
+        let healed = Faults {
+            generation: 6,
+            ..Faults::default()
+        };
+        crate::net::layout::write_faults(&layout, &healed).unwrap();
+        assert!(wait_for(6).await, "generation 6 never acknowledged");
+        assert_eq!(*context.rules.read().unwrap(), healed);
+        assert_eq!(crate::net::layout::next_generation(&layout), 7);
+        std::fs::write(layout.faults(), "{ not json").unwrap();
+        tokio::time::sleep(RELOAD_INTERVAL * 4).await;
+        assert_eq!(crate::net::layout::read_applied(&layout), Some(6));
+        assert_eq!(*context.rules.read().unwrap(), healed);
+        reloader.abort();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
