@@ -11,14 +11,17 @@ use crate::codec;
 use crate::committee::Committee;
 use crate::ids::{NodeId, SeqNum, View};
 use crate::merkle::MerkleTree;
+use crate::message::SignedRequest;
 use crate::message::{
     Batch, Checkpoint, Commit, FetchBlocks, PrePrepare, Prepare, Signable, Signed, Status,
     ViewChange, WireMessage,
 };
 use crate::replica::{ClientReply, Destination, Outgoing, ReplyOutcome};
-use bftd_crypto::{Digest, KeyPair, Signature};
+use crate::verify::Verified;
+use bftd_crypto::{Digest, KeyPair, PublicKey, Signature};
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
+use std::ops::Deref;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,6 +56,23 @@ pub enum Behaviour {
     FakeCheckpoint,
     /// A seeded mix: each message gets one of the behaviours above.
     Random,
+    /// Leaves one client's requests out of everything it orders or passes on
+    /// (the first client whose request it sees).
+    Censor,
+    /// Lets at most one request per interval into its core, so as primary it
+    /// proposes only tiny batches, slowly (`starve:MS`, default 250 ms).
+    Starve(Duration),
+    /// View-changes claim nothing prepared (validly signed).
+    OmitPrepared,
+    /// View-changes carry, for each sequence, the lowest-view prepared
+    /// certificate it has seen (valid, but stale).
+    StalePrepared,
+    /// As new primary, builds its new-view from the 2f+1 valid view-changes
+    /// that carry the least (fewest and oldest prepared certificates), with
+    /// `O` computed correctly from them.
+    WorstNewView,
+    /// Never answers batch or block fetches.
+    Withhold,
     /// Several byzantine replicas fork the log together without talking:
     /// when one of them is primary, each derives the same split of the honest
     /// replicas from view and sequence and shows each half a different batch.
@@ -63,7 +83,8 @@ pub enum Behaviour {
 impl Behaviour {
     /// The names accepted by [`Behaviour::from_str`].
     pub const NAMES: &'static str = "silent, equivocate, bad-signature, wrong-digest, corrupt, \
-        replay, forge-certificate, slow:MS, flood, lie-to-clients, fake-checkpoint, random, collude";
+        replay, forge-certificate, slow:MS, flood, lie-to-clients, fake-checkpoint, censor, \
+        starve[:MS], omit-prepared, stale-prepared, worst-new-view, withhold, random, collude";
 
     /// Every behaviour, with `slow` at 50 ms.
     pub fn all() -> Vec<Behaviour> {
@@ -79,6 +100,12 @@ impl Behaviour {
             Behaviour::Flood,
             Behaviour::LieToClients,
             Behaviour::FakeCheckpoint,
+            Behaviour::Censor,
+            Behaviour::Starve(DEFAULT_STARVE_PACE),
+            Behaviour::OmitPrepared,
+            Behaviour::StalePrepared,
+            Behaviour::WorstNewView,
+            Behaviour::Withhold,
             Behaviour::Random,
         ]
     }
@@ -98,6 +125,12 @@ impl fmt::Display for Behaviour {
             Behaviour::Flood => f.write_str("flood"),
             Behaviour::LieToClients => f.write_str("lie-to-clients"),
             Behaviour::FakeCheckpoint => f.write_str("fake-checkpoint"),
+            Behaviour::Censor => f.write_str("censor"),
+            Behaviour::Starve(pace) => write!(f, "starve:{}", pace.as_millis()),
+            Behaviour::OmitPrepared => f.write_str("omit-prepared"),
+            Behaviour::StalePrepared => f.write_str("stale-prepared"),
+            Behaviour::WorstNewView => f.write_str("worst-new-view"),
+            Behaviour::Withhold => f.write_str("withhold"),
             Behaviour::Random => f.write_str("random"),
             Behaviour::Collude => f.write_str("collude"),
         }
@@ -123,14 +156,28 @@ impl FromStr for Behaviour {
             "flood" => Behaviour::Flood,
             "lie-to-clients" => Behaviour::LieToClients,
             "fake-checkpoint" => Behaviour::FakeCheckpoint,
+            "censor" => Behaviour::Censor,
+            "starve" => Behaviour::Starve(DEFAULT_STARVE_PACE),
+            "omit-prepared" => Behaviour::OmitPrepared,
+            "stale-prepared" => Behaviour::StalePrepared,
+            "worst-new-view" => Behaviour::WorstNewView,
+            "withhold" => Behaviour::Withhold,
             "random" => Behaviour::Random,
             "collude" => Behaviour::Collude,
             other => {
-                let ms = other
-                    .strip_prefix("slow:")
-                    .and_then(|ms| ms.parse::<u64>().ok())
-                    .ok_or(UnknownBehaviour)?;
-                Behaviour::Slow(Duration::from_millis(ms))
+                let millis = |prefix: &str| {
+                    other
+                        .strip_prefix(prefix)
+                        .and_then(|ms| ms.parse::<u64>().ok())
+                        .map(Duration::from_millis)
+                };
+                if let Some(delay) = millis("slow:") {
+                    Behaviour::Slow(delay)
+                } else if let Some(pace) = millis("starve:") {
+                    Behaviour::Starve(pace)
+                } else {
+                    return Err(UnknownBehaviour);
+                }
             }
         })
     }
@@ -180,6 +227,10 @@ impl Rng {
 
 /// Most old messages kept for replay, and batches remembered for collusion.
 const HISTORY: usize = 256;
+/// `starve` without an interval.
+const DEFAULT_STARVE_PACE: Duration = Duration::from_millis(250);
+/// Views whose view-changes the view-change adversaries remember.
+const VIEWS_REMEMBERED: usize = 4;
 /// Junk messages `flood` adds per honest message sent: spam scales with the
 /// replica's real traffic, as the network would bound it.
 const FLOOD_PER_MESSAGE: usize = 4;
@@ -194,6 +245,14 @@ pub struct Adversary {
     rng: Rng,
     history: VecDeque<WireMessage>,
     batches: BTreeMap<Digest, Arc<Batch>>,
+    /// `censor`'s victim: the first client seen.
+    victim: Option<PublicKey>,
+    /// `starve`: when the next request may enter the core.
+    next_admission: Duration,
+    /// The lowest-view prepared certificate seen per sequence (`stale-prepared`).
+    old_prepared: BTreeMap<SeqNum, PreparedCertificate>,
+    /// View-changes seen, per view and signer (`worst-new-view`).
+    view_changes: BTreeMap<View, BTreeMap<NodeId, Signed<ViewChange>>>,
 }
 
 impl fmt::Debug for Adversary {
@@ -222,6 +281,10 @@ impl Adversary {
             rng: Rng(seed ^ (u64::from(id.0) << 48) ^ 0xB1F7),
             history: VecDeque::new(),
             batches: BTreeMap::new(),
+            victim: None,
+            next_admission: Duration::ZERO,
+            old_prepared: BTreeMap::new(),
+            view_changes: BTreeMap::new(),
         }
     }
 
@@ -230,14 +293,104 @@ impl Adversary {
         &self.behaviour
     }
 
-    /// Lets colluders learn batches from pre-prepares they receive.
+    /// Learns from what the replica receives: colluders the batches of
+    /// pre-prepares, view-change adversaries the view-changes and prepared
+    /// certificates of others.
     pub fn observe(&mut self, message: &WireMessage) {
-        if self.behaviour != Behaviour::Collude {
+        match message {
+            WireMessage::PrePrepare { pre_prepare, batch }
+                if self.behaviour == Behaviour::Collude =>
+            {
+                self.remember_batch(pre_prepare.value.digest, batch.clone());
+            }
+            WireMessage::ViewChange(view_change) => self.remember_view_change(view_change),
+            WireMessage::NewView(new_view) => {
+                for view_change in &new_view.value.view_changes {
+                    self.remember_view_change(view_change);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn remember_view_change(&mut self, view_change: &Signed<ViewChange>) {
+        if !matches!(
+            self.behaviour,
+            Behaviour::StalePrepared | Behaviour::WorstNewView | Behaviour::Random
+        ) {
             return;
         }
-        if let WireMessage::PrePrepare { pre_prepare, batch } = message {
-            self.remember_batch(pre_prepare.value.digest, batch.clone());
+        for prepared in &view_change.value.prepared {
+            let keep = self
+                .old_prepared
+                .get(&prepared.seq())
+                .is_none_or(|held| prepared.view() < held.view());
+            if keep {
+                self.old_prepared.insert(prepared.seq(), prepared.clone());
+            }
         }
+        while self.old_prepared.len() > HISTORY {
+            self.old_prepared.pop_first();
+        }
+        self.view_changes
+            .entry(view_change.value.new_view)
+            .or_default()
+            .insert(view_change.signer, view_change.clone());
+        while self.view_changes.len() > VIEWS_REMEMBERED {
+            self.view_changes.pop_first();
+        }
+    }
+
+    /// What of a verified incoming message reaches the honest core: `censor`
+    /// and `starve` drop requests from forwards before the core sees them.
+    pub fn admit(
+        &mut self,
+        now: Duration,
+        message: Verified<WireMessage>,
+    ) -> Option<Verified<WireMessage>> {
+        if !matches!(message.deref(), WireMessage::Forward(_)) {
+            return Some(message);
+        }
+        let message = message.map(|message| match message {
+            WireMessage::Forward(mut forward) => {
+                let requests = std::mem::take(&mut forward.value.requests);
+                forward.value.requests = requests
+                    .into_iter()
+                    .filter(|request| self.lets_in(now, request))
+                    .collect();
+                WireMessage::Forward(forward)
+            }
+            other => other,
+        });
+        match message.deref() {
+            WireMessage::Forward(forward) if forward.value.requests.is_empty() => None,
+            _ => Some(message),
+        }
+    }
+
+    /// Whether a request from a client of this replica reaches its core.
+    pub fn admit_request(&mut self, now: Duration, request: &SignedRequest) -> bool {
+        self.lets_in(now, request)
+    }
+
+    fn lets_in(&mut self, now: Duration, request: &SignedRequest) -> bool {
+        let censor = match self.behaviour {
+            Behaviour::Censor => true,
+            // Now and then, so random runs meet a censor too.
+            Behaviour::Random => self.rng.below(4) == 0,
+            _ => false,
+        };
+        if censor {
+            let victim = *self.victim.get_or_insert(request.request.client);
+            return request.request.client != victim;
+        }
+        if let Behaviour::Starve(pace) = self.behaviour {
+            if now < self.next_admission {
+                return false;
+            }
+            self.next_admission = now + pace;
+        }
+        true
     }
 
     fn remember_batch(&mut self, digest: Digest, batch: Arc<Batch>) {
@@ -297,6 +450,10 @@ impl Adversary {
             Behaviour::ForgeCertificate,
             Behaviour::Slow(Duration::from_millis(1 + self.rng.below(40))),
             Behaviour::FakeCheckpoint,
+            Behaviour::OmitPrepared,
+            Behaviour::StalePrepared,
+            Behaviour::WorstNewView,
+            Behaviour::Withhold,
             // Honest now and then, so the mix includes well-timed truths.
             Behaviour::LieToClients,
         ];
@@ -393,9 +550,29 @@ impl Adversary {
                 self.emit(out, now, to, &message);
             }
             Behaviour::Collude => self.collude(to, message, out),
-            Behaviour::Flood | Behaviour::LieToClients | Behaviour::Random => {
-                self.emit(out, now, to, &message)
+            Behaviour::OmitPrepared | Behaviour::StalePrepared => {
+                if let WireMessage::ViewChange(view_change) = &message {
+                    self.remember_view_change(view_change);
+                }
+                let message = self
+                    .doctor_view_change(behaviour, &message)
+                    .unwrap_or(message);
+                self.emit(out, now, to, &message);
             }
+            Behaviour::WorstNewView => {
+                let message = self.worst_new_view(&message).unwrap_or(message);
+                self.emit(out, now, to, &message);
+            }
+            Behaviour::Withhold => {
+                if !matches!(message, WireMessage::Batch(_) | WireMessage::Blocks(_)) {
+                    self.emit(out, now, to, &message);
+                }
+            }
+            Behaviour::Flood
+            | Behaviour::LieToClients
+            | Behaviour::Random
+            | Behaviour::Censor
+            | Behaviour::Starve(_) => self.emit(out, now, to, &message),
         }
     }
 
@@ -512,6 +689,82 @@ impl Adversary {
 
     fn sign_view_change(&self, value: ViewChange) -> Option<Signed<ViewChange>> {
         self.sign(value)
+    }
+
+    /// A view-change that lies by omission, validly signed: no prepared
+    /// certificates at all, or for each sequence the oldest one seen.
+    fn doctor_view_change(
+        &self,
+        behaviour: &Behaviour,
+        message: &WireMessage,
+    ) -> Option<WireMessage> {
+        let WireMessage::ViewChange(view_change) = message else {
+            return None;
+        };
+        let mut value = view_change.value.clone();
+        match behaviour {
+            Behaviour::OmitPrepared => value.prepared.clear(),
+            _ => {
+                for prepared in &mut value.prepared {
+                    if let Some(old) = self.old_prepared.get(&prepared.seq()) {
+                        if old.view() < prepared.view() {
+                            *prepared = old.clone();
+                        }
+                    }
+                }
+            }
+        }
+        Some(WireMessage::ViewChange(self.sign_view_change(value)?))
+    }
+
+    /// As new primary: the new-view built from the 2f+1 valid view-changes
+    /// that carry the least, with `O` recomputed from them and every
+    /// pre-prepare signed: a valid new-view, chosen to lose as much as the
+    /// rules allow.
+    fn worst_new_view(&self, message: &WireMessage) -> Option<WireMessage> {
+        let WireMessage::NewView(new_view) = message else {
+            return None;
+        };
+        let view = new_view.value.view;
+        let mut candidates: BTreeMap<NodeId, Signed<ViewChange>> =
+            self.view_changes.get(&view).cloned().unwrap_or_default();
+        for view_change in &new_view.value.view_changes {
+            candidates
+                .entry(view_change.signer)
+                .or_insert_with(|| view_change.clone());
+        }
+        let window = u64::from(u16::MAX);
+        let mut valid: Vec<Signed<ViewChange>> = candidates
+            .into_values()
+            .filter(|vc| {
+                vc.value.new_view == view
+                    && crate::replica::valid_view_change(&self.committee, window, &vc.value)
+            })
+            .collect();
+        valid.sort_by_key(|vc| {
+            let highest = vc.value.prepared.iter().map(|p| p.view()).max();
+            (
+                vc.value.prepared.len(),
+                highest,
+                vc.value.checkpoint.seq(),
+                vc.signer,
+            )
+        });
+        valid.truncate(self.committee.quorum());
+        if valid.len() < self.committee.quorum() {
+            return None;
+        }
+        let (_, reproposals) = crate::replica::compute_reproposals(&valid);
+        let pre_prepares = reproposals
+            .into_iter()
+            .map(|(seq, digest)| self.sign(PrePrepare { view, seq, digest }))
+            .collect::<Option<Vec<_>>>()?;
+        let value = crate::message::NewView {
+            view,
+            view_changes: valid,
+            pre_prepares,
+        };
+        Some(WireMessage::NewView(self.sign(value)?))
     }
 
     /// Valid-looking junk, signed with our key.

@@ -65,6 +65,13 @@ impl<T> Verified<T> {
     pub fn into_inner(self) -> T {
         self.0
     }
+
+    /// Keeps the verified status through a change that adds no unverified
+    /// content (the byzantine layer drops requests from a verified forward).
+    #[cfg(feature = "byzantine")]
+    pub(crate) fn map<U>(self, change: impl FnOnce(T) -> U) -> Verified<U> {
+        Verified(change(self.0))
+    }
 }
 
 impl<T> Deref for Verified<T> {

@@ -54,7 +54,8 @@ struct SimArgs {
     /// K:BEHAVIOUR (K replicas), or ID=BEHAVIOUR (that replica; repeatable).
     /// Behaviours: silent, equivocate, bad-signature, wrong-digest, corrupt,
     /// replay, forge-certificate, slow:MS, flood, lie-to-clients,
-    /// fake-checkpoint, random, collude.
+    /// fake-checkpoint, censor, starve[:MS], omit-prepared, stale-prepared,
+    /// worst-new-view, withhold, random, collude.
     #[arg(long)]
     byzantine: Vec<String>,
     /// Faults before the heal: all, none, or a list of

@@ -125,9 +125,16 @@ impl Consensus {
         match input {
             Input::Peer { from, message } => {
                 #[cfg(feature = "byzantine")]
-                if let Some(adversary) = self.adversary.as_mut() {
-                    adversary.observe(&message);
-                }
+                let message = match self.adversary.as_mut() {
+                    Some(adversary) => {
+                        adversary.observe(&message);
+                        match adversary.admit(now, message) {
+                            Some(admitted) => admitted,
+                            None => return,
+                        }
+                    }
+                    None => message,
+                };
                 self.replica.handle_message(now, from, message);
             }
             Input::Request {
@@ -135,6 +142,12 @@ impl Consensus {
                 reply_to,
                 received,
             } => {
+                #[cfg(feature = "byzantine")]
+                if let Some(adversary) = self.adversary.as_mut() {
+                    if !adversary.admit_request(now, &request) {
+                        return;
+                    }
+                }
                 let key = request.key();
                 if !self.waiting.contains_key(&key)
                     && self.waiting.len() >= self.replica.config().max_pending_requests

@@ -21,6 +21,9 @@ mod suspicion;
 mod tests;
 mod view_change;
 
+#[cfg(feature = "byzantine")]
+pub(crate) use view_change::{compute_reproposals, valid_view_change};
+
 pub use metrics::{DropReason, Metrics};
 
 use crate::block::CommittedBlock;

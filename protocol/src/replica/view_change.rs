@@ -359,7 +359,11 @@ impl Replica {
 /// A view-change holds: valid checkpoint certificate; prepared certificates
 /// valid, for views below the new one, strictly increasing sequences inside
 /// the checkpoint's window.
-fn valid_view_change(committee: &Committee, window: u64, view_change: &ViewChange) -> bool {
+pub(crate) fn valid_view_change(
+    committee: &Committee,
+    window: u64,
+    view_change: &ViewChange,
+) -> bool {
     if view_change.checkpoint.check(committee).is_err() {
         return false;
     }
@@ -405,7 +409,7 @@ fn check_new_view(
 /// the highest prepared one, the digest prepared in the highest view (ties
 /// broken by digest, for determinism; honest quorums never tie), or the null
 /// batch.
-fn compute_reproposals(
+pub(crate) fn compute_reproposals(
     view_changes: &[Signed<ViewChange>],
 ) -> (CheckpointCertificate, Vec<(SeqNum, Digest)>) {
     let checkpoint = view_changes

@@ -32,9 +32,13 @@ pub enum NetCommand {
     /// --delay and --loss need no root. Byzantine nodes run bftd with a
     /// behaviour that rewrites what their honest core sends: silent,
     /// equivocate, bad-signature, wrong-digest, corrupt, replay,
-    /// forge-certificate, slow:MS, flood, lie-to-clients, fake-checkpoint,
-    /// random, and collude (several nodes fork the log together; needs more
-    /// than f of them, hence --allow-unsafe).
+    /// forge-certificate, slow:MS, flood, lie-to-clients, fake-checkpoint;
+    /// censor (leaves the first client it sees out of everything), starve[:MS]
+    /// (lets one request in per interval: tiny batches, slowly);
+    /// view-change liars omit-prepared, stale-prepared, worst-new-view
+    /// (as new primary, builds the valid new-view that keeps least), withhold
+    /// (answers no fetch); random; and collude (several nodes fork the log
+    /// together; needs more than f of them, hence --allow-unsafe).
     ///
     /// Examples:
     ///   bftnet up                                   4 nodes, light load, live status

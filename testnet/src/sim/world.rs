@@ -455,7 +455,13 @@ impl<'a> World<'a> {
         else {
             return;
         };
-        if let Some(replica) = self.nodes[node.index()].replica.as_mut() {
+        let state = &mut self.nodes[node.index()];
+        if let Some(adversary) = state.adversary.as_mut() {
+            if !adversary.admit_request(self.now, &verified) {
+                return;
+            }
+        }
+        if let Some(replica) = state.replica.as_mut() {
             replica.handle_request(self.now, verified, true);
             self.after_step(node);
         }
@@ -501,9 +507,16 @@ impl<'a> World<'a> {
             return;
         };
         let node = &mut self.nodes[to.index()];
-        if let Some(adversary) = node.adversary.as_mut() {
-            adversary.observe(&verified);
-        }
+        let verified = match node.adversary.as_mut() {
+            Some(adversary) => {
+                adversary.observe(&verified);
+                match adversary.admit(self.now, verified) {
+                    Some(admitted) => admitted,
+                    None => return,
+                }
+            }
+            None => verified,
+        };
         if let Some(replica) = node.replica.as_mut() {
             replica.handle_message(self.now, from, verified);
             self.after_step(to);
