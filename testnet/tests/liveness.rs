@@ -141,7 +141,10 @@ fn power_cut_under_load_then_restart_in_another_order() {
             task.abort();
         }
     });
-    let acknowledged = acknowledged.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let acknowledged = acknowledged
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     assert!(
         acknowledged.len() >= 20,
         "only {} transactions acknowledged before the cut",

@@ -32,7 +32,9 @@ use std::process::Child;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+mod crash;
 mod report;
+pub use crash::Recovery;
 pub use report::{median, BenchReport, Failures, Memory, NodeFigures, RunReport};
 use report::{parameters_line, render, summarize};
 
@@ -92,6 +94,9 @@ pub struct BenchOptions {
     pub keep: bool,
     /// Print JSON instead of a table.
     pub json: bool,
+    /// SIGKILL the primary this far into the measurement window and time
+    /// the recovery.
+    pub kill_primary: Option<Duration>,
 }
 
 /// utime + stime, in clock ticks, from the text of `/proc/PID/stat`. The
@@ -198,6 +203,15 @@ fn validate(options: &BenchOptions) -> Result<(), NetError> {
     }
     if !(1..=1000).contains(&options.runs) {
         return bad("--runs", options.runs.to_string(), "1 to 1000");
+    }
+    if let Some(at) = options.kill_primary {
+        if at >= options.duration {
+            return bad(
+                "--kill-primary",
+                format!("{at:?}"),
+                "must fall inside the measurement window (below --duration)",
+            );
+        }
     }
     Ok(())
 }
@@ -389,6 +403,13 @@ async fn measure(
     progress
         .until(window_start, || warmup_line(&running, options))
         .await;
+    let crash = options.kill_primary.map(|after| {
+        tokio::spawn(crash::kill_primary_and_watch(
+            state.clone(),
+            window_start + after,
+            window_start,
+        ))
+    });
     let (nodes_before, self_before) = cpu_sample(state);
     let receipts_before = running.counters.receipts.load(Ordering::Relaxed);
     let opened = Instant::now();
@@ -410,6 +431,10 @@ async fn measure(
         DRAIN.as_secs()
     );
     let load = running.finish().await;
+    let recovery = match crash {
+        Some(task) => task.await.ok(),
+        None => None,
+    };
     let failures = Failures::of(&load);
     let nodes = node_figures(state, &nodes_before, &nodes_after).await;
     if committed == 0 {
@@ -445,6 +470,7 @@ async fn measure(
             .max()
             .unwrap_or(0),
         nodes,
+        recovery,
     })
 }
 

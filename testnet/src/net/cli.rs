@@ -146,6 +146,8 @@ pub enum NetCommand {
     ///   bftnet bench --closed-loop --clients 1   latency at low load: one request at a time
     ///   bftnet bench --signed-requests           every request signed, verified by every node
     ///   bftnet bench --runs 3 --json             three fresh clusters and the medians, as JSON
+    ///   bftnet bench --rate 5000 --duration 16s --kill-primary 4s
+    ///                                            time a view change under load
     #[command(verbatim_doc_comment)]
     Bench(BenchArgs),
     /// SIGKILL a node (fail-stop). Its data stays; `restart` brings it back.
@@ -374,6 +376,11 @@ pub struct BenchArgs {
     /// Print one JSON object (for scripts) instead of the table.
     #[arg(long)]
     json: bool,
+    /// SIGKILL the primary this far into the measurement window (e.g. 4s)
+    /// and report how long until the survivors were in a new view and a
+    /// block committed in it (their /status polled every 20 ms).
+    #[arg(long, value_name = "D", value_parser = parse_duration)]
+    kill_primary: Option<Duration>,
 }
 
 /// Parses `30s`, `500ms`, `2m`, `1.5s`; a plain number is seconds.
@@ -529,6 +536,7 @@ async fn dispatch(command: NetCommand) -> Result<ExitCode, NetError> {
                 runs: args.runs,
                 keep: args.keep,
                 json: args.json,
+                kill_primary: args.kill_primary,
             })
             .await?;
         }

@@ -351,4 +351,3 @@ pub fn block_hash(net: &Testnet, id: u16, height: u64) -> String {
         block.hash.to_string()
     })
 }
-

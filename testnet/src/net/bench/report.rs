@@ -141,6 +141,8 @@ pub struct RunReport {
     pub view_changes: u64,
     /// Every node.
     pub nodes: Vec<NodeFigures>,
+    /// With `--kill-primary`: the crash and the recovery.
+    pub recovery: Option<super::Recovery>,
 }
 
 /// The whole benchmark (`--json`): the parameters, the medians over runs
@@ -191,6 +193,9 @@ pub struct BenchReport {
     pub failures: Failures,
     /// View changes over all runs.
     pub view_changes: u64,
+    /// With `--kill-primary`: the median over runs of the seconds from the
+    /// kill to the first commit in the new view (null if a run had none).
+    pub recovery_s: Option<f64>,
     /// Every run.
     pub runs_detail: Vec<RunReport>,
 }
@@ -273,6 +278,12 @@ pub(super) fn summarize(options: &BenchOptions, bftd: &Path, runs: Vec<RunReport
         committed: runs.iter().map(|r| r.committed).sum(),
         failures,
         view_changes: runs.iter().map(|r| r.view_changes).sum(),
+        recovery_s: runs
+            .iter()
+            .map(|r| r.recovery.as_ref().and_then(|c| c.first_commit_s))
+            .collect::<Option<Vec<f64>>>()
+            .filter(|all| !all.is_empty())
+            .map(|all| median(&all)),
         runs_detail: runs,
     }
 }
@@ -319,6 +330,11 @@ pub(super) fn parameters_line(options: &BenchOptions) -> String {
         options.runs,
         if options.runs == 1 { "" } else { "s" },
     )
+}
+
+/// Seconds with two decimals, or "never".
+fn seconds(value: Option<f64>) -> String {
+    value.map_or_else(|| "never".into(), |s| format!("{s:.2}"))
 }
 
 /// The table for people.
@@ -388,6 +404,17 @@ pub(super) fn render(report: &BenchReport, parameters: &str) -> String {
         ),
         ("highest view", |r| r.view_changes.to_string(), None),
     ];
+    let mut rows = rows;
+    if runs.iter().any(|r| r.recovery.is_some()) {
+        rows.push((
+            "primary killed: new view / first commit (s)",
+            |r| match &r.recovery {
+                Some(c) => format!("{} / {}", seconds(c.new_view_s), seconds(c.first_commit_s)),
+                None => "-".into(),
+            },
+            report.recovery_s.map(|s| format!("- / {s:.2}")),
+        ));
+    }
     let mut table = vec![header];
     for (name, figure, median) in rows {
         let mut line = vec![name.to_owned()];
