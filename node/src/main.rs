@@ -219,10 +219,15 @@ async fn run(cli: Cli) -> Result<(), String> {
                 );
             } else {
                 println!(
-                    "node {} of {} (f = {}): height {}, view {}{}, primary {}, stable checkpoint {}, {} pending, mode {:?}{}",
+                    "node {} of {} (f = {}): height {}, view {}{}, primary {}, stable checkpoint {}, {} pending, mode {:?}, {}{}",
                     status.id, status.n, status.f, status.height, status.view,
                     if status.in_view_change { " (changing)" } else { "" },
                     status.primary, status.stable_checkpoint, status.pending_requests, status.request_mode,
+                    if status.has_quorum() {
+                        format!("{} of {} peers in touch", status.peers_in_touch, status.n.saturating_sub(1))
+                    } else {
+                        format!("NO QUORUM ({}): nothing commits", status.describe_peers())
+                    },
                     status.byzantine.as_deref().map(|b| format!(", BYZANTINE: {b}")).unwrap_or_default(),
                 );
             }
