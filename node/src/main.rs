@@ -49,7 +49,10 @@ enum Command {
     ///
     /// Prints one line per payload: its height and block hash, proven by the
     /// block's commit certificate and a Merkle proof (a lying node cannot
-    /// fake them).
+    /// fake them). A request `--node` leaves unanswered for 5 s goes to
+    /// every node (the same request: it is ordered at most once), and the
+    /// first receipt that verifies is taken; after 30 s the error says why
+    /// nothing committed, if a node knows (no quorum).
     Submit {
         #[command(flatten)]
         target: Target,
@@ -246,7 +249,7 @@ async fn connect(target: &Target, key: Option<PathBuf>) -> Result<Client, String
         .await
         .map_err(|e| {
             format!(
-                "cannot reach node {} ({}): {e}",
+                "cannot reach node {} ({}): {e}; try another --node",
                 target.node,
                 target.cluster.display()
             )
