@@ -59,6 +59,8 @@ pub struct NoReceipt {
     pub waited: Duration,
     /// The client's own node, tried first.
     pub node: NodeId,
+    /// The other nodes the request was then sent to.
+    pub sent_to: Vec<NodeId>,
     /// A node that reported too few peers for a quorum: the likely cause.
     pub no_quorum: Option<QuorumShortfall>,
     /// Nodes the request could not be sent to, and why.
@@ -74,12 +76,22 @@ impl std::fmt::Display for NoReceipt {
         write!(f, "no receipt within {:?}: ", self.waited)?;
         match &self.no_quorum {
             Some(shortfall) => write!(f, "{shortfall}")?,
+            None if self.sent_to.is_empty() => write!(
+                f,
+                "node {} did not answer, and no other node could be reached",
+                self.node.0
+            )?,
             None => write!(
                 f,
-                "node {} did not answer, nor did the other nodes it was then sent to \
-                 (the cluster may be overloaded or changing views; resubmitting the same \
+                "node {} did not answer, nor did node(s) {} it was then sent to \
+                 (the cluster may be overloaded or changing views: resubmitting the same \
                  request is safe, and `bftd status` on each node shows where it stands)",
-                self.node.0
+                self.node.0,
+                self.sent_to
+                    .iter()
+                    .map(|node| node.0.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )?,
         }
         for (node, error) in &self.unreachable {
@@ -178,6 +190,11 @@ impl Client {
         Err(ClientError::NoReceipt(Box::new(super::NoReceipt {
             waited: self.timeout,
             node: self.node,
+            sent_to: live
+                .iter()
+                .map(|connection| connection.node)
+                .filter(|&node| node != self.node)
+                .collect(),
             no_quorum,
             unreachable: seen.unreachable,
             refused: seen.refused,
