@@ -217,6 +217,9 @@ async fn route(routes: &Mutex<Routes>, node: NodeId, message: NodeMessage) {
         NodeMessage::Status(status) => {
             let waiter = {
                 let mut routes = lock(routes);
+                // Askers that gave up (timed out) must not swallow the
+                // answer meant for the next one.
+                routes.status.retain(|waiter| !waiter.is_closed());
                 if routes.status.is_empty() {
                     None
                 } else {

@@ -131,7 +131,9 @@ impl Client {
         Ok(client)
     }
 
-    /// How long to wait for a receipt or a status (default 30 s).
+    /// How long to wait for a receipt or a status (default 30 s). A submit
+    /// that times out then spends up to a second more asking the nodes why,
+    /// to say so in its error.
     pub fn set_timeout(&mut self, timeout: Duration) {
         self.timeout = timeout;
     }
