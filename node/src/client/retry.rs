@@ -55,8 +55,11 @@ impl std::fmt::Display for QuorumShortfall {
 /// every node.
 #[derive(Debug)]
 pub struct NoReceipt {
-    /// How long the client waited.
+    /// How long the client waited: the timeout, or less if no node was
+    /// left that could answer.
     pub waited: Duration,
+    /// The client's timeout.
+    pub timeout: Duration,
     /// The client's own node, tried first.
     pub node: NodeId,
     /// The other nodes the request was then sent to.
@@ -73,7 +76,11 @@ pub struct NoReceipt {
 
 impl std::fmt::Display for NoReceipt {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "no receipt within {:?}: ", self.waited)?;
+        if self.waited < self.timeout {
+            write!(f, "no receipt after {:.1?}: ", self.waited)?;
+        } else {
+            write!(f, "no receipt within {:?}: ", self.timeout)?;
+        }
         match &self.no_quorum {
             Some(shortfall) => write!(f, "{shortfall}")?,
             None if self.sent_to.is_empty() => write!(
@@ -147,15 +154,11 @@ impl Client {
         send_to(&self.own, id, &tx, &frame).await;
         let committed = loop {
             tokio::select! {
-                Some((node, message)) = answers.recv() => match message {
-                    NodeMessage::Receipt(receipt) => match self.verify(request, &receipt) {
-                        Ok(committed) => break Some(committed),
-                        Err(ClientError::InvalidReceipt(error)) => note(&mut seen.invalid, (node, error)),
-                        Err(_) => {}
-                    },
-                    NodeMessage::Rejected { reason, .. } => note(&mut seen.refused, (node, reason)),
-                    _ => {}
-                },
+                Some((node, message)) = answers.recv() => {
+                    if let Some(committed) = self.take(request, node, message, &mut seen) {
+                        break Some(committed);
+                    }
+                }
                 Some(dialled) = dialling.join_next(), if !dialling.is_empty() => {
                     match dialled {
                         Ok((_, Ok(connection))) => {
@@ -183,23 +186,56 @@ impl Client {
         for connection in &live {
             connection.forget(id);
         }
-        if let Some(committed) = committed {
-            return Ok(committed);
+        match committed {
+            Some(committed) => Ok(committed),
+            None => Err(self.no_receipt(&live, seen, deadline).await),
         }
-        let no_quorum = self.diagnose(&live).await;
-        Err(ClientError::NoReceipt(Box::new(super::NoReceipt {
-            waited: self.timeout,
+    }
+
+    /// Takes one node's answer: the result if it is a receipt that verifies;
+    /// otherwise notes what it was, for the error if nothing commits.
+    fn take(
+        &self,
+        request: &SignedRequest,
+        node: NodeId,
+        message: NodeMessage,
+        seen: &mut Answers,
+    ) -> Option<Committed> {
+        match message {
+            NodeMessage::Receipt(receipt) => match self.verify(request, &receipt) {
+                Ok(committed) => return Some(committed),
+                Err(ClientError::InvalidReceipt(error)) => note(&mut seen.invalid, (node, error)),
+                Err(_) => {}
+            },
+            NodeMessage::Rejected { reason, .. } => note(&mut seen.refused, (node, reason)),
+            _ => {}
+        }
+        None
+    }
+
+    /// The error for a request nothing committed by `deadline` (or earlier,
+    /// once no node was left to answer), with what the nodes say of why.
+    async fn no_receipt(
+        &self,
+        live: &[Arc<Connection>],
+        seen: Answers,
+        deadline: Instant,
+    ) -> ClientError {
+        let left = deadline.saturating_duration_since(Instant::now());
+        ClientError::NoReceipt(Box::new(NoReceipt {
+            waited: self.timeout.saturating_sub(left),
+            timeout: self.timeout,
             node: self.node,
             sent_to: live
                 .iter()
                 .map(|connection| connection.node)
                 .filter(|&node| node != self.node)
                 .collect(),
-            no_quorum,
+            no_quorum: self.diagnose(live).await,
             unreachable: seen.unreachable,
             refused: seen.refused,
             invalid: seen.invalid,
-        })))
+        }))
     }
 
     /// Asks the nodes still connected whether they hear from a quorum; the
