@@ -61,8 +61,8 @@ async fn killed_backup_is_bypassed_with_connection_authentication() {
 
 /// Two of four nodes die: the survivors hear from one peer each, a quorum
 /// needs two. Node 0 answers `/healthz` with 503 and says why, logs the
-/// loss once, and a client's submit fails with an error naming the
-/// missing quorum.
+/// loss (once, not at every tick), and a client's submit fails with an
+/// error naming the missing quorum.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_without_quorum_says_so() {
     let mut cluster = TestCluster::start(4, RequestMode::ClientSigned, "");
@@ -100,6 +100,16 @@ async fn node_without_quorum_says_so() {
     let status = client.status().await.unwrap();
     assert!(!status.has_quorum());
     assert_eq!((status.peers_in_touch, status.quorum), (1, 3));
-    let warnings = cluster.log(0).matches("no quorum: hears from").count();
-    assert_eq!(warnings, 1, "logged once:\n{}", cluster.log(0));
+    // Logged when lost, not at every status interval since (a busy
+    // machine may have made it flap before, hence no exact count).
+    let warnings = || cluster.log(0).matches("no quorum: hears from").count();
+    let logged = warnings();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(logged >= 1, "the loss is logged:\n{}", cluster.log(0));
+    assert_eq!(
+        warnings(),
+        logged,
+        "no new warning while nothing changes:\n{}",
+        cluster.log(0)
+    );
 }
