@@ -86,6 +86,28 @@ pub struct NodeStatus {
     pub request_mode: RequestMode,
     /// Byzantine behaviour, if this is a testnet liar.
     pub byzantine: Option<String>,
+    /// Other nodes heard from in the last few status intervals.
+    pub peers_in_touch: usize,
+    /// Nodes a quorum needs (2f+1, this one included).
+    pub quorum: usize,
+}
+
+impl NodeStatus {
+    /// Whether the node hears from enough peers to form a quorum with them:
+    /// without one nothing commits, whatever the node is sent.
+    pub fn has_quorum(&self) -> bool {
+        self.peers_in_touch + 1 >= self.quorum
+    }
+
+    /// "hears from 1 of 3 peers, a quorum needs 2", for people.
+    pub fn describe_peers(&self) -> String {
+        format!(
+            "hears from {} of {} peers, a quorum needs {}",
+            self.peers_in_touch,
+            self.n.saturating_sub(1),
+            self.quorum.saturating_sub(1)
+        )
+    }
 }
 
 /// Proof that a request committed at a height.

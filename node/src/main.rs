@@ -49,7 +49,10 @@ enum Command {
     ///
     /// Prints one line per payload: its height and block hash, proven by the
     /// block's commit certificate and a Merkle proof (a lying node cannot
-    /// fake them).
+    /// fake them). A request `--node` leaves unanswered for 5 s goes to
+    /// every node (the same request: it is ordered at most once), and the
+    /// first receipt that verifies is taken; after 30 s the error says why
+    /// nothing committed, if a node knows (no quorum).
     Submit {
         #[command(flatten)]
         target: Target,
@@ -219,10 +222,15 @@ async fn run(cli: Cli) -> Result<(), String> {
                 );
             } else {
                 println!(
-                    "node {} of {} (f = {}): height {}, view {}{}, primary {}, stable checkpoint {}, {} pending, mode {:?}{}",
+                    "node {} of {} (f = {}): height {}, view {}{}, primary {}, stable checkpoint {}, {} pending, mode {:?}, {}{}",
                     status.id, status.n, status.f, status.height, status.view,
                     if status.in_view_change { " (changing)" } else { "" },
                     status.primary, status.stable_checkpoint, status.pending_requests, status.request_mode,
+                    if status.has_quorum() {
+                        format!("{} of {} peers in touch", status.peers_in_touch, status.n.saturating_sub(1))
+                    } else {
+                        format!("NO QUORUM ({}): nothing commits", status.describe_peers())
+                    },
                     status.byzantine.as_deref().map(|b| format!(", BYZANTINE: {b}")).unwrap_or_default(),
                 );
             }
@@ -241,7 +249,7 @@ async fn connect(target: &Target, key: Option<PathBuf>) -> Result<Client, String
         .await
         .map_err(|e| {
             format!(
-                "cannot reach node {} ({}): {e}",
+                "cannot reach node {} ({}): {e}; try another --node",
                 target.node,
                 target.cluster.display()
             )

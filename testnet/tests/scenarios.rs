@@ -176,8 +176,9 @@ fn primary_crash_view_change_and_recovery() {
     eprintln!("[primary-crash] {:.1} s", started.elapsed().as_secs_f64());
 }
 
-/// A 2/2 partition leaves no side a quorum: no commits during it, and no
-/// divergence; after `heal`, commits resume and every node catches up.
+/// A 2/2 partition leaves no side a quorum: no commits during it, no
+/// divergence, and every node says it has no quorum (`bftnet status`
+/// shows it); after `heal`, commits resume and every node catches up.
 #[test]
 fn partition_two_two_stalls_then_heals() {
     let _serial = serial();
@@ -194,6 +195,15 @@ fn partition_two_two_stalls_then_heals() {
     std::thread::sleep(Duration::from_secs(3));
     let later = net.heights();
     assert_eq!(during, later, "commits during a 2/2 partition");
+    let status = net.status();
+    for node in honest(&status) {
+        assert_eq!(
+            (&node["status"]["peers_in_touch"], &node["status"]["quorum"]),
+            (&Value::from(1), &Value::from(3)),
+            "each side of a 2/2 partition hears from one peer: {node}"
+        );
+    }
+    assert!(net.ok("status", &[]).contains("no quorum"));
     net.assert_check("during the partition");
     net.ok("heal", &[]);
     let stalled = later.iter().flatten().copied().max().unwrap_or(0);

@@ -5,6 +5,7 @@
 
 use super::durable::{Answer, Outbound, Step};
 use super::metrics::{NodeMetrics, Snapshot};
+use super::quorum::{InTouch, QuorumChange, QuorumWatch};
 use super::Shared;
 use crate::client_api::{NodeMessage, Rejection};
 use crate::transport::Bytes;
@@ -55,6 +56,7 @@ pub(crate) struct Consensus {
     #[cfg(feature = "byzantine")]
     pub adversary: Option<bftd_protocol::byzantine::Adversary>,
     waiting: HashMap<RequestKey, Vec<Waiter>>,
+    quorum: QuorumWatch,
 }
 
 impl Consensus {
@@ -76,6 +78,7 @@ impl Consensus {
             #[cfg(feature = "byzantine")]
             adversary: None,
             waiting: HashMap::new(),
+            quorum: QuorumWatch::default(),
         }
     }
 
@@ -202,12 +205,34 @@ impl Consensus {
         if !step.is_empty() && self.writer.send(step).await.is_err() {
             return Err(self.shared.storage_failure());
         }
+        let status = self.replica.status();
+        self.watch_quorum(InTouch::of(&status));
         self.metrics().publish(Snapshot {
-            status: self.replica.status(),
+            status,
             replica: self.replica.metrics().clone(),
             evidence: self.replica.evidence().to_vec(),
         });
         Ok(())
+    }
+
+    /// Logs losing a quorum and regaining it, once each.
+    fn watch_quorum(&mut self, touch: InTouch) {
+        let n = self.shared.committee.n();
+        match self.quorum.observe(touch, self.now(), n) {
+            Some(QuorumChange::Lost(health)) => tracing::warn!(
+                peers_in_touch = touch.peers_in_touch,
+                quorum = touch.quorum,
+                "{health}; nothing commits until more nodes are up and reachable \
+                 (check the other nodes and the network between them)"
+            ),
+            Some(QuorumChange::Regained { peers_in_touch }) => tracing::info!(
+                peers_in_touch,
+                quorum = touch.quorum,
+                "quorum regained: hears from {peers_in_touch} of {} peers",
+                n.saturating_sub(1)
+            ),
+            None => {}
+        }
     }
 
     #[cfg(feature = "byzantine")]

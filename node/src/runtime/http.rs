@@ -1,7 +1,9 @@
 //! A minimal HTTP/1.1 endpoint for operators: `/metrics` (Prometheus),
-//! `/status` (JSON), `/healthz`, `/evidence` (JSON). Requests are read with a
+//! `/status` (JSON), `/healthz` (503 while starting, or without a quorum),
+//! `/evidence` (JSON). Requests are read with a
 //! size cap and a timeout; anything else gets a 404 or 400.
 
+use super::quorum::Health;
 use super::Shared;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -98,17 +100,12 @@ async fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
             respond(&mut stream, "200 OK", "application/json", &body).await
         }
         "/healthz" => {
-            if shared.metrics.latest().is_some() {
-                respond(&mut stream, "200 OK", "text/plain", "ok\n").await
-            } else {
-                respond(
-                    &mut stream,
-                    "503 Service Unavailable",
-                    "text/plain",
-                    "starting\n",
-                )
-                .await
-            }
+            let health = shared.health();
+            let status = match health {
+                Health::Ok => "200 OK",
+                Health::Starting | Health::NoQuorum { .. } => "503 Service Unavailable",
+            };
+            respond(&mut stream, status, "text/plain", &format!("{health}\n")).await
         }
         _ => {
             respond(

@@ -190,6 +190,18 @@ impl NodeMetrics {
                 "Sequence numbers with protocol state in the window.",
                 status.active_slots as u64,
             );
+            gauge(
+                &mut out,
+                "bftd_peers_in_touch",
+                "Other nodes heard from in the last few status intervals.",
+                status.peers_in_touch as u64,
+            );
+            gauge(
+                &mut out,
+                "bftd_quorum",
+                "Nodes a quorum needs (2f+1, this one included): below it nothing commits.",
+                status.quorum as u64,
+            );
             counter(
                 &mut out,
                 "bftd_view_changes_total",

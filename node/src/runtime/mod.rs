@@ -17,6 +17,7 @@ mod durable;
 mod http;
 mod ingress;
 pub mod metrics;
+mod quorum;
 
 use crate::client_api::NodeStatus;
 use crate::config::NodeConfig;
@@ -98,6 +99,8 @@ pub(crate) struct Shared {
     pub reply_queue: usize,
     pub id: u16,
     pub byzantine: Option<String>,
+    /// When the node started (the replica's clock starts here too).
+    pub started: Instant,
     transport: Mutex<Option<Transport>>,
     /// Set by the durability worker when storage fails.
     fatal: Mutex<Option<String>>,
@@ -145,7 +148,18 @@ impl Shared {
             pending_requests: status.map_or(0, |s| s.pending_requests),
             request_mode: self.request_mode,
             byzantine: self.byzantine.clone(),
+            peers_in_touch: status.map_or(0, |s| s.peers_in_touch),
+            quorum: status.map_or(self.committee.quorum(), |s| s.quorum),
         }
+    }
+
+    /// What `/healthz` says.
+    pub(crate) fn health(&self) -> quorum::Health {
+        let touch = self
+            .metrics
+            .latest()
+            .map(|snapshot| quorum::InTouch::of(&snapshot.status));
+        quorum::Health::of(touch, self.started.elapsed(), self.committee.n())
     }
 }
 
@@ -259,6 +273,7 @@ pub async fn start(
         reply_queue: config.clients.reply_queue,
         id: config.id.0,
         byzantine: config.byzantine.clone(),
+        started,
         transport: Mutex::new(None),
         fatal: Mutex::new(None),
     });

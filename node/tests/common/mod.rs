@@ -121,6 +121,27 @@ impl TestCluster {
         }
     }
 
+    /// SIGSTOP: the node stays connected but never answers (a hung or
+    /// censoring node, as its clients see it). `resume` undoes it.
+    pub fn pause(&self, id: usize) {
+        self.signal(id, "STOP");
+    }
+
+    /// SIGCONT after [`TestCluster::pause`].
+    pub fn resume(&self, id: usize) {
+        self.signal(id, "CONT");
+    }
+
+    fn signal(&self, id: usize, signal: &str) {
+        let pid = self.children[id].as_ref().expect("node running").id();
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
     pub fn log(&self, id: usize) -> String {
         std::fs::read_to_string(self.path().join(format!("node{id}.log"))).unwrap_or_default()
     }
@@ -165,8 +186,17 @@ impl TestCluster {
     }
 }
 
-/// A tiny HTTP GET on loopback, for /healthz and /metrics.
+/// A tiny HTTP GET on loopback, for /healthz and /metrics: the body of a
+/// 200 answer.
 pub fn http_get(address: SocketAddr, path: &str) -> Option<String> {
+    match http_answer(address, path)? {
+        (200, body) => Some(body),
+        _ => None,
+    }
+}
+
+/// A tiny HTTP GET on loopback: status code and body, whatever the code.
+pub fn http_answer(address: SocketAddr, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut stream =
         std::net::TcpStream::connect_timeout(&address, Duration::from_millis(500)).ok()?;
@@ -175,7 +205,8 @@ pub fn http_get(address: SocketAddr, path: &str) -> Option<String> {
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let (head, body) = response.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body.to_string()))
 }
 
 pub fn data_dir(cluster: &TestCluster, id: usize) -> PathBuf {

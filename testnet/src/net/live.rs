@@ -258,13 +258,19 @@ pub fn render_table(snapshot: &Snapshot) -> String {
         },
     );
     out.push_str(&format!(
-        "{:<5} {:<8} {:>8} {:>6} {:>8} {:<18} {:>8}  {:<22} {}\n",
+        "{:<5} {:<9} {:>8} {:>6} {:>8} {:<18} {:>8}  {:<22} {}\n",
         "node", "state", "height", "view", "primary", "behaviour", "pid", "address", "metrics"
     ));
     for node in &snapshot.nodes {
         let (state, height, view, primary) = match &node.status {
             Some(s) => (
-                if s.in_view_change { "changing" } else { "up" },
+                if !s.has_quorum() {
+                    "no quorum"
+                } else if s.in_view_change {
+                    "changing"
+                } else {
+                    "up"
+                },
                 s.height.to_string(),
                 s.view.to_string(),
                 s.primary.to_string(),
@@ -273,7 +279,7 @@ pub fn render_table(snapshot: &Snapshot) -> String {
             None => ("down", "-".into(), "-".into(), "-".into()),
         };
         out.push_str(&format!(
-            "{:<5} {:<8} {:>8} {:>6} {:>8} {:<18} {:>8}  {:<22} {}\n",
+            "{:<5} {:<9} {:>8} {:>6} {:>8} {:<18} {:>8}  {:<22} {}\n",
             node.id,
             state,
             height,
@@ -310,12 +316,24 @@ pub fn status_line(snapshot: &Snapshot, rate: Option<f64>) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ");
+    // Nodes that hear from too few peers: nothing commits through them.
+    let no_quorum = snapshot
+        .nodes
+        .iter()
+        .filter(|node| node.status.as_ref().is_some_and(|s| !s.has_quorum()))
+        .map(|node| node.id.to_string())
+        .collect::<Vec<_>>();
     format!(
-        "height {}  {}  view {view}{} primary {primary}  nodes {nodes}{}{}",
+        "height {}  {}  view {view}{} primary {primary}  nodes {nodes}{}{}{}",
         snapshot.height(),
         rate.map(|r| format!("{r:>7.1} tx/s"))
             .unwrap_or_else(|| "      - tx/s".into()),
         if changing { " (changing)" } else { "" },
+        if no_quorum.is_empty() {
+            String::new()
+        } else {
+            format!("  NO QUORUM at {}", no_quorum.join(","))
+        },
         if snapshot.proxy_running {
             String::new()
         } else {

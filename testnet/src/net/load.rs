@@ -1,6 +1,9 @@
 //! Load: requests spread over several clients connected to the honest
-//! nodes. A client whose node goes away reconnects in the background; its
-//! share goes to the others meanwhile.
+//! nodes. A request its client's node leaves unanswered goes to every node
+//! (the client library does that after its resend interval), so it still
+//! commits if that node died or is cut off. A client whose node stays
+//! silent reconnects in the background; its share goes to the others
+//! meanwhile.
 //!
 //! - Open loop (the default): requests leave at a fixed rate whatever the
 //!   cluster's answers (a slow cluster does not slow the offered load, so
@@ -162,7 +165,7 @@ impl Counters {
                 &self.committed
             }
             Err(ClientError::Rejected(_)) => &self.rejected,
-            Err(ClientError::Timeout(_)) => &self.timed_out,
+            Err(ClientError::Timeout(_)) | Err(ClientError::NoReceipt(_)) => &self.timed_out,
             Err(ClientError::InvalidReceipt(_)) | Err(ClientError::InvalidBlock(_)) => {
                 &self.invalid
             }
@@ -240,46 +243,34 @@ impl LoadReport {
 }
 
 /// A client whose node does not answer a status query this fast, and has
-/// sent nothing else for [`PROBE_SILENCE`], is taken for dead (a SIGKILLed node sends no close; QUIC would only notice after
-/// its idle timeout) and replaced.
+/// sent nothing else for [`PROBE_SILENCE`], is taken for dead (a SIGKILLed
+/// node sends no close; QUIC would only notice after its idle timeout) and
+/// replaced.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
-/// ... and has not answered anything else for this long either.
+/// ... and has not sent anything else for this long either: an overloaded
+/// node answers status late but still sends receipts, and must not be
+/// taken for dead. Receipts from the other nodes, for requests that went
+/// everywhere, do not count: they say nothing of this node.
 const PROBE_SILENCE: Duration = Duration::from_secs(5);
 /// How often each connection is probed.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
-/// One client connection slot; `None` while reconnecting.
+/// One client connection slot; `None` while reconnecting. Requests in
+/// flight on a client that is given up carry on: its library sends them to
+/// the other nodes.
 struct Slot {
     node: NodeId,
     client: RwLock<Option<Arc<Client>>>,
     reconnecting: std::sync::atomic::AtomicBool,
-    /// Bumped when the connection is given up: requests in flight on it
-    /// fail at once instead of waiting for their timeout.
-    generation: watch::Sender<u64>,
-    /// When the node last answered anything (receipt, refusal, status): an
-    /// overloaded node answers status late but still sends receipts, and
-    /// must not be taken for dead.
-    last_answer: Mutex<Instant>,
 }
 
 impl Slot {
-    fn answered(&self) {
-        *self.last_answer.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
-    }
-
     /// The client, unless it is reconnecting.
     fn connected(&self) -> Option<Arc<Client>> {
         self.client
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
-    }
-
-    fn silent_for(&self) -> Duration {
-        self.last_answer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .elapsed()
     }
 }
 
@@ -345,8 +336,6 @@ pub async fn start(
                 node: NodeId(id),
                 client: RwLock::new(client),
                 reconnecting: false.into(),
-                generation: watch::channel(0).0,
-                last_answer: Mutex::new(Instant::now()),
             }));
         }
     }
@@ -390,14 +379,12 @@ fn reconnect(cluster: Cluster, slot: Arc<Slot>, failed: &Arc<Client>, timeout: D
     if slot.reconnecting.swap(true, Ordering::AcqRel) {
         return;
     }
-    slot.generation.send_modify(|generation| *generation += 1);
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_millis(500)).await;
             let key = KeyPair::generate(&mut rand::rngs::OsRng);
             if let Ok(mut client) = Client::connect(&cluster, slot.node, key).await {
                 client.set_timeout(timeout);
-                slot.answered();
                 *slot.client.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(client));
                 slot.reconnecting.store(false, Ordering::Release);
                 return;
@@ -610,20 +597,10 @@ async fn send(
     payload: Vec<u8>,
     timeout: Duration,
 ) -> Result<Duration, ClientError> {
-    let mut given_up = slot.generation.subscribe();
     let start = Instant::now();
-    let result = tokio::select! {
-        result = client.submit(payload) => result.map(|_| start.elapsed()),
-        _ = given_up.changed() => Err(ClientError::Disconnected),
-    };
-    match &result {
-        Ok(_) | Err(ClientError::Rejected(_)) | Err(ClientError::InvalidReceipt(_)) => {
-            slot.answered()
-        }
-        Err(ClientError::Disconnected) | Err(ClientError::Transport(_)) => {
-            reconnect(cluster.clone(), slot.clone(), client, timeout)
-        }
-        Err(_) => {}
+    let result = client.submit(payload).await.map(|_| start.elapsed());
+    if let Err(ClientError::Disconnected) | Err(ClientError::Transport(_)) = &result {
+        reconnect(cluster.clone(), slot.clone(), client, timeout);
     }
     result
 }
@@ -639,12 +616,11 @@ async fn probe(cluster: Cluster, slot: Arc<Slot>, timeout: Duration) {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let Some(client) = client else { continue };
-        if matches!(
+        let answered = matches!(
             tokio::time::timeout(PROBE_TIMEOUT, client.status()).await,
             Ok(Ok(_))
-        ) {
-            slot.answered();
-        } else if slot.silent_for() >= PROBE_SILENCE {
+        );
+        if !answered && client.silent_for() >= PROBE_SILENCE {
             reconnect(cluster.clone(), slot.clone(), &client, timeout);
         }
     }

@@ -20,20 +20,23 @@
 //! # Ok(()) }
 //! ```
 
+mod connection;
+mod retry;
+
+pub use retry::{NoReceipt, QuorumShortfall};
+
 use crate::client_api::{
-    ClientMessage, Committed, NodeMessage, NodeStatus, ReceiptError, Rejection,
+    ClientMessage, Committed, NodeMessage, NodeStatus, Receipt, ReceiptError, Rejection,
     VerifiedCertificates,
 };
 use crate::config::Cluster;
-use crate::transport::{
-    connect_client, Bytes, FrameSender, TransportError, DEFAULT_MAX_FRAME_BYTES,
-};
+use crate::transport::{Bytes, TransportError, DEFAULT_MAX_FRAME_BYTES};
 use bftd_crypto::{Digest, KeyPair};
 use bftd_protocol::{
     codec, BlockError, CommittedBlock, Committee, NodeId, Request, RequestMode, SeqNum,
     SignedRequest,
 };
-use std::collections::HashMap;
+use connection::{BlockItem, Connection, Others, Waiter};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -63,34 +66,32 @@ pub enum ClientError {
     /// No answer in time.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
+    /// No node answered a request with a valid receipt in time, although it
+    /// went to every node: why, as far as the nodes could tell.
+    #[error("{0}")]
+    NoReceipt(Box<NoReceipt>),
 }
 
-type BlockItem = (Arc<CommittedBlock>, Vec<u32>);
-
-#[derive(Default)]
-struct Routes {
-    receipts: HashMap<u64, oneshot::Sender<NodeMessage>>,
-    status: Vec<oneshot::Sender<NodeStatus>>,
-    blocks: Option<mpsc::Sender<BlockItem>>,
-}
-
-/// A connection to one node of a cluster.
+/// A client of a cluster: talks to one node, and to the others when that
+/// one does not answer.
 pub struct Client {
     committee: Committee,
     key: KeyPair,
     mode: RequestMode,
     node: NodeId,
-    /// Frames for the writer task, which sends everything queued since its
-    /// last write in one write (concurrent submits share QUIC writes).
-    outbox: mpsc::Sender<Bytes>,
-    routes: Arc<Mutex<Routes>>,
+    /// The connection to `node`, which every request tries first.
+    own: Arc<Connection>,
+    /// Connections to the other nodes, opened when a request first needs
+    /// them.
+    others: Arc<Others>,
     next_id: AtomicU64,
     timeout: Duration,
     resend_after: Duration,
-    reader: tokio::task::JoinHandle<()>,
-    writer: tokio::task::JoinHandle<()>,
     /// Certificates of recent blocks, verified once for all their receipts.
     certificates: Mutex<VerifiedCertificates>,
+    /// The last look at why nothing commits, shared by requests that time
+    /// out together (see [`retry`]).
+    diagnosis: retry::DiagnosisCache,
 }
 
 impl std::fmt::Debug for Client {
@@ -99,84 +100,52 @@ impl std::fmt::Debug for Client {
     }
 }
 
-impl Drop for Client {
-    fn drop(&mut self) {
-        self.reader.abort();
-        self.writer.abort();
-    }
-}
-
-fn lock(routes: &Mutex<Routes>) -> std::sync::MutexGuard<'_, Routes> {
-    routes.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl Client {
     /// Connects to `node` of `cluster` as the client with `key`, pinning the
-    /// node's key from the cluster file.
+    /// node's key from the cluster file. The other nodes are connected to
+    /// only when a request needs them (see [`Client::submit_request`]).
     pub async fn connect(
         cluster: &Cluster,
         node: NodeId,
         key: KeyPair,
     ) -> Result<Client, ClientError> {
-        let address = cluster
-            .address(node)
-            .ok_or(ClientError::UnknownNode(node))?;
-        let node_key = cluster
-            .committee
-            .key(node)
-            .ok_or(ClientError::UnknownNode(node))?
-            .public();
-        let link = connect_client(&key, address, node_key).await?;
-        let (sender, mut receiver) = link.split();
-        let routes = Arc::new(Mutex::new(Routes::default()));
-        let reader_routes = routes.clone();
-        let reader = tokio::spawn(async move {
-            while let Ok(Some(frame)) = receiver.recv().await {
-                let Ok(message) = codec::decode::<NodeMessage>(&frame) else {
-                    continue;
-                };
-                route(&reader_routes, message).await;
-            }
-            // Disconnected: fail everyone waiting.
-            let mut routes = lock(&reader_routes);
-            routes.receipts.clear();
-            routes.status.clear();
-            routes.blocks = None;
-        });
-        let (outbox, frames) = mpsc::channel(OUTBOX_FRAMES);
-        let writer = tokio::spawn(write_frames(sender, frames));
+        let own = Connection::open(cluster, node, &key).await?;
         // Ids increase across runs with the same key: start from the clock.
         let start = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_micros() as u64);
         let mut client = Client {
             committee: cluster.committee.clone(),
+            others: Arc::new(Others::new(cluster, key.clone(), node)),
             key,
             mode: RequestMode::ClientSigned,
             node,
-            outbox,
-            routes,
+            own: Arc::new(own),
             next_id: AtomicU64::new(start),
             timeout: Duration::from_secs(30),
             resend_after: DEFAULT_RESEND_AFTER,
-            reader,
-            writer,
             certificates: Mutex::default(),
+            diagnosis: retry::DiagnosisCache::default(),
         };
         client.mode = client.status().await?.request_mode;
         Ok(client)
     }
 
-    /// How long to wait for a receipt or a status (default 30 s).
+    /// How long to wait for a receipt or a status (default 30 s). A submit
+    /// that times out then spends up to a second more asking the nodes why,
+    /// to say so in its error.
     pub fn set_timeout(&mut self, timeout: Duration) {
         self.timeout = timeout;
     }
 
     /// How long a submitted request may go unanswered before it is sent
-    /// again (default 5 s; the wait doubles after each resend, until the
-    /// timeout). Resending is safe: a request is ordered at most once, and a
-    /// node answers a request it already executed with its receipt. It
-    /// recovers answers a node dropped because this client read its
+    /// again, to every node of the cluster this time (default 5 s; the wait
+    /// doubles after each round, until the timeout). Resending is safe: a
+    /// request is ordered at most once, and a node answers a request it
+    /// already executed with its receipt. Sending to every node is what
+    /// PBFT asks of a client: the backups then start their timers, and a
+    /// primary that is silent or censors the request is replaced. Resending
+    /// also recovers answers a node dropped because this client read its
     /// connection too slowly (see `[clients] reply_queue`).
     pub fn set_resend_after(&mut self, resend_after: Duration) {
         self.resend_after = resend_after.max(Duration::from_millis(1));
@@ -187,7 +156,20 @@ impl Client {
         self.key.public()
     }
 
-    async fn send(&self, message: &ClientMessage) -> Result<(), ClientError> {
+    /// The node this client talks to first.
+    pub fn node(&self) -> NodeId {
+        self.node
+    }
+
+    /// How long since this client's own node last sent it anything
+    /// (receipts, refusals, statuses, blocks): a node that stays silent
+    /// while requests wait for it is likely dead or cut off, whatever the
+    /// other nodes answer meanwhile.
+    pub fn silent_for(&self) -> Duration {
+        self.own.silent_for()
+    }
+
+    fn frame(message: &ClientMessage) -> Result<Bytes, ClientError> {
         let bytes =
             codec::encode(message).map_err(|_| ClientError::Rejected(Rejection::TooLarge))?;
         // The writer drops what the transport would refuse; refuse it here,
@@ -195,22 +177,13 @@ impl Client {
         if bytes.len() > DEFAULT_MAX_FRAME_BYTES {
             return Err(ClientError::Rejected(Rejection::TooLarge));
         }
-        self.outbox
-            .send(Bytes::from(bytes))
-            .await
-            .map_err(|_| ClientError::Disconnected)
+        Ok(Bytes::from(bytes))
     }
 
     /// The node's status.
     pub async fn status(&self) -> Result<NodeStatus, ClientError> {
-        let (tx, rx) = oneshot::channel();
-        lock(&self.routes).status.push(tx);
-        self.send(&ClientMessage::Status).await?;
-        match tokio::time::timeout(self.timeout, rx).await {
-            Ok(Ok(status)) => Ok(status),
-            Ok(Err(_)) => Err(ClientError::Disconnected),
-            Err(_) => Err(ClientError::Timeout(self.timeout)),
-        }
+        let frame = Self::frame(&ClientMessage::Status)?;
+        self.own.status(frame, self.timeout).await
     }
 
     /// Builds the next request for `payload` (signed if the cluster wants
@@ -237,41 +210,48 @@ impl Client {
 
     /// Submits a prepared request (see [`Client::request`]); resubmitting
     /// the same request is safe: it is ordered at most once.
+    ///
+    /// The request goes to this client's node. If no answer comes within
+    /// the resend interval (see [`Client::set_resend_after`]), or that node
+    /// closes the connection, the same request goes to every node of the
+    /// cluster, and the first receipt that verifies, from whichever node,
+    /// is the answer. Past the timeout the error says what the nodes know
+    /// of why nothing committed (see [`NoReceipt`]).
     pub async fn submit_request(&self, request: &SignedRequest) -> Result<Committed, ClientError> {
         let id = request.request.request_id;
-        let (tx, mut rx) = oneshot::channel();
-        lock(&self.routes).receipts.insert(id, tx);
+        let frame = Self::frame(&ClientMessage::Submit(request.clone()))?;
         let deadline = tokio::time::Instant::now() + self.timeout;
-        let mut wait = self.resend_after;
-        let answer = loop {
-            if let Err(error) = self.send(&ClientMessage::Submit(request.clone())).await {
-                lock(&self.routes).receipts.remove(&id);
-                return Err(error);
+        let first_try_ends = (tokio::time::Instant::now() + self.resend_after).min(deadline);
+        let (tx, rx) = oneshot::channel();
+        let mut answer = None;
+        if self.own.wait_for(id, Waiter::Once(tx)) && self.own.send(frame.clone()).await.is_ok() {
+            // An error here means the connection closed: go elsewhere now.
+            if let Ok(Ok(message)) = tokio::time::timeout_at(first_try_ends, rx).await {
+                answer = Some(message);
             }
-            let resend_at = (tokio::time::Instant::now() + wait).min(deadline);
-            match tokio::time::timeout_at(resend_at, &mut rx).await {
-                Ok(answer) => break Ok(answer),
-                Err(elapsed) if resend_at >= deadline => break Err(elapsed),
-                Err(_) => wait = wait.saturating_mul(2),
-            }
-        };
-        lock(&self.routes).receipts.remove(&id);
-        match answer {
-            Ok(Ok(NodeMessage::Receipt(receipt))) => {
-                let committed = receipt.verify_inclusion(request)?;
-                let certified = (receipt.height, receipt.batch_digest);
-                if !self.verified_certificates().contains(certified) {
-                    // Outside the lock: signature checks take a while (two
-                    // receipts of a new block may both verify it; harmless).
-                    receipt.verify_certificate(&self.committee)?;
-                    self.verified_certificates().insert(certified);
-                }
-                Ok(committed)
-            }
-            Ok(Ok(NodeMessage::Rejected { reason, .. })) => Err(ClientError::Rejected(reason)),
-            Ok(Ok(_)) | Ok(Err(_)) => Err(ClientError::Disconnected),
-            Err(_) => Err(ClientError::Timeout(self.timeout)),
         }
+        match answer {
+            Some(NodeMessage::Receipt(receipt)) => self.verify(request, &receipt),
+            Some(NodeMessage::Rejected { reason, .. }) => Err(ClientError::Rejected(reason)),
+            Some(_) | None => {
+                self.own.forget(id);
+                self.retry_everywhere(request, frame, deadline).await
+            }
+        }
+    }
+
+    /// Checks a receipt for `request`: the Merkle proof always, the commit
+    /// certificate once per block.
+    fn verify(&self, request: &SignedRequest, receipt: &Receipt) -> Result<Committed, ClientError> {
+        let committed = receipt.verify_inclusion(request)?;
+        let certified = (receipt.height, receipt.batch_digest);
+        if !self.verified_certificates().contains(certified) {
+            // Outside the lock: signature checks take a while (two
+            // receipts of a new block may both verify it; harmless).
+            receipt.verify_certificate(&self.committee)?;
+            self.verified_certificates().insert(certified);
+        }
+        Ok(committed)
     }
 
     fn verified_certificates(&self) -> std::sync::MutexGuard<'_, VerifiedCertificates> {
@@ -283,8 +263,9 @@ impl Client {
     /// chain to the one before it.
     pub async fn subscribe(&self, from: SeqNum) -> Result<BlockStream, ClientError> {
         let (tx, rx) = mpsc::channel(1024);
-        lock(&self.routes).blocks = Some(tx);
-        self.send(&ClientMessage::Subscribe { from }).await?;
+        self.own.set_blocks(tx);
+        let frame = Self::frame(&ClientMessage::Subscribe { from })?;
+        self.own.send(frame).await?;
         Ok(BlockStream {
             committee: self.committee.clone(),
             blocks: rx,
@@ -296,59 +277,6 @@ impl Client {
 
 /// How long a request may go unanswered before the client sends it again.
 const DEFAULT_RESEND_AFTER: Duration = Duration::from_secs(5);
-/// Frames queued for the writer at most; `send` waits beyond that.
-const OUTBOX_FRAMES: usize = 4096;
-/// Frames sent in one write at most.
-const WRITE_BATCH: usize = 512;
-
-/// Sends queued frames, each write taking all that are waiting. On a write
-/// error it stops: the connection is gone, the reader fails the waiters, and
-/// later sends see the closed outbox.
-async fn write_frames(mut sender: FrameSender, mut frames: mpsc::Receiver<Bytes>) {
-    let mut batch = Vec::new();
-    while frames.recv_many(&mut batch, WRITE_BATCH).await > 0 {
-        if sender.send_many(std::mem::take(&mut batch)).await.is_err() {
-            return;
-        }
-    }
-    let _ = sender.finish();
-}
-
-async fn route(routes: &Mutex<Routes>, message: NodeMessage) {
-    match message {
-        NodeMessage::Receipt(ref receipt) => {
-            let id = receipt.request_id;
-            if let Some(waiter) = lock(routes).receipts.remove(&id) {
-                let _ = waiter.send(message);
-            }
-        }
-        NodeMessage::Rejected { request_id, .. } => {
-            if let Some(waiter) = lock(routes).receipts.remove(&request_id) {
-                let _ = waiter.send(message);
-            }
-        }
-        NodeMessage::Status(status) => {
-            let waiter = {
-                let mut routes = lock(routes);
-                if routes.status.is_empty() {
-                    None
-                } else {
-                    Some(routes.status.remove(0))
-                }
-            };
-            if let Some(waiter) = waiter {
-                let _ = waiter.send(status);
-            }
-        }
-        NodeMessage::Block { block, duplicates } => {
-            let sender = lock(routes).blocks.clone();
-            if let Some(sender) = sender {
-                let _ = sender.send((block, duplicates)).await;
-            }
-        }
-        NodeMessage::Malformed => {}
-    }
-}
 
 /// A verified committed block.
 #[derive(Clone, Debug)]

@@ -1,0 +1,344 @@
+//! One client connection to one node, and the lazily opened connections to
+//! the rest of the cluster that a request goes to when its own node does not
+//! answer.
+
+use super::ClientError;
+use crate::client_api::{NodeMessage, NodeStatus};
+use crate::config::Cluster;
+use crate::transport::{connect_client, Bytes, FrameSender};
+use bftd_crypto::KeyPair;
+use bftd_protocol::{codec, CommittedBlock, NodeId};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Frames queued for the writer at most; `send` waits beyond that.
+const OUTBOX_FRAMES: usize = 4096;
+/// Frames sent in one write at most.
+const WRITE_BATCH: usize = 512;
+/// A node that could not be reached is dialled again no sooner than this:
+/// every request that times out at once shares one attempt per node, and
+/// an unreachable node is not dialled thousands of times a second.
+const REDIAL_AFTER: Duration = Duration::from_secs(1);
+
+pub(super) type BlockItem = (Arc<CommittedBlock>, Vec<u32>);
+
+/// Who waits for the answer to a request on a connection.
+pub(super) enum Waiter {
+    /// The request's first try, on the client's own node: the cheapest
+    /// channel there is, since nearly every request ends here.
+    Once(oneshot::Sender<NodeMessage>),
+    /// A request sent to several nodes: every answer, tagged with its node,
+    /// goes to one queue.
+    Any(mpsc::UnboundedSender<(NodeId, NodeMessage)>),
+}
+
+#[derive(Default)]
+struct Routes {
+    receipts: HashMap<u64, Waiter>,
+    status: Vec<oneshot::Sender<NodeStatus>>,
+    blocks: Option<mpsc::Sender<BlockItem>>,
+    /// The node closed the connection: nothing registered now would ever
+    /// be answered.
+    closed: bool,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A connection to one node: a writer task sending queued frames, a reader
+/// task routing the node's answers to whoever waits for them.
+pub(super) struct Connection {
+    pub node: NodeId,
+    /// Frames for the writer task, which sends everything queued since its
+    /// last write in one write (concurrent submits share QUIC writes).
+    outbox: mpsc::Sender<Bytes>,
+    routes: Arc<Mutex<Routes>>,
+    opened: Instant,
+    /// Microseconds after `opened` when the node last sent anything.
+    heard: Arc<AtomicU64>,
+    reader: tokio::task::JoinHandle<()>,
+    writer: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.reader.abort();
+        self.writer.abort();
+    }
+}
+
+impl Connection {
+    /// Connects to `node` of `cluster` as the client with `key`, pinning the
+    /// node's key from the cluster file.
+    pub async fn open(
+        cluster: &Cluster,
+        node: NodeId,
+        key: &KeyPair,
+    ) -> Result<Connection, ClientError> {
+        let address = cluster
+            .address(node)
+            .ok_or(ClientError::UnknownNode(node))?;
+        let node_key = cluster
+            .committee
+            .key(node)
+            .ok_or(ClientError::UnknownNode(node))?
+            .public();
+        let link = connect_client(key, address, node_key).await?;
+        let (sender, mut receiver) = link.split();
+        let routes = Arc::new(Mutex::new(Routes::default()));
+        let opened = Instant::now();
+        let heard = Arc::new(AtomicU64::new(0));
+        let reader_routes = routes.clone();
+        let reader_heard = heard.clone();
+        let reader = tokio::spawn(async move {
+            while let Ok(Some(frame)) = receiver.recv().await {
+                reader_heard.store(opened.elapsed().as_micros() as u64, Ordering::Relaxed);
+                let Ok(message) = codec::decode::<NodeMessage>(&frame) else {
+                    continue;
+                };
+                route(&reader_routes, node, message).await;
+            }
+            // Disconnected: fail everyone waiting, and whoever comes later.
+            let mut routes = lock(&reader_routes);
+            routes.closed = true;
+            routes.receipts.clear();
+            routes.status.clear();
+            routes.blocks = None;
+        });
+        let (outbox, frames) = mpsc::channel(OUTBOX_FRAMES);
+        let writer = tokio::spawn(write_frames(sender, frames));
+        Ok(Connection {
+            node,
+            outbox,
+            routes,
+            opened,
+            heard,
+            reader,
+            writer,
+        })
+    }
+
+    /// Whether the node closed the connection.
+    pub fn closed(&self) -> bool {
+        lock(&self.routes).closed
+    }
+
+    /// How long since the node last sent anything.
+    pub fn silent_for(&self) -> Duration {
+        let heard = Duration::from_micros(self.heard.load(Ordering::Relaxed));
+        self.opened.elapsed().saturating_sub(heard)
+    }
+
+    /// Routes the answer to request `id` to `waiter` (replacing any earlier
+    /// waiter). False if the connection is closed: nothing would answer.
+    pub fn wait_for(&self, id: u64, waiter: Waiter) -> bool {
+        let mut routes = lock(&self.routes);
+        if routes.closed {
+            return false;
+        }
+        routes.receipts.insert(id, waiter);
+        true
+    }
+
+    /// Stops routing answers to request `id`.
+    pub fn forget(&self, id: u64) {
+        lock(&self.routes).receipts.remove(&id);
+    }
+
+    /// Queues a frame for the node.
+    pub async fn send(&self, frame: Bytes) -> Result<(), ClientError> {
+        self.outbox
+            .send(frame)
+            .await
+            .map_err(|_| ClientError::Disconnected)
+    }
+
+    /// Routes blocks to `blocks` (one subscription per connection).
+    pub fn set_blocks(&self, blocks: mpsc::Sender<BlockItem>) {
+        lock(&self.routes).blocks = Some(blocks);
+    }
+
+    /// Asks the node for its status, waiting at most `timeout`.
+    pub async fn status(&self, frame: Bytes, timeout: Duration) -> Result<NodeStatus, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut routes = lock(&self.routes);
+            if routes.closed {
+                return Err(ClientError::Disconnected);
+            }
+            routes.status.push(tx);
+        }
+        self.send(frame).await?;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(status)) => Ok(status),
+            Ok(Err(_)) => Err(ClientError::Disconnected),
+            Err(_) => Err(ClientError::Timeout(timeout)),
+        }
+    }
+}
+
+/// Sends queued frames, each write taking all that are waiting. On a write
+/// error it stops: the connection is gone, the reader fails the waiters, and
+/// later sends see the closed outbox.
+async fn write_frames(mut sender: FrameSender, mut frames: mpsc::Receiver<Bytes>) {
+    let mut batch = Vec::new();
+    while frames.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+        if sender.send_many(std::mem::take(&mut batch)).await.is_err() {
+            return;
+        }
+    }
+    let _ = sender.finish();
+}
+
+async fn route(routes: &Mutex<Routes>, node: NodeId, message: NodeMessage) {
+    let request_id = match &message {
+        NodeMessage::Receipt(receipt) => Some(receipt.request_id),
+        NodeMessage::Rejected { request_id, .. } => Some(*request_id),
+        _ => None,
+    };
+    if let Some(id) = request_id {
+        let waiter = lock(routes).receipts.remove(&id);
+        match waiter {
+            Some(Waiter::Once(waiter)) => {
+                let _ = waiter.send(message);
+            }
+            Some(Waiter::Any(waiter)) => {
+                let _ = waiter.send((node, message));
+            }
+            None => {}
+        }
+        return;
+    }
+    match message {
+        NodeMessage::Status(status) => {
+            let waiter = {
+                let mut routes = lock(routes);
+                // Askers that gave up (timed out) must not swallow the
+                // answer meant for the next one.
+                routes.status.retain(|waiter| !waiter.is_closed());
+                if routes.status.is_empty() {
+                    None
+                } else {
+                    Some(routes.status.remove(0))
+                }
+            };
+            if let Some(waiter) = waiter {
+                let _ = waiter.send(status);
+            }
+        }
+        NodeMessage::Block { block, duplicates } => {
+            let sender = lock(routes).blocks.clone();
+            if let Some(sender) = sender {
+                let _ = sender.send((block, duplicates)).await;
+            }
+        }
+        NodeMessage::Receipt(_) | NodeMessage::Rejected { .. } | NodeMessage::Malformed => {}
+    }
+}
+
+/// Where one of the other nodes stands for this client.
+enum Dial {
+    /// Never needed yet.
+    Idle,
+    /// An attempt is under way; the receiver changes when it ends.
+    Connecting(watch::Receiver<()>),
+    Up(Arc<Connection>),
+    Down {
+        since: Instant,
+        error: Arc<ClientError>,
+    },
+}
+
+/// The client's connections to the nodes other than its own, opened the
+/// first time a request needs them and kept for the next ones.
+pub(super) struct Others {
+    cluster: Cluster,
+    key: KeyPair,
+    dials: HashMap<NodeId, Mutex<Dial>>,
+}
+
+impl Others {
+    /// Every node of `cluster` but `own`; none is connected yet.
+    pub fn new(cluster: &Cluster, key: KeyPair, own: NodeId) -> Others {
+        let dials = cluster
+            .committee
+            .ids()
+            .filter(|&id| id != own)
+            .map(|id| (id, Mutex::new(Dial::Idle)))
+            .collect();
+        Others {
+            cluster: cluster.clone(),
+            key,
+            dials,
+        }
+    }
+
+    /// The other nodes' ids, in order.
+    pub fn nodes(&self) -> Vec<NodeId> {
+        let mut nodes: Vec<NodeId> = self.dials.keys().copied().collect();
+        nodes.sort();
+        nodes
+    }
+
+    /// A connection to `node`: the open one, or a new one. Concurrent
+    /// callers share one attempt; a node that just failed is reported as
+    /// unreachable without dialling again (see [`REDIAL_AFTER`]). The
+    /// attempt runs in its own task, so a caller that gives up does not
+    /// cancel it for the others.
+    pub async fn connection(
+        self: &Arc<Self>,
+        node: NodeId,
+    ) -> Result<Arc<Connection>, Arc<ClientError>> {
+        let Some(dial) = self.dials.get(&node) else {
+            return Err(Arc::new(ClientError::UnknownNode(node)));
+        };
+        loop {
+            let mut ended = {
+                let mut dial = lock(dial);
+                match &*dial {
+                    Dial::Up(connection) if !connection.closed() => return Ok(connection.clone()),
+                    Dial::Down { since, error } if since.elapsed() < REDIAL_AFTER => {
+                        return Err(error.clone())
+                    }
+                    Dial::Connecting(ended) => ended.clone(),
+                    Dial::Idle | Dial::Up(_) | Dial::Down { .. } => {
+                        let (done, ended) = watch::channel(());
+                        *dial = Dial::Connecting(ended.clone());
+                        let others = self.clone();
+                        tokio::spawn(async move {
+                            let result = Connection::open(&others.cluster, node, &others.key).await;
+                            if let Some(dial) = others.dials.get(&node) {
+                                *lock(dial) = match result {
+                                    Ok(connection) => Dial::Up(Arc::new(connection)),
+                                    Err(error) => Dial::Down {
+                                        since: Instant::now(),
+                                        error: Arc::new(error),
+                                    },
+                                };
+                            }
+                            drop(done);
+                        });
+                        ended
+                    }
+                }
+            };
+            // Err once the attempt's task dropped its sender: it has ended.
+            let _ = ended.changed().await;
+        }
+    }
+
+    /// The connections open now.
+    pub fn open(&self) -> Vec<Arc<Connection>> {
+        self.nodes()
+            .into_iter()
+            .filter_map(|node| match &*lock(self.dials.get(&node)?) {
+                Dial::Up(connection) if !connection.closed() => Some(connection.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
