@@ -125,7 +125,12 @@ async fn hostile_client_frames() {
     assert!(
         matches!(codec::decode::<NodeMessage>(&reply).unwrap(), NodeMessage::Receipt(r) if r.height == first.height)
     );
-    assert!(cluster.metric(1, "bftd_requests_replayed_total") >= 2.0);
+    assert!(
+        cluster
+            .metric_reaches(1, "bftd_requests_replayed_total", 2.0)
+            .await
+            >= 2.0
+    );
 
     // Oversized: a frame above the node's 64 MiB limit closes that
     // connection, is counted, and other clients are unaffected.

@@ -178,6 +178,20 @@ impl TestCluster {
             .unwrap_or(0.0)
     }
 
+    /// Waits (up to 5 s) until a metric reaches `at_least`, and returns
+    /// its value: a node publishes its metrics after the step that changed
+    /// them, so a reply can arrive before the count does.
+    pub async fn metric_reaches(&self, id: usize, prefix: &str, at_least: f64) -> f64 {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let value = self.metric(id, prefix);
+            if value >= at_least || tokio::time::Instant::now() >= deadline {
+                return value;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn client(&self, node: usize) -> Client {
         let key = KeyPair::generate(&mut rand::rngs::OsRng);
         Client::connect(&self.cluster, NodeId(node as u16), key)
