@@ -36,22 +36,26 @@ pub enum ClientMessage {
 pub enum Rejection {
     /// Too many requests pending: retry later.
     Busy,
-    /// The request id is older than the client's window of remembered ids;
-    /// use increasing ids.
-    Stale,
+    /// The request's `valid_until` is below the cluster's next height: it
+    /// can never execute (had it executed, the answer would be its receipt).
+    Expired,
     /// The payload exceeds the cluster's `max_request_bytes`.
     TooLarge,
     /// The client signature does not verify (client-signed clusters).
     BadSignature,
     /// The request names another client than the one connected.
     WrongClient,
+    /// The request's `valid_until` is more than the cluster's request
+    /// lifetime above its next height.
+    TooFarAhead,
 }
 
 impl std::fmt::Display for Rejection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Rejection::Busy => "busy: too many pending requests, retry later",
-            Rejection::Stale => "stale request id: use increasing ids",
+            Rejection::Expired => "expired: its valid_until is below the cluster's height; it never executed and never will; submit it again as a new request",
+            Rejection::TooFarAhead => "valid_until too far ahead: at most the cluster's height plus its request lifetime",
             Rejection::TooLarge => "payload larger than the cluster's max_request_bytes",
             Rejection::BadSignature => "client signature does not verify",
             Rejection::WrongClient => "request signed for another client than this connection's",
@@ -90,6 +94,9 @@ pub struct NodeStatus {
     pub peers_in_touch: usize,
     /// Nodes a quorum needs (2f+1, this one included).
     pub quorum: usize,
+    /// Heights a request may be valid for above the height it executes at
+    /// (clients set `valid_until` within it).
+    pub request_lifetime: u64,
 }
 
 impl NodeStatus {

@@ -18,6 +18,7 @@ fn client_samples() -> Vec<(&'static str, ClientMessage)> {
     let request = Request {
         client: client.public(),
         request_id: 7,
+        valid_until: bftd_protocol::SeqNum(900),
         payload: b"pay".to_vec(),
     };
     vec![
@@ -53,6 +54,7 @@ fn node_samples() -> Vec<(&'static str, NodeMessage)> {
                 byzantine: Some("silent".into()),
                 peers_in_touch: 1,
                 quorum: 3,
+                request_lifetime: 1024,
             }),
         ),
         (

@@ -56,6 +56,7 @@ fn batch(step: u64, shape: Shape) -> Arc<Batch> {
             request: Request {
                 client: PublicKey([(i % 251) as u8; 32]),
                 request_id: step,
+                valid_until: SeqNum(1000),
                 payload: vec![(step % 251) as u8; shape.payload_bytes],
             },
             signature: Some(Signature([(i % 13) as u8; 64])),

@@ -20,6 +20,7 @@ fn batch(count: usize, size: usize, signed: bool) -> Batch {
                 let request = Request {
                     client: client.public(),
                     request_id: i as u64,
+                    valid_until: bftd_protocol::SeqNum(1000),
                     payload: vec![(i % 251) as u8; size],
                 };
                 if signed {

@@ -1,151 +1,174 @@
-//! Which requests each client already had executed: "at most once".
+//! Which requests already executed: "at most once", with bounded memory.
 //!
-//! Every replica applies the same blocks in the same order to this table, so
-//! every replica reaches the same verdict on every request. Memory is bounded
-//! twice: per client, only the newest `client_window` ids are remembered (older
-//! ids are refused as stale, so a client should use increasing ids), and only
-//! `max_clients` clients are remembered (the least recently active goes first).
+//! Every request names the last height at which it may execute
+//! (`Request::valid_until`), at most `request_lifetime` heights above the
+//! height it executes at. Every replica applies the same blocks in the same
+//! order to this table, so every replica reaches the same verdict on every
+//! request:
+//!
+//! - a request whose `valid_until` is below the height has expired: it never
+//!   executes there, or at any later height;
+//! - one whose `valid_until` is more than `request_lifetime` above the
+//!   height is refused (it would have to be remembered too long);
+//! - one executed before, and still remembered, is a duplicate.
+//!
+//! A request executed at height `e` has `valid_until <= e + lifetime`, so
+//! from height `e + lifetime + 1` on it has expired and the expiry rule alone
+//! refuses any replay of it: the table forgets it then. It therefore holds
+//! only the requests executed in the last `lifetime + 1` heights, at most
+//! `(lifetime + 1) × max_batch_requests` of them, whatever clients do (no
+//! per-client state: a million throwaway keys cost the same as one client).
 
 use crate::ids::SeqNum;
-use crate::message::RequestKey;
-use bftd_crypto::PublicKey;
-use std::collections::{BTreeMap, BTreeSet};
+use crate::message::{Request, RequestKey};
+use std::collections::{HashMap, VecDeque};
 
-/// What the table knows of a request.
+/// What the table says of a request at a height.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Lookup {
-    /// Not executed: may be ordered.
+    /// May execute.
     Fresh,
     /// Executed in the block at `height`.
     Executed {
         /// The block's height.
         height: SeqNum,
     },
-    /// Older than the client's window: refused, it may have executed long ago.
-    Stale,
-}
-
-#[derive(Clone, Debug, Default)]
-struct ClientRecord {
-    /// Ids at or below this are stale.
-    forgotten_through: Option<u64>,
-    /// Executed ids in the window, with their heights.
-    executed: BTreeMap<u64, SeqNum>,
-    last_active: SeqNum,
+    /// `valid_until` is below the height: it can never execute any more.
+    Expired,
+    /// `valid_until` is more than the lifetime above the height.
+    TooFarAhead,
 }
 
 /// The deduplication table.
 #[derive(Clone, Debug)]
-pub struct ClientTable {
-    clients: BTreeMap<PublicKey, ClientRecord>,
-    by_activity: BTreeSet<(SeqNum, PublicKey)>,
-    window: usize,
-    max_clients: usize,
+pub struct ExecutedRequests {
+    /// Executed requests still valid somewhere, with their heights.
+    executed: HashMap<RequestKey, SeqNum>,
+    /// The same, in execution order, to forget them when they expire.
+    by_height: VecDeque<(SeqNum, RequestKey)>,
+    lifetime: u64,
 }
 
-impl ClientTable {
-    /// An empty table with the given bounds (both at least 1).
-    pub fn new(window: usize, max_clients: usize) -> ClientTable {
-        ClientTable {
-            clients: BTreeMap::new(),
-            by_activity: BTreeSet::new(),
-            window: window.max(1),
-            max_clients: max_clients.max(1),
+impl ExecutedRequests {
+    /// An empty table for requests valid at most `lifetime` heights ahead.
+    pub fn new(lifetime: u64) -> ExecutedRequests {
+        ExecutedRequests {
+            executed: HashMap::new(),
+            by_height: VecDeque::new(),
+            lifetime,
         }
     }
 
-    /// What is known of `key`.
-    pub fn lookup(&self, key: &RequestKey) -> Lookup {
-        let Some(record) = self.clients.get(&key.client) else {
-            return Lookup::Fresh;
+    /// The most heights a request may be valid for, beyond the one it
+    /// executes at.
+    pub fn lifetime(&self) -> u64 {
+        self.lifetime
+    }
+
+    /// The verdict on `request` at `height`.
+    pub fn lookup(&self, request: &Request, height: SeqNum) -> Lookup {
+        let key = RequestKey {
+            client: request.client,
+            request_id: request.request_id,
         };
-        if let Some(&height) = record.executed.get(&key.request_id) {
-            return Lookup::Executed { height };
+        if let Some(&executed) = self.executed.get(&key) {
+            return Lookup::Executed { height: executed };
         }
-        if record
-            .forgotten_through
-            .is_some_and(|through| key.request_id <= through)
-        {
-            return Lookup::Stale;
+        if request.valid_until < height {
+            Lookup::Expired
+        } else if request.valid_until.0 - height.0 > self.lifetime {
+            Lookup::TooFarAhead
+        } else {
+            Lookup::Fresh
         }
-        Lookup::Fresh
     }
 
-    /// Records that `key` executed at `height`. Heights must not decrease.
-    pub fn record(&mut self, key: &RequestKey, height: SeqNum) {
-        let record = self.clients.entry(key.client).or_default();
-        self.by_activity.remove(&(record.last_active, key.client));
-        record.last_active = height;
-        self.by_activity.insert((height, key.client));
-        record.executed.insert(key.request_id, height);
-        while record.executed.len() > self.window {
-            if let Some((id, _)) = record.executed.pop_first() {
-                record.forgotten_through = Some(record.forgotten_through.map_or(id, |t| t.max(id)));
-            }
-        }
-        while self.clients.len() > self.max_clients {
-            let Some((_, oldest)) = self.by_activity.pop_first() else {
+    /// `key` executed at `height` (heights never decrease).
+    pub fn record(&mut self, key: RequestKey, height: SeqNum) {
+        self.executed.insert(key, height);
+        self.by_height.push_back((height, key));
+    }
+
+    /// Forgets what executed more than `lifetime` heights below `height`:
+    /// all of it has expired there.
+    pub fn forget_expired(&mut self, height: SeqNum) {
+        while let Some(&(executed, key)) = self.by_height.front() {
+            if executed.0.saturating_add(self.lifetime) >= height.0 {
                 break;
-            };
-            self.clients.remove(&oldest);
+            }
+            self.by_height.pop_front();
+            self.executed.remove(&key);
         }
     }
 
-    /// The highest request id of `client` that is stale (forgotten), if
-    /// any: every id up to it is refused.
-    pub fn stale_through(&self, client: &PublicKey) -> Option<u64> {
-        self.clients.get(client)?.forgotten_through
-    }
-
-    /// Number of clients remembered.
+    /// Requests remembered.
     pub fn len(&self) -> usize {
-        self.clients.len()
+        self.executed.len()
     }
 
-    /// Whether no client is remembered.
+    /// Whether nothing is remembered.
     pub fn is_empty(&self) -> bool {
-        self.clients.is_empty()
+        self.executed.is_empty()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bftd_crypto::PublicKey;
 
-    fn key(client: u8, id: u64) -> RequestKey {
-        RequestKey {
+    fn request(client: u8, id: u64, valid_until: u64) -> Request {
+        Request {
             client: PublicKey([client; 32]),
             request_id: id,
+            valid_until: SeqNum(valid_until),
+            payload: Vec::new(),
         }
     }
 
-    /// A request executes once; ids that slid out of the window are stale;
-    /// the least recently active client is forgotten first.
+    fn key(request: &Request) -> RequestKey {
+        RequestKey {
+            client: request.client,
+            request_id: request.request_id,
+        }
+    }
+
+    /// A request is fresh inside its validity, a duplicate while remembered,
+    /// expired after; too long a validity is refused; and the table forgets
+    /// exactly what has expired.
     #[test]
-    fn dedup_window_and_client_bound() {
-        let mut table = ClientTable::new(2, 2);
-        assert_eq!(table.lookup(&key(1, 1)), Lookup::Fresh);
-        table.record(&key(1, 1), SeqNum(1));
+    fn expiry_and_duplicates() {
+        let mut table = ExecutedRequests::new(10);
+        let paid = request(1, 7, 15);
+        assert_eq!(table.lookup(&paid, SeqNum(5)), Lookup::Fresh);
+        assert_eq!(table.lookup(&paid, SeqNum(4)), Lookup::TooFarAhead);
+        assert_eq!(table.lookup(&paid, SeqNum(16)), Lookup::Expired);
+        table.record(key(&paid), SeqNum(5));
         assert_eq!(
-            table.lookup(&key(1, 1)),
-            Lookup::Executed { height: SeqNum(1) }
-        );
-        table.record(&key(1, 2), SeqNum(2));
-        table.record(&key(1, 3), SeqNum(3));
-        assert_eq!(table.lookup(&key(1, 1)), Lookup::Stale);
-        assert_eq!(table.lookup(&key(1, 0)), Lookup::Stale);
-        assert_eq!(table.lookup(&key(1, 4)), Lookup::Fresh);
-        table.record(&key(2, 1), SeqNum(4));
-        table.record(&key(3, 1), SeqNum(5));
-        assert_eq!(table.len(), 2);
-        assert_eq!(
-            table.lookup(&key(1, 3)),
-            Lookup::Fresh,
-            "client 1 forgotten"
-        );
-        assert_eq!(
-            table.lookup(&key(3, 1)),
+            table.lookup(&paid, SeqNum(9)),
             Lookup::Executed { height: SeqNum(5) }
         );
+        table.forget_expired(SeqNum(15));
+        assert_eq!(table.len(), 1, "valid through 15: still remembered");
+        table.forget_expired(SeqNum(16));
+        assert!(table.is_empty());
+        assert_eq!(table.lookup(&paid, SeqNum(16)), Lookup::Expired);
+    }
+
+    /// Whatever clients do, the table holds only what executed in the last
+    /// lifetime + 1 heights: a flood of throwaway clients evicts nobody and
+    /// is forgotten as it expires.
+    #[test]
+    fn memory_is_bounded_by_lifetime() {
+        let mut table = ExecutedRequests::new(4);
+        for height in 1..=100u64 {
+            for client in 0..50u8 {
+                let r = request(client, height, height + 4);
+                assert_eq!(table.lookup(&r, SeqNum(height)), Lookup::Fresh);
+                table.record(key(&r), SeqNum(height));
+            }
+            table.forget_expired(SeqNum(height + 1));
+            assert!(table.len() <= 5 * 50, "{} at {height}", table.len());
+        }
     }
 }

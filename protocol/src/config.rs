@@ -79,12 +79,11 @@ pub struct Config {
     /// Most normal-case messages for future views held per peer until the
     /// view starts.
     pub max_future_messages_per_peer: usize,
-    /// Executed request ids remembered per client for deduplication; ids
-    /// more than this far below the newest are refused as stale.
-    pub client_window: usize,
-    /// Most clients whose executed ids are remembered; the least recently
-    /// active is forgotten first.
-    pub max_clients: usize,
+    /// How many heights above the one it executes at a request may be
+    /// valid (`Request::valid_until`). Executed requests are remembered for
+    /// this many heights, so deduplication holds at most
+    /// `(request_lifetime + 1) × max_batch_requests` of them.
+    pub request_lifetime: u64,
 }
 
 impl Default for Config {
@@ -107,8 +106,7 @@ impl Default for Config {
             fetch_max_blocks: 64,
             fetch_timeout: Duration::from_millis(1000),
             max_future_messages_per_peer: 1024,
-            client_window: 4096,
-            max_clients: 100_000,
+            request_lifetime: 1024,
         }
     }
 }
@@ -205,16 +203,10 @@ impl Config {
             (1..=4096).contains(&self.fetch_max_blocks),
         )?;
         range(
-            "client_window",
+            "request_lifetime",
             "between 1 and 1000000",
-            count(self.client_window),
-            (1..=1_000_000).contains(&self.client_window),
-        )?;
-        range(
-            "max_clients",
-            "at least 1",
-            count(self.max_clients),
-            self.max_clients >= 1,
+            self.request_lifetime,
+            (1..=1_000_000).contains(&self.request_lifetime),
         )?;
         Ok(())
     }

@@ -12,7 +12,7 @@
 //! use bftd_crypto::KeyPair;
 //! use bftd_protocol::{
 //!     verify_request, BatchVerifier, Committee, Config, MemStorage, NodeId, Recovered,
-//!     Replica, ReplicaSetup, Request, SignedRequest, Storage,
+//!     Replica, ReplicaSetup, Request, SeqNum, SignedRequest, Storage,
 //! };
 //! use std::{sync::Arc, time::Duration};
 //!
@@ -32,7 +32,12 @@
 //! // A client signs a request; the shell verifies it, then hands it over.
 //! let client = KeyPair::from_seed([9; 32]);
 //! let request = SignedRequest::sign(
-//!     Request { client: client.public(), request_id: 1, payload: b"hello".to_vec() },
+//!     Request {
+//!         client: client.public(),
+//!         request_id: 1,
+//!         valid_until: SeqNum(100), // the last height it may execute at
+//!         payload: b"hello".to_vec(),
+//!     },
 //!     &client,
 //! ).unwrap();
 //! let config = Config::default();

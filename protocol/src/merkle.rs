@@ -167,6 +167,7 @@ mod tests {
                     request: Request {
                         client: PublicKey([1; 32]),
                         request_id: i as u64,
+                        valid_until: crate::SeqNum(100),
                         payload: vec![i as u8; 3],
                     },
                     signature: None,

@@ -73,10 +73,14 @@ impl<T: Signable> Signed<T> {
 pub struct Request {
     /// The client's identity key.
     pub client: PublicKey,
-    /// Chosen by the client; each `(client, request_id)` is ordered at most
-    /// once. Ids should increase: an id far below the client's executed ones
-    /// is refused as stale (see `Config::client_window`).
+    /// Chosen by the client: each `(client, request_id)` executes at most
+    /// once (any order; the client library counts up from a random start).
     pub request_id: u64,
+    /// The last height at which the request may execute; at most
+    /// `request_lifetime` above the height it executes at. Until then,
+    /// re-sending it is always safe; after it, the request can never execute
+    /// (see `crate::clients`).
+    pub valid_until: SeqNum,
     /// The transaction, opaque to bftd.
     #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,

@@ -36,6 +36,7 @@ fn samples() -> Vec<(&'static str, WireMessage)> {
         Request {
             client: client.public(),
             request_id: 7,
+            valid_until: SeqNum(900),
             payload: b"pay".to_vec(),
         },
         &client,

@@ -85,6 +85,11 @@ pub struct Client {
     /// them.
     others: Arc<Others>,
     next_id: AtomicU64,
+    /// The highest height this client has seen (statuses, receipts), and the
+    /// cluster's request lifetime: new requests are valid until half a
+    /// lifetime past it (see [`Client::request`]).
+    height: AtomicU64,
+    lifetime: u64,
     timeout: Duration,
     resend_after: Duration,
     /// Certificates of recent blocks, verified once for all their receipts.
@@ -122,12 +127,17 @@ impl Client {
             node,
             own: Arc::new(own),
             next_id: AtomicU64::new(start),
+            height: AtomicU64::new(0),
+            lifetime: 1,
             timeout: Duration::from_secs(30),
             resend_after: DEFAULT_RESEND_AFTER,
             certificates: Mutex::default(),
             diagnosis: retry::DiagnosisCache::default(),
         };
-        client.mode = client.status().await?.request_mode;
+        let status = client.status().await?;
+        client.mode = status.request_mode;
+        client.lifetime = status.request_lifetime.max(1);
+        client.height.store(status.height, Ordering::Relaxed);
         Ok(client)
     }
 
@@ -180,18 +190,25 @@ impl Client {
         Ok(Bytes::from(bytes))
     }
 
-    /// The node's status.
+    /// The node's status (and the client notes its height).
     pub async fn status(&self) -> Result<NodeStatus, ClientError> {
         let frame = Self::frame(&ClientMessage::Status)?;
-        self.own.status(frame, self.timeout).await
+        let status = self.own.status(frame, self.timeout).await?;
+        self.height.fetch_max(status.height, Ordering::Relaxed);
+        Ok(status)
     }
 
     /// Builds the next request for `payload` (signed if the cluster wants
-    /// client signatures).
+    /// client signatures), valid until half the cluster's request lifetime
+    /// past the highest height this client has seen: room for nodes that
+    /// lag behind it, and for a while of retries. Resubmitting the returned
+    /// request is safe until then; once it expires it can never execute.
     pub fn request(&self, payload: Vec<u8>) -> SignedRequest {
+        let height = self.height.load(Ordering::Relaxed);
         let request = Request {
             client: self.key.public(),
             request_id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            valid_until: SeqNum(height.saturating_add((self.lifetime / 2).max(1))),
             payload,
         };
         match self.mode {
@@ -244,6 +261,7 @@ impl Client {
     /// certificate once per block.
     fn verify(&self, request: &SignedRequest, receipt: &Receipt) -> Result<Committed, ClientError> {
         let committed = receipt.verify_inclusion(request)?;
+        self.height.fetch_max(receipt.height.0, Ordering::Relaxed);
         let certified = (receipt.height, receipt.batch_digest);
         if !self.verified_certificates().contains(certified) {
             // Outside the lock: signature checks take a while (two

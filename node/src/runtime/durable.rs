@@ -160,7 +160,8 @@ impl Worker {
                 ReplyOutcome::Rejected(reason) => {
                     let reason = match reason {
                         RejectReason::Busy => Rejection::Busy,
-                        RejectReason::Stale => Rejection::Stale,
+                        RejectReason::Expired => Rejection::Expired,
+                        RejectReason::TooFarAhead => Rejection::TooFarAhead,
                         RejectReason::TooLarge => Rejection::TooLarge,
                     };
                     metrics.rejected(reason);

@@ -76,7 +76,7 @@ pub struct NodeMetrics {
     /// Client frames that did not decode.
     pub malformed_client_frames: AtomicU64,
     /// Requests refused, by reason.
-    rejected: [AtomicU64; 5],
+    rejected: [AtomicU64; 6],
     /// Client requests received.
     pub client_requests: AtomicU64,
     /// Receipts dropped because the client did not read them in time.
@@ -94,16 +94,18 @@ pub struct NodeMetrics {
 fn rejection_index(reason: Rejection) -> usize {
     match reason {
         Rejection::Busy => 0,
-        Rejection::Stale => 1,
+        Rejection::Expired => 1,
         Rejection::TooLarge => 2,
         Rejection::BadSignature => 3,
         Rejection::WrongClient => 4,
+        Rejection::TooFarAhead => 5,
     }
 }
 
-const REJECTIONS: [(Rejection, &str); 5] = [
+const REJECTIONS: [(Rejection, &str); 6] = [
     (Rejection::Busy, "busy"),
-    (Rejection::Stale, "stale"),
+    (Rejection::Expired, "expired"),
+    (Rejection::TooFarAhead, "too_far_ahead"),
     (Rejection::TooLarge, "too_large"),
     (Rejection::BadSignature, "bad_signature"),
     (Rejection::WrongClient, "wrong_client"),

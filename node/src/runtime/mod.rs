@@ -95,6 +95,8 @@ pub(crate) struct Shared {
     pub metrics: NodeMetrics,
     pub committee: Committee,
     pub request_mode: RequestMode,
+    /// Heights a request may be valid for (`[protocol] request_lifetime`).
+    pub request_lifetime: u64,
     /// Replies queued per client connection (`[clients] reply_queue`).
     pub reply_queue: usize,
     pub id: u16,
@@ -147,6 +149,7 @@ impl Shared {
             stable_checkpoint: status.map_or(0, |s| s.stable_checkpoint.0),
             pending_requests: status.map_or(0, |s| s.pending_requests),
             request_mode: self.request_mode,
+            request_lifetime: self.request_lifetime,
             byzantine: self.byzantine.clone(),
             peers_in_touch: status.map_or(0, |s| s.peers_in_touch),
             quorum: status.map_or(self.committee.quorum(), |s| s.quorum),
@@ -270,6 +273,7 @@ pub async fn start(
         metrics: NodeMetrics::default(),
         committee: committee.clone(),
         request_mode: config.protocol.request_mode,
+        request_lifetime: config.protocol.request_lifetime,
         reply_queue: config.clients.reply_queue,
         id: config.id.0,
         byzantine: config.byzantine.clone(),

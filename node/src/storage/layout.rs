@@ -8,8 +8,9 @@ use redb::TableDefinition;
 use serde::{Deserialize, Serialize};
 
 /// The format this code writes and reads. Stored under `meta/format`; a
-/// store with another version is refused rather than misread.
-pub const FORMAT_VERSION: u32 = 1;
+/// store with another version is refused rather than misread. Version 2:
+/// requests carry `valid_until`; the `suspicion` state record.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// `meta`: what the store is. Keys [`META_FORMAT`] (`u32`) and
 /// [`META_IDENTITY`] ([`StoreIdentity`]), both codec-encoded.

@@ -42,6 +42,7 @@ fn batch(requests: usize, payload_bytes: usize, tag: u64) -> Arc<Batch> {
             SignedRequest::unsigned(Request {
                 client: PublicKey([i as u8; 32]),
                 request_id: tag,
+                valid_until: SeqNum(1000),
                 payload: vec![tag as u8; payload_bytes],
             })
         })

@@ -213,10 +213,16 @@ fn client(seed: u8) -> KeyPair {
     KeyPair::from_seed([seed; 32])
 }
 
+/// A request valid through height 512 (the default lifetime is 1024).
 fn request(client: &KeyPair, id: u64) -> SignedRequest {
+    request_valid_until(client, id, 512)
+}
+
+fn request_valid_until(client: &KeyPair, id: u64, valid_until: u64) -> SignedRequest {
     let request = Request {
         client: client.public(),
         request_id: id,
+        valid_until: SeqNum(valid_until),
         payload: format!("tx {id}").into_bytes(),
     };
     SignedRequest::sign(request, client).unwrap()
@@ -308,23 +314,19 @@ fn a_censoring_primary_is_replaced() {
     assert!(cluster.status(1).view >= View(1), "the view changed");
 }
 
-/// A request that is found stale when its block executes (the client's
-/// window of ids moved past it meanwhile) is answered as stale and no longer
-/// waited for: else its replica would relay it, suspect the primary and
-/// change views for a request that can never execute.
+/// A request that expired by the time its block executes (it was valid
+/// only through height 1, and reached the primary behind others) is
+/// answered as expired and no longer waited for: else its replica would
+/// relay it, suspect the primary and change views for a request that can
+/// never execute.
 #[test]
-fn a_request_stale_at_execution_is_answered_and_dropped() {
-    let config = Config {
-        client_window: 4,
-        ..Config::default()
-    };
-    let mut cluster = Cluster::new(4, config);
+fn a_request_expired_at_execution_is_answered_and_dropped() {
+    let mut cluster = Cluster::new(4, Config::default());
     let alice = client(3);
-    // Ids 5..=9 reach the primary first; id 1 follows through node 1.
     for id in 5..=9 {
         cluster.submit(0, &request(&alice, id));
     }
-    let late = request(&alice, 1);
+    let late = request_valid_until(&alice, 1, 1);
     cluster.submit(1, &late);
     cluster.run_for(Duration::from_secs(5));
     let answers: Vec<ReplyOutcome> = cluster
@@ -335,7 +337,7 @@ fn a_request_stale_at_execution_is_answered_and_dropped() {
         .collect();
     assert_eq!(
         answers,
-        vec![ReplyOutcome::Rejected(RejectReason::Stale)],
+        vec![ReplyOutcome::Rejected(RejectReason::Expired)],
         "node 1's client is told, once"
     );
     for id in 0..4 {
@@ -345,7 +347,59 @@ fn a_request_stale_at_execution_is_answered_and_dropped() {
             "node {id} still waits: {status:?}"
         );
         assert_eq!(status.view, View(0), "no view change for it: {status:?}");
+        assert!(!cluster.executed(id).contains(&late.key()));
     }
+}
+
+/// At most once, whatever clients do: a victim's executed request replayed
+/// after a flood of throwaway clients (which used to evict the victim from
+/// the deduplication table, so the replay executed again) is a duplicate
+/// while it is valid, and refused as expired after; it executes once.
+#[test]
+fn a_replayed_request_never_executes_twice() {
+    let config = Config {
+        request_lifetime: 16,
+        ..Config::default()
+    };
+    let mut cluster = Cluster::new(4, config);
+    let victim = client(9);
+    let paid = request_valid_until(&victim, 1, 10);
+    cluster.submit(1, &paid);
+    assert!(cluster
+        .time_to_execute(&paid, Duration::from_secs(2))
+        .is_some());
+    // Enough throwaway clients, one block each, to pass the victim's
+    // validity; the replay goes in both while valid and after.
+    for seed in 0..=20u8 {
+        let throwaway = client(100 + seed);
+        let height = cluster.status(0).last_executed.0;
+        let filler = request_valid_until(&throwaway, 1, height + 8);
+        cluster.submit(2, &filler);
+        assert!(cluster
+            .time_to_execute(&filler, Duration::from_secs(2))
+            .is_some());
+        cluster.submit(3, &paid);
+    }
+    cluster.run_for(Duration::from_secs(3));
+    for id in 0..4 {
+        let times = cluster
+            .executed(id)
+            .iter()
+            .filter(|key| **key == paid.key())
+            .count();
+        assert_eq!(
+            times, 1,
+            "node {id}: the victim's request executed {times} times"
+        );
+    }
+    let refused = cluster
+        .replies
+        .iter()
+        .any(|(_, reply)| reply.outcome == ReplyOutcome::Rejected(RejectReason::Expired));
+    assert!(
+        refused,
+        "the replay after its validity is refused as expired"
+    );
 }
 
 /// One replica started before the others (an operator bringing hosts up one

@@ -122,6 +122,8 @@ pub struct Metrics {
     pub blocks_fetched: u64,
     /// Requests refused because the pending set was full.
     pub requests_refused_busy: u64,
+    /// Requests refused on arrival as expired, or valid too far ahead.
+    pub requests_refused_validity: u64,
     /// Requests received again while pending or after they executed
     /// (client retries and replays); each is ordered at most once.
     pub requests_replayed: u64,

@@ -28,7 +28,7 @@ pub use metrics::{DropReason, Metrics};
 
 use crate::block::CommittedBlock;
 use crate::certificate::{CheckpointCertificate, CommitCertificate, PreparedCertificate};
-use crate::clients::ClientTable;
+use crate::clients::ExecutedRequests;
 use crate::committee::Committee;
 use crate::config::{Config, ConfigError};
 use crate::ids::{NodeId, SeqNum, View};
@@ -68,8 +68,11 @@ pub struct Outgoing {
 pub enum RejectReason {
     /// Too many requests pending; retry later.
     Busy,
-    /// The request id is older than this client's window of remembered ids.
-    Stale,
+    /// `valid_until` is below the next height: the request can never
+    /// execute (if it executed before, that answer came instead).
+    Expired,
+    /// `valid_until` is more than `request_lifetime` above the next height.
+    TooFarAhead,
     /// The payload exceeds `max_request_bytes`.
     TooLarge,
 }
@@ -319,7 +322,8 @@ pub struct Replica {
     /// Checkpoint votes above the stable checkpoint, by sequence and signer.
     checkpoint_votes: BTreeMap<SeqNum, BTreeMap<NodeId, Signed<Checkpoint>>>,
 
-    clients: ClientTable,
+    /// Executed requests, for at-most-once.
+    executed: ExecutedRequests,
     pending: BTreeMap<RequestKey, PendingRequest>,
     /// The primary's batching queue, oldest first, with arrival times.
     queue: VecDeque<(RequestKey, Duration)>,
@@ -334,6 +338,9 @@ pub struct Replica {
     /// (`since`, key); entries of requests no longer pending are skipped
     /// lazily. The request timer watches the front: the oldest request.
     waiting: VecDeque<(Duration, RequestKey)>,
+    /// Pending requests by the last height they may execute at, to drop
+    /// them when they expire (entries no longer pending are skipped).
+    expiring: std::collections::BTreeSet<(SeqNum, RequestKey)>,
     /// The longest a recently executed request waited here, and when that
     /// was measured (it decays from then): the request timer never fires
     /// sooner than twice it, so load alone does not look like a faulty
@@ -436,23 +443,30 @@ impl Replica {
         if member_key.public() != key.public() {
             return Err(ReplicaError::WrongKey { id });
         }
-        let mut clients = ClientTable::new(config.client_window, config.max_clients);
+        // Only the last `request_lifetime` heights can hold requests that
+        // have not expired: replay those into the table, check the whole
+        // chain's links.
+        let mut executed = ExecutedRequests::new(config.request_lifetime);
         let mut head_hash = Digest::ZERO;
         let last_height = blocks.last_height();
+        let replay_from = last_height.0.saturating_sub(config.request_lifetime);
         for height in 1..=last_height.0 {
             let height = SeqNum(height);
             let block = blocks
                 .block(height)
                 .filter(|b| b.block.prev_hash == head_hash)
                 .ok_or(ReplicaError::CorruptLog { height })?;
-            let duplicates = blocks.duplicates(height);
-            for (index, request) in block.block.batch.requests.iter().enumerate() {
-                if !duplicates.contains(&(index as u32)) {
-                    clients.record(&request.key(), height);
+            if height.0 > replay_from {
+                let duplicates = blocks.duplicates(height);
+                for (index, request) in block.block.batch.requests.iter().enumerate() {
+                    if !duplicates.contains(&(index as u32)) {
+                        executed.record(request.key(), height);
+                    }
                 }
             }
             head_hash = block.hash();
         }
+        executed.forget_expired(last_height.next());
         let safety = recovered.safety.clone();
         let view = safety.view;
         let phase = if safety.in_view_change {
@@ -486,6 +500,7 @@ impl Replica {
             to_forward_bytes: 0,
             last_forward: None,
             waiting: VecDeque::new(),
+            expiring: std::collections::BTreeSet::new(),
             latency: (Duration::ZERO, now),
             suspects: BTreeMap::new(),
             suspicion: Vec::new(),
@@ -504,7 +519,7 @@ impl Replica {
             metrics: Metrics::default(),
             evidence: Vec::new(),
             broken_commit_quorum: false,
-            clients,
+            executed,
             config,
         };
         replica.restore(recovered);

@@ -1,7 +1,7 @@
 //! The normal case: pre-prepare, prepare, commit, and execution in sequence
 //! order.
 
-use super::{DropReason, Evidence, Phase, RejectReason, Replica, ReplyOutcome, Slot};
+use super::{DropReason, Evidence, Phase, Replica, ReplyOutcome, Slot};
 use crate::block::{Block, CommittedBlock};
 use crate::certificate::{PreparedCertificate, QuorumCertificate};
 use crate::clients::Lookup;
@@ -486,13 +486,10 @@ impl Replica {
     ) {
         let height = block.height();
         let mut duplicates = Vec::new();
-        let mut clients = std::collections::BTreeSet::new();
         for (index, request) in block.block.batch.requests.iter().enumerate() {
-            let key = request.key();
-            match self.clients.lookup(&key) {
+            match self.executed.lookup(&request.request, height) {
                 Lookup::Fresh => {
-                    self.clients.record(&key, height);
-                    clients.insert(key.client);
+                    self.executed.record(request.key(), height);
                     self.complete_request(request, ReplyOutcome::Committed { height });
                     self.metrics.requests_executed += 1;
                 }
@@ -501,18 +498,24 @@ impl Replica {
                     self.metrics.duplicates_skipped += 1;
                     self.complete_request(request, ReplyOutcome::Committed { height: earlier });
                 }
-                Lookup::Stale => {
+                Lookup::Expired => {
+                    // Never valid again: skipped like a duplicate, and
+                    // dropped from the pending set below.
                     duplicates.push(index as u32);
                     self.metrics.duplicates_skipped += 1;
-                    // Its id fell out of the client's window while it waited:
-                    // it can never execute, so stop waiting for it and say so.
-                    self.complete_request(request, ReplyOutcome::Rejected(RejectReason::Stale));
+                }
+                Lookup::TooFarAhead => {
+                    // Only a byzantine primary proposes one (admission
+                    // refuses it): skipped here, valid later, so it goes
+                    // back to the queue if it is pending.
+                    duplicates.push(index as u32);
+                    self.metrics.duplicates_skipped += 1;
+                    self.requeue(request.key());
                 }
             }
         }
-        for client in clients {
-            self.drop_stale_pending(client);
-        }
+        self.executed.forget_expired(height.next());
+        self.drop_expired_pending(height);
         let hash = block.hash();
         self.last_executed = height;
         self.head_hash = hash;

@@ -36,7 +36,10 @@ impl Replica {
             return;
         }
         let key = request.key();
-        match self.clients.lookup(&key) {
+        let refusal = match self
+            .executed
+            .lookup(&request.request, self.last_executed.next())
+        {
             Lookup::Executed { height } => {
                 self.metrics.requests_replayed += 1;
                 if local {
@@ -44,13 +47,16 @@ impl Replica {
                 }
                 return;
             }
-            Lookup::Stale => {
-                if local {
-                    self.reply(&request, ReplyOutcome::Rejected(RejectReason::Stale));
-                }
-                return;
+            Lookup::Expired => Some(RejectReason::Expired),
+            Lookup::TooFarAhead => Some(RejectReason::TooFarAhead),
+            Lookup::Fresh => None,
+        };
+        if let Some(reason) = refusal {
+            self.metrics.requests_refused_validity += 1;
+            if local {
+                self.reply(&request, ReplyOutcome::Rejected(reason));
             }
-            Lookup::Fresh => {}
+            return;
         }
         if let Some(pending) = self.pending.get_mut(&key) {
             pending.local |= local;
@@ -78,6 +84,7 @@ impl Replica {
             },
         );
         self.waiting.push_back((self.now, key));
+        self.expiring.insert((request.request.valid_until, key));
         if self.is_primary() {
             self.queue.push_back((key, self.now));
             self.propose_batches();
@@ -291,34 +298,39 @@ impl Replica {
         (Batch { requests }, cut)
     }
 
-    /// `client`'s window of remembered ids moved: its pending requests that
-    /// fell out of it can never execute. Answer and drop them, or they would
-    /// be watched (and the primary suspected) forever.
-    pub(super) fn drop_stale_pending(&mut self, client: bftd_crypto::PublicKey) {
-        let Some(through) = self.clients.stale_through(&client) else {
-            return;
-        };
-        let from = crate::RequestKey {
-            client,
-            request_id: 0,
-        };
-        let to = crate::RequestKey {
-            client,
-            request_id: through,
-        };
-        let stale: Vec<SignedRequest> = self
-            .pending
-            .range(from..=to)
-            .map(|(_, pending)| pending.request.clone())
-            .collect();
-        for request in stale {
-            self.complete_request(&request, ReplyOutcome::Rejected(RejectReason::Stale));
+    /// A pending request left a block unexecuted: it may be proposed again.
+    pub(super) fn requeue(&mut self, key: crate::RequestKey) {
+        if let Some(pending) = self.pending.get_mut(&key) {
+            pending.proposed = false;
+            if self.is_primary() {
+                self.queue.push_back((key, self.now));
+            }
         }
     }
 
-    /// A request was settled by execution (run, or found a duplicate or
-    /// stale): stop waiting for it, answer a local client, and note how long
-    /// it waited.
+    /// Height `height` executed: pending requests valid only up to it can
+    /// never execute any more. Answer and drop them, or they would be
+    /// watched (and the primary suspected) forever.
+    pub(super) fn drop_expired_pending(&mut self, height: crate::SeqNum) {
+        while let Some(&(valid_until, key)) = self.expiring.first() {
+            if valid_until > height {
+                return;
+            }
+            self.expiring.pop_first();
+            let expired = self
+                .pending
+                .get(&key)
+                .filter(|pending| pending.request.request.valid_until == valid_until)
+                .map(|pending| pending.request.clone());
+            if let Some(request) = expired {
+                self.complete_request(&request, ReplyOutcome::Rejected(RejectReason::Expired));
+            }
+        }
+    }
+
+    /// A request was settled by execution (run, or found a duplicate), or
+    /// expired: stop waiting for it, answer a local client, and note how
+    /// long it waited.
     pub(super) fn complete_request(&mut self, request: &SignedRequest, outcome: ReplyOutcome) {
         if let Some(pending) = self.pending.remove(&request.key()) {
             if matches!(outcome, ReplyOutcome::Committed { .. }) {

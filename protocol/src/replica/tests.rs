@@ -175,6 +175,7 @@ fn forwards_are_paced_under_load() {
         let request = crate::message::Request {
             client: client.public(),
             request_id: id,
+            valid_until: SeqNum(100),
             payload: vec![7; 16],
         };
         let request = verify_request(

@@ -159,8 +159,7 @@ pub fn sim_protocol_config() -> Config {
         fetch_max_blocks: 16,
         fetch_timeout: Duration::from_millis(300),
         max_future_messages_per_peer: 256,
-        client_window: 1024,
-        max_clients: 1000,
+        request_lifetime: 1000,
     }
 }
 

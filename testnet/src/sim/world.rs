@@ -236,6 +236,9 @@ impl<'a> World<'a> {
             let request = Request {
                 client: client.public(),
                 request_id: (index / clients.len()) as u64 + 1,
+                // Valid for the whole run: a run never gets near this
+                // height, and the lifetime allows it from height 0.
+                valid_until: bftd_protocol::SeqNum(self.config.protocol.request_lifetime),
                 payload: format!("tx-{index}").into_bytes(),
             };
             let signed = SignedRequest::sign(request, client).expect("small request");
