@@ -30,8 +30,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .submit(format!("example transaction {i}").into_bytes())
             .await?;
         println!(
-            "committed at height {} in block {:#}",
-            committed.height.0, committed.block_hash
+            "committed at height {} in batch {:#}",
+            committed.height.0, committed.batch_digest
         );
     }
 

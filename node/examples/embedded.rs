@@ -41,6 +41,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|_| KeyPair::generate(&mut rand::rngs::OsRng))
         .collect();
     let file = ClusterFile {
+        // What every node must share (the defaults here).
+        protocol: Default::default(),
         nodes: keys
             .iter()
             .enumerate()

@@ -10,7 +10,7 @@
 use bftd_crypto::Digest;
 use bftd_protocol::merkle::{MerkleProof, MerkleTree};
 use bftd_protocol::{
-    Block, CertificateError, CommitCertificate, CommittedBlock, Committee, RequestMode, SeqNum,
+    CertificateError, CommitCertificate, CommittedBlock, Committee, RequestMode, SeqNum,
     SignedRequest,
 };
 use serde::{Deserialize, Serialize};
@@ -154,18 +154,36 @@ pub enum ReceiptError {
     /// The certificate does not certify this block.
     #[error("the commit certificate does not verify: {0}")]
     Certificate(#[from] CertificateError),
+    /// The request was not valid at the height the receipt names (expired,
+    /// or valid too far ahead), so it was skipped there, not executed.
+    #[error("the request is valid through height {valid_until}, which does not allow it to execute at height {height} (lifetime {lifetime})")]
+    NotValidThere {
+        /// The height claimed.
+        height: SeqNum,
+        /// The request's `valid_until`.
+        valid_until: SeqNum,
+        /// The cluster's request lifetime.
+        lifetime: u64,
+    },
 }
 
-/// A verified result: the request is committed at `height` in the block with
-/// hash `block_hash`.
+/// A verified result, everything in it certified by 2f+1 replicas: the
+/// request is in the batch with digest `batch_digest` committed at `height`,
+/// at a height where it was valid, so it executed there (or, if it had been
+/// ordered before and a node answers with this later copy, at an earlier
+/// height: either way exactly once, and no later than `height`).
+///
+/// The block's hash is not in a receipt: it covers the previous block's
+/// hash, which no certificate of this block covers. Follow the chain
+/// ([`crate::client::Client::subscribe`]) for verified block hashes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Committed {
     /// The request id.
     pub request_id: u64,
     /// The block height.
     pub height: SeqNum,
-    /// The block hash.
-    pub block_hash: Digest,
+    /// The block's batch digest (the Merkle root its certificate signs).
+    pub batch_digest: Digest,
 }
 
 impl Receipt {
@@ -190,30 +208,46 @@ impl Receipt {
         }
     }
 
-    /// Checks the receipt for `request` against the committee: the proof,
-    /// the header and every certificate signature.
+    /// Checks the receipt for `request` against the committee and the
+    /// cluster's request lifetime: validity, the proof and every
+    /// certificate signature.
     pub fn verify(
         &self,
         committee: &Committee,
+        lifetime: u64,
         request: &SignedRequest,
     ) -> Result<Committed, ReceiptError> {
-        let committed = self.verify_inclusion(request)?;
+        let committed = self.verify_inclusion(request, lifetime)?;
         self.verify_certificate(committee)?;
         Ok(committed)
     }
 
-    /// The cheap half of [`Receipt::verify`]: the receipt is for `request`
-    /// and its Merkle proof leads to the batch digest. Alone this proves
-    /// nothing until [`Receipt::verify_certificate`] (or a certificate
-    /// already verified for the same height and batch digest) shows that
-    /// batch committed; clients verify each block's certificate once for
-    /// all the receipts of that block.
-    pub fn verify_inclusion(&self, request: &SignedRequest) -> Result<Committed, ReceiptError> {
+    /// The cheap half of [`Receipt::verify`]: the receipt is for `request`,
+    /// at a height where the request was valid under the cluster's
+    /// `lifetime` (else it was skipped there), and its Merkle proof leads to
+    /// the batch digest. Alone this proves nothing until
+    /// [`Receipt::verify_certificate`] (or a certificate already verified
+    /// for the same height and batch digest) shows that batch committed;
+    /// clients verify each block's certificate once for all the receipts of
+    /// that block.
+    pub fn verify_inclusion(
+        &self,
+        request: &SignedRequest,
+        lifetime: u64,
+    ) -> Result<Committed, ReceiptError> {
         let expected = request.request.request_id;
         if self.request_id != expected {
             return Err(ReceiptError::WrongRequest {
                 expected,
                 got: self.request_id,
+            });
+        }
+        let valid_until = request.request.valid_until;
+        if valid_until < self.height || valid_until.0 - self.height.0 > lifetime {
+            return Err(ReceiptError::NotValidThere {
+                height: self.height,
+                valid_until,
+                lifetime,
             });
         }
         if self.proof.root_for(request) != Some(self.batch_digest) {
@@ -224,7 +258,7 @@ impl Receipt {
         Ok(Committed {
             request_id: expected,
             height: self.height,
-            block_hash: Block::header_hash(self.height, self.prev_hash, self.batch_digest),
+            batch_digest: self.batch_digest,
         })
     }
 
@@ -313,5 +347,61 @@ mod tests {
             !cache.contains((SeqNum(10), Digest([11; 32]))),
             "same height, other batch"
         );
+    }
+
+    /// A receipt proves execution only at a height where its request was
+    /// valid: one for a position where the request had expired (or was
+    /// valid too far ahead), and so was skipped, is refused, even with a
+    /// correct Merkle proof.
+    #[test]
+    fn receipts_for_positions_where_the_request_was_not_valid_are_refused() {
+        use bftd_protocol::certificate::QuorumCertificate;
+        use bftd_protocol::message::Commit;
+        use bftd_protocol::{Batch, Block, Request, View};
+        let key = bftd_crypto::KeyPair::from_seed([3; 32]);
+        let request = SignedRequest::sign(
+            Request {
+                client: key.public(),
+                request_id: 9,
+                valid_until: SeqNum(10),
+                payload: b"pay".to_vec(),
+            },
+            &key,
+        )
+        .unwrap();
+        let batch = Batch {
+            requests: vec![request.clone()],
+        };
+        let tree = MerkleTree::new(&batch);
+        let receipt_at = |height: u64| {
+            let block = CommittedBlock {
+                block: Block {
+                    height: SeqNum(height),
+                    prev_hash: Digest::ZERO,
+                    batch_digest: tree.root(),
+                    batch: std::sync::Arc::new(batch.clone()),
+                },
+                certificate: QuorumCertificate {
+                    value: Commit {
+                        view: View(0),
+                        seq: SeqNum(height),
+                        digest: tree.root(),
+                    },
+                    votes: Vec::new(),
+                },
+            };
+            Receipt::new(&block, &tree, 0, 9)
+        };
+        assert!(receipt_at(10).verify_inclusion(&request, 5).is_ok());
+        assert!(receipt_at(5).verify_inclusion(&request, 5).is_ok());
+        for (height, why) in [(11, "expired"), (4, "too far ahead")] {
+            assert!(
+                matches!(
+                    receipt_at(height).verify_inclusion(&request, 5),
+                    Err(ReceiptError::NotValidThere { .. })
+                ),
+                "{why}"
+            );
+        }
     }
 }

@@ -26,7 +26,9 @@
 //! ```
 
 use bftd_crypto::{KeyPair, PublicKey};
-use bftd_protocol::{Committee, CommitteeError, Config as ProtocolConfig, ConfigError, NodeId};
+use bftd_protocol::{
+    Committee, CommitteeError, Config as ProtocolConfig, ConfigError, ConsensusSettings, NodeId,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -130,6 +132,15 @@ pub enum LoadError {
         /// What is wrong.
         source: ConfigError,
     },
+    /// A node file sets a consensus setting, which must be the same on every
+    /// node and so belongs in the cluster file.
+    #[error("{path}: [protocol] {setting} decides what executes and must be the same on every node: set it in the cluster file's [protocol] section instead")]
+    ConsensusSettingInNodeFile {
+        /// The node config.
+        path: PathBuf,
+        /// The setting.
+        setting: &'static str,
+    },
     /// The clients section is invalid.
     #[error("[clients] in {path}: {reason}")]
     Clients {
@@ -156,6 +167,10 @@ pub struct ClusterNode {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterFile {
+    /// The settings every node must share (`[protocol]`; defaults if
+    /// absent). Before the nodes, as TOML wants tables before arrays.
+    #[serde(default)]
+    pub protocol: ConsensusSettings,
     /// The nodes.
     #[serde(rename = "node")]
     pub nodes: Vec<ClusterNode>,
@@ -168,6 +183,9 @@ pub struct Cluster {
     pub committee: Committee,
     /// Addresses, indexed by node id.
     pub addresses: Vec<SocketAddr>,
+    /// The settings every node shares: clients trust these (the request
+    /// mode, the request lifetime), not what a node says.
+    pub protocol: ConsensusSettings,
 }
 
 impl Cluster {
@@ -228,9 +246,17 @@ impl Cluster {
             path: path.to_owned(),
             source,
         })?;
+        file.protocol
+            .apply(ProtocolConfig::default())
+            .validate()
+            .map_err(|source| LoadError::Protocol {
+                path: path.to_owned(),
+                source,
+            })?;
         Ok(Cluster {
             committee,
             addresses: nodes.iter().map(|node| node.address).collect(),
+            protocol: file.protocol,
         })
     }
 
@@ -242,6 +268,7 @@ impl Cluster {
     /// The cluster as a file.
     pub fn to_file(&self) -> ClusterFile {
         ClusterFile {
+            protocol: self.protocol,
             nodes: self
                 .committee
                 .public_keys()
@@ -361,6 +388,7 @@ impl NodeConfig {
             what: "node config",
             source: Box::new(source),
         })?;
+        refuse_consensus_settings(&text, path)?;
         let base = path.parent().unwrap_or(Path::new("."));
         let resolve = |p: &Path| {
             if p.is_absolute() {
@@ -392,12 +420,13 @@ impl NodeConfig {
                 found: key.public(),
             });
         }
-        file.protocol
-            .validate()
-            .map_err(|source| LoadError::Protocol {
-                path: path.to_owned(),
-                source,
-            })?;
+        // The node's own timing and bounds, with the cluster's consensus
+        // settings (which the node file may not set).
+        let protocol = cluster.protocol.apply(file.protocol.clone());
+        protocol.validate().map_err(|source| LoadError::Protocol {
+            path: path.to_owned(),
+            source,
+        })?;
         if file.clients.reply_queue == 0 {
             return Err(LoadError::Clients {
                 path: path.to_owned(),
@@ -421,9 +450,30 @@ impl NodeConfig {
             log_format: file.log_format,
             byzantine: file.byzantine,
             colluders: file.colluders.iter().map(|&id| NodeId(id)).collect(),
-            protocol: file.protocol,
+            protocol,
             clients: file.clients,
         })
+    }
+}
+
+/// A node file's `[protocol]` may not set what must be the same on every
+/// node (a node out of step would compute other executions silently).
+fn refuse_consensus_settings(text: &str, path: &Path) -> Result<(), LoadError> {
+    let Ok(table) = text.parse::<toml::Table>() else {
+        return Ok(());
+    };
+    let Some(protocol) = table.get("protocol").and_then(toml::Value::as_table) else {
+        return Ok(());
+    };
+    match ConsensusSettings::NAMES
+        .iter()
+        .find(|name| protocol.contains_key(**name))
+    {
+        Some(setting) => Err(LoadError::ConsensusSettingInNodeFile {
+            path: path.to_owned(),
+            setting,
+        }),
+        None => Ok(()),
     }
 }
 
@@ -466,6 +516,7 @@ mod tests {
 
     fn cluster_file(n: usize) -> ClusterFile {
         ClusterFile {
+            protocol: ConsensusSettings::default(),
             nodes: (0..n)
                 .map(|i| ClusterNode {
                     id: i as u16,
@@ -546,5 +597,64 @@ mod tests {
             error.to_string().contains("reply_queue must be at least 1"),
             "{error}"
         );
+    }
+
+    /// Settings that decide what executes come from the cluster file, the
+    /// same for every node: a node file that sets one is refused, naming it
+    /// and where it belongs; the cluster's values reach the node's protocol
+    /// configuration; an invalid cluster value is refused by name.
+    #[test]
+    fn consensus_settings_live_in_the_cluster_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cluster = cluster_file(4);
+        cluster.protocol.request_lifetime = 77;
+        cluster.protocol.window = 128;
+        std::fs::write(
+            dir.path().join("cluster.toml"),
+            toml::to_string(&cluster).unwrap(),
+        )
+        .unwrap();
+        write_key(&dir.path().join("node0.key"), &KeyPair::from_seed([1; 32])).unwrap();
+        let node = |protocol: &str| {
+            format!("id = 0\nkey_file = \"node0.key\"\ncluster_file = \"cluster.toml\"\ndata_dir = \"data\"\n[protocol]\n{protocol}\n")
+        };
+        std::fs::write(
+            dir.path().join("local.toml"),
+            node("request_timeout_ms = 500"),
+        )
+        .unwrap();
+        let config = NodeConfig::load(&dir.path().join("local.toml")).unwrap();
+        assert_eq!(config.protocol.request_lifetime, 77);
+        assert_eq!(config.protocol.window, 128);
+        assert_eq!(
+            config.protocol.request_timeout,
+            std::time::Duration::from_millis(500)
+        );
+
+        std::fs::write(dir.path().join("window.toml"), node("window = 512")).unwrap();
+        let error = NodeConfig::load(&dir.path().join("window.toml")).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                LoadError::ConsensusSettingInNodeFile {
+                    setting: "window",
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        assert!(
+            error.to_string().contains("cluster file's [protocol]"),
+            "{error}"
+        );
+
+        cluster.protocol.window = 100;
+        std::fs::write(
+            dir.path().join("cluster.toml"),
+            toml::to_string(&cluster).unwrap(),
+        )
+        .unwrap();
+        let error = Cluster::load(&dir.path().join("cluster.toml")).unwrap_err();
+        assert!(error.to_string().contains("window"), "{error}");
     }
 }

@@ -176,8 +176,8 @@ async fn run(cli: Cli) -> Result<(), String> {
                     .await
                     .map_err(|e| e.to_string())?;
                 println!(
-                    "{payload}\theight {}\tblock {}",
-                    committed.height.0, committed.block_hash
+                    "{payload}\theight {}\tbatch {}",
+                    committed.height.0, committed.batch_digest
                 );
             }
             Ok(())

@@ -253,6 +253,9 @@ pub struct Adversary {
     old_prepared: BTreeMap<SeqNum, PreparedCertificate>,
     /// View-changes seen, per view and signer (`worst-new-view`).
     view_changes: BTreeMap<View, BTreeMap<NodeId, Signed<ViewChange>>>,
+    /// The replica's consensus settings, learnt from its own status
+    /// messages, so `flood`'s statuses are not dismissed for them.
+    settings: crate::config::ConsensusSettings,
 }
 
 impl fmt::Debug for Adversary {
@@ -285,6 +288,7 @@ impl Adversary {
             next_admission: Duration::ZERO,
             old_prepared: BTreeMap::new(),
             view_changes: BTreeMap::new(),
+            settings: crate::config::ConsensusSettings::default(),
         }
     }
 
@@ -405,6 +409,9 @@ impl Adversary {
         let mut out = Vec::new();
         let count = sends.len();
         for outgoing in sends {
+            if let WireMessage::Status(status) = &outgoing.message {
+                self.settings = status.value.settings;
+            }
             let behaviour = match &self.behaviour {
                 Behaviour::Random => self.pick_random(),
                 other => other.clone(),
@@ -799,6 +806,7 @@ impl Adversary {
                         in_view_change: false,
                         last_executed: seq,
                         stable_checkpoint: SeqNum(0),
+                        settings: self.settings,
                     })
                     .map(WireMessage::Status),
                 _ => self

@@ -111,7 +111,119 @@ impl Default for Config {
     }
 }
 
+/// The parameters that decide what executes or what is valid: every replica
+/// must use the same values, so they live in the cluster file (`[protocol]`),
+/// not in each node's own file. Replicas exchange them in their status
+/// messages and ignore a peer whose values differ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsensusSettings {
+    /// See [`Config::request_mode`].
+    pub request_mode: RequestMode,
+    /// See [`Config::request_lifetime`].
+    pub request_lifetime: u64,
+    /// See [`Config::checkpoint_interval`].
+    pub checkpoint_interval: u64,
+    /// See [`Config::window`].
+    pub window: u64,
+    /// See [`Config::max_batch_requests`].
+    pub max_batch_requests: usize,
+    /// See [`Config::max_batch_bytes`].
+    pub max_batch_bytes: usize,
+    /// See [`Config::max_request_bytes`].
+    pub max_request_bytes: usize,
+}
+
+impl Default for ConsensusSettings {
+    fn default() -> ConsensusSettings {
+        Config::default().consensus()
+    }
+}
+
+impl ConsensusSettings {
+    /// The names of the settings in which `self` and `other` differ, with
+    /// both values, for error messages.
+    pub fn differences(&self, other: &ConsensusSettings) -> Vec<(&'static str, String, String)> {
+        let mut differences = Vec::new();
+        let mut compare = |name: &'static str, ours: String, theirs: String| {
+            if ours != theirs {
+                differences.push((name, ours, theirs));
+            }
+        };
+        compare(
+            "request_mode",
+            format!("{:?}", self.request_mode),
+            format!("{:?}", other.request_mode),
+        );
+        compare(
+            "request_lifetime",
+            self.request_lifetime.to_string(),
+            other.request_lifetime.to_string(),
+        );
+        compare(
+            "checkpoint_interval",
+            self.checkpoint_interval.to_string(),
+            other.checkpoint_interval.to_string(),
+        );
+        compare("window", self.window.to_string(), other.window.to_string());
+        compare(
+            "max_batch_requests",
+            self.max_batch_requests.to_string(),
+            other.max_batch_requests.to_string(),
+        );
+        compare(
+            "max_batch_bytes",
+            self.max_batch_bytes.to_string(),
+            other.max_batch_bytes.to_string(),
+        );
+        compare(
+            "max_request_bytes",
+            self.max_request_bytes.to_string(),
+            other.max_request_bytes.to_string(),
+        );
+        differences
+    }
+
+    /// `config` with these settings.
+    pub fn apply(&self, config: Config) -> Config {
+        Config {
+            request_mode: self.request_mode,
+            request_lifetime: self.request_lifetime,
+            checkpoint_interval: self.checkpoint_interval,
+            window: self.window,
+            max_batch_requests: self.max_batch_requests,
+            max_batch_bytes: self.max_batch_bytes,
+            max_request_bytes: self.max_request_bytes,
+            ..config
+        }
+    }
+
+    /// The names of the settings, as in files.
+    pub const NAMES: [&'static str; 7] = [
+        "request_mode",
+        "request_lifetime",
+        "checkpoint_interval",
+        "window",
+        "max_batch_requests",
+        "max_batch_bytes",
+        "max_request_bytes",
+    ];
+}
+
 impl Config {
+    /// The settings that must be the same on every replica.
+    pub fn consensus(&self) -> ConsensusSettings {
+        ConsensusSettings {
+            request_mode: self.request_mode,
+            request_lifetime: self.request_lifetime,
+            checkpoint_interval: self.checkpoint_interval,
+            window: self.window,
+            max_batch_requests: self.max_batch_requests,
+            max_batch_bytes: self.max_batch_bytes,
+            max_request_bytes: self.max_request_bytes,
+        }
+    }
+
     /// Checks every parameter; the error names the first bad one and its
     /// rule.
     pub fn validate(&self) -> Result<(), ConfigError> {

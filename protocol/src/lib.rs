@@ -84,7 +84,7 @@ pub use certificate::{
     QuorumCertificate, Vote,
 };
 pub use committee::{Committee, CommitteeError};
-pub use config::{Config, ConfigError};
+pub use config::{Config, ConfigError, ConsensusSettings};
 pub use ids::{NodeId, SeqNum, View};
 pub use message::{Batch, Request, RequestKey, Signable, Signed, SignedRequest, WireMessage};
 pub use replica::{

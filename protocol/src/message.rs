@@ -224,6 +224,9 @@ pub struct Status {
     pub last_executed: SeqNum,
     /// The sender's stable checkpoint.
     pub stable_checkpoint: SeqNum,
+    /// The sender's consensus settings: a replica ignores a peer whose
+    /// settings differ from its own (a cluster file out of step).
+    pub settings: crate::config::ConsensusSettings,
 }
 
 /// Requests a backup received from clients, passed to the primary.

@@ -156,6 +156,7 @@ fn samples() -> Vec<(&'static str, WireMessage)> {
                     in_view_change: true,
                     last_executed: seq,
                     stable_checkpoint: SeqNum(8),
+                    settings: bftd_protocol::ConsensusSettings::default(),
                 },
             )),
         ),

@@ -12,7 +12,7 @@
 //! let key = KeyPair::generate(&mut rand::rngs::OsRng);
 //! let client = Client::connect(&cluster, NodeId(0), key).await?;
 //! let committed = client.submit(b"hello".to_vec()).await?;   // receipt verified
-//! println!("height {} block {}", committed.height.0, committed.block_hash);
+//! println!("height {} batch {}", committed.height.0, committed.batch_digest);
 //! let mut blocks = client.subscribe(SeqNum(1)).await?;
 //! while let Some(block) = blocks.next().await? {               // certificate verified
 //!     println!("block {} with {} requests", block.block.height().0, block.block.block.batch.requests.len());
@@ -63,6 +63,14 @@ pub enum ClientError {
     /// The node closed the connection.
     #[error("the node closed the connection")]
     Disconnected,
+    /// A node listed other skipped (duplicate or expired) requests for a
+    /// block than its certified batch and the ones before imply: do not
+    /// trust this node.
+    #[error("the node's list of skipped requests at height {height} is wrong")]
+    WrongDuplicates {
+        /// The block.
+        height: SeqNum,
+    },
     /// No answer in time.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
@@ -119,25 +127,25 @@ impl Client {
         let start = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_micros() as u64);
-        let mut client = Client {
+        let client = Client {
             committee: cluster.committee.clone(),
             others: Arc::new(Others::new(cluster, key.clone(), node)),
             key,
-            mode: RequestMode::ClientSigned,
+            mode: cluster.protocol.request_mode,
             node,
             own: Arc::new(own),
             next_id: AtomicU64::new(start),
             height: AtomicU64::new(0),
-            lifetime: 1,
+            lifetime: cluster.protocol.request_lifetime.max(1),
             timeout: Duration::from_secs(30),
             resend_after: DEFAULT_RESEND_AFTER,
             certificates: Mutex::default(),
             diagnosis: retry::DiagnosisCache::default(),
         };
-        let status = client.status().await?;
-        client.mode = status.request_mode;
-        client.lifetime = status.request_lifetime.max(1);
-        client.height.store(status.height, Ordering::Relaxed);
+        // The height to set requests' validity from (the mode and the
+        // lifetime come from the cluster file, which a node cannot lie
+        // about).
+        client.status().await?;
         Ok(client)
     }
 
@@ -260,7 +268,7 @@ impl Client {
     /// Checks a receipt for `request`: the Merkle proof always, the commit
     /// certificate once per block.
     fn verify(&self, request: &SignedRequest, receipt: &Receipt) -> Result<Committed, ClientError> {
-        let committed = receipt.verify_inclusion(request)?;
+        let committed = receipt.verify_inclusion(request, self.lifetime)?;
         self.height.fetch_max(receipt.height.0, Ordering::Relaxed);
         let certified = (receipt.height, receipt.batch_digest);
         if !self.verified_certificates().contains(certified) {
@@ -277,18 +285,26 @@ impl Client {
     }
 
     /// Streams committed blocks from `from` on, then new ones as they
-    /// commit. Every block's certificate is verified, and each block must
-    /// chain to the one before it.
+    /// commit. Every block's certificate is verified, each block must chain
+    /// to the one before it, and which requests each block skips
+    /// (duplicates, expired) is worked out here from the certified batches,
+    /// not taken from the node: the stream starts `request_lifetime`
+    /// heights before `from` (those blocks are read, not delivered), since
+    /// what executed in them decides what is a duplicate later.
     pub async fn subscribe(&self, from: SeqNum) -> Result<BlockStream, ClientError> {
+        let from = from.max(SeqNum(1));
+        let start = SeqNum(from.0.saturating_sub(self.lifetime).max(1));
         let (tx, rx) = mpsc::channel(1024);
         self.own.set_blocks(tx);
-        let frame = Self::frame(&ClientMessage::Subscribe { from })?;
+        let frame = Self::frame(&ClientMessage::Subscribe { from: start })?;
         self.own.send(frame).await?;
         Ok(BlockStream {
             committee: self.committee.clone(),
             blocks: rx,
-            next: from.max(SeqNum(1)),
+            next: start,
+            deliver_from: from,
             prev_hash: None,
+            executed: bftd_protocol::clients::ExecutedRequests::new(self.lifetime),
         })
     }
 }
@@ -301,9 +317,12 @@ const DEFAULT_RESEND_AFTER: Duration = Duration::from_secs(5);
 pub struct VerifiedBlock {
     /// The block and its certificate.
     pub block: Arc<CommittedBlock>,
-    /// Positions of duplicate requests to skip.
+    /// Positions of requests that do not execute in this block (executed
+    /// before, or not valid at this height): worked out by the client from
+    /// the certified batches, as every replica does.
     pub duplicates: Vec<u32>,
-    /// The block hash.
+    /// The block hash (its `prev_hash` chain is verified from the stream's
+    /// first block; from height 1, all the way to the genesis).
     pub hash: Digest,
 }
 
@@ -313,38 +332,168 @@ pub struct BlockStream {
     committee: Committee,
     blocks: mpsc::Receiver<BlockItem>,
     next: SeqNum,
+    /// Blocks below this were asked for only to learn what executed.
+    deliver_from: SeqNum,
     prev_hash: Option<Digest>,
+    /// What executed in the blocks seen, to tell duplicates and expired
+    /// requests in later ones.
+    executed: bftd_protocol::clients::ExecutedRequests,
 }
 
 impl BlockStream {
     /// The next block, verified; `None` when the node disconnects.
     ///
-    /// The first block's `prev_hash` is taken as given (its certificate
-    /// covers its batch, not its predecessor); every later block must chain
-    /// to the one before. Subscribe from height 1 to verify the whole chain.
+    /// The stream's first block's `prev_hash` is taken as given (its
+    /// certificate covers its batch, not its predecessor); every later
+    /// block must chain to the one before. Subscribe from height 1 to anchor
+    /// the whole chain at the genesis. A node that lists other skipped
+    /// requests than the batches imply is caught here
+    /// ([`ClientError::WrongDuplicates`]).
     pub async fn next(&mut self) -> Result<Option<VerifiedBlock>, ClientError> {
-        let Some((block, duplicates)) = self.blocks.recv().await else {
-            return Ok(None);
-        };
-        if block.height() != self.next {
-            return Err(ClientError::InvalidBlock(BlockError::WrongHeight {
-                expected: self.next,
-                got: block.height(),
-            }));
+        loop {
+            let Some((block, claimed)) = self.blocks.recv().await else {
+                return Ok(None);
+            };
+            if block.height() != self.next {
+                return Err(ClientError::InvalidBlock(BlockError::WrongHeight {
+                    expected: self.next,
+                    got: block.height(),
+                }));
+            }
+            let prev = self.prev_hash.unwrap_or(if self.next == SeqNum(1) {
+                Digest::ZERO
+            } else {
+                block.block.prev_hash
+            });
+            block.verify(&self.committee, prev)?;
+            let duplicates = self.skipped(&block);
+            if duplicates != claimed {
+                return Err(ClientError::WrongDuplicates {
+                    height: block.height(),
+                });
+            }
+            let hash = block.hash();
+            self.prev_hash = Some(hash);
+            self.next = self.next.next();
+            if block.height() >= self.deliver_from {
+                return Ok(Some(VerifiedBlock {
+                    block,
+                    duplicates,
+                    hash,
+                }));
+            }
         }
-        let prev = self.prev_hash.unwrap_or(if self.next == SeqNum(1) {
-            Digest::ZERO
-        } else {
-            block.block.prev_hash
-        });
-        block.verify(&self.committee, prev)?;
-        let hash = block.hash();
-        self.prev_hash = Some(hash);
-        self.next = self.next.next();
-        Ok(Some(VerifiedBlock {
-            block,
-            duplicates,
-            hash,
-        }))
+    }
+
+    /// The positions of `block` that do not execute, by the replicas' rule
+    /// (see `bftd_protocol::clients`).
+    fn skipped(&mut self, block: &CommittedBlock) -> Vec<u32> {
+        use bftd_protocol::clients::Lookup;
+        let height = block.height();
+        let mut skipped = Vec::new();
+        for (index, request) in block.block.batch.requests.iter().enumerate() {
+            match self.executed.lookup(&request.request, height) {
+                Lookup::Fresh => self.executed.record(request.key(), height),
+                _ => skipped.push(index as u32),
+            }
+        }
+        self.executed.forget_expired(height.next());
+        skipped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bftd_protocol::certificate::QuorumCertificate;
+    use bftd_protocol::message::{Commit, Prepare};
+    use bftd_protocol::signer::{SafetyState, Signer};
+    use bftd_protocol::{Batch, Block, View};
+
+    fn keys() -> Vec<KeyPair> {
+        (0..4u8).map(|i| KeyPair::from_seed([i + 40; 32])).collect()
+    }
+
+    /// A block at `height` over `requests`, chained to `prev`, with a real
+    /// commit certificate from three of the four keys.
+    fn block(height: u64, prev: Digest, requests: Vec<SignedRequest>) -> Arc<CommittedBlock> {
+        let batch = Batch { requests };
+        let digest = bftd_protocol::merkle::MerkleTree::new(&batch).root();
+        let value = Commit {
+            view: View(0),
+            seq: SeqNum(height),
+            digest,
+        };
+        let commits: Vec<_> = keys()
+            .into_iter()
+            .enumerate()
+            .skip(1)
+            .map(|(id, key)| {
+                let mut signer = Signer::new(NodeId(id as u16), key, SafetyState::default());
+                signer
+                    .sign_prepare(Prepare {
+                        view: View(0),
+                        seq: SeqNum(height),
+                        digest,
+                    })
+                    .unwrap();
+                signer.sign_commit(value).unwrap()
+            })
+            .collect();
+        Arc::new(CommittedBlock {
+            block: Block {
+                height: SeqNum(height),
+                prev_hash: prev,
+                batch_digest: digest,
+                batch: Arc::new(batch),
+            },
+            certificate: QuorumCertificate::collect(value, &commits),
+        })
+    }
+
+    /// Which requests a block skips is worked out by the client from the
+    /// certified batches: a node that lists none for a replayed request is
+    /// caught, and the right list comes out otherwise.
+    #[tokio::test]
+    async fn skipped_requests_are_worked_out_not_believed() {
+        let committee =
+            Committee::new(&keys().iter().map(KeyPair::public).collect::<Vec<_>>()).unwrap();
+        let alice = KeyPair::from_seed([7; 32]);
+        let paid = SignedRequest::sign(
+            Request {
+                client: alice.public(),
+                request_id: 1,
+                valid_until: SeqNum(50),
+                payload: b"pay".to_vec(),
+            },
+            &alice,
+        )
+        .unwrap();
+        let first = block(1, Digest::ZERO, vec![paid.clone()]);
+        let second = block(2, first.hash(), vec![paid.clone()]);
+        for (claimed, expected_ok) in [(vec![0u32], true), (Vec::new(), false)] {
+            let (tx, rx) = mpsc::channel(4);
+            let mut stream = BlockStream {
+                committee: committee.clone(),
+                blocks: rx,
+                next: SeqNum(1),
+                deliver_from: SeqNum(1),
+                prev_hash: None,
+                executed: bftd_protocol::clients::ExecutedRequests::new(100),
+            };
+            tx.send((first.clone(), Vec::new())).await.unwrap();
+            tx.send((second.clone(), claimed)).await.unwrap();
+            let one = stream.next().await.unwrap().unwrap();
+            assert!(one.duplicates.is_empty());
+            let two = stream.next().await;
+            if expected_ok {
+                assert_eq!(two.unwrap().unwrap().duplicates, vec![0]);
+            } else {
+                assert!(
+                    matches!(two, Err(ClientError::WrongDuplicates { height }) if height == SeqNum(2)),
+                    "{two:?}"
+                );
+            }
+        }
     }
 }

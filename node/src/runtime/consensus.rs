@@ -56,6 +56,9 @@ pub(crate) struct Consensus {
     #[cfg(feature = "byzantine")]
     pub adversary: Option<bftd_protocol::byzantine::Adversary>,
     waiting: HashMap<RequestKey, Vec<Waiter>>,
+    /// Peers the replica ignores for other consensus settings, as last
+    /// logged.
+    mismatched: std::collections::BTreeMap<NodeId, &'static str>,
     quorum: QuorumWatch,
 }
 
@@ -78,6 +81,7 @@ impl Consensus {
             #[cfg(feature = "byzantine")]
             adversary: None,
             waiting: HashMap::new(),
+            mismatched: Default::default(),
             quorum: QuorumWatch::default(),
         }
     }
@@ -175,9 +179,34 @@ impl Consensus {
         }
     }
 
+    /// Says once, by name, which setting a peer disagrees on (it is ignored
+    /// until its cluster file matches ours), and when it matches again.
+    fn log_settings_mismatches(&mut self) {
+        let now = self.replica.settings_mismatches();
+        if *now == self.mismatched {
+            return;
+        }
+        for (peer, setting) in now {
+            if self.mismatched.get(peer) != Some(setting) {
+                tracing::warn!(
+                    %peer,
+                    setting,
+                    "peer ignored: its [protocol] {setting} differs from our cluster file's; every node must use the same cluster file"
+                );
+            }
+        }
+        for peer in self.mismatched.keys() {
+            if !now.contains_key(peer) {
+                tracing::info!(%peer, "peer's consensus settings match ours again");
+            }
+        }
+        self.mismatched = now.clone();
+    }
+
     /// After a step: hand what the step produced to the durability worker
     /// (which writes it, then sends and replies), and publish the status.
     async fn step_done(&mut self) -> Result<(), bftd_protocol::StorageError> {
+        self.log_settings_mismatches();
         let actions = self.replica.drain_actions();
         let sends = self.encode(actions.send);
         let replies = self.tamper_replies(actions.replies);

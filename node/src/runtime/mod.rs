@@ -246,7 +246,7 @@ pub async fn start(
         source,
     })?;
     let committee = config.cluster.committee.clone();
-    let identity = StoreIdentity::new(config.key.public(), &committee);
+    let identity = StoreIdentity::new(config.key.public(), &committee, config.cluster.protocol);
     let storage = DiskStorage::open_for(&config.data_dir.join("bftd.redb"), &identity)?;
     let recovered = storage.recover()?;
     let started = Instant::now();

@@ -72,6 +72,18 @@ pub enum DiskStorageError {
         /// Size of the recorded committee.
         found: usize,
     },
+    /// The store's blocks were executed under other consensus settings.
+    #[error("store {path} was created with [protocol] {setting} = {recorded}, but the cluster file now says {ours}: its blocks would execute differently; restore the cluster file's value (every node must use the same), or start a new cluster with new stores")]
+    OtherSettings {
+        /// The store.
+        path: PathBuf,
+        /// The first setting that differs.
+        setting: &'static str,
+        /// The cluster file's value.
+        ours: String,
+        /// The store's value.
+        recorded: String,
+    },
     /// redb found the file damaged (checksums, structure) and could not
     /// repair it.
     #[error("store {path} is damaged: {source}")]

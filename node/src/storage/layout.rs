@@ -3,7 +3,7 @@
 //! bump [`FORMAT_VERSION`].
 
 use bftd_crypto::{Digest, PublicKey};
-use bftd_protocol::{Committee, SeqNum};
+use bftd_protocol::{Committee, ConsensusSettings, SeqNum};
 use redb::TableDefinition;
 use serde::{Deserialize, Serialize};
 
@@ -135,14 +135,23 @@ pub struct StoreIdentity {
     pub node_key: PublicKey,
     /// The committee's keys, in replica order.
     pub committee: Vec<PublicKey>,
+    /// The consensus settings the store's blocks were executed under: the
+    /// same blocks under other settings would execute differently.
+    pub settings: ConsensusSettings,
 }
 
 impl StoreIdentity {
-    /// The identity of the node holding `node_key` in `committee`.
-    pub fn new(node_key: PublicKey, committee: &Committee) -> StoreIdentity {
+    /// The identity of the node holding `node_key` in `committee`, under
+    /// `settings`.
+    pub fn new(
+        node_key: PublicKey,
+        committee: &Committee,
+        settings: ConsensusSettings,
+    ) -> StoreIdentity {
         StoreIdentity {
             node_key,
             committee: committee.public_keys(),
+            settings,
         }
     }
 }

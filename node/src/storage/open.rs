@@ -195,5 +195,14 @@ fn check_identity(
             found: found.committee.len(),
         });
     }
+    if let Some((setting, ours, recorded)) = expected.settings.differences(&found.settings).first()
+    {
+        return Err(DiskStorageError::OtherSettings {
+            path: path.to_path_buf(),
+            setting,
+            ours: ours.clone(),
+            recorded: recorded.clone(),
+        });
+    }
     Ok(())
 }

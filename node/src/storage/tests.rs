@@ -121,6 +121,7 @@ fn identity(node_seed: u8, committee_size: u8) -> StoreIdentity {
         committee: (0..committee_size)
             .map(|i| KeyPair::from_seed([i; 32]).public())
             .collect(),
+        settings: bftd_protocol::ConsensusSettings::default(),
     }
 }
 

@@ -56,17 +56,17 @@ impl TestCluster {
                 public_key: key.public().to_string(),
             })
             .collect();
-        let file = ClusterFile { nodes };
+        let protocol = bftd_protocol::ConsensusSettings {
+            request_mode: mode,
+            ..Default::default()
+        };
+        let file = ClusterFile { protocol, nodes };
         std::fs::write(
             dir.path().join("cluster.toml"),
             toml::to_string(&file).unwrap(),
         )
         .unwrap();
         let cluster = Cluster::load(&dir.path().join("cluster.toml")).unwrap();
-        let mode = match mode {
-            RequestMode::ClientSigned => "client-signed",
-            RequestMode::ConnectionAuthenticated => "connection-authenticated",
-        };
         let mut metrics = Vec::new();
         for (id, key) in keys.iter().enumerate() {
             config::write_key(&dir.path().join(format!("node{id}.key")), key).unwrap();
@@ -74,7 +74,7 @@ impl TestCluster {
             metrics.push(address);
             let text = format!(
                 "id = {id}\nkey_file = \"node{id}.key\"\ncluster_file = \"cluster.toml\"\n\
-                 data_dir = \"data{id}\"\nmetrics = \"{address}\"\n\n[protocol]\nrequest_mode = \"{mode}\"\n{extra}\n"
+                 data_dir = \"data{id}\"\nmetrics = \"{address}\"\n\n[protocol]\n{extra}\n"
             );
             std::fs::write(dir.path().join(format!("node{id}.toml")), text).unwrap();
         }

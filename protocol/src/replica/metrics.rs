@@ -41,11 +41,13 @@ pub enum DropReason {
     /// A checkpoint for a sequence that is not a checkpoint, or a vote beyond
     /// what is kept per peer.
     InvalidCheckpoint,
+    /// From a peer whose consensus settings differ from ours.
+    OtherSettings,
 }
 
 impl DropReason {
     /// Every reason, in a fixed order.
-    pub const ALL: [DropReason; 16] = [
+    pub const ALL: [DropReason; 17] = [
         DropReason::StaleView,
         DropReason::FutureBufferFull,
         DropReason::OutsideWindow,
@@ -62,6 +64,7 @@ impl DropReason {
         DropReason::Unsolicited,
         DropReason::NotNow,
         DropReason::InvalidCheckpoint,
+        DropReason::OtherSettings,
     ];
 
     /// A snake_case label.
@@ -83,6 +86,7 @@ impl DropReason {
             DropReason::Unsolicited => "unsolicited",
             DropReason::NotNow => "not_now",
             DropReason::InvalidCheckpoint => "invalid_checkpoint",
+            DropReason::OtherSettings => "other_settings",
         }
     }
 

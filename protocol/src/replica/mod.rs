@@ -377,6 +377,9 @@ pub struct Replica {
     peer_status: BTreeMap<NodeId, Status>,
     /// When each peer was last heard from (any verified message).
     heard_from: BTreeMap<NodeId, Duration>,
+    /// Peers whose status showed other consensus settings, with the first
+    /// setting that differs: everything else they send is ignored.
+    settings_mismatches: BTreeMap<NodeId, &'static str>,
     fetch: Option<Fetch>,
     next_status_at: Duration,
 
@@ -513,6 +516,7 @@ impl Replica {
             wanted_batches: BTreeMap::new(),
             peer_status: BTreeMap::new(),
             heard_from: BTreeMap::new(),
+            settings_mismatches: BTreeMap::new(),
             fetch: None,
             next_status_at: now,
             actions: Actions::default(),
@@ -593,6 +597,12 @@ impl Replica {
             return;
         }
         self.heard_from.insert(from, now);
+        if self.settings_mismatches.contains_key(&from)
+            && !matches!(message, WireMessage::Status(_))
+        {
+            self.metrics.dropped(DropReason::OtherSettings);
+            return;
+        }
         self.dispatch(from, message);
         self.finish_step();
     }
@@ -708,6 +718,12 @@ impl Replica {
     /// [`Metrics::evidence`] for the full count).
     pub fn evidence(&self) -> &[Evidence] {
         &self.evidence
+    }
+
+    /// Peers ignored because their consensus settings differ from this
+    /// replica's, each with the first setting that differs.
+    pub fn settings_mismatches(&self) -> &BTreeMap<NodeId, &'static str> {
+        &self.settings_mismatches
     }
 
     /// The committee.

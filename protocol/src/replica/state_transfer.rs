@@ -30,6 +30,7 @@ impl Replica {
             in_view_change,
             last_executed: self.last_executed,
             stable_checkpoint: self.low_watermark(),
+            settings: self.config.consensus(),
         };
         if let Ok(signed) = self.signer.sign(status) {
             self.broadcast(WireMessage::Status(signed));
@@ -60,6 +61,15 @@ impl Replica {
     pub(super) fn on_status(&mut self, status: Signed<Status>) {
         let peer = status.signer;
         let value = status.value;
+        let differences = self.config.consensus().differences(&value.settings);
+        if let Some(&(name, _, _)) = differences.first() {
+            // A peer with another cluster file: what it sends cannot be
+            // judged by our rules. Ignore it until its settings match.
+            self.settings_mismatches.insert(peer, name);
+            self.drop_input(DropReason::OtherSettings);
+            return;
+        }
+        self.settings_mismatches.remove(&peer);
         self.peer_status.insert(peer, value);
         // A peer in an older view (or still changing to ours) missed the
         // new-view that started our view: send it.

@@ -210,3 +210,37 @@ fn forwards_are_paced_under_load() {
     }
     assert_eq!(forwards(&replica.drain_actions()), vec![max as usize]);
 }
+
+/// A peer whose status shows other consensus settings (another cluster
+/// file) is ignored, and the setting that differs is named; once its
+/// settings match again it is heard.
+#[test]
+fn a_peer_with_other_consensus_settings_is_ignored() {
+    let mut replica = replica(0);
+    let status = |settings: crate::config::ConsensusSettings| {
+        WireMessage::Status(signed(
+            1,
+            crate::message::Status {
+                view: View(0),
+                in_view_change: false,
+                last_executed: SeqNum(0),
+                stable_checkpoint: SeqNum(0),
+                settings,
+            },
+        ))
+    };
+    let mut other = Config::default().consensus();
+    other.request_lifetime += 1;
+    deliver(&mut replica, status(other));
+    assert_eq!(
+        replica.settings_mismatches().get(&NodeId(1)),
+        Some(&"request_lifetime")
+    );
+    deliver(&mut replica, prepare(1, 0, 3, 1));
+    assert_eq!(replica.status().active_slots, 0, "its prepare was ignored");
+    assert_eq!(replica.metrics().dropped_for(DropReason::OtherSettings), 2);
+    deliver(&mut replica, status(Config::default().consensus()));
+    assert!(replica.settings_mismatches().is_empty());
+    deliver(&mut replica, prepare(1, 0, 3, 1));
+    assert_eq!(replica.status().active_slots, 1, "heard again");
+}

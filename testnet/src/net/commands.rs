@@ -362,7 +362,26 @@ async fn bring_back(
 /// request mode, node files and the network's rules (no partition).
 fn configure(layout: &Layout, state: &mut State, options: &UpOptions) -> Result<(), NetError> {
     assign_behaviours(state, &options.byzantine, options.allow_unsafe)?;
-    state.request_mode = options.request_mode.unwrap_or(RequestMode::ClientSigned);
+    // The request mode is in the cluster file's consensus settings, which
+    // every store is bound to: a testnet whose nodes ever ran keeps it.
+    if let Some(mode) = options
+        .request_mode
+        .filter(|&mode| mode != state.request_mode)
+    {
+        let ran = (0..state.n as u16).any(|id| layout.data_dir(id).exists());
+        if ran {
+            return Err(NetError::StoresBindSetting {
+                dir: layout.dir.clone(),
+                setting: "request mode",
+                recorded: serde_json::to_value(state.request_mode)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+                flag: "--request-mode",
+            });
+        }
+        state.request_mode = mode;
+    }
     if state.byzantine_count() > state.f {
         eprintln!("{}", unsafe_warning(state.byzantine_count(), state.f));
     }
@@ -673,8 +692,8 @@ pub async fn submit(dir: &Path, payloads: &[String]) -> Result<(), NetError> {
             .await
             .map_err(|source| NetError::Client { id, source })?;
         println!(
-            "{payload}\theight {}\tblock {}",
-            committed.height.0, committed.block_hash
+            "{payload}\theight {}\tbatch {}",
+            committed.height.0, committed.batch_digest
         );
     }
     Ok(())

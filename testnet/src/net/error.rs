@@ -54,6 +54,19 @@ pub enum NetError {
         /// The flag that asked for the change.
         flag: &'static str,
     },
+    /// A stopped testnet asked to change a setting its stores were created
+    /// with.
+    #[error("the testnet in {dir} was created with {setting} {recorded}, and its nodes' stores executed their blocks under it, so it cannot change: `bftnet up --dir {dir}` without {flag} resumes it; `bftnet down --dir {dir} --clean` then `bftnet up` starts over")]
+    StoresBindSetting {
+        /// The directory.
+        dir: PathBuf,
+        /// The setting ("request mode").
+        setting: &'static str,
+        /// Its recorded value.
+        recorded: String,
+        /// The flag that asked for the change.
+        flag: &'static str,
+    },
     /// The directory exists and holds something else.
     #[error("{dir} exists, is not empty and holds no bftnet testnet: pick another --dir (bftnet never deletes what it did not create)")]
     NotATestnet {
