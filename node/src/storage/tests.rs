@@ -287,6 +287,22 @@ fn a_store_belongs_to_one_node_and_committee() {
     drop(DiskStorage::open(&other).unwrap());
     drop(DiskStorage::open_for(&other, &identity(3, 4)).unwrap());
     assert!(DiskStorage::open_for(&other, &identity(1, 4)).is_err());
+
+    // Its blocks were executed under the cluster's consensus settings: a
+    // restart under other ones is refused, naming the setting.
+    let mut changed = identity(1, 4);
+    changed.settings.request_lifetime += 1;
+    let error = DiskStorage::open_for(&path, &changed).unwrap_err();
+    assert!(
+        matches!(
+            disk_error(&error),
+            DiskStorageError::OtherSettings {
+                setting: "request_lifetime",
+                ..
+            }
+        ),
+        "{error}"
+    );
 }
 
 /// A value damaged on disk surfaces as a decode error naming its table
