@@ -189,6 +189,8 @@ struct Slot {
     prepared: Option<PreparedCertificate>,
     /// The commit certificate, once committed.
     committed: Option<CommitCertificate>,
+    /// When the current view's pre-prepare was accepted here.
+    pre_prepare_at: Option<Duration>,
 }
 
 /// A request the replica holds until it executes.
@@ -205,6 +207,12 @@ struct PendingRequest {
     since: Duration,
     /// How far the request timer got with it.
     watch: Watch,
+    /// The primary passed it over: a block it proposed well after this
+    /// request reached it left the request out, with room to spare or with
+    /// newer requests in (see `suspicion.rs`).
+    passed_over: bool,
+    /// Its inclusion latency was measured (once, at its first pre-prepare).
+    included: bool,
 }
 
 /// The request timer's stages for one pending request (see `suspicion.rs`).
@@ -212,8 +220,8 @@ struct PendingRequest {
 enum Watch {
     /// Only this replica and the primary may have it.
     Fresh,
-    /// This replica relayed it to every replica after one timeout.
-    RelayedByUs,
+    /// This replica relayed it to every replica, at this time.
+    RelayedByUs(Duration),
     /// Another backup relayed it to us: every replica has it.
     RelayedToUs,
 }
@@ -341,11 +349,15 @@ pub struct Replica {
     /// Pending requests by the last height they may execute at, to drop
     /// them when they expire (entries no longer pending are skipped).
     expiring: std::collections::BTreeSet<(SeqNum, RequestKey)>,
-    /// The longest a recently executed request waited here, and when that
-    /// was measured (it decays from then): the request timer never fires
-    /// sooner than twice it, so load alone does not look like a faulty
-    /// primary.
-    latency: (Duration, Duration),
+    /// The longest recent time from a request's arrival here to the first
+    /// pre-prepare carrying it (decaying): how long forwarding and the
+    /// primary's queue take now, so a request is judged passed over only
+    /// well beyond it.
+    inclusion: (Duration, Duration),
+    /// The longest recent time from a pre-prepare to its execution
+    /// (decaying): how long a block takes to commit now, so a loaded
+    /// cluster is not judged stalled.
+    commit_time: (Duration, Duration),
     /// Who suspects the primary of the current view, and when their
     /// suspicion (re-sent every status interval while it stands) last
     /// arrived.
@@ -504,7 +516,8 @@ impl Replica {
             last_forward: None,
             waiting: VecDeque::new(),
             expiring: std::collections::BTreeSet::new(),
-            latency: (Duration::ZERO, now),
+            inclusion: (Duration::ZERO, now),
+            commit_time: (Duration::ZERO, now),
             suspects: BTreeMap::new(),
             suspicion: Vec::new(),
             last_execution: now,

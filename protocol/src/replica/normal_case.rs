@@ -12,6 +12,7 @@ use crate::storage::{Delivery, Record};
 use bftd_crypto::Digest;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Pre-prepares a stalled primary re-sends per status interval (the lowest
 /// uncommitted ones: execution is in order, so they are the ones everyone
@@ -266,8 +267,10 @@ impl Replica {
         tree: Option<Arc<MerkleTree>>,
     ) {
         let value = pre_prepare.value;
+        let now = self.now;
         let slot = self.slots.entry(value.seq).or_default();
         slot.pre_prepare = Some(pre_prepare);
+        slot.pre_prepare_at.get_or_insert(now);
         if let Some(batch) = batch {
             slot.batch = Some((value.digest, batch));
             slot.tree = tree.filter(|tree| tree.root() == value.digest);
@@ -284,6 +287,10 @@ impl Replica {
         for request in &batch.requests {
             if let Some(pending) = self.pending.get_mut(&request.key()) {
                 pending.proposed = true;
+                if !std::mem::replace(&mut pending.included, true) {
+                    let waited = now.saturating_sub(pending.since);
+                    super::suspicion::note_max(&mut self.inclusion, waited, now);
+                }
             }
         }
         if self.committee.primary(value.view) != self.id {
@@ -463,6 +470,7 @@ impl Replica {
                 .tree
                 .take()
                 .filter(|tree| tree.root() == certificate.value.digest);
+            let proposed_at = slot.pre_prepare_at;
             let block = Arc::new(CommittedBlock {
                 block: Block {
                     height: next,
@@ -472,18 +480,28 @@ impl Replica {
                 },
                 certificate,
             });
-            self.execute_block(block, tree);
+            self.execute_block(block, tree, proposed_at);
         }
     }
 
     /// Applies the next block (from the normal case or state transfer):
     /// deduplicates its requests, answers local clients, delivers it, and
     /// checkpoints every K blocks.
+    ///
+    /// `proposed_at` is when its pre-prepare was accepted here (unknown for
+    /// blocks fetched by state transfer): it lets the request timer judge
+    /// whether the primary passed over a request waiting here.
     pub(super) fn execute_block(
         &mut self,
         block: Arc<CommittedBlock>,
         tree: Option<Arc<MerkleTree>>,
+        proposed_at: Option<Duration>,
     ) {
+        if let Some(proposed_at) = proposed_at {
+            let commit_time = self.now.saturating_sub(proposed_at);
+            super::suspicion::note_max(&mut self.commit_time, commit_time, self.now);
+            self.check_passed_over(&block.block.batch, proposed_at);
+        }
         let height = block.height();
         let mut duplicates = Vec::new();
         for (index, request) in block.block.batch.requests.iter().enumerate() {

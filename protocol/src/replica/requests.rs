@@ -81,6 +81,8 @@ impl Replica {
                 proposed: false,
                 since: self.now,
                 watch,
+                passed_over: false,
+                included: false,
             },
         );
         self.waiting.push_back((self.now, key));
@@ -177,6 +179,7 @@ impl Replica {
         let mut forward = Vec::new();
         for (key, pending) in self.pending.iter_mut() {
             pending.since = now;
+            pending.passed_over = false;
             self.waiting.push_back((now, *key));
             if pending.proposed {
                 continue;
@@ -329,13 +332,9 @@ impl Replica {
     }
 
     /// A request was settled by execution (run, or found a duplicate), or
-    /// expired: stop waiting for it, answer a local client, and note how
-    /// long it waited.
+    /// expired: stop waiting for it and answer a local client.
     pub(super) fn complete_request(&mut self, request: &SignedRequest, outcome: ReplyOutcome) {
         if let Some(pending) = self.pending.remove(&request.key()) {
-            if matches!(outcome, ReplyOutcome::Committed { .. }) {
-                self.note_wait(self.now.saturating_sub(pending.since));
-            }
             if pending.local {
                 self.reply(request, outcome);
             }

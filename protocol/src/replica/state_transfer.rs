@@ -215,7 +215,7 @@ impl Replica {
                 break;
             }
             self.metrics.blocks_fetched += 1;
-            self.execute_block(block, None);
+            self.execute_block(block, None, None);
         }
         let seq = checkpoint.seq();
         if seq > self.low_watermark()

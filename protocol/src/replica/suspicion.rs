@@ -1,61 +1,123 @@
 //! The request timer, and suspicion of the primary.
 //!
 //! A backup watches the requests it waits for, oldest first (PBFT's request
-//! timer): not the time since anything executed, which a primary that orders
-//! everyone but one client, or only tiny batches, would keep resetting.
+//! timer), and judges the primary by what it does with them, not by how long
+//! they wait: under load an honest primary's queue makes every request wait,
+//! and a faulty primary can keep everything else moving. The oldest waiting
+//! request is *overdue* when
 //!
-//! - The oldest request has waited one request timeout: this backup relays
-//!   every request that waited that long to every replica (as a PBFT client
-//!   re-sends to all), so every honest backup watches it and forwards it to
-//!   the primary itself.
-//! - It has waited another timeout (or one, if another backup relayed it to
-//!   us): this backup signs a [`Suspect`] for the view and re-sends it every
-//!   status interval while the wait lasts.
-//! - 2f+1 replicas suspect the primary (so at least f+1 honest ones): the
-//!   view change starts, and the 2f+1 suspicions are relayed so that every
-//!   replica follows. One replica whose timer fired alone never leaves the
-//!   view on its own, and so never strands itself in a view change while the
-//!   others carry on.
+//! - **passed over**: a block the primary proposed well after the request
+//!   reached it (beyond twice the recent inclusion latency, the time
+//!   forwarding and the primary's queue take now) left it out, with room to
+//!   spare or with requests that arrived here later: censorship, or tiny
+//!   batches, is seen at the next block;
+//! - **stalled**: nothing executed for the stall timeout (the request
+//!   timeout, raised to twice the recent pre-prepare-to-execution time, so
+//!   a loaded cluster is not judged stalled), counted from the request's
+//!   arrival or the last execution: a silent primary;
+//! - **too old**: it waited `request_timeout_max`, whatever else happens:
+//!   the bound on a primary that fills blocks with requests of its own (from
+//!   here it is indistinguishable from an honest cluster that is overloaded
+//!   that much).
 //!
-//! The timeout adapts to load: never below twice the longest wait of a
-//! recently executed request, so a busy primary is not mistaken for a faulty
-//! one, and never above `request_timeout_max`, so a primary that slows
-//! everyone down cannot stretch it without bound.
+//! An overdue request is first relayed to every replica (as a PBFT client
+//! re-sends to all), so every honest backup watches it and forwards it to
+//! the primary itself; a stall timeout later, if it is still overdue, this
+//! backup signs a [`Suspect`] for the view (at once, for a request another
+//! backup relayed to us) and re-sends it every status interval while it
+//! stands. 2f+1 replicas suspecting the primary (so at least f+1 honest
+//! ones) start the view change, and the 2f+1 suspicions are relayed so that
+//! every replica follows. One replica whose timer fired alone never leaves
+//! the view on its own, and so never strands itself in a view change while
+//! the others carry on.
 
 use super::{Phase, Replica, Watch};
-use crate::message::{Forward, Signed, SignedRequest, Suspect, WireMessage};
+use crate::message::{Batch, Forward, Signed, SignedRequest, Suspect, WireMessage};
 use crate::storage::Record;
 use std::time::Duration;
 
-/// The request timeout is at least this many times the longest recent wait.
+/// Timeouts are at least this many times the recent figure they follow.
 const LATENCY_FACTOR: u32 = 2;
 /// A suspicion not re-sent for this many status intervals has lapsed.
 const SUSPECT_TTL_INTERVALS: u32 = 4;
 /// Most requests relayed per firing, in batches' worth.
 const RELAY_BATCHES: usize = 4;
 
+/// A decaying maximum `(value, measured_at)`: a new sample replaces it if
+/// larger than what is left of it; it falls by a quarter of the time since
+/// it was measured.
+pub(super) fn note_max(figure: &mut (Duration, Duration), sample: Duration, now: Duration) {
+    if sample >= decayed(*figure, now) {
+        *figure = (sample, now);
+    }
+}
+
+fn decayed((value, at): (Duration, Duration), now: Duration) -> Duration {
+    value.saturating_sub(now.saturating_sub(at) / 4)
+}
+
 impl Replica {
-    /// The request timeout in force: the configured one, raised to twice the
-    /// longest recent wait, capped at `request_timeout_max`.
+    /// The stall timeout (also the gap between relaying a request and
+    /// suspecting the primary over it): the configured request timeout,
+    /// raised to twice the recent pre-prepare-to-execution time, capped at
+    /// `request_timeout_max`.
     pub(super) fn request_timeout(&self) -> Duration {
-        self.recent_latency()
+        decayed(self.commit_time, self.now)
             .saturating_mul(LATENCY_FACTOR)
             .max(self.config.request_timeout)
             .min(self.config.request_timeout_max)
     }
 
-    /// The longest wait of a recently executed request, falling by a quarter
-    /// of the time since it was measured (so the timeout comes back down
-    /// once load eases).
-    pub(super) fn recent_latency(&self) -> Duration {
-        let (wait, at) = self.latency;
-        wait.saturating_sub(self.now.saturating_sub(at) / 4)
+    /// How late past its arrival a pre-prepare may leave a request out
+    /// before the request counts as passed over: half the request timeout,
+    /// raised to twice the recent inclusion latency, capped at
+    /// `request_timeout_max`.
+    fn inclusion_slack(&self) -> Duration {
+        decayed(self.inclusion, self.now)
+            .saturating_mul(LATENCY_FACTOR)
+            .max(self.config.request_timeout / 2)
+            .min(self.config.request_timeout_max)
     }
 
-    /// A pending request executed after waiting `wait` here.
-    pub(super) fn note_wait(&mut self, wait: Duration) {
-        if wait >= self.recent_latency() {
-            self.latency = (wait, self.now);
+    /// A block proposed (pre-prepare accepted here) at `proposed_at` is
+    /// executing: if it left out the oldest request waiting here although
+    /// the request reached us well before, with room to spare or with
+    /// requests that arrived here after it, the primary passed it over.
+    pub(super) fn check_passed_over(&mut self, batch: &Batch, proposed_at: Duration) {
+        if self.is_primary() {
+            return;
+        }
+        let Some(&(since, key)) = self.waiting.front() else {
+            return;
+        };
+        let slack = self.inclusion_slack();
+        if proposed_at <= since + slack {
+            return;
+        }
+        let Some(oldest) = self.pending.get(&key).filter(|p| p.since == since) else {
+            return;
+        };
+        if oldest.proposed || oldest.passed_over {
+            return;
+        }
+        let mut bytes = 0usize;
+        let mut newer = false;
+        for request in &batch.requests {
+            if request.key() == key {
+                return;
+            }
+            bytes = bytes.saturating_add(request.payload_len());
+            newer |= self
+                .pending
+                .get(&request.key())
+                .is_some_and(|p| p.since > since + slack);
+        }
+        let room = batch.requests.len() < self.config.max_batch_requests
+            && bytes.saturating_add(oldest.request.payload_len()) <= self.config.max_batch_bytes;
+        if room || newer {
+            if let Some(pending) = self.pending.get_mut(&key) {
+                pending.passed_over = true;
+            }
         }
     }
 
@@ -76,20 +138,25 @@ impl Replica {
         }
     }
 
-    /// The oldest pending request's wait start and stage.
-    fn oldest_waiting(&self) -> Option<(Duration, Watch)> {
+    /// When the oldest waiting request is (or was) overdue, and its stage.
+    fn oldest_overdue(&self) -> Option<(Duration, Watch)> {
         let &(since, key) = self.waiting.front()?;
         let pending = self.pending.get(&key).filter(|p| p.since == since)?;
-        Some((since, pending.watch))
+        let overdue = if pending.passed_over {
+            since
+        } else {
+            let stalled = since.max(self.last_execution) + self.request_timeout();
+            stalled.min(since + self.config.request_timeout_max)
+        };
+        Some((overdue, pending.watch))
     }
 
     /// When the oldest request's next stage is due (relay, or suspicion).
     fn oldest_due(&self) -> Option<(Duration, Watch)> {
-        let (since, watch) = self.oldest_waiting()?;
-        let timeout = self.request_timeout();
+        let (overdue, watch) = self.oldest_overdue()?;
         let due = match watch {
-            Watch::Fresh | Watch::RelayedToUs => since + timeout,
-            Watch::RelayedByUs => since + timeout.saturating_mul(2),
+            Watch::Fresh | Watch::RelayedToUs => overdue,
+            Watch::RelayedByUs(at) => overdue.max(at + self.request_timeout()),
         };
         Some((due, watch))
     }
@@ -119,19 +186,21 @@ impl Replica {
         }
     }
 
-    /// Relays every request that waited a timeout and was not relayed yet,
+    /// Relays the oldest request, which is overdue, and every other one
+    /// that has waited beyond the inclusion slack and was not relayed yet,
     /// oldest first, bounded per firing.
     fn relay_overdue(&mut self) {
-        let timeout = self.request_timeout();
+        let slack = self.inclusion_slack();
         let limit = self.config.max_batch_requests.saturating_mul(RELAY_BATCHES);
+        let now = self.now;
         let mut requests = Vec::new();
-        for &(since, key) in &self.waiting {
-            if since + timeout > self.now || requests.len() >= limit {
+        for (position, &(since, key)) in self.waiting.iter().enumerate() {
+            if (position > 0 && since + slack > now) || requests.len() >= limit {
                 break;
             }
             if let Some(pending) = self.pending.get_mut(&key) {
                 if pending.since == since && pending.watch == Watch::Fresh {
-                    pending.watch = Watch::RelayedByUs;
+                    pending.watch = Watch::RelayedByUs(now);
                     requests.push(pending.request.clone());
                 }
             }
@@ -191,7 +260,7 @@ impl Replica {
         };
         let overdue = matches!(
             self.oldest_due(),
-            Some((due, Watch::RelayedByUs | Watch::RelayedToUs)) if due <= self.now
+            Some((due, Watch::RelayedByUs(_) | Watch::RelayedToUs)) if due <= self.now
         );
         if overdue {
             self.suspects.insert(self.id, (own.clone(), self.now));

@@ -285,6 +285,7 @@ impl Replica {
         }
         for slot in self.slots.values_mut() {
             slot.pre_prepare = None;
+            slot.pre_prepare_at = None;
             slot.prepares.clear();
             slot.commits.clear();
             slot.commit_sent = false;
@@ -315,10 +316,10 @@ impl Replica {
         self.execute_ready();
     }
 
-    /// When the new-view timer fires: the view-change timeout (or twice the
-    /// longest recent request wait, if longer: a loaded cluster needs longer
-    /// to complete a view change too), doubled for every view that failed in
-    /// a row.
+    /// When the new-view timer fires: the view-change timeout (or the
+    /// load-adapted request timeout, if longer: a loaded cluster needs
+    /// longer to complete a view change too), doubled for every view that
+    /// failed in a row.
     pub(super) fn new_view_deadline(&self) -> Option<Duration> {
         let Phase::ViewChange {
             quorum_at: Some(since),
@@ -332,7 +333,7 @@ impl Replica {
         let timeout = self
             .config
             .view_change_timeout
-            .max(self.recent_latency().saturating_mul(2))
+            .max(self.request_timeout())
             .saturating_mul(factor)
             .min(self.config.view_change_timeout_max);
         Some(since + timeout)
