@@ -40,8 +40,12 @@ use std::time::Duration;
 const LATENCY_FACTOR: u32 = 2;
 /// A suspicion not re-sent for this many status intervals has lapsed.
 const SUSPECT_TTL_INTERVALS: u32 = 4;
-/// Most requests relayed per firing, in batches' worth.
-const RELAY_BATCHES: usize = 4;
+/// Most requests relayed per firing: enough for every backup to watch the
+/// oldest ones (which is all a relay is for: one overdue request watched by
+/// all makes 2f+1 suspicions possible), few enough that a cluster that is
+/// merely overloaded does not multiply its load by n when a stall timeout
+/// fires everywhere at once.
+const RELAY_LIMIT: usize = 16;
 
 /// A decaying maximum `(value, measured_at)`: a new sample replaces it if
 /// larger than what is left of it; it falls by a quarter of the time since
@@ -186,12 +190,12 @@ impl Replica {
         }
     }
 
-    /// Relays the oldest request, which is overdue, and every other one
-    /// that has waited beyond the inclusion slack and was not relayed yet,
-    /// oldest first, bounded per firing.
+    /// Relays the oldest request, which is overdue, and the next oldest
+    /// that have waited beyond the inclusion slack and were not relayed yet,
+    /// at most [`RELAY_LIMIT`] per firing.
     fn relay_overdue(&mut self) {
         let slack = self.inclusion_slack();
-        let limit = self.config.max_batch_requests.saturating_mul(RELAY_BATCHES);
+        let limit = RELAY_LIMIT;
         let now = self.now;
         let mut requests = Vec::new();
         for (position, &(since, key)) in self.waiting.iter().enumerate() {
