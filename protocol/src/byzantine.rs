@@ -761,7 +761,7 @@ impl Adversary {
         if valid.len() < self.committee.quorum() {
             return None;
         }
-        let (_, reproposals) = crate::replica::compute_reproposals(&valid);
+        let (_, reproposals) = crate::replica::compute_reproposals(&valid, false);
         let pre_prepares = reproposals
             .into_iter()
             .map(|(seq, digest)| self.sign(PrePrepare { view, seq, digest }))

@@ -2,7 +2,7 @@
 
 use bftd_protocol::byzantine::Behaviour;
 use bftd_protocol::NodeId;
-use bftnet::sim::{self, ByzantineSpec, Faults, SimConfig};
+use bftnet::sim::{self, ByzantineSpec, Faults, SimConfig, Twins, Workload};
 use clap::{Parser, Subcommand};
 use std::io::Write;
 use std::process::ExitCode;
@@ -33,6 +33,7 @@ enum Command {
     ///   bftnet sim --seeds 2000 -n 4 --byzantine random
     ///   bftnet sim --seed 17 -n 7 --byzantine 2:equivocate
     ///   bftnet sim --seeds 300 -n 4 --byzantine 2:collude --allow-unsafe
+    ///   bftnet sim --seeds 300 -n 4 --break-new-view
     #[command(verbatim_doc_comment)]
     Sim(SimArgs),
     #[command(flatten)]
@@ -55,7 +56,10 @@ struct SimArgs {
     /// Behaviours: silent, equivocate, bad-signature, wrong-digest, corrupt,
     /// replay, forge-certificate, slow:MS, flood, lie-to-clients,
     /// fake-checkpoint, censor, starve[:MS], omit-prepared, stale-prepared,
-    /// worst-new-view, withhold, random, collude.
+    /// worst-new-view, withhold, random, collude; and `twins`: each byzantine
+    /// identity runs as two honest instances with one key, on different
+    /// sides of partitions. `random` mixes every behaviour and, in a quarter
+    /// of the seeds, twins.
     #[arg(long)]
     byzantine: Vec<String>,
     /// Faults before the heal: all, none, or a list of
@@ -65,6 +69,12 @@ struct SimArgs {
     /// Client requests per run.
     #[arg(long, default_value_t = 40)]
     requests: usize,
+    /// What the clients do: `steady` (3 clients, requests valid all run) or
+    /// `crowd` (200 clients, 400 requests with a 16-height lifetime that
+    /// expire in long faults and are re-signed, and a replayer re-submitting
+    /// executed requests).
+    #[arg(long, default_value = "steady")]
+    workload: String,
     /// Allow more than f byzantine replicas (safety can then break: see the
     /// agreement checker fail).
     #[arg(long)]
@@ -73,6 +83,15 @@ struct SimArgs {
     /// watch the checkers catch it.
     #[arg(long)]
     break_quorum: bool,
+    /// Deliberately break the view change's new-view rule (re-propose the
+    /// digest prepared in the lowest view instead of the highest) to watch
+    /// the agreement checker catch a fork after a view change.
+    #[arg(long)]
+    break_new_view: bool,
+    /// Deliberately make clients believe a node's reply without verifying
+    /// its receipt, to watch the receipts checker catch `lie-to-clients`.
+    #[arg(long)]
+    break_receipts: bool,
     /// Worker threads (default: available cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -95,13 +114,25 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn parse_byzantine(specs: &[String], n: usize) -> Result<ByzantineSpec, String> {
+fn parse_byzantine(specs: &[String], n: usize) -> Result<(ByzantineSpec, Twins), String> {
     let f = n.saturating_sub(1) / 3;
     let mut fixed = Vec::new();
     let mut random = None;
+    let mut twins = Twins::Never;
     for spec in specs {
         let bad =
             |e: bftd_protocol::byzantine::UnknownBehaviour| format!("--byzantine {spec}: {e}");
+        let name = spec.rsplit(['=', ':']).next().unwrap_or_default().trim();
+        let spec = &if name == "twins" {
+            // Twins run honest code; the behaviour is a placeholder.
+            twins = Twins::Always;
+            spec.replace("twins", "silent")
+        } else {
+            if spec.trim() == "random" || spec.ends_with(":random") {
+                twins = Twins::Sometimes;
+            }
+            spec.clone()
+        };
         if let Some((id, behaviour)) = spec.split_once('=') {
             let id: u16 = id
                 .trim()
@@ -129,8 +160,8 @@ fn parse_byzantine(specs: &[String], n: usize) -> Result<ByzantineSpec, String> 
         (Some(_), false) => Err(
             "use either ID=BEHAVIOUR specs or one BEHAVIOUR / K:BEHAVIOUR spec, not both".into(),
         ),
-        (Some((count, behaviour)), true) => Ok(ByzantineSpec::Random { count, behaviour }),
-        (None, _) => Ok(ByzantineSpec::Fixed(fixed)),
+        (Some((count, behaviour)), true) => Ok((ByzantineSpec::Random { count, behaviour }, twins)),
+        (None, _) => Ok((ByzantineSpec::Fixed(fixed), twins)),
     }
 }
 
@@ -149,7 +180,7 @@ fn run_sim(args: SimArgs) -> Result<ExitCode, String> {
         ));
     }
     let f = (args.n - 1) / 3;
-    let byzantine = parse_byzantine(&args.byzantine, args.n)?;
+    let (byzantine, twins) = parse_byzantine(&args.byzantine, args.n)?;
     let count = byzantine_count(&byzantine);
     if count > args.n {
         return Err(format!(
@@ -166,9 +197,17 @@ fn run_sim(args: SimArgs) -> Result<ExitCode, String> {
     }
     let mut config = SimConfig::new(args.n, 0);
     config.byzantine = byzantine;
+    config.twins = twins;
     config.faults = Faults::parse(&args.faults)?;
-    config.requests = args.requests;
+    if Workload::parse(&args.workload)? == Workload::Crowd {
+        config.crowd();
+    }
+    if args.requests != 40 {
+        config.requests = args.requests;
+    }
     config.break_quorum = args.break_quorum;
+    config.break_new_view = args.break_new_view;
+    config.break_receipts = args.break_receipts;
     let replay = replay_command(&args);
     if let Some(seed) = args.seed {
         config.seed = seed;
@@ -188,8 +227,21 @@ fn run_sim(args: SimArgs) -> Result<ExitCode, String> {
                 println!("  {line}");
             }
             println!("trace hash {}", report.trace_hash);
+            println!(
+                "clients: {} receipts verified, {} replies refused as lies, {} expired requests re-signed",
+                report.receipts_verified, report.lies_refused, report.expired_resigned
+            );
+            match report.worst_time_to_commit_ms {
+                Some(worst) => println!(
+                    "worst time-to-commit after the heal {worst} ms (bound {} ms)",
+                    report.liveness_bound_ms
+                ),
+                None => println!("liveness bound {} ms", report.liveness_bound_ms),
+            }
             match &report.violation {
-                None => println!("ok: agreement, validity, certificates and liveness hold"),
+                None => {
+                    println!("ok: agreement, validity, certificates, receipts and liveness hold")
+                }
                 Some(violation) => println!("FAILED: {violation}"),
             }
         }
@@ -221,9 +273,15 @@ fn run_sim(args: SimArgs) -> Result<ExitCode, String> {
         );
     } else {
         println!(
-            "{} seeds, n = {}: {} agreement, {} validity, {} certificate violations; {} liveness failures; {} other",
+            "{} seeds, n = {}: {} agreement, {} validity, {} certificate, {} receipt violations; {} liveness failures; {} other",
             summary.seeds, args.n, summary.agreement_violations, summary.validity_violations,
-            summary.certificate_violations, summary.liveness_failures, summary.other_failures
+            summary.certificate_violations, summary.receipt_violations, summary.liveness_failures,
+            summary.other_failures
+        );
+        println!(
+            "liveness bound {} ms after the heal; worst time-to-commit seen {} ms (seed {}); clients verified {} receipts and refused {} lies",
+            summary.liveness_bound_ms, summary.worst_time_to_commit_ms,
+            summary.worst_time_to_commit_seed, summary.receipts_verified, summary.lies_refused
         );
         println!(
             "{} commits in {:.1} s ({:.0} commits/s simulated, {:.0} s of virtual time)",
@@ -255,11 +313,20 @@ fn replay_command(args: &SimArgs) -> String {
     if args.requests != 40 {
         command.push_str(&format!(" --requests {}", args.requests));
     }
+    if args.workload != "steady" {
+        command.push_str(&format!(" --workload {}", args.workload));
+    }
     if args.allow_unsafe {
         command.push_str(" --allow-unsafe");
     }
     if args.break_quorum {
         command.push_str(" --break-quorum");
+    }
+    if args.break_new_view {
+        command.push_str(" --break-new-view");
+    }
+    if args.break_receipts {
+        command.push_str(" --break-receipts");
     }
     command
 }

@@ -5,7 +5,7 @@
 //! Replay any failing seed with the command the assertion prints.
 
 use bftd_protocol::byzantine::Behaviour;
-use bftnet::sim::{run, sweep, ByzantineSpec, Faults, SimConfig, SweepSummary};
+use bftnet::sim::{run, sweep, ByzantineSpec, Faults, SimConfig, SweepSummary, Twins};
 
 fn threads() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
@@ -144,5 +144,98 @@ fn broken_commit_quorum_is_caught() {
     assert_eq!(
         summary.certificate_violations, 30,
         "a broken quorum rule went unnoticed: {summary:#?}"
+    );
+}
+
+/// The adversary reaches the view change's semantics: with the new-view
+/// rule broken (`O` forgets the prepared certificates in `V`), crashes,
+/// partitions and lost messages around view changes let a replica that had
+/// not executed a committed batch commit a null batch at its height, and
+/// the agreement checker sees the fork. The same seeds are clean with the
+/// correct rule (the sweeps above).
+#[test]
+fn broken_new_view_rule_forks_and_is_caught() {
+    let mut broken = config(4, ByzantineSpec::Fixed(Vec::new()));
+    broken.break_new_view = true;
+    let summary = sweep(&broken, 0..300, threads(), &|_, _, _| {});
+    assert!(
+        summary.agreement_violations > 0,
+        "a broken new-view rule went unnoticed in 300 seeds: {summary:#?}"
+    );
+}
+
+/// A node that lies to its clients about where their requests committed is
+/// caught by the clients themselves (its receipts do not verify), and a
+/// client that believed replies without verifying them would accept
+/// falsehoods: the receipts checker fails then.
+#[test]
+fn lies_to_clients_are_refused_and_believing_them_is_caught() {
+    let liar = config(4, random_byzantine(1, Behaviour::LieToClients));
+    let summary = sweep(&liar, 0..40, threads(), &|_, _, _| {});
+    assert_clean(
+        &summary,
+        "n=4, lie-to-clients",
+        "-n 4 --byzantine lie-to-clients",
+    );
+    assert!(summary.lies_refused > 0, "no lie was told: {summary:#?}");
+    assert!(
+        summary.receipts_verified > 0,
+        "no receipt verified: {summary:#?}"
+    );
+
+    let mut credulous = liar;
+    credulous.break_receipts = true;
+    let summary = sweep(&credulous, 0..40, threads(), &|_, _, _| {});
+    assert!(
+        summary.receipt_violations > 0,
+        "clients believing lies went unnoticed: {summary:#?}"
+    );
+}
+
+/// Twins: each byzantine identity runs as two honest instances with one key
+/// on different sides of partitions, the equivocation that needs no code.
+#[test]
+fn twins_cannot_fork_the_log() {
+    for (n, count, seeds) in [(4, 1, 120), (7, 2, 40)] {
+        let mut twins = config(n, random_byzantine(count, Behaviour::Silent));
+        twins.twins = Twins::Always;
+        let summary = sweep(&twins, 0..seeds, threads(), &|_, _, _| {});
+        assert_clean(
+            &summary,
+            &format!("n={n}, {count} twins"),
+            &format!("-n {n} --byzantine twins"),
+        );
+    }
+}
+
+/// Many clients with short-lived requests under every fault and a random
+/// byzantine replica: requests expire and are re-signed, executed requests
+/// leave the replicas' memory while a replayer re-submits them, and none
+/// executes twice or outside its validity.
+#[test]
+fn crowd_with_expiry_and_replays() {
+    let mut crowd = config(4, random_byzantine(1, Behaviour::Random));
+    crowd.twins = Twins::Sometimes;
+    crowd.crowd();
+    let summary = sweep(&crowd, 0..40, threads(), &|_, _, _| {});
+    assert_clean(
+        &summary,
+        "n=4, crowd",
+        "-n 4 --byzantine random --workload crowd",
+    );
+}
+
+/// After the heal every request executes everywhere within the stated
+/// bound, and the sweep says how long the worst took.
+#[test]
+fn liveness_bound_is_stated_and_met() {
+    let mut mixed = config(4, random_byzantine(1, Behaviour::Random));
+    mixed.twins = Twins::Sometimes;
+    let summary = sweep(&mixed, 0..100, threads(), &|_, _, _| {});
+    assert_clean(&summary, "n=4, random", "-n 4 --byzantine random");
+    assert!(summary.liveness_bound_ms > 0);
+    assert!(
+        summary.worst_time_to_commit_ms <= summary.liveness_bound_ms,
+        "{summary:#?}"
     );
 }

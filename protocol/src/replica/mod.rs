@@ -400,6 +400,8 @@ pub struct Replica {
     evidence: Vec<Evidence>,
     /// See [`Replica::break_commit_quorum_for_testing`].
     broken_commit_quorum: bool,
+    /// See [`Replica::break_new_view_rule_for_testing`].
+    broken_new_view_rule: bool,
 }
 
 impl std::fmt::Debug for Replica {
@@ -536,6 +538,7 @@ impl Replica {
             metrics: Metrics::default(),
             evidence: Vec::new(),
             broken_commit_quorum: false,
+            broken_new_view_rule: false,
             executed,
             config,
         };
@@ -690,6 +693,17 @@ impl Replica {
     #[doc(hidden)]
     pub fn break_commit_quorum_for_testing(&mut self) {
         self.broken_commit_quorum = true;
+    }
+
+    /// Deliberately breaks the new-view rule: for each sequence, `O` takes
+    /// the digest prepared in the *lowest* view of `V` instead of the
+    /// highest, so a new primary may re-propose a batch that lost to one
+    /// that already committed. Exists only so the simulator can show its
+    /// adversary reaches the view change's semantics (`bftnet sim
+    /// --break-new-view`); nothing in the daemon reaches it.
+    #[doc(hidden)]
+    pub fn break_new_view_rule_for_testing(&mut self) {
+        self.broken_new_view_rule = true;
     }
 
     // ----- inspection ----------------------------------------------------

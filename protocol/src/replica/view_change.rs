@@ -195,7 +195,8 @@ impl Replica {
 
     fn send_new_view(&mut self, view_changes: Vec<Signed<ViewChange>>) {
         let view = self.view;
-        let (checkpoint, reproposals) = compute_reproposals(&view_changes);
+        let (checkpoint, reproposals) =
+            compute_reproposals(&view_changes, self.broken_new_view_rule);
         if self.signer.enter_view(view).is_err() {
             self.drop_input(DropReason::SafetyRefused);
             return;
@@ -236,9 +237,12 @@ impl Replica {
             self.drop_input(DropReason::WrongSender);
             return;
         }
-        let Some((checkpoint, reproposals)) =
-            check_new_view(&self.committee, self.config.window, &new_view.value)
-        else {
+        let Some((checkpoint, reproposals)) = check_new_view(
+            &self.committee,
+            self.config.window,
+            &new_view.value,
+            self.broken_new_view_rule,
+        ) else {
             self.drop_input(DropReason::InvalidNewView);
             return;
         };
@@ -390,6 +394,7 @@ fn check_new_view(
     committee: &Committee,
     window: u64,
     new_view: &NewView,
+    broken: bool,
 ) -> Option<(CheckpointCertificate, Vec<(SeqNum, Digest)>)> {
     let mut signers = BTreeSet::new();
     for view_change in &new_view.view_changes {
@@ -403,15 +408,17 @@ fn check_new_view(
     if signers.len() < committee.quorum() {
         return None;
     }
-    Some(compute_reproposals(&new_view.view_changes))
+    Some(compute_reproposals(&new_view.view_changes, broken))
 }
 
 /// `O`: the highest checkpoint in `V`, and for every sequence above it up to
 /// the highest prepared one, the digest prepared in the highest view (ties
 /// broken by digest, for determinism; honest quorums never tie), or the null
-/// batch.
+/// batch. `broken` turns the highest-view rule into a lowest-view one
+/// ([`super::Replica::break_new_view_rule_for_testing`]).
 pub(crate) fn compute_reproposals(
     view_changes: &[Signed<ViewChange>],
+    broken: bool,
 ) -> (CheckpointCertificate, Vec<(SeqNum, Digest)>) {
     let checkpoint = view_changes
         .iter()
@@ -432,7 +439,9 @@ pub(crate) fn compute_reproposals(
     while seq <= high {
         let digest = prepared
             .iter()
-            .filter(|p| p.seq() == seq)
+            // The rule that makes a view change safe: a digest that may
+            // have committed was prepared, and in the highest view of any.
+            .filter(|p| p.seq() == seq && !broken)
             .max_by_key(|p| (p.view(), p.digest()))
             .map_or(null, |p| p.digest());
         reproposals.push((seq, digest));

@@ -32,6 +32,7 @@ pub(super) fn run(world: &World<'_>) -> Option<Violation> {
     agreement(world)
         .or_else(|| certificates(world))
         .or_else(|| validity(world))
+        .or_else(|| receipts(world))
         .or_else(|| liveness(world))
 }
 
@@ -110,6 +111,28 @@ fn validity(world: &World<'_>) -> Option<Violation> {
                     continue;
                 }
                 let key = request.key();
+                let valid_until = request.request.valid_until;
+                let lifetime = world.config.protocol.request_lifetime;
+                if valid_until.0 < height || valid_until.0 > height + lifetime {
+                    return Some(Violation::new(
+                        "validity",
+                        format!(
+                            "{id} executed request {} of client {:#} at height {height}, \
+                             outside its validity (until {}, lifetime {lifetime})",
+                            key.request_id, key.client, valid_until.0
+                        ),
+                    ));
+                }
+                if world.abandoned.contains(&key) {
+                    return Some(Violation::new(
+                        "validity",
+                        format!(
+                            "{id} executed request {} of client {:#} at height {height} after \
+                             an honest replica had passed its validity",
+                            key.request_id, key.client
+                        ),
+                    ));
+                }
                 if world.submitted.get(&key) != Some(request) {
                     return Some(Violation::new(
                         "validity",
@@ -131,26 +154,83 @@ fn validity(world: &World<'_>) -> Option<Violation> {
     None
 }
 
-/// After the heal, every honest replica executed every request within the
-/// bound.
+/// Every receipt a client accepted is true of the honest logs: the block at
+/// its height has its batch digest, and the request executed there or
+/// earlier (a receipt for a later duplicate copy is true too).
+fn receipts(world: &World<'_>) -> Option<Violation> {
+    let mut executed_at: BTreeMap<RequestKey, SeqNum> = BTreeMap::new();
+    let mut digests: BTreeMap<SeqNum, Digest> = BTreeMap::new();
+    for id in world.honest() {
+        let storage = &world.nodes[id.index()].storage;
+        for height in 1..=storage.last_height().0 {
+            let Some(block) = storage.block(SeqNum(height)) else {
+                continue;
+            };
+            digests.insert(SeqNum(height), block.block.batch_digest);
+            let duplicates = storage.duplicates(SeqNum(height));
+            for (index, request) in block.block.batch.requests.iter().enumerate() {
+                if !duplicates.contains(&(index as u32)) {
+                    executed_at.entry(request.key()).or_insert(SeqNum(height));
+                }
+            }
+        }
+    }
+    for (key, &(height, digest)) in &world.clients.accepted {
+        let true_digest = digests.get(&height);
+        let true_height = executed_at.get(key);
+        let holds =
+            true_height.is_some_and(|&at| at <= height) && true_digest.is_none_or(|&d| d == digest);
+        if !holds {
+            return Some(Violation::new(
+                "receipts",
+                format!(
+                    "client {:#} accepted request {} as committed at height {} (batch {digest:#}); \
+                     the honest replicas executed it at {}",
+                    key.client,
+                    key.request_id,
+                    height.0,
+                    true_height.map_or("no height".to_string(), |h| format!("height {}", h.0))
+                ),
+            ));
+        }
+    }
+    None
+}
+
+/// After the heal, every honest replica executed every wanted request
+/// within the bound.
 fn liveness(world: &World<'_>) -> Option<Violation> {
-    if world.live_at.is_some() {
+    let bound = world.config.liveness_bound;
+    let late = world.worst_time_to_commit().filter(|&worst| worst > bound);
+    if world.live_at.is_some() && late.is_none() {
         return None;
     }
+    let wanted = world.wanted.len();
     let lagging: Vec<String> = world
         .honest()
         .filter_map(|id| {
-            let executed = world.nodes[id.index()].executed.len();
-            (executed < world.submitted.len())
-                .then(|| format!("{id} executed {executed}/{}", world.submitted.len()))
+            let node = &world.nodes[id.index()];
+            let executed = world
+                .wanted
+                .iter()
+                .filter(|key| node.executed.contains(key))
+                .count();
+            (executed < wanted).then(|| format!("{id} executed {executed}/{wanted}"))
         })
         .collect();
     Some(Violation::new(
         "liveness",
-        format!(
-            "{} s after the heal: {}",
-            world.config.liveness_bound.as_secs(),
-            lagging.join(", ")
-        ),
+        match late {
+            Some(worst) => format!(
+                "a request took {} ms after the heal to execute everywhere; the bound is {} ms",
+                worst.as_millis(),
+                bound.as_millis()
+            ),
+            None => format!(
+                "{} ms after the heal: {}",
+                bound.as_millis(),
+                lagging.join(", ")
+            ),
+        },
     ))
 }

@@ -93,6 +93,44 @@ pub enum ByzantineSpec {
     Fixed(Vec<(NodeId, Behaviour)>),
 }
 
+/// Whether byzantine identities run as twins: two instances of honest code
+/// with one key, on different sides of partitions (Bano et al., "Twins:
+/// BFT Systems Made Robust", 2021). An equivocator that needs no code of its
+/// own: each twin is consistent, together they are not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Twins {
+    /// Byzantine replicas run their behaviour.
+    Never,
+    /// Byzantine replicas are twins instead.
+    Always,
+    /// The seed decides (a quarter of the runs): what `random` does.
+    Sometimes,
+}
+
+/// What the clients do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    /// `clients` clients submit `requests` requests valid for the whole run.
+    Steady,
+    /// Many clients; requests valid for half of a short lifetime (16
+    /// heights), so they expire in long faults and their clients re-sign
+    /// them; executed requests leave the replicas' memory and expiry alone
+    /// must refuse them; and a replayer re-submits executed requests all
+    /// run long.
+    Crowd,
+}
+
+impl Workload {
+    /// Parses `steady` or `crowd`.
+    pub fn parse(text: &str) -> Result<Workload, String> {
+        match text.trim() {
+            "steady" => Ok(Workload::Steady),
+            "crowd" => Ok(Workload::Crowd),
+            other => Err(format!("unknown workload `{other}`: use steady or crowd")),
+        }
+    }
+}
+
 /// One simulated run.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
@@ -118,12 +156,25 @@ pub struct SimConfig {
     /// Deliberately break the honest replicas' commit rule (2f instead of
     /// 2f+1): to see the checkers catch it.
     pub break_quorum: bool,
+    /// Deliberately break the new-view rule (`O` takes the lowest-view
+    /// prepared digest, not the highest) on every honest replica: to see the
+    /// adversary reach the view change and the agreement checker catch it.
+    pub break_new_view: bool,
+    /// Deliberately make clients believe what a node replies without
+    /// verifying its receipt: to see the receipts checker catch
+    /// `lie-to-clients`.
+    pub break_receipts: bool,
+    /// Twins.
+    pub twins: Twins,
+    /// The clients' workload.
+    pub workload: Workload,
 }
 
 impl SimConfig {
     /// A sensible run for `n` replicas and `seed`: small batches and short
     /// timeouts so many protocol paths are crossed in little virtual time.
     pub fn new(n: usize, seed: u64) -> SimConfig {
+        let protocol = sim_protocol_config();
         SimConfig {
             n,
             seed,
@@ -132,11 +183,38 @@ impl SimConfig {
             requests: 40,
             clients: 3,
             fault_phase: Duration::from_secs(4),
-            liveness_bound: Duration::from_secs(30),
-            protocol: sim_protocol_config(),
+            liveness_bound: liveness_bound(n, &protocol),
+            protocol,
             break_quorum: false,
+            break_new_view: false,
+            break_receipts: false,
+            twins: Twins::Never,
+            workload: Workload::Steady,
         }
     }
+
+    /// Switches to the crowd workload: 200 clients, 400 requests, a
+    /// 16-height lifetime.
+    pub fn crowd(&mut self) {
+        self.workload = Workload::Crowd;
+        self.clients = 200;
+        self.requests = 400;
+        self.protocol.request_lifetime = 16;
+    }
+}
+
+/// How long after the heal every request may take to be executed by every
+/// honest replica. The argument: a replica that restarts at the heal needs
+/// up to `request_timeout_max` to catch up (status exchange, state
+/// transfer); a request then waits at most another `request_timeout_max`
+/// before its replicas suspect the primary; each view change takes at most
+/// `view_change_timeout_max` before the next is tried, and among f + 1
+/// successive primaries one is honest, which orders the request within a
+/// request timeout; plus the clients' retry period.
+pub fn liveness_bound(n: usize, protocol: &Config) -> Duration {
+    let f = (n.saturating_sub(1) / 3) as u32;
+    let view_changes = (f + 1) * (protocol.view_change_timeout_max + protocol.request_timeout_max);
+    2 * protocol.request_timeout_max + view_changes + Duration::from_millis(500)
 }
 
 /// Protocol parameters for simulation.
@@ -188,6 +266,17 @@ pub struct SimReport {
     pub byzantine: Vec<String>,
     /// Each replica's final state, one line each.
     pub replicas: Vec<String>,
+    /// The liveness bound used.
+    pub liveness_bound_ms: u64,
+    /// The worst time, after the heal, until every honest replica executed
+    /// a request (from the later of its submission and the heal).
+    pub worst_time_to_commit_ms: Option<u64>,
+    /// Receipts clients verified.
+    pub receipts_verified: u64,
+    /// Replies clients refused because the receipt did not verify.
+    pub lies_refused: u64,
+    /// Requests that expired unexecuted and were signed again.
+    pub expired_resigned: u64,
     /// The first violated property, if any.
     pub violation: Option<Violation>,
 }
@@ -217,9 +306,21 @@ pub struct SweepSummary {
     pub validity_violations: u64,
     /// Runs where a committed block's certificate or chain did not verify.
     pub certificate_violations: u64,
+    /// Runs where a client accepted a receipt the honest logs contradict.
+    pub receipt_violations: u64,
     /// Runs where some request was not executed everywhere in time after the
     /// heal.
     pub liveness_failures: u64,
+    /// The liveness bound used (the largest, if runs differed).
+    pub liveness_bound_ms: u64,
+    /// The worst time-to-commit after the heal over all runs, and its seed.
+    pub worst_time_to_commit_ms: u64,
+    /// The seed of that run.
+    pub worst_time_to_commit_seed: u64,
+    /// Receipts clients verified, over all runs.
+    pub receipts_verified: u64,
+    /// Replies clients refused as lies, over all runs.
+    pub lies_refused: u64,
     /// Runs that failed otherwise (a replica that could not restart, a
     /// message storm).
     pub other_failures: u64,
@@ -243,6 +344,7 @@ impl SweepSummary {
         self.agreement_violations
             + self.validity_violations
             + self.certificate_violations
+            + self.receipt_violations
             + self.liveness_failures
             + self.other_failures
     }
@@ -252,11 +354,21 @@ impl SweepSummary {
         self.commits += report.commits;
         self.requests += report.requests as u64;
         self.virtual_seconds += report.virtual_ms as f64 / 1000.0;
+        self.liveness_bound_ms = self.liveness_bound_ms.max(report.liveness_bound_ms);
+        self.receipts_verified += report.receipts_verified;
+        self.lies_refused += report.lies_refused;
+        if let Some(worst) = report.worst_time_to_commit_ms {
+            if worst > self.worst_time_to_commit_ms {
+                self.worst_time_to_commit_ms = worst;
+                self.worst_time_to_commit_seed = report.seed;
+            }
+        }
         if let Some(violation) = &report.violation {
             match violation.property {
                 "agreement" => self.agreement_violations += 1,
                 "validity" => self.validity_violations += 1,
                 "certificates" => self.certificate_violations += 1,
+                "receipts" => self.receipt_violations += 1,
                 "liveness" => self.liveness_failures += 1,
                 _ => self.other_failures += 1,
             }

@@ -2,12 +2,15 @@
 
 use super::check::{self, Violation};
 use super::verifier::CachingVerifier;
-use super::{ByzantineSpec, SimConfig, SimReport};
-use bftd_crypto::{DigestBuilder, Domain, KeyPair};
+use super::{ByzantineSpec, SimConfig, SimReport, Twins, Workload};
+use bftd::client_api::Receipt;
+use bftd_crypto::{Digest, DigestBuilder, Domain, KeyPair};
 use bftd_protocol::byzantine::{Adversary, Behaviour, Emission};
+use bftd_protocol::merkle::MerkleTree;
 use bftd_protocol::{
-    codec, verify_message, verify_request, Committee, Destination, MemStorage, NodeId, Replica,
-    ReplicaSetup, Request, RequestKey, SignedRequest, Storage, WireMessage,
+    codec, verify_message, verify_request, BlockSource, ClientReply, Committee, Destination,
+    MemStorage, NodeId, Replica, ReplicaSetup, ReplyOutcome, Request, RequestKey, SeqNum,
+    SignedRequest, Storage, WireMessage,
 };
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -26,27 +29,46 @@ const MAX_EVENTS: u64 = 3_000_000;
 /// Shortest timer step, so a deadline in the past cannot spin the loop.
 const MIN_TIMER_STEP: Duration = Duration::from_micros(100);
 
+/// A replica instance. Usually one per identity; a twinned identity has two
+/// (same key, separate storage), so slots, not ids, address the network.
+type Slot = usize;
+
 #[derive(Debug)]
 enum Event {
     Deliver {
-        from: NodeId,
-        to: NodeId,
+        from: Slot,
+        to: Slot,
         bytes: Arc<Vec<u8>>,
     },
     Timer {
-        node: NodeId,
+        slot: Slot,
         generation: u64,
     },
     Submit {
         request: RequestKey,
-        node: NodeId,
+        slot: Slot,
     },
     Retry,
-    Crash(NodeId),
-    Restart(NodeId),
-    Partition(Vec<(NodeId, NodeId)>),
+    Crash(Slot),
+    /// The slot's next step stops partway (see [`CrashPoint`]).
+    ArmCrash(Slot, CrashPoint),
+    /// Every replica at once (a power cut), each restarting on its own.
+    CrashAll,
+    Restart(Slot),
+    Partition(Vec<(Slot, Slot)>),
     EndPartition,
     Heal,
+}
+
+/// Where inside a step a crash falls. The shell's order is: write, then send
+/// (then answer clients); a crash can cut it anywhere.
+#[derive(Clone, Copy, Debug)]
+enum CrashPoint {
+    /// Before the write: the step leaves no trace.
+    BeforeWrite,
+    /// After the write, with only the first `sent` of the step's messages
+    /// out (a fraction, 0 to 1).
+    AfterWrite { sent: f64 },
 }
 
 #[derive(Debug)]
@@ -74,6 +96,8 @@ impl Ord for Scheduled {
 }
 
 pub(super) struct SimNode {
+    /// The identity this instance runs as.
+    pub id: NodeId,
     pub replica: Option<Replica>,
     pub storage: MemStorage,
     pub adversary: Option<Adversary>,
@@ -82,6 +106,18 @@ pub(super) struct SimNode {
     pub executed: BTreeSet<RequestKey>,
     timer_generation: u64,
     timer_at: Option<Duration>,
+    crash_point: Option<CrashPoint>,
+}
+
+/// What clients were told and what they accepted.
+#[derive(Debug, Default)]
+pub(super) struct ClientView {
+    /// Receipts that verified: request → (height, batch digest).
+    pub accepted: BTreeMap<RequestKey, (SeqNum, Digest)>,
+    /// Receipts verified.
+    pub verified: u64,
+    /// Replies refused because their receipt did not verify (a node lied).
+    pub refused: u64,
 }
 
 pub(super) struct World<'a> {
@@ -92,14 +128,32 @@ pub(super) struct World<'a> {
     next_order: u64,
     pub committee: Committee,
     keys: Vec<KeyPair>,
+    /// Replica instances: slot `i < n` runs identity `i`; twins follow.
     pub nodes: Vec<SimNode>,
     pub byzantine: BTreeMap<NodeId, Behaviour>,
+    /// Byzantine identities run as twins (two honest instances, one key).
+    pub twins: bool,
+    /// Every request any client signed.
     pub submitted: BTreeMap<RequestKey, SignedRequest>,
+    /// The requests clients still want executed: one per transaction (its
+    /// newest signed version).
+    pub wanted: BTreeSet<RequestKey>,
+    /// Versions given up after they expired unexecuted.
+    pub abandoned: BTreeSet<RequestKey>,
+    /// When each wanted request was first submitted.
+    submitted_at: BTreeMap<RequestKey, Duration>,
+    /// When every honest replica had executed each request.
+    pub everywhere_at: BTreeMap<RequestKey, Duration>,
+    honest_executions: BTreeMap<RequestKey, usize>,
     executed_somewhere: BTreeSet<RequestKey>,
+    client_keys: Vec<KeyPair>,
+    next_request_id: Vec<u64>,
+    pub clients: ClientView,
     drop_probability: f64,
     duplicate_probability: f64,
-    blocked: BTreeSet<(NodeId, NodeId)>,
+    blocked: BTreeSet<(Slot, Slot)>,
     healed: bool,
+    pub heal_at: Duration,
     pub live_at: Option<Duration>,
     verifier: CachingVerifier,
     trace: DigestBuilder,
@@ -114,16 +168,33 @@ impl<'a> World<'a> {
         let publics: Vec<_> = keys.iter().map(KeyPair::public).collect();
         let committee = Committee::new(&publics).expect("simulated committees are 3f+1");
         let byzantine = choose_byzantine(&config.byzantine, config.n, &mut rng);
+        let twins = !byzantine.is_empty()
+            && match config.twins {
+                Twins::Never => false,
+                Twins::Always => true,
+                // `random` mixes twins in: a quarter of the runs.
+                Twins::Sometimes => rng.gen_bool(0.25),
+            };
         let colluders: Vec<NodeId> = byzantine
             .iter()
             .filter(|(_, b)| **b == Behaviour::Collude)
             .map(|(&id, _)| id)
             .collect();
-        let mut nodes = Vec::with_capacity(config.n);
+        let instance = |id: NodeId, adversary: Option<Adversary>| SimNode {
+            id,
+            replica: None,
+            storage: MemStorage::new(),
+            adversary,
+            executed: BTreeSet::new(),
+            timer_generation: 0,
+            timer_at: None,
+            crash_point: None,
+        };
+        let mut nodes = Vec::with_capacity(config.n + byzantine.len());
         for (index, key) in keys.iter().enumerate() {
             let id = NodeId(index as u16);
-            let storage = MemStorage::new();
-            let adversary = byzantine.get(&id).map(|behaviour| {
+            // Twins run honest code: the lie is that there are two of them.
+            let adversary = byzantine.get(&id).filter(|_| !twins).map(|behaviour| {
                 Adversary::new(
                     behaviour.clone(),
                     id,
@@ -133,14 +204,12 @@ impl<'a> World<'a> {
                     config.seed,
                 )
             });
-            nodes.push(SimNode {
-                replica: None,
-                storage,
-                adversary,
-                executed: BTreeSet::new(),
-                timer_generation: 0,
-                timer_at: None,
-            });
+            nodes.push(instance(id, adversary));
+        }
+        if twins {
+            for &id in byzantine.keys() {
+                nodes.push(instance(id, None));
+            }
         }
         let (drop_probability, duplicate_probability) = (
             if config.faults.drop {
@@ -154,6 +223,9 @@ impl<'a> World<'a> {
                 0.0
             },
         );
+        let client_keys: Vec<KeyPair> = (0..config.clients.max(1))
+            .map(|_| KeyPair::generate(&mut rng))
+            .collect();
         World {
             config,
             rng,
@@ -164,12 +236,22 @@ impl<'a> World<'a> {
             keys,
             nodes,
             byzantine,
+            twins,
             submitted: BTreeMap::new(),
+            wanted: BTreeSet::new(),
+            abandoned: BTreeSet::new(),
+            submitted_at: BTreeMap::new(),
+            everywhere_at: BTreeMap::new(),
+            honest_executions: BTreeMap::new(),
             executed_somewhere: BTreeSet::new(),
+            next_request_id: vec![1; client_keys.len()],
+            client_keys,
+            clients: ClientView::default(),
             drop_probability,
             duplicate_probability,
             blocked: BTreeSet::new(),
             healed: false,
+            heal_at: config.fault_phase,
             live_at: None,
             verifier: CachingVerifier::default(),
             trace: DigestBuilder::new(TRACE),
@@ -193,97 +275,170 @@ impl<'a> World<'a> {
             .filter(|id| !self.byzantine.contains_key(id))
     }
 
-    fn setup(&self, id: NodeId) -> ReplicaSetup {
+    fn is_honest(&self, slot: Slot) -> bool {
+        !self.byzantine.contains_key(&self.nodes[slot].id)
+    }
+
+    fn random_slot(&mut self) -> Slot {
+        self.rng.gen_range(0..self.nodes.len())
+    }
+
+    fn setup(&self, slot: Slot) -> ReplicaSetup {
+        let id = self.nodes[slot].id;
         ReplicaSetup {
             id,
             key: self.keys[id.index()].clone(),
             committee: self.committee.clone(),
             config: self.config.protocol.clone(),
-            blocks: Arc::new(self.nodes[id.index()].storage.clone()),
+            blocks: Arc::new(self.nodes[slot].storage.clone()),
         }
     }
 
-    fn start(&mut self, id: NodeId) {
-        let recovered = self.nodes[id.index()].storage.recover().unwrap_or_default();
-        match Replica::new(self.setup(id), recovered, self.now) {
+    fn start(&mut self, slot: Slot) {
+        let recovered = self.nodes[slot].storage.recover().unwrap_or_default();
+        match Replica::new(self.setup(slot), recovered, self.now) {
             Ok(mut replica) => {
                 if self.config.break_quorum {
                     replica.break_commit_quorum_for_testing();
                 }
-                self.nodes[id.index()].replica = Some(replica);
-                self.after_step(id);
+                if self.config.break_new_view {
+                    replica.break_new_view_rule_for_testing();
+                }
+                self.nodes[slot].replica = Some(replica);
+                self.after_step(slot);
             }
             Err(error) => {
                 self.failure.get_or_insert(Violation::new(
                     "restart",
-                    format!("{id} could not restart from its storage: {error}"),
+                    format!(
+                        "{} could not restart from its storage: {error}",
+                        self.nodes[slot].id
+                    ),
                 ));
             }
         }
     }
 
+    fn stop(&mut self, slot: Slot) {
+        let node = &mut self.nodes[slot];
+        node.replica = None;
+        node.timer_generation += 1;
+        node.timer_at = None;
+        node.crash_point = None;
+    }
+
+    /// Signs a new request for transaction `index`'s client, valid for half a
+    /// lifetime past `height` (what a real client does with the height it
+    /// last saw).
+    fn sign_request(&mut self, index: usize, height: SeqNum) -> RequestKey {
+        let client_index = index % self.client_keys.len();
+        let client = &self.client_keys[client_index];
+        let request_id = self.next_request_id[client_index];
+        self.next_request_id[client_index] += 1;
+        let lifetime = self.config.protocol.request_lifetime;
+        let request = Request {
+            client: client.public(),
+            request_id,
+            valid_until: height.plus(lifetime / 2).max(SeqNum(lifetime.min(1))),
+            payload: format!("tx-{index}").into_bytes(),
+        };
+        let signed = SignedRequest::sign(request, client).expect("small request");
+        let key = signed.key();
+        self.submitted.insert(key, signed);
+        key
+    }
+
     fn schedule_workload(&mut self) {
-        let clients: Vec<KeyPair> = (0..self.config.clients)
-            .map(|_| KeyPair::generate(&mut self.rng))
-            .collect();
         let window = self
             .config
             .fault_phase
             .mul_f64(0.8)
             .max(Duration::from_millis(1));
         for index in 0..self.config.requests {
-            let client = &clients[index % clients.len()];
-            let request = Request {
-                client: client.public(),
-                request_id: (index / clients.len()) as u64 + 1,
-                // Valid for the whole run: a run never gets near this
-                // height, and the lifetime allows it from height 0.
-                valid_until: bftd_protocol::SeqNum(self.config.protocol.request_lifetime),
-                payload: format!("tx-{index}").into_bytes(),
+            let height = match self.config.workload {
+                // Valid for the whole run: a run never gets near half a
+                // lifetime of heights.
+                Workload::Steady => SeqNum(self.config.protocol.request_lifetime / 2),
+                // Clients that start at height 0: with a short lifetime,
+                // requests expire in long faults, are given up and re-signed.
+                Workload::Crowd => SeqNum(0),
             };
-            let signed = SignedRequest::sign(request, client).expect("small request");
-            let key = signed.key();
-            self.submitted.insert(key, signed);
+            let key = self.sign_request(index, height);
+            self.wanted.insert(key);
             let at = Duration::from_micros(self.rng.gen_range(0..window.as_micros() as u64));
-            let node = NodeId(self.rng.gen_range(0..self.config.n) as u16);
-            self.schedule(at, Event::Submit { request: key, node });
+            self.submitted_at.insert(key, at);
+            let slot = self.random_slot();
+            self.schedule(at, Event::Submit { request: key, slot });
         }
+    }
+
+    /// The slots of a partition's two sides, with each pair of twins split
+    /// across them (that is what twins are for: each side sees one).
+    fn random_partition(&mut self) -> Vec<(Slot, Slot)> {
+        let mut slots: Vec<Slot> = (0..self.nodes.len()).collect();
+        slots.shuffle(&mut self.rng);
+        let cut = self.rng.gen_range(1..slots.len().max(2)).min(slots.len());
+        let mut side: Vec<bool> = vec![false; self.nodes.len()];
+        for &slot in &slots[..cut] {
+            side[slot] = true;
+        }
+        for twin in self.config.n..self.nodes.len() {
+            let original = self.nodes[twin].id.index();
+            if side[twin] == side[original] {
+                side[twin] = !side[original];
+            }
+        }
+        let one_way = self.rng.gen_bool(0.3);
+        let mut blocked = Vec::new();
+        for x in 0..self.nodes.len() {
+            for y in 0..self.nodes.len() {
+                if side[x] && !side[y] {
+                    blocked.push((x, y));
+                    if !one_way {
+                        blocked.push((y, x));
+                    }
+                }
+            }
+        }
+        blocked
     }
 
     fn schedule_faults(&mut self) {
         let phase = self.config.fault_phase.as_micros() as u64;
         if self.config.faults.partition {
-            for _ in 0..self.rng.gen_range(0..3) {
+            // Twins need partitions to split them: always at least one.
+            let least = usize::from(self.twins);
+            for _ in 0..self.rng.gen_range(least..3.max(least + 1)) {
                 let start = Duration::from_micros(self.rng.gen_range(0..phase));
                 let length = Duration::from_millis(self.rng.gen_range(100..1500));
-                let mut ids: Vec<NodeId> = (0..self.config.n).map(|i| NodeId(i as u16)).collect();
-                ids.shuffle(&mut self.rng);
-                let cut = self.rng.gen_range(1..self.config.n.max(2));
-                let (a, b) = ids.split_at(cut.min(ids.len()));
-                let one_way = self.rng.gen_bool(0.3);
-                let mut blocked = Vec::new();
-                for &x in a {
-                    for &y in b {
-                        blocked.push((x, y));
-                        if !one_way {
-                            blocked.push((y, x));
-                        }
-                    }
-                }
+                let blocked = self.random_partition();
                 self.schedule(start, Event::Partition(blocked));
                 self.schedule(start + length, Event::EndPartition);
             }
         }
         if self.config.faults.crash {
-            let honest: Vec<NodeId> = self.honest().collect();
-            for _ in 0..self.rng.gen_range(0..4) {
-                let Some(&victim) = honest.choose(&mut self.rng) else {
-                    break;
-                };
+            // Any replica, byzantine ones too, between steps or inside one.
+            for _ in 0..self.rng.gen_range(0..5) {
+                let victim = self.random_slot();
                 let start = Duration::from_micros(self.rng.gen_range(0..phase));
                 let down = Duration::from_millis(self.rng.gen_range(50..2000));
-                self.schedule(start, Event::Crash(victim));
+                match self.rng.gen_range(0..3) {
+                    0 => self.schedule(start, Event::Crash(victim)),
+                    1 => self.schedule(start, Event::ArmCrash(victim, CrashPoint::BeforeWrite)),
+                    _ => {
+                        let sent = self.rng.gen_range(0.0..1.0);
+                        self.schedule(
+                            start,
+                            Event::ArmCrash(victim, CrashPoint::AfterWrite { sent }),
+                        );
+                    }
+                }
                 self.schedule(start + down, Event::Restart(victim));
+            }
+            // A power cut in a fifth of the runs.
+            if self.rng.gen_bool(0.2) {
+                let start = Duration::from_micros(self.rng.gen_range(0..phase));
+                self.schedule(start, Event::CrashAll);
             }
         }
         self.schedule(self.config.fault_phase, Event::Heal);
@@ -293,8 +448,8 @@ impl<'a> World<'a> {
     pub fn run(mut self) -> SimReport {
         self.schedule_workload();
         self.schedule_faults();
-        for index in 0..self.config.n {
-            self.start(NodeId(index as u16));
+        for slot in 0..self.nodes.len() {
+            self.start(slot);
         }
         let end = self.config.fault_phase + self.config.liveness_bound;
         let mut events = 0u64;
@@ -319,6 +474,23 @@ impl<'a> World<'a> {
             self.handle(scheduled.event);
         }
         let violation = self.failure.clone().or_else(|| check::run(&self));
+        self.report(violation)
+    }
+
+    /// The worst time, after the heal, until every honest replica executed
+    /// a wanted request: from the later of its submission and the heal.
+    pub fn worst_time_to_commit(&self) -> Option<Duration> {
+        self.wanted
+            .iter()
+            .filter_map(|key| {
+                let done = self.everywhere_at.get(key)?;
+                let from = self.submitted_at.get(key)?.max(&self.heal_at);
+                Some(done.saturating_sub(*from))
+            })
+            .max()
+    }
+
+    fn report(&self, violation: Option<Violation>) -> SimReport {
         let honest: Vec<NodeId> = self.honest().collect();
         let heights: Vec<u64> = honest
             .iter()
@@ -328,13 +500,15 @@ impl<'a> World<'a> {
             .iter()
             .filter_map(|id| self.nodes[id.index()].replica.as_ref())
             .collect();
-        let replica_lines = (0..self.config.n)
-            .map(|i| {
-                let node = &self.nodes[i];
-                let role = self
-                    .byzantine
-                    .get(&NodeId(i as u16))
-                    .map_or("honest".to_string(), |b| b.to_string());
+        let replica_lines = (0..self.nodes.len())
+            .map(|slot| {
+                let node = &self.nodes[slot];
+                let role = match self.byzantine.get(&node.id) {
+                    None => "honest".to_string(),
+                    Some(_) if self.twins => "twin".to_string(),
+                    Some(behaviour) => behaviour.to_string(),
+                };
+                let i = node.id.0;
                 match &node.replica {
                     None => format!("n{i} ({role}): down"),
                     Some(r) => {
@@ -378,8 +552,21 @@ impl<'a> World<'a> {
             byzantine: self
                 .byzantine
                 .iter()
-                .map(|(id, b)| format!("{id}={b}"))
+                .map(|(id, b)| {
+                    if self.twins {
+                        format!("{id}=twins")
+                    } else {
+                        format!("{id}={b}")
+                    }
+                })
                 .collect(),
+            liveness_bound_ms: self.config.liveness_bound.as_millis() as u64,
+            worst_time_to_commit_ms: self
+                .worst_time_to_commit()
+                .map(|worst| worst.as_millis() as u64),
+            receipts_verified: self.clients.verified,
+            lies_refused: self.clients.refused,
+            expired_resigned: self.abandoned.len() as u64,
             violation,
         }
     }
@@ -387,44 +574,55 @@ impl<'a> World<'a> {
     fn handle(&mut self, event: Event) {
         match event {
             Event::Deliver { from, to, bytes } => {
-                self.trace
-                    .update(&[1, from.0 as u8, to.0 as u8])
-                    .update(&bytes);
+                self.trace.update(&[1, from as u8, to as u8]).update(&bytes);
                 self.deliver(from, to, &bytes);
             }
-            Event::Timer { node, generation } => {
-                let state = &mut self.nodes[node.index()];
+            Event::Timer { slot, generation } => {
+                let state = &mut self.nodes[slot];
                 if state.timer_generation != generation {
                     return;
                 }
                 state.timer_at = None;
-                self.trace.update(&[2, node.0 as u8]);
+                self.trace.update(&[2, slot as u8]);
                 if let Some(replica) = state.replica.as_mut() {
                     replica.handle_timeout(self.now);
-                    self.after_step(node);
+                    self.after_step(slot);
                 }
             }
-            Event::Submit { request, node } => {
-                self.trace.update(&[3, node.0 as u8]);
-                self.submit(request, node);
+            Event::Submit { request, slot } => {
+                self.trace.update(&[3, slot as u8]);
+                self.submit(request, slot);
             }
             Event::Retry => {
                 self.retry();
                 self.schedule(self.now + RETRY_INTERVAL, Event::Retry);
             }
-            Event::Crash(node) => {
-                self.trace.update(&[4, node.0 as u8]);
+            Event::Crash(slot) => {
+                self.trace.update(&[4, slot as u8]);
                 if !self.healed {
-                    let state = &mut self.nodes[node.index()];
-                    state.replica = None;
-                    state.timer_generation += 1;
-                    state.timer_at = None;
+                    self.stop(slot);
                 }
             }
-            Event::Restart(node) => {
-                self.trace.update(&[5, node.0 as u8]);
-                if self.nodes[node.index()].replica.is_none() {
-                    self.start(node);
+            Event::ArmCrash(slot, point) => {
+                if !self.healed && self.nodes[slot].replica.is_some() {
+                    self.nodes[slot].crash_point = Some(point);
+                }
+            }
+            Event::CrashAll => {
+                self.trace.update(&[6]);
+                if !self.healed {
+                    for slot in 0..self.nodes.len() {
+                        self.stop(slot);
+                        // Each comes back on its own: restarts in every order.
+                        let down = Duration::from_millis(self.rng.gen_range(20..1500));
+                        self.schedule(self.now + down, Event::Restart(slot));
+                    }
+                }
+            }
+            Event::Restart(slot) => {
+                self.trace.update(&[5, slot as u8]);
+                if self.nodes[slot].replica.is_none() {
+                    self.start(slot);
                 }
             }
             Event::Partition(blocked) => {
@@ -438,18 +636,17 @@ impl<'a> World<'a> {
                 self.blocked.clear();
                 self.drop_probability = 0.0;
                 self.duplicate_probability = 0.0;
-                let down: Vec<NodeId> = (0..self.config.n)
-                    .map(|i| NodeId(i as u16))
-                    .filter(|id| self.nodes[id.index()].replica.is_none())
-                    .collect();
-                for node in down {
-                    self.start(node);
+                for slot in 0..self.nodes.len() {
+                    self.nodes[slot].crash_point = None;
+                    if self.nodes[slot].replica.is_none() {
+                        self.start(slot);
+                    }
                 }
             }
         }
     }
 
-    fn submit(&mut self, key: RequestKey, node: NodeId) {
+    fn submit(&mut self, key: RequestKey, slot: Slot) {
         let Some(request) = self.submitted.get(&key).cloned() else {
             return;
         };
@@ -458,7 +655,7 @@ impl<'a> World<'a> {
         else {
             return;
         };
-        let state = &mut self.nodes[node.index()];
+        let state = &mut self.nodes[slot];
         if let Some(adversary) = state.adversary.as_mut() {
             if !adversary.admit_request(self.now, &verified) {
                 return;
@@ -466,38 +663,99 @@ impl<'a> World<'a> {
         }
         if let Some(replica) = state.replica.as_mut() {
             replica.handle_request(self.now, verified, true);
-            self.after_step(node);
+            self.after_step(slot);
         }
     }
 
-    /// Clients re-submit requests not yet executed anywhere to a random
-    /// replica, as a real client does when no valid receipt arrives; once
-    /// healed, also check liveness.
+    /// Clients re-submit wanted requests not yet executed anywhere to a
+    /// random replica, as a real client does when no valid receipt arrives;
+    /// re-sign those certainly expired; a replayer re-submits old executed
+    /// requests; once healed, check liveness.
     fn retry(&mut self) {
+        if self.config.workload == Workload::Crowd {
+            self.resign_expired();
+            self.replay_executed();
+        }
         let missing: Vec<RequestKey> = self
-            .submitted
-            .keys()
+            .wanted
+            .iter()
             .filter(|key| !self.executed_somewhere.contains(key))
             .copied()
             .collect();
         for key in missing {
-            let node = NodeId(self.rng.gen_range(0..self.config.n) as u16);
-            self.schedule(self.now, Event::Submit { request: key, node });
+            let slot = self.random_slot();
+            self.schedule(self.now, Event::Submit { request: key, slot });
         }
         if self.healed && self.live_at.is_none() {
             let everyone = self
-                .honest()
-                .collect::<Vec<_>>()
-                .into_iter()
-                .all(|id| self.nodes[id.index()].executed.len() >= self.submitted.len());
+                .wanted
+                .iter()
+                .all(|key| self.everywhere_at.contains_key(key));
             if everyone {
                 self.live_at = Some(self.now);
             }
         }
     }
 
-    fn deliver(&mut self, from: NodeId, to: NodeId, bytes: &[u8]) {
-        if self.nodes[to.index()].replica.is_none() {
+    /// A wanted request that an honest replica passed by (it committed up to
+    /// the request's `valid_until` without executing it) can never execute:
+    /// agreement puts it nowhere below, expiry nowhere above. Its
+    /// client gives it up and signs the transaction again under a new id —
+    /// safe only because the request is certainly dead, which is what a
+    /// client following the verified block stream knows.
+    fn resign_expired(&mut self) {
+        let passed_by = |world: &World<'_>, key: &RequestKey| {
+            let valid_until = world.submitted[key].request.valid_until;
+            world.honest().any(|id| {
+                let node = &world.nodes[id.index()];
+                bftd_protocol::BlockSource::last_height(&node.storage) >= valid_until
+                    && !node.executed.contains(key)
+            })
+        };
+        let dead: Vec<RequestKey> = self
+            .wanted
+            .iter()
+            .filter(|key| !self.executed_somewhere.contains(key) && passed_by(self, key))
+            .copied()
+            .collect();
+        for key in dead {
+            let height = self
+                .honest()
+                .map(|id| bftd_protocol::BlockSource::last_height(&self.nodes[id.index()].storage))
+                .max()
+                .unwrap_or_default();
+            let index = tx_index(&self.submitted[&key]);
+            let first = self.submitted_at.get(&key).copied().unwrap_or(self.now);
+            let fresh = self.sign_request(index, height);
+            self.wanted.remove(&key);
+            self.abandoned.insert(key);
+            self.wanted.insert(fresh);
+            self.submitted_at.insert(fresh, first);
+            let slot = self.random_slot();
+            self.schedule(
+                self.now,
+                Event::Submit {
+                    request: fresh,
+                    slot,
+                },
+            );
+        }
+    }
+
+    /// Anyone can resubmit anyone's signed request (they are public in the
+    /// blocks): a replayer does, with requests executed long ago and just
+    /// now. Each must be answered, never executed again.
+    fn replay_executed(&mut self) {
+        let executed: Vec<RequestKey> = self.executed_somewhere.iter().copied().collect();
+        for _ in 0..executed.len().min(8) {
+            let key = executed[self.rng.gen_range(0..executed.len())];
+            let slot = self.random_slot();
+            self.schedule(self.now, Event::Submit { request: key, slot });
+        }
+    }
+
+    fn deliver(&mut self, from: Slot, to: Slot, bytes: &[u8]) {
+        if self.nodes[to].replica.is_none() {
             return;
         }
         self.messages += 1;
@@ -509,7 +767,8 @@ impl<'a> World<'a> {
         else {
             return;
         };
-        let node = &mut self.nodes[to.index()];
+        let sender = self.nodes[from].id;
+        let node = &mut self.nodes[to];
         let verified = match node.adversary.as_mut() {
             Some(adversary) => {
                 adversary.observe(&verified);
@@ -521,19 +780,24 @@ impl<'a> World<'a> {
             None => verified,
         };
         if let Some(replica) = node.replica.as_mut() {
-            replica.handle_message(self.now, from, verified);
+            replica.handle_message(self.now, sender, verified);
             self.after_step(to);
         }
     }
 
-    fn after_step(&mut self, id: NodeId) {
-        let honest = !self.byzantine.contains_key(&id);
-        let node = &mut self.nodes[id.index()];
+    fn after_step(&mut self, slot: Slot) {
+        let honest = self.is_honest(slot);
+        let node = &mut self.nodes[slot];
         let Some(replica) = node.replica.as_mut() else {
             return;
         };
         let actions = replica.drain_actions();
         let deadline = replica.next_deadline();
+        let crash = node.crash_point.take();
+        if let Some(CrashPoint::BeforeWrite) = crash {
+            self.stop(slot);
+            return;
+        }
         node.storage
             .apply(&actions.persist, &actions.deliver)
             .expect("memory storage does not fail");
@@ -545,72 +809,134 @@ impl<'a> World<'a> {
                     self.failure.get_or_insert(Violation::new(
                         "receipts",
                         format!(
-                            "{id} delivered height {} with another batch's Merkle tree",
+                            "{} delivered height {} with another batch's Merkle tree",
+                            node.id,
                             delivery.block.height()
                         ),
                     ));
                 }
             }
             for (index, request) in delivery.block.block.batch.requests.iter().enumerate() {
-                if !delivery.duplicates.contains(&(index as u32)) {
-                    node.executed.insert(request.key());
-                    if honest {
-                        self.executed_somewhere.insert(request.key());
+                if delivery.duplicates.contains(&(index as u32)) {
+                    continue;
+                }
+                let key = request.key();
+                if node.executed.insert(key) && honest {
+                    self.executed_somewhere.insert(key);
+                    let count = self.honest_executions.entry(key).or_default();
+                    *count += 1;
+                    if *count == self.config.n - self.byzantine.len() {
+                        self.everywhere_at.insert(key, self.now);
                     }
                 }
             }
         }
-        let emissions: Vec<Emission> = match node.adversary.as_mut() {
+        let (emissions, replies): (Vec<Emission>, Vec<ClientReply>) = match node.adversary.as_mut()
+        {
             Some(adversary) => {
-                adversary.tamper_replies(actions.replies);
-                adversary.tamper(actions.send)
+                let replies = adversary.tamper_replies(actions.replies);
+                (adversary.tamper(actions.send), replies)
             }
-            None => actions
-                .send
-                .into_iter()
-                .filter_map(|outgoing| {
-                    Some(Emission {
-                        delay: Duration::ZERO,
-                        to: outgoing.to,
-                        bytes: codec::encode(&outgoing.message).ok()?,
+            None => (
+                actions
+                    .send
+                    .into_iter()
+                    .filter_map(|outgoing| {
+                        Some(Emission {
+                            delay: Duration::ZERO,
+                            to: outgoing.to,
+                            bytes: codec::encode(&outgoing.message).ok()?,
+                        })
                     })
-                })
-                .collect(),
+                    .collect(),
+                actions.replies,
+            ),
         };
+        if let Some(CrashPoint::AfterWrite { sent }) = crash {
+            let count = (emissions.len() as f64 * sent) as usize;
+            for emission in emissions.into_iter().take(count) {
+                self.transmit(slot, emission);
+            }
+            self.stop(slot);
+            return;
+        }
         for emission in emissions {
-            self.transmit(id, emission);
+            self.transmit(slot, emission);
+        }
+        for reply in replies {
+            self.client_receives(slot, reply);
         }
         if let Some(deadline) = deadline {
             let at = deadline.max(self.now + MIN_TIMER_STEP);
-            let node = &mut self.nodes[id.index()];
+            let node = &mut self.nodes[slot];
             if node.timer_at != Some(at) {
                 node.timer_at = Some(at);
                 node.timer_generation += 1;
                 let generation = node.timer_generation;
-                self.schedule(
-                    at,
-                    Event::Timer {
-                        node: id,
-                        generation,
-                    },
-                );
+                self.schedule(at, Event::Timer { slot, generation });
             }
         }
     }
 
-    fn transmit(&mut self, from: NodeId, emission: Emission) {
-        let targets: Vec<NodeId> = match emission.to {
-            Destination::To(peer) => vec![peer],
-            Destination::AllOthers => (0..self.config.n)
-                .map(|i| NodeId(i as u16))
-                .filter(|&peer| peer != from)
-                .collect(),
+    /// A client gets a reply from the node it submitted through and, as the
+    /// client library does, believes a commit only with a receipt that
+    /// verifies: the block the node holds at the height it names, the
+    /// request's Merkle proof in it and the certificate.
+    fn client_receives(&mut self, slot: Slot, reply: ClientReply) {
+        let ReplyOutcome::Committed { height } = reply.outcome else {
+            return;
         };
+        let key = RequestKey {
+            client: reply.client,
+            request_id: reply.request_id,
+        };
+        let Some(request) = self.submitted.get(&key) else {
+            return;
+        };
+        let block = self.nodes[slot].storage.block(height);
+        if self.config.break_receipts {
+            // A client that takes a node's word for it.
+            let digest = block.map_or(Digest::ZERO, |b| b.block.batch_digest);
+            self.clients.accepted.entry(key).or_insert((height, digest));
+            return;
+        }
+        let receipt = block.and_then(|block| {
+            let index = block
+                .block
+                .batch
+                .requests
+                .iter()
+                .position(|r| r == request)?;
+            let tree = MerkleTree::new(&block.block.batch);
+            Some(Receipt::new(&block, &tree, index, key.request_id))
+        });
+        let lifetime = self.config.protocol.request_lifetime;
+        match receipt.map(|r| r.verify(&self.committee, lifetime, request)) {
+            Some(Ok(committed)) => {
+                self.clients.verified += 1;
+                self.clients
+                    .accepted
+                    .entry(key)
+                    .or_insert((committed.height, committed.batch_digest));
+            }
+            _ => self.clients.refused += 1,
+        }
+    }
+
+    fn transmit(&mut self, from: Slot, emission: Emission) {
+        let sender = self.nodes[from].id;
+        let targets: Vec<Slot> = (0..self.nodes.len())
+            .filter(|&slot| {
+                let id = self.nodes[slot].id;
+                id != sender
+                    && match emission.to {
+                        Destination::To(peer) => id == peer,
+                        Destination::AllOthers => true,
+                    }
+            })
+            .collect();
         let bytes = Arc::new(emission.bytes);
         for to in targets {
-            if to.index() >= self.config.n || to == from {
-                continue;
-            }
             if self.blocked.contains(&(from, to)) || self.rng.gen_bool(self.drop_probability) {
                 continue;
             }
@@ -641,6 +967,15 @@ impl<'a> World<'a> {
             base
         }
     }
+}
+
+/// The transaction a request carries (`tx-INDEX`).
+fn tx_index(request: &SignedRequest) -> usize {
+    std::str::from_utf8(&request.request.payload)
+        .ok()
+        .and_then(|text| text.strip_prefix("tx-"))
+        .and_then(|index| index.parse().ok())
+        .unwrap_or(0)
 }
 
 fn choose_byzantine(
