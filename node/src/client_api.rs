@@ -57,7 +57,7 @@ impl std::fmt::Display for Rejection {
             Rejection::Expired => "expired: its valid_until is below the cluster's height; it never executed and never will; submit it again as a new request",
             Rejection::TooFarAhead => "valid_until too far ahead: at most the cluster's height plus its request lifetime",
             Rejection::TooLarge => "payload larger than the cluster's max_request_bytes",
-            Rejection::BadSignature => "client signature does not verify",
+            Rejection::BadSignature => "client signature does not verify (connection-authenticated clusters: the client's grant to this node does not)",
             Rejection::WrongClient => "request signed for another client than this connection's",
         })
     }

@@ -26,7 +26,8 @@ fn batch(count: usize, size: usize, signed: bool) -> Batch {
                 if signed {
                     SignedRequest::sign(request, &client).expect("small")
                 } else {
-                    SignedRequest::unsigned(request)
+                    // Connection-authenticated: granted to the primary.
+                    SignedRequest::granted(request, &client, NodeId(0))
                 }
             })
             .collect(),
@@ -90,9 +91,14 @@ fn one_instance(cluster: &mut Cluster, batch: &Batch, mode: RequestMode, round: 
         if mode == RequestMode::ClientSigned {
             continue;
         }
-        let verified =
-            bftd_protocol::verify_request(request, &cluster.committee, mode, &mut BatchVerifier)
-                .expect("valid");
+        let verified = bftd_protocol::verify_request(
+            request,
+            NodeId(primary as u16),
+            &cluster.committee,
+            mode,
+            &mut BatchVerifier,
+        )
+        .expect("valid");
         cluster.replicas[primary].handle_request(now, verified, false);
     }
     let mut queue: Vec<(usize, usize, Vec<u8>)> = Vec::new();

@@ -105,6 +105,9 @@ pub struct Client {
     /// The last look at why nothing commits, shared by requests that time
     /// out together (see [`retry`]).
     diagnosis: retry::DiagnosisCache,
+    /// Connection-authenticated clusters: this client's grant to each node,
+    /// signed once at connect; a request sent to a node carries its grant.
+    grants: std::collections::HashMap<NodeId, bftd_crypto::Signature>,
 }
 
 impl std::fmt::Debug for Client {
@@ -123,6 +126,7 @@ impl Client {
         key: KeyPair,
     ) -> Result<Client, ClientError> {
         let own = Connection::open(cluster, node, &key).await?;
+        let key_for_grants = key.clone();
         // Ids increase across runs with the same key: start from the clock.
         let start = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -141,6 +145,11 @@ impl Client {
             resend_after: DEFAULT_RESEND_AFTER,
             certificates: Mutex::default(),
             diagnosis: retry::DiagnosisCache::default(),
+            grants: cluster
+                .committee
+                .ids()
+                .map(|id| (id, bftd_protocol::Grant::sign(&key_for_grants, id)))
+                .collect(),
         };
         // The height to set requests' validity from (the mode and the
         // lifetime come from the cluster file, which a node cannot lie
@@ -222,8 +231,46 @@ impl Client {
         match self.mode {
             RequestMode::ClientSigned => SignedRequest::sign(request.clone(), &self.key)
                 .unwrap_or_else(|_| SignedRequest::unsigned(request)),
-            RequestMode::ConnectionAuthenticated => SignedRequest::unsigned(request),
+            RequestMode::ConnectionAuthenticated => self.copy_for(&request, self.node),
         }
+    }
+
+    /// The copy of `request` for `node`: in connection-authenticated
+    /// clusters, the one carrying this client's grant to that node (a node
+    /// vouches only for requests granted to it); in client-signed ones, the
+    /// request as signed.
+    fn copy_for(&self, request: &Request, node: NodeId) -> SignedRequest {
+        SignedRequest {
+            request: request.clone(),
+            signature: self.grants.get(&node).copied(),
+        }
+    }
+
+    /// Every copy of `request` a node may have ordered: the request itself,
+    /// and in connection-authenticated clusters its copy for each node
+    /// (sent to several nodes, any of them may be the one that executed).
+    fn copies(&self, request: &SignedRequest) -> Vec<SignedRequest> {
+        let mut copies = vec![request.clone()];
+        if self.mode == RequestMode::ConnectionAuthenticated {
+            let mut ids: Vec<NodeId> = self.grants.keys().copied().collect();
+            ids.sort();
+            for id in ids {
+                let copy = self.copy_for(&request.request, id);
+                if copy != *request {
+                    copies.push(copy);
+                }
+            }
+        }
+        copies
+    }
+
+    /// The frame submitting `request` to `node`.
+    fn submit_frame(&self, request: &SignedRequest, node: NodeId) -> Result<Bytes, ClientError> {
+        let copy = match self.mode {
+            RequestMode::ConnectionAuthenticated => self.copy_for(&request.request, node),
+            RequestMode::ClientSigned => request.clone(),
+        };
+        Self::frame(&ClientMessage::Submit(copy))
     }
 
     /// Submits `payload` and waits for its receipt, which is verified
@@ -244,7 +291,7 @@ impl Client {
     /// of why nothing committed (see [`NoReceipt`]).
     pub async fn submit_request(&self, request: &SignedRequest) -> Result<Committed, ClientError> {
         let id = request.request.request_id;
-        let frame = Self::frame(&ClientMessage::Submit(request.clone()))?;
+        let frame = self.submit_frame(request, self.node)?;
         let deadline = tokio::time::Instant::now() + self.timeout;
         let first_try_ends = (tokio::time::Instant::now() + self.resend_after).min(deadline);
         let (tx, rx) = oneshot::channel();
@@ -260,7 +307,7 @@ impl Client {
             Some(NodeMessage::Rejected { reason, .. }) => Err(ClientError::Rejected(reason)),
             Some(_) | None => {
                 self.own.forget(id);
-                self.retry_everywhere(request, frame, deadline).await
+                self.retry_everywhere(request, deadline).await
             }
         }
     }
@@ -268,7 +315,17 @@ impl Client {
     /// Checks a receipt for `request`: the Merkle proof always, the commit
     /// certificate once per block.
     fn verify(&self, request: &SignedRequest, receipt: &Receipt) -> Result<Committed, ClientError> {
-        let committed = receipt.verify_inclusion(request, self.lifetime)?;
+        let mut inclusion = receipt.verify_inclusion(request, self.lifetime);
+        if inclusion.is_err() {
+            // Another node's copy of it may be the one in the block.
+            for copy in self.copies(request).iter().skip(1) {
+                if let Ok(committed) = receipt.verify_inclusion(copy, self.lifetime) {
+                    inclusion = Ok(committed);
+                    break;
+                }
+            }
+        }
+        let committed = inclusion?;
         self.height.fetch_max(receipt.height.0, Ordering::Relaxed);
         let certified = (receipt.height, receipt.batch_digest);
         if !self.verified_certificates().contains(certified) {

@@ -7,7 +7,7 @@ use super::Shared;
 use crate::client_api::{ClientMessage, NodeMessage, Rejection};
 use crate::storage::DiskStorage;
 use crate::transport::{Bytes, ClientConnection, FrameReceiver, FrameSender};
-use bftd_protocol::{codec, verify_request, BatchVerifier, RequestMode, SeqNum};
+use bftd_protocol::{codec, verify_request, GrantCachingVerifier, NodeId, RequestMode, SeqNum};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -102,9 +102,10 @@ async fn serve(
                 }
                 let verified = match verify_request(
                     request,
+                    NodeId(shared.id),
                     &shared.committee,
                     shared.request_mode,
-                    &mut BatchVerifier,
+                    &mut GrantCachingVerifier(&shared.grants),
                 ) {
                     Ok(verified) => verified,
                     Err(_) => {

@@ -16,7 +16,7 @@ use super::consensus::Input;
 use super::Shared;
 use crate::transport::PeerFrame;
 use bftd_protocol::message::MessageKind;
-use bftd_protocol::{codec, verify_messages, BatchVerifier, VerifyError, WireMessage};
+use bftd_protocol::{codec, verify_messages, GrantCachingVerifier, VerifyError, WireMessage};
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -158,7 +158,7 @@ fn verify(batch: Vec<PeerFrame>, shared: &Shared) -> Vec<Input> {
         messages,
         &shared.committee,
         shared.request_mode,
-        &mut BatchVerifier,
+        &mut GrantCachingVerifier(&shared.grants),
     );
     senders
         .into_iter()

@@ -106,6 +106,9 @@ pub(crate) struct Shared {
     transport: Mutex<Option<Transport>>,
     /// Set by the durability worker when storage fails.
     fatal: Mutex<Option<String>>,
+    /// Client grants that verified (connection-authenticated mode): one per
+    /// client and voucher, seen in every request of theirs.
+    pub grants: Mutex<bftd_protocol::GrantCache>,
 }
 
 impl Shared {
@@ -280,6 +283,7 @@ pub async fn start(
         started,
         transport: Mutex::new(None),
         fatal: Mutex::new(None),
+        grants: Mutex::new(bftd_protocol::GrantCache::default()),
     });
     let metrics_listener = match config.metrics {
         Some(address) => Some(

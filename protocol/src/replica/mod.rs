@@ -20,6 +20,7 @@ mod suspicion;
 #[cfg(test)]
 mod tests;
 mod view_change;
+mod vouching;
 
 #[cfg(feature = "byzantine")]
 pub(crate) use view_change::{compute_reproposals, valid_view_change};
@@ -191,6 +192,9 @@ struct Slot {
     committed: Option<CommitCertificate>,
     /// When the current view's pre-prepare was accepted here.
     pre_prepare_at: Option<Duration>,
+    /// Who vouches for the batch's requests, when known (the pre-prepare
+    /// came with them, or this replica proposed it): re-sent with it.
+    vouches: Vec<crate::message::Vouch>,
 }
 
 /// A request the replica holds until it executes.
@@ -213,6 +217,10 @@ struct PendingRequest {
     passed_over: bool,
     /// Its inclusion latency was measured (once, at its first pre-prepare).
     included: bool,
+    /// Connection-authenticated mode: the forward that vouches for it (see
+    /// `vouching.rs`); `None` for this replica's own clients' requests
+    /// until it signs one.
+    vouch: Option<vouching::Vouched>,
 }
 
 /// The request timer's stages for one pending request (see `suspicion.rs`).
@@ -625,9 +633,11 @@ impl Replica {
 
     fn dispatch(&mut self, from: NodeId, message: WireMessage) {
         match message {
-            WireMessage::PrePrepare { pre_prepare, batch } => {
-                self.on_pre_prepare(pre_prepare, batch)
-            }
+            WireMessage::PrePrepare {
+                pre_prepare,
+                batch,
+                vouches,
+            } => self.on_pre_prepare(pre_prepare, batch, vouches),
             WireMessage::Prepare(prepare) => self.on_prepare(prepare),
             WireMessage::Commit(commit) => self.on_commit(commit),
             WireMessage::Checkpoint(checkpoint) => self.on_checkpoint(checkpoint),

@@ -7,7 +7,7 @@ use crate::certificate::{PreparedCertificate, QuorumCertificate};
 use crate::clients::Lookup;
 use crate::ids::{SeqNum, View};
 use crate::merkle::MerkleTree;
-use crate::message::{Batch, Commit, PrePrepare, Prepare, Signed, WireMessage};
+use crate::message::{Batch, Commit, PrePrepare, Prepare, Signed, Vouch, WireMessage};
 use crate::storage::{Delivery, Record};
 use bftd_crypto::Digest;
 use std::collections::BTreeMap;
@@ -65,9 +65,10 @@ impl Replica {
         }
     }
 
-    /// The primary proposes `batch` at the next sequence number. False if
-    /// the signer refused (nothing was sent).
-    pub(super) fn propose(&mut self, batch: Batch) -> bool {
+    /// The primary proposes `batch` at the next sequence number, with who
+    /// vouches for its requests. False if the signer refused (nothing was
+    /// sent).
+    pub(super) fn propose(&mut self, batch: Batch, vouches: Vec<Vouch>) -> bool {
         let seq = self.next_seq;
         let tree = Arc::new(MerkleTree::new(&batch));
         let digest = tree.root();
@@ -85,9 +86,11 @@ impl Replica {
         };
         self.next_seq = seq.next();
         let batch = Arc::new(batch);
+        self.slot_mut(seq).vouches = vouches.clone();
         self.broadcast(WireMessage::PrePrepare {
             pre_prepare: pre_prepare.clone(),
             batch: batch.clone(),
+            vouches,
         });
         self.install_pre_prepare(pre_prepare, Some(batch), Some(tree));
         true
@@ -150,9 +153,13 @@ impl Replica {
                     continue;
                 };
                 self.next_seq = self.next_seq.max(seq.next());
+                // The vouches did not survive the restart: in
+                // connection-authenticated mode backups that lost this
+                // pre-prepare refuse it and wait for the view change.
                 self.broadcast(WireMessage::PrePrepare {
                     pre_prepare: pre_prepare.clone(),
                     batch: batch.clone(),
+                    vouches: Vec::new(),
                 });
                 self.install_pre_prepare(pre_prepare, Some(batch), None);
             }
@@ -195,6 +202,7 @@ impl Replica {
                     pre_prepares.push(WireMessage::PrePrepare {
                         pre_prepare: pre_prepare.clone(),
                         batch: batch.clone(),
+                        vouches: slot.vouches.clone(),
                     });
                 }
             }
@@ -205,7 +213,12 @@ impl Replica {
         }
     }
 
-    pub(super) fn on_pre_prepare(&mut self, pre_prepare: Signed<PrePrepare>, batch: Arc<Batch>) {
+    pub(super) fn on_pre_prepare(
+        &mut self,
+        pre_prepare: Signed<PrePrepare>,
+        batch: Arc<Batch>,
+        vouches: Vec<Vouch>,
+    ) {
         let value = pre_prepare.value;
         if pre_prepare.signer != self.committee.primary(value.view) {
             self.drop_input(DropReason::WrongSender);
@@ -214,6 +227,7 @@ impl Replica {
         let message = WireMessage::PrePrepare {
             pre_prepare: pre_prepare.clone(),
             batch: batch.clone(),
+            vouches: vouches.clone(),
         };
         if !self.admit_view(value.view, message) || pre_prepare.signer == self.id {
             return;
@@ -241,6 +255,7 @@ impl Replica {
             self.drop_input(DropReason::DigestMismatch);
             return;
         }
+        self.slot_mut(value.seq).vouches = vouches;
         self.install_pre_prepare(pre_prepare, Some(batch), Some(tree));
     }
 

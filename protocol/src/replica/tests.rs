@@ -180,6 +180,7 @@ fn forwards_are_paced_under_load() {
         };
         let request = verify_request(
             SignedRequest::sign(request, &client).unwrap(),
+            NodeId(2),
             &committee(),
             RequestMode::ClientSigned,
             &mut BatchVerifier,

@@ -293,6 +293,7 @@ impl Replica {
             slot.prepares.clear();
             slot.commits.clear();
             slot.commit_sent = false;
+            slot.vouches.clear();
         }
         for pending in self.pending.values_mut() {
             pending.proposed = false;

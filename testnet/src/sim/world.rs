@@ -651,7 +651,9 @@ impl<'a> World<'a> {
             return;
         };
         let mode = self.config.protocol.request_mode;
-        let Ok(verified) = verify_request(request, &self.committee, mode, &mut self.verifier)
+        let entry = self.nodes[slot].id;
+        let Ok(verified) =
+            verify_request(request, entry, &self.committee, mode, &mut self.verifier)
         else {
             return;
         };
