@@ -349,6 +349,41 @@ pub async fn wait_healthy(
     }
 }
 
+/// Writes a line to standard error, ignoring failure: said on the way
+/// out, where the terminal or pipe may be gone (`eprintln!` would panic
+/// there and leave the testnet running).
+pub fn say(line: &str) {
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "{line}");
+    let _ = err.flush();
+}
+
+/// Resolves once standard output or standard error is a pipe whose reader
+/// has gone (`bftnet up | tee log`, and `tee` was stopped): nobody sees
+/// the testnet any more, so `bftnet up` stops it.
+pub async fn output_closed() {
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if reader_gone(std::io::stdout()) || reader_gone(std::io::stderr()) {
+            return;
+        }
+    }
+}
+
+/// Whether `fd` is the writing end of a pipe whose reading end is closed
+/// (poll reports an error on it; a terminal, file or open pipe reports
+/// nothing when asked for no events).
+fn reader_gone(fd: impl std::os::fd::AsFd) -> bool {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let mut fds = [PollFd::new(&fd, PollFlags::empty())];
+    let now = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    matches!(poll(&mut fds, Some(&now)), Ok(ready) if ready > 0)
+        && fds[0].revents().contains(PollFlags::ERR)
+}
+
 /// Resolves on Ctrl-C, SIGTERM or SIGHUP.
 pub async fn shutdown_signal() {
     #[cfg(unix)]
