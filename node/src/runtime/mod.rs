@@ -29,6 +29,7 @@ use bftd_protocol::{
 };
 use consensus::{Consensus, Input};
 use metrics::NodeMetrics;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -173,7 +174,8 @@ pub struct NodeHandle {
     shutdown: watch::Sender<bool>,
     height: watch::Receiver<SeqNum>,
     consensus: JoinHandle<Result<(), StorageError>>,
-    tasks: Vec<JoinHandle<()>>,
+    /// The other tasks, by name.
+    tasks: Vec<(&'static str, JoinHandle<()>)>,
     transport: Transport,
     listen: SocketAddr,
     metrics: Option<SocketAddr>,
@@ -215,11 +217,30 @@ impl NodeHandle {
         }
     }
 
-    /// Runs until the consensus task stops (shutdown or a storage failure).
-    pub async fn wait(&mut self) -> Result<(), StorageError> {
-        match (&mut self.consensus).await {
-            Ok(result) => result,
-            Err(_) => Ok(()),
+    /// Runs until the consensus task stops (shutdown or a storage failure)
+    /// or any task panics. A panic is an error (so `bftd` exits non-zero
+    /// and a supervisor restarts it), never a clean stop.
+    pub async fn wait(&mut self) -> Result<(), NodeStopped> {
+        loop {
+            let other = std::future::poll_fn(|cx| {
+                for (index, (_, task)) in self.tasks.iter_mut().enumerate() {
+                    if let std::task::Poll::Ready(joined) = std::pin::Pin::new(task).poll(cx) {
+                        return std::task::Poll::Ready((index, joined));
+                    }
+                }
+                std::task::Poll::Pending
+            });
+            tokio::select! {
+                joined = &mut self.consensus => return consensus_ended(joined),
+                (index, joined) = other => {
+                    let (task, _) = self.tasks.swap_remove(index);
+                    if let Err(error) = joined {
+                        if error.is_panic() {
+                            return Err(NodeStopped::Panicked { task, message: panic_message(error) });
+                        }
+                    }
+                }
+            }
         }
     }
 
@@ -227,7 +248,7 @@ impl NodeHandle {
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         let _ = self.consensus.await;
-        for task in &self.tasks {
+        for (_, task) in &self.tasks {
             task.abort();
         }
         self.transport.shutdown().await;
@@ -339,25 +360,37 @@ pub async fn start(
     }
     let consensus = tokio::spawn(consensus.run());
     let mut tasks = vec![
-        tokio::spawn(ingress::run(frames, inputs_tx.clone(), shared.clone())),
-        tokio::spawn(clients::accept(
-            client_connections,
-            inputs_tx,
-            shared.clone(),
-            storage.clone(),
-            height.clone(),
-        )),
+        (
+            "ingress",
+            tokio::spawn(ingress::run(frames, inputs_tx.clone(), shared.clone())),
+        ),
+        (
+            "clients",
+            tokio::spawn(clients::accept(
+                client_connections,
+                inputs_tx,
+                shared.clone(),
+                storage.clone(),
+                height.clone(),
+            )),
+        ),
     ];
     if let Some(listener) = metrics_listener {
-        tasks.push(tokio::spawn(http::serve(listener, shared.clone())));
+        tasks.push(("http", tokio::spawn(http::serve(listener, shared.clone()))));
     }
     if let Some((application, from)) = application {
-        tasks.push(tokio::spawn(follow(
-            application,
-            from,
-            storage,
-            height.clone(),
-        )));
+        let read: ReadBlocks = Arc::new(move |from| storage.blocks_from(from, 64));
+        let counted = shared.clone();
+        let read_error = move || {
+            counted
+                .metrics
+                .application_read_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        };
+        tasks.push((
+            "application",
+            tokio::spawn(follow(application, from, read, height.clone(), read_error)),
+        ));
     }
     tracing::info!(
         node = config.id.0,
@@ -380,38 +413,76 @@ pub async fn start(
     })
 }
 
+/// Reads up to 64 committed blocks from a height on.
+type ReadBlocks =
+    Arc<dyn Fn(SeqNum) -> Result<Vec<crate::storage::StoredBlock>, StorageError> + Send + Sync>;
+
+/// First wait after a failed read for the application; doubled after
+/// each further failure, up to [`FOLLOW_RETRY_MAX`].
+const FOLLOW_RETRY_MIN: std::time::Duration = std::time::Duration::from_millis(10);
+const FOLLOW_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Feeds the application every committed block from `from` on, in order,
-/// reading from storage at its own pace: a slow application never holds
-/// consensus back, and no queue grows.
+/// exactly once each, reading from storage at its own pace: a slow
+/// application never holds consensus back, and no queue grows. A failed
+/// read is logged, counted (`read_error`) and retried with backoff from
+/// where delivery stopped, never the end of delivery. A panic of the
+/// application ends this task with that panic, which [`NodeHandle::wait`]
+/// reports.
 async fn follow(
     application: Box<dyn Application>,
     from: SeqNum,
-    storage: DiskStorage,
+    read: ReadBlocks,
     mut height: watch::Receiver<SeqNum>,
+    read_error: impl Fn() + Send + 'static,
 ) {
     let application = Arc::new(Mutex::new(application));
     let mut next = from.max(SeqNum(1));
+    let mut retry = FOLLOW_RETRY_MIN;
     loop {
         let last = *height.borrow_and_update();
         while next <= last {
-            let storage = storage.clone();
+            let read = read.clone();
             let application = application.clone();
             let start = next;
             let done = tokio::task::spawn_blocking(move || {
-                let blocks = storage.blocks_from(start, 64).unwrap_or_default();
+                let blocks = read(start)?;
                 let mut app = application.lock().unwrap_or_else(|e| e.into_inner());
                 let mut next = start;
                 for (block, duplicates) in blocks {
                     app.deliver(&block, &duplicates);
                     next = block.height().next();
                 }
-                next
+                Ok::<SeqNum, StorageError>(next)
             })
             .await;
-            match done {
-                Ok(advanced) if advanced > next => next = advanced,
-                _ => return,
-            }
+            let error = match done {
+                Ok(Ok(advanced)) if advanced > next => {
+                    next = advanced;
+                    retry = FOLLOW_RETRY_MIN;
+                    continue;
+                }
+                Ok(Ok(_)) => format!("no block at height {} (committed up to {})", next.0, last.0),
+                Ok(Err(error)) => error.to_string(),
+                Err(error) if error.is_panic() => {
+                    tracing::error!(
+                        height = next.0,
+                        "the application panicked while a block was delivered; delivery stops"
+                    );
+                    std::panic::resume_unwind(error.into_panic());
+                }
+                // Cancelled: the runtime is shutting down.
+                Err(_) => return,
+            };
+            read_error();
+            tracing::warn!(
+                height = next.0,
+                %error,
+                retry_in_ms = retry.as_millis() as u64,
+                "cannot read committed blocks for the application; retrying"
+            );
+            tokio::time::sleep(retry).await;
+            retry = (retry * 2).min(FOLLOW_RETRY_MAX);
         }
         if height.changed().await.is_err() {
             return;
@@ -442,4 +513,133 @@ fn byzantine_adversary(
         colluders,
         u64::from(config.id.0),
     )))
+}
+
+/// Why a node stopped by itself.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeStopped {
+    /// Storage failed: the node can no longer promise that what it signs
+    /// is durable.
+    #[error("{0}")]
+    Storage(#[from] StorageError),
+    /// A task panicked (a bug): the node cannot go on.
+    #[error("the {task} task panicked: {message}")]
+    Panicked {
+        /// Which task.
+        task: &'static str,
+        /// The panic's message.
+        message: String,
+    },
+}
+
+/// What the consensus task's end means for the node: a panic is a
+/// failure, and so is a cancellation (only `shutdown` may stop it, and
+/// `shutdown` does not wait here).
+fn consensus_ended(
+    joined: Result<Result<(), StorageError>, tokio::task::JoinError>,
+) -> Result<(), NodeStopped> {
+    match joined {
+        Ok(result) => Ok(result?),
+        Err(error) => Err(NodeStopped::Panicked {
+            task: "consensus",
+            message: panic_message(error),
+        }),
+    }
+}
+
+/// The message of a panicked (or cancelled) task.
+fn panic_message(error: tokio::task::JoinError) -> String {
+    if !error.is_panic() {
+        return error.to_string();
+    }
+    let payload = error.into_panic();
+    payload
+        .downcast_ref::<&str>()
+        .map(|text| text.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// Collects the heights delivered.
+    struct Heights(Arc<Mutex<Vec<u64>>>);
+
+    impl Application for Heights {
+        fn deliver(&mut self, block: &CommittedBlock, _duplicates: &[u32]) {
+            self.0.lock().unwrap().push(block.height().0);
+        }
+    }
+
+    /// A read error while feeding an embedded application (a disk hiccup)
+    /// is retried, counted and logged: delivery resumes where it stopped,
+    /// every block exactly once, instead of ending silently for good.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn follow_retries_read_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut storage = DiskStorage::open(&dir.path().join("store.redb")).unwrap();
+        let deliveries: Vec<_> = (1..=5)
+            .map(|height| crate::storage::tests::delivery(height, vec![]))
+            .collect();
+        storage.apply(&[], &deliveries).unwrap();
+        let failures_left = Arc::new(AtomicU64::new(2));
+        let failing = failures_left.clone();
+        let read: ReadBlocks = Arc::new(move |from| {
+            if failing
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                return Err(StorageError {
+                    source: "injected read error".into(),
+                });
+            }
+            storage.blocks_from(from, 2)
+        });
+        let errors = Arc::new(AtomicU64::new(0));
+        let counted = errors.clone();
+        let delivered = Arc::new(Mutex::new(Vec::new()));
+        let (_height_tx, height) = watch::channel(SeqNum(5));
+        let task = tokio::spawn(follow(
+            Box::new(Heights(delivered.clone())),
+            SeqNum(1),
+            read,
+            height,
+            move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+            },
+        ));
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while delivered.lock().unwrap().len() < 5 && Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        task.abort();
+        assert_eq!(
+            *delivered.lock().unwrap(),
+            vec![1, 2, 3, 4, 5],
+            "delivered after two read errors"
+        );
+        assert_eq!(errors.load(Ordering::SeqCst), 2, "read errors counted");
+    }
+
+    /// A panic in the consensus task is a failure of the node (so `bftd`
+    /// exits non-zero and a supervisor restarts it), never a clean stop.
+    #[tokio::test]
+    async fn a_panic_in_consensus_is_a_failure() {
+        let joined = tokio::spawn(async {
+            if std::hint::black_box(true) {
+                panic!("boom");
+            }
+            Ok::<(), StorageError>(())
+        })
+        .await;
+        let ended = consensus_ended(joined);
+        assert!(
+            ended.is_err(),
+            "a panicked consensus task ended as {ended:?}"
+        );
+        assert!(format!("{}", ended.unwrap_err()).contains("boom"));
+    }
 }
