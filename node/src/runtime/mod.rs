@@ -78,6 +78,27 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
+    /// The node has no store: never created, or its data directory is
+    /// missing or not mounted. Starting on a new empty store would forget
+    /// every vote the node signed, so it must be created explicitly.
+    #[error(
+        "no store at {}: a new node's store is created once, with `bftd init --config FILE` \
+         (or `bftd run --init --config FILE` at its first start). If this node ran before, \
+         its data directory is missing or not mounted: starting it on an empty store would \
+         forget the votes it signed, and it could sign conflicting ones. Mount the data \
+         directory (or restore it), or, only for a node that never ran, create the store.",
+        path.display()
+    )]
+    NoStore {
+        /// The store file looked for.
+        path: std::path::PathBuf,
+    },
+    /// `bftd init` for a node that already has a store.
+    #[error("a store already exists at {}: nothing to initialise (`bftd run` uses it)", path.display())]
+    StoreExists {
+        /// The store file.
+        path: std::path::PathBuf,
+    },
     /// The durability worker thread could not be started.
     #[error("cannot start the storage thread: {0}")]
     Thread(std::io::Error),
@@ -262,13 +283,20 @@ pub async fn start(
     config: NodeConfig,
     application: Option<(Box<dyn Application>, SeqNum)>,
 ) -> Result<NodeHandle, StartError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
-        path: config.data_dir.clone(),
-        source,
-    })?;
+    let path = store_path(&config);
+    match path.try_exists() {
+        Ok(true) => {}
+        Ok(false) => return Err(StartError::NoStore { path }),
+        Err(source) => {
+            return Err(StartError::DataDir {
+                path: config.data_dir.clone(),
+                source,
+            })
+        }
+    }
     let committee = config.cluster.committee.clone();
-    let identity = StoreIdentity::new(config.key.public(), &committee, config.cluster.protocol);
-    let storage = DiskStorage::open_for(&config.data_dir.join("bftd.redb"), &identity)?;
+    let identity = store_identity(&config);
+    let storage = DiskStorage::open_for(&path, &identity)?;
     let recovered = storage.recover()?;
     let started = Instant::now();
     let setup = ReplicaSetup {
@@ -411,6 +439,37 @@ pub async fn start(
         listen,
         metrics: metrics_address,
     })
+}
+
+/// The node's store file.
+pub fn store_path(config: &NodeConfig) -> std::path::PathBuf {
+    config.data_dir.join("bftd.redb")
+}
+
+fn store_identity(config: &NodeConfig) -> StoreIdentity {
+    StoreIdentity::new(
+        config.key.public(),
+        &config.cluster.committee,
+        config.cluster.protocol,
+    )
+}
+
+/// Creates a new node's store (`bftd init`), bound to its key, committee
+/// and consensus settings, and returns its path. Refuses if one exists.
+/// [`start`] never creates a store: a missing one is an error, so a data
+/// directory that is gone or not mounted cannot silently become a new,
+/// empty node that forgot what it signed.
+pub fn init(config: &NodeConfig) -> Result<std::path::PathBuf, StartError> {
+    let path = store_path(config);
+    if path.exists() {
+        return Err(StartError::StoreExists { path });
+    }
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    drop(DiskStorage::open_for(&path, &store_identity(config))?);
+    Ok(path)
 }
 
 /// Reads up to 64 committed blocks from a height on.

@@ -52,6 +52,7 @@ fn spawn(mut command: Command, log: &Path, banner: &str) -> Result<Child, NetErr
 
 /// Starts node `id` with `bftd run --config`, and records its PID.
 pub fn start_node(layout: &Layout, state: &mut State, id: u16) -> Result<Child, NetError> {
+    create_store(layout, state, id)?;
     let mut command = Command::new(&state.bftd);
     command
         .arg("run")
@@ -69,6 +70,24 @@ pub fn start_node(layout: &Layout, state: &mut State, id: u16) -> Result<Child, 
     state.node_mut(id)?.pid = Some(child.id());
     state.save(layout)?;
     Ok(child)
+}
+
+/// At a node's first start, creates its store (as `bftd init` does), once:
+/// `bftd run` never creates one. A testnet from before bftnet recorded this
+/// counts a store it finds as created.
+fn create_store(layout: &Layout, state: &mut State, id: u16) -> Result<(), NetError> {
+    if state.node(id)?.store_created {
+        return Ok(());
+    }
+    let config = bftd::config::NodeConfig::load(&layout.node_config(id))?;
+    if !bftd::runtime::store_path(&config).exists() {
+        bftd::init(&config).map_err(|source| NetError::Store {
+            id,
+            source: Box::new(source),
+        })?;
+    }
+    state.node_mut(id)?.store_created = true;
+    state.save(layout)
 }
 
 /// Starts the fault proxy (`bftnet proxy --dir DIR`), and records its PID.
