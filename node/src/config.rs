@@ -317,8 +317,8 @@ pub struct NodeFile {
     /// Log format.
     #[serde(default)]
     pub log_format: LogFormat,
-    /// A byzantine behaviour, for testnets only (needs a build with the
-    /// `byzantine` feature).
+    /// A byzantine behaviour, for testnets only: `bftd` refuses it; the
+    /// testnets' `bftd-byzantine` binary runs it.
     #[serde(default)]
     pub byzantine: Option<String>,
     /// For `byzantine = "collude"`: every colluding node's id (this one

@@ -138,6 +138,25 @@ fn run_refuses_a_missing_store() {
     assert!(data_dir(&cluster, 1).join("bftd.redb").is_file());
 }
 
+/// The operator's `bftd` cannot lie, whatever its node file says and
+/// whatever features cargo unified into the build: a `byzantine` setting
+/// is refused with an error naming the setting and the test binary that
+/// has them.
+#[test]
+fn operator_binary_refuses_a_byzantine_setting() {
+    let cluster = TestCluster::configure(4, RequestMode::ClientSigned, "");
+    let dir = cluster.path();
+    let path = cluster.node_file(0);
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, format!("byzantine = \"equivocate\"\n{text}")).unwrap();
+    let config = path.to_str().unwrap();
+    let stderr = refused(dir, &["run", "--init", "--config", config], "byzantine");
+    assert!(
+        stderr.contains("byzantine") && stderr.contains("bftd-byzantine"),
+        "{stderr}"
+    );
+}
+
 /// Idle connections to the metrics port (opened and never used: a port
 /// scanner, a stuck scraper, an attacker) must not keep `/healthz` from
 /// answering: a supervisor that gets no answer restarts a healthy node.

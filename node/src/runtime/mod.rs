@@ -16,6 +16,7 @@ mod consensus;
 mod durable;
 mod http;
 mod ingress;
+mod intercept;
 pub mod metrics;
 mod quorum;
 
@@ -28,6 +29,7 @@ use bftd_protocol::{
     SeqNum, Storage, StorageError,
 };
 use consensus::{Consensus, Input};
+pub use intercept::{Emission, Intercept};
 use metrics::NodeMetrics;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -102,13 +104,16 @@ pub enum StartError {
     /// The durability worker thread could not be started.
     #[error("cannot start the storage thread: {0}")]
     Thread(std::io::Error),
-    /// A byzantine behaviour was asked for but cannot be used.
-    #[error("byzantine behaviour `{behaviour}`: {reason}")]
+    /// The node file asks for a byzantine behaviour, which the operator's
+    /// `bftd` does not have.
+    #[error(
+        "byzantine = \"{behaviour}\" in the node file: this bftd never lies; byzantine \
+         behaviours are a test instrument, the separate `bftd-byzantine` binary that bftnet \
+         runs for the nodes it makes byzantine. Remove the `byzantine` setting."
+    )]
     Byzantine {
         /// The behaviour given.
         behaviour: String,
-        /// Why it is refused.
-        reason: &'static str,
     },
 }
 
@@ -278,11 +283,32 @@ impl NodeHandle {
 
 /// Starts a node from its configuration; `application`, if given, receives
 /// committed blocks from height `deliver_from` on. Must run inside a
-/// multi-threaded tokio runtime.
+/// multi-threaded tokio runtime. A node file with a `byzantine` setting is
+/// refused: this node never lies.
 pub async fn start(
     config: NodeConfig,
     application: Option<(Box<dyn Application>, SeqNum)>,
 ) -> Result<NodeHandle, StartError> {
+    if let Some(behaviour) = &config.byzantine {
+        return Err(StartError::Byzantine {
+            behaviour: behaviour.clone(),
+        });
+    }
+    start_with(config, application, None).await
+}
+
+/// [`start`] with an [`Intercept`] between the replica and the network:
+/// how the testnets' `bftd-byzantine` binary makes a node lie.
+pub async fn start_with(
+    config: NodeConfig,
+    application: Option<(Box<dyn Application>, SeqNum)>,
+    intercept: Option<Box<dyn Intercept>>,
+) -> Result<NodeHandle, StartError> {
+    if let (Some(behaviour), None) = (&config.byzantine, &intercept) {
+        return Err(StartError::Byzantine {
+            behaviour: behaviour.clone(),
+        });
+    }
     let path = store_path(&config);
     match path.try_exists() {
         Ok(true) => {}
@@ -307,16 +333,6 @@ pub async fn start(
         blocks: Arc::new(storage.clone()),
     };
     let replica = Replica::new(setup, recovered, started.elapsed())?;
-    #[cfg(feature = "byzantine")]
-    let adversary = byzantine_adversary(&config)?;
-    #[cfg(not(feature = "byzantine"))]
-    if let Some(behaviour) = &config.byzantine {
-        return Err(StartError::Byzantine {
-            behaviour: behaviour.clone(),
-            reason:
-                "this bftd was built without the `byzantine` feature (testnets build it with it)",
-        });
-    }
 
     let shared = Arc::new(Shared {
         metrics: NodeMetrics::default(),
@@ -325,7 +341,7 @@ pub async fn start(
         request_lifetime: config.protocol.request_lifetime,
         reply_queue: config.clients.reply_queue,
         id: config.id.0,
-        byzantine: config.byzantine.clone(),
+        byzantine: intercept.as_ref().and(config.byzantine.clone()),
         started,
         transport: Mutex::new(None),
         fatal: Mutex::new(None),
@@ -373,7 +389,6 @@ pub async fn start(
         .name(format!("bftd-durable-{}", config.id.0))
         .spawn(move || worker.run())
         .map_err(StartError::Thread)?;
-    #[allow(unused_mut)]
     let mut consensus = Consensus::new(
         replica,
         shared.clone(),
@@ -382,10 +397,7 @@ pub async fn start(
         shutdown_rx,
         started,
     );
-    #[cfg(feature = "byzantine")]
-    {
-        consensus.adversary = adversary;
-    }
+    consensus.intercept = intercept;
     let consensus = tokio::spawn(consensus.run());
     let mut tasks = vec![
         (
@@ -547,31 +559,6 @@ async fn follow(
             return;
         }
     }
-}
-
-#[cfg(feature = "byzantine")]
-fn byzantine_adversary(
-    config: &NodeConfig,
-) -> Result<Option<bftd_protocol::byzantine::Adversary>, StartError> {
-    use bftd_protocol::byzantine::{Adversary, Behaviour};
-    let Some(text) = &config.byzantine else {
-        return Ok(None);
-    };
-    let behaviour: Behaviour = text.parse().map_err(|_| StartError::Byzantine {
-        behaviour: text.clone(),
-        reason: "unknown; see `bftnet up --help` for the list",
-    })?;
-    // Colluders never talk: bftnet writes the list of colluding ids into
-    // each colluder's node file, and each derives the same fork from it.
-    let colluders = config.colluders.clone();
-    Ok(Some(Adversary::new(
-        behaviour,
-        config.id,
-        config.key.clone(),
-        config.cluster.committee.clone(),
-        colluders,
-        u64::from(config.id.0),
-    )))
 }
 
 /// Why a node stopped by itself.

@@ -2,6 +2,7 @@
 //! whether they still run, stopping them by PID, and asking nodes over HTTP
 //! whether they are healthy.
 
+use super::binaries::find_bftd_byzantine;
 use super::error::NetError;
 use super::layout::{Layout, State};
 use bftd::client_api::NodeStatus;
@@ -50,10 +51,16 @@ fn spawn(mut command: Command, log: &Path, banner: &str) -> Result<Child, NetErr
         .map_err(|source| NetError::Spawn { program, source })
 }
 
-/// Starts node `id` with `bftd run --config`, and records its PID.
+/// Starts node `id` with `bftd run --config` (`bftd-byzantine run` if it
+/// has a behaviour: the operator's `bftd` cannot lie), and records its PID.
 pub fn start_node(layout: &Layout, state: &mut State, id: u16) -> Result<Child, NetError> {
     create_store(layout, state, id)?;
-    let mut command = Command::new(&state.bftd);
+    let behaviour = state.node(id)?.behaviour.clone();
+    let program = match behaviour {
+        Some(_) => find_bftd_byzantine(&state.bftd)?,
+        None => state.bftd.clone(),
+    };
+    let mut command = Command::new(program);
     command
         .arg("run")
         .arg("--config")
@@ -61,7 +68,6 @@ pub fn start_node(layout: &Layout, state: &mut State, id: u16) -> Result<Child, 
     if std::env::var_os("RUST_LOG").is_none() {
         command.env("RUST_LOG", "info");
     }
-    let behaviour = state.node(id)?.behaviour.clone();
     let banner = format!(
         "starting node {id}{}",
         behaviour.map(|b| format!(" as {b}")).unwrap_or_default()
