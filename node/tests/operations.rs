@@ -180,3 +180,36 @@ fn idle_connections_do_not_block_healthz() {
     }
     drop(idle);
 }
+
+/// An embedded application that panics is a failed node, not one that
+/// goes on committing while its application silently receives nothing:
+/// `NodeHandle::wait` returns the panic (and `bftd run` exits non-zero on
+/// any task's panic the same way).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_application_fails_the_node() {
+    struct Panics;
+    impl bftd::Application for Panics {
+        fn deliver(&mut self, _block: &bftd_protocol::CommittedBlock, _duplicates: &[u32]) {
+            panic!("application bug");
+        }
+    }
+    let cluster = TestCluster::configure(1, RequestMode::ClientSigned, "");
+    let config = bftd::config::NodeConfig::load(&cluster.node_file(0)).unwrap();
+    bftd::init(&config).unwrap();
+    let application: Box<dyn bftd::Application> = Box::new(Panics);
+    let mut node = bftd::start(config, Some((application, bftd_protocol::SeqNum(1))))
+        .await
+        .unwrap();
+    let client = cluster.client(0).await;
+    client.submit(b"tx".to_vec()).await.unwrap();
+    let stopped = tokio::time::timeout(Duration::from_secs(10), node.wait()).await;
+    let error = match stopped {
+        Ok(Err(error)) => error.to_string(),
+        other => panic!("a panicking application: wait gave {other:?}"),
+    };
+    assert!(
+        error.contains("application") && error.contains("application bug"),
+        "{error}"
+    );
+    node.shutdown().await;
+}
