@@ -317,8 +317,8 @@ pub struct NodeFile {
     /// Log format.
     #[serde(default)]
     pub log_format: LogFormat,
-    /// A byzantine behaviour, for testnets only (needs a build with the
-    /// `byzantine` feature).
+    /// A byzantine behaviour, for testnets only: `bftd` refuses it; the
+    /// testnets' `bftd-byzantine` binary runs it.
     #[serde(default)]
     pub byzantine: Option<String>,
     /// For `byzantine = "collude"`: every colluding node's id (this one
@@ -344,6 +344,11 @@ pub struct ClientsConfig {
     /// and is answered again. Default 4096.
     pub reply_queue: usize,
 }
+
+/// Largest `[clients] reply_queue`: beyond it one slow client could hold
+/// a lot of memory (and a value near `usize::MAX` would make every client
+/// connection panic).
+pub const MAX_REPLY_QUEUE: usize = 65536;
 
 impl Default for ClientsConfig {
     fn default() -> ClientsConfig {
@@ -427,10 +432,10 @@ impl NodeConfig {
             path: path.to_owned(),
             source,
         })?;
-        if file.clients.reply_queue == 0 {
+        if !(1..=MAX_REPLY_QUEUE).contains(&file.clients.reply_queue) {
             return Err(LoadError::Clients {
                 path: path.to_owned(),
-                reason: "reply_queue must be at least 1 (the default is 4096)",
+                reason: "reply_queue must be from 1 to 65536 (the default is 4096)",
             });
         }
         let listen = match file.listen {
@@ -594,9 +599,50 @@ mod tests {
         assert_eq!(config.clients.reply_queue, 8);
         let error = NodeConfig::load(&dir.path().join("q0.toml")).unwrap_err();
         assert!(
-            error.to_string().contains("reply_queue must be at least 1"),
+            error.to_string().contains("reply_queue must be from 1"),
             "{error}"
         );
+    }
+
+    /// `[clients] reply_queue` is a capacity: a value the queue cannot
+    /// have (zero, or one that would make every client connection panic)
+    /// is refused at load, naming the setting and its range.
+    #[test]
+    fn reply_queue_must_be_in_range() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("cluster.toml"),
+            toml::to_string(&cluster_file(4)).unwrap(),
+        )
+        .unwrap();
+        write_key(&dir.path().join("node0.key"), &KeyPair::from_seed([1; 32])).unwrap();
+        let node = |queue: &str| {
+            format!("id = 0\nkey_file = \"node0.key\"\ncluster_file = \"cluster.toml\"\ndata_dir = \"data\"\n[clients]\nreply_queue = {queue}\n")
+        };
+        for (queue, accepted) in [
+            ("1", true),
+            ("65536", true),
+            ("9223372036854775807", false),
+            ("65537", false),
+            ("0", false),
+        ] {
+            let path = dir.path().join(format!("q{queue}.toml"));
+            std::fs::write(&path, node(queue)).unwrap();
+            match NodeConfig::load(&path) {
+                Ok(config) => {
+                    assert!(accepted, "reply_queue = {queue} was accepted");
+                    assert_eq!(config.clients.reply_queue.to_string(), queue);
+                }
+                Err(error) => {
+                    assert!(!accepted, "reply_queue = {queue} refused: {error}");
+                    let text = error.to_string();
+                    assert!(
+                        text.contains("reply_queue") && text.contains("65536"),
+                        "{text}"
+                    );
+                }
+            }
+        }
     }
 
     /// Settings that decide what executes come from the cluster file, the

@@ -19,4 +19,4 @@ pub mod runtime;
 pub mod storage;
 pub mod transport;
 
-pub use runtime::{start, Application, NodeHandle, StartError};
+pub use runtime::{init, start, Application, NodeHandle, NodeStopped, StartError};

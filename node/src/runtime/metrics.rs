@@ -83,6 +83,9 @@ pub struct NodeMetrics {
     pub replies_dropped: AtomicU64,
     /// Outgoing messages the transport dropped (queue full).
     pub send_dropped: AtomicU64,
+    /// Failed reads of committed blocks for the embedded application
+    /// (each retried).
+    pub application_read_errors: AtomicU64,
     /// Storage write time.
     pub storage_apply: Histogram,
     /// Time from a client's request reaching this node to its receipt.
@@ -337,6 +340,12 @@ impl NodeMetrics {
             "bftd_replies_dropped_total",
             "Replies dropped because a client was not reading.",
             load(&self.replies_dropped),
+        );
+        counter(
+            &mut out,
+            "bftd_application_read_errors_total",
+            "Failed reads of committed blocks for the embedded application (each retried).",
+            load(&self.application_read_errors),
         );
         counter(
             &mut out,
