@@ -93,6 +93,6 @@ pub use replica::{
 };
 pub use storage::{BlockSource, Delivery, MemStorage, Record, Recovered, Storage, StorageError};
 pub use verify::{
-    verify_message, verify_messages, verify_request, BatchVerifier, RequestMode, SignatureVerifier,
-    Verified, VerifyError,
+    verify_message, verify_messages, verify_request, BatchVerifier, MessageLimits, RequestMode,
+    SignatureVerifier, Verified, VerifyError,
 };

@@ -73,6 +73,9 @@ pub struct NodeMetrics {
     pub invalid_signatures: AtomicU64,
     /// Peer messages signed by an unknown replica or otherwise unverifiable.
     pub unverifiable_messages: AtomicU64,
+    /// Peer messages refused on their shape (counts, signers, sizes) before
+    /// any signature in them was checked.
+    pub misshapen_messages: AtomicU64,
     /// Client frames that did not decode.
     pub malformed_client_frames: AtomicU64,
     /// Requests refused, by reason.
@@ -306,6 +309,7 @@ impl NodeMetrics {
             ("malformed_frame", load(&self.malformed_frames)),
             ("invalid_signature", load(&self.invalid_signatures)),
             ("unverifiable", load(&self.unverifiable_messages)),
+            ("malformed_shape", load(&self.misshapen_messages)),
             (
                 "malformed_client_frame",
                 load(&self.malformed_client_frames),

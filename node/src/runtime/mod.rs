@@ -24,8 +24,8 @@ use crate::config::NodeConfig;
 use crate::storage::{DiskStorage, StoreIdentity};
 use crate::transport::{Peer, Transport, TransportConfig, TransportError, TransportStats};
 use bftd_protocol::{
-    BlockSource, CommittedBlock, Committee, Replica, ReplicaError, ReplicaSetup, RequestMode,
-    SeqNum, Storage, StorageError,
+    BlockSource, CommittedBlock, Committee, MessageLimits, Replica, ReplicaError, ReplicaSetup,
+    RequestMode, SeqNum, Storage, StorageError,
 };
 use consensus::{Consensus, Input};
 use metrics::NodeMetrics;
@@ -95,6 +95,8 @@ pub(crate) struct Shared {
     pub metrics: NodeMetrics,
     pub committee: Committee,
     pub request_mode: RequestMode,
+    /// What a peer message may hold, checked before its signatures.
+    pub limits: MessageLimits,
     /// Heights a request may be valid for (`[protocol] request_lifetime`).
     pub request_lifetime: u64,
     /// Replies queued per client connection (`[clients] reply_queue`).
@@ -273,6 +275,7 @@ pub async fn start(
         metrics: NodeMetrics::default(),
         committee: committee.clone(),
         request_mode: config.protocol.request_mode,
+        limits: MessageLimits::of(&config.protocol),
         request_lifetime: config.protocol.request_lifetime,
         reply_queue: config.clients.reply_queue,
         id: config.id.0,

@@ -112,7 +112,7 @@ impl Cluster {
             let verified = verify_message(
                 message,
                 &self.committee,
-                RequestMode::ClientSigned,
+                &crate::verify::MessageLimits::of(&self.config),
                 &mut BatchVerifier,
             )
             .unwrap();

@@ -22,7 +22,8 @@ mod tests;
 mod view_change;
 
 #[cfg(feature = "byzantine")]
-pub(crate) use view_change::{compute_reproposals, valid_view_change};
+pub(crate) use view_change::compute_reproposals;
+pub(crate) use view_change::{valid_new_view, valid_view_change};
 
 pub use metrics::{DropReason, Metrics};
 

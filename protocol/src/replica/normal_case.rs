@@ -245,16 +245,12 @@ impl Replica {
     }
 
     fn batch_within_limits(&self, batch: &Batch) -> bool {
-        let mut bytes = 0usize;
-        for request in &batch.requests {
-            let size = request.payload_len();
-            if size > self.config.max_request_bytes {
-                return false;
-            }
-            bytes = bytes.saturating_add(size);
-        }
-        batch.requests.len() <= self.config.max_batch_requests
-            && (bytes <= self.config.max_batch_bytes || batch.requests.len() == 1)
+        crate::verify::batch_within_limits(
+            &batch.requests,
+            self.config.max_batch_requests,
+            self.config.max_batch_bytes,
+            self.config.max_request_bytes,
+        )
     }
 
     /// Accepts a pre-prepare for the current view (from the primary, or

@@ -144,7 +144,11 @@ impl Replica {
         if full || due {
             let requests = std::mem::take(&mut self.to_forward);
             self.to_forward_bytes = 0;
-            self.send_forward(requests);
+            // Within the batch limits, as receivers check before verifying
+            // (one input may have gathered more than a batch's worth).
+            for chunk in self.forward_chunks(requests) {
+                self.send_forward(chunk);
+            }
         }
     }
 
@@ -191,8 +195,8 @@ impl Replica {
             }
         }
         // Keep each forward under the batch limits.
-        for chunk in forward.chunks(self.config.max_batch_requests) {
-            self.send_forward(chunk.to_vec());
+        for chunk in self.forward_chunks(forward) {
+            self.send_forward(chunk);
         }
         self.propose_batches();
     }

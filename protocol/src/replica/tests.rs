@@ -50,7 +50,7 @@ fn deliver(replica: &mut Replica, message: WireMessage) {
     let verified = verify_message(
         message,
         &committee(),
-        RequestMode::ClientSigned,
+        &crate::verify::MessageLimits::of(&Config::default()),
         &mut BatchVerifier,
     )
     .unwrap();
