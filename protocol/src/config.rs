@@ -79,6 +79,11 @@ pub struct Config {
     /// Most normal-case messages for future views held per peer until the
     /// view starts.
     pub max_future_messages_per_peer: usize,
+    /// Most bytes (encoded) of such messages held per peer; the oldest go
+    /// first. The newest message is always kept, so the bound is this or
+    /// one message, whichever is larger (a message is within the batch
+    /// limits, checked before it is buffered). At least `max_batch_bytes`.
+    pub max_future_bytes_per_peer: usize,
     /// How many heights above the one it executes at a request may be
     /// valid (`Request::valid_until`). Executed requests are remembered for
     /// this many heights, so deduplication holds at most
@@ -106,6 +111,7 @@ impl Default for Config {
             fetch_max_blocks: 64,
             fetch_timeout: Duration::from_millis(1000),
             max_future_messages_per_peer: 1024,
+            max_future_bytes_per_peer: 32 * 1024 * 1024,
             request_lifetime: 1024,
         }
     }
@@ -275,6 +281,12 @@ impl Config {
             "at least max_request_bytes and at most 32 MiB",
             count(self.max_batch_bytes),
             self.max_batch_bytes >= self.max_request_bytes && self.max_batch_bytes <= 32 << 20,
+        )?;
+        range(
+            "max_future_bytes_per_peer",
+            "at least max_batch_bytes",
+            count(self.max_future_bytes_per_peer),
+            self.max_future_bytes_per_peer >= self.max_batch_bytes,
         )?;
         range(
             "max_pending_requests",

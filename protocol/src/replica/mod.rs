@@ -382,8 +382,9 @@ pub struct Replica {
     /// The new-view that started the current view, to re-send to replicas
     /// that missed it.
     new_view: Option<Signed<NewView>>,
-    /// Normal-case messages for future views, per sender, bounded.
-    future: BTreeMap<NodeId, VecDeque<WireMessage>>,
+    /// Normal-case messages for future views, per sender, each with its
+    /// encoded size; bounded per sender in messages and in bytes.
+    future: BTreeMap<NodeId, VecDeque<(usize, WireMessage)>>,
     /// Batches wanted for re-proposed digests, with when they were asked for.
     wanted_batches: BTreeMap<Digest, Duration>,
 

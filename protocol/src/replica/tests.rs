@@ -244,3 +244,58 @@ fn a_peer_with_other_consensus_settings_is_ignored() {
     deliver(&mut replica, prepare(1, 0, 3, 1));
     assert_eq!(replica.status().active_slots, 1, "heard again");
 }
+
+/// A peer's buffer of messages for future views is bounded in bytes, not
+/// only in messages: a future primary sending hundreds of pre-prepares with
+/// large (valid-size) batches pins no more than
+/// `max_future_bytes_per_peer` (or one message, if that alone is larger).
+#[test]
+fn future_view_messages_are_bounded_in_bytes() {
+    let mut replica = replica(0);
+    replica.config.max_future_bytes_per_peer = FUTURE_BYTES_UNDER_TEST as usize;
+    let client = KeyPair::from_seed([43; 32]);
+    // View 5's primary is replica 1.
+    for seq in 1..=200u64 {
+        let request = crate::message::Request {
+            client: client.public(),
+            request_id: seq,
+            valid_until: SeqNum(1000),
+            payload: vec![seq as u8; 60 * 1024],
+        };
+        let batch = Batch {
+            requests: vec![SignedRequest::sign(request, &client).unwrap()],
+        };
+        let digest = MerkleTree::new(&batch).root();
+        let pre_prepare = signed(
+            1,
+            PrePrepare {
+                view: View(5),
+                seq: SeqNum(seq),
+                digest,
+            },
+        );
+        deliver(
+            &mut replica,
+            WireMessage::PrePrepare {
+                pre_prepare,
+                batch: Arc::new(batch),
+            },
+        );
+    }
+    let queue = replica.future.get(&NodeId(1)).cloned().unwrap_or_default();
+    let bytes: u64 = queue
+        .iter()
+        .map(|(_, message)| crate::codec::encoded_len(message).unwrap())
+        .sum();
+    let bound = FUTURE_BYTES_UNDER_TEST;
+    println!("peer 1 buffers {} messages, {bytes} bytes", queue.len());
+    assert!(
+        bytes <= bound,
+        "peer 1 buffers {} messages, {bytes} bytes, over {bound}",
+        queue.len()
+    );
+    assert!(!queue.is_empty(), "the newest is kept");
+    assert!(replica.metrics().dropped_for(DropReason::FutureBufferFull) > 0);
+}
+
+const FUTURE_BYTES_UNDER_TEST: u64 = 4 * 1024 * 1024;

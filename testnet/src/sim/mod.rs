@@ -237,6 +237,7 @@ pub fn sim_protocol_config() -> Config {
         fetch_max_blocks: 16,
         fetch_timeout: Duration::from_millis(300),
         max_future_messages_per_peer: 256,
+        max_future_bytes_per_peer: 1024 * 1024,
         request_lifetime: 1000,
     }
 }
