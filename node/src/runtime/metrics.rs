@@ -84,6 +84,9 @@ pub struct NodeMetrics {
     pub client_requests: AtomicU64,
     /// Receipts dropped because the client did not read them in time.
     pub replies_dropped: AtomicU64,
+    /// Subscriptions ended because the subscriber stopped reading (its
+    /// queue stayed full for `subscriber_stall_ms`).
+    pub subscriptions_ended: AtomicU64,
     /// Outgoing messages the transport dropped (queue full).
     pub send_dropped: AtomicU64,
     /// Storage write time.
@@ -341,6 +344,12 @@ impl NodeMetrics {
             "bftd_replies_dropped_total",
             "Replies dropped because a client was not reading.",
             load(&self.replies_dropped),
+        );
+        counter(
+            &mut out,
+            "bftd_subscriptions_ended_total",
+            "Subscriptions ended because the subscriber stopped reading.",
+            load(&self.subscriptions_ended),
         );
         counter(
             &mut out,

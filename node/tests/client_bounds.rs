@@ -1,0 +1,133 @@
+//! What one client can make a node hold: its frames are limited to one
+//! request's worth, and a subscriber that stops reading is ended with a
+//! reason it can read instead of pinning blocks in the node's memory.
+
+mod common;
+
+use bftd::client_api::{ClientMessage, NodeMessage};
+use bftd::transport::{connect_client_with, Bytes};
+use bftd_crypto::KeyPair;
+use bftd_protocol::{codec, RequestMode, SeqNum};
+use common::TestCluster;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A frame far above a request's size (1 MiB, with the default 64 KiB
+/// `max_request_bytes`) is refused at its length prefix: the node never
+/// reads, copies or decodes it, the connection is closed and counted, and
+/// other clients are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_frames_are_limited_to_one_request() {
+    let cluster = TestCluster::start(4, RequestMode::ClientSigned, "");
+    let address = cluster.cluster.addresses[1];
+    let node_key = cluster.cluster.committee.public_keys()[1];
+    let key = KeyPair::generate(&mut rand::rngs::OsRng);
+    let mut link = connect_client_with(&key, address, node_key, 64 << 20)
+        .await
+        .unwrap();
+    let request = bftd_protocol::Request {
+        client: key.public(),
+        request_id: 1,
+        valid_until: SeqNum(100),
+        payload: vec![7; 1 << 20],
+    };
+    let submit = ClientMessage::Submit(bftd_protocol::SignedRequest::sign(request, &key).unwrap());
+    let _ = link
+        .send(Bytes::from(codec::encode(&submit).unwrap()))
+        .await;
+    let answer = tokio::time::timeout(Duration::from_secs(10), link.recv()).await;
+    let oversized = cluster.metric(1, "bftd_rejected_total{reason=\"oversized_frame\"}");
+    println!("answer to a 1 MiB frame: {answer:?}; oversized_frame counted {oversized}");
+    let answer = answer.expect("the node answers or closes within 10 s");
+    assert!(
+        !matches!(answer, Ok(Some(_))),
+        "the node read the 1 MiB frame and answered it"
+    );
+    assert!(oversized >= 1.0);
+    let client = cluster.client(1).await;
+    client.submit(b"still serving".to_vec()).await.unwrap();
+}
+
+/// A subscriber that never reads while blocks commit: it gets what fitted
+/// in its connection's byte-bounded queue, then `SubscriptionEnded`
+/// with the reason, rather than the node queueing every block for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_stops_reading_is_ended_with_a_reason() {
+    // The [protocol] section is left empty; these go to [clients].
+    let cluster = TestCluster::start(
+        4,
+        RequestMode::ClientSigned,
+        "[clients]\nreply_queue_bytes = 1048576\nsubscriber_stall_ms = 1000",
+    );
+    let address = cluster.cluster.addresses[1];
+    let node_key = cluster.cluster.committee.public_keys()[1];
+    let key = KeyPair::generate(&mut rand::rngs::OsRng);
+    let mut link = connect_client_with(&key, address, node_key, 64 << 20)
+        .await
+        .unwrap();
+    let subscribe = ClientMessage::Subscribe { from: SeqNum(1) };
+    link.send(Bytes::from(codec::encode(&subscribe).unwrap()))
+        .await
+        .unwrap();
+    // About 12 MB of blocks commit while the subscriber reads nothing.
+    let client = Arc::new(cluster.client(2).await);
+    let mut tasks = Vec::new();
+    for task in 0..8u8 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..25 {
+                client.submit(vec![task; 60 * 1024]).await.unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let height = client.status().await.unwrap().height;
+    let mut blocks = 0u64;
+    let mut end = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while let Ok(Ok(Some(frame))) = tokio::time::timeout_at(deadline, link.recv()).await {
+        match codec::decode::<NodeMessage>(&frame) {
+            Ok(NodeMessage::Block { block, .. }) => {
+                blocks += 1;
+                assert_eq!(block.height(), SeqNum(blocks), "every block, in order");
+            }
+            decoded => {
+                end = Some(decoded);
+                break;
+            }
+        }
+    }
+    println!(
+        "a subscriber that did not read for 3 s then got {blocks} of {height} blocks, then {end:?}"
+    );
+    let Some(Ok(NodeMessage::SubscriptionEnded { reason })) = end else {
+        panic!("the subscription was never ended: {end:?}");
+    };
+    assert!(blocks < height, "ended before every block was queued");
+    assert!(
+        reason.contains(&format!("from height {}", blocks + 1)),
+        "the reason says where to resume: {reason}"
+    );
+    assert!(
+        cluster
+            .metric_reaches(1, "bftd_subscriptions_ended_total", 1.0)
+            .await
+            >= 1.0
+    );
+    // The connection itself still serves.
+    link.send(Bytes::from(codec::encode(&ClientMessage::Status).unwrap()))
+        .await
+        .unwrap();
+    let frame = tokio::time::timeout(Duration::from_secs(5), link.recv())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        codec::decode::<NodeMessage>(&frame).unwrap(),
+        NodeMessage::Status(_)
+    ));
+}
