@@ -624,6 +624,35 @@ mod tests {
             error.to_string().contains("reply_queue must be at least 1"),
             "{error}"
         );
+        // The byte bound and the stall timeout: defaults, each settable
+        // alone, nonsense refused by name.
+        assert_eq!(config.clients.reply_queue_bytes, 4 << 20, "the default");
+        assert_eq!(config.clients.subscriber_stall_ms, 10_000, "the default");
+        for (name, section, expected) in [
+            ("b.toml", "reply_queue_bytes = 65536", None),
+            (
+                "b0.toml",
+                "reply_queue_bytes = 10",
+                Some("reply_queue_bytes"),
+            ),
+            (
+                "s0.toml",
+                "subscriber_stall_ms = 0",
+                Some("subscriber_stall_ms"),
+            ),
+        ] {
+            std::fs::write(dir.path().join(name), with_clients(section)).unwrap();
+            match (NodeConfig::load(&dir.path().join(name)), expected) {
+                (Ok(config), None) => {
+                    assert_eq!(config.clients.reply_queue_bytes, 65536);
+                    assert_eq!(config.clients.reply_queue, 4096);
+                }
+                (Err(error), Some(setting)) => {
+                    assert!(error.to_string().contains(setting), "{error}")
+                }
+                (other, _) => panic!("{section}: {:?}", other.map(|c| c.clients)),
+            }
+        }
     }
 
     /// Settings that decide what executes come from the cluster file, the
