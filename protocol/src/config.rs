@@ -48,6 +48,10 @@ pub struct Config {
     /// primary, or forwarded and watched by a backup). Beyond it new requests
     /// are refused with "busy".
     pub max_pending_requests: usize,
+    /// Most payload bytes of such requests held: the same refusal beyond
+    /// it, so large requests cannot pin `max_pending_requests ×
+    /// max_request_bytes`. At least `max_batch_bytes`.
+    pub max_pending_bytes: usize,
     /// A backup that waited this long for a request relays it to every
     /// replica; after as long again it suspects the primary, and 2f+1
     /// suspicions start a view change. Raised automatically to twice the
@@ -103,6 +107,7 @@ impl Default for Config {
             batch_delay: Duration::from_millis(1),
             max_request_bytes: 64 * 1024,
             max_pending_requests: 200_000,
+            max_pending_bytes: 128 * 1024 * 1024,
             request_timeout: Duration::from_millis(800),
             request_timeout_max: Duration::from_secs(8),
             view_change_timeout: Duration::from_millis(800),
@@ -281,6 +286,12 @@ impl Config {
             "at least max_request_bytes and at most 32 MiB",
             count(self.max_batch_bytes),
             self.max_batch_bytes >= self.max_request_bytes && self.max_batch_bytes <= 32 << 20,
+        )?;
+        range(
+            "max_pending_bytes",
+            "at least max_batch_bytes",
+            count(self.max_pending_bytes),
+            self.max_pending_bytes >= self.max_batch_bytes,
         )?;
         range(
             "max_future_bytes_per_peer",

@@ -334,6 +334,8 @@ pub struct Replica {
     /// Executed requests, for at-most-once.
     executed: ExecutedRequests,
     pending: BTreeMap<RequestKey, PendingRequest>,
+    /// Payload bytes of `pending` (bounded by `max_pending_bytes`).
+    pending_bytes: usize,
     /// The primary's batching queue, oldest first, with arrival times.
     queue: VecDeque<(RequestKey, Duration)>,
     /// Requests waiting to be forwarded to the primary, and their payload
@@ -514,6 +516,7 @@ impl Replica {
             stable_checkpoint,
             slots: BTreeMap::new(),
             pending: BTreeMap::new(),
+            pending_bytes: 0,
             queue: VecDeque::new(),
             to_forward: Vec::new(),
             to_forward_bytes: 0,

@@ -66,13 +66,17 @@ impl Replica {
             self.metrics.requests_replayed += 1;
             return;
         }
-        if self.pending.len() >= self.config.max_pending_requests {
+        let size = request.payload_len();
+        if self.pending.len() >= self.config.max_pending_requests
+            || self.pending_bytes.saturating_add(size) > self.config.max_pending_bytes
+        {
             self.metrics.requests_refused_busy += 1;
             if local {
                 self.reply(&request, ReplyOutcome::Rejected(RejectReason::Busy));
             }
             return;
         }
+        self.pending_bytes += size;
         self.pending.insert(
             key,
             PendingRequest {
@@ -339,6 +343,9 @@ impl Replica {
     /// expired: stop waiting for it and answer a local client.
     pub(super) fn complete_request(&mut self, request: &SignedRequest, outcome: ReplyOutcome) {
         if let Some(pending) = self.pending.remove(&request.key()) {
+            self.pending_bytes = self
+                .pending_bytes
+                .saturating_sub(pending.request.payload_len());
             if pending.local {
                 self.reply(request, outcome);
             }

@@ -299,3 +299,54 @@ fn future_view_messages_are_bounded_in_bytes() {
 }
 
 const FUTURE_BYTES_UNDER_TEST: u64 = 4 * 1024 * 1024;
+
+/// The requests a replica holds until they execute are bounded in bytes,
+/// not only in number: one client sending large requests faster than they
+/// commit is refused "busy" once `max_pending_bytes` are held.
+#[test]
+fn pending_requests_are_bounded_in_bytes() {
+    let mut replica = replica(0);
+    set_max_pending_bytes(&mut replica, PENDING_BYTES_UNDER_TEST);
+    let client = KeyPair::from_seed([44; 32]);
+    for id in 1..=200u64 {
+        let request = crate::message::Request {
+            client: client.public(),
+            request_id: id,
+            valid_until: SeqNum(1000),
+            payload: vec![id as u8; 60 * 1024],
+        };
+        let request = verify_request(
+            SignedRequest::sign(request, &client).unwrap(),
+            &committee(),
+            RequestMode::ClientSigned,
+            &mut BatchVerifier,
+        )
+        .unwrap();
+        replica.handle_request(Duration::from_millis(1), request, true);
+    }
+    let held: usize = replica
+        .pending
+        .values()
+        .map(|pending| pending.request.payload_len())
+        .sum();
+    println!(
+        "{} requests pending, {held} payload bytes; {} refused busy",
+        replica.pending.len(),
+        replica.metrics().requests_refused_busy
+    );
+    assert!(held <= PENDING_BYTES_UNDER_TEST, "{held} bytes held");
+    assert!(replica.metrics().requests_refused_busy > 0);
+    let busy = replica
+        .drain_actions()
+        .replies
+        .iter()
+        .filter(|reply| reply.outcome == ReplyOutcome::Rejected(RejectReason::Busy))
+        .count();
+    assert!(busy > 0, "the clients are told");
+}
+
+const PENDING_BYTES_UNDER_TEST: usize = 4 * 1024 * 1024;
+
+fn set_max_pending_bytes(replica: &mut Replica, bytes: usize) {
+    replica.config.max_pending_bytes = bytes;
+}

@@ -229,6 +229,7 @@ pub fn sim_protocol_config() -> Config {
         batch_delay: Duration::from_millis(2),
         max_request_bytes: 1024,
         max_pending_requests: 1000,
+        max_pending_bytes: 1024 * 1024,
         request_timeout: Duration::from_millis(300),
         request_timeout_max: Duration::from_millis(2400),
         view_change_timeout: Duration::from_millis(200),
