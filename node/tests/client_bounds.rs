@@ -36,7 +36,7 @@ async fn client_frames_are_limited_to_one_request() {
         .send(Bytes::from(codec::encode(&submit).unwrap()))
         .await;
     let answer = tokio::time::timeout(Duration::from_secs(10), link.recv()).await;
-    let oversized = cluster.metric(1, "bftd_rejected_total{reason=\"oversized_frame\"}");
+    let oversized = cluster.metric(1, "bftd_rejected_total{reason=\"oversized_client_frame\"}");
     println!("answer to a 1 MiB frame: {answer:?}; oversized_frame counted {oversized}");
     let answer = answer.expect("the node answers or closes within 10 s");
     assert!(

@@ -318,6 +318,10 @@ impl NodeMetrics {
                 load(&self.malformed_client_frames),
             ),
             ("oversized_frame", transport.oversized_received),
+            (
+                "oversized_client_frame",
+                transport.client_oversized_received,
+            ),
             ("handshake_rejected", transport.handshake_rejected),
             ("handshake_failed", transport.handshake_failed),
             ("streams_refused", transport.streams_refused),

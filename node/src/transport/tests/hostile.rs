@@ -295,6 +295,7 @@ async fn client_frames_have_their_own_limit() {
             })
         ));
         assert_eq!(node.transport.stats().oversized_received, 1);
+        assert_eq!(node.transport.stats().client_oversized_received, 1);
     })
     .await;
 }
