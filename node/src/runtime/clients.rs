@@ -352,7 +352,7 @@ async fn end_subscription(reply_to: &Replies, shared: &Shared, resume_at: SeqNum
         .subscriptions_ended
         .fetch_add(1, Ordering::Relaxed);
     let reason = format!(
-        "subscription ended: the subscriber read no block for {} ms while {} bytes of blocks waited for it (subscriber_stall_ms, reply_queue_bytes); subscribe again from height {} to resume",
+        "the subscriber read no block for {} ms while {} bytes of blocks waited for it (subscriber_stall_ms, reply_queue_bytes); subscribe again from height {} to resume",
         shared.subscriber_stall.as_millis(),
         reply_to.capacity,
         resume_at.0
