@@ -4,7 +4,8 @@
 
 mod common;
 
-use bftd::client_api::{ClientMessage, NodeMessage};
+use bftd::client::ClientError;
+use bftd::client_api::{ClientMessage, NodeMessage, Rejection};
 use bftd::transport::{connect_client_with, Bytes};
 use bftd_crypto::KeyPair;
 use bftd_protocol::{codec, RequestMode, SeqNum};
@@ -46,6 +47,43 @@ async fn client_frames_are_limited_to_one_request() {
     assert!(oversized >= 1.0);
     let client = cluster.client(1).await;
     client.submit(b"still serving".to_vec()).await.unwrap();
+
+    // Just over max_request_bytes (inside the frame limit) with a bad
+    // signature: refused as too large, so the size was checked first and
+    // no signature was verified.
+    let mut link = connect_client_with(&key, address, node_key, 64 << 20)
+        .await
+        .unwrap();
+    let request = bftd_protocol::Request {
+        client: key.public(),
+        request_id: 2,
+        valid_until: SeqNum(100),
+        payload: vec![7; 64 * 1024 + 1],
+    };
+    let mut signed = bftd_protocol::SignedRequest::sign(request, &key).unwrap();
+    signed.request.request_id = 3;
+    let submit = ClientMessage::Submit(signed);
+    link.send(Bytes::from(codec::encode(&submit).unwrap()))
+        .await
+        .unwrap();
+    let frame = tokio::time::timeout(Duration::from_secs(5), link.recv())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        codec::decode::<NodeMessage>(&frame).unwrap(),
+        NodeMessage::Rejected {
+            request_id: 3,
+            reason: Rejection::TooLarge
+        }
+    );
+    // The Rust client says so itself, before sending.
+    let error = client.submit(vec![0; 64 * 1024 + 1]).await.unwrap_err();
+    assert!(
+        matches!(error, ClientError::Rejected(Rejection::TooLarge)),
+        "{error}"
+    );
 }
 
 /// A subscriber that never reads while blocks commit: it gets what fitted
