@@ -169,3 +169,80 @@ async fn a_subscriber_that_stops_reading_is_ended_with_a_reason() {
         NodeMessage::Status(_)
     ));
 }
+
+/// A byzantine peer (node 3's key, its process replaced) sends a message
+/// whose checkpoint certificate repeats one valid vote 10,000 times: every
+/// node refuses it on its shape, counted as `malformed_shape`, and the
+/// cluster keeps ordering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_message_of_repeated_votes_is_refused_on_its_shape() {
+    use bftd::transport::{Peer, Transport, TransportConfig};
+    use bftd_protocol::message::{Blocks, Checkpoint};
+    use bftd_protocol::signer::{SafetyState, Signer};
+    use bftd_protocol::{NodeId, QuorumCertificate, Vote, WireMessage};
+
+    let mut cluster = TestCluster::start(4, RequestMode::ClientSigned, "");
+    cluster.kill(3);
+    let key = bftd::config::read_key(&cluster.path().join("node3.key")).unwrap();
+    let peers: Vec<Peer> = cluster
+        .cluster
+        .committee
+        .public_keys()
+        .into_iter()
+        .enumerate()
+        .map(|(id, key)| Peer {
+            id: NodeId(id as u16),
+            address: cluster.cluster.addresses[id],
+            key,
+        })
+        .collect();
+    let config = TransportConfig::new(NodeId(3), key.clone(), peers[3].address, peers);
+    let (transport, _frames, _clients) = Transport::start(config).await.unwrap();
+    let signer = Signer::new(NodeId(3), key, SafetyState::default());
+    let checkpoint = Checkpoint {
+        seq: SeqNum(64),
+        block_hash: bftd_crypto::Digest([9; 32]),
+    };
+    let vote = signer.sign(checkpoint).unwrap();
+    let certificate = QuorumCertificate {
+        value: checkpoint,
+        votes: vec![
+            Vote {
+                signer: vote.signer,
+                signature: vote.signature,
+            };
+            10_000
+        ],
+    };
+    let message = WireMessage::Blocks(
+        signer
+            .sign(Blocks {
+                blocks: Vec::new(),
+                checkpoint: certificate,
+            })
+            .unwrap(),
+    );
+    let frame = Bytes::from(codec::encode(&message).unwrap());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        transport.broadcast(frame.clone());
+        let refused: Vec<f64> = (0..3)
+            .map(|id| cluster.metric(id, "bftd_rejected_total{reason=\"malformed_shape\"}"))
+            .collect();
+        if refused.iter().all(|&count| count >= 1.0) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the repeated votes were not refused on their shape by every node: {refused:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let invalid: f64 = (0..3)
+        .map(|id| cluster.metric(id, "bftd_rejected_total{reason=\"invalid_signature\"}"))
+        .sum();
+    assert_eq!(invalid, 0.0, "no signature was checked and found wanting");
+    transport.shutdown().await;
+    let client = cluster.client(1).await;
+    client.submit(b"still ordering".to_vec()).await.unwrap();
+}
