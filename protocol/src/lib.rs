@@ -97,5 +97,5 @@ pub use replica::{
 pub use storage::{BlockSource, Delivery, MemStorage, Record, Recovered, Storage, StorageError};
 pub use verify::{
     verify_message, verify_messages, verify_request, BatchVerifier, GrantCache,
-    GrantCachingVerifier, RequestMode, SignatureVerifier, Verified, VerifyError,
+    GrantCachingVerifier, MessageLimits, RequestMode, SignatureVerifier, Verified, VerifyError,
 };

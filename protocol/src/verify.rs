@@ -10,6 +10,7 @@
 use crate::certificate::Vote;
 use crate::codec;
 use crate::committee::Committee;
+use crate::config::Config;
 use crate::ids::NodeId;
 use crate::message::{
     Batch, Forward, Grant, Request, Signable, Signed, SignedRequest, ViewChange, Vouch, WireMessage,
@@ -67,6 +68,146 @@ pub enum VerifyError {
     /// its batch exactly.
     #[error("a pre-prepare's requests are not all vouched for")]
     Unvouched,
+    /// The message breaks a bound no honest replica's message breaks (more
+    /// votes than members, a repeated signer, a batch over the batch
+    /// limits, ...): refused before any of its signatures is checked.
+    #[error("malformed message refused before verification: {0}")]
+    Shape(&'static str),
+}
+
+/// What a message may hold, checked before any signature in it is: every
+/// bound here is one that no honest replica's message exceeds, so a
+/// message that breaks one is refused for the price of a look at it, not
+/// of thousands of signature checks. Built from the replica's [`Config`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MessageLimits {
+    /// How requests are authenticated.
+    pub request_mode: RequestMode,
+    /// See [`Config::window`].
+    pub window: u64,
+    /// See [`Config::max_batch_requests`].
+    pub max_batch_requests: usize,
+    /// See [`Config::max_batch_bytes`].
+    pub max_batch_bytes: usize,
+    /// See [`Config::max_request_bytes`].
+    pub max_request_bytes: usize,
+    /// See [`Config::fetch_max_blocks`]: a state-transfer response holds no
+    /// more blocks than this replica asks for.
+    pub fetch_max_blocks: u64,
+}
+
+impl MessageLimits {
+    /// The limits `config` implies.
+    pub fn of(config: &Config) -> MessageLimits {
+        MessageLimits {
+            request_mode: config.request_mode,
+            window: config.window,
+            max_batch_requests: config.max_batch_requests,
+            max_batch_bytes: config.max_batch_bytes,
+            max_request_bytes: config.max_request_bytes,
+            fetch_max_blocks: config.fetch_max_blocks,
+        }
+    }
+}
+
+impl From<&Config> for MessageLimits {
+    fn from(config: &Config) -> MessageLimits {
+        MessageLimits::of(config)
+    }
+}
+
+/// Whether `requests` fit in one batch: at most `max_batch_requests`, each
+/// payload at most `max_request_bytes`, at most `max_batch_bytes` in all
+/// (a single request may use the whole request limit). The replica holds
+/// pre-prepares and forwards to the same rule.
+pub fn batch_within_limits(
+    requests: &[SignedRequest],
+    max_batch_requests: usize,
+    max_batch_bytes: usize,
+    max_request_bytes: usize,
+) -> bool {
+    if requests.len() > max_batch_requests {
+        return false;
+    }
+    let mut bytes = 0usize;
+    for request in requests {
+        let size = request.payload_len();
+        if size > max_request_bytes {
+            return false;
+        }
+        bytes = bytes.saturating_add(size);
+    }
+    bytes <= max_batch_bytes || requests.len() == 1
+}
+
+/// The cheap structural checks of `message`, run before any signature in
+/// it is verified: counts, distinct signers, committee membership, sizes.
+/// Each refuses only what the replica would refuse anyway after paying for
+/// the signatures, so an honest message always passes.
+pub fn check_shape(
+    message: &WireMessage,
+    committee: &Committee,
+    limits: &MessageLimits,
+) -> Result<(), VerifyError> {
+    let batch = |requests: &[SignedRequest], what| {
+        if batch_within_limits(
+            requests,
+            limits.max_batch_requests,
+            limits.max_batch_bytes,
+            limits.max_request_bytes,
+        ) {
+            Ok(())
+        } else {
+            Err(VerifyError::Shape(what))
+        }
+    };
+    match message {
+        WireMessage::PrePrepare {
+            batch: b, vouches, ..
+        } => {
+            if vouches.len() > b.requests.len() {
+                return Err(VerifyError::Shape("more vouches than requests"));
+            }
+            batch(&b.requests, "pre-prepare batch over the batch limits")
+        }
+        WireMessage::Forward(m) => batch(&m.value.requests, "forward over the batch limits"),
+        WireMessage::Batch(m) => batch(&m.value.batch.requests, "batch over the batch limits"),
+        WireMessage::ViewChange(m) => {
+            if crate::replica::valid_view_change(committee, limits.window, &m.value) {
+                Ok(())
+            } else {
+                Err(VerifyError::Shape("invalid view-change"))
+            }
+        }
+        WireMessage::NewView(m) => {
+            if crate::replica::valid_new_view(committee, limits.window, &m.value) {
+                Ok(())
+            } else {
+                Err(VerifyError::Shape("invalid new-view"))
+            }
+        }
+        WireMessage::Blocks(m) => {
+            if m.value.blocks.len() as u64 > limits.fetch_max_blocks {
+                return Err(VerifyError::Shape("more blocks than asked for"));
+            }
+            let certificates_hold = m
+                .value
+                .blocks
+                .iter()
+                .all(|block| block.certificate.check(committee).is_ok());
+            if !certificates_hold || m.value.checkpoint.check(committee).is_err() {
+                return Err(VerifyError::Shape("invalid certificate in blocks"));
+            }
+            Ok(())
+        }
+        WireMessage::Prepare(_)
+        | WireMessage::Commit(_)
+        | WireMessage::Checkpoint(_)
+        | WireMessage::Status(_)
+        | WireMessage::FetchBlocks(_)
+        | WireMessage::FetchBatch(_)
+        | WireMessage::Suspect(_) => Ok(()),
+    }
 }
 
 /// A value whose signatures have all been verified.
@@ -442,14 +583,16 @@ impl<'a> SignatureCollector<'a> {
     }
 }
 
-/// Verifies every signature in `message`.
+/// Checks `message`'s shape ([`check_shape`]), then verifies every
+/// signature in it.
 pub fn verify_message(
     message: WireMessage,
     committee: &Committee,
-    mode: RequestMode,
+    limits: &MessageLimits,
     verifier: &mut impl SignatureVerifier,
 ) -> Result<Verified<WireMessage>, VerifyError> {
-    let mut collector = SignatureCollector::new(committee, mode);
+    check_shape(&message, committee, limits)?;
+    let mut collector = SignatureCollector::new(committee, limits.request_mode);
     collector.add_message(&message);
     let (checks, first_grant) = collector.checks_for(verifier)?;
     verifier
@@ -465,16 +608,18 @@ pub fn verify_message(
 pub fn verify_messages(
     messages: Vec<WireMessage>,
     committee: &Committee,
-    mode: RequestMode,
+    limits: &MessageLimits,
     verifier: &mut impl SignatureVerifier,
 ) -> Vec<Result<Verified<WireMessage>, VerifyError>> {
     let mut all = Vec::new();
     let mut grants = Vec::new();
     let mut collected = Vec::with_capacity(messages.len());
     for message in &messages {
-        let mut collector = SignatureCollector::new(committee, mode);
-        collector.add_message(message);
-        let checks = collector.checks_for(verifier);
+        let checks = check_shape(message, committee, limits).and_then(|()| {
+            let mut collector = SignatureCollector::new(committee, limits.request_mode);
+            collector.add_message(message);
+            collector.checks_for(verifier)
+        });
         if let Ok((checks, first_grant)) = &checks {
             let (own, own_grants) = checks.split_at(*first_grant.min(&checks.len()));
             all.extend(own.iter().cloned());
@@ -496,7 +641,7 @@ pub fn verify_messages(
             if all_valid {
                 Ok(Verified(message))
             } else {
-                verify_message(message, committee, mode, verifier)
+                verify_message(message, committee, limits, verifier)
             }
         })
         .collect()
@@ -534,4 +679,124 @@ pub(crate) fn verify_all(
     BatchVerifier
         .verify(&checks)
         .map_err(|_| VerifyError::InvalidSignature)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::certificate::QuorumCertificate;
+    use crate::ids::{SeqNum, View};
+    use crate::message::{Checkpoint, Signed};
+    use bftd_crypto::{Digest, KeyPair};
+
+    fn keys() -> Vec<KeyPair> {
+        (0..4u8).map(|i| KeyPair::from_seed([i + 70; 32])).collect()
+    }
+
+    fn committee() -> Committee {
+        Committee::new(&keys().iter().map(KeyPair::public).collect::<Vec<_>>()).unwrap()
+    }
+
+    /// Counts the signatures it is asked to check, and checks them.
+    #[derive(Default)]
+    struct Counting(usize);
+
+    impl SignatureVerifier for Counting {
+        fn verify(&mut self, checks: &[SignatureCheck]) -> Result<(), Vec<usize>> {
+            self.0 += checks.len();
+            BatchVerifier.verify(checks)
+        }
+    }
+
+    /// A view-change whose checkpoint certificate repeats one valid vote
+    /// thousands of times: refused on its shape, before a single signature
+    /// is checked (each repeat used to cost a verification).
+    #[test]
+    fn repeated_votes_are_refused_before_any_signature_check() {
+        let keys = keys();
+        let checkpoint = Checkpoint {
+            seq: SeqNum(64),
+            block_hash: Digest([5; 32]),
+        };
+        let vote = Signed::sign(NodeId(1), checkpoint, &keys[1]).unwrap();
+        let certificate = QuorumCertificate {
+            value: checkpoint,
+            votes: vec![
+                crate::certificate::Vote {
+                    signer: vote.signer,
+                    signature: vote.signature,
+                };
+                10_000
+            ],
+        };
+        let view_change = ViewChange {
+            new_view: View(1),
+            checkpoint: certificate,
+            prepared: Vec::new(),
+        };
+        let message =
+            WireMessage::ViewChange(Signed::sign(NodeId(1), view_change, &keys[1]).unwrap());
+        let mut verifier = Counting::default();
+        let result = verify_message(
+            message,
+            &committee(),
+            &MessageLimits::of(&Config::default()),
+            &mut verifier,
+        );
+        println!(
+            "result {:?}, signatures checked: {}",
+            result.as_ref().map(|_| ()),
+            verifier.0
+        );
+        assert!(result.is_err(), "a certificate of one repeated vote");
+        assert_eq!(verifier.0, 0, "refused before any signature check");
+    }
+
+    /// A pre-prepare whose batch holds more client-signed requests than a
+    /// batch may is refused without checking one of their signatures; a
+    /// batch within the limits is verified as before.
+    #[test]
+    fn oversized_batches_are_refused_before_their_signatures() {
+        use crate::message::{Batch, PrePrepare};
+        let keys = keys();
+        let client = KeyPair::from_seed([99; 32]);
+        let limits = MessageLimits {
+            max_batch_requests: 8,
+            ..MessageLimits::of(&Config::default())
+        };
+        let pre_prepare = |count: u64| {
+            let requests = (0..count)
+                .map(|id| {
+                    let request = Request {
+                        client: client.public(),
+                        request_id: id,
+                        valid_until: SeqNum(10),
+                        payload: vec![1; 8],
+                    };
+                    SignedRequest::sign(request, &client).unwrap()
+                })
+                .collect();
+            let batch = Batch { requests };
+            let value = PrePrepare {
+                view: View(0),
+                seq: SeqNum(1),
+                digest: crate::merkle::MerkleTree::new(&batch).root(),
+            };
+            WireMessage::PrePrepare {
+                pre_prepare: Signed::sign(NodeId(0), value, &keys[0]).unwrap(),
+                batch: std::sync::Arc::new(batch),
+                vouches: Vec::new(),
+            }
+        };
+        let mut verifier = Counting::default();
+        let result = verify_message(pre_prepare(9), &committee(), &limits, &mut verifier);
+        assert!(matches!(result, Err(VerifyError::Shape(_))), "{result:?}");
+        assert_eq!(verifier.0, 0);
+        let result = verify_messages(vec![pre_prepare(9)], &committee(), &limits, &mut verifier);
+        assert!(matches!(result[..], [Err(VerifyError::Shape(_))]));
+        assert_eq!(verifier.0, 0);
+        let result = verify_message(pre_prepare(8), &committee(), &limits, &mut verifier);
+        assert!(result.is_ok(), "{result:?}");
+        assert_eq!(verifier.0, 9, "the primary's signature and eight requests'");
+    }
 }

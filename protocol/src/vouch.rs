@@ -44,7 +44,7 @@ mod tests {
     };
     use crate::verify::{
         verify_message, verify_request, BatchVerifier, GrantCache, GrantCachingVerifier,
-        RequestMode, VerifyError,
+        MessageLimits, RequestMode, VerifyError,
     };
     use bftd_crypto::KeyPair;
     use std::sync::Arc;
@@ -99,7 +99,11 @@ mod tests {
     }
 
     fn verify(message: WireMessage) -> Result<(), VerifyError> {
-        verify_message(message, &committee(), MODE, &mut BatchVerifier).map(|_| ())
+        let limits = MessageLimits {
+            request_mode: MODE,
+            ..MessageLimits::of(&crate::Config::default())
+        };
+        verify_message(message, &committee(), &limits, &mut BatchVerifier).map(|_| ())
     }
 
     /// A byzantine primary proposes a request in the name of a client that

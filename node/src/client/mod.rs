@@ -36,7 +36,7 @@ use bftd_protocol::{
     codec, BlockError, CommittedBlock, Committee, NodeId, Request, RequestMode, SeqNum,
     SignedRequest,
 };
-use connection::{BlockItem, Connection, Others, Waiter};
+use connection::{BlockItem, Connection, Others, SubscriptionEnd, Waiter};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -74,6 +74,11 @@ pub enum ClientError {
     /// No answer in time.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
+    /// The node ended the subscription (this client read its blocks too
+    /// slowly, say): the reason is the node's. Subscribe again to resume
+    /// after the last block received.
+    #[error("the node ended the subscription: {0}")]
+    SubscriptionEnded(String),
     /// No node answered a request with a valid receipt in time, although it
     /// went to every node: why, as far as the nodes could tell.
     #[error("{0}")]
@@ -98,6 +103,10 @@ pub struct Client {
     /// lifetime past it (see [`Client::request`]).
     height: AtomicU64,
     lifetime: u64,
+    /// The cluster's `max_request_bytes`: a larger payload is refused here,
+    /// as the nodes would (and beyond their client frame limit, they would
+    /// close the connection instead of answering).
+    max_request_bytes: usize,
     timeout: Duration,
     resend_after: Duration,
     /// Certificates of recent blocks, verified once for all their receipts.
@@ -141,6 +150,7 @@ impl Client {
             next_id: AtomicU64::new(start),
             height: AtomicU64::new(0),
             lifetime: cluster.protocol.request_lifetime.max(1),
+            max_request_bytes: cluster.protocol.max_request_bytes,
             timeout: Duration::from_secs(30),
             resend_after: DEFAULT_RESEND_AFTER,
             certificates: Mutex::default(),
@@ -291,6 +301,9 @@ impl Client {
     /// of why nothing committed (see [`NoReceipt`]).
     pub async fn submit_request(&self, request: &SignedRequest) -> Result<Committed, ClientError> {
         let id = request.request.request_id;
+        if request.payload_len() > self.max_request_bytes {
+            return Err(ClientError::Rejected(Rejection::TooLarge));
+        }
         let frame = self.submit_frame(request, self.node)?;
         let deadline = tokio::time::Instant::now() + self.timeout;
         let first_try_ends = (tokio::time::Instant::now() + self.resend_after).min(deadline);
@@ -352,12 +365,13 @@ impl Client {
         let from = from.max(SeqNum(1));
         let start = SeqNum(from.0.saturating_sub(self.lifetime).max(1));
         let (tx, rx) = mpsc::channel(1024);
-        self.own.set_blocks(tx);
+        let ended = self.own.set_blocks(tx);
         let frame = Self::frame(&ClientMessage::Subscribe { from: start })?;
         self.own.send(frame).await?;
         Ok(BlockStream {
             committee: self.committee.clone(),
             blocks: rx,
+            ended,
             next: start,
             deliver_from: from,
             prev_hash: None,
@@ -388,6 +402,8 @@ pub struct VerifiedBlock {
 pub struct BlockStream {
     committee: Committee,
     blocks: mpsc::Receiver<BlockItem>,
+    /// The node's reason, if it ended the subscription.
+    ended: SubscriptionEnd,
     next: SeqNum,
     /// Blocks below this were asked for only to learn what executed.
     deliver_from: SeqNum,
@@ -398,7 +414,9 @@ pub struct BlockStream {
 }
 
 impl BlockStream {
-    /// The next block, verified; `None` when the node disconnects.
+    /// The next block, verified; `None` when the node disconnects;
+    /// [`ClientError::SubscriptionEnded`] with the node's reason when it
+    /// ends the subscription (after the blocks it sent before).
     ///
     /// The stream's first block's `prev_hash` is taken as given (its
     /// certificate covers its batch, not its predecessor); every later
@@ -409,7 +427,11 @@ impl BlockStream {
     pub async fn next(&mut self) -> Result<Option<VerifiedBlock>, ClientError> {
         loop {
             let Some((block, claimed)) = self.blocks.recv().await else {
-                return Ok(None);
+                let reason = self.ended.lock().unwrap_or_else(|e| e.into_inner()).take();
+                return match reason {
+                    Some(reason) => Err(ClientError::SubscriptionEnded(reason)),
+                    None => Ok(None),
+                };
             };
             if block.height() != self.next {
                 return Err(ClientError::InvalidBlock(BlockError::WrongHeight {
@@ -533,6 +555,7 @@ mod tests {
             let mut stream = BlockStream {
                 committee: committee.clone(),
                 blocks: rx,
+                ended: SubscriptionEnd::default(),
                 next: SeqNum(1),
                 deliver_from: SeqNum(1),
                 prev_hash: None,

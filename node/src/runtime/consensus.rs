@@ -3,6 +3,7 @@
 //! durability worker (`durable.rs`), which makes the step's records durable
 //! and only then sends its messages. Consensus never waits for a disk.
 
+use super::clients::Replies;
 use super::durable::{Answer, Outbound, Step};
 use super::metrics::{NodeMetrics, Snapshot};
 use super::quorum::{InTouch, QuorumChange, QuorumWatch};
@@ -28,14 +29,14 @@ pub(crate) enum Input {
     /// A verified request from a client connected here.
     Request {
         request: Verified<SignedRequest>,
-        reply_to: mpsc::Sender<NodeMessage>,
+        reply_to: Replies,
         received: Instant,
     },
 }
 
 /// A client waiting for its request's outcome.
 pub(crate) struct Waiter {
-    pub reply_to: mpsc::Sender<NodeMessage>,
+    pub reply_to: Replies,
     pub received: Instant,
     pub request: SignedRequest,
 }

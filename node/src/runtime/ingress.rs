@@ -157,7 +157,7 @@ fn verify(batch: Vec<PeerFrame>, shared: &Shared) -> Vec<Input> {
     let results = verify_messages(
         messages,
         &shared.committee,
-        shared.request_mode,
+        &shared.limits,
         &mut GrantCachingVerifier(&shared.grants),
     );
     senders
@@ -168,6 +168,11 @@ fn verify(batch: Vec<PeerFrame>, shared: &Shared) -> Vec<Input> {
             Err(VerifyError::InvalidSignature) => {
                 metrics.invalid_signatures.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(peer = %from, "invalid signature");
+                None
+            }
+            Err(VerifyError::Shape(what)) => {
+                metrics.misshapen_messages.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(peer = %from, what, "message refused before verification");
                 None
             }
             Err(error) => {

@@ -25,8 +25,8 @@ use crate::config::NodeConfig;
 use crate::storage::{DiskStorage, StoreIdentity};
 use crate::transport::{Peer, Transport, TransportConfig, TransportError, TransportStats};
 use bftd_protocol::{
-    BlockSource, CommittedBlock, Committee, Replica, ReplicaError, ReplicaSetup, RequestMode,
-    SeqNum, Storage, StorageError,
+    BlockSource, CommittedBlock, Committee, MessageLimits, Replica, ReplicaError, ReplicaSetup,
+    RequestMode, SeqNum, Storage, StorageError,
 };
 use consensus::{Consensus, Input};
 pub use intercept::{Emission, Intercept};
@@ -122,10 +122,17 @@ pub(crate) struct Shared {
     pub metrics: NodeMetrics,
     pub committee: Committee,
     pub request_mode: RequestMode,
+    /// What a peer message may hold, checked before its signatures.
+    pub limits: MessageLimits,
     /// Heights a request may be valid for (`[protocol] request_lifetime`).
     pub request_lifetime: u64,
     /// Replies queued per client connection (`[clients] reply_queue`).
     pub reply_queue: usize,
+    /// The same queue's bound in bytes (`[clients] reply_queue_bytes`).
+    pub reply_queue_bytes: usize,
+    /// How long a subscriber's queue may stay full before the subscription
+    /// is ended (`[clients] subscriber_stall_ms`).
+    pub subscriber_stall: std::time::Duration,
     pub id: u16,
     pub byzantine: Option<String>,
     /// When the node started (the replica's clock starts here too).
@@ -341,8 +348,11 @@ pub async fn start_with(
         metrics: NodeMetrics::default(),
         committee: committee.clone(),
         request_mode: config.protocol.request_mode,
+        limits: MessageLimits::of(&config.protocol),
         request_lifetime: config.protocol.request_lifetime,
         reply_queue: config.clients.reply_queue,
+        reply_queue_bytes: config.clients.reply_queue_bytes,
+        subscriber_stall: std::time::Duration::from_millis(config.clients.subscriber_stall_ms),
         id: config.id.0,
         byzantine: intercept.as_ref().and(config.byzantine.clone()),
         started,
@@ -373,6 +383,10 @@ pub async fn start_with(
     let mut transport_config =
         TransportConfig::new(config.id, config.key.clone(), config.listen, peers);
     transport_config.max_client_connections = 1024;
+    // A client frame is one request: the cluster's request limit plus the
+    // envelope, not the peers' 64 MiB.
+    transport_config.max_client_frame_bytes =
+        crate::client_api::max_client_frame_bytes(config.protocol.max_request_bytes);
     let (transport, frames, client_connections) = Transport::start(transport_config).await?;
     *shared.transport.lock().unwrap_or_else(|e| e.into_inner()) = Some(transport.clone());
     let listen = transport.local_address();

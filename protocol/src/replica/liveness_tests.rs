@@ -115,7 +115,7 @@ impl Cluster {
             let Ok(verified) = verify_message(
                 message,
                 &self.committee,
-                self.config.request_mode,
+                &crate::verify::MessageLimits::of(&self.config),
                 &mut BatchVerifier,
             ) else {
                 self.refused += 1;

@@ -23,7 +23,8 @@ mod view_change;
 mod vouching;
 
 #[cfg(feature = "byzantine")]
-pub(crate) use view_change::{compute_reproposals, valid_view_change};
+pub(crate) use view_change::compute_reproposals;
+pub(crate) use view_change::{valid_new_view, valid_view_change};
 
 pub use metrics::{DropReason, Metrics};
 
@@ -341,6 +342,8 @@ pub struct Replica {
     /// Executed requests, for at-most-once.
     executed: ExecutedRequests,
     pending: BTreeMap<RequestKey, PendingRequest>,
+    /// Payload bytes of `pending` (bounded by `max_pending_bytes`).
+    pending_bytes: usize,
     /// The primary's batching queue, oldest first, with arrival times.
     queue: VecDeque<(RequestKey, Duration)>,
     /// Requests waiting to be forwarded to the primary, and their payload
@@ -389,8 +392,9 @@ pub struct Replica {
     /// The new-view that started the current view, to re-send to replicas
     /// that missed it.
     new_view: Option<Signed<NewView>>,
-    /// Normal-case messages for future views, per sender, bounded.
-    future: BTreeMap<NodeId, VecDeque<WireMessage>>,
+    /// Normal-case messages for future views, per sender, each with its
+    /// encoded size; bounded per sender in messages and in bytes.
+    future: BTreeMap<NodeId, VecDeque<(usize, WireMessage)>>,
     /// Batches wanted for re-proposed digests, with when they were asked for.
     wanted_batches: BTreeMap<Digest, Duration>,
 
@@ -520,6 +524,7 @@ impl Replica {
             stable_checkpoint,
             slots: BTreeMap::new(),
             pending: BTreeMap::new(),
+            pending_bytes: 0,
             queue: VecDeque::new(),
             to_forward: Vec::new(),
             to_forward_bytes: 0,

@@ -35,12 +35,29 @@ impl Replica {
         true
     }
 
+    /// Keeps a message for a future view, at most
+    /// `max_future_messages_per_peer` messages and
+    /// `max_future_bytes_per_peer` bytes per sender (or just the newest
+    /// message, if it alone is larger): the oldest are dropped, counted.
     fn buffer_future(&mut self, message: WireMessage) {
-        let cap = self.config.max_future_messages_per_peer;
+        let Ok(size) = crate::codec::encoded_len(&message) else {
+            self.drop_input(DropReason::Oversized);
+            return;
+        };
+        let size = usize::try_from(size).unwrap_or(usize::MAX);
+        let max_messages = self.config.max_future_messages_per_peer;
+        let max_bytes = self.config.max_future_bytes_per_peer;
         let queue = self.future.entry(message.signer()).or_default();
-        queue.push_back(message);
-        if queue.len() > cap {
-            queue.pop_front();
+        queue.push_back((size, message));
+        let mut bytes: usize = queue.iter().map(|(size, _)| size).sum();
+        let mut dropped = 0;
+        while queue.len() > 1 && (queue.len() > max_messages || bytes > max_bytes) {
+            if let Some((size, _)) = queue.pop_front() {
+                bytes -= size;
+                dropped += 1;
+            }
+        }
+        for _ in 0..dropped {
             self.drop_input(DropReason::FutureBufferFull);
         }
     }
@@ -50,7 +67,7 @@ impl Replica {
         let view = self.view;
         let mut ready = Vec::new();
         for queue in self.future.values_mut() {
-            queue.retain(|message| {
+            queue.retain(|(_, message)| {
                 let message_view = normal_case_view(message).unwrap_or(view);
                 if message_view == view {
                     ready.push(message.clone());
@@ -224,6 +241,11 @@ impl Replica {
             self.drop_input(DropReason::WrongSender);
             return;
         }
+        // Before the batch is held for a future view, too.
+        if !self.batch_within_limits(&batch) {
+            self.drop_input(DropReason::Oversized);
+            return;
+        }
         let message = WireMessage::PrePrepare {
             pre_prepare: pre_prepare.clone(),
             batch: batch.clone(),
@@ -246,10 +268,6 @@ impl Replica {
             }
             return;
         }
-        if !self.batch_within_limits(&batch) {
-            self.drop_input(DropReason::Oversized);
-            return;
-        }
         let tree = Arc::new(MerkleTree::new(&batch));
         if tree.root() != value.digest {
             self.drop_input(DropReason::DigestMismatch);
@@ -260,16 +278,12 @@ impl Replica {
     }
 
     fn batch_within_limits(&self, batch: &Batch) -> bool {
-        let mut bytes = 0usize;
-        for request in &batch.requests {
-            let size = request.payload_len();
-            if size > self.config.max_request_bytes {
-                return false;
-            }
-            bytes = bytes.saturating_add(size);
-        }
-        batch.requests.len() <= self.config.max_batch_requests
-            && (bytes <= self.config.max_batch_bytes || batch.requests.len() == 1)
+        crate::verify::batch_within_limits(
+            &batch.requests,
+            self.config.max_batch_requests,
+            self.config.max_batch_bytes,
+            self.config.max_request_bytes,
+        )
     }
 
     /// Accepts a pre-prepare for the current view (from the primary, or

@@ -75,13 +75,17 @@ impl Replica {
             self.metrics.requests_replayed += 1;
             return;
         }
-        if self.pending.len() >= self.config.max_pending_requests {
+        let size = request.payload_len();
+        if self.pending.len() >= self.config.max_pending_requests
+            || self.pending_bytes.saturating_add(size) > self.config.max_pending_bytes
+        {
             self.metrics.requests_refused_busy += 1;
             if local {
                 self.reply(&request, ReplyOutcome::Rejected(RejectReason::Busy));
             }
             return;
         }
+        self.pending_bytes += size;
         self.pending.insert(
             key,
             PendingRequest {
@@ -167,7 +171,11 @@ impl Replica {
         if full || due {
             let requests = std::mem::take(&mut self.to_forward);
             self.to_forward_bytes = 0;
-            self.send_forward(requests);
+            // Within the batch limits, as receivers check before verifying
+            // (one input may have gathered more than a batch's worth).
+            for chunk in self.forward_chunks(requests) {
+                self.send_forward(chunk);
+            }
         }
     }
 
@@ -222,15 +230,16 @@ impl Replica {
             }
         }
         if self.vouching() {
-            // Each forward as its voucher signed it.
+            // Each forward as its voucher signed it (within the batch
+            // limits: forwards are split where they are first signed).
             let primary = self.primary();
             for vouched in self.vouched_forwards(&keys) {
                 self.send(primary, WireMessage::Forward((*vouched).clone()));
             }
         } else {
             // Keep each forward under the batch limits.
-            for chunk in forward.chunks(self.config.max_batch_requests) {
-                self.send_forward(chunk.to_vec());
+            for chunk in self.forward_chunks(forward) {
+                self.send_forward(chunk);
             }
         }
         self.propose_batches();
@@ -379,6 +388,9 @@ impl Replica {
     /// expired: stop waiting for it and answer a local client.
     pub(super) fn complete_request(&mut self, request: &SignedRequest, outcome: ReplyOutcome) {
         if let Some(pending) = self.pending.remove(&request.key()) {
+            self.pending_bytes = self
+                .pending_bytes
+                .saturating_sub(pending.request.payload_len());
             if pending.local {
                 self.reply(request, outcome);
             }

@@ -9,8 +9,8 @@ use bftd_protocol::byzantine::{Adversary, Behaviour, Emission};
 use bftd_protocol::merkle::MerkleTree;
 use bftd_protocol::{
     codec, verify_message, verify_request, BlockSource, ClientReply, Committee, Destination,
-    MemStorage, NodeId, Replica, ReplicaSetup, ReplyOutcome, Request, RequestKey, RequestMode,
-    SeqNum, SignedRequest, Storage, WireMessage,
+    MemStorage, MessageLimits, NodeId, Replica, ReplicaSetup, ReplyOutcome, Request, RequestKey,
+    RequestMode, SeqNum, SignedRequest, Storage, WireMessage,
 };
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -770,8 +770,8 @@ impl<'a> World<'a> {
         let Ok(message) = codec::decode::<WireMessage>(bytes) else {
             return;
         };
-        let mode = self.config.protocol.request_mode;
-        let Ok(verified) = verify_message(message, &self.committee, mode, &mut self.verifier)
+        let limits = MessageLimits::of(&self.config.protocol);
+        let Ok(verified) = verify_message(message, &self.committee, &limits, &mut self.verifier)
         else {
             return;
         };
