@@ -184,18 +184,7 @@ async fn a_peer_message_of_repeated_votes_is_refused_on_its_shape() {
     let mut cluster = TestCluster::start(4, RequestMode::ClientSigned, "");
     cluster.kill(3);
     let key = bftd::config::read_key(&cluster.path().join("node3.key")).unwrap();
-    let peers: Vec<Peer> = cluster
-        .cluster
-        .committee
-        .public_keys()
-        .into_iter()
-        .enumerate()
-        .map(|(id, key)| Peer {
-            id: NodeId(id as u16),
-            address: cluster.cluster.addresses[id],
-            key,
-        })
-        .collect();
+    let peers: Vec<Peer> = cluster.peers();
     let config = TransportConfig::new(NodeId(3), key.clone(), peers[3].address, peers);
     let (transport, _frames, _clients) = Transport::start(config).await.unwrap();
     let signer = Signer::new(NodeId(3), key, SafetyState::default());

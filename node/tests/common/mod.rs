@@ -41,6 +41,23 @@ pub fn bftd() -> &'static str {
 }
 
 impl TestCluster {
+    /// The cluster's nodes as transport peers (for tests that join the
+    /// peer network themselves, as a replica would).
+    #[allow(dead_code)]
+    pub fn peers(&self) -> Vec<bftd::transport::Peer> {
+        self.cluster
+            .committee
+            .public_keys()
+            .into_iter()
+            .enumerate()
+            .map(|(id, key)| bftd::transport::Peer {
+                id: NodeId(id as u16),
+                address: self.cluster.addresses[id],
+                key,
+            })
+            .collect()
+    }
+
     /// Writes keys and configs for `n` nodes and starts them all.
     pub fn start(n: usize, mode: RequestMode, extra: &str) -> TestCluster {
         let mut cluster = TestCluster::configure(n, mode, extra);
