@@ -7,6 +7,24 @@ use clap::{Parser, Subcommand};
 use std::io::Write;
 use std::process::ExitCode;
 
+// Output that a closed pipe (`bftnet sim ... | head`) cannot turn into a
+// panic: what is not read is lost, the run's exit status stands.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+macro_rules! warn {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+macro_rules! warn_partial {
+    ($($arg:tt)*) => {{
+        let _ = write!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 /// Local bftd testnets: start real clusters, break them, check them; and a
 /// deterministic simulator that runs thousands of seeded clusters with lying
 /// nodes and a hostile network.
@@ -112,7 +130,7 @@ pub fn main() -> ExitCode {
         Command::Sim(args) => match run_sim(args) {
             Ok(code) => code,
             Err(message) => {
-                eprintln!("error: {message}");
+                warn!("error: {message}");
                 ExitCode::from(2)
             }
         },
@@ -228,36 +246,36 @@ fn run_sim(args: SimArgs) -> Result<ExitCode, String> {
         config.seed = seed;
         let report = sim::run(&config);
         if args.json {
-            println!(
+            say!(
                 "{}",
                 serde_json::to_string_pretty(&report).unwrap_or_default()
             );
         } else {
-            println!("seed {seed}: height {} ({} commits over honest replicas), {} requests, {} messages, {:.1} s virtual, highest view {}",
+            say!("seed {seed}: height {} ({} commits over honest replicas), {} requests, {} messages, {:.1} s virtual, highest view {}",
                 report.height, report.commits, report.requests, report.messages, report.virtual_ms as f64 / 1000.0, report.max_view);
             if !report.byzantine.is_empty() {
-                println!("byzantine: {}", report.byzantine.join(", "));
+                say!("byzantine: {}", report.byzantine.join(", "));
             }
             for line in &report.replicas {
-                println!("  {line}");
+                say!("  {line}");
             }
-            println!("trace hash {}", report.trace_hash);
-            println!(
+            say!("trace hash {}", report.trace_hash);
+            say!(
                 "clients: {} receipts verified, {} replies refused as lies, {} expired requests re-signed",
                 report.receipts_verified, report.lies_refused, report.expired_resigned
             );
             match report.worst_time_to_commit_ms {
-                Some(worst) => println!(
+                Some(worst) => say!(
                     "worst time-to-commit after the heal {worst} ms (bound {} ms)",
                     report.liveness_bound_ms
                 ),
-                None => println!("liveness bound {} ms", report.liveness_bound_ms),
+                None => say!("liveness bound {} ms", report.liveness_bound_ms),
             }
             match &report.violation {
                 None => {
-                    println!("ok: agreement, validity, certificates, receipts and liveness hold")
+                    say!("ok: agreement, validity, certificates, receipts and liveness hold")
                 }
-                Some(violation) => println!("FAILED: {violation}"),
+                Some(violation) => say!("FAILED: {violation}"),
             }
         }
         return Ok(if report.violation.is_some() {
@@ -273,32 +291,32 @@ fn run_sim(args: SimArgs) -> Result<ExitCode, String> {
     let quiet = args.json || !std::io::stderr().is_terminal();
     let progress = move |done: u64, total: u64, failures: u64| {
         if !quiet && (done.is_multiple_of(10) || done == total) {
-            eprint!("\r  {done}/{total} seeds, {failures} failing");
+            warn_partial!("\r  {done}/{total} seeds, {failures} failing");
             let _ = std::io::stderr().flush();
         }
     };
     let summary = sim::sweep(&config, 0..args.seeds, threads, &progress);
     if !quiet {
-        eprintln!();
+        warn!();
     }
     if args.json {
-        println!(
+        say!(
             "{}",
             serde_json::to_string_pretty(&summary).unwrap_or_default()
         );
     } else {
-        println!(
+        say!(
             "{} seeds, n = {}: {} agreement, {} validity, {} certificate, {} receipt violations; {} liveness failures; {} other",
             summary.seeds, args.n, summary.agreement_violations, summary.validity_violations,
             summary.certificate_violations, summary.receipt_violations, summary.liveness_failures,
             summary.other_failures
         );
-        println!(
+        say!(
             "liveness bound {} ms after the heal; worst time-to-commit seen {} ms (seed {}); clients verified {} receipts and refused {} lies",
             summary.liveness_bound_ms, summary.worst_time_to_commit_ms,
             summary.worst_time_to_commit_seed, summary.receipts_verified, summary.lies_refused
         );
-        println!(
+        say!(
             "{} commits in {:.1} s ({:.0} commits/s simulated, {:.0} s of virtual time)",
             summary.commits,
             summary.wall_seconds,
@@ -307,8 +325,8 @@ fn run_sim(args: SimArgs) -> Result<ExitCode, String> {
         );
     }
     if let Some(first) = &summary.first_failure {
-        eprintln!("first failure: seed {}: {}", first.seed, first.violation);
-        eprintln!("replay it with: {replay} --seed {}", first.seed);
+        warn!("first failure: seed {}: {}", first.seed, first.violation);
+        warn!("replay it with: {replay} --seed {}", first.seed);
     }
     Ok(if summary.failures() > 0 {
         ExitCode::FAILURE
