@@ -571,3 +571,41 @@ fn a_node_refuses_requests_granted_to_another() {
     );
     assert!(refused.is_err(), "node 2 accepted a grant to node 1");
 }
+
+/// Connection-authenticated mode: a backup whose forwards never reach the
+/// primary relays its client's request to everyone; the other backups pass
+/// the relayed forward on to the primary as it was signed (they cannot
+/// vouch for another replica's client), and the request commits with no
+/// message refused. (Before, they re-signed it into forwards of their own,
+/// which the primary refused, with their own clients' requests in them.)
+#[test]
+fn relayed_vouched_forwards_are_passed_on_as_signed() {
+    let config = Config {
+        request_mode: RequestMode::ConnectionAuthenticated,
+        ..Config::default()
+    };
+    let mut cluster = Cluster::new(4, config);
+    cluster.filter = Box::new(|from, to, message| {
+        !(from == NodeId(1) && to == NodeId(0) && matches!(message, WireMessage::Forward(_)))
+    });
+    let alice = client(1);
+    let relayed = SignedRequest::granted(request(&alice, 1).request, &alice, NodeId(1));
+    cluster.submit(1, &relayed);
+    let bob = client(2);
+    let own = SignedRequest::granted(request(&bob, 1).request, &bob, NodeId(2));
+    cluster.submit(2, &own);
+    assert!(
+        cluster
+            .time_to_execute(&relayed, Duration::from_secs(10))
+            .is_some(),
+        "the relayed request never executed"
+    );
+    assert!(cluster
+        .time_to_execute(&own, Duration::from_secs(1))
+        .is_some());
+    assert_eq!(
+        cluster.refused, 0,
+        "an honest replica's message was refused"
+    );
+    assert_eq!(cluster.status(0).view, View(0), "a view change was needed");
+}

@@ -104,7 +104,10 @@ impl Replica {
         if self.is_primary() {
             self.queue.push_back((key, self.now));
             self.propose_batches();
-        } else if self.phase == super::Phase::Normal {
+        } else if self.phase == super::Phase::Normal && (local || !self.vouching()) {
+            // Connection-authenticated mode: another replica's requests go
+            // on in the forward that vouches for them, never in one of ours
+            // (we cannot vouch for them; see `on_forward`).
             self.to_forward_bytes += request.payload_len();
             self.to_forward.push(request);
         }
@@ -136,8 +139,15 @@ impl Replica {
                 return;
             }
             let vouched = std::sync::Arc::new(forward);
+            let before = self.pending.len();
             for request in &vouched.value.requests {
                 self.admit_request(request.clone(), false, watch, Some(vouched.clone()));
+            }
+            // A relay: we watch its requests too, and pass the forward on to
+            // the primary as it was signed.
+            if !self.is_primary() && self.pending.len() > before {
+                let primary = self.primary();
+                self.send(primary, WireMessage::Forward((*vouched).clone()));
             }
             return;
         }

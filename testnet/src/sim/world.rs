@@ -771,9 +771,33 @@ impl<'a> World<'a> {
             return;
         };
         let limits = MessageLimits::of(&self.config.protocol);
-        let Ok(verified) = verify_message(message, &self.committee, &limits, &mut self.verifier)
-        else {
-            return;
+        let kind = message.kind();
+        // After a restart a connection-authenticated primary re-sends its
+        // pre-prepares without vouches (they are not persisted): refused,
+        // by design. Nothing else an honest replica sends may be.
+        let unvouched_resend = matches!(
+            &message,
+            WireMessage::PrePrepare { batch, vouches, .. }
+                if vouches.is_empty() && !batch.requests.is_empty()
+        );
+        let verified = match verify_message(message, &self.committee, &limits, &mut self.verifier) {
+            Ok(verified) => verified,
+            Err(error) => {
+                // A deliberately broken rule makes honest replicas send what
+                // the others rightly refuse (certificates of 2f votes): the
+                // checkers for those rules judge such runs.
+                let broken = self.config.break_quorum || self.config.break_new_view;
+                if self.is_honest(from) && !unvouched_resend && !broken {
+                    self.failure.get_or_insert(Violation::new(
+                        "honest-refused",
+                        format!(
+                            "{} refused a {kind:?} from honest {}: {error}",
+                            self.nodes[to].id, self.nodes[from].id
+                        ),
+                    ));
+                }
+                return;
+            }
         };
         let sender = self.nodes[from].id;
         let node = &mut self.nodes[to];
