@@ -3,7 +3,7 @@
 //! is decoded, checked and verified against a fixed committee.
 #![no_main]
 
-use bftd_fuzz::{committee, decode_canonical};
+use bftd_fuzz::{committee, decode_canonical, verify_for_real};
 use bftd_protocol::{CheckpointCertificate, CommitCertificate, PreparedCertificate};
 use libfuzzer_sys::fuzz_target;
 
@@ -16,19 +16,26 @@ fuzz_target!(|data: &[u8]| {
             if let Some(certificate) = decode_canonical::<CommitCertificate>(rest) {
                 let _ = certificate.check(committee());
                 let value = certificate.value;
-                let _ = certificate.verify_for(committee(), value.seq, value.digest);
+                if verify_for_real(data) {
+                    let _ = certificate.verify_for(committee(), value.seq, value.digest);
+                }
             }
         }
         1 => {
             if let Some(certificate) = decode_canonical::<CheckpointCertificate>(rest) {
-                let _ = certificate.seq();
-                let _ = certificate.verify(committee());
+                let _ = (certificate.seq(), certificate.check(committee()));
+                if verify_for_real(data) {
+                    let _ = certificate.verify(committee());
+                }
             }
         }
         _ => {
             if let Some(certificate) = decode_canonical::<PreparedCertificate>(rest) {
                 let _ = (certificate.view(), certificate.seq(), certificate.digest());
-                let _ = certificate.verify(committee());
+                let _ = certificate.check(committee());
+                if verify_for_real(data) {
+                    let _ = certificate.verify(committee());
+                }
             }
         }
     }

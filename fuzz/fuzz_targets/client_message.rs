@@ -14,6 +14,7 @@ fuzz_target!(|data: &[u8]| {
     if let ClientMessage::Submit(request) = message {
         let _ = request.key();
         let _ = request.payload_len();
+        // One signature at most: cheap enough to verify every time.
         for mode in [
             RequestMode::ClientSigned,
             RequestMode::ConnectionAuthenticated,
