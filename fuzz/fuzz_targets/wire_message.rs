@@ -5,7 +5,7 @@
 
 use bftd_fuzz::{committee, decode_canonical, verify_for_real, AcceptingVerifier};
 use bftd_protocol::verify::SignatureCollector;
-use bftd_protocol::{verify_message, BatchVerifier, RequestMode, WireMessage};
+use bftd_protocol::{verify_message, verify_messages, BatchVerifier, RequestMode, WireMessage};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -20,7 +20,8 @@ fuzz_target!(|data: &[u8]| {
     let _ = collector.finish();
     let mode = RequestMode::ClientSigned;
     if verify_for_real(data) {
-        let _ = verify_message(message, committee(), mode, &mut BatchVerifier);
+        // As the ingress task does: a batch, one message at a time on failure.
+        let _ = verify_messages(vec![message], committee(), mode, &mut BatchVerifier);
     } else {
         let _ = verify_message(
             message,
