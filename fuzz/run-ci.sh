@@ -18,8 +18,7 @@ skip() {
     exit 0
 }
 command -v c++ > /dev/null 2>&1 || skip "no C++ compiler to build libFuzzer"
-cargo fetch > fetch.log 2>&1 || { tail -5 fetch.log; skip "cannot fetch libfuzzer-sys from crates.io"; }
-rm -f fetch.log
+cargo fetch > /dev/null 2>&1 || skip "cannot fetch libfuzzer-sys and the other crates from crates.io"
 
 echo "fuzz: building ${#targets[@]} targets (profile $FUZZ_PROFILE)"
 # A build failure is not a skip: the targets no longer compile against the
