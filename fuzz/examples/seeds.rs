@@ -150,6 +150,7 @@ fn wire_messages() -> Vec<WireMessage> {
         WireMessage::PrePrepare {
             pre_prepare: sign(0, PrePrepare { view, seq, digest }),
             batch: batch.clone(),
+            vouches: Vec::new(),
         },
         WireMessage::Prepare(sign(1, Prepare { view, seq, digest })),
         WireMessage::Commit(sign(2, Commit { view, seq, digest })),
@@ -281,7 +282,7 @@ fn main() {
         bftd_protocol::verify_message(
             message.clone(),
             committee(),
-            RequestMode::ClientSigned,
+            &bftd_protocol::verify::MessageLimits::of(&bftd_protocol::Config::default()),
             &mut bftd_protocol::BatchVerifier,
         )
         .unwrap();

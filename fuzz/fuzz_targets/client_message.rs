@@ -4,7 +4,7 @@
 
 use bftd::client_api::ClientMessage;
 use bftd_fuzz::{committee, decode_canonical};
-use bftd_protocol::{verify_request, BatchVerifier, RequestMode};
+use bftd_protocol::{verify_request, BatchVerifier, NodeId, RequestMode};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -19,7 +19,13 @@ fuzz_target!(|data: &[u8]| {
             RequestMode::ClientSigned,
             RequestMode::ConnectionAuthenticated,
         ] {
-            let _ = verify_request(request.clone(), committee(), mode, &mut BatchVerifier);
+            let _ = verify_request(
+                request.clone(),
+                NodeId(0),
+                committee(),
+                mode,
+                &mut BatchVerifier,
+            );
         }
     }
 });

@@ -53,6 +53,9 @@ fuzz_target!(|data: &[u8]| {
         NodeMessage::Rejected { reason, .. } => {
             let _ = reason.to_string();
         }
+        NodeMessage::SubscriptionEnded { reason } => {
+            let _ = reason.len();
+        }
         NodeMessage::Malformed => {}
     }
 });

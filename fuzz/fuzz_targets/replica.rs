@@ -74,6 +74,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(mut replica) = Replica::new(setup, Recovered::default(), now) else {
         return;
     };
+    let limits = bftd_protocol::verify::MessageLimits::of(&config);
     let mut rest = data;
     while rest.len() >= 3 {
         let from = rest[0];
@@ -90,12 +91,9 @@ fuzz_target!(|data: &[u8]| {
                 continue;
             };
             let from = NodeId(u16::from(from % 3) + 1);
-            let Ok(verified) = verify_message(
-                message,
-                committee(),
-                config.request_mode,
-                &mut ByzantineVerifier,
-            ) else {
+            let Ok(verified) =
+                verify_message(message, committee(), &limits, &mut ByzantineVerifier)
+            else {
                 continue;
             };
             now += Duration::from_micros(100);

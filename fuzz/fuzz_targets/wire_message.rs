@@ -4,8 +4,10 @@
 #![no_main]
 
 use bftd_fuzz::{committee, decode_canonical, verify_for_real, AcceptingVerifier};
-use bftd_protocol::verify::SignatureCollector;
-use bftd_protocol::{verify_message, verify_messages, BatchVerifier, RequestMode, WireMessage};
+use bftd_protocol::verify::MessageLimits;
+use bftd_protocol::{
+    verify_message, verify_messages, BatchVerifier, Config, RequestMode, WireMessage,
+};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -13,20 +15,27 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let _ = (message.kind(), message.signer());
-    // Connection-authenticated mode: the same collection without client
+    // Connection-authenticated mode: shape checks, grants instead of client
     // signatures.
-    let mut collector = SignatureCollector::new(committee(), RequestMode::ConnectionAuthenticated);
-    collector.add_message(&message);
-    let _ = collector.finish();
-    let mode = RequestMode::ClientSigned;
+    let authenticated = MessageLimits::of(&Config {
+        request_mode: RequestMode::ConnectionAuthenticated,
+        ..Config::default()
+    });
+    let _ = verify_message(
+        message.clone(),
+        committee(),
+        &authenticated,
+        &mut AcceptingVerifier::default(),
+    );
+    let limits = MessageLimits::of(&Config::default());
     if verify_for_real(data) {
         // As the ingress task does: a batch, one message at a time on failure.
-        let _ = verify_messages(vec![message], committee(), mode, &mut BatchVerifier);
+        let _ = verify_messages(vec![message], committee(), &limits, &mut BatchVerifier);
     } else {
         let _ = verify_message(
             message,
             committee(),
-            mode,
+            &limits,
             &mut AcceptingVerifier::default(),
         );
     }

@@ -63,6 +63,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let path = dir.join(format!("node{id}.toml"));
         std::fs::write(&path, node_file)?;
         let config = NodeConfig::load(&path)?;
+        // A new node: create its store (once; `start` never does).
+        bftd::init(&config)?;
         let application: Option<(Box<dyn Application>, SeqNum)> = if id == 0 {
             Some((Box::new(Counter { transactions: 0 }), SeqNum(1)))
         } else {

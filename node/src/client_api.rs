@@ -31,6 +31,18 @@ pub enum ClientMessage {
     Status,
 }
 
+/// Bytes a client frame may hold beyond the request's payload: the
+/// message tag, the request's other fields and the client's signature
+/// (under 200 bytes; the rest is headroom).
+pub const CLIENT_FRAME_OVERHEAD: usize = 1024;
+
+/// The largest frame a node accepts from a client of a cluster whose
+/// requests carry at most `max_request_bytes` of payload: every client
+/// message is one request, a subscription or a status query.
+pub fn max_client_frame_bytes(max_request_bytes: usize) -> usize {
+    max_request_bytes.saturating_add(CLIENT_FRAME_OVERHEAD)
+}
+
 /// Why a node refused a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Rejection {
@@ -57,7 +69,7 @@ impl std::fmt::Display for Rejection {
             Rejection::Expired => "expired: its valid_until is below the cluster's height; it never executed and never will; submit it again as a new request",
             Rejection::TooFarAhead => "valid_until too far ahead: at most the cluster's height plus its request lifetime",
             Rejection::TooLarge => "payload larger than the cluster's max_request_bytes",
-            Rejection::BadSignature => "client signature does not verify",
+            Rejection::BadSignature => "client signature does not verify (connection-authenticated clusters: the client's grant to this node does not)",
             Rejection::WrongClient => "request signed for another client than this connection's",
         })
     }
@@ -325,6 +337,12 @@ pub enum NodeMessage {
     Status(NodeStatus),
     /// The client sent something the node could not decode.
     Malformed,
+    /// The node ended this connection's subscription: no more blocks come
+    /// on it. The connection stays open; subscribe again to resume.
+    SubscriptionEnded {
+        /// Why, for people (a subscriber that stopped reading, say).
+        reason: String,
+    },
 }
 
 #[cfg(test)]
@@ -361,6 +379,26 @@ mod tests {
             ..status
         };
         assert!(!status.has_quorum());
+    }
+
+    /// The largest request a cluster allows, signed, fits in a client
+    /// frame; one byte more of payload does not need to.
+    #[test]
+    fn the_largest_request_fits_the_client_frame_limit() {
+        use bftd_protocol::Request;
+        let key = bftd_crypto::KeyPair::from_seed([4; 32]);
+        for max_request_bytes in [1, 64 * 1024, 16 << 20] {
+            let request = Request {
+                client: key.public(),
+                request_id: u64::MAX,
+                valid_until: SeqNum(u64::MAX),
+                payload: vec![0xff; max_request_bytes],
+            };
+            let message = ClientMessage::Submit(SignedRequest::sign(request, &key).unwrap());
+            let length = bftd_protocol::codec::encoded_len(&message).unwrap() as usize;
+            assert!(length <= max_client_frame_bytes(max_request_bytes));
+            assert!(length > max_request_bytes);
+        }
     }
 
     /// The cache remembers exactly what was inserted, up to its capacity,

@@ -323,8 +323,8 @@ pub struct NodeFile {
     /// Log format.
     #[serde(default)]
     pub log_format: LogFormat,
-    /// A byzantine behaviour, for testnets only (needs a build with the
-    /// `byzantine` feature).
+    /// A byzantine behaviour, for testnets only: `bftd` refuses it; the
+    /// testnets' `bftd-byzantine` binary runs it.
     #[serde(default)]
     pub byzantine: Option<String>,
     /// For `byzantine = "collude"`: every colluding node's id (this one
@@ -341,7 +341,7 @@ pub struct NodeFile {
 
 /// The `[clients]` section of a node file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct ClientsConfig {
     /// Replies (receipts, rejections, blocks) queued per client connection
     /// while the client is not reading; beyond it replies are dropped and
@@ -349,11 +349,30 @@ pub struct ClientsConfig {
     /// the node's memory. A client that gets no answer resends its request
     /// and is answered again. Default 4096.
     pub reply_queue: usize,
+    /// The same queue's bound in bytes (encoded replies, counted until
+    /// written to the connection). A receipt that does not fit is dropped
+    /// and counted as above; a subscription's next block waits for room
+    /// (one block always fits in an empty queue). Default 4 MiB.
+    pub reply_queue_bytes: usize,
+    /// A subscriber whose queue stays full this long (it reads nothing, or
+    /// too slowly to keep up) is ended with `SubscriptionEnded` and the
+    /// reason, counted in `bftd_subscriptions_ended_total`; it may
+    /// subscribe again from where it stopped. Default 10000.
+    pub subscriber_stall_ms: u64,
 }
+
+/// Largest `[clients] reply_queue`: beyond it one slow client could hold
+/// a lot of memory (and a value near `usize::MAX` would make every client
+/// connection panic).
+pub const MAX_REPLY_QUEUE: usize = 65536;
 
 impl Default for ClientsConfig {
     fn default() -> ClientsConfig {
-        ClientsConfig { reply_queue: 4096 }
+        ClientsConfig {
+            reply_queue: 4096,
+            reply_queue_bytes: 4 * 1024 * 1024,
+            subscriber_stall_ms: 10_000,
+        }
     }
 }
 
@@ -433,10 +452,23 @@ impl NodeConfig {
             path: path.to_owned(),
             source,
         })?;
-        if file.clients.reply_queue == 0 {
+        if !(1..=MAX_REPLY_QUEUE).contains(&file.clients.reply_queue) {
             return Err(LoadError::Clients {
                 path: path.to_owned(),
-                reason: "reply_queue must be at least 1 (the default is 4096)",
+                reason: "reply_queue must be from 1 to 65536 (the default is 4096)",
+            });
+        }
+        if !(1024..=u32::MAX as usize).contains(&file.clients.reply_queue_bytes) {
+            return Err(LoadError::Clients {
+                path: path.to_owned(),
+                reason:
+                    "reply_queue_bytes must be between 1024 and 4294967295 (the default is 4194304)",
+            });
+        }
+        if file.clients.subscriber_stall_ms == 0 {
+            return Err(LoadError::Clients {
+                path: path.to_owned(),
+                reason: "subscriber_stall_ms must be at least 1 (the default is 10000)",
             });
         }
         let listen = match file.listen {
@@ -624,9 +656,79 @@ mod tests {
         assert_eq!(config.clients.reply_queue, 8);
         let error = NodeConfig::load(&dir.path().join("q0.toml")).unwrap_err();
         assert!(
-            error.to_string().contains("reply_queue must be at least 1"),
+            error.to_string().contains("reply_queue must be from 1"),
             "{error}"
         );
+        // The byte bound and the stall timeout: defaults, each settable
+        // alone, nonsense refused by name.
+        assert_eq!(config.clients.reply_queue_bytes, 4 << 20, "the default");
+        assert_eq!(config.clients.subscriber_stall_ms, 10_000, "the default");
+        for (name, section, expected) in [
+            ("b.toml", "reply_queue_bytes = 65536", None),
+            (
+                "b0.toml",
+                "reply_queue_bytes = 10",
+                Some("reply_queue_bytes"),
+            ),
+            (
+                "s0.toml",
+                "subscriber_stall_ms = 0",
+                Some("subscriber_stall_ms"),
+            ),
+        ] {
+            std::fs::write(dir.path().join(name), with_clients(section)).unwrap();
+            match (NodeConfig::load(&dir.path().join(name)), expected) {
+                (Ok(config), None) => {
+                    assert_eq!(config.clients.reply_queue_bytes, 65536);
+                    assert_eq!(config.clients.reply_queue, 4096);
+                }
+                (Err(error), Some(setting)) => {
+                    assert!(error.to_string().contains(setting), "{error}")
+                }
+                (other, _) => panic!("{section}: {:?}", other.map(|c| c.clients)),
+            }
+        }
+    }
+
+    /// `[clients] reply_queue` is a capacity: a value the queue cannot
+    /// have (zero, or one that would make every client connection panic)
+    /// is refused at load, naming the setting and its range.
+    #[test]
+    fn reply_queue_must_be_in_range() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("cluster.toml"),
+            toml::to_string(&cluster_file(4)).unwrap(),
+        )
+        .unwrap();
+        write_key(&dir.path().join("node0.key"), &KeyPair::from_seed([1; 32])).unwrap();
+        let node = |queue: &str| {
+            format!("id = 0\nkey_file = \"node0.key\"\ncluster_file = \"cluster.toml\"\ndata_dir = \"data\"\n[clients]\nreply_queue = {queue}\n")
+        };
+        for (queue, accepted) in [
+            ("1", true),
+            ("65536", true),
+            ("9223372036854775807", false),
+            ("65537", false),
+            ("0", false),
+        ] {
+            let path = dir.path().join(format!("q{queue}.toml"));
+            std::fs::write(&path, node(queue)).unwrap();
+            match NodeConfig::load(&path) {
+                Ok(config) => {
+                    assert!(accepted, "reply_queue = {queue} was accepted");
+                    assert_eq!(config.clients.reply_queue.to_string(), queue);
+                }
+                Err(error) => {
+                    assert!(!accepted, "reply_queue = {queue} refused: {error}");
+                    let text = error.to_string();
+                    assert!(
+                        text.contains("reply_queue") && text.contains("65536"),
+                        "{text}"
+                    );
+                }
+            }
+        }
     }
 
     /// Settings that decide what executes come from the cluster file, the

@@ -19,4 +19,29 @@ pub mod runtime;
 pub mod storage;
 pub mod transport;
 
-pub use runtime::{start, Application, NodeHandle, StartError};
+pub use runtime::{init, start, Application, NodeHandle, NodeStopped, StartError};
+
+/// Runs `main` on a multi-threaded tokio runtime and makes its result the
+/// process's exit status, printing an error as `error: ...`: the `main` of
+/// the `bftd` binary and of the testnets' `bftd-byzantine`.
+pub fn run_main(
+    main: impl std::future::Future<Output = Result<(), String>>,
+) -> std::process::ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(main) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -16,7 +16,8 @@ use std::process::ExitCode;
 ///
 /// Start here: `bftnet up` runs a local 4-node testnet. To deploy, run
 /// `bftd keygen` on each machine, list every node's id, address and public
-/// key in a cluster file, and start each node with `bftd run --config`.
+/// key in a cluster file, create each node's store once with `bftd init
+/// --config`, and start each node with `bftd run --config`.
 #[derive(Parser, Debug)]
 #[command(name = "bftd", version, about, verbatim_doc_comment)]
 struct Cli {
@@ -34,16 +35,32 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Create a new node's store, once, before its first `run`.
+    ///
+    /// The store remembers what the node signed; `run` refuses to start
+    /// without one, so a data directory that is missing or not mounted
+    /// never silently becomes a new, empty node. Refuses if a store exists.
+    Init {
+        /// The node config file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Run a node.
     ///
     /// The node file names the node's id, key file, cluster file and data
     /// directory (see the README for a commented example). The node
-    /// recovers from its data directory, so restarting with the same config
-    /// resumes where it stopped and catches up from its peers.
+    /// recovers from its store, so restarting with the same config resumes
+    /// where it stopped and catches up from its peers. The store must exist
+    /// (`bftd init`, or `--init`).
     Run {
         /// The node config file (TOML).
         #[arg(long)]
         config: PathBuf,
+        /// Create the store first if there is none (as `bftd init`): for a
+        /// node's first start only; never leave it in a service definition,
+        /// or an unmounted data directory becomes a new, empty node.
+        #[arg(long)]
+        init: bool,
     },
     /// Submit transactions and wait for their verified receipts.
     ///
@@ -114,23 +131,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("error: {message}");
-            ExitCode::FAILURE
-        }
-    }
+    bftd::run_main(run(cli))
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
@@ -151,9 +152,23 @@ async fn run(cli: Cli) -> Result<(), String> {
             );
             Ok(())
         }
-        Command::Run { config } => {
+        Command::Init { config } => {
+            let config = NodeConfig::load(&config).map_err(|e| e.to_string())?;
+            let path = bftd::init(&config).map_err(|e| e.to_string())?;
+            eprintln!(
+                "created the store of node {} at {}; start it with `bftd run`",
+                config.id.0,
+                path.display()
+            );
+            Ok(())
+        }
+        Command::Run { config, init } => {
             let config = NodeConfig::load(&config).map_err(|e| e.to_string())?;
             init_logging(config.log_format);
+            if init && !bftd::runtime::store_path(&config).exists() {
+                let path = bftd::init(&config).map_err(|e| e.to_string())?;
+                tracing::info!(store = %path.display(), "created a new store (--init)");
+            }
             let mut node = bftd::start(config, None).await.map_err(|e| e.to_string())?;
             tokio::select! {
                 result = node.wait() => result.map_err(|e| format!("node stopped: {e}"))?,

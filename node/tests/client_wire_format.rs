@@ -65,6 +65,12 @@ fn node_samples() -> Vec<(&'static str, NodeMessage)> {
             },
         ),
         ("malformed", NodeMessage::Malformed),
+        (
+            "subscription_ended",
+            NodeMessage::SubscriptionEnded {
+                reason: "slow".into(),
+            },
+        ),
     ]
 }
 

@@ -19,18 +19,7 @@ async fn impostor_peer_is_refused() {
     // The impostor claims to be node 0 (lowest id: it dials everyone), with
     // its own key.
     let impostor = KeyPair::generate(&mut rand::rngs::OsRng);
-    let mut peers: Vec<Peer> = cluster
-        .cluster
-        .committee
-        .public_keys()
-        .into_iter()
-        .enumerate()
-        .map(|(id, key)| Peer {
-            id: NodeId(id as u16),
-            address: cluster.cluster.addresses[id],
-            key,
-        })
-        .collect();
+    let mut peers: Vec<Peer> = cluster.peers();
     peers[0].key = impostor.public();
     peers[0].address = format!("127.0.0.1:{}", common::free_port())
         .parse()

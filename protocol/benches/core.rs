@@ -6,7 +6,8 @@ use bftd_crypto::KeyPair;
 use bftd_protocol::merkle::MerkleTree;
 use bftd_protocol::{
     codec, verify_message, Batch, BatchVerifier, Committee, Config, Destination, MemStorage,
-    NodeId, Recovered, Replica, ReplicaSetup, Request, RequestMode, SignedRequest, WireMessage,
+    MessageLimits, NodeId, Recovered, Replica, ReplicaSetup, Request, RequestMode, SignedRequest,
+    WireMessage,
 };
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use std::sync::Arc;
@@ -26,7 +27,8 @@ fn batch(count: usize, size: usize, signed: bool) -> Batch {
                 if signed {
                     SignedRequest::sign(request, &client).expect("small")
                 } else {
-                    SignedRequest::unsigned(request)
+                    // Connection-authenticated: granted to the primary.
+                    SignedRequest::granted(request, &client, NodeId(0))
                 }
             })
             .collect(),
@@ -47,6 +49,7 @@ fn codec_and_digest(c: &mut Criterion) {
 struct Cluster {
     replicas: Vec<Replica>,
     committee: Committee,
+    limits: MessageLimits,
 }
 
 fn cluster(mode: RequestMode) -> Cluster {
@@ -75,6 +78,7 @@ fn cluster(mode: RequestMode) -> Cluster {
     Cluster {
         replicas,
         committee,
+        limits: MessageLimits::of(&config),
     }
 }
 
@@ -90,9 +94,14 @@ fn one_instance(cluster: &mut Cluster, batch: &Batch, mode: RequestMode, round: 
         if mode == RequestMode::ClientSigned {
             continue;
         }
-        let verified =
-            bftd_protocol::verify_request(request, &cluster.committee, mode, &mut BatchVerifier)
-                .expect("valid");
+        let verified = bftd_protocol::verify_request(
+            request,
+            NodeId(primary as u16),
+            &cluster.committee,
+            mode,
+            &mut BatchVerifier,
+        )
+        .expect("valid");
         cluster.replicas[primary].handle_request(now, verified, false);
     }
     let mut queue: Vec<(usize, usize, Vec<u8>)> = Vec::new();
@@ -123,8 +132,13 @@ fn one_instance(cluster: &mut Cluster, batch: &Batch, mode: RequestMode, round: 
     );
     while let Some((from, to, bytes)) = queue.pop() {
         let message: WireMessage = codec::decode(&bytes).expect("decodes");
-        let verified =
-            verify_message(message, &cluster.committee, mode, &mut BatchVerifier).expect("valid");
+        let verified = verify_message(
+            message,
+            &cluster.committee,
+            &cluster.limits,
+            &mut BatchVerifier,
+        )
+        .expect("valid");
         cluster.replicas[to].handle_message(now, NodeId(from as u16), verified);
         collect(to, &mut cluster.replicas[to], &mut queue, &mut delivered);
     }

@@ -302,9 +302,9 @@ impl Adversary {
     /// certificates of others.
     pub fn observe(&mut self, message: &WireMessage) {
         match message {
-            WireMessage::PrePrepare { pre_prepare, batch }
-                if self.behaviour == Behaviour::Collude =>
-            {
+            WireMessage::PrePrepare {
+                pre_prepare, batch, ..
+            } if self.behaviour == Behaviour::Collude => {
                 self.remember_batch(pre_prepare.value.digest, batch.clone());
             }
             WireMessage::ViewChange(view_change) => self.remember_view_change(view_change),
@@ -604,12 +604,17 @@ impl Adversary {
             WireMessage::PrePrepare {
                 pre_prepare,
                 batch: original,
+                vouches,
             } => WireMessage::PrePrepare {
                 pre_prepare: self.sign(PrePrepare {
                     digest,
                     ..pre_prepare.value
                 })?,
                 batch: batch.unwrap_or_else(|| original.clone()),
+                // Another batch under the same vouches: refused in
+                // connection-authenticated clusters, where no replica
+                // vouched for it.
+                vouches: vouches.clone(),
             },
             WireMessage::Prepare(p) => {
                 WireMessage::Prepare(self.sign(Prepare { digest, ..p.value })?)
@@ -826,7 +831,9 @@ impl Adversary {
     /// Fork together: see [`Behaviour::Collude`].
     fn collude(&mut self, to: Destination, message: WireMessage, out: &mut Vec<Emission>) {
         let slot = match &message {
-            WireMessage::PrePrepare { pre_prepare, batch } => {
+            WireMessage::PrePrepare {
+                pre_prepare, batch, ..
+            } => {
                 self.remember_batch(pre_prepare.value.digest, batch.clone());
                 Some((
                     pre_prepare.value.view,

@@ -48,6 +48,10 @@ pub struct Config {
     /// primary, or forwarded and watched by a backup). Beyond it new requests
     /// are refused with "busy".
     pub max_pending_requests: usize,
+    /// Most payload bytes of such requests held: the same refusal beyond
+    /// it, so large requests cannot pin `max_pending_requests ×
+    /// max_request_bytes`. At least `max_batch_bytes`.
+    pub max_pending_bytes: usize,
     /// A backup that waited this long for a request relays it to every
     /// replica; after as long again it suspects the primary, and 2f+1
     /// suspicions start a view change. Raised automatically to twice the
@@ -79,6 +83,11 @@ pub struct Config {
     /// Most normal-case messages for future views held per peer until the
     /// view starts.
     pub max_future_messages_per_peer: usize,
+    /// Most bytes (encoded) of such messages held per peer; the oldest go
+    /// first. The newest message is always kept, so the bound is this or
+    /// one message, whichever is larger (a message is within the batch
+    /// limits, checked before it is buffered). At least `max_batch_bytes`.
+    pub max_future_bytes_per_peer: usize,
     /// How many heights above the one it executes at a request may be
     /// valid (`Request::valid_until`). Executed requests are remembered for
     /// this many heights, so deduplication holds at most
@@ -98,6 +107,7 @@ impl Default for Config {
             batch_delay: Duration::from_millis(1),
             max_request_bytes: 64 * 1024,
             max_pending_requests: 200_000,
+            max_pending_bytes: 128 * 1024 * 1024,
             request_timeout: Duration::from_millis(800),
             request_timeout_max: Duration::from_secs(8),
             view_change_timeout: Duration::from_millis(800),
@@ -106,6 +116,7 @@ impl Default for Config {
             fetch_max_blocks: 64,
             fetch_timeout: Duration::from_millis(1000),
             max_future_messages_per_peer: 1024,
+            max_future_bytes_per_peer: 32 * 1024 * 1024,
             request_lifetime: 1024,
         }
     }
@@ -275,6 +286,18 @@ impl Config {
             "at least max_request_bytes and at most 32 MiB",
             count(self.max_batch_bytes),
             self.max_batch_bytes >= self.max_request_bytes && self.max_batch_bytes <= 32 << 20,
+        )?;
+        range(
+            "max_pending_bytes",
+            "at least max_batch_bytes",
+            count(self.max_pending_bytes),
+            self.max_pending_bytes >= self.max_batch_bytes,
+        )?;
+        range(
+            "max_future_bytes_per_peer",
+            "at least max_batch_bytes",
+            count(self.max_future_bytes_per_peer),
+            self.max_future_bytes_per_peer >= self.max_batch_bytes,
         )?;
         range(
             "max_pending_requests",

@@ -41,7 +41,7 @@
 //!     &client,
 //! ).unwrap();
 //! let config = Config::default();
-//! let verified = verify_request(request, &committee, config.request_mode, &mut BatchVerifier).unwrap();
+//! let verified = verify_request(request, NodeId(0), &committee, config.request_mode, &mut BatchVerifier).unwrap();
 //! replica.handle_request(Duration::from_millis(1), verified, true);
 //!
 //! // Drain: persist first, then send, then reply.
@@ -77,6 +77,7 @@ pub mod replica;
 pub mod signer;
 pub mod storage;
 pub mod verify;
+pub mod vouch;
 
 pub use block::{Block, BlockError, CommittedBlock};
 pub use certificate::{
@@ -86,13 +87,15 @@ pub use certificate::{
 pub use committee::{Committee, CommitteeError};
 pub use config::{Config, ConfigError, ConsensusSettings};
 pub use ids::{NodeId, SeqNum, View};
-pub use message::{Batch, Request, RequestKey, Signable, Signed, SignedRequest, WireMessage};
+pub use message::{
+    Batch, Grant, Request, RequestKey, Signable, Signed, SignedRequest, Vouch, WireMessage,
+};
 pub use replica::{
     Actions, ClientReply, Destination, DropReason, Evidence, Metrics, Outgoing, RejectReason,
     Replica, ReplicaError, ReplicaSetup, ReplicaStatus, ReplyOutcome,
 };
 pub use storage::{BlockSource, Delivery, MemStorage, Record, Recovered, Storage, StorageError};
 pub use verify::{
-    verify_message, verify_messages, verify_request, BatchVerifier, RequestMode, SignatureVerifier,
-    Verified, VerifyError,
+    verify_message, verify_messages, verify_request, BatchVerifier, GrantCache,
+    GrantCachingVerifier, MessageLimits, RequestMode, SignatureVerifier, Verified, VerifyError,
 };

@@ -40,6 +40,7 @@ signable! {
     FetchBatch => "bftd/v1/fetch-batch",
     BatchResponse => "bftd/v1/batch",
     Suspect => "bftd/v1/suspect",
+    Grant => "bftd/v1/grant",
 }
 
 /// A value signed by a replica.
@@ -91,8 +92,11 @@ pub struct Request {
 pub struct SignedRequest {
     /// The request.
     pub request: Request,
-    /// `None` in connection-authenticated mode, where the node the client
-    /// connected to vouches for the request's origin.
+    /// Client-signed mode: the client's signature over the request.
+    /// Connection-authenticated mode: the client's [`Grant`] to the replica
+    /// it submitted through (the same signature on all its requests there),
+    /// which lets that replica, and no other, vouch for the request's origin
+    /// (see `crate::vouch`).
     pub signature: Option<Signature>,
 }
 
@@ -104,7 +108,17 @@ impl SignedRequest {
         Ok(SignedRequest { request, signature })
     }
 
-    /// A request without a signature, for connection-authenticated mode.
+    /// A request for connection-authenticated mode, carrying the client's
+    /// grant to replica `node`, the one it submits through.
+    pub fn granted(request: Request, key: &KeyPair, node: NodeId) -> SignedRequest {
+        SignedRequest {
+            request,
+            signature: Some(Grant::sign(key, node)),
+        }
+    }
+
+    /// A request without any signature: refused by every cluster (tests,
+    /// and what a replica would see from a client that skipped the grant).
     pub fn unsigned(request: Request) -> SignedRequest {
         SignedRequest {
             request,
@@ -229,7 +243,44 @@ pub struct Status {
     pub settings: crate::config::ConsensusSettings,
 }
 
-/// Requests a backup received from clients, passed to the primary.
+/// A client's permission for replica `node` to vouch for the origin of its
+/// requests in connection-authenticated mode. Signed once by the client (for
+/// each replica it submits through) and carried in every request it sends
+/// there; it cannot be revoked: a client that stops trusting a replica
+/// uses a new key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    /// The replica allowed to vouch.
+    pub node: NodeId,
+}
+
+impl Grant {
+    /// The client's signature granting `node`.
+    pub fn sign(key: &KeyPair, node: NodeId) -> Signature {
+        // A two-byte value always encodes.
+        let bytes = codec::encode(&Grant { node }).unwrap_or_default();
+        key.sign(Grant::DOMAIN, &bytes)
+    }
+}
+
+/// A replica's word for the origin of a run of requests in a batch
+/// (connection-authenticated mode): the next `count` requests are exactly
+/// a [`Forward`] the voucher signed, and `signature` is its signature on
+/// it. Each request in the run must carry its client's [`Grant`] to the
+/// voucher. So only a replica a client submits through can put requests in
+/// that client's name, and its signature proves it did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vouch {
+    /// The replica that vouches.
+    pub voucher: NodeId,
+    /// How many consecutive requests of the batch its forward holds.
+    pub count: u32,
+    /// The voucher's signature on `Forward { requests: <those requests> }`.
+    pub signature: Signature,
+}
+
+/// Requests a replica received from its clients (it vouches for them), or
+/// such a forward relayed as it was signed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Forward {
     /// The requests.
@@ -294,6 +345,11 @@ pub enum WireMessage {
         pre_prepare: Signed<PrePrepare>,
         /// The batch whose digest it names.
         batch: Arc<Batch>,
+        /// Connection-authenticated mode: who vouches for each request of
+        /// the batch, run by run (a pre-prepare without them is refused;
+        /// a batch re-proposed by a new-view, which a prepared certificate
+        /// covers, is fetched instead). Empty in client-signed mode.
+        vouches: Vec<Vouch>,
     },
     /// A prepare.
     Prepare(Signed<Prepare>),

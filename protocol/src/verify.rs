@@ -10,10 +10,14 @@
 use crate::certificate::Vote;
 use crate::codec;
 use crate::committee::Committee;
+use crate::config::Config;
 use crate::ids::NodeId;
-use crate::message::{Request, Signable, Signed, SignedRequest, ViewChange, WireMessage};
-use bftd_crypto::{SignatureCheck, ValidatedKey};
+use crate::message::{
+    Batch, Forward, Grant, Request, Signable, Signed, SignedRequest, ViewChange, Vouch, WireMessage,
+};
+use bftd_crypto::{Digest, DigestBuilder, Domain, Signature, SignatureCheck, ValidatedKey};
 use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
 use std::ops::Deref;
 
 /// How clients' requests are authenticated.
@@ -26,10 +30,13 @@ pub enum RequestMode {
     #[default]
     ClientSigned,
     /// The client proves its key in the TLS handshake to the node it submits
-    /// to, and requests carry no signature. Several times the throughput, at
-    /// the cost of trusting that node for the origin of the requests it
-    /// submits (a byzantine node could invent requests in a client's name; it
-    /// still cannot break agreement).
+    /// to, and its requests carry, instead of a signature each, one
+    /// signature the client made once: its grant to that node. The node
+    /// vouches for its clients' requests with one signature per forward.
+    /// Several times the throughput, at the cost of trusting that node for
+    /// the origin of its own clients' requests (a byzantine node could invent
+    /// requests in the name of clients that submit through it, and no
+    /// other's; it still cannot break agreement). See `crate::vouch`.
     ConnectionAuthenticated,
 }
 
@@ -54,6 +61,153 @@ pub enum VerifyError {
     /// A value could not be encoded to check its signature (oversized).
     #[error("message too large to verify")]
     Oversized,
+    /// Connection-authenticated mode: a request carries no grant.
+    #[error("request without the client's grant to the node it came through")]
+    MissingGrant,
+    /// Connection-authenticated mode: a pre-prepare's vouches do not cover
+    /// its batch exactly.
+    #[error("a pre-prepare's requests are not all vouched for")]
+    Unvouched,
+    /// The message breaks a bound no honest replica's message breaks (more
+    /// votes than members, a repeated signer, a batch over the batch
+    /// limits, ...): refused before any of its signatures is checked.
+    #[error("malformed message refused before verification: {0}")]
+    Shape(&'static str),
+}
+
+/// What a message may hold, checked before any signature in it is: every
+/// bound here is one that no honest replica's message exceeds, so a
+/// message that breaks one is refused for the price of a look at it, not
+/// of thousands of signature checks. Built from the replica's [`Config`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MessageLimits {
+    /// How requests are authenticated.
+    pub request_mode: RequestMode,
+    /// See [`Config::window`].
+    pub window: u64,
+    /// See [`Config::max_batch_requests`].
+    pub max_batch_requests: usize,
+    /// See [`Config::max_batch_bytes`].
+    pub max_batch_bytes: usize,
+    /// See [`Config::max_request_bytes`].
+    pub max_request_bytes: usize,
+    /// See [`Config::fetch_max_blocks`]: a state-transfer response holds no
+    /// more blocks than this replica asks for.
+    pub fetch_max_blocks: u64,
+}
+
+impl MessageLimits {
+    /// The limits `config` implies.
+    pub fn of(config: &Config) -> MessageLimits {
+        MessageLimits {
+            request_mode: config.request_mode,
+            window: config.window,
+            max_batch_requests: config.max_batch_requests,
+            max_batch_bytes: config.max_batch_bytes,
+            max_request_bytes: config.max_request_bytes,
+            fetch_max_blocks: config.fetch_max_blocks,
+        }
+    }
+}
+
+impl From<&Config> for MessageLimits {
+    fn from(config: &Config) -> MessageLimits {
+        MessageLimits::of(config)
+    }
+}
+
+/// Whether `requests` fit in one batch: at most `max_batch_requests`, each
+/// payload at most `max_request_bytes`, at most `max_batch_bytes` in all
+/// (a single request may use the whole request limit). The replica holds
+/// pre-prepares and forwards to the same rule.
+pub fn batch_within_limits(
+    requests: &[SignedRequest],
+    max_batch_requests: usize,
+    max_batch_bytes: usize,
+    max_request_bytes: usize,
+) -> bool {
+    if requests.len() > max_batch_requests {
+        return false;
+    }
+    let mut bytes = 0usize;
+    for request in requests {
+        let size = request.payload_len();
+        if size > max_request_bytes {
+            return false;
+        }
+        bytes = bytes.saturating_add(size);
+    }
+    bytes <= max_batch_bytes || requests.len() == 1
+}
+
+/// The cheap structural checks of `message`, run before any signature in
+/// it is verified: counts, distinct signers, committee membership, sizes.
+/// Each refuses only what the replica would refuse anyway after paying for
+/// the signatures, so an honest message always passes.
+pub fn check_shape(
+    message: &WireMessage,
+    committee: &Committee,
+    limits: &MessageLimits,
+) -> Result<(), VerifyError> {
+    let batch = |requests: &[SignedRequest], what| {
+        if batch_within_limits(
+            requests,
+            limits.max_batch_requests,
+            limits.max_batch_bytes,
+            limits.max_request_bytes,
+        ) {
+            Ok(())
+        } else {
+            Err(VerifyError::Shape(what))
+        }
+    };
+    match message {
+        WireMessage::PrePrepare {
+            batch: b, vouches, ..
+        } => {
+            if vouches.len() > b.requests.len() {
+                return Err(VerifyError::Shape("more vouches than requests"));
+            }
+            batch(&b.requests, "pre-prepare batch over the batch limits")
+        }
+        WireMessage::Forward(m) => batch(&m.value.requests, "forward over the batch limits"),
+        WireMessage::Batch(m) => batch(&m.value.batch.requests, "batch over the batch limits"),
+        WireMessage::ViewChange(m) => {
+            if crate::replica::valid_view_change(committee, limits.window, &m.value) {
+                Ok(())
+            } else {
+                Err(VerifyError::Shape("invalid view-change"))
+            }
+        }
+        WireMessage::NewView(m) => {
+            if crate::replica::valid_new_view(committee, limits.window, &m.value) {
+                Ok(())
+            } else {
+                Err(VerifyError::Shape("invalid new-view"))
+            }
+        }
+        WireMessage::Blocks(m) => {
+            if m.value.blocks.len() as u64 > limits.fetch_max_blocks {
+                return Err(VerifyError::Shape("more blocks than asked for"));
+            }
+            let certificates_hold = m
+                .value
+                .blocks
+                .iter()
+                .all(|block| block.certificate.check(committee).is_ok());
+            if !certificates_hold || m.value.checkpoint.check(committee).is_err() {
+                return Err(VerifyError::Shape("invalid certificate in blocks"));
+            }
+            Ok(())
+        }
+        WireMessage::Prepare(_)
+        | WireMessage::Commit(_)
+        | WireMessage::Checkpoint(_)
+        | WireMessage::Status(_)
+        | WireMessage::FetchBlocks(_)
+        | WireMessage::FetchBatch(_)
+        | WireMessage::Suspect(_) => Ok(()),
+    }
 }
 
 /// A value whose signatures have all been verified.
@@ -87,6 +241,97 @@ impl<T> Deref for Verified<T> {
 pub trait SignatureVerifier {
     /// `Ok` if every check passes, else the indices of those that fail.
     fn verify(&mut self, checks: &[SignatureCheck]) -> Result<(), Vec<usize>>;
+
+    /// Whether this grant check passed before. A client's grant to a node
+    /// is the same in all its requests through it, so a verifier may
+    /// remember the ones that passed; by default it remembers nothing.
+    fn knows_grant(&mut self, _check: &SignatureCheck) -> bool {
+        false
+    }
+
+    /// Grant checks that just passed.
+    fn remember_grants(&mut self, _checks: &[SignatureCheck]) {}
+}
+
+/// Grant checks that passed, bounded: forgotten all at once when full (a
+/// forgotten grant is only verified again).
+#[derive(Debug, Default)]
+pub struct GrantCache {
+    passed: HashSet<Digest>,
+}
+
+impl GrantCache {
+    /// Entries kept: clients active at once, with room to spare.
+    pub const CAPACITY: usize = 1 << 16;
+
+    fn key(check: &SignatureCheck) -> Digest {
+        const CACHE: Domain = Domain::new("bftd/v1/grant-cache");
+        let mut builder = DigestBuilder::new(CACHE);
+        builder
+            .update(&check.key.public().0)
+            .update(&check.signing_bytes)
+            .update(&check.signature.0);
+        builder.finish()
+    }
+
+    /// Whether `check` passed before.
+    pub fn contains(&self, check: &SignatureCheck) -> bool {
+        self.passed.contains(&Self::key(check))
+    }
+
+    /// Grant checks remembered.
+    pub fn len(&self) -> usize {
+        self.passed.len()
+    }
+
+    /// Whether none is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.passed.is_empty()
+    }
+
+    /// Remembers checks that passed.
+    pub fn insert(&mut self, checks: &[SignatureCheck]) {
+        if self.passed.len() + checks.len() > Self::CAPACITY {
+            self.passed.clear();
+        }
+        self.passed.extend(checks.iter().map(Self::key));
+    }
+}
+
+/// Batch verification that remembers passed grant checks in a shared cache
+/// (the daemon's verification workers share one).
+#[derive(Debug)]
+pub struct GrantCachingVerifier<'a>(pub &'a std::sync::Mutex<GrantCache>);
+
+impl SignatureVerifier for GrantCachingVerifier<'_> {
+    fn verify(&mut self, checks: &[SignatureCheck]) -> Result<(), Vec<usize>> {
+        bftd_crypto::verify_batch(checks)
+    }
+
+    fn knows_grant(&mut self, check: &SignatureCheck) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(check)
+    }
+
+    fn remember_grants(&mut self, checks: &[SignatureCheck]) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(checks);
+    }
+}
+
+/// `Forward { requests }` over a run of a batch, borrowed: encodes exactly
+/// as the [`Forward`] the voucher signed.
+#[derive(Serialize)]
+struct ForwardRun<'a> {
+    requests: &'a [SignedRequest],
+}
+
+impl Signable for ForwardRun<'_> {
+    const DOMAIN: Domain = Forward::DOMAIN;
 }
 
 /// Batch verification without caching.
@@ -105,6 +350,9 @@ pub struct SignatureCollector<'a> {
     committee: &'a Committee,
     mode: RequestMode,
     checks: Vec<SignatureCheck>,
+    /// Grant checks, apart: verifiers may cache them.
+    grants: Vec<SignatureCheck>,
+    granted: HashSet<(NodeId, Signature)>,
     error: Option<VerifyError>,
     scratch: Vec<u8>,
 }
@@ -116,6 +364,8 @@ impl<'a> SignatureCollector<'a> {
             committee,
             mode,
             checks: Vec::new(),
+            grants: Vec::new(),
+            granted: HashSet::new(),
             error: None,
             scratch: Vec::new(),
         }
@@ -186,6 +436,65 @@ impl<'a> SignatureCollector<'a> {
         }
     }
 
+    /// Connection-authenticated mode: each request must carry its client's
+    /// grant to `voucher`. One client's requests through one node all carry
+    /// the same grant, so each is checked once per message.
+    pub(crate) fn add_grants(&mut self, voucher: NodeId, requests: &[SignedRequest]) {
+        if self.mode != RequestMode::ConnectionAuthenticated {
+            return;
+        }
+        let mut grant = Vec::new();
+        if codec::encode_into(&Grant { node: voucher }, &mut grant).is_err() {
+            self.fail(VerifyError::Oversized);
+            return;
+        }
+        for request in requests {
+            let Some(signature) = request.signature else {
+                self.fail(VerifyError::MissingGrant);
+                return;
+            };
+            if !self.granted.insert((voucher, signature)) {
+                continue;
+            }
+            let Ok(key) = request.request.client.validate() else {
+                self.fail(VerifyError::InvalidClientKey);
+                return;
+            };
+            let check = SignatureCheck::new(key, Grant::DOMAIN, &grant, signature);
+            self.grants.push(check);
+        }
+    }
+
+    /// Connection-authenticated mode: the vouches cover the batch exactly,
+    /// run by run, each run a forward its voucher signed, of requests whose
+    /// clients granted the voucher.
+    fn add_vouched(&mut self, batch: &Batch, vouches: &[Vouch]) {
+        if self.mode != RequestMode::ConnectionAuthenticated {
+            return;
+        }
+        let requests = &batch.requests;
+        let mut start = 0usize;
+        for vouch in vouches {
+            let end = start.saturating_add(vouch.count as usize);
+            let Some(run) = requests.get(start..end).filter(|run| !run.is_empty()) else {
+                self.fail(VerifyError::Unvouched);
+                return;
+            };
+            if let Some(key) = self.member_key(vouch.voucher) {
+                if self.encode(&ForwardRun { requests: run }) {
+                    let check =
+                        SignatureCheck::new(key, Forward::DOMAIN, &self.scratch, vouch.signature);
+                    self.checks.push(check);
+                }
+            }
+            self.add_grants(vouch.voucher, run);
+            start = end;
+        }
+        if start != requests.len() {
+            self.fail(VerifyError::Unvouched);
+        }
+    }
+
     fn add_view_change(&mut self, view_change: &Signed<ViewChange>) {
         self.add_signed(view_change);
         let value = &view_change.value;
@@ -204,9 +513,14 @@ impl<'a> SignatureCollector<'a> {
     /// them.
     pub fn add_message(&mut self, message: &WireMessage) {
         match message {
-            WireMessage::PrePrepare { pre_prepare, batch } => {
+            WireMessage::PrePrepare {
+                pre_prepare,
+                batch,
+                vouches,
+            } => {
                 self.add_signed(pre_prepare);
                 self.add_requests(&batch.requests);
+                self.add_vouched(batch, vouches);
             }
             WireMessage::Prepare(m) => self.add_signed(m),
             WireMessage::Commit(m) => self.add_signed(m),
@@ -229,6 +543,7 @@ impl<'a> SignatureCollector<'a> {
             WireMessage::Forward(m) => {
                 self.add_signed(m);
                 self.add_requests(&m.value.requests);
+                self.add_grants(m.signer, &m.value.requests);
             }
             WireMessage::Blocks(m) => {
                 self.add_signed(m);
@@ -242,26 +557,48 @@ impl<'a> SignatureCollector<'a> {
 
     /// The checks gathered, or the first structural error met.
     pub fn finish(self) -> Result<Vec<SignatureCheck>, VerifyError> {
+        let (mut checks, grants) = self.finish_apart()?;
+        checks.extend(grants);
+        Ok(checks)
+    }
+
+    /// The checks gathered and, apart, the grant checks.
+    fn finish_apart(self) -> Result<(Vec<SignatureCheck>, Vec<SignatureCheck>), VerifyError> {
         match self.error {
             Some(error) => Err(error),
-            None => Ok(self.checks),
+            None => Ok((self.checks, self.grants)),
         }
+    }
+
+    /// The checks to run with `verifier`: everything but the grant checks
+    /// it remembers; and where the grant checks begin.
+    fn checks_for(
+        self,
+        verifier: &mut impl SignatureVerifier,
+    ) -> Result<(Vec<SignatureCheck>, usize), VerifyError> {
+        let (mut checks, grants) = self.finish_apart()?;
+        let first_grant = checks.len();
+        checks.extend(grants.into_iter().filter(|g| !verifier.knows_grant(g)));
+        Ok((checks, first_grant))
     }
 }
 
-/// Verifies every signature in `message`.
+/// Checks `message`'s shape ([`check_shape`]), then verifies every
+/// signature in it.
 pub fn verify_message(
     message: WireMessage,
     committee: &Committee,
-    mode: RequestMode,
+    limits: &MessageLimits,
     verifier: &mut impl SignatureVerifier,
 ) -> Result<Verified<WireMessage>, VerifyError> {
-    let mut collector = SignatureCollector::new(committee, mode);
+    check_shape(&message, committee, limits)?;
+    let mut collector = SignatureCollector::new(committee, limits.request_mode);
     collector.add_message(&message);
-    let checks = collector.finish()?;
+    let (checks, first_grant) = collector.checks_for(verifier)?;
     verifier
         .verify(&checks)
         .map_err(|_| VerifyError::InvalidSignature)?;
+    verifier.remember_grants(checks.get(first_grant..).unwrap_or_default());
     Ok(Verified(message))
 }
 
@@ -271,21 +608,31 @@ pub fn verify_message(
 pub fn verify_messages(
     messages: Vec<WireMessage>,
     committee: &Committee,
-    mode: RequestMode,
+    limits: &MessageLimits,
     verifier: &mut impl SignatureVerifier,
 ) -> Vec<Result<Verified<WireMessage>, VerifyError>> {
     let mut all = Vec::new();
+    let mut grants = Vec::new();
     let mut collected = Vec::with_capacity(messages.len());
     for message in &messages {
-        let mut collector = SignatureCollector::new(committee, mode);
-        collector.add_message(message);
-        let checks = collector.finish();
-        if let Ok(checks) = &checks {
-            all.extend(checks.iter().cloned());
+        let checks = check_shape(message, committee, limits).and_then(|()| {
+            let mut collector = SignatureCollector::new(committee, limits.request_mode);
+            collector.add_message(message);
+            collector.checks_for(verifier)
+        });
+        if let Ok((checks, first_grant)) = &checks {
+            let (own, own_grants) = checks.split_at(*first_grant.min(&checks.len()));
+            all.extend(own.iter().cloned());
+            grants.extend(own_grants.iter().cloned());
         }
         collected.push(checks.map(|_| ()));
     }
+    let first_grant = all.len();
+    all.extend(grants);
     let all_valid = collected.iter().all(Result::is_ok) && verifier.verify(&all).is_ok();
+    if all_valid {
+        verifier.remember_grants(all.get(first_grant..).unwrap_or_default());
+    }
     messages
         .into_iter()
         .zip(collected)
@@ -294,25 +641,30 @@ pub fn verify_messages(
             if all_valid {
                 Ok(Verified(message))
             } else {
-                verify_message(message, committee, mode, verifier)
+                verify_message(message, committee, limits, verifier)
             }
         })
         .collect()
 }
 
-/// Verifies a client's request (its signature, in client-signed mode).
+/// Verifies a request a client submitted to replica `entry`: its
+/// signature in client-signed mode, its grant to `entry` in
+/// connection-authenticated mode.
 pub fn verify_request(
     request: SignedRequest,
+    entry: NodeId,
     committee: &Committee,
     mode: RequestMode,
     verifier: &mut impl SignatureVerifier,
 ) -> Result<Verified<SignedRequest>, VerifyError> {
     let mut collector = SignatureCollector::new(committee, mode);
     collector.add_requests(std::iter::once(&request));
-    let checks = collector.finish()?;
+    collector.add_grants(entry, std::slice::from_ref(&request));
+    let (checks, first_grant) = collector.checks_for(verifier)?;
     verifier
         .verify(&checks)
         .map_err(|_| VerifyError::InvalidSignature)?;
+    verifier.remember_grants(checks.get(first_grant..).unwrap_or_default());
     Ok(Verified(request))
 }
 
@@ -327,4 +679,124 @@ pub(crate) fn verify_all(
     BatchVerifier
         .verify(&checks)
         .map_err(|_| VerifyError::InvalidSignature)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::certificate::QuorumCertificate;
+    use crate::ids::{SeqNum, View};
+    use crate::message::{Checkpoint, Signed};
+    use bftd_crypto::{Digest, KeyPair};
+
+    fn keys() -> Vec<KeyPair> {
+        (0..4u8).map(|i| KeyPair::from_seed([i + 70; 32])).collect()
+    }
+
+    fn committee() -> Committee {
+        Committee::new(&keys().iter().map(KeyPair::public).collect::<Vec<_>>()).unwrap()
+    }
+
+    /// Counts the signatures it is asked to check, and checks them.
+    #[derive(Default)]
+    struct Counting(usize);
+
+    impl SignatureVerifier for Counting {
+        fn verify(&mut self, checks: &[SignatureCheck]) -> Result<(), Vec<usize>> {
+            self.0 += checks.len();
+            BatchVerifier.verify(checks)
+        }
+    }
+
+    /// A view-change whose checkpoint certificate repeats one valid vote
+    /// thousands of times: refused on its shape, before a single signature
+    /// is checked (each repeat used to cost a verification).
+    #[test]
+    fn repeated_votes_are_refused_before_any_signature_check() {
+        let keys = keys();
+        let checkpoint = Checkpoint {
+            seq: SeqNum(64),
+            block_hash: Digest([5; 32]),
+        };
+        let vote = Signed::sign(NodeId(1), checkpoint, &keys[1]).unwrap();
+        let certificate = QuorumCertificate {
+            value: checkpoint,
+            votes: vec![
+                crate::certificate::Vote {
+                    signer: vote.signer,
+                    signature: vote.signature,
+                };
+                10_000
+            ],
+        };
+        let view_change = ViewChange {
+            new_view: View(1),
+            checkpoint: certificate,
+            prepared: Vec::new(),
+        };
+        let message =
+            WireMessage::ViewChange(Signed::sign(NodeId(1), view_change, &keys[1]).unwrap());
+        let mut verifier = Counting::default();
+        let result = verify_message(
+            message,
+            &committee(),
+            &MessageLimits::of(&Config::default()),
+            &mut verifier,
+        );
+        println!(
+            "result {:?}, signatures checked: {}",
+            result.as_ref().map(|_| ()),
+            verifier.0
+        );
+        assert!(result.is_err(), "a certificate of one repeated vote");
+        assert_eq!(verifier.0, 0, "refused before any signature check");
+    }
+
+    /// A pre-prepare whose batch holds more client-signed requests than a
+    /// batch may is refused without checking one of their signatures; a
+    /// batch within the limits is verified as before.
+    #[test]
+    fn oversized_batches_are_refused_before_their_signatures() {
+        use crate::message::{Batch, PrePrepare};
+        let keys = keys();
+        let client = KeyPair::from_seed([99; 32]);
+        let limits = MessageLimits {
+            max_batch_requests: 8,
+            ..MessageLimits::of(&Config::default())
+        };
+        let pre_prepare = |count: u64| {
+            let requests = (0..count)
+                .map(|id| {
+                    let request = Request {
+                        client: client.public(),
+                        request_id: id,
+                        valid_until: SeqNum(10),
+                        payload: vec![1; 8],
+                    };
+                    SignedRequest::sign(request, &client).unwrap()
+                })
+                .collect();
+            let batch = Batch { requests };
+            let value = PrePrepare {
+                view: View(0),
+                seq: SeqNum(1),
+                digest: crate::merkle::MerkleTree::new(&batch).root(),
+            };
+            WireMessage::PrePrepare {
+                pre_prepare: Signed::sign(NodeId(0), value, &keys[0]).unwrap(),
+                batch: std::sync::Arc::new(batch),
+                vouches: Vec::new(),
+            }
+        };
+        let mut verifier = Counting::default();
+        let result = verify_message(pre_prepare(9), &committee(), &limits, &mut verifier);
+        assert!(matches!(result, Err(VerifyError::Shape(_))), "{result:?}");
+        assert_eq!(verifier.0, 0);
+        let result = verify_messages(vec![pre_prepare(9)], &committee(), &limits, &mut verifier);
+        assert!(matches!(result[..], [Err(VerifyError::Shape(_))]));
+        assert_eq!(verifier.0, 0);
+        let result = verify_message(pre_prepare(8), &committee(), &limits, &mut verifier);
+        assert!(result.is_ok(), "{result:?}");
+        assert_eq!(verifier.0, 9, "the primary's signature and eight requests'");
+    }
 }

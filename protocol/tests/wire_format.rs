@@ -15,7 +15,7 @@ use bftd_protocol::message::{
 };
 use bftd_protocol::{
     codec, Batch, Block, CheckpointCertificate, CommittedBlock, NodeId, PreparedCertificate,
-    Request, SeqNum, Signable, Signed, SignedRequest, View, Vote, WireMessage,
+    Request, SeqNum, Signable, Signed, SignedRequest, View, Vote, Vouch, WireMessage,
 };
 use proptest::prelude::*;
 use std::sync::Arc;
@@ -108,6 +108,17 @@ fn samples() -> Vec<(&'static str, WireMessage)> {
             WireMessage::PrePrepare {
                 pre_prepare: pre_prepare.clone(),
                 batch: batch.clone(),
+                vouches: vec![Vouch {
+                    voucher: NodeId(1),
+                    count: batch.requests.len() as u32,
+                    signature: sign(
+                        1,
+                        Forward {
+                            requests: batch.requests.clone(),
+                        },
+                    )
+                    .signature,
+                }],
             },
         ),
         (

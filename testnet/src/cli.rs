@@ -75,6 +75,12 @@ struct SimArgs {
     /// executed requests).
     #[arg(long, default_value = "steady")]
     workload: String,
+    /// How clients' requests are authenticated: `client-signed` (every
+    /// replica checks each request's signature) or
+    /// `connection-authenticated` (requests carry the client's grant to the
+    /// node they enter through, which vouches for them in signed forwards).
+    #[arg(long, default_value = "client-signed")]
+    request_mode: String,
     /// Allow more than f byzantine replicas (safety can then break: see the
     /// agreement checker fail).
     #[arg(long)]
@@ -205,6 +211,15 @@ fn run_sim(args: SimArgs) -> Result<ExitCode, String> {
     if args.requests != 40 {
         config.requests = args.requests;
     }
+    config.protocol.request_mode = match args.request_mode.as_str() {
+        "client-signed" => bftd_protocol::RequestMode::ClientSigned,
+        "connection-authenticated" => bftd_protocol::RequestMode::ConnectionAuthenticated,
+        other => {
+            return Err(format!(
+                "--request-mode {other}: use client-signed or connection-authenticated"
+            ))
+        }
+    };
     config.break_quorum = args.break_quorum;
     config.break_new_view = args.break_new_view;
     config.break_receipts = args.break_receipts;
@@ -312,6 +327,9 @@ fn replay_command(args: &SimArgs) -> String {
     }
     if args.requests != 40 {
         command.push_str(&format!(" --requests {}", args.requests));
+    }
+    if args.request_mode != "client-signed" {
+        command.push_str(&format!(" --request-mode {}", args.request_mode));
     }
     if args.workload != "steady" {
         command.push_str(&format!(" --workload {}", args.workload));

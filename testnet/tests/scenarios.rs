@@ -563,3 +563,91 @@ fn bench_measures_and_cleans_up() {
         started.elapsed().as_secs_f64()
     );
 }
+
+/// `bftnet up | tee log`, then the reader goes (Ctrl-C killed `tee`, or
+/// `| head` had enough): `bftnet up` must not leave the testnet running
+/// with nobody watching, nor die half-way on a write to the closed pipe.
+/// With its standard output and error both on a pipe that is then closed,
+/// it stops every node and the proxy it started, and exits; so it does
+/// when Ctrl-C comes with the closed pipe.
+#[test]
+fn up_stops_everything_when_its_output_pipe_closes() {
+    let _serial = serial();
+    for interrupt in [false, true] {
+        let name = if interrupt { "pipe-sigint" } else { "pipe" };
+        let net = Testnet {
+            dir: std::env::temp_dir()
+                .join(format!("bftnet-scenario-{name}-{}", std::process::id())),
+        };
+        let _ = std::fs::remove_dir_all(&net.dir);
+        let (reader, writer) = std::io::pipe().expect("a pipe");
+        let mut up = Background(
+            net.command("up", &["--idle"])
+                .stdin(std::process::Stdio::null())
+                .stdout(writer.try_clone().expect("clone the pipe"))
+                .stderr(writer)
+                .spawn()
+                .expect("spawn bftnet up"),
+        );
+        // Read until the summary is out, then close the reading end.
+        let mut reader = std::io::BufReader::new(reader);
+        let mut seen = String::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !seen.contains("Ctrl-C stops every node") {
+            let mut line = String::new();
+            let read = std::io::BufRead::read_line(&mut reader, &mut line).expect("read");
+            assert!(
+                read > 0 && Instant::now() < deadline,
+                "bftnet up said: {seen}"
+            );
+            seen.push_str(&line);
+        }
+        let layout = bftnet::net::layout::Layout::new(&net.dir);
+        let state = bftnet::net::layout::State::load(&layout).expect("state");
+        let mut procs: Vec<(u32, String)> = state
+            .nodes
+            .iter()
+            .map(|node| {
+                let pid = node.pid.expect("node running");
+                (pid, bftnet::net::launch::node_marker(&layout, node.id))
+            })
+            .collect();
+        procs.push((
+            state.proxy.pid.expect("proxy running"),
+            bftnet::net::launch::proxy_marker(&layout),
+        ));
+        drop(reader);
+        if interrupt {
+            assert!(Command::new("kill")
+                .args(["-INT", &up.0.id().to_string()])
+                .status()
+                .expect("kill")
+                .success());
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = up.0.try_wait().expect("wait") {
+                break Some(status);
+            }
+            if Instant::now() > deadline {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let running: Vec<u32> = procs
+            .iter()
+            .filter(|(pid, marker)| bftnet::net::launch::alive(*pid, marker))
+            .map(|(pid, _)| *pid)
+            .collect();
+        assert!(
+            status.is_some() && running.is_empty(),
+            "[{name}] pipe closed: bftnet up {} and left {running:?} running",
+            match status {
+                Some(status) => format!("exited ({status})"),
+                None => "still runs after 30 s".into(),
+            }
+        );
+        drop(up);
+        drop(net);
+    }
+}

@@ -239,3 +239,20 @@ fn liveness_bound_is_stated_and_met() {
         "{summary:#?}"
     );
 }
+
+/// Connection-authenticated mode: requests carry their clients' grants and
+/// travel in vouched forwards; with a random byzantine replica (twins in a
+/// quarter of the seeds) under every fault, nothing invented executes and
+/// every request commits within the bound.
+#[test]
+fn connection_authenticated_mode_with_f_byzantine() {
+    let mut vouched = config(4, random_byzantine(1, Behaviour::Random));
+    vouched.twins = Twins::Sometimes;
+    vouched.protocol.request_mode = bftd_protocol::RequestMode::ConnectionAuthenticated;
+    let summary = sweep(&vouched, 0..60, threads(), &|_, _, _| {});
+    assert_clean(
+        &summary,
+        "n=4, connection-authenticated, random",
+        "-n 4 --byzantine random --request-mode connection-authenticated",
+    );
+}

@@ -25,6 +25,9 @@ const REDIAL_AFTER: Duration = Duration::from_secs(1);
 
 pub(super) type BlockItem = (Arc<CommittedBlock>, Vec<u32>);
 
+/// Why the node ended a subscription, once it has.
+pub(super) type SubscriptionEnd = Arc<Mutex<Option<String>>>;
+
 /// Who waits for the answer to a request on a connection.
 pub(super) enum Waiter {
     /// The request's first try, on the client's own node: the cheapest
@@ -40,6 +43,8 @@ struct Routes {
     receipts: HashMap<u64, Waiter>,
     status: Vec<oneshot::Sender<NodeStatus>>,
     blocks: Option<mpsc::Sender<BlockItem>>,
+    /// Where the reason goes if the node ends the subscription.
+    subscription_end: Option<SubscriptionEnd>,
     /// The node closed the connection: nothing registered now would ever
     /// be answered.
     closed: bool,
@@ -157,9 +162,15 @@ impl Connection {
             .map_err(|_| ClientError::Disconnected)
     }
 
-    /// Routes blocks to `blocks` (one subscription per connection).
-    pub fn set_blocks(&self, blocks: mpsc::Sender<BlockItem>) {
-        lock(&self.routes).blocks = Some(blocks);
+    /// Routes blocks to `blocks` (one subscription per connection). The
+    /// returned slot receives the node's reason if it ends the
+    /// subscription (then `blocks` is closed).
+    pub fn set_blocks(&self, blocks: mpsc::Sender<BlockItem>) -> SubscriptionEnd {
+        let end = SubscriptionEnd::default();
+        let mut routes = lock(&self.routes);
+        routes.blocks = Some(blocks);
+        routes.subscription_end = Some(end.clone());
+        end
     }
 
     /// Asks the node for its status, waiting at most `timeout`.
@@ -235,6 +246,14 @@ async fn route(routes: &Mutex<Routes>, node: NodeId, message: NodeMessage) {
             if let Some(sender) = sender {
                 let _ = sender.send((block, duplicates)).await;
             }
+        }
+        NodeMessage::SubscriptionEnded { reason } => {
+            let mut routes = lock(routes);
+            if let Some(end) = routes.subscription_end.take() {
+                *lock(&end) = Some(reason);
+            }
+            // The blocks already routed are read first, then the end.
+            routes.blocks = None;
         }
         NodeMessage::Receipt(_) | NodeMessage::Rejected { .. } | NodeMessage::Malformed => {}
     }
@@ -340,5 +359,52 @@ impl Others {
                 _ => None,
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A node's `SubscriptionEnded` closes the block stream, and the
+    /// stream's next call returns the node's reason as an error, not a
+    /// silent end.
+    #[tokio::test]
+    async fn a_subscription_the_node_ends_surfaces_its_reason() {
+        let routes = Mutex::new(Routes::default());
+        let (tx, rx) = mpsc::channel(4);
+        let ended = SubscriptionEnd::default();
+        {
+            let mut routes = lock(&routes);
+            routes.blocks = Some(tx);
+            routes.subscription_end = Some(ended.clone());
+        }
+        let reason = "subscription ended: read nothing for 10000 ms".to_string();
+        route(
+            &routes,
+            NodeId(1),
+            NodeMessage::SubscriptionEnded {
+                reason: reason.clone(),
+            },
+        )
+        .await;
+        let keys: Vec<KeyPair> = (0..4u8).map(|i| KeyPair::from_seed([i + 1; 32])).collect();
+        let committee =
+            bftd_protocol::Committee::new(&keys.iter().map(KeyPair::public).collect::<Vec<_>>())
+                .unwrap();
+        let mut stream = super::super::BlockStream {
+            committee,
+            blocks: rx,
+            ended,
+            next: bftd_protocol::SeqNum(1),
+            deliver_from: bftd_protocol::SeqNum(1),
+            prev_hash: None,
+            executed: bftd_protocol::clients::ExecutedRequests::new(10),
+        };
+        match stream.next().await {
+            Err(ClientError::SubscriptionEnded(got)) => assert_eq!(got, reason),
+            other => panic!("expected the node's reason, got {other:?}"),
+        }
+        assert!(matches!(stream.next().await, Ok(None)), "then a plain end");
     }
 }

@@ -36,7 +36,7 @@ use bftd_protocol::{
     codec, BlockError, CommittedBlock, Committee, NodeId, Request, RequestMode, SeqNum,
     SignedRequest,
 };
-use connection::{BlockItem, Connection, Others, Waiter};
+use connection::{BlockItem, Connection, Others, SubscriptionEnd, Waiter};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -74,6 +74,11 @@ pub enum ClientError {
     /// No answer in time.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
+    /// The node ended the subscription (this client read its blocks too
+    /// slowly, say): the reason is the node's. Subscribe again to resume
+    /// after the last block received.
+    #[error("the node ended the subscription: {0}")]
+    SubscriptionEnded(String),
     /// No node answered a request with a valid receipt in time, although it
     /// went to every node: why, as far as the nodes could tell.
     #[error("{0}")]
@@ -98,6 +103,10 @@ pub struct Client {
     /// lifetime past it (see [`Client::request`]).
     height: AtomicU64,
     lifetime: u64,
+    /// The cluster's `max_request_bytes`: a larger payload is refused here,
+    /// as the nodes would (and beyond their client frame limit, they would
+    /// close the connection instead of answering).
+    max_request_bytes: usize,
     timeout: Duration,
     resend_after: Duration,
     /// Certificates of recent blocks, verified once for all their receipts.
@@ -105,6 +114,9 @@ pub struct Client {
     /// The last look at why nothing commits, shared by requests that time
     /// out together (see [`retry`]).
     diagnosis: retry::DiagnosisCache,
+    /// Connection-authenticated clusters: this client's grant to each node,
+    /// signed once at connect; a request sent to a node carries its grant.
+    grants: std::collections::HashMap<NodeId, bftd_crypto::Signature>,
 }
 
 impl std::fmt::Debug for Client {
@@ -123,6 +135,7 @@ impl Client {
         key: KeyPair,
     ) -> Result<Client, ClientError> {
         let own = Connection::open(cluster, node, &key).await?;
+        let key_for_grants = key.clone();
         // Ids increase across runs with the same key: start from the clock.
         let start = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -137,10 +150,16 @@ impl Client {
             next_id: AtomicU64::new(start),
             height: AtomicU64::new(0),
             lifetime: cluster.protocol.request_lifetime.max(1),
+            max_request_bytes: cluster.protocol.max_request_bytes,
             timeout: Duration::from_secs(30),
             resend_after: DEFAULT_RESEND_AFTER,
             certificates: Mutex::default(),
             diagnosis: retry::DiagnosisCache::default(),
+            grants: cluster
+                .committee
+                .ids()
+                .map(|id| (id, bftd_protocol::Grant::sign(&key_for_grants, id)))
+                .collect(),
         };
         // The height to set requests' validity from (the mode and the
         // lifetime come from the cluster file, which a node cannot lie
@@ -222,8 +241,46 @@ impl Client {
         match self.mode {
             RequestMode::ClientSigned => SignedRequest::sign(request.clone(), &self.key)
                 .unwrap_or_else(|_| SignedRequest::unsigned(request)),
-            RequestMode::ConnectionAuthenticated => SignedRequest::unsigned(request),
+            RequestMode::ConnectionAuthenticated => self.copy_for(&request, self.node),
         }
+    }
+
+    /// The copy of `request` for `node`: in connection-authenticated
+    /// clusters, the one carrying this client's grant to that node (a node
+    /// vouches only for requests granted to it); in client-signed ones, the
+    /// request as signed.
+    fn copy_for(&self, request: &Request, node: NodeId) -> SignedRequest {
+        SignedRequest {
+            request: request.clone(),
+            signature: self.grants.get(&node).copied(),
+        }
+    }
+
+    /// Every copy of `request` a node may have ordered: the request itself,
+    /// and in connection-authenticated clusters its copy for each node
+    /// (sent to several nodes, any of them may be the one that executed).
+    fn copies(&self, request: &SignedRequest) -> Vec<SignedRequest> {
+        let mut copies = vec![request.clone()];
+        if self.mode == RequestMode::ConnectionAuthenticated {
+            let mut ids: Vec<NodeId> = self.grants.keys().copied().collect();
+            ids.sort();
+            for id in ids {
+                let copy = self.copy_for(&request.request, id);
+                if copy != *request {
+                    copies.push(copy);
+                }
+            }
+        }
+        copies
+    }
+
+    /// The frame submitting `request` to `node`.
+    fn submit_frame(&self, request: &SignedRequest, node: NodeId) -> Result<Bytes, ClientError> {
+        let copy = match self.mode {
+            RequestMode::ConnectionAuthenticated => self.copy_for(&request.request, node),
+            RequestMode::ClientSigned => request.clone(),
+        };
+        Self::frame(&ClientMessage::Submit(copy))
     }
 
     /// Submits `payload` and waits for its receipt, which is verified
@@ -244,7 +301,10 @@ impl Client {
     /// of why nothing committed (see [`NoReceipt`]).
     pub async fn submit_request(&self, request: &SignedRequest) -> Result<Committed, ClientError> {
         let id = request.request.request_id;
-        let frame = Self::frame(&ClientMessage::Submit(request.clone()))?;
+        if request.payload_len() > self.max_request_bytes {
+            return Err(ClientError::Rejected(Rejection::TooLarge));
+        }
+        let frame = self.submit_frame(request, self.node)?;
         let deadline = tokio::time::Instant::now() + self.timeout;
         let first_try_ends = (tokio::time::Instant::now() + self.resend_after).min(deadline);
         let (tx, rx) = oneshot::channel();
@@ -260,7 +320,7 @@ impl Client {
             Some(NodeMessage::Rejected { reason, .. }) => Err(ClientError::Rejected(reason)),
             Some(_) | None => {
                 self.own.forget(id);
-                self.retry_everywhere(request, frame, deadline).await
+                self.retry_everywhere(request, deadline).await
             }
         }
     }
@@ -268,7 +328,17 @@ impl Client {
     /// Checks a receipt for `request`: the Merkle proof always, the commit
     /// certificate once per block.
     fn verify(&self, request: &SignedRequest, receipt: &Receipt) -> Result<Committed, ClientError> {
-        let committed = receipt.verify_inclusion(request, self.lifetime)?;
+        let mut inclusion = receipt.verify_inclusion(request, self.lifetime);
+        if inclusion.is_err() {
+            // Another node's copy of it may be the one in the block.
+            for copy in self.copies(request).iter().skip(1) {
+                if let Ok(committed) = receipt.verify_inclusion(copy, self.lifetime) {
+                    inclusion = Ok(committed);
+                    break;
+                }
+            }
+        }
+        let committed = inclusion?;
         self.height.fetch_max(receipt.height.0, Ordering::Relaxed);
         let certified = (receipt.height, receipt.batch_digest);
         if !self.verified_certificates().contains(certified) {
@@ -295,12 +365,13 @@ impl Client {
         let from = from.max(SeqNum(1));
         let start = SeqNum(from.0.saturating_sub(self.lifetime).max(1));
         let (tx, rx) = mpsc::channel(1024);
-        self.own.set_blocks(tx);
+        let ended = self.own.set_blocks(tx);
         let frame = Self::frame(&ClientMessage::Subscribe { from: start })?;
         self.own.send(frame).await?;
         Ok(BlockStream {
             committee: self.committee.clone(),
             blocks: rx,
+            ended,
             next: start,
             deliver_from: from,
             prev_hash: None,
@@ -331,6 +402,8 @@ pub struct VerifiedBlock {
 pub struct BlockStream {
     committee: Committee,
     blocks: mpsc::Receiver<BlockItem>,
+    /// The node's reason, if it ended the subscription.
+    ended: SubscriptionEnd,
     next: SeqNum,
     /// Blocks below this were asked for only to learn what executed.
     deliver_from: SeqNum,
@@ -341,7 +414,9 @@ pub struct BlockStream {
 }
 
 impl BlockStream {
-    /// The next block, verified; `None` when the node disconnects.
+    /// The next block, verified; `None` when the node disconnects;
+    /// [`ClientError::SubscriptionEnded`] with the node's reason when it
+    /// ends the subscription (after the blocks it sent before).
     ///
     /// The stream's first block's `prev_hash` is taken as given (its
     /// certificate covers its batch, not its predecessor); every later
@@ -352,7 +427,11 @@ impl BlockStream {
     pub async fn next(&mut self) -> Result<Option<VerifiedBlock>, ClientError> {
         loop {
             let Some((block, claimed)) = self.blocks.recv().await else {
-                return Ok(None);
+                let reason = self.ended.lock().unwrap_or_else(|e| e.into_inner()).take();
+                return match reason {
+                    Some(reason) => Err(ClientError::SubscriptionEnded(reason)),
+                    None => Ok(None),
+                };
             };
             if block.height() != self.next {
                 return Err(ClientError::InvalidBlock(BlockError::WrongHeight {
@@ -476,6 +555,7 @@ mod tests {
             let mut stream = BlockStream {
                 committee: committee.clone(),
                 blocks: rx,
+                ended: SubscriptionEnd::default(),
                 next: SeqNum(1),
                 deliver_from: SeqNum(1),
                 prev_hash: None,

@@ -137,9 +137,15 @@ impl Client {
     pub(super) async fn retry_everywhere(
         &self,
         request: &SignedRequest,
-        frame: Bytes,
         deadline: Instant,
     ) -> Result<Committed, ClientError> {
+        // Each node gets its own copy (in connection-authenticated
+        // clusters, the one carrying the client's grant to it).
+        let mut frames = std::collections::HashMap::new();
+        for node in std::iter::once(self.node).chain(self.others.nodes()) {
+            frames.insert(node, self.submit_frame(request, node)?);
+        }
+        let frame_for = |node: NodeId| frames.get(&node).cloned().unwrap_or_default();
         let id = request.request.request_id;
         let (tx, mut answers) = mpsc::unbounded_channel();
         let mut live: Vec<Arc<Connection>> = vec![self.own.clone()];
@@ -151,7 +157,7 @@ impl Client {
         let mut seen = Answers::default();
         let mut wait = self.resend_after;
         let mut resend_at = (Instant::now() + wait).min(deadline);
-        send_to(&self.own, id, &tx, &frame).await;
+        send_to(&self.own, id, &tx, &frame_for(self.node)).await;
         let committed = loop {
             tokio::select! {
                 Some((node, message)) = answers.recv() => {
@@ -161,8 +167,8 @@ impl Client {
                 }
                 Some(dialled) = dialling.join_next(), if !dialling.is_empty() => {
                     match dialled {
-                        Ok((_, Ok(connection))) => {
-                            send_to(&connection, id, &tx, &frame).await;
+                        Ok((node, Ok(connection))) => {
+                            send_to(&connection, id, &tx, &frame_for(node)).await;
                             live.push(connection);
                         }
                         Ok((node, Err(error))) => seen.unreachable.push((node, error)),
@@ -171,7 +177,7 @@ impl Client {
                 }
                 _ = tokio::time::sleep_until(resend_at), if resend_at < deadline => {
                     for connection in &live {
-                        send_to(connection, id, &tx, &frame).await;
+                        send_to(connection, id, &tx, &frame_for(connection.node)).await;
                     }
                     wait = wait.saturating_mul(2);
                     resend_at = (Instant::now() + wait).min(deadline);

@@ -1,24 +1,135 @@
 //! Client connections: submissions, subscriptions to committed blocks, and
 //! status queries, each connection served by its own tasks with bounded
 //! queues, so one slow or hostile client can only hurt itself.
+//!
+//! What one connection can make the node hold: one frame of at most a
+//! request's size (the transport's client frame limit), and a reply queue
+//! bounded in replies and in bytes ([`Replies`]). A subscription holds a
+//! cursor, not blocks: it reads the next blocks from storage only when the
+//! queue has room, and a subscriber whose queue stays full for
+//! `subscriber_stall_ms` is told why and ended.
 
 use super::consensus::Input;
 use super::Shared;
 use crate::client_api::{ClientMessage, NodeMessage, Rejection};
 use crate::storage::DiskStorage;
 use crate::transport::{Bytes, ClientConnection, FrameReceiver, FrameSender};
-use bftd_protocol::{codec, verify_request, BatchVerifier, RequestMode, SeqNum};
+use bftd_protocol::{codec, verify_request, GrantCachingVerifier, NodeId, RequestMode, SeqNum};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 /// Replies written together at most.
 const REPLY_WRITE_BATCH: usize = 512;
 /// A client must open its stream this soon after connecting.
 const STREAM_TIMEOUT: Duration = Duration::from_secs(10);
-/// Blocks read from storage at a time when catching a subscriber up.
+/// Blocks read from storage at a time when catching a subscriber up, at
+/// most (fewer when blocks are big: see [`subscribe`]).
 const SUBSCRIBE_CHUNK: usize = 64;
+
+/// A reply waiting to be written, holding its bytes of the queue's bound.
+pub(crate) struct Queued {
+    message: NodeMessage,
+    _bytes: Option<OwnedSemaphorePermit>,
+}
+
+/// Why a reply could not be queued.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum QueueFull {
+    /// The connection is gone.
+    Closed,
+    /// No room within the time allowed.
+    NoRoom,
+}
+
+/// One client connection's reply queue: at most `[clients] reply_queue`
+/// replies and `reply_queue_bytes` bytes (encoded) not yet written. A reply
+/// larger than the whole byte bound (a big block) takes all of it, so it
+/// still goes out, alone.
+#[derive(Clone, Debug)]
+pub(crate) struct Replies {
+    queue: mpsc::Sender<Queued>,
+    bytes: Arc<Semaphore>,
+    capacity: usize,
+}
+
+impl Replies {
+    pub(crate) fn new(replies: usize, bytes: usize) -> (Replies, mpsc::Receiver<Queued>) {
+        let (queue, receiver) = mpsc::channel(replies.max(1));
+        // At most u32::MAX (checked with the node file): one acquire covers
+        // the whole bound.
+        let capacity = bytes.clamp(1, u32::MAX as usize);
+        let replies = Replies {
+            queue,
+            bytes: Arc::new(Semaphore::new(capacity)),
+            capacity,
+        };
+        (replies, receiver)
+    }
+
+    /// The bytes `message` holds of the bound.
+    fn cost(&self, message: &NodeMessage) -> u32 {
+        let length = codec::encoded_len(message).unwrap_or(u64::MAX);
+        length.min(self.capacity as u64) as u32
+    }
+
+    /// Queues `message` if there is room now.
+    pub(crate) fn try_send(&self, message: NodeMessage) -> Result<(), QueueFull> {
+        let cost = self.cost(&message);
+        let Ok(permit) = self.bytes.clone().try_acquire_many_owned(cost) else {
+            return Err(QueueFull::NoRoom);
+        };
+        let queued = Queued {
+            message,
+            _bytes: Some(permit),
+        };
+        self.queue.try_send(queued).map_err(|error| match error {
+            mpsc::error::TrySendError::Full(_) => QueueFull::NoRoom,
+            mpsc::error::TrySendError::Closed(_) => QueueFull::Closed,
+        })
+    }
+
+    /// Queues `message`, waiting up to `patience` for room.
+    pub(crate) async fn send_within(
+        &self,
+        message: NodeMessage,
+        patience: Duration,
+    ) -> Result<(), QueueFull> {
+        let cost = self.cost(&message);
+        let queued = async {
+            let permit = self
+                .bytes
+                .clone()
+                .acquire_many_owned(cost)
+                .await
+                .map_err(|_| QueueFull::Closed)?;
+            self.queue
+                .send(Queued {
+                    message,
+                    _bytes: Some(permit),
+                })
+                .await
+                .map_err(|_| QueueFull::Closed)
+        };
+        tokio::time::timeout(patience, queued)
+            .await
+            .unwrap_or(Err(QueueFull::NoRoom))
+    }
+
+    /// Queues a small notice outside the byte bound (it still takes a
+    /// place among the replies), waiting up to `patience`.
+    async fn send_notice(&self, message: NodeMessage, patience: Duration) -> bool {
+        let notice = Queued {
+            message,
+            _bytes: None,
+        };
+        matches!(
+            tokio::time::timeout(patience, self.queue.send(notice)).await,
+            Ok(Ok(()))
+        )
+    }
+}
 
 /// Accepts client connections until the channel closes.
 pub(crate) async fn accept(
@@ -62,7 +173,7 @@ async fn serve(
 ) {
     // Beyond this the client is not reading: replies are dropped (counted),
     // and the client resends what it still waits for.
-    let (reply_to, replies) = mpsc::channel::<NodeMessage>(shared.reply_queue.max(1));
+    let (reply_to, replies) = Replies::new(shared.reply_queue, shared.reply_queue_bytes);
     let writer = tokio::spawn(write_replies(sender, replies));
     let mut subscription: Option<tokio::task::JoinHandle<()>> = None;
     loop {
@@ -92,6 +203,11 @@ async fn serve(
                     shared.metrics.rejected(reason);
                     let _ = reply_to.try_send(NodeMessage::Rejected { request_id, reason });
                 };
+                // Size first: an oversized request costs no signature check.
+                if request.payload_len() > shared.limits.max_request_bytes {
+                    reject(Rejection::TooLarge);
+                    continue;
+                }
                 // Connection-authenticated: the handshake proved the key, so
                 // a request may only be in this connection's own name.
                 if shared.request_mode == RequestMode::ConnectionAuthenticated
@@ -102,9 +218,10 @@ async fn serve(
                 }
                 let verified = match verify_request(
                     request,
+                    NodeId(shared.id),
                     &shared.committee,
                     shared.request_mode,
-                    &mut BatchVerifier,
+                    &mut GrantCachingVerifier(&shared.grants),
                 ) {
                     Ok(verified) => verified,
                     Err(_) => {
@@ -125,7 +242,13 @@ async fn serve(
                 if let Some(previous) = subscription.take() {
                     previous.abort();
                 }
-                let task = subscribe(from, storage.clone(), height.clone(), reply_to.clone());
+                let task = subscribe(
+                    from,
+                    storage.clone(),
+                    height.clone(),
+                    reply_to.clone(),
+                    shared.clone(),
+                );
                 subscription = Some(tokio::spawn(task));
             }
             ClientMessage::Status => {
@@ -144,15 +267,20 @@ async fn serve(
 /// Writes replies as they come; every reply queued while the last write was
 /// under way goes out in the next one (one QUIC write for a block's worth of
 /// receipts, not one each).
-async fn write_replies(mut sender: FrameSender, mut replies: mpsc::Receiver<NodeMessage>) {
+///
+/// Each reply's bytes count against the queue's bound until its write is
+/// done (QUIC then holds at most the stream's flow-control window).
+async fn write_replies(mut sender: FrameSender, mut replies: mpsc::Receiver<Queued>) {
     let mut batch = Vec::new();
     while replies.recv_many(&mut batch, REPLY_WRITE_BATCH).await > 0 {
         let frames = batch
-            .drain(..)
-            .filter_map(|reply| codec::encode(&reply).ok())
+            .iter()
+            .filter_map(|reply| codec::encode(&reply.message).ok())
             .map(Bytes::from)
             .collect();
-        if sender.send_many(frames).await.is_err() {
+        let written = sender.send_many(frames).await;
+        batch.clear();
+        if written.is_err() {
             break;
         }
     }
@@ -161,39 +289,78 @@ async fn write_replies(mut sender: FrameSender, mut replies: mpsc::Receiver<Node
 
 /// Streams blocks from `from`: first what storage holds, then each new block
 /// as the height advances. Waits for the client (bounded queue) rather than
-/// dropping blocks: a subscriber gets every block, in order, or is cut off.
+/// dropping blocks: a subscriber gets every block, in order, or is told
+/// that its subscription ended and why.
+///
+/// It reads from storage only as many blocks as the queue's byte bound
+/// holds (judged by the blocks just sent), so a subscriber that reads
+/// slowly pins at most about the bound, not a chunk of 64 large blocks; and
+/// when its queue stays full for `subscriber_stall_ms`, the subscription
+/// ends with [`NodeMessage::SubscriptionEnded`] (queued behind the blocks
+/// already waiting, so the subscriber reads it after them).
 async fn subscribe(
     from: SeqNum,
     storage: DiskStorage,
     mut height: watch::Receiver<SeqNum>,
-    reply_to: mpsc::Sender<NodeMessage>,
+    reply_to: Replies,
+    shared: Arc<Shared>,
 ) {
+    let stall = shared.subscriber_stall;
     let mut next = from.max(SeqNum(1));
+    let mut chunk = 1;
     loop {
         let last = *height.borrow_and_update();
         while next <= last {
-            let chunk = {
+            let read = {
                 let storage = storage.clone();
-                tokio::task::spawn_blocking(move || storage.blocks_from(next, SUBSCRIBE_CHUNK))
-                    .await
+                tokio::task::spawn_blocking(move || storage.blocks_from(next, chunk)).await
             };
-            let blocks = match chunk {
+            let blocks = match read {
                 Ok(Ok(blocks)) if !blocks.is_empty() => blocks,
                 _ => return,
             };
+            let count = blocks.len();
+            let mut bytes = 0u64;
             for (block, duplicates) in blocks {
-                next = block.height().next();
-                if reply_to
-                    .send(NodeMessage::Block { block, duplicates })
-                    .await
-                    .is_err()
-                {
-                    return;
+                let at = block.height();
+                let message = NodeMessage::Block { block, duplicates };
+                bytes += codec::encoded_len(&message).unwrap_or(u64::MAX / 2);
+                match reply_to.send_within(message, stall).await {
+                    Ok(()) => next = at.next(),
+                    Err(QueueFull::Closed) => return,
+                    Err(QueueFull::NoRoom) => {
+                        end_subscription(&reply_to, &shared, at).await;
+                        return;
+                    }
                 }
             }
+            let average = (bytes / count as u64).max(1);
+            chunk = usize::try_from(reply_to.capacity as u64 / average)
+                .unwrap_or(SUBSCRIBE_CHUNK)
+                .clamp(1, SUBSCRIBE_CHUNK);
         }
         if height.changed().await.is_err() {
             return;
         }
+    }
+}
+
+/// Tells a subscriber that stopped reading that its subscription is over,
+/// and where to resume.
+async fn end_subscription(reply_to: &Replies, shared: &Shared, resume_at: SeqNum) {
+    shared
+        .metrics
+        .subscriptions_ended
+        .fetch_add(1, Ordering::Relaxed);
+    let reason = format!(
+        "the subscriber read no block for {} ms while {} bytes of blocks waited for it (subscriber_stall_ms, reply_queue_bytes); subscribe again from height {} to resume",
+        shared.subscriber_stall.as_millis(),
+        reply_to.capacity,
+        resume_at.0
+    );
+    tracing::debug!(%reason, "subscriber ended");
+    let notice = NodeMessage::SubscriptionEnded { reason };
+    if !reply_to.send_notice(notice, shared.subscriber_stall).await {
+        tracing::debug!("could not queue the end of a subscription");
     }
 }

@@ -3,6 +3,7 @@
 //! durability worker (`durable.rs`), which makes the step's records durable
 //! and only then sends its messages. Consensus never waits for a disk.
 
+use super::clients::Replies;
 use super::durable::{Answer, Outbound, Step};
 use super::metrics::{NodeMetrics, Snapshot};
 use super::quorum::{InTouch, QuorumChange, QuorumWatch};
@@ -28,14 +29,14 @@ pub(crate) enum Input {
     /// A verified request from a client connected here.
     Request {
         request: Verified<SignedRequest>,
-        reply_to: mpsc::Sender<NodeMessage>,
+        reply_to: Replies,
         received: Instant,
     },
 }
 
 /// A client waiting for its request's outcome.
 pub(crate) struct Waiter {
-    pub reply_to: mpsc::Sender<NodeMessage>,
+    pub reply_to: Replies,
     pub received: Instant,
     pub request: SignedRequest,
 }
@@ -53,8 +54,8 @@ pub(crate) struct Consensus {
     pub writer: mpsc::Sender<Step>,
     pub shutdown: watch::Receiver<bool>,
     pub started: Instant,
-    #[cfg(feature = "byzantine")]
-    pub adversary: Option<bftd_protocol::byzantine::Adversary>,
+    /// What makes this node lie (`bftd-byzantine` only; never in `bftd`).
+    pub intercept: Option<Box<dyn super::Intercept>>,
     waiting: HashMap<RequestKey, Vec<Waiter>>,
     /// Peers the replica ignores for other consensus settings, as last
     /// logged.
@@ -78,8 +79,7 @@ impl Consensus {
             writer,
             shutdown,
             started,
-            #[cfg(feature = "byzantine")]
-            adversary: None,
+            intercept: None,
             waiting: HashMap::new(),
             mismatched: Default::default(),
             quorum: QuorumWatch::default(),
@@ -131,15 +131,11 @@ impl Consensus {
         let now = self.now();
         match input {
             Input::Peer { from, message } => {
-                #[cfg(feature = "byzantine")]
-                let message = match self.adversary.as_mut() {
-                    Some(adversary) => {
-                        adversary.observe(&message);
-                        match adversary.admit(now, message) {
-                            Some(admitted) => admitted,
-                            None => return,
-                        }
-                    }
+                let message = match self.intercept.as_mut() {
+                    Some(intercept) => match intercept.admit(now, message) {
+                        Some(admitted) => admitted,
+                        None => return,
+                    },
                     None => message,
                 };
                 self.replica.handle_message(now, from, message);
@@ -149,9 +145,8 @@ impl Consensus {
                 reply_to,
                 received,
             } => {
-                #[cfg(feature = "byzantine")]
-                if let Some(adversary) = self.adversary.as_mut() {
-                    if !adversary.admit_request(now, &request) {
+                if let Some(intercept) = self.intercept.as_mut() {
+                    if !intercept.admit_request(now, &request) {
                         return;
                     }
                 }
@@ -264,25 +259,18 @@ impl Consensus {
         }
     }
 
-    #[cfg(feature = "byzantine")]
     fn tamper_replies(&mut self, replies: Vec<ClientReply>) -> Vec<ClientReply> {
-        match self.adversary.as_mut() {
-            Some(adversary) => adversary.tamper_replies(replies),
+        match self.intercept.as_mut() {
+            Some(intercept) => intercept.tamper_replies(replies),
             None => replies,
         }
-    }
-
-    #[cfg(not(feature = "byzantine"))]
-    fn tamper_replies(&mut self, replies: Vec<ClientReply>) -> Vec<ClientReply> {
-        replies
     }
 
     /// Encodes each message once (a broadcast shares its bytes), through the
     /// byzantine layer if this node lies.
     fn encode(&mut self, sends: Vec<Outgoing>) -> Vec<Outbound> {
-        #[cfg(feature = "byzantine")]
-        if let Some(adversary) = self.adversary.as_mut() {
-            return adversary
+        if let Some(intercept) = self.intercept.as_mut() {
+            return intercept
                 .tamper(sends)
                 .into_iter()
                 .map(|emission| Outbound {

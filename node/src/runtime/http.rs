@@ -5,11 +5,13 @@
 
 use super::quorum::Health;
 use super::Shared;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
 
 /// Longest request head read.
 const MAX_HEAD: usize = 8 * 1024;
@@ -17,31 +19,83 @@ const MAX_HEAD: usize = 8 * 1024;
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections served at once.
 const MAX_CONNECTIONS: usize = 64;
+/// After a failed accept (out of file descriptors), wait this long.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// The connections still waiting for their request head, oldest first,
+/// each with the sender that evicts it.
+type Waiting = Arc<Mutex<VecDeque<(u64, oneshot::Sender<()>)>>>;
 
 /// Binds the metrics address. Fails with the address in the error.
 pub(crate) async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(address).await
 }
 
-/// Serves until the task is dropped.
+/// Serves until the task is dropped. Each connection has its own task and
+/// a deadline; when every slot is taken, the connection that has waited
+/// longest without sending its request is closed to make room, so idle
+/// connections (a scanner, a stuck scraper, an attacker) cannot keep
+/// `/healthz` from answering a supervisor.
 pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let waiting: Waiting = Arc::default();
+    let mut next_id = 0u64;
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(_) => {
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            continue; // over the limit: drop the connection
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                let oldest = lock(&waiting).pop_front();
+                let Some((_, evict)) = oldest else {
+                    continue; // every slot is answering a request: drop this one
+                };
+                let _ = evict.send(());
+                match tokio::time::timeout(READ_TIMEOUT, slots.clone().acquire_owned()).await {
+                    Ok(Ok(permit)) => permit,
+                    _ => continue,
+                }
+            }
         };
+        let id = next_id;
+        next_id += 1;
+        let (evict, evicted) = oneshot::channel();
+        lock(&waiting).push_back((id, evict));
         let shared = shared.clone();
+        let waiting = waiting.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let _ = tokio::time::timeout(READ_TIMEOUT, handle(stream, &shared)).await;
+            let got_head = || forget(&waiting, id);
+            tokio::select! {
+                // Only an eviction sends; `forget` drops the sender.
+                Ok(()) = evicted => {}
+                _ = tokio::time::timeout(READ_TIMEOUT, handle(stream, &shared, got_head)) => {}
+            }
+            forget(&waiting, id);
         });
     }
 }
 
-async fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
+fn lock(waiting: &Waiting) -> std::sync::MutexGuard<'_, VecDeque<(u64, oneshot::Sender<()>)>> {
+    waiting.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Connection `id` is no longer waiting for its request (it has it, or it
+/// ended): it cannot be evicted any more.
+fn forget(waiting: &Waiting, id: u64) {
+    lock(waiting).retain(|(waiting, _)| *waiting != id);
+}
+
+async fn handle(
+    mut stream: TcpStream,
+    shared: &Shared,
+    got_head: impl FnOnce(),
+) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(512);
     let mut buffer = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -60,6 +114,7 @@ async fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
             .await;
         }
     }
+    got_head();
     let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
     let line = String::from_utf8_lossy(line);
     let mut parts = line.split_whitespace();

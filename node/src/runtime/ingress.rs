@@ -16,7 +16,7 @@ use super::consensus::Input;
 use super::Shared;
 use crate::transport::PeerFrame;
 use bftd_protocol::message::MessageKind;
-use bftd_protocol::{codec, verify_messages, BatchVerifier, VerifyError, WireMessage};
+use bftd_protocol::{codec, verify_messages, GrantCachingVerifier, VerifyError, WireMessage};
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -157,8 +157,8 @@ fn verify(batch: Vec<PeerFrame>, shared: &Shared) -> Vec<Input> {
     let results = verify_messages(
         messages,
         &shared.committee,
-        shared.request_mode,
-        &mut BatchVerifier,
+        &shared.limits,
+        &mut GrantCachingVerifier(&shared.grants),
     );
     senders
         .into_iter()
@@ -168,6 +168,11 @@ fn verify(batch: Vec<PeerFrame>, shared: &Shared) -> Vec<Input> {
             Err(VerifyError::InvalidSignature) => {
                 metrics.invalid_signatures.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(peer = %from, "invalid signature");
+                None
+            }
+            Err(VerifyError::Shape(what)) => {
+                metrics.misshapen_messages.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(peer = %from, what, "message refused before verification");
                 None
             }
             Err(error) => {

@@ -73,6 +73,9 @@ pub struct NodeMetrics {
     pub invalid_signatures: AtomicU64,
     /// Peer messages signed by an unknown replica or otherwise unverifiable.
     pub unverifiable_messages: AtomicU64,
+    /// Peer messages refused on their shape (counts, signers, sizes) before
+    /// any signature in them was checked.
+    pub misshapen_messages: AtomicU64,
     /// Client frames that did not decode.
     pub malformed_client_frames: AtomicU64,
     /// Requests refused, by reason.
@@ -81,8 +84,14 @@ pub struct NodeMetrics {
     pub client_requests: AtomicU64,
     /// Receipts dropped because the client did not read them in time.
     pub replies_dropped: AtomicU64,
+    /// Subscriptions ended because the subscriber stopped reading (its
+    /// queue stayed full for `subscriber_stall_ms`).
+    pub subscriptions_ended: AtomicU64,
     /// Outgoing messages the transport dropped (queue full).
     pub send_dropped: AtomicU64,
+    /// Failed reads of committed blocks for the embedded application
+    /// (each retried).
+    pub application_read_errors: AtomicU64,
     /// Storage write time.
     pub storage_apply: Histogram,
     /// Time from a client's request reaching this node to its receipt.
@@ -306,11 +315,16 @@ impl NodeMetrics {
             ("malformed_frame", load(&self.malformed_frames)),
             ("invalid_signature", load(&self.invalid_signatures)),
             ("unverifiable", load(&self.unverifiable_messages)),
+            ("malformed_shape", load(&self.misshapen_messages)),
             (
                 "malformed_client_frame",
                 load(&self.malformed_client_frames),
             ),
             ("oversized_frame", transport.oversized_received),
+            (
+                "oversized_client_frame",
+                transport.client_oversized_received,
+            ),
             ("handshake_rejected", transport.handshake_rejected),
             ("handshake_failed", transport.handshake_failed),
             ("streams_refused", transport.streams_refused),
@@ -337,6 +351,18 @@ impl NodeMetrics {
             "bftd_replies_dropped_total",
             "Replies dropped because a client was not reading.",
             load(&self.replies_dropped),
+        );
+        counter(
+            &mut out,
+            "bftd_application_read_errors_total",
+            "Failed reads of committed blocks for the embedded application (each retried).",
+            load(&self.application_read_errors),
+        );
+        counter(
+            &mut out,
+            "bftd_subscriptions_ended_total",
+            "Subscriptions ended because the subscriber stopped reading.",
+            load(&self.subscriptions_ended),
         );
         counter(
             &mut out,

@@ -16,6 +16,7 @@ mod consensus;
 mod durable;
 mod http;
 mod ingress;
+mod intercept;
 pub mod metrics;
 mod quorum;
 
@@ -24,11 +25,13 @@ use crate::config::NodeConfig;
 use crate::storage::{DiskStorage, StoreIdentity};
 use crate::transport::{Peer, Transport, TransportConfig, TransportError, TransportStats};
 use bftd_protocol::{
-    BlockSource, CommittedBlock, Committee, Replica, ReplicaError, ReplicaSetup, RequestMode,
-    SeqNum, Storage, StorageError,
+    BlockSource, CommittedBlock, Committee, MessageLimits, Replica, ReplicaError, ReplicaSetup,
+    RequestMode, SeqNum, Storage, StorageError,
 };
 use consensus::{Consensus, Input};
+pub use intercept::{Emission, Intercept};
 use metrics::NodeMetrics;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -77,16 +80,40 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
+    /// The node has no store: never created, or its data directory is
+    /// missing or not mounted. Starting on a new empty store would forget
+    /// every vote the node signed, so it must be created explicitly.
+    #[error(
+        "no store at {}: a new node's store is created once, with `bftd init --config FILE` \
+         (or `bftd run --init --config FILE` at its first start). If this node ran before, \
+         its data directory is missing or not mounted: starting it on an empty store would \
+         forget the votes it signed, and it could sign conflicting ones. Mount the data \
+         directory (or restore it), or, only for a node that never ran, create the store.",
+        path.display()
+    )]
+    NoStore {
+        /// The store file looked for.
+        path: std::path::PathBuf,
+    },
+    /// `bftd init` for a node that already has a store.
+    #[error("a store already exists at {}: nothing to initialise (`bftd run` uses it)", path.display())]
+    StoreExists {
+        /// The store file.
+        path: std::path::PathBuf,
+    },
     /// The durability worker thread could not be started.
     #[error("cannot start the storage thread: {0}")]
     Thread(std::io::Error),
-    /// A byzantine behaviour was asked for but cannot be used.
-    #[error("byzantine behaviour `{behaviour}`: {reason}")]
+    /// The node file asks for a byzantine behaviour, which the operator's
+    /// `bftd` does not have.
+    #[error(
+        "byzantine = \"{behaviour}\" in the node file: this bftd never lies; byzantine \
+         behaviours are a test instrument, the separate `bftd-byzantine` binary that bftnet \
+         runs for the nodes it makes byzantine. Remove the `byzantine` setting."
+    )]
     Byzantine {
         /// The behaviour given.
         behaviour: String,
-        /// Why it is refused.
-        reason: &'static str,
     },
 }
 
@@ -95,10 +122,17 @@ pub(crate) struct Shared {
     pub metrics: NodeMetrics,
     pub committee: Committee,
     pub request_mode: RequestMode,
+    /// What a peer message may hold, checked before its signatures.
+    pub limits: MessageLimits,
     /// Heights a request may be valid for (`[protocol] request_lifetime`).
     pub request_lifetime: u64,
     /// Replies queued per client connection (`[clients] reply_queue`).
     pub reply_queue: usize,
+    /// The same queue's bound in bytes (`[clients] reply_queue_bytes`).
+    pub reply_queue_bytes: usize,
+    /// How long a subscriber's queue may stay full before the subscription
+    /// is ended (`[clients] subscriber_stall_ms`).
+    pub subscriber_stall: std::time::Duration,
     pub id: u16,
     pub byzantine: Option<String>,
     /// When the node started (the replica's clock starts here too).
@@ -106,6 +140,9 @@ pub(crate) struct Shared {
     transport: Mutex<Option<Transport>>,
     /// Set by the durability worker when storage fails.
     fatal: Mutex<Option<String>>,
+    /// Client grants that verified (connection-authenticated mode): one per
+    /// client and voucher, seen in every request of theirs.
+    pub grants: Mutex<bftd_protocol::GrantCache>,
 }
 
 impl Shared {
@@ -173,7 +210,8 @@ pub struct NodeHandle {
     shutdown: watch::Sender<bool>,
     height: watch::Receiver<SeqNum>,
     consensus: JoinHandle<Result<(), StorageError>>,
-    tasks: Vec<JoinHandle<()>>,
+    /// The other tasks, by name.
+    tasks: Vec<(&'static str, JoinHandle<()>)>,
     transport: Transport,
     listen: SocketAddr,
     metrics: Option<SocketAddr>,
@@ -215,11 +253,30 @@ impl NodeHandle {
         }
     }
 
-    /// Runs until the consensus task stops (shutdown or a storage failure).
-    pub async fn wait(&mut self) -> Result<(), StorageError> {
-        match (&mut self.consensus).await {
-            Ok(result) => result,
-            Err(_) => Ok(()),
+    /// Runs until the consensus task stops (shutdown or a storage failure)
+    /// or any task panics. A panic is an error (so `bftd` exits non-zero
+    /// and a supervisor restarts it), never a clean stop.
+    pub async fn wait(&mut self) -> Result<(), NodeStopped> {
+        loop {
+            let other = std::future::poll_fn(|cx| {
+                for (index, (_, task)) in self.tasks.iter_mut().enumerate() {
+                    if let std::task::Poll::Ready(joined) = std::pin::Pin::new(task).poll(cx) {
+                        return std::task::Poll::Ready((index, joined));
+                    }
+                }
+                std::task::Poll::Pending
+            });
+            tokio::select! {
+                joined = &mut self.consensus => return consensus_ended(joined),
+                (index, joined) = other => {
+                    let (task, _) = self.tasks.swap_remove(index);
+                    if let Err(error) = joined {
+                        if error.is_panic() {
+                            return Err(NodeStopped::Panicked { task, message: panic_message(error) });
+                        }
+                    }
+                }
+            }
         }
     }
 
@@ -227,7 +284,7 @@ impl NodeHandle {
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         let _ = self.consensus.await;
-        for task in &self.tasks {
+        for (_, task) in &self.tasks {
             task.abort();
         }
         self.transport.shutdown().await;
@@ -236,18 +293,46 @@ impl NodeHandle {
 
 /// Starts a node from its configuration; `application`, if given, receives
 /// committed blocks from height `deliver_from` on. Must run inside a
-/// multi-threaded tokio runtime.
+/// multi-threaded tokio runtime. A node file with a `byzantine` setting is
+/// refused: this node never lies.
 pub async fn start(
     config: NodeConfig,
     application: Option<(Box<dyn Application>, SeqNum)>,
 ) -> Result<NodeHandle, StartError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
-        path: config.data_dir.clone(),
-        source,
-    })?;
+    if let Some(behaviour) = &config.byzantine {
+        return Err(StartError::Byzantine {
+            behaviour: behaviour.clone(),
+        });
+    }
+    start_with(config, application, None).await
+}
+
+/// [`start`] with an [`Intercept`] between the replica and the network:
+/// how the testnets' `bftd-byzantine` binary makes a node lie.
+pub async fn start_with(
+    config: NodeConfig,
+    application: Option<(Box<dyn Application>, SeqNum)>,
+    intercept: Option<Box<dyn Intercept>>,
+) -> Result<NodeHandle, StartError> {
+    if let (Some(behaviour), None) = (&config.byzantine, &intercept) {
+        return Err(StartError::Byzantine {
+            behaviour: behaviour.clone(),
+        });
+    }
+    let path = store_path(&config);
+    match path.try_exists() {
+        Ok(true) => {}
+        Ok(false) => return Err(StartError::NoStore { path }),
+        Err(source) => {
+            return Err(StartError::DataDir {
+                path: config.data_dir.clone(),
+                source,
+            })
+        }
+    }
     let committee = config.cluster.committee.clone();
-    let identity = StoreIdentity::new(config.key.public(), &committee, config.cluster.protocol);
-    let storage = DiskStorage::open_for(&config.data_dir.join("bftd.redb"), &identity)?;
+    let identity = store_identity(&config);
+    let storage = DiskStorage::open_for(&path, &identity)?;
     let recovered = storage.recover()?;
     let started = Instant::now();
     let setup = ReplicaSetup {
@@ -258,28 +343,22 @@ pub async fn start(
         blocks: Arc::new(storage.clone()),
     };
     let replica = Replica::new(setup, recovered, started.elapsed())?;
-    #[cfg(feature = "byzantine")]
-    let adversary = byzantine_adversary(&config)?;
-    #[cfg(not(feature = "byzantine"))]
-    if let Some(behaviour) = &config.byzantine {
-        return Err(StartError::Byzantine {
-            behaviour: behaviour.clone(),
-            reason:
-                "this bftd was built without the `byzantine` feature (testnets build it with it)",
-        });
-    }
 
     let shared = Arc::new(Shared {
         metrics: NodeMetrics::default(),
         committee: committee.clone(),
         request_mode: config.protocol.request_mode,
+        limits: MessageLimits::of(&config.protocol),
         request_lifetime: config.protocol.request_lifetime,
         reply_queue: config.clients.reply_queue,
+        reply_queue_bytes: config.clients.reply_queue_bytes,
+        subscriber_stall: std::time::Duration::from_millis(config.clients.subscriber_stall_ms),
         id: config.id.0,
-        byzantine: config.byzantine.clone(),
+        byzantine: intercept.as_ref().and(config.byzantine.clone()),
         started,
         transport: Mutex::new(None),
         fatal: Mutex::new(None),
+        grants: Mutex::new(bftd_protocol::GrantCache::default()),
     });
     let metrics_listener = match config.metrics {
         Some(address) => Some(
@@ -304,6 +383,10 @@ pub async fn start(
     let mut transport_config =
         TransportConfig::new(config.id, config.key.clone(), config.listen, peers);
     transport_config.max_client_connections = 1024;
+    // A client frame is one request: the cluster's request limit plus the
+    // envelope, not the peers' 64 MiB.
+    transport_config.max_client_frame_bytes =
+        crate::client_api::max_client_frame_bytes(config.protocol.max_request_bytes);
     let (transport, frames, client_connections) = Transport::start(transport_config).await?;
     *shared.transport.lock().unwrap_or_else(|e| e.into_inner()) = Some(transport.clone());
     let listen = transport.local_address();
@@ -324,7 +407,6 @@ pub async fn start(
         .name(format!("bftd-durable-{}", config.id.0))
         .spawn(move || worker.run())
         .map_err(StartError::Thread)?;
-    #[allow(unused_mut)]
     let mut consensus = Consensus::new(
         replica,
         shared.clone(),
@@ -333,31 +415,40 @@ pub async fn start(
         shutdown_rx,
         started,
     );
-    #[cfg(feature = "byzantine")]
-    {
-        consensus.adversary = adversary;
-    }
+    consensus.intercept = intercept;
     let consensus = tokio::spawn(consensus.run());
     let mut tasks = vec![
-        tokio::spawn(ingress::run(frames, inputs_tx.clone(), shared.clone())),
-        tokio::spawn(clients::accept(
-            client_connections,
-            inputs_tx,
-            shared.clone(),
-            storage.clone(),
-            height.clone(),
-        )),
+        (
+            "ingress",
+            tokio::spawn(ingress::run(frames, inputs_tx.clone(), shared.clone())),
+        ),
+        (
+            "clients",
+            tokio::spawn(clients::accept(
+                client_connections,
+                inputs_tx,
+                shared.clone(),
+                storage.clone(),
+                height.clone(),
+            )),
+        ),
     ];
     if let Some(listener) = metrics_listener {
-        tasks.push(tokio::spawn(http::serve(listener, shared.clone())));
+        tasks.push(("http", tokio::spawn(http::serve(listener, shared.clone()))));
     }
     if let Some((application, from)) = application {
-        tasks.push(tokio::spawn(follow(
-            application,
-            from,
-            storage,
-            height.clone(),
-        )));
+        let read: ReadBlocks = Arc::new(move |from| storage.blocks_from(from, 64));
+        let counted = shared.clone();
+        let read_error = move || {
+            counted
+                .metrics
+                .application_read_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        };
+        tasks.push((
+            "application",
+            tokio::spawn(follow(application, from, read, height.clone(), read_error)),
+        ));
     }
     tracing::info!(
         node = config.id.0,
@@ -380,38 +471,107 @@ pub async fn start(
     })
 }
 
+/// The node's store file.
+pub fn store_path(config: &NodeConfig) -> std::path::PathBuf {
+    config.data_dir.join("bftd.redb")
+}
+
+fn store_identity(config: &NodeConfig) -> StoreIdentity {
+    StoreIdentity::new(
+        config.key.public(),
+        &config.cluster.committee,
+        config.cluster.protocol,
+    )
+}
+
+/// Creates a new node's store (`bftd init`), bound to its key, committee
+/// and consensus settings, and returns its path. Refuses if one exists.
+/// [`start`] never creates a store: a missing one is an error, so a data
+/// directory that is gone or not mounted cannot silently become a new,
+/// empty node that forgot what it signed.
+pub fn init(config: &NodeConfig) -> Result<std::path::PathBuf, StartError> {
+    let path = store_path(config);
+    if path.exists() {
+        return Err(StartError::StoreExists { path });
+    }
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    drop(DiskStorage::open_for(&path, &store_identity(config))?);
+    Ok(path)
+}
+
+/// Reads up to 64 committed blocks from a height on.
+type ReadBlocks =
+    Arc<dyn Fn(SeqNum) -> Result<Vec<crate::storage::StoredBlock>, StorageError> + Send + Sync>;
+
+/// First wait after a failed read for the application; doubled after
+/// each further failure, up to [`FOLLOW_RETRY_MAX`].
+const FOLLOW_RETRY_MIN: std::time::Duration = std::time::Duration::from_millis(10);
+const FOLLOW_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Feeds the application every committed block from `from` on, in order,
-/// reading from storage at its own pace: a slow application never holds
-/// consensus back, and no queue grows.
+/// exactly once each, reading from storage at its own pace: a slow
+/// application never holds consensus back, and no queue grows. A failed
+/// read is logged, counted (`read_error`) and retried with backoff from
+/// where delivery stopped, never the end of delivery. A panic of the
+/// application ends this task with that panic, which [`NodeHandle::wait`]
+/// reports.
 async fn follow(
     application: Box<dyn Application>,
     from: SeqNum,
-    storage: DiskStorage,
+    read: ReadBlocks,
     mut height: watch::Receiver<SeqNum>,
+    read_error: impl Fn() + Send + 'static,
 ) {
     let application = Arc::new(Mutex::new(application));
     let mut next = from.max(SeqNum(1));
+    let mut retry = FOLLOW_RETRY_MIN;
     loop {
         let last = *height.borrow_and_update();
         while next <= last {
-            let storage = storage.clone();
+            let read = read.clone();
             let application = application.clone();
             let start = next;
             let done = tokio::task::spawn_blocking(move || {
-                let blocks = storage.blocks_from(start, 64).unwrap_or_default();
+                let blocks = read(start)?;
                 let mut app = application.lock().unwrap_or_else(|e| e.into_inner());
                 let mut next = start;
                 for (block, duplicates) in blocks {
                     app.deliver(&block, &duplicates);
                     next = block.height().next();
                 }
-                next
+                Ok::<SeqNum, StorageError>(next)
             })
             .await;
-            match done {
-                Ok(advanced) if advanced > next => next = advanced,
-                _ => return,
-            }
+            let error = match done {
+                Ok(Ok(advanced)) if advanced > next => {
+                    next = advanced;
+                    retry = FOLLOW_RETRY_MIN;
+                    continue;
+                }
+                Ok(Ok(_)) => format!("no block at height {} (committed up to {})", next.0, last.0),
+                Ok(Err(error)) => error.to_string(),
+                Err(error) if error.is_panic() => {
+                    tracing::error!(
+                        height = next.0,
+                        "the application panicked while a block was delivered; delivery stops"
+                    );
+                    std::panic::resume_unwind(error.into_panic());
+                }
+                // Cancelled: the runtime is shutting down.
+                Err(_) => return,
+            };
+            read_error();
+            tracing::warn!(
+                height = next.0,
+                %error,
+                retry_in_ms = retry.as_millis() as u64,
+                "cannot read committed blocks for the application; retrying"
+            );
+            tokio::time::sleep(retry).await;
+            retry = (retry * 2).min(FOLLOW_RETRY_MAX);
         }
         if height.changed().await.is_err() {
             return;
@@ -419,27 +579,131 @@ async fn follow(
     }
 }
 
-#[cfg(feature = "byzantine")]
-fn byzantine_adversary(
-    config: &NodeConfig,
-) -> Result<Option<bftd_protocol::byzantine::Adversary>, StartError> {
-    use bftd_protocol::byzantine::{Adversary, Behaviour};
-    let Some(text) = &config.byzantine else {
-        return Ok(None);
-    };
-    let behaviour: Behaviour = text.parse().map_err(|_| StartError::Byzantine {
-        behaviour: text.clone(),
-        reason: "unknown; see `bftnet up --help` for the list",
-    })?;
-    // Colluders never talk: bftnet writes the list of colluding ids into
-    // each colluder's node file, and each derives the same fork from it.
-    let colluders = config.colluders.clone();
-    Ok(Some(Adversary::new(
-        behaviour,
-        config.id,
-        config.key.clone(),
-        config.cluster.committee.clone(),
-        colluders,
-        u64::from(config.id.0),
-    )))
+/// Why a node stopped by itself.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeStopped {
+    /// Storage failed: the node can no longer promise that what it signs
+    /// is durable.
+    #[error("{0}")]
+    Storage(#[from] StorageError),
+    /// A task panicked (a bug): the node cannot go on.
+    #[error("the {task} task panicked: {message}")]
+    Panicked {
+        /// Which task.
+        task: &'static str,
+        /// The panic's message.
+        message: String,
+    },
+}
+
+/// What the consensus task's end means for the node: a panic is a
+/// failure, and so is a cancellation (only `shutdown` may stop it, and
+/// `shutdown` does not wait here).
+fn consensus_ended(
+    joined: Result<Result<(), StorageError>, tokio::task::JoinError>,
+) -> Result<(), NodeStopped> {
+    match joined {
+        Ok(result) => Ok(result?),
+        Err(error) => Err(NodeStopped::Panicked {
+            task: "consensus",
+            message: panic_message(error),
+        }),
+    }
+}
+
+/// The message of a panicked (or cancelled) task.
+fn panic_message(error: tokio::task::JoinError) -> String {
+    if !error.is_panic() {
+        return error.to_string();
+    }
+    let payload = error.into_panic();
+    payload
+        .downcast_ref::<&str>()
+        .map(|text| text.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// Collects the heights delivered.
+    struct Heights(Arc<Mutex<Vec<u64>>>);
+
+    impl Application for Heights {
+        fn deliver(&mut self, block: &CommittedBlock, _duplicates: &[u32]) {
+            self.0.lock().unwrap().push(block.height().0);
+        }
+    }
+
+    /// A read error while feeding an embedded application (a disk hiccup)
+    /// is retried, counted and logged: delivery resumes where it stopped,
+    /// every block exactly once, instead of ending silently for good.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn follow_retries_read_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut storage = DiskStorage::open(&dir.path().join("store.redb")).unwrap();
+        let deliveries: Vec<_> = (1..=5)
+            .map(|height| crate::storage::tests::delivery(height, vec![]))
+            .collect();
+        storage.apply(&[], &deliveries).unwrap();
+        let failures_left = Arc::new(AtomicU64::new(2));
+        let failing = failures_left.clone();
+        let read: ReadBlocks = Arc::new(move |from| {
+            if failing
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                return Err(StorageError {
+                    source: "injected read error".into(),
+                });
+            }
+            storage.blocks_from(from, 2)
+        });
+        let errors = Arc::new(AtomicU64::new(0));
+        let counted = errors.clone();
+        let delivered = Arc::new(Mutex::new(Vec::new()));
+        let (_height_tx, height) = watch::channel(SeqNum(5));
+        let task = tokio::spawn(follow(
+            Box::new(Heights(delivered.clone())),
+            SeqNum(1),
+            read,
+            height,
+            move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+            },
+        ));
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while delivered.lock().unwrap().len() < 5 && Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        task.abort();
+        assert_eq!(
+            *delivered.lock().unwrap(),
+            vec![1, 2, 3, 4, 5],
+            "delivered after two read errors"
+        );
+        assert_eq!(errors.load(Ordering::SeqCst), 2, "read errors counted");
+    }
+
+    /// A panic in the consensus task is a failure of the node (so `bftd`
+    /// exits non-zero and a supervisor restarts it), never a clean stop.
+    #[tokio::test]
+    async fn a_panic_in_consensus_is_a_failure() {
+        let joined = tokio::spawn(async {
+            if std::hint::black_box(true) {
+                panic!("boom");
+            }
+            Ok::<(), StorageError>(())
+        })
+        .await;
+        let ended = consensus_ended(joined);
+        assert!(
+            ended.is_err(),
+            "a panicked consensus task ended as {ended:?}"
+        );
+        assert!(format!("{}", ended.unwrap_err()).contains("boom"));
+    }
 }

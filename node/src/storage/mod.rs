@@ -167,7 +167,7 @@ mod layout;
 mod open;
 mod read;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod write;
 
 pub use error::DiskStorageError;

@@ -74,7 +74,7 @@ fn block(height: u64, batch: Arc<Batch>) -> Arc<CommittedBlock> {
     })
 }
 
-fn delivery(height: u64, duplicates: Vec<u32>) -> Delivery {
+pub(crate) fn delivery(height: u64, duplicates: Vec<u32>) -> Delivery {
     Delivery {
         block: block(height, batch(3, 10, height)),
         duplicates,

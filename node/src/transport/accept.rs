@@ -113,6 +113,7 @@ fn accept_client(shared: &Shared, connection: quinn::Connection, key: PublicKey)
         key,
         connection.clone(),
         shared.max_frame_bytes,
+        shared.max_client_frame_bytes,
         shared.counters.clone(),
         slot,
     );

@@ -26,7 +26,10 @@ pub struct ClientConnection {
     /// The client's identity key, proven in the handshake.
     pub client: PublicKey,
     connection: quinn::Connection,
+    /// Largest frame sent to the client (blocks).
     max_frame_bytes: usize,
+    /// Largest frame accepted from the client (one request).
+    max_request_frame_bytes: usize,
     counters: Arc<Counters>,
     /// Holds one of the `max_client_connections` slots until the connection
     /// and both stream halves are dropped.
@@ -38,6 +41,7 @@ impl ClientConnection {
         client: PublicKey,
         connection: quinn::Connection,
         max_frame_bytes: usize,
+        max_request_frame_bytes: usize,
         counters: Arc<Counters>,
         slot: OwnedSemaphorePermit,
     ) -> ClientConnection {
@@ -45,6 +49,7 @@ impl ClientConnection {
             client,
             connection,
             max_frame_bytes,
+            max_request_frame_bytes,
             counters,
             slot: Arc::new(slot),
         }
@@ -79,7 +84,7 @@ impl ClientConnection {
                     let receiver = FrameReceiver::new(
                         recv,
                         self.connection.clone(),
-                        self.max_frame_bytes,
+                        self.max_request_frame_bytes,
                         self.counters.clone(),
                         true,
                         keep,

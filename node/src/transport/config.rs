@@ -2,7 +2,8 @@
 
 use super::{
     ConfigError, DEFAULT_INBOUND_BYTES, DEFAULT_INBOUND_CAPACITY, DEFAULT_MAX_CLIENT_CONNECTIONS,
-    DEFAULT_MAX_FRAME_BYTES, DEFAULT_PEER_QUEUE_BYTES, DEFAULT_PEER_QUEUE_FRAMES,
+    DEFAULT_MAX_CLIENT_FRAME_BYTES, DEFAULT_MAX_FRAME_BYTES, DEFAULT_PEER_QUEUE_BYTES,
+    DEFAULT_PEER_QUEUE_FRAMES,
 };
 use bftd_crypto::{KeyPair, PublicKey};
 use bftd_protocol::NodeId;
@@ -34,6 +35,12 @@ pub struct TransportConfig {
     pub peers: Vec<Peer>,
     /// Largest frame sent or accepted, in bytes; at most `u32::MAX`.
     pub max_frame_bytes: usize,
+    /// Largest frame accepted from a client, in bytes (capped at
+    /// `max_frame_bytes`). A client frame is one request (or a subscription
+    /// or status query), so this is a request's size plus its envelope: a
+    /// client cannot make the node read, copy and decode megabytes to
+    /// refuse them.
+    pub max_client_frame_bytes: usize,
     /// Per-peer outbound queue bound, in frames.
     pub peer_queue_frames: usize,
     /// Per-peer outbound queue bound, in bytes. A frame larger than this is
@@ -57,6 +64,7 @@ impl TransportConfig {
             listen,
             peers,
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            max_client_frame_bytes: DEFAULT_MAX_CLIENT_FRAME_BYTES,
             peer_queue_frames: DEFAULT_PEER_QUEUE_FRAMES,
             peer_queue_bytes: DEFAULT_PEER_QUEUE_BYTES,
             inbound_capacity: DEFAULT_INBOUND_CAPACITY,
@@ -69,6 +77,7 @@ impl TransportConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let nonzero = [
             ("max_frame_bytes", self.max_frame_bytes),
+            ("max_client_frame_bytes", self.max_client_frame_bytes),
             ("peer_queue_frames", self.peer_queue_frames),
             ("peer_queue_bytes", self.peer_queue_bytes),
             ("inbound_capacity", self.inbound_capacity),

@@ -221,6 +221,9 @@ impl FrameReceiver {
         let length = u64::from(u32::from_le_bytes(length_bytes));
         if length > self.max_frame_bytes as u64 {
             self.counters.oversized_received.increment();
+            if self.count_as_client {
+                self.counters.client_oversized_received.increment();
+            }
             self.connection
                 .close(close_code::FRAME_TOO_LARGE, b"frame too large");
             return Err(TransportError::FrameTooLarge {

@@ -12,7 +12,8 @@
 //!   long-lived unidirectional stream per direction, a bounded outbound queue
 //!   per peer (`peer.rs`). Every frame received from any peer goes into one
 //!   bounded channel, [`PeerFrame`]s, bounded in frames and in bytes.
-//! - **Hostile input.** Frames are checked against `max_frame_bytes` before
+//! - **Hostile input.** Frames are checked against `max_frame_bytes` (from
+//!   clients: the much smaller `max_client_frame_bytes`) before
 //!   allocation, stream counts are limited by QUIC itself, handshakes are
 //!   bounded in time and in number, and each rejection is counted in
 //!   [`TransportStats`].
@@ -76,6 +77,12 @@ use tokio::task::JoinSet;
 /// full batch is well under this), and small enough that a few in flight
 /// cannot exhaust memory.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
+/// Default limit on one frame a client sends: one request of the default
+/// `max_request_bytes` (64 KiB) and its envelope. Nodes derive theirs from
+/// the cluster's `max_request_bytes` (see
+/// `client_api::max_client_frame_bytes`). Frames to clients (blocks) keep
+/// the peers' limit.
+pub const DEFAULT_MAX_CLIENT_FRAME_BYTES: usize = 64 * 1024 + 1024;
 /// Default per-peer outbound queue bound, in frames.
 pub const DEFAULT_PEER_QUEUE_FRAMES: usize = 4096;
 /// Default per-peer outbound queue bound, in bytes: two maximal frames.
@@ -153,6 +160,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 pub(crate) struct Shared {
     me: NodeId,
     max_frame_bytes: usize,
+    max_client_frame_bytes: usize,
     counters: Arc<Counters>,
     links: BTreeMap<NodeId, Arc<PeerLink>>,
     committee: HashMap<PublicKey, NodeId>,
@@ -283,6 +291,7 @@ impl Transport {
         let shared = Arc::new(Shared {
             me: config.me,
             max_frame_bytes: config.max_frame_bytes,
+            max_client_frame_bytes: config.max_client_frame_bytes.min(config.max_frame_bytes),
             counters: counters.clone(),
             links,
             committee: config

@@ -72,6 +72,9 @@ counters! {
     /// Frames refused on receive because their length prefix exceeded
     /// `max_frame_bytes`; the sender's connection was closed.
     oversized_received,
+    /// Of `oversized_received`, those from clients (over
+    /// `max_client_frame_bytes`).
+    client_oversized_received,
     /// Frames refused on send because they exceed `max_frame_bytes`.
     oversized_sent,
     /// Certificates refused: not a well-formed Ed25519 certificate, a key

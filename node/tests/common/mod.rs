@@ -41,8 +41,36 @@ pub fn bftd() -> &'static str {
 }
 
 impl TestCluster {
+    /// The cluster's nodes as transport peers (for tests that join the
+    /// peer network themselves, as a replica would).
+    #[allow(dead_code)]
+    pub fn peers(&self) -> Vec<bftd::transport::Peer> {
+        self.cluster
+            .committee
+            .public_keys()
+            .into_iter()
+            .enumerate()
+            .map(|(id, key)| bftd::transport::Peer {
+                id: NodeId(id as u16),
+                address: self.cluster.addresses[id],
+                key,
+            })
+            .collect()
+    }
+
     /// Writes keys and configs for `n` nodes and starts them all.
     pub fn start(n: usize, mode: RequestMode, extra: &str) -> TestCluster {
+        let mut cluster = TestCluster::configure(n, mode, extra);
+        for id in 0..n {
+            cluster.init(id);
+            cluster.start_node(id);
+        }
+        cluster.wait_healthy(Duration::from_secs(20));
+        cluster
+    }
+
+    /// Writes keys and configs for `n` nodes, starting none.
+    pub fn configure(n: usize, mode: RequestMode, extra: &str) -> TestCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let keys: Vec<KeyPair> = (0..n)
             .map(|_| KeyPair::generate(&mut rand::rngs::OsRng))
@@ -78,17 +106,33 @@ impl TestCluster {
             );
             std::fs::write(dir.path().join(format!("node{id}.toml")), text).unwrap();
         }
-        let mut cluster = TestCluster {
+        TestCluster {
             dir,
             cluster,
             metrics,
             children: (0..n).map(|_| None).collect(),
-        };
-        for id in 0..n {
-            cluster.start_node(id);
         }
-        cluster.wait_healthy(Duration::from_secs(20));
-        cluster
+    }
+
+    /// `bftd init`: creates node `id`'s store.
+    pub fn init(&self, id: usize) {
+        let output = Command::new(bftd())
+            .arg("init")
+            .arg("--config")
+            .arg(self.node_file(id))
+            .stdin(Stdio::null())
+            .output()
+            .expect("run bftd init");
+        assert!(
+            output.status.success(),
+            "bftd init: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// Node `id`'s node file.
+    pub fn node_file(&self, id: usize) -> PathBuf {
+        self.path().join(format!("node{id}.toml"))
     }
 
     pub fn path(&self) -> &Path {

@@ -20,9 +20,11 @@ mod suspicion;
 #[cfg(test)]
 mod tests;
 mod view_change;
+mod vouching;
 
 #[cfg(feature = "byzantine")]
-pub(crate) use view_change::{compute_reproposals, valid_view_change};
+pub(crate) use view_change::compute_reproposals;
+pub(crate) use view_change::{valid_new_view, valid_view_change};
 
 pub use metrics::{DropReason, Metrics};
 
@@ -191,6 +193,9 @@ struct Slot {
     committed: Option<CommitCertificate>,
     /// When the current view's pre-prepare was accepted here.
     pre_prepare_at: Option<Duration>,
+    /// Who vouches for the batch's requests, when known (the pre-prepare
+    /// came with them, or this replica proposed it): re-sent with it.
+    vouches: Vec<crate::message::Vouch>,
 }
 
 /// A request the replica holds until it executes.
@@ -213,6 +218,10 @@ struct PendingRequest {
     passed_over: bool,
     /// Its inclusion latency was measured (once, at its first pre-prepare).
     included: bool,
+    /// Connection-authenticated mode: the forward that vouches for it (see
+    /// `vouching.rs`); `None` for this replica's own clients' requests
+    /// until it signs one.
+    vouch: Option<vouching::Vouched>,
 }
 
 /// The request timer's stages for one pending request (see `suspicion.rs`).
@@ -333,6 +342,8 @@ pub struct Replica {
     /// Executed requests, for at-most-once.
     executed: ExecutedRequests,
     pending: BTreeMap<RequestKey, PendingRequest>,
+    /// Payload bytes of `pending` (bounded by `max_pending_bytes`).
+    pending_bytes: usize,
     /// The primary's batching queue, oldest first, with arrival times.
     queue: VecDeque<(RequestKey, Duration)>,
     /// Requests waiting to be forwarded to the primary, and their payload
@@ -381,8 +392,9 @@ pub struct Replica {
     /// The new-view that started the current view, to re-send to replicas
     /// that missed it.
     new_view: Option<Signed<NewView>>,
-    /// Normal-case messages for future views, per sender, bounded.
-    future: BTreeMap<NodeId, VecDeque<WireMessage>>,
+    /// Normal-case messages for future views, per sender, each with its
+    /// encoded size; bounded per sender in messages and in bytes.
+    future: BTreeMap<NodeId, VecDeque<(usize, WireMessage)>>,
     /// Batches wanted for re-proposed digests, with when they were asked for.
     wanted_batches: BTreeMap<Digest, Duration>,
 
@@ -512,6 +524,7 @@ impl Replica {
             stable_checkpoint,
             slots: BTreeMap::new(),
             pending: BTreeMap::new(),
+            pending_bytes: 0,
             queue: VecDeque::new(),
             to_forward: Vec::new(),
             to_forward_bytes: 0,
@@ -625,9 +638,11 @@ impl Replica {
 
     fn dispatch(&mut self, from: NodeId, message: WireMessage) {
         match message {
-            WireMessage::PrePrepare { pre_prepare, batch } => {
-                self.on_pre_prepare(pre_prepare, batch)
-            }
+            WireMessage::PrePrepare {
+                pre_prepare,
+                batch,
+                vouches,
+            } => self.on_pre_prepare(pre_prepare, batch, vouches),
             WireMessage::Prepare(prepare) => self.on_prepare(prepare),
             WireMessage::Commit(commit) => self.on_commit(commit),
             WireMessage::Checkpoint(checkpoint) => self.on_checkpoint(checkpoint),

@@ -7,7 +7,7 @@ use crate::certificate::{PreparedCertificate, QuorumCertificate};
 use crate::clients::Lookup;
 use crate::ids::{SeqNum, View};
 use crate::merkle::MerkleTree;
-use crate::message::{Batch, Commit, PrePrepare, Prepare, Signed, WireMessage};
+use crate::message::{Batch, Commit, PrePrepare, Prepare, Signed, Vouch, WireMessage};
 use crate::storage::{Delivery, Record};
 use bftd_crypto::Digest;
 use std::collections::BTreeMap;
@@ -35,12 +35,29 @@ impl Replica {
         true
     }
 
+    /// Keeps a message for a future view, at most
+    /// `max_future_messages_per_peer` messages and
+    /// `max_future_bytes_per_peer` bytes per sender (or just the newest
+    /// message, if it alone is larger): the oldest are dropped, counted.
     fn buffer_future(&mut self, message: WireMessage) {
-        let cap = self.config.max_future_messages_per_peer;
+        let Ok(size) = crate::codec::encoded_len(&message) else {
+            self.drop_input(DropReason::Oversized);
+            return;
+        };
+        let size = usize::try_from(size).unwrap_or(usize::MAX);
+        let max_messages = self.config.max_future_messages_per_peer;
+        let max_bytes = self.config.max_future_bytes_per_peer;
         let queue = self.future.entry(message.signer()).or_default();
-        queue.push_back(message);
-        if queue.len() > cap {
-            queue.pop_front();
+        queue.push_back((size, message));
+        let mut bytes: usize = queue.iter().map(|(size, _)| size).sum();
+        let mut dropped = 0;
+        while queue.len() > 1 && (queue.len() > max_messages || bytes > max_bytes) {
+            if let Some((size, _)) = queue.pop_front() {
+                bytes -= size;
+                dropped += 1;
+            }
+        }
+        for _ in 0..dropped {
             self.drop_input(DropReason::FutureBufferFull);
         }
     }
@@ -50,7 +67,7 @@ impl Replica {
         let view = self.view;
         let mut ready = Vec::new();
         for queue in self.future.values_mut() {
-            queue.retain(|message| {
+            queue.retain(|(_, message)| {
                 let message_view = normal_case_view(message).unwrap_or(view);
                 if message_view == view {
                     ready.push(message.clone());
@@ -65,9 +82,10 @@ impl Replica {
         }
     }
 
-    /// The primary proposes `batch` at the next sequence number. False if
-    /// the signer refused (nothing was sent).
-    pub(super) fn propose(&mut self, batch: Batch) -> bool {
+    /// The primary proposes `batch` at the next sequence number, with who
+    /// vouches for its requests. False if the signer refused (nothing was
+    /// sent).
+    pub(super) fn propose(&mut self, batch: Batch, vouches: Vec<Vouch>) -> bool {
         let seq = self.next_seq;
         let tree = Arc::new(MerkleTree::new(&batch));
         let digest = tree.root();
@@ -85,9 +103,11 @@ impl Replica {
         };
         self.next_seq = seq.next();
         let batch = Arc::new(batch);
+        self.slot_mut(seq).vouches = vouches.clone();
         self.broadcast(WireMessage::PrePrepare {
             pre_prepare: pre_prepare.clone(),
             batch: batch.clone(),
+            vouches,
         });
         self.install_pre_prepare(pre_prepare, Some(batch), Some(tree));
         true
@@ -150,9 +170,13 @@ impl Replica {
                     continue;
                 };
                 self.next_seq = self.next_seq.max(seq.next());
+                // The vouches did not survive the restart: in
+                // connection-authenticated mode backups that lost this
+                // pre-prepare refuse it and wait for the view change.
                 self.broadcast(WireMessage::PrePrepare {
                     pre_prepare: pre_prepare.clone(),
                     batch: batch.clone(),
+                    vouches: Vec::new(),
                 });
                 self.install_pre_prepare(pre_prepare, Some(batch), None);
             }
@@ -195,6 +219,7 @@ impl Replica {
                     pre_prepares.push(WireMessage::PrePrepare {
                         pre_prepare: pre_prepare.clone(),
                         batch: batch.clone(),
+                        vouches: slot.vouches.clone(),
                     });
                 }
             }
@@ -205,15 +230,26 @@ impl Replica {
         }
     }
 
-    pub(super) fn on_pre_prepare(&mut self, pre_prepare: Signed<PrePrepare>, batch: Arc<Batch>) {
+    pub(super) fn on_pre_prepare(
+        &mut self,
+        pre_prepare: Signed<PrePrepare>,
+        batch: Arc<Batch>,
+        vouches: Vec<Vouch>,
+    ) {
         let value = pre_prepare.value;
         if pre_prepare.signer != self.committee.primary(value.view) {
             self.drop_input(DropReason::WrongSender);
             return;
         }
+        // Before the batch is held for a future view, too.
+        if !self.batch_within_limits(&batch) {
+            self.drop_input(DropReason::Oversized);
+            return;
+        }
         let message = WireMessage::PrePrepare {
             pre_prepare: pre_prepare.clone(),
             batch: batch.clone(),
+            vouches: vouches.clone(),
         };
         if !self.admit_view(value.view, message) || pre_prepare.signer == self.id {
             return;
@@ -232,29 +268,22 @@ impl Replica {
             }
             return;
         }
-        if !self.batch_within_limits(&batch) {
-            self.drop_input(DropReason::Oversized);
-            return;
-        }
         let tree = Arc::new(MerkleTree::new(&batch));
         if tree.root() != value.digest {
             self.drop_input(DropReason::DigestMismatch);
             return;
         }
+        self.slot_mut(value.seq).vouches = vouches;
         self.install_pre_prepare(pre_prepare, Some(batch), Some(tree));
     }
 
     fn batch_within_limits(&self, batch: &Batch) -> bool {
-        let mut bytes = 0usize;
-        for request in &batch.requests {
-            let size = request.payload_len();
-            if size > self.config.max_request_bytes {
-                return false;
-            }
-            bytes = bytes.saturating_add(size);
-        }
-        batch.requests.len() <= self.config.max_batch_requests
-            && (bytes <= self.config.max_batch_bytes || batch.requests.len() == 1)
+        crate::verify::batch_within_limits(
+            &batch.requests,
+            self.config.max_batch_requests,
+            self.config.max_batch_bytes,
+            self.config.max_request_bytes,
+        )
     }
 
     /// Accepts a pre-prepare for the current view (from the primary, or

@@ -22,12 +22,18 @@ impl Replica {
 
     /// Admits a request (from a local client, or forwarded to the primary).
     pub(super) fn accept_request(&mut self, request: SignedRequest, local: bool) {
-        self.admit_request(request, local, Watch::Fresh);
+        self.admit_request(request, local, Watch::Fresh, None);
     }
 
     /// Admits a request; `watch` says whether every replica has it already
     /// (another backup relayed it to us), which shortens the request timer.
-    fn admit_request(&mut self, request: SignedRequest, local: bool, watch: Watch) {
+    fn admit_request(
+        &mut self,
+        request: SignedRequest,
+        local: bool,
+        watch: Watch,
+        vouch: Option<super::vouching::Vouched>,
+    ) {
         if request.payload_len() > self.config.max_request_bytes {
             self.drop_input(super::DropReason::Oversized);
             if local {
@@ -60,19 +66,26 @@ impl Replica {
         }
         if let Some(pending) = self.pending.get_mut(&key) {
             pending.local |= local;
+            if pending.vouch.is_none() && !local {
+                pending.vouch = vouch;
+            }
             if watch == Watch::RelayedToUs && pending.watch == Watch::Fresh {
                 pending.watch = watch;
             }
             self.metrics.requests_replayed += 1;
             return;
         }
-        if self.pending.len() >= self.config.max_pending_requests {
+        let size = request.payload_len();
+        if self.pending.len() >= self.config.max_pending_requests
+            || self.pending_bytes.saturating_add(size) > self.config.max_pending_bytes
+        {
             self.metrics.requests_refused_busy += 1;
             if local {
                 self.reply(&request, ReplyOutcome::Rejected(RejectReason::Busy));
             }
             return;
         }
+        self.pending_bytes += size;
         self.pending.insert(
             key,
             PendingRequest {
@@ -83,6 +96,7 @@ impl Replica {
                 watch,
                 passed_over: false,
                 included: false,
+                vouch,
             },
         );
         self.waiting.push_back((self.now, key));
@@ -114,8 +128,21 @@ impl Replica {
         } else {
             Watch::RelayedToUs
         };
+        if self.vouching() {
+            // Kept whole, as signed: it vouches for its requests wherever
+            // they go from here.
+            if !self.forward_within_limits(&forward.value) {
+                self.drop_input(super::DropReason::Oversized);
+                return;
+            }
+            let vouched = std::sync::Arc::new(forward);
+            for request in &vouched.value.requests {
+                self.admit_request(request.clone(), false, watch, Some(vouched.clone()));
+            }
+            return;
+        }
         for request in forward.value.requests {
-            self.admit_request(request, false, watch);
+            self.admit_request(request, false, watch, None);
         }
     }
 
@@ -144,7 +171,11 @@ impl Replica {
         if full || due {
             let requests = std::mem::take(&mut self.to_forward);
             self.to_forward_bytes = 0;
-            self.send_forward(requests);
+            // Within the batch limits, as receivers check before verifying
+            // (one input may have gathered more than a batch's worth).
+            for chunk in self.forward_chunks(requests) {
+                self.send_forward(chunk);
+            }
         }
     }
 
@@ -159,6 +190,12 @@ impl Replica {
     fn send_forward(&mut self, requests: Vec<SignedRequest>) {
         self.last_forward = Some(self.now);
         let primary = self.primary();
+        if self.vouching() {
+            if let Some(vouched) = self.vouch(requests) {
+                self.send(primary, WireMessage::Forward((*vouched).clone()));
+            }
+            return;
+        }
         match self.signer.sign(Forward { requests }) {
             Ok(signed) => self.send(primary, WireMessage::Forward(signed)),
             Err(_) => self.drop_input(super::DropReason::Oversized),
@@ -177,6 +214,7 @@ impl Replica {
         let primary = self.is_primary();
         let now = self.now;
         let mut forward = Vec::new();
+        let mut keys = Vec::new();
         for (key, pending) in self.pending.iter_mut() {
             pending.since = now;
             pending.passed_over = false;
@@ -188,11 +226,21 @@ impl Replica {
                 self.queue.push_back((*key, now));
             } else {
                 forward.push(pending.request.clone());
+                keys.push(*key);
             }
         }
-        // Keep each forward under the batch limits.
-        for chunk in forward.chunks(self.config.max_batch_requests) {
-            self.send_forward(chunk.to_vec());
+        if self.vouching() {
+            // Each forward as its voucher signed it (within the batch
+            // limits: forwards are split where they are first signed).
+            let primary = self.primary();
+            for vouched in self.vouched_forwards(&keys) {
+                self.send(primary, WireMessage::Forward((*vouched).clone()));
+            }
+        } else {
+            // Keep each forward under the batch limits.
+            for chunk in self.forward_chunks(forward) {
+                self.send_forward(chunk);
+            }
         }
         self.propose_batches();
     }
@@ -245,11 +293,16 @@ impl Replica {
             if !(full || idle || waited) {
                 return;
             }
-            let (batch, cut) = self.cut_batch();
+            let (batch, vouches, cut) = if self.vouching() {
+                self.cut_vouched_batch()
+            } else {
+                let (batch, cut) = self.cut_batch();
+                (batch, Vec::new(), cut)
+            };
             if batch.requests.is_empty() {
                 return;
             }
-            if !self.propose(batch) {
+            if !self.propose(batch, vouches) {
                 // Nothing was signed: the requests go back to the head of
                 // the queue, still unproposed, and wait for a view change.
                 for entry in cut.into_iter().rev() {
@@ -335,6 +388,9 @@ impl Replica {
     /// expired: stop waiting for it and answer a local client.
     pub(super) fn complete_request(&mut self, request: &SignedRequest, outcome: ReplyOutcome) {
         if let Some(pending) = self.pending.remove(&request.key()) {
+            self.pending_bytes = self
+                .pending_bytes
+                .saturating_sub(pending.request.payload_len());
             if pending.local {
                 self.reply(request, outcome);
             }

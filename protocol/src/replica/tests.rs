@@ -50,7 +50,7 @@ fn deliver(replica: &mut Replica, message: WireMessage) {
     let verified = verify_message(
         message,
         &committee(),
-        RequestMode::ClientSigned,
+        &crate::verify::MessageLimits::of(&Config::default()),
         &mut BatchVerifier,
     )
     .unwrap();
@@ -180,6 +180,7 @@ fn forwards_are_paced_under_load() {
         };
         let request = verify_request(
             SignedRequest::sign(request, &client).unwrap(),
+            NodeId(2),
             &committee(),
             RequestMode::ClientSigned,
             &mut BatchVerifier,
@@ -243,4 +244,112 @@ fn a_peer_with_other_consensus_settings_is_ignored() {
     assert!(replica.settings_mismatches().is_empty());
     deliver(&mut replica, prepare(1, 0, 3, 1));
     assert_eq!(replica.status().active_slots, 1, "heard again");
+}
+
+/// A peer's buffer of messages for future views is bounded in bytes, not
+/// only in messages: a future primary sending hundreds of pre-prepares with
+/// large (valid-size) batches pins no more than
+/// `max_future_bytes_per_peer` (or one message, if that alone is larger).
+#[test]
+fn future_view_messages_are_bounded_in_bytes() {
+    let mut replica = replica(0);
+    replica.config.max_future_bytes_per_peer = FUTURE_BYTES_UNDER_TEST as usize;
+    let client = KeyPair::from_seed([43; 32]);
+    // View 5's primary is replica 1.
+    for seq in 1..=200u64 {
+        let request = crate::message::Request {
+            client: client.public(),
+            request_id: seq,
+            valid_until: SeqNum(1000),
+            payload: vec![seq as u8; 60 * 1024],
+        };
+        let batch = Batch {
+            requests: vec![SignedRequest::sign(request, &client).unwrap()],
+        };
+        let digest = MerkleTree::new(&batch).root();
+        let pre_prepare = signed(
+            1,
+            PrePrepare {
+                view: View(5),
+                seq: SeqNum(seq),
+                digest,
+            },
+        );
+        deliver(
+            &mut replica,
+            WireMessage::PrePrepare {
+                pre_prepare,
+                batch: Arc::new(batch),
+                vouches: Vec::new(),
+            },
+        );
+    }
+    let queue = replica.future.get(&NodeId(1)).cloned().unwrap_or_default();
+    let bytes: u64 = queue
+        .iter()
+        .map(|(_, message)| crate::codec::encoded_len(message).unwrap())
+        .sum();
+    let bound = FUTURE_BYTES_UNDER_TEST;
+    println!("peer 1 buffers {} messages, {bytes} bytes", queue.len());
+    assert!(
+        bytes <= bound,
+        "peer 1 buffers {} messages, {bytes} bytes, over {bound}",
+        queue.len()
+    );
+    assert!(!queue.is_empty(), "the newest is kept");
+    assert!(replica.metrics().dropped_for(DropReason::FutureBufferFull) > 0);
+}
+
+const FUTURE_BYTES_UNDER_TEST: u64 = 4 * 1024 * 1024;
+
+/// The requests a replica holds until they execute are bounded in bytes,
+/// not only in number: one client sending large requests faster than they
+/// commit is refused "busy" once `max_pending_bytes` are held.
+#[test]
+fn pending_requests_are_bounded_in_bytes() {
+    let mut replica = replica(0);
+    set_max_pending_bytes(&mut replica, PENDING_BYTES_UNDER_TEST);
+    let client = KeyPair::from_seed([44; 32]);
+    for id in 1..=200u64 {
+        let request = crate::message::Request {
+            client: client.public(),
+            request_id: id,
+            valid_until: SeqNum(1000),
+            payload: vec![id as u8; 60 * 1024],
+        };
+        let request = verify_request(
+            SignedRequest::sign(request, &client).unwrap(),
+            NodeId(2),
+            &committee(),
+            RequestMode::ClientSigned,
+            &mut BatchVerifier,
+        )
+        .unwrap();
+        replica.handle_request(Duration::from_millis(1), request, true);
+    }
+    let held: usize = replica
+        .pending
+        .values()
+        .map(|pending| pending.request.payload_len())
+        .sum();
+    println!(
+        "{} requests pending, {held} payload bytes; {} refused busy",
+        replica.pending.len(),
+        replica.metrics().requests_refused_busy
+    );
+    assert!(held <= PENDING_BYTES_UNDER_TEST, "{held} bytes held");
+    assert!(replica.metrics().requests_refused_busy > 0);
+    let busy = replica
+        .drain_actions()
+        .replies
+        .iter()
+        .filter(|reply| reply.outcome == ReplyOutcome::Rejected(RejectReason::Busy))
+        .count();
+    assert!(busy > 0, "the clients are told");
+}
+
+const PENDING_BYTES_UNDER_TEST: usize = 4 * 1024 * 1024;
+
+fn set_max_pending_bytes(replica: &mut Replica, bytes: usize) {
+    replica.config.max_pending_bytes = bytes;
 }

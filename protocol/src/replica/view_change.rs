@@ -293,6 +293,7 @@ impl Replica {
             slot.prepares.clear();
             slot.commits.clear();
             slot.commit_sent = false;
+            slot.vouches.clear();
         }
         for pending in self.pending.values_mut() {
             pending.proposed = false;
@@ -396,19 +397,31 @@ fn check_new_view(
     new_view: &NewView,
     broken: bool,
 ) -> Option<(CheckpointCertificate, Vec<(SeqNum, Digest)>)> {
-    let mut signers = BTreeSet::new();
-    for view_change in &new_view.view_changes {
-        if view_change.value.new_view != new_view.view
-            || !signers.insert(view_change.signer)
-            || !valid_view_change(committee, window, &view_change.value)
-        {
-            return None;
-        }
-    }
-    if signers.len() < committee.quorum() {
+    if !valid_new_view(committee, window, new_view) {
         return None;
     }
     Some(compute_reproposals(&new_view.view_changes, broken))
+}
+
+/// `V` holds: 2f+1 or more view-changes for the new view from distinct
+/// committee members, each valid; and `O` is no longer than the window.
+/// Signatures aside, this is everything [`check_new_view`] checks, and
+/// cheap: the shell runs it before verifying a single signature.
+pub(crate) fn valid_new_view(committee: &Committee, window: u64, new_view: &NewView) -> bool {
+    if new_view.view_changes.len() > committee.n() || new_view.pre_prepares.len() as u64 > window {
+        return false;
+    }
+    let mut signers = BTreeSet::new();
+    for view_change in &new_view.view_changes {
+        if view_change.value.new_view != new_view.view
+            || !committee.contains(view_change.signer)
+            || !signers.insert(view_change.signer)
+            || !valid_view_change(committee, window, &view_change.value)
+        {
+            return false;
+        }
+    }
+    signers.len() >= committee.quorum()
 }
 
 /// `O`: the highest checkpoint in `V`, and for every sequence above it up to

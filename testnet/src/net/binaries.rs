@@ -1,10 +1,13 @@
-//! Finding the `bftd` binary, and building it when bftnet runs from cargo.
+//! Finding the `bftd` and `bftd-byzantine` binaries, and building them
+//! when bftnet runs from cargo.
 //!
-//! `cargo run -p bftnet` builds bftnet only, not the `bftd` binary the
-//! testnet runs. So when bftnet was started by cargo (`CARGO` and
-//! `CARGO_MANIFEST_DIR` are set), it makes sure `bftd` is built from the
-//! same sources, with the `byzantine` feature, in the same target directory
-//! and profile: `cargo build -p bftd -p bftnet`, a no-op when up to date.
+//! Honest nodes run the operator's `bftd`, which cannot lie; byzantine
+//! nodes run `bftd-byzantine` (a binary of this crate, `src/bin/`).
+//! `cargo run -p bftnet` builds bftnet only, not the binaries the testnet
+//! runs. So when bftnet was started by cargo (`CARGO` and
+//! `CARGO_MANIFEST_DIR` are set), it makes sure both are built from the
+//! same sources, in the same target directory and profile: `cargo build -p
+//! bftd -p bftnet`, a no-op when up to date.
 
 use super::error::NetError;
 use std::ffi::OsString;
@@ -15,9 +18,44 @@ use std::time::SystemTime;
 /// Environment variable naming the `bftd` binary.
 pub const BFTD_ENV: &str = "BFTD_BIN";
 
-/// A string only a `bftd` built *without* the `byzantine` feature contains
-/// (its refusal message; see `node/src/runtime/mod.rs`).
-const NOT_BYZANTINE_MARKER: &[u8] = b"this bftd was built without the `byzantine` feature";
+/// Environment variable naming the `bftd-byzantine` binary.
+pub const BFTD_BYZANTINE_ENV: &str = "BFTD_BYZANTINE_BIN";
+
+fn byzantine_name() -> String {
+    format!("bftd-byzantine{}", std::env::consts::EXE_SUFFIX)
+}
+
+/// Finds `bftd-byzantine`, the lying node: `$BFTD_BYZANTINE_BIN` if set;
+/// else next to this executable (it is built with bftnet), or next to
+/// `bftd`.
+pub fn find_bftd_byzantine(bftd: &Path) -> Result<PathBuf, NetError> {
+    if let Some(path) = std::env::var_os(BFTD_BYZANTINE_ENV) {
+        let path = PathBuf::from(path);
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(NetError::BinaryMissing {
+                name: "bftd-byzantine",
+                env: BFTD_BYZANTINE_ENV,
+                searched: vec![path],
+            })
+        };
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut searched = Vec::new();
+    for dir in [exe.parent(), bftd.parent()].into_iter().flatten() {
+        searched.push(dir.join(byzantine_name()));
+    }
+    searched
+        .iter()
+        .find(|path| path.is_file())
+        .cloned()
+        .ok_or(NetError::BinaryMissing {
+            name: "bftd-byzantine",
+            env: BFTD_BYZANTINE_ENV,
+            searched,
+        })
+}
 
 fn bftd_name() -> String {
     format!("bftd{}", std::env::consts::EXE_SUFFIX)
@@ -69,9 +107,10 @@ pub fn find_bftd() -> Result<PathBuf, NetError> {
 }
 
 /// The `bftd` in `profile_dir`, built with `cargo build -p bftd -p bftnet`
-/// (plus `profile`) unless it is newer than every source it is built from
-/// and has the `byzantine` feature. `show_progress` lets cargo's output
-/// through; otherwise it is returned in the error if the build fails.
+/// (plus `profile`, which builds `bftd-byzantine` next to it) unless both
+/// are newer than every source they are built from. `show_progress` lets
+/// cargo's output through; otherwise it is returned in the error if the
+/// build fails.
 pub fn ensure_bftd(
     cargo: &OsString,
     workspace: &Path,
@@ -80,7 +119,8 @@ pub fn ensure_bftd(
     show_progress: bool,
 ) -> Result<PathBuf, NetError> {
     let bftd = profile_dir.join(bftd_name());
-    if up_to_date(&bftd, workspace) {
+    let byzantine = profile_dir.join(byzantine_name());
+    if up_to_date(&bftd, workspace) && up_to_date(&byzantine, workspace) {
         return Ok(bftd);
     }
     let target_dir = profile_dir.parent().unwrap_or(profile_dir);
@@ -134,27 +174,27 @@ pub fn ensure_bftd(
             .map(|o| (o.status, String::from_utf8_lossy(&o.stderr).into_owned()))
     };
     match output {
-        Ok((status, _)) if status.success() && bftd.is_file() => Ok(bftd),
+        Ok((status, _)) if status.success() && bftd.is_file() && byzantine.is_file() => Ok(bftd),
         Ok((status, stderr)) => Err(failed(format!("{status}\n{stderr}"))),
         Err(error) => Err(failed(error.to_string())),
     }
 }
 
-/// Whether `bftd` exists, is newer than every source of the crates it is
-/// built from, and was built with the `byzantine` feature.
-fn up_to_date(bftd: &Path, workspace: &Path) -> bool {
-    let Ok(built) = std::fs::metadata(bftd).and_then(|m| m.modified()) else {
+/// Whether `binary` exists and is newer than every source of the crates
+/// it may be built from.
+fn up_to_date(binary: &Path, workspace: &Path) -> bool {
+    let Ok(built) = std::fs::metadata(binary).and_then(|m| m.modified()) else {
         return false;
     };
     let mut newest = SystemTime::UNIX_EPOCH;
     for file in ["Cargo.toml", "Cargo.lock"] {
         newest = newest.max(modified(&workspace.join(file)));
     }
-    for krate in ["crypto", "protocol", "node"] {
+    for krate in ["crypto", "protocol", "node", "testnet"] {
         newest = newest.max(modified(&workspace.join(krate).join("Cargo.toml")));
         newest = newest.max(newest_in(&workspace.join(krate).join("src")));
     }
-    built >= newest && !contains(bftd, NOT_BYZANTINE_MARKER)
+    built >= newest
 }
 
 fn modified(path: &Path) -> SystemTime {
@@ -181,66 +221,4 @@ fn newest_in(dir: &Path) -> SystemTime {
         }
     }
     newest
-}
-
-/// Whether the file at `path` contains `needle`, read in chunks.
-fn contains(path: &Path, needle: &[u8]) -> bool {
-    use std::io::Read;
-    let Ok(mut file) = std::fs::File::open(path) else {
-        return false;
-    };
-    let mut buffer = vec![0u8; 1 << 20];
-    let mut carry: Vec<u8> = Vec::new();
-    loop {
-        let read = match file.read(&mut buffer) {
-            Ok(0) | Err(_) => return false,
-            Ok(read) => read,
-        };
-        carry.extend_from_slice(buffer.get(..read).unwrap_or_default());
-        if find(&carry, needle) {
-            return true;
-        }
-        let keep = needle.len().saturating_sub(1).min(carry.len());
-        carry.drain(..carry.len() - keep);
-    }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> bool {
-    let Some((&first, _)) = needle.split_first() else {
-        return true;
-    };
-    let mut start = 0;
-    while let Some(offset) = haystack
-        .get(start..)
-        .and_then(|rest| rest.iter().position(|&b| b == first))
-    {
-        let at = start + offset;
-        if haystack.get(at..at + needle.len()) == Some(needle) {
-            return true;
-        }
-        start = at + 1;
-    }
-    false
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The marker search finds a needle across chunk boundaries and not
-    /// where it is absent.
-    #[test]
-    fn marker_search() {
-        assert!(find(b"xxabcxx", b"abc"));
-        assert!(!find(b"xxabxcx", b"abc"));
-        let path = std::env::temp_dir().join(format!("bftnet-marker-{}", std::process::id()));
-        let mut bytes = vec![b'a'; (1 << 20) - 3];
-        bytes.extend_from_slice(NOT_BYZANTINE_MARKER);
-        bytes.extend_from_slice(b"tail");
-        std::fs::write(&path, &bytes).unwrap();
-        assert!(contains(&path, NOT_BYZANTINE_MARKER));
-        std::fs::write(&path, b"nothing here").unwrap();
-        assert!(!contains(&path, NOT_BYZANTINE_MARKER));
-        std::fs::remove_file(&path).unwrap();
-    }
 }

@@ -5,8 +5,8 @@ use super::binaries::find_bftd;
 use super::check::{self, CheckReport};
 use super::error::NetError;
 use super::launch::{
-    find_bftnet, kill as kill_pid, log_tail, node_alive, node_marker, proxy_alive, proxy_marker,
-    shutdown_signal, start_node, start_proxy, stop_all, wait_healthy,
+    find_bftnet, kill as kill_pid, log_tail, node_alive, node_marker, output_closed, proxy_alive,
+    proxy_marker, say, shutdown_signal, start_node, start_proxy, stop_all, wait_healthy,
 };
 use super::layout::{
     assign_behaviours, behaviours, check_size, generate, next_generation, read_applied,
@@ -271,21 +271,29 @@ pub async fn up(options: UpOptions) -> Result<(), NetError> {
     } else {
         start_default_load(&layout, &state, options.default_rate).await
     };
-    watch(&layout, shutdown_signal()).await;
+    // Ctrl-C, or nobody left reading our output (`| tee log` gone).
+    let stop = async {
+        tokio::select! {
+            _ = shutdown_signal() => {}
+            _ = output_closed() => {}
+        }
+    };
+    watch(&layout, stop).await;
     if let Some(load) = &background {
         load.stop();
     }
-    eprintln!("stopping the testnet ...");
+    // From here on the output may be a closed pipe: nothing may panic.
+    say("stopping the testnet ...");
     let lock = layout.lock()?;
     let stopped = stop_testnet(&layout);
     drop(lock);
     reap(children);
-    eprintln!(
+    say(&format!(
         "stopped {stopped}. Data kept in {}: `bftnet up{}` resumes it, `bftnet down --clean{}` deletes it.",
         layout.dir.display(),
         dir_flag(&layout),
         dir_flag(&layout)
-    );
+    ));
     Ok(())
 }
 
@@ -573,8 +581,11 @@ fn print_summary(layout: &Layout, state: &State, options: &UpOptions) {
     if !options.detach {
         out.push_str("Ctrl-C stops every node and the proxy (data is kept).\n");
     }
-    print!("{out}");
-    let _ = std::io::stdout().flush();
+    // Never a panic here: the testnet runs, and a closed pipe must lead to
+    // stopping it (see `output_closed`), not to leaving it behind.
+    let mut stdout = std::io::stdout().lock();
+    let _ = write!(stdout, "{out}");
+    let _ = stdout.flush();
 }
 
 /// Stops every process of the testnet in `layout` (nodes first, then the

@@ -199,6 +199,14 @@ pub enum NetError {
         /// Each node's last log lines.
         tails: String,
     },
+    /// A node's store could not be created.
+    #[error("cannot create the store of node {id}: {source}")]
+    Store {
+        /// The node.
+        id: u16,
+        /// Why (boxed: it is large and rare).
+        source: Box<bftd::StartError>,
+    },
     /// Ctrl-C (or SIGTERM/SIGHUP) stopped the command.
     #[error("interrupted: every process this command started has been stopped")]
     Interrupted,

@@ -2,6 +2,7 @@
 //! whether they still run, stopping them by PID, and asking nodes over HTTP
 //! whether they are healthy.
 
+use super::binaries::find_bftd_byzantine;
 use super::error::NetError;
 use super::layout::{Layout, State};
 use bftd::client_api::NodeStatus;
@@ -50,9 +51,16 @@ fn spawn(mut command: Command, log: &Path, banner: &str) -> Result<Child, NetErr
         .map_err(|source| NetError::Spawn { program, source })
 }
 
-/// Starts node `id` with `bftd run --config`, and records its PID.
+/// Starts node `id` with `bftd run --config` (`bftd-byzantine run` if it
+/// has a behaviour: the operator's `bftd` cannot lie), and records its PID.
 pub fn start_node(layout: &Layout, state: &mut State, id: u16) -> Result<Child, NetError> {
-    let mut command = Command::new(&state.bftd);
+    create_store(layout, state, id)?;
+    let behaviour = state.node(id)?.behaviour.clone();
+    let program = match behaviour {
+        Some(_) => find_bftd_byzantine(&state.bftd)?,
+        None => state.bftd.clone(),
+    };
+    let mut command = Command::new(program);
     command
         .arg("run")
         .arg("--config")
@@ -60,7 +68,6 @@ pub fn start_node(layout: &Layout, state: &mut State, id: u16) -> Result<Child, 
     if std::env::var_os("RUST_LOG").is_none() {
         command.env("RUST_LOG", "info");
     }
-    let behaviour = state.node(id)?.behaviour.clone();
     let banner = format!(
         "starting node {id}{}",
         behaviour.map(|b| format!(" as {b}")).unwrap_or_default()
@@ -69,6 +76,24 @@ pub fn start_node(layout: &Layout, state: &mut State, id: u16) -> Result<Child, 
     state.node_mut(id)?.pid = Some(child.id());
     state.save(layout)?;
     Ok(child)
+}
+
+/// At a node's first start, creates its store (as `bftd init` does), once:
+/// `bftd run` never creates one. A testnet from before bftnet recorded this
+/// counts a store it finds as created.
+fn create_store(layout: &Layout, state: &mut State, id: u16) -> Result<(), NetError> {
+    if state.node(id)?.store_created {
+        return Ok(());
+    }
+    let config = bftd::config::NodeConfig::load(&layout.node_config(id))?;
+    if !bftd::runtime::store_path(&config).exists() {
+        bftd::init(&config).map_err(|source| NetError::Store {
+            id,
+            source: Box::new(source),
+        })?;
+    }
+    state.node_mut(id)?.store_created = true;
+    state.save(layout)
 }
 
 /// Starts the fault proxy (`bftnet proxy --dir DIR`), and records its PID.
@@ -347,6 +372,41 @@ pub async fn wait_healthy(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Writes a line to standard error, ignoring failure: said on the way
+/// out, where the terminal or pipe may be gone (`eprintln!` would panic
+/// there and leave the testnet running).
+pub fn say(line: &str) {
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "{line}");
+    let _ = err.flush();
+}
+
+/// Resolves once standard output or standard error is a pipe whose reader
+/// has gone (`bftnet up | tee log`, and `tee` was stopped): nobody sees
+/// the testnet any more, so `bftnet up` stops it.
+pub async fn output_closed() {
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if reader_gone(std::io::stdout()) || reader_gone(std::io::stderr()) {
+            return;
+        }
+    }
+}
+
+/// Whether `fd` is the writing end of a pipe whose reading end is closed
+/// (poll reports an error on it; a terminal, file or open pipe reports
+/// nothing when asked for no events).
+fn reader_gone(fd: impl std::os::fd::AsFd) -> bool {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let mut fds = [PollFd::new(&fd, PollFlags::empty())];
+    let now = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    matches!(poll(&mut fds, Some(&now)), Ok(ready) if ready > 0)
+        && fds[0].revents().contains(PollFlags::ERR)
 }
 
 /// Resolves on Ctrl-C, SIGTERM or SIGHUP.

@@ -157,6 +157,11 @@ pub struct NodeState {
     pub colluders: Vec<u16>,
     /// PID of its `bftd` process, while bftnet believes it runs.
     pub pid: Option<u32>,
+    /// Whether bftnet created its store (`bftd init`), which it does once,
+    /// at the node's first start: a store that goes missing later stays
+    /// missing, and the node refuses to start, as a real one would.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub store_created: bool,
 }
 
 impl NodeState {
@@ -455,6 +460,7 @@ pub fn generate(
             behaviour: None,
             colluders: Vec::new(),
             pid: None,
+            store_created: false,
         });
     }
     let client = layout.client_key();

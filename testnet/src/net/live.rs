@@ -410,9 +410,9 @@ pub async fn watch(layout: &Layout, stop: impl std::future::Future<Output = ()>)
         let snapshot = snapshot(layout, &state).await;
         if !snapshot.proxy_running && snapshot.nodes.iter().all(|node| !node.running) {
             if terminal {
-                eprintln!();
+                super::launch::say("");
             }
-            eprintln!("every process of the testnet has stopped");
+            super::launch::say("every process of the testnet has stopped");
             return;
         }
         let rate = meter.sample(&state, &snapshot).await;
@@ -426,7 +426,7 @@ pub async fn watch(layout: &Layout, stop: impl std::future::Future<Output = ()>)
         }
     }
     if terminal {
-        eprintln!();
+        super::launch::say("");
     }
 }
 

@@ -229,6 +229,7 @@ pub fn sim_protocol_config() -> Config {
         batch_delay: Duration::from_millis(2),
         max_request_bytes: 1024,
         max_pending_requests: 1000,
+        max_pending_bytes: 1024 * 1024,
         request_timeout: Duration::from_millis(300),
         request_timeout_max: Duration::from_millis(2400),
         view_change_timeout: Duration::from_millis(200),
@@ -237,6 +238,7 @@ pub fn sim_protocol_config() -> Config {
         fetch_max_blocks: 16,
         fetch_timeout: Duration::from_millis(300),
         max_future_messages_per_peer: 256,
+        max_future_bytes_per_peer: 1024 * 1024,
         request_lifetime: 1000,
     }
 }

@@ -9,8 +9,8 @@ use bftd_protocol::byzantine::{Adversary, Behaviour, Emission};
 use bftd_protocol::merkle::MerkleTree;
 use bftd_protocol::{
     codec, verify_message, verify_request, BlockSource, ClientReply, Committee, Destination,
-    MemStorage, NodeId, Replica, ReplicaSetup, ReplyOutcome, Request, RequestKey, SeqNum,
-    SignedRequest, Storage, WireMessage,
+    MemStorage, MessageLimits, NodeId, Replica, ReplicaSetup, ReplyOutcome, Request, RequestKey,
+    RequestMode, SeqNum, SignedRequest, Storage, WireMessage,
 };
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -647,11 +647,19 @@ impl<'a> World<'a> {
     }
 
     fn submit(&mut self, key: RequestKey, slot: Slot) {
-        let Some(request) = self.submitted.get(&key).cloned() else {
+        let Some(mut request) = self.submitted.get(&key).cloned() else {
             return;
         };
         let mode = self.config.protocol.request_mode;
-        let Ok(verified) = verify_request(request, &self.committee, mode, &mut self.verifier)
+        let entry = self.nodes[slot].id;
+        if mode == RequestMode::ConnectionAuthenticated {
+            // The copy for this node: carrying the client's grant to it.
+            if let Some(client) = self.client_keys.iter().find(|k| k.public() == key.client) {
+                request = SignedRequest::granted(request.request, client, entry);
+            }
+        }
+        let Ok(verified) =
+            verify_request(request, entry, &self.committee, mode, &mut self.verifier)
         else {
             return;
         };
@@ -762,8 +770,8 @@ impl<'a> World<'a> {
         let Ok(message) = codec::decode::<WireMessage>(bytes) else {
             return;
         };
-        let mode = self.config.protocol.request_mode;
-        let Ok(verified) = verify_message(message, &self.committee, mode, &mut self.verifier)
+        let limits = MessageLimits::of(&self.config.protocol);
+        let Ok(verified) = verify_message(message, &self.committee, &limits, &mut self.verifier)
         else {
             return;
         };
@@ -906,12 +914,20 @@ impl<'a> World<'a> {
                 .batch
                 .requests
                 .iter()
-                .position(|r| r == request)?;
+                .position(|r| r.request == request.request)?;
             let tree = MerkleTree::new(&block.block.batch);
-            Some(Receipt::new(&block, &tree, index, key.request_id))
+            let copy = block.block.batch.requests.get(index)?.clone();
+            Some((Receipt::new(&block, &tree, index, key.request_id), copy))
         });
         let lifetime = self.config.protocol.request_lifetime;
-        match receipt.map(|r| r.verify(&self.committee, lifetime, request)) {
+        // The copy in the block (connection-authenticated: the one granted to
+        // whichever node vouched for it) must be this client's request.
+        match receipt.map(|(r, copy)| {
+            if copy.request != request.request {
+                return Err(());
+            }
+            r.verify(&self.committee, lifetime, &copy).map_err(|_| ())
+        }) {
             Some(Ok(committed)) => {
                 self.clients.verified += 1;
                 self.clients

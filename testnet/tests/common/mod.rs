@@ -21,7 +21,7 @@ pub fn bftnet_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_bftnet"))
 }
 
-/// The `bftd` binary, with the `byzantine` feature, from the same sources,
+/// The `bftd` binary (and `bftd-byzantine` next to `bftnet`), from the same sources,
 /// profile and target directory as `bftnet`: used as is when up to date
 /// (`cargo test --workspace` builds it), otherwise built once here.
 pub fn bftd_bin() -> &'static Path {

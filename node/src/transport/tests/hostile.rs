@@ -267,3 +267,35 @@ async fn oversized_frame_from_peer_is_refused() {
     })
     .await;
 }
+
+/// A client's frames have their own, smaller limit than peers': a frame
+/// between the two closes the client's connection and is counted, while a
+/// frame that size from a peer would be accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_frames_have_their_own_limit() {
+    bounded(async {
+        let mut config = cluster(1, 63).remove(0);
+        config.max_client_frame_bytes = 2048;
+        let server_key = config.key.public();
+        let mut node = start(config).await;
+        let address = node.transport.local_address();
+        let mut link = connect_client_with(&key(64), address, server_key, 1 << 20)
+            .await
+            .unwrap();
+        link.send(Bytes::from(vec![1; 2048])).await.unwrap();
+        link.send(Bytes::from(vec![1; 2049])).await.unwrap();
+        let connection = node.clients.recv().await.unwrap();
+        let (_replies, mut requests) = connection.accept_stream().await.unwrap();
+        assert_eq!(requests.recv().await.unwrap().unwrap().len(), 2048);
+        assert!(matches!(
+            requests.recv().await,
+            Err(TransportError::FrameTooLarge {
+                length: 2049,
+                max_frame_bytes: 2048
+            })
+        ));
+        assert_eq!(node.transport.stats().oversized_received, 1);
+        assert_eq!(node.transport.stats().client_oversized_received, 1);
+    })
+    .await;
+}

@@ -264,7 +264,9 @@ async fn clients_are_identified_by_their_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_survive_coalescing_and_splitting() {
     bounded(async {
-        let config = cluster(1, 45).remove(0);
+        let mut config = cluster(1, 45).remove(0);
+        // Frames of every size, from a client too.
+        config.max_client_frame_bytes = config.max_frame_bytes;
         let server_key = config.key.public();
         let mut node = start(config).await;
         let address = node.transport.local_address();

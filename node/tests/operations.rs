@@ -1,0 +1,215 @@
+//! What an operator and a supervisor see of the `bftd` binary: how a store
+//! comes to exist, what the operator's binary refuses, and that the
+//! metrics endpoint stays responsive.
+
+mod common;
+
+use bftd_protocol::RequestMode;
+use common::{bftd, data_dir, TestCluster};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `bftd` process, killed when dropped (even if the test fails).
+struct Process {
+    child: Child,
+    stderr: std::path::PathBuf,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// How a `bftd` command ended within its time.
+#[derive(Debug)]
+enum Outcome {
+    /// It exited, with this status and standard error.
+    Exited(ExitStatus, String),
+    /// It still ran when the time was up (then it was killed), with its
+    /// standard error so far.
+    StillRunning(String),
+}
+
+fn spawn(dir: &Path, args: &[&str], name: &str) -> Process {
+    let stderr = dir.join(format!("{name}.stderr"));
+    let file = std::fs::File::create(&stderr).unwrap();
+    let child = Command::new(bftd())
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(file)
+        .spawn()
+        .expect("spawn bftd");
+    Process { child, stderr }
+}
+
+/// Runs `bftd ARGS` for at most `time`.
+fn run(dir: &Path, args: &[&str], name: &str, time: Duration) -> Outcome {
+    let mut process = spawn(dir, args, name);
+    let deadline = Instant::now() + time;
+    loop {
+        if let Some(status) = process.child.try_wait().unwrap() {
+            return Outcome::Exited(status, std::fs::read_to_string(&process.stderr).unwrap());
+        }
+        if Instant::now() >= deadline {
+            let _ = process.child.kill();
+            let _ = process.child.wait();
+            return Outcome::StillRunning(std::fs::read_to_string(&process.stderr).unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Asserts that `bftd ARGS` fails within 10 s, and returns its standard
+/// error.
+fn refused(dir: &Path, args: &[&str], name: &str) -> String {
+    match run(dir, args, name, Duration::from_secs(10)) {
+        Outcome::Exited(status, stderr) if !status.success() => stderr,
+        outcome => panic!("`bftd {}` was not refused: {outcome:?}", args.join(" ")),
+    }
+}
+
+/// A node whose data directory is missing (never created, or an unmounted
+/// volume) must not start on a new empty store: it would forget every vote
+/// it signed and could sign conflicting ones. `bftd run` refuses and says
+/// how to create a store; `bftd init` creates one (once: a second `init`
+/// is refused too), after which `run` starts; `run --init` creates a
+/// missing store at first start.
+#[test]
+fn run_refuses_a_missing_store() {
+    let cluster = TestCluster::configure(4, RequestMode::ClientSigned, "");
+    let dir = cluster.path();
+    let config = cluster.node_file(0);
+    let config = config.to_str().unwrap();
+
+    let stderr = refused(dir, &["run", "--config", config], "missing");
+    assert!(
+        stderr.contains("bftd init") && stderr.contains("--init"),
+        "the refusal says what to do: {stderr}"
+    );
+    assert!(
+        !data_dir(&cluster, 0).exists(),
+        "a refused run leaves nothing behind"
+    );
+
+    match run(
+        dir,
+        &["init", "--config", config],
+        "init",
+        Duration::from_secs(10),
+    ) {
+        Outcome::Exited(status, stderr) => assert!(status.success(), "{stderr}"),
+        outcome => panic!("bftd init did not finish: {outcome:?}"),
+    }
+    assert!(data_dir(&cluster, 0).join("bftd.redb").is_file());
+    let stderr = refused(dir, &["init", "--config", config], "init-again");
+    assert!(stderr.contains("already"), "{stderr}");
+    match run(
+        dir,
+        &["run", "--config", config],
+        "run",
+        Duration::from_secs(2),
+    ) {
+        Outcome::StillRunning(stderr) => assert!(!stderr.contains("error"), "{stderr}"),
+        outcome => panic!("bftd run on an initialised store stopped: {outcome:?}"),
+    }
+
+    // The volume is gone (unmounted, deleted): refused again.
+    std::fs::remove_dir_all(data_dir(&cluster, 0)).unwrap();
+    let stderr = refused(dir, &["run", "--config", config], "unmounted");
+    assert!(stderr.contains("bftd init"), "{stderr}");
+
+    // `run --init` creates the store and runs.
+    let config1 = cluster.node_file(1);
+    let config1 = config1.to_str().unwrap();
+    match run(
+        dir,
+        &["run", "--init", "--config", config1],
+        "run-init",
+        Duration::from_secs(2),
+    ) {
+        Outcome::StillRunning(stderr) => assert!(!stderr.contains("error"), "{stderr}"),
+        outcome => panic!("bftd run --init stopped: {outcome:?}"),
+    }
+    assert!(data_dir(&cluster, 1).join("bftd.redb").is_file());
+}
+
+/// The operator's `bftd` cannot lie, whatever its node file says and
+/// whatever features cargo unified into the build: a `byzantine` setting
+/// is refused with an error naming the setting and the test binary that
+/// has them.
+#[test]
+fn operator_binary_refuses_a_byzantine_setting() {
+    let cluster = TestCluster::configure(4, RequestMode::ClientSigned, "");
+    let dir = cluster.path();
+    let path = cluster.node_file(0);
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, format!("byzantine = \"equivocate\"\n{text}")).unwrap();
+    let config = path.to_str().unwrap();
+    let stderr = refused(dir, &["run", "--init", "--config", config], "byzantine");
+    assert!(
+        stderr.contains("byzantine") && stderr.contains("bftd-byzantine"),
+        "{stderr}"
+    );
+}
+
+/// Idle connections to the metrics port (opened and never used: a port
+/// scanner, a stuck scraper, an attacker) must not keep `/healthz` from
+/// answering: a supervisor that gets no answer restarts a healthy node.
+#[test]
+fn idle_connections_do_not_block_healthz() {
+    let cluster = TestCluster::start(4, RequestMode::ClientSigned, "");
+    let address = cluster.metrics[0];
+    let idle: Vec<std::net::TcpStream> = (0..200)
+        .map(|_| std::net::TcpStream::connect_timeout(&address, Duration::from_secs(2)).unwrap())
+        .collect();
+    for attempt in 0..5 {
+        let asked = Instant::now();
+        let answer = common::http_answer(address, "/healthz");
+        assert!(
+            answer.is_some(),
+            "attempt {attempt}: /healthz unanswered after {:?} with {} idle connections open",
+            asked.elapsed(),
+            idle.len()
+        );
+        assert!(asked.elapsed() < Duration::from_secs(2));
+    }
+    drop(idle);
+}
+
+/// An embedded application that panics is a failed node, not one that
+/// goes on committing while its application silently receives nothing:
+/// `NodeHandle::wait` returns the panic (and `bftd run` exits non-zero on
+/// any task's panic the same way).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_application_fails_the_node() {
+    struct Panics;
+    impl bftd::Application for Panics {
+        fn deliver(&mut self, _block: &bftd_protocol::CommittedBlock, _duplicates: &[u32]) {
+            panic!("application bug");
+        }
+    }
+    let cluster = TestCluster::configure(1, RequestMode::ClientSigned, "");
+    let config = bftd::config::NodeConfig::load(&cluster.node_file(0)).unwrap();
+    bftd::init(&config).unwrap();
+    let application: Box<dyn bftd::Application> = Box::new(Panics);
+    let mut node = bftd::start(config, Some((application, bftd_protocol::SeqNum(1))))
+        .await
+        .unwrap();
+    let client = cluster.client(0).await;
+    client.submit(b"tx".to_vec()).await.unwrap();
+    let stopped = tokio::time::timeout(Duration::from_secs(10), node.wait()).await;
+    let error = match stopped {
+        Ok(Err(error)) => error.to_string(),
+        other => panic!("a panicking application: wait gave {other:?}"),
+    };
+    assert!(
+        error.contains("application") && error.contains("application bug"),
+        "{error}"
+    );
+    node.shutdown().await;
+}

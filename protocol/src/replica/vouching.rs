@@ -1,0 +1,151 @@
+//! Connection-authenticated mode: keeping each request with the forward
+//! that vouches for it, so that a batch is made of whole vouched forwards
+//! and every replica can check who answers for each request's origin (see
+//! `crate::vouch`).
+//!
+//! A replica vouches for its own clients' requests by signing the forward
+//! that carries them (a backup when it forwards them to the primary, the
+//! primary when it cuts a batch). A forward it receives is kept whole, as
+//! signed, beside each of its requests: relayed, re-forwarded after a view
+//! change and proposed only as it is, since its signature covers exactly
+//! its requests.
+
+use super::{Replica, RequestKey};
+use crate::message::{Batch, Forward, Signed, SignedRequest, Vouch};
+use crate::verify::RequestMode;
+use std::collections::HashSet;
+use std::sync::Arc;
+
+/// A forward as its voucher signed it, shared by its requests.
+pub(super) type Vouched = Arc<Signed<Forward>>;
+
+impl Replica {
+    /// Whether requests travel in vouched forwards (connection-authenticated
+    /// mode).
+    pub(super) fn vouching(&self) -> bool {
+        self.config.request_mode == RequestMode::ConnectionAuthenticated
+    }
+
+    /// Signs a forward of this replica's own clients' requests, and keeps it
+    /// beside each of them: from now on they travel in it.
+    pub(super) fn vouch(&mut self, requests: Vec<SignedRequest>) -> Option<Vouched> {
+        let signed = match self.signer.sign(Forward { requests }) {
+            Ok(signed) => Arc::new(signed),
+            Err(_) => {
+                self.drop_input(super::DropReason::Oversized);
+                return None;
+            }
+        };
+        for request in &signed.value.requests {
+            if let Some(pending) = self.pending.get_mut(&request.key()) {
+                pending.vouch.get_or_insert_with(|| signed.clone());
+            }
+        }
+        Some(signed)
+    }
+
+    /// The vouched forwards that carry `keys`' requests, each once, in the
+    /// order of the first request each carries; this replica's own clients'
+    /// requests not yet vouched for are signed into new forwards first.
+    pub(super) fn vouched_forwards(&mut self, keys: &[RequestKey]) -> Vec<Vouched> {
+        let own: Vec<SignedRequest> = keys
+            .iter()
+            .filter_map(|key| self.pending.get(key))
+            .filter(|pending| pending.vouch.is_none())
+            .map(|pending| pending.request.clone())
+            .collect();
+        for chunk in self.forward_chunks(own) {
+            self.vouch(chunk);
+        }
+        let mut seen = HashSet::new();
+        keys.iter()
+            .filter_map(|key| self.pending.get(key)?.vouch.clone())
+            .filter(|forward| seen.insert(Arc::as_ptr(forward)))
+            .collect()
+    }
+
+    /// The next batch from the primary's queue, made of whole vouched
+    /// forwards (its own clients' requests in one forward it signs now), with
+    /// the vouches that say so, and the queue entries it took.
+    pub(super) fn cut_vouched_batch(
+        &mut self,
+    ) -> (Batch, Vec<Vouch>, Vec<(RequestKey, std::time::Duration)>) {
+        let mut runs: Vec<Vouched> = Vec::new();
+        let mut taken = HashSet::new();
+        let mut own = Vec::new();
+        let mut cut = Vec::new();
+        let (mut count, mut bytes) = (0usize, 0usize);
+        while let Some(&(key, arrived)) = self.queue.front() {
+            let Some(pending) = self.pending.get(&key).filter(|p| !p.proposed) else {
+                self.queue.pop_front();
+                continue;
+            };
+            let (more, size) = match &pending.vouch {
+                Some(forward) if taken.contains(&Arc::as_ptr(forward)) => (0, 0),
+                Some(forward) => (
+                    forward.value.requests.len(),
+                    forward
+                        .value
+                        .requests
+                        .iter()
+                        .map(SignedRequest::payload_len)
+                        .sum(),
+                ),
+                None => (1, pending.request.payload_len()),
+            };
+            if count > 0
+                && (count + more > self.config.max_batch_requests
+                    || bytes + size > self.config.max_batch_bytes)
+            {
+                break;
+            }
+            count += more;
+            bytes += size;
+            match &pending.vouch {
+                Some(forward) => {
+                    if taken.insert(Arc::as_ptr(forward)) {
+                        runs.push(forward.clone());
+                    }
+                }
+                None => own.push(pending.request.clone()),
+            }
+            cut.push((key, arrived));
+            self.queue.pop_front();
+        }
+        if !own.is_empty() {
+            if let Some(forward) = self.vouch(own) {
+                runs.push(forward);
+            }
+        }
+        let mut batch = Batch::default();
+        let mut vouches = Vec::with_capacity(runs.len());
+        for forward in runs {
+            vouches.push(Vouch {
+                voucher: forward.signer,
+                count: forward.value.requests.len() as u32,
+                signature: forward.signature,
+            });
+            batch
+                .requests
+                .extend(forward.value.requests.iter().cloned());
+        }
+        (batch, vouches, cut)
+    }
+
+    /// Whether a received forward can be kept whole as a vouch: within the
+    /// batch limits, every request within the request size limit (a forward
+    /// the primary could never propose whole is refused whole).
+    pub(super) fn forward_within_limits(&self, forward: &Forward) -> bool {
+        let mut bytes = 0usize;
+        for request in &forward.requests {
+            let size = request.payload_len();
+            if size > self.config.max_request_bytes {
+                return false;
+            }
+            bytes = bytes.saturating_add(size);
+        }
+        !forward.requests.is_empty()
+            && forward.requests.len() <= self.config.max_batch_requests
+            && (bytes <= self.config.max_batch_bytes || forward.requests.len() == 1)
+    }
+}
