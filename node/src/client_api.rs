@@ -114,8 +114,10 @@ pub struct NodeStatus {
 impl NodeStatus {
     /// Whether the node hears from enough peers to form a quorum with them:
     /// without one nothing commits, whatever the node is sent.
+    /// The counts come from a node, which may lie: no arithmetic on them
+    /// may overflow.
     pub fn has_quorum(&self) -> bool {
-        self.peers_in_touch + 1 >= self.quorum
+        self.peers_in_touch.saturating_add(1) >= self.quorum
     }
 
     /// "hears from 1 of 3 peers, a quorum needs 2", for people.
@@ -346,6 +348,38 @@ pub enum NodeMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A status comes from a node the client does not trust: a lying node's
+    /// counts must not panic the client (found by `fuzz/node_message`:
+    /// `peers_in_touch = usize::MAX` overflowed `peers_in_touch + 1`).
+    #[test]
+    fn status_from_a_lying_node_does_not_overflow() {
+        let status = NodeStatus {
+            id: 0,
+            n: usize::MAX,
+            f: usize::MAX,
+            view: u64::MAX,
+            in_view_change: true,
+            primary: u16::MAX,
+            height: u64::MAX,
+            head_hash: String::new(),
+            stable_checkpoint: u64::MAX,
+            pending_requests: usize::MAX,
+            request_mode: RequestMode::ClientSigned,
+            byzantine: None,
+            peers_in_touch: usize::MAX,
+            quorum: 0,
+            request_lifetime: u64::MAX,
+        };
+        assert!(status.has_quorum());
+        assert!(!status.describe_peers().is_empty());
+        let status = NodeStatus {
+            peers_in_touch: 0,
+            quorum: usize::MAX,
+            ..status
+        };
+        assert!(!status.has_quorum());
+    }
 
     /// The largest request a cluster allows, signed, fits in a client
     /// frame; one byte more of payload does not need to.

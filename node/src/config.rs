@@ -192,7 +192,13 @@ impl Cluster {
     /// Reads and validates a cluster file.
     pub fn load(path: &Path) -> Result<Cluster, LoadError> {
         let text = read(path)?;
-        let file: ClusterFile = toml::from_str(&text).map_err(|source| LoadError::Parse {
+        Cluster::parse(&text, path)
+    }
+
+    /// Parses and validates the text of a cluster file (`path` is only for
+    /// messages).
+    pub fn parse(text: &str, path: &Path) -> Result<Cluster, LoadError> {
+        let file: ClusterFile = toml::from_str(text).map_err(|source| LoadError::Parse {
             path: path.to_owned(),
             what: "cluster file",
             source: Box::new(source),
@@ -402,24 +408,24 @@ impl NodeConfig {
     /// against each other.
     pub fn load(path: &Path) -> Result<NodeConfig, LoadError> {
         let text = read(path)?;
-        let file: NodeFile = toml::from_str(&text).map_err(|source| LoadError::Parse {
-            path: path.to_owned(),
-            what: "node config",
-            source: Box::new(source),
-        })?;
-        refuse_consensus_settings(&text, path)?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        let resolve = |p: &Path| {
-            if p.is_absolute() {
-                p.to_owned()
-            } else {
-                base.join(p)
-            }
-        };
-        let key_file = resolve(&file.key_file);
-        let cluster_file = resolve(&file.cluster_file);
+        let file = NodeFile::parse(&text, path)?;
+        let key_file = resolve(path, &file.key_file);
+        let cluster_file = resolve(path, &file.cluster_file);
         let key = read_key(&key_file)?;
         let cluster = Cluster::load(&cluster_file)?;
+        NodeConfig::from_file(file, path, key, cluster)
+    }
+
+    /// Checks a parsed node file against its key and its cluster (`path`,
+    /// the node file's, resolves the relative paths in it).
+    pub fn from_file(
+        file: NodeFile,
+        path: &Path,
+        key: KeyPair,
+        cluster: Cluster,
+    ) -> Result<NodeConfig, LoadError> {
+        let key_file = resolve(path, &file.key_file);
+        let cluster_file = resolve(path, &file.cluster_file);
         let id = NodeId(file.id);
         let expected =
             cluster
@@ -476,7 +482,7 @@ impl NodeConfig {
             id,
             key,
             cluster,
-            data_dir: resolve(&file.data_dir),
+            data_dir: resolve(path, &file.data_dir),
             listen,
             metrics: file.metrics,
             log_format: file.log_format,
@@ -485,6 +491,30 @@ impl NodeConfig {
             protocol,
             clients: file.clients,
         })
+    }
+}
+
+impl NodeFile {
+    /// Parses the text of a node file, refusing consensus settings in its
+    /// `[protocol]` (`path` is only for messages).
+    pub fn parse(text: &str, path: &Path) -> Result<NodeFile, LoadError> {
+        let file: NodeFile = toml::from_str(text).map_err(|source| LoadError::Parse {
+            path: path.to_owned(),
+            what: "node config",
+            source: Box::new(source),
+        })?;
+        refuse_consensus_settings(text, path)?;
+        Ok(file)
+    }
+}
+
+/// `file` as named in the node file at `node_file`: relative paths are
+/// relative to the node file's directory.
+fn resolve(node_file: &Path, file: &Path) -> PathBuf {
+    if file.is_absolute() {
+        file.to_owned()
+    } else {
+        node_file.parent().unwrap_or(Path::new(".")).join(file)
     }
 }
 

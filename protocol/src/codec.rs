@@ -6,7 +6,9 @@
 //! (trailing bytes, non-0/1 bools and option tags, unknown enum variants,
 //! invalid UTF-8), so verifying a signature over the re-encoding of a decoded
 //! value is the same as verifying it over the received bytes. A property test
-//! (`decode_then_encode_is_identity`) holds this line.
+//! (`decode_then_encode_is_identity`) and the fuzz targets (`fuzz/`) hold this
+//! line. One exception, never signed nor sent: the store's `SafetyState`
+//! holds a map, which decodes from its keys in any order.
 //!
 //! bincode is flagged unmaintained (RUSTSEC-2025-0141); its authors consider
 //! 1.3.3 complete. Keeping every use behind this module makes a switch
