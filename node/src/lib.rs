@@ -45,3 +45,17 @@ pub fn run_main(
         }
     }
 }
+
+/// Logs to stderr in `format`, at the level `RUST_LOG` sets (default
+/// `info`): what both node binaries do at start.
+pub fn init_logging(format: config::LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        config::LogFormat::Json => builder.json().init(),
+        config::LogFormat::Human => builder.init(),
+    }
+}

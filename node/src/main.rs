@@ -2,7 +2,7 @@
 //! commands.
 
 use bftd::client::Client;
-use bftd::config::{self, Cluster, LogFormat, NodeConfig};
+use bftd::config::{self, Cluster, NodeConfig};
 use bftd_crypto::KeyPair;
 use bftd_protocol::{NodeId, SeqNum};
 use clap::{Parser, Subcommand};
@@ -112,18 +112,6 @@ struct Target {
     node: u16,
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Human => builder.init(),
-    }
-}
-
 /// mimalloc instead of the system allocator: at saturation glibc's malloc
 /// and free were a fifth of the node's CPU (docs/design-notes.md, "Allocator").
 #[global_allocator]
@@ -164,7 +152,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Run { config, init } => {
             let config = NodeConfig::load(&config).map_err(|e| e.to_string())?;
-            init_logging(config.log_format);
+            bftd::init_logging(config.log_format);
             if init && !bftd::runtime::store_path(&config).exists() {
                 let path = bftd::init(&config).map_err(|e| e.to_string())?;
                 tracing::info!(store = %path.display(), "created a new store (--init)");

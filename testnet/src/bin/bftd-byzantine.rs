@@ -8,7 +8,7 @@
 //! (`bftd::runtime::Intercept`). `bftnet` runs it for the nodes it makes
 //! byzantine (`bftnet up --byzantine ID=BEHAVIOUR`, `bftnet restart`).
 
-use bftd::config::{LogFormat, NodeConfig};
+use bftd::config::NodeConfig;
 use bftd::runtime::{Emission, Intercept};
 use bftd_protocol::byzantine::{Adversary, Behaviour};
 use bftd_protocol::replica::ClientReply;
@@ -94,18 +94,6 @@ fn liar(config: &NodeConfig) -> Result<Option<Box<dyn Intercept>>, String> {
     )))))
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Human => builder.init(),
-    }
-}
-
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -116,7 +104,7 @@ fn main() -> ExitCode {
 
 async fn run(path: PathBuf) -> Result<(), String> {
     let config = NodeConfig::load(&path).map_err(|e| e.to_string())?;
-    init_logging(config.log_format);
+    bftd::init_logging(config.log_format);
     let intercept = liar(&config)?;
     let mut node = bftd::runtime::start_with(config, None, intercept)
         .await
