@@ -342,8 +342,12 @@ pub struct Replica {
     /// Executed requests, for at-most-once.
     executed: ExecutedRequests,
     pending: BTreeMap<RequestKey, PendingRequest>,
-    /// Payload bytes of `pending` (bounded by `max_pending_bytes`).
+    /// Payload bytes of `pending`, plus the bytes of the forwards kept for
+    /// them (bounded by `max_pending_bytes`).
     pending_bytes: usize,
+    /// Connection-authenticated mode: the forwards that vouch for pending
+    /// requests, by signature (see `vouching.rs`).
+    retained: std::collections::HashMap<bftd_crypto::Signature, vouching::Retained>,
     /// The primary's batching queue, oldest first, with arrival times.
     queue: VecDeque<(RequestKey, Duration)>,
     /// Requests waiting to be forwarded to the primary, and their payload
@@ -525,6 +529,7 @@ impl Replica {
             slots: BTreeMap::new(),
             pending: BTreeMap::new(),
             pending_bytes: 0,
+            retained: Default::default(),
             queue: VecDeque::new(),
             to_forward: Vec::new(),
             to_forward_bytes: 0,

@@ -66,18 +66,27 @@ impl Replica {
         }
         if let Some(pending) = self.pending.get_mut(&key) {
             pending.local |= local;
-            if pending.vouch.is_none() && !local {
-                pending.vouch = vouch;
-            }
             if watch == Watch::RelayedToUs && pending.watch == Watch::Fresh {
                 pending.watch = watch;
             }
+            let unvouched = pending.vouch.is_none() && !local;
             self.metrics.requests_replayed += 1;
+            // The forward that vouches for it, if it has none yet and the
+            // forward fits (it goes on waiting for one otherwise).
+            if let Some(forward) = vouch.filter(|_| unvouched) {
+                if self.fits(self.vouch_cost(&forward)) {
+                    let held = self.hold_vouch(forward);
+                    if let Some(pending) = self.pending.get_mut(&key) {
+                        pending.vouch = Some(held);
+                    }
+                }
+            }
             return;
         }
         let size = request.payload_len();
+        let vouch_cost = vouch.as_ref().map_or(0, |forward| self.vouch_cost(forward));
         if self.pending.len() >= self.config.max_pending_requests
-            || self.pending_bytes.saturating_add(size) > self.config.max_pending_bytes
+            || !self.fits(size.saturating_add(vouch_cost))
         {
             self.metrics.requests_refused_busy += 1;
             if local {
@@ -86,6 +95,7 @@ impl Replica {
             return;
         }
         self.pending_bytes += size;
+        let vouch = vouch.map(|forward| self.hold_vouch(forward));
         self.pending.insert(
             key,
             PendingRequest {
@@ -394,6 +404,11 @@ impl Replica {
         }
     }
 
+    /// Whether `bytes` more can be held within `max_pending_bytes`.
+    fn fits(&self, bytes: usize) -> bool {
+        self.pending_bytes.saturating_add(bytes) <= self.config.max_pending_bytes
+    }
+
     /// A request was settled by execution (run, or found a duplicate), or
     /// expired: stop waiting for it and answer a local client.
     pub(super) fn complete_request(&mut self, request: &SignedRequest, outcome: ReplyOutcome) {
@@ -401,6 +416,9 @@ impl Replica {
             self.pending_bytes = self
                 .pending_bytes
                 .saturating_sub(pending.request.payload_len());
+            if let Some(forward) = &pending.vouch {
+                self.release_vouch(forward);
+            }
             if pending.local {
                 self.reply(request, outcome);
             }

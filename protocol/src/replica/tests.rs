@@ -353,3 +353,63 @@ const PENDING_BYTES_UNDER_TEST: usize = 4 * 1024 * 1024;
 fn set_max_pending_bytes(replica: &mut Replica, bytes: usize) {
     replica.config.max_pending_bytes = bytes;
 }
+
+/// Connection-authenticated mode: a forward is kept whole, as its voucher
+/// signed it, while any of its requests is pending (its one signature
+/// vouches for them all), so what it holds counts against
+/// `max_pending_bytes`, not only the pending requests' own payloads.
+/// Otherwise a byzantine peer pins a whole forward per tiny pending request:
+/// one fresh request in a forward of expired ones, again and again.
+#[test]
+fn retained_forwards_count_against_pending_bytes() {
+    let mut config = Config {
+        request_mode: RequestMode::ConnectionAuthenticated,
+        ..Config::default()
+    };
+    config.max_pending_bytes = PENDING_BYTES_UNDER_TEST;
+    let mut replica = replica(0);
+    replica.config = config.clone();
+    let limits = crate::verify::MessageLimits::of(&config);
+    let client = KeyPair::from_seed([45; 32]);
+    let granted = |id: u64, valid_until: u64, payload: Vec<u8>| {
+        let request = crate::message::Request {
+            client: client.public(),
+            request_id: id,
+            valid_until: SeqNum(valid_until),
+            payload,
+        };
+        SignedRequest::granted(request, &client, NodeId(3))
+    };
+    for id in 1..=64u64 {
+        // One fresh request, then twelve expired ones of 64 KiB that are
+        // refused but travel in the forward all the same.
+        let mut requests = vec![granted(id, 100, vec![1])];
+        requests.extend((1..=12).map(|k| granted(1_000_000 * k + id, 0, vec![k as u8; 64 * 1024])));
+        let forward = WireMessage::Forward(signed(3, crate::message::Forward { requests }));
+        let verified = verify_message(forward, &committee(), &limits, &mut BatchVerifier).unwrap();
+        replica.handle_message(Duration::from_millis(1), NodeId(3), verified);
+    }
+    let mut forwards = std::collections::HashSet::new();
+    let mut held = 0usize;
+    for pending in replica.pending.values() {
+        held += pending.request.payload_len();
+        if let Some(forward) = &pending.vouch {
+            if forwards.insert(Arc::as_ptr(forward)) {
+                held += crate::codec::encoded_len(&**forward).unwrap() as usize;
+            }
+        }
+    }
+    println!(
+        "{} requests pending in {} forwards, {held} bytes held; {} refused busy",
+        replica.pending.len(),
+        forwards.len(),
+        replica.metrics().requests_refused_busy
+    );
+    assert!(replica.pending.len() > 1, "some forwards are kept");
+    assert!(
+        held <= PENDING_BYTES_UNDER_TEST,
+        "{held} bytes held for {} pending requests",
+        replica.pending.len()
+    );
+    assert!(replica.metrics().requests_refused_busy > 0);
+}

@@ -11,6 +11,7 @@
 //! its requests.
 
 use super::{Replica, RequestKey};
+use crate::codec;
 use crate::message::{Batch, Forward, Signed, SignedRequest, Vouch};
 use crate::verify::RequestMode;
 use std::collections::HashSet;
@@ -18,6 +19,25 @@ use std::sync::Arc;
 
 /// A forward as its voucher signed it, shared by its requests.
 pub(super) type Vouched = Arc<Signed<Forward>>;
+
+/// A forward kept for the pending requests it vouches for.
+///
+/// It is kept whole, whatever became of its other requests (executed,
+/// expired, refused), because its signature covers all of them: so while
+/// one of its requests is pending, all of its bytes count against
+/// `max_pending_bytes`. Counting only the pending requests' payloads let a
+/// byzantine peer pin a whole forward (up to `max_batch_bytes`) per tiny
+/// pending request, by sending one fresh request among expired ones, again
+/// and again. Kept by signature, so a forward that arrives twice (relayed)
+/// is held, and counted, once.
+#[derive(Debug)]
+pub(super) struct Retained {
+    forward: Vouched,
+    /// Its encoded size, charged to `pending_bytes` while it is kept.
+    bytes: usize,
+    /// Pending requests that travel in it.
+    holders: usize,
+}
 
 impl Replica {
     /// Whether requests travel in vouched forwards (connection-authenticated
@@ -36,12 +56,60 @@ impl Replica {
                 return None;
             }
         };
+        // These requests are admitted already: the forward is charged even
+        // beyond the budget (new requests are refused until it is released).
         for request in &signed.value.requests {
-            if let Some(pending) = self.pending.get_mut(&request.key()) {
-                pending.vouch.get_or_insert_with(|| signed.clone());
+            let key = request.key();
+            if self.pending.get(&key).is_some_and(|p| p.vouch.is_none()) {
+                let held = self.hold_vouch(signed.clone());
+                if let Some(pending) = self.pending.get_mut(&key) {
+                    pending.vouch = Some(held);
+                }
             }
         }
         Some(signed)
+    }
+
+    /// What keeping `forward` would add to `pending_bytes`: nothing if it is
+    /// kept already.
+    pub(super) fn vouch_cost(&self, forward: &Vouched) -> usize {
+        if self.retained.contains_key(&forward.signature) {
+            0
+        } else {
+            codec::encoded_len(&**forward).map_or(usize::MAX, |bytes| bytes as usize)
+        }
+    }
+
+    /// Keeps `forward` for one more pending request, charging its bytes when
+    /// it is first kept; returns the copy kept (one per signature).
+    pub(super) fn hold_vouch(&mut self, forward: Vouched) -> Vouched {
+        let cost = self.vouch_cost(&forward);
+        let retained = self
+            .retained
+            .entry(forward.signature)
+            .or_insert_with(|| Retained {
+                forward,
+                bytes: cost,
+                holders: 0,
+            });
+        if retained.holders == 0 {
+            self.pending_bytes = self.pending_bytes.saturating_add(retained.bytes);
+        }
+        retained.holders += 1;
+        retained.forward.clone()
+    }
+
+    /// A pending request that travelled in `forward` is gone: the forward
+    /// is dropped, and its bytes released, with its last such request.
+    pub(super) fn release_vouch(&mut self, forward: &Vouched) {
+        let Some(retained) = self.retained.get_mut(&forward.signature) else {
+            return;
+        };
+        retained.holders = retained.holders.saturating_sub(1);
+        if retained.holders == 0 {
+            self.pending_bytes = self.pending_bytes.saturating_sub(retained.bytes);
+            self.retained.remove(&forward.signature);
+        }
     }
 
     /// The vouched forwards that carry `keys`' requests, each once, in the
