@@ -79,6 +79,10 @@ enum Command {
         /// The payloads (one transaction each).
         #[arg(required = true)]
         payloads: Vec<String>,
+        /// Print one JSON object per receipt (payload in base64, digests
+        /// in hex) instead of a line of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Print committed blocks as they commit, verifying each certificate and
     /// the hash chain.
@@ -91,6 +95,12 @@ enum Command {
         /// Stop after this many blocks.
         #[arg(long)]
         count: Option<u64>,
+        /// Print one JSON object per block, with every field: header, hash,
+        /// certificate votes, and each request (client, id, valid_until,
+        /// payload in base64, signature, whether it executes). For
+        /// pipelines and other languages: `bftd tail --json | jq .height`.
+        #[arg(long)]
+        json: bool,
     },
     /// Show a node's view, height and pending requests.
     Status {
@@ -100,6 +110,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Writes one line to standard output; `false` once the reader has gone
+/// (`bftd tail | head -1`): the command then ends quietly, as a pipeline
+/// expects, instead of panicking on the broken pipe as `println!` would.
+fn print_line(line: &str) -> Result<bool, String> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    match writeln!(stdout, "{line}").and_then(|()| stdout.flush()) {
+        Ok(()) => Ok(true),
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(error) => Err(format!("cannot write to standard output: {error}")),
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -171,6 +194,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             target,
             key,
             payloads,
+            json,
         } => {
             let client = connect(&target, key).await?;
             for payload in payloads {
@@ -178,10 +202,17 @@ async fn run(cli: Cli) -> Result<(), String> {
                     .submit(payload.clone().into_bytes())
                     .await
                     .map_err(|e| e.to_string())?;
-                println!(
-                    "{payload}\theight {}\tbatch {}",
-                    committed.height.0, committed.batch_digest
-                );
+                let line = if json {
+                    bftd::client::json::receipt(payload.as_bytes(), &committed).to_string()
+                } else {
+                    format!(
+                        "{payload}\theight {}\tbatch {}",
+                        committed.height.0, committed.batch_digest
+                    )
+                };
+                if !print_line(&line)? {
+                    return Ok(());
+                }
             }
             Ok(())
         }
@@ -189,6 +220,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             target,
             from,
             count,
+            json,
         } => {
             let client = connect(&target, None).await?;
             let mut blocks = client
@@ -200,8 +232,12 @@ async fn run(cli: Cli) -> Result<(), String> {
                 let Some(block) = blocks.next().await.map_err(|e| e.to_string())? else {
                     return Err("the node closed the connection".into());
                 };
+                seen += 1;
                 let certificate = &block.block.certificate;
-                println!(
+                let line = if json {
+                    bftd::client::json::block(&block).to_string()
+                } else {
+                    format!(
                     "height {}\tblock {:#}\tprev {:#}\t{} requests ({} duplicates)\tview {}\tcertificate {} signatures verified",
                     block.block.height().0,
                     block.hash,
@@ -210,8 +246,11 @@ async fn run(cli: Cli) -> Result<(), String> {
                     block.duplicates.len(),
                     certificate.value.view.0,
                     certificate.votes.len(),
-                );
-                seen += 1;
+                    )
+                };
+                if !print_line(&line)? {
+                    return Ok(());
+                }
             }
             Ok(())
         }

@@ -21,6 +21,7 @@
 //! ```
 
 mod connection;
+pub mod json;
 mod retry;
 
 pub use retry::{NoReceipt, QuorumShortfall};
