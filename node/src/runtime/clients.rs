@@ -22,8 +22,6 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 /// Replies written together at most.
 const REPLY_WRITE_BATCH: usize = 512;
-/// A client must open its stream this soon after connecting.
-const STREAM_TIMEOUT: Duration = Duration::from_secs(10);
 /// Blocks read from storage at a time when catching a subscriber up, at
 /// most (fewer when blocks are big: see [`subscribe`]).
 const SUBSCRIBE_CHUNK: usize = 64;
@@ -146,17 +144,24 @@ pub(crate) async fn accept(
         let height = height.clone();
         tokio::spawn(async move {
             let client = connection.client;
-            match tokio::time::timeout(STREAM_TIMEOUT, connection.accept_stream()).await {
+            // A connection that opens no stream sends nothing: it is idle.
+            let idle = shared.client_idle_timeout;
+            match tokio::time::timeout(idle, connection.accept_stream()).await {
                 Ok(Ok((sender, receiver))) => {
                     serve(
                         connection, sender, receiver, inputs, shared, storage, height,
                     )
                     .await;
                 }
-                _ => {
+                Err(_) => {
                     tracing::debug!(client = %client.short(), "client opened no stream in time");
-                    connection.close();
+                    shared
+                        .metrics
+                        .clients_closed_idle
+                        .fetch_add(1, Ordering::Relaxed);
+                    connection.close_idle(idle);
                 }
+                Ok(Err(_)) => connection.close(),
             }
         });
     }
@@ -176,10 +181,30 @@ async fn serve(
     let (reply_to, replies) = Replies::new(shared.reply_queue, shared.reply_queue_bytes);
     let writer = tokio::spawn(write_replies(sender, replies));
     let mut subscription: Option<tokio::task::JoinHandle<()>> = None;
+    let idle = shared.client_idle_timeout;
     loop {
-        let frame = match receiver.recv().await {
-            Ok(Some(frame)) => frame,
-            Ok(None) | Err(_) => break,
+        // Idle means no frame from the client, and no subscription still
+        // delivering blocks (a subscriber only listens). QUIC keep-alives
+        // are not frames, so they keep no useless connection open.
+        let frame = match tokio::time::timeout(idle, receiver.recv()).await {
+            Ok(Ok(Some(frame))) => frame,
+            Ok(Ok(None) | Err(_)) => break,
+            Err(_)
+                if subscription
+                    .as_ref()
+                    .is_some_and(|task| !task.is_finished()) =>
+            {
+                continue
+            }
+            Err(_) => {
+                shared
+                    .metrics
+                    .clients_closed_idle
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(client = %connection.client.short(), "idle client closed");
+                connection.close_idle(idle);
+                break;
+            }
         };
         let message = match codec::decode::<ClientMessage>(&frame) {
             Ok(message) => message,

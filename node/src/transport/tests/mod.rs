@@ -5,6 +5,7 @@
 //! peer, client or stranger can throw at a node. `measure.rs`: the (ignored)
 //! measurement behind the endpoint tuning.
 
+mod connections;
 mod hostile;
 mod measure;
 
@@ -63,7 +64,7 @@ fn cluster(count: u16, first_seed: u8) -> Vec<TransportConfig> {
 
 struct Node {
     transport: Transport,
-    frames: mpsc::Receiver<PeerFrame>,
+    frames: Inbound,
     clients: mpsc::Receiver<ClientConnection>,
 }
 
@@ -114,7 +115,7 @@ async fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
 async fn deliver(
     sender: &Transport,
     to: NodeId,
-    receiver: &mut mpsc::Receiver<PeerFrame>,
+    receiver: &mut Inbound,
     from: NodeId,
     payload: &'static [u8],
 ) {
