@@ -22,6 +22,10 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 /// Replies written together at most.
 const REPLY_WRITE_BATCH: usize = 512;
+/// A client must open its stream this soon after connecting (or within
+/// `client_idle_timeout_ms`, if shorter): until then it holds a slot and
+/// has sent nothing.
+const STREAM_TIMEOUT: Duration = Duration::from_secs(10);
 /// Blocks read from storage at a time when catching a subscriber up, at
 /// most (fewer when blocks are big: see [`subscribe`]).
 const SUBSCRIBE_CHUNK: usize = 64;
@@ -145,7 +149,7 @@ pub(crate) async fn accept(
         tokio::spawn(async move {
             let client = connection.client;
             // A connection that opens no stream sends nothing: it is idle.
-            let idle = shared.client_idle_timeout;
+            let idle = shared.client_idle_timeout.min(STREAM_TIMEOUT);
             match tokio::time::timeout(idle, connection.accept_stream()).await {
                 Ok(Ok((sender, receiver))) => {
                     serve(
