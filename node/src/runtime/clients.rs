@@ -186,21 +186,24 @@ async fn serve(
     let writer = tokio::spawn(write_replies(sender, replies));
     let mut subscription: Option<tokio::task::JoinHandle<()>> = None;
     let idle = shared.client_idle_timeout;
+    // One timer, moved forward lazily when it fires: not one per frame.
+    let mut last_frame = tokio::time::Instant::now();
+    let deadline = tokio::time::sleep(idle);
+    tokio::pin!(deadline);
     loop {
         // Idle means no frame from the client, and no subscription still
         // delivering blocks (a subscriber only listens). QUIC keep-alives
         // are not frames, so they keep no useless connection open.
-        let frame = match tokio::time::timeout(idle, receiver.recv()).await {
-            Ok(Ok(Some(frame))) => frame,
-            Ok(Ok(None) | Err(_)) => break,
-            Err(_)
-                if subscription
-                    .as_ref()
-                    .is_some_and(|task| !task.is_finished()) =>
-            {
-                continue
-            }
-            Err(_) => {
+        // `FrameReceiver::recv` is cancel-safe, so the timer may win mid-frame.
+        let received = tokio::select! {
+            received = receiver.recv() => received,
+            () = &mut deadline => {
+                let subscribed = subscription.as_ref().is_some_and(|task| !task.is_finished());
+                if subscribed || last_frame.elapsed() < idle {
+                    let from = if subscribed { tokio::time::Instant::now() } else { last_frame };
+                    deadline.as_mut().reset(from + idle);
+                    continue;
+                }
                 shared
                     .metrics
                     .clients_closed_idle
@@ -210,6 +213,11 @@ async fn serve(
                 break;
             }
         };
+        let frame = match received {
+            Ok(Some(frame)) => frame,
+            Ok(None) | Err(_) => break,
+        };
+        last_frame = tokio::time::Instant::now();
         let message = match codec::decode::<ClientMessage>(&frame) {
             Ok(message) => message,
             Err(_) => {

@@ -46,7 +46,8 @@ pub struct TransportConfig {
     /// Per-peer outbound queue bound, in bytes. A frame larger than this is
     /// always dropped.
     pub peer_queue_bytes: usize,
-    /// Bound of each peer's inbound lanes, in frames per lane.
+    /// Bound of each inbound lane in frames, all peers together: each peer
+    /// gets an equal share (at least one frame) of each lane.
     pub inbound_capacity: usize,
     /// Bound of inbound frames not yet dropped by the consumer, in bytes;
     /// at least `max_frame_bytes`. Each peer gets an equal share, and at

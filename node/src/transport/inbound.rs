@@ -10,6 +10,7 @@
 //! only its own requests lane, and a pre-prepare from an honest peer waits
 //! at most for the batch being verified (see design notes §25).
 
+use super::stats::Counters;
 use super::{lock, PeerFrame};
 use bftd_protocol::NodeId;
 use std::collections::VecDeque;
@@ -61,6 +62,7 @@ struct PeerQueues {
 pub(crate) struct InboundQueues {
     peers: Vec<PeerQueues>,
     lane_of: LaneOf,
+    counters: Arc<Counters>,
     /// Woken on every frame queued, and at close.
     ready: Notify,
     closed: AtomicBool,
@@ -81,6 +83,7 @@ impl InboundQueues {
         bytes_per_peer: usize,
         frames_per_lane: usize,
         lane_of: LaneOf,
+        counters: Arc<Counters>,
     ) -> Arc<InboundQueues> {
         let peers = peers
             .into_iter()
@@ -97,6 +100,7 @@ impl InboundQueues {
         Arc::new(InboundQueues {
             peers,
             lane_of,
+            counters,
             ready: Notify::new(),
             closed: AtomicBool::new(false),
         })
@@ -131,7 +135,12 @@ impl InboundQueues {
             }),
         };
         if let Some(queue) = peer.lanes.get(lane) {
-            lock(queue).push_back(frame);
+            let mut queue = lock(queue);
+            // Counted under the lock the consumer takes it with, so a
+            // frame that can be taken is always already counted.
+            self.counters.frames_in.increment();
+            self.counters.bytes_in.add(u64::from(length));
+            queue.push_back(frame);
         }
         self.ready.notify_one();
         true

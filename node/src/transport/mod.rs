@@ -96,7 +96,8 @@ pub const DEFAULT_MAX_CLIENT_FRAME_BYTES: usize = 64 * 1024 + 1024;
 pub const DEFAULT_PEER_QUEUE_FRAMES: usize = 4096;
 /// Default per-peer outbound queue bound, in bytes: two maximal frames.
 pub const DEFAULT_PEER_QUEUE_BYTES: usize = 2 * DEFAULT_MAX_FRAME_BYTES;
-/// Default bound of each peer's inbound lanes, in frames (per lane).
+/// Default bound of each inbound lane, in frames, all peers together
+/// (shared out equally).
 pub const DEFAULT_INBOUND_CAPACITY: usize = 4096;
 /// Default bound of all peers' inbound frames, in bytes, shared out
 /// equally (each peer gets at least one maximal frame).
@@ -284,14 +285,16 @@ impl Transport {
             links.insert(peer.id, link.clone());
             queues.push((link, queue));
         }
-        // Each peer's share of the byte bound, and never less than one
-        // maximal frame, so any frame fits.
+        // Each peer's share of the bounds (so the whole stays what it was
+        // with one shared queue: deeper queues would only add latency under
+        // overload), and never less than one maximal frame, so any frame fits.
         let others = config.peers.len().saturating_sub(1).max(1);
         let inbound = inbound::InboundQueues::new(
             links.keys().copied(),
             (config.inbound_bytes / others).max(config.max_frame_bytes),
-            config.inbound_capacity,
+            (config.inbound_capacity / others).max(1),
             config.lane_of,
+            counters.clone(),
         );
         let inbound_receiver = Inbound::new(inbound.clone());
         let (clients, clients_receiver) = mpsc::channel(CLIENT_BACKLOG);

@@ -209,12 +209,9 @@ async fn read_stream(shared: Arc<Shared>, from: NodeId, mut reader: FrameReceive
                 return;
             }
         };
-        let length = frame.len();
         if !shared.inbound.push(from, frame).await {
             return; // Shut down.
         }
-        shared.counters.frames_in.increment();
-        shared.counters.bytes_in.add(length as u64);
     }
 }
 

@@ -48,7 +48,7 @@ macro_rules! counters {
 }
 
 counters! {
-    /// Frames received from peers and handed to the inbound channel.
+    /// Frames received from peers and queued for the consumer.
     frames_in,
     /// Payload bytes of `frames_in` (length prefixes excluded).
     bytes_in,

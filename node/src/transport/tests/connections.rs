@@ -186,7 +186,8 @@ fn first_byte_lane(frame: &[u8]) -> Lane {
 async fn one_peers_flood_does_not_hold_back_anothers_consensus_frames() {
     bounded(async {
         let mut configs = cluster(3, 200);
-        configs[2].inbound_capacity = 16;
+        // 16 frames per lane for each of the two peers.
+        configs[2].inbound_capacity = 32;
         configs[2].lane_of = first_byte_lane;
         let mut nodes = start_all(configs).await;
         for from in 0..2u16 {
