@@ -385,6 +385,25 @@ fn invalid_configs_are_refused() {
         })
     );
     let mut config = base[0].clone();
+    config.connections.handshakes_before_retry = config.connections.max_handshakes + 1;
+    assert_eq!(
+        config.validate(),
+        Err(ConfigError::AboveBound {
+            field: "handshakes_before_retry",
+            value: 65,
+            bound_field: "max_handshakes",
+            bound: 64
+        })
+    );
+    let mut config = base[0].clone();
+    config.connections.max_clients_per_address = 0;
+    assert_eq!(
+        config.validate(),
+        Err(ConfigError::Zero {
+            field: "max_clients_per_address"
+        })
+    );
+    let mut config = base[0].clone();
     config.inbound_bytes = config.max_frame_bytes - 1;
     assert!(matches!(
         config.validate(),
