@@ -141,6 +141,16 @@ pub enum LoadError {
         /// The setting.
         setting: &'static str,
     },
+    /// The connections section is invalid.
+    #[error(
+        "[connections] in {path}: {source} (see the README's node file reference for the defaults)"
+    )]
+    Connections {
+        /// The node config.
+        path: PathBuf,
+        /// What is wrong.
+        source: crate::transport::ConfigError,
+    },
     /// The clients section is invalid.
     #[error("[clients] in {path}: {reason}")]
     Clients {
@@ -337,6 +347,75 @@ pub struct NodeFile {
     /// Client connections.
     #[serde(default)]
     pub clients: ClientsConfig,
+    /// Handshake and connection slots.
+    #[serde(default)]
+    pub connections: ConnectionsConfig,
+}
+
+/// The `[connections]` section of a node file: how many connections and
+/// handshakes the node holds, and from one address (design notes §25).
+/// Node-local: nodes of one cluster may differ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConnectionsConfig {
+    /// Incoming handshakes in progress at once; more attempts are refused.
+    /// Default 64.
+    pub max_handshakes: usize,
+    /// Handshakes in progress before an attempt from an address that has
+    /// not proven it receives our packets is answered with a QUIC Retry
+    /// (one more round trip; forged-address floods then hold at most this
+    /// many slots). 0: always Retry; `max_handshakes`: never. Default 32.
+    pub handshakes_before_retry: usize,
+    /// Validated handshakes in progress from one IP address. Default 16.
+    pub max_handshakes_per_address: usize,
+    /// Client connections open at once. Default 1024.
+    pub max_client_connections: usize,
+    /// Client connections open at once from one IP address. On a local
+    /// testnet every client shares 127.0.0.1: raise it for benchmarks with
+    /// more than 256 clients per node. Default 256.
+    pub max_clients_per_address: usize,
+    /// A client connection that sends nothing (no request, subscription or
+    /// status query) for this long, and is not receiving a subscription's
+    /// blocks, is closed with a reason it can read. QUIC keep-alives do not
+    /// count. Default 60000.
+    pub client_idle_timeout_ms: u64,
+}
+
+impl Default for ConnectionsConfig {
+    fn default() -> ConnectionsConfig {
+        let limits = crate::transport::ConnectionLimits::default();
+        ConnectionsConfig {
+            max_handshakes: limits.max_handshakes,
+            handshakes_before_retry: limits.handshakes_before_retry,
+            max_handshakes_per_address: limits.max_handshakes_per_address,
+            max_client_connections: limits.max_client_connections,
+            max_clients_per_address: limits.max_clients_per_address,
+            client_idle_timeout_ms: limits.client_idle_timeout.as_millis() as u64,
+        }
+    }
+}
+
+impl ConnectionsConfig {
+    /// The transport's limits, checked.
+    pub fn limits(
+        &self,
+    ) -> Result<crate::transport::ConnectionLimits, crate::transport::ConfigError> {
+        if self.client_idle_timeout_ms == 0 {
+            return Err(crate::transport::ConfigError::Zero {
+                field: "client_idle_timeout_ms",
+            });
+        }
+        let limits = crate::transport::ConnectionLimits {
+            max_handshakes: self.max_handshakes,
+            handshakes_before_retry: self.handshakes_before_retry,
+            max_handshakes_per_address: self.max_handshakes_per_address,
+            max_client_connections: self.max_client_connections,
+            max_clients_per_address: self.max_clients_per_address,
+            client_idle_timeout: std::time::Duration::from_millis(self.client_idle_timeout_ms),
+        };
+        limits.validate()?;
+        Ok(limits)
+    }
 }
 
 /// The `[clients]` section of a node file.
@@ -401,6 +480,8 @@ pub struct NodeConfig {
     pub protocol: ProtocolConfig,
     /// Client connections.
     pub clients: ClientsConfig,
+    /// Handshake and connection slots.
+    pub connections: crate::transport::ConnectionLimits,
 }
 
 impl NodeConfig {
@@ -471,6 +552,13 @@ impl NodeConfig {
                 reason: "subscriber_stall_ms must be at least 1 (the default is 10000)",
             });
         }
+        let connections = file
+            .connections
+            .limits()
+            .map_err(|source| LoadError::Connections {
+                path: path.to_owned(),
+                source,
+            })?;
         let listen = match file.listen {
             Some(listen) => listen,
             None => cluster.address(id).ok_or(LoadError::UnknownId {
@@ -490,6 +578,7 @@ impl NodeConfig {
             colluders: file.colluders.iter().map(|&id| NodeId(id)).collect(),
             protocol,
             clients: file.clients,
+            connections,
         })
     }
 }

@@ -7,7 +7,7 @@ mod common;
 use bftd::client_api::{ClientMessage, NodeMessage};
 use bftd::transport::{connect_client_with, Bytes, Peer, Transport, TransportConfig};
 use bftd_crypto::KeyPair;
-use bftd_protocol::{codec, NodeId, RequestMode};
+use bftd_protocol::{codec, NodeId, RequestMode, SeqNum};
 use common::TestCluster;
 use std::time::Duration;
 
@@ -134,4 +134,83 @@ async fn hostile_client_frames() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     client.submit(b"still serving".to_vec()).await.unwrap();
+}
+
+/// A client connection that sends nothing for `client_idle_timeout_ms` is
+/// closed with a reason naming the setting, and counted; QUIC keep-alives
+/// do not keep it open. A subscriber receiving blocks is not idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_clients_are_closed_but_subscribers_are_not() {
+    let cluster = TestCluster::start(
+        4,
+        RequestMode::ClientSigned,
+        "[connections]\nclient_idle_timeout_ms = 700",
+    );
+    let address = cluster.cluster.addresses[1];
+    let node_key = cluster.cluster.committee.public_keys()[1];
+    let connect = || async {
+        let key = KeyPair::generate(&mut rand::rngs::OsRng);
+        connect_client_with(&key, address, node_key, 128 << 20)
+            .await
+            .unwrap()
+    };
+    let mut idle = connect().await;
+    idle.send(Bytes::from(codec::encode(&ClientMessage::Status).unwrap()))
+        .await
+        .unwrap();
+    let mut subscriber = connect().await;
+    let subscribe = ClientMessage::Subscribe { from: SeqNum(1) };
+    subscriber
+        .send(Bytes::from(codec::encode(&subscribe).unwrap()))
+        .await
+        .unwrap();
+    // Three idle timeouts of blocks for the subscriber.
+    let client = cluster.client(1).await;
+    let started = tokio::time::Instant::now();
+    let mut blocks = 0;
+    let mut i = 0;
+    while started.elapsed() < Duration::from_millis(2100) {
+        client
+            .submit(format!("block {i}").into_bytes())
+            .await
+            .unwrap();
+        i += 1;
+        while let Ok(frame) =
+            tokio::time::timeout(Duration::from_millis(10), subscriber.recv()).await
+        {
+            let frame = frame
+                .unwrap_or_else(|error| {
+                    panic!("a subscriber receiving blocks was closed: {error:?}")
+                })
+                .expect("the subscription stream ended");
+            if let Ok(NodeMessage::Block { .. }) = codec::decode::<NodeMessage>(&frame) {
+                blocks += 1;
+            }
+        }
+    }
+    assert!(blocks > 0, "the subscriber received no block");
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(10), idle.recv())
+            .await
+            .expect("the idle client was never closed")
+        {
+            Ok(Some(_)) => continue, // The status reply.
+            Ok(None) => panic!("the idle client's stream ended without a reason"),
+            Err(error) => break error,
+        }
+    };
+    // The reason travels in the close packet; if that one packet is lost
+    // (a loaded machine's UDP buffers), the client learns of the close from
+    // a stateless reset instead, without a reason.
+    let closed = format!("{closed:?}");
+    assert!(
+        closed.contains("client_idle_timeout_ms") || closed.contains("Reset"),
+        "closed as idle, with a reason naming the setting: {closed}"
+    );
+    assert!(
+        cluster
+            .metric_reaches(1, "bftd_clients_closed_idle_total", 1.0)
+            .await
+            >= 1.0
+    );
 }

@@ -22,7 +22,9 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 /// Replies written together at most.
 const REPLY_WRITE_BATCH: usize = 512;
-/// A client must open its stream this soon after connecting.
+/// A client must open its stream this soon after connecting (or within
+/// `client_idle_timeout_ms`, if shorter): until then it holds a slot and
+/// has sent nothing.
 const STREAM_TIMEOUT: Duration = Duration::from_secs(10);
 /// Blocks read from storage at a time when catching a subscriber up, at
 /// most (fewer when blocks are big: see [`subscribe`]).
@@ -146,17 +148,24 @@ pub(crate) async fn accept(
         let height = height.clone();
         tokio::spawn(async move {
             let client = connection.client;
-            match tokio::time::timeout(STREAM_TIMEOUT, connection.accept_stream()).await {
+            // A connection that opens no stream sends nothing: it is idle.
+            let idle = shared.client_idle_timeout.min(STREAM_TIMEOUT);
+            match tokio::time::timeout(idle, connection.accept_stream()).await {
                 Ok(Ok((sender, receiver))) => {
                     serve(
                         connection, sender, receiver, inputs, shared, storage, height,
                     )
                     .await;
                 }
-                _ => {
+                Err(_) => {
                     tracing::debug!(client = %client.short(), "client opened no stream in time");
-                    connection.close();
+                    shared
+                        .metrics
+                        .clients_closed_idle
+                        .fetch_add(1, Ordering::Relaxed);
+                    connection.close_idle(idle);
                 }
+                Ok(Err(_)) => connection.close(),
             }
         });
     }
@@ -176,11 +185,39 @@ async fn serve(
     let (reply_to, replies) = Replies::new(shared.reply_queue, shared.reply_queue_bytes);
     let writer = tokio::spawn(write_replies(sender, replies));
     let mut subscription: Option<tokio::task::JoinHandle<()>> = None;
+    let idle = shared.client_idle_timeout;
+    // One timer, moved forward lazily when it fires: not one per frame.
+    let mut last_frame = tokio::time::Instant::now();
+    let deadline = tokio::time::sleep(idle);
+    tokio::pin!(deadline);
     loop {
-        let frame = match receiver.recv().await {
+        // Idle means no frame from the client, and no subscription still
+        // delivering blocks (a subscriber only listens). QUIC keep-alives
+        // are not frames, so they keep no useless connection open.
+        // `FrameReceiver::recv` is cancel-safe, so the timer may win mid-frame.
+        let received = tokio::select! {
+            received = receiver.recv() => received,
+            () = &mut deadline => {
+                let subscribed = subscription.as_ref().is_some_and(|task| !task.is_finished());
+                if subscribed || last_frame.elapsed() < idle {
+                    let from = if subscribed { tokio::time::Instant::now() } else { last_frame };
+                    deadline.as_mut().reset(from + idle);
+                    continue;
+                }
+                shared
+                    .metrics
+                    .clients_closed_idle
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(client = %connection.client.short(), "idle client closed");
+                connection.close_idle(idle);
+                break;
+            }
+        };
+        let frame = match received {
             Ok(Some(frame)) => frame,
             Ok(None) | Err(_) => break,
         };
+        last_frame = tokio::time::Instant::now();
         let message = match codec::decode::<ClientMessage>(&frame) {
             Ok(message) => message,
             Err(_) => {

@@ -2,22 +2,27 @@
 //! in batches (one batch verification for all the messages that arrived
 //! together), then hand verified messages to consensus.
 //!
-//! Two lanes. Forwarded requests (a backup's `Forward`, up to a batch of
-//! client requests, each signature checked in client-signed clusters) are
-//! bulky to verify; consensus messages (pre-prepares, votes, checkpoints,
-//! view changes, fetches) are what keeps the cluster live. Frames are sorted
-//! by kind as they arrive ([`MessageKind::peek`], no decoding), consensus
-//! frames are verified first, and at most one job verifies forwards at a
-//! time, so under a flood of requests a pre-prepare never waits behind
-//! thousands of request signatures (it did: an overloaded client-signed
-//! cluster missed its request timers and changed views again and again).
+//! Two lanes, per peer. Forwarded requests (a backup's `Forward`, up to a
+//! batch of client requests, each signature checked in client-signed
+//! clusters) are bulky to verify; consensus messages (pre-prepares, votes,
+//! checkpoints, view changes, fetches) are what keeps the cluster live. The
+//! transport sorts frames by kind as they arrive ([`lane_of`],
+//! [`MessageKind::peek`], no decoding) into queues of their sender's own,
+//! and ingress takes them fairly: consensus frames first, round-robin
+//! across peers, and at most one job verifies forwards at a time, so under
+//! a flood of requests a pre-prepare never waits behind thousands of
+//! request signatures (it did: an overloaded client-signed cluster missed
+//! its request timers and changed views again and again). Ingress keeps no
+//! queue of its own: what it has not taken waits in the sender's lane, and
+//! a sender whose lane is full is the only one whose reading stops, so one
+//! peer's forwards cannot hold back another's pre-prepares (design notes
+//! §25).
 
 use super::consensus::Input;
 use super::Shared;
-use crate::transport::PeerFrame;
+use crate::transport::{Inbound, Lane, PeerFrame};
 use bftd_protocol::message::MessageKind;
 use bftd_protocol::{codec, verify_messages, GrantCachingVerifier, VerifyError, WireMessage};
-use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -28,86 +33,52 @@ const MAX_BATCH: usize = 128;
 /// Forward frames verified together at most (each may hold a whole batch of
 /// requests).
 const FORWARDS_PER_JOB: usize = 4;
-/// Frames read but not yet verified, per lane, at most: beyond, ingress
-/// stops reading and the transport's bounded queues push back on the peers.
-const MAX_WAITING: usize = 1024;
 /// Verification jobs in flight at once (one per core is plenty).
 const MAX_JOBS: usize = 2;
 
-/// Which lane a frame waits in.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Lane {
-    Consensus,
-    Requests,
-}
-
-#[derive(Default)]
-struct Lanes {
-    consensus: VecDeque<PeerFrame>,
-    requests: VecDeque<PeerFrame>,
-}
-
-impl Lanes {
-    fn push(&mut self, frame: PeerFrame) {
-        match MessageKind::peek(&frame.frame) {
-            Some(MessageKind::Forward) => self.requests.push_back(frame),
-            // Garbage goes with consensus frames: it is cheap to refuse.
-            _ => self.consensus.push_back(frame),
-        }
-    }
-
-    fn full(&self) -> bool {
-        self.consensus.len() >= MAX_WAITING || self.requests.len() >= MAX_WAITING
-    }
-
-    /// The next job to start, consensus first; at most one requests job
-    /// runs at a time.
-    fn next_job(&mut self, requests_running: bool) -> Option<(Lane, Vec<PeerFrame>)> {
-        if !self.consensus.is_empty() {
-            let take = self.consensus.len().min(MAX_BATCH);
-            return Some((Lane::Consensus, self.consensus.drain(..take).collect()));
-        }
-        if !requests_running && !self.requests.is_empty() {
-            let take = self.requests.len().min(FORWARDS_PER_JOB);
-            return Some((Lane::Requests, self.requests.drain(..take).collect()));
-        }
-        None
+/// The transport's lane for a peer frame: forwards wait in the requests
+/// lane; everything else, garbage included (it is cheap to refuse), in the
+/// consensus lane.
+pub(crate) fn lane_of(frame: &[u8]) -> Lane {
+    match MessageKind::peek(frame) {
+        Some(MessageKind::Forward) => Lane::Requests,
+        _ => Lane::Consensus,
     }
 }
 
-/// Runs until the frame channel closes.
-pub(crate) async fn run(
-    mut frames: mpsc::Receiver<PeerFrame>,
-    inputs: mpsc::Sender<Input>,
-    shared: Arc<Shared>,
-) {
-    let mut lanes = Lanes::default();
+/// The next job to start, consensus first; at most one requests job runs at
+/// a time.
+fn next_job(frames: &mut Inbound, requests_running: bool) -> Option<(Lane, Vec<PeerFrame>)> {
+    let mut batch = Vec::new();
+    if frames.take(Lane::Consensus, MAX_BATCH, &mut batch) > 0 {
+        return Some((Lane::Consensus, batch));
+    }
+    if !requests_running && frames.take(Lane::Requests, FORWARDS_PER_JOB, &mut batch) > 0 {
+        return Some((Lane::Requests, batch));
+    }
+    None
+}
+
+/// Runs until the transport stops.
+pub(crate) async fn run(mut frames: Inbound, inputs: mpsc::Sender<Input>, shared: Arc<Shared>) {
     let mut jobs: JoinSet<(Lane, Vec<Input>)> = JoinSet::new();
     let mut requests_running = false;
-    let mut open = true;
-    while open || !jobs.is_empty() || !lanes.consensus.is_empty() || !lanes.requests.is_empty() {
-        // Read whatever has arrived, up to the lanes' bounds.
-        while open && !lanes.full() {
-            match frames.try_recv() {
-                Ok(frame) => lanes.push(frame),
-                Err(mpsc::error::TryRecvError::Empty) => break,
-                Err(mpsc::error::TryRecvError::Disconnected) => open = false,
-            }
-        }
+    loop {
         while jobs.len() < MAX_JOBS {
-            let Some((lane, batch)) = lanes.next_job(requests_running) else {
+            let Some((lane, batch)) = next_job(&mut frames, requests_running) else {
                 break;
             };
             requests_running |= lane == Lane::Requests;
             let shared = shared.clone();
             jobs.spawn_blocking(move || (lane, verify(batch, &shared)));
         }
+        if jobs.is_empty() && frames.is_finished() {
+            return;
+        }
         let idle = jobs.is_empty();
+        let closed = frames.is_closed();
         tokio::select! {
-            frame = frames.recv(), if open && !lanes.full() => match frame {
-                Some(frame) => lanes.push(frame),
-                None => open = false,
-            },
+            () = frames.ready(), if !closed => {}
             done = jobs.join_next(), if !idle => {
                 if let Some(Ok((lane, verified))) = done {
                     if lane == Lane::Requests {
@@ -121,11 +92,7 @@ pub(crate) async fn run(
                     requests_running = false;
                 }
             }
-            else => {
-                if !open && idle && lanes.consensus.is_empty() && lanes.requests.is_empty() {
-                    break;
-                }
-            }
+            else => return,
         }
     }
 }

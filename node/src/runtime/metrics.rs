@@ -87,6 +87,9 @@ pub struct NodeMetrics {
     /// Subscriptions ended because the subscriber stopped reading (its
     /// queue stayed full for `subscriber_stall_ms`).
     pub subscriptions_ended: AtomicU64,
+    /// Client connections closed for sending nothing for
+    /// `client_idle_timeout_ms`.
+    pub clients_closed_idle: AtomicU64,
     /// Outgoing messages the transport dropped (queue full).
     pub send_dropped: AtomicU64,
     /// Failed reads of committed blocks for the embedded application
@@ -327,8 +330,14 @@ impl NodeMetrics {
             ),
             ("handshake_rejected", transport.handshake_rejected),
             ("handshake_failed", transport.handshake_failed),
+            ("handshake_busy", transport.handshake_busy),
+            (
+                "handshake_per_address",
+                transport.handshakes_refused_per_address,
+            ),
             ("streams_refused", transport.streams_refused),
             ("clients_refused", transport.clients_refused),
+            ("clients_per_address", transport.clients_refused_per_address),
         ] {
             let _ = writeln!(out, "bftd_rejected_total{{reason=\"{name}\"}} {value}");
         }
@@ -345,6 +354,18 @@ impl NodeMetrics {
             "bftd_client_requests_total",
             "Client requests received.",
             load(&self.client_requests),
+        );
+        counter(
+            &mut out,
+            "bftd_handshakes_retried_total",
+            "Connection attempts answered with a QUIC Retry (address validation) under handshake pressure.",
+            transport.handshakes_retried,
+        );
+        counter(
+            &mut out,
+            "bftd_clients_closed_idle_total",
+            "Client connections closed after sending nothing for client_idle_timeout_ms.",
+            load(&self.clients_closed_idle),
         );
         counter(
             &mut out,

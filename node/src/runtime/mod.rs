@@ -133,6 +133,10 @@ pub(crate) struct Shared {
     /// How long a subscriber's queue may stay full before the subscription
     /// is ended (`[clients] subscriber_stall_ms`).
     pub subscriber_stall: std::time::Duration,
+    /// A client connection that sends nothing this long (and has no
+    /// subscription delivering blocks) is closed (`[connections]
+    /// client_idle_timeout_ms`).
+    pub client_idle_timeout: std::time::Duration,
     pub id: u16,
     pub byzantine: Option<String>,
     /// When the node started (the replica's clock starts here too).
@@ -353,6 +357,7 @@ pub async fn start_with(
         reply_queue: config.clients.reply_queue,
         reply_queue_bytes: config.clients.reply_queue_bytes,
         subscriber_stall: std::time::Duration::from_millis(config.clients.subscriber_stall_ms),
+        client_idle_timeout: config.connections.client_idle_timeout,
         id: config.id.0,
         byzantine: intercept.as_ref().and(config.byzantine.clone()),
         started,
@@ -382,7 +387,10 @@ pub async fn start_with(
         .collect();
     let mut transport_config =
         TransportConfig::new(config.id, config.key.clone(), config.listen, peers);
-    transport_config.max_client_connections = 1024;
+    transport_config.connections = config.connections;
+    // Forwards wait in their sender's requests lane, behind everyone's
+    // consensus messages (see `ingress`).
+    transport_config.lane_of = ingress::lane_of;
     // A client frame is one request: the cluster's request limit plus the
     // envelope, not the peers' 64 MiB.
     transport_config.max_client_frame_bytes =

@@ -1,5 +1,6 @@
 //! The listening side: handshakes, then routing by ALPN and key.
 
+use super::limits::AddressSlot;
 use super::{
     close_code, lock, peer, tls, ClientConnection, Shared, ALPN_CLIENT, ALPN_PEER,
     HANDSHAKE_TIMEOUT,
@@ -9,36 +10,86 @@ use std::sync::Arc;
 use tokio::sync::OwnedSemaphorePermit;
 
 /// Accepts connection attempts, each handshake in its own task, at most
-/// `MAX_CONCURRENT_HANDSHAKES` at once.
+/// `max_handshakes` at once.
 ///
-/// Attempts from a committee member's IP address first draw from a small
-/// reserved pool, so strangers holding every general slot with handshakes
-/// they never finish cannot lock the peers out; when the reserved pool is
-/// empty (on loopback every client shares the peers' IP) they use the
-/// general one. The key, not the address, is what authenticates; the
-/// address only picks the pool.
+/// Under handshake pressure (see `limits`), an attempt from an address not
+/// yet validated is answered with a QUIC Retry instead of a slot. Attempts
+/// from a committee member's IP address then draw from a small reserved
+/// pool, so strangers holding every general slot with handshakes they never
+/// finish cannot lock the peers out; when the reserved pool is empty (on
+/// loopback every client shares the peers' IP) they use the general one,
+/// where a validated address may hold `max_handshakes_per_address`. The
+/// key, not the address, is what authenticates; the address only picks the
+/// pool and the per-address count.
 pub(crate) async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
     while let Some(incoming) = endpoint.accept().await {
-        let from_peer_ip = shared.peer_ips.contains(&incoming.remote_address().ip());
+        let limits = &shared.limits;
+        let in_progress = limits
+            .max_handshakes
+            .saturating_sub(shared.handshake_slots.available_permits());
+        if !incoming.remote_address_validated()
+            && in_progress >= limits.handshakes_before_retry
+            && incoming.may_retry()
+        {
+            match incoming.retry() {
+                Ok(()) => shared.counters.handshakes_retried.increment(),
+                Err(error) => {
+                    shared.counters.handshake_busy.increment();
+                    error.into_incoming().refuse();
+                }
+            }
+            continue;
+        }
+        let ip = incoming.remote_address().ip();
+        let from_peer_ip = shared.peer_ips.contains(&ip);
         let reserved = from_peer_ip
             .then(|| shared.peer_handshake_slots.clone().try_acquire_owned().ok())
             .flatten();
-        match reserved.map_or_else(|| shared.handshake_slots.clone().try_acquire_owned(), Ok) {
-            Ok(slot) => shared.spawn(handle_incoming(shared.clone(), incoming, slot)),
-            Err(_) => {
-                shared.counters.handshake_busy.increment();
-                incoming.refuse();
+        let slot = match reserved {
+            Some(slot) => HandshakeSlot {
+                _slot: slot,
+                _address: None,
+            },
+            None => {
+                // Only a validated address is counted: a forged one would
+                // let a forger use up the address it forges.
+                let address = if incoming.remote_address_validated() {
+                    match shared.handshakes_per_address.try_take(ip) {
+                        Some(address) => Some(address),
+                        None => {
+                            shared.counters.handshakes_refused_per_address.increment();
+                            incoming.refuse();
+                            continue;
+                        }
+                    }
+                } else {
+                    None
+                };
+                match shared.handshake_slots.clone().try_acquire_owned() {
+                    Ok(slot) => HandshakeSlot {
+                        _slot: slot,
+                        _address: address,
+                    },
+                    Err(_) => {
+                        shared.counters.handshake_busy.increment();
+                        incoming.refuse();
+                        continue;
+                    }
+                }
             }
-        }
+        };
+        shared.spawn(handle_incoming(shared.clone(), incoming, slot));
     }
 }
 
+/// What one handshake in progress holds, released when it ends.
+struct HandshakeSlot {
+    _slot: OwnedSemaphorePermit,
+    _address: Option<AddressSlot>,
+}
+
 /// Completes one incoming handshake and routes the connection by ALPN.
-async fn handle_incoming(
-    shared: Arc<Shared>,
-    incoming: quinn::Incoming,
-    slot: OwnedSemaphorePermit,
-) {
+async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming, slot: HandshakeSlot) {
     let address = incoming.remote_address();
     let connecting = match incoming.accept() {
         Ok(connecting) => connecting,
@@ -102,8 +153,20 @@ fn refuse(shared: &Shared, connection: &quinn::Connection, reason: &'static str)
 }
 
 /// Hands a client connection to the consumer, or refuses it when the client
-/// limit is reached or the consumer is not keeping up.
+/// limit (overall or for its address) is reached or the consumer is not
+/// keeping up.
 fn accept_client(shared: &Shared, connection: quinn::Connection, key: PublicKey) {
+    let Some(address) = shared
+        .clients_per_address
+        .try_take(connection.remote_address().ip())
+    else {
+        shared.counters.clients_refused_per_address.increment();
+        connection.close(
+            close_code::BUSY,
+            b"too many connections from your address (max_clients_per_address)",
+        );
+        return;
+    };
     let Ok(slot) = shared.client_slots.clone().try_acquire_owned() else {
         shared.counters.clients_refused.increment();
         connection.close(close_code::BUSY, b"too many clients");
@@ -115,7 +178,10 @@ fn accept_client(shared: &Shared, connection: quinn::Connection, key: PublicKey)
         shared.max_frame_bytes,
         shared.max_client_frame_bytes,
         shared.counters.clone(),
-        slot,
+        ClientSlot {
+            _slot: slot,
+            _address: address,
+        },
     );
     let sent = lock(&shared.clients)
         .as_ref()
@@ -126,4 +192,12 @@ fn accept_client(shared: &Shared, connection: quinn::Connection, key: PublicKey)
         shared.counters.clients_refused.increment();
         connection.close(close_code::BUSY, b"node busy");
     }
+}
+
+/// What one client connection holds, released when the connection and
+/// both its stream halves are dropped.
+#[derive(Debug)]
+pub(crate) struct ClientSlot {
+    _slot: OwnedSemaphorePermit,
+    _address: AddressSlot,
 }

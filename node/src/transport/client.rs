@@ -5,6 +5,7 @@
 //! frames on it; the node sends reply frames back on the same stream. Both
 //! directions use the framing of [`super::frame`].
 
+use super::accept::ClientSlot;
 use super::endpoint::{self, CLIENT_STREAMS};
 use super::frame::{FrameReceiver, FrameSender, KeepAlive};
 use super::stats::Counters;
@@ -14,7 +15,7 @@ use bftd_crypto::{KeyPair, PublicKey};
 use bytes::Bytes;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use tokio::sync::OwnedSemaphorePermit;
+use std::time::Duration;
 
 /// A client connected to this node over the client ALPN.
 ///
@@ -31,9 +32,10 @@ pub struct ClientConnection {
     /// Largest frame accepted from the client (one request).
     max_request_frame_bytes: usize,
     counters: Arc<Counters>,
-    /// Holds one of the `max_client_connections` slots until the connection
-    /// and both stream halves are dropped.
-    slot: Arc<OwnedSemaphorePermit>,
+    /// Holds one of the `max_client_connections` slots, and one of its
+    /// address's `max_clients_per_address`, until the connection and both
+    /// stream halves are dropped.
+    slot: Arc<ClientSlot>,
 }
 
 impl ClientConnection {
@@ -43,7 +45,7 @@ impl ClientConnection {
         max_frame_bytes: usize,
         max_request_frame_bytes: usize,
         counters: Arc<Counters>,
-        slot: OwnedSemaphorePermit,
+        slot: ClientSlot,
     ) -> ClientConnection {
         ClientConnection {
             client,
@@ -104,6 +106,17 @@ impl ClientConnection {
     pub fn close(&self) {
         self.connection
             .close(super::close_code::CLOSED, b"closed by the node");
+    }
+
+    /// Closes a connection that sent nothing for `idle`, telling the client
+    /// why and what to do.
+    pub fn close_idle(&self, idle: Duration) {
+        let reason = format!(
+            "closed after {} ms without a request, subscription or status query (client_idle_timeout_ms); reconnect when there is something to send",
+            idle.as_millis()
+        );
+        self.connection
+            .close(super::close_code::IDLE, reason.as_bytes());
     }
 }
 

@@ -1,7 +1,7 @@
 //! The transport's configuration and its validation.
 
 use super::{
-    ConfigError, DEFAULT_INBOUND_BYTES, DEFAULT_INBOUND_CAPACITY, DEFAULT_MAX_CLIENT_CONNECTIONS,
+    ConfigError, ConnectionLimits, DEFAULT_INBOUND_BYTES, DEFAULT_INBOUND_CAPACITY,
     DEFAULT_MAX_CLIENT_FRAME_BYTES, DEFAULT_MAX_FRAME_BYTES, DEFAULT_PEER_QUEUE_BYTES,
     DEFAULT_PEER_QUEUE_FRAMES,
 };
@@ -46,13 +46,18 @@ pub struct TransportConfig {
     /// Per-peer outbound queue bound, in bytes. A frame larger than this is
     /// always dropped.
     pub peer_queue_bytes: usize,
-    /// Inbound channel bound, in frames.
+    /// Bound of each inbound lane in frames, all peers together: each peer
+    /// gets an equal share (at least one frame) of each lane.
     pub inbound_capacity: usize,
-    /// Inbound channel bound, in bytes of frames not yet dropped by the
-    /// consumer; at least `max_frame_bytes`.
+    /// Bound of inbound frames not yet dropped by the consumer, in bytes;
+    /// at least `max_frame_bytes`. Each peer gets an equal share, and at
+    /// least `max_frame_bytes`, so one peer cannot use the others' share.
     pub inbound_bytes: usize,
-    /// Client connections open at once; more are refused.
-    pub max_client_connections: usize,
+    /// Sorts received frames into lanes (see [`Inbound`](super::Inbound)).
+    pub lane_of: super::LaneOf,
+    /// Handshake and client connection slots (the node file's
+    /// `[connections]`).
+    pub connections: ConnectionLimits,
 }
 
 impl TransportConfig {
@@ -69,7 +74,8 @@ impl TransportConfig {
             peer_queue_bytes: DEFAULT_PEER_QUEUE_BYTES,
             inbound_capacity: DEFAULT_INBOUND_CAPACITY,
             inbound_bytes: DEFAULT_INBOUND_BYTES,
-            max_client_connections: DEFAULT_MAX_CLIENT_CONNECTIONS,
+            lane_of: super::consensus_lane,
+            connections: ConnectionLimits::default(),
         }
     }
 
@@ -81,11 +87,11 @@ impl TransportConfig {
             ("peer_queue_frames", self.peer_queue_frames),
             ("peer_queue_bytes", self.peer_queue_bytes),
             ("inbound_capacity", self.inbound_capacity),
-            ("max_client_connections", self.max_client_connections),
         ];
         if let Some((field, _)) = nonzero.iter().find(|(_, value)| *value == 0) {
             return Err(ConfigError::Zero { field });
         }
+        self.connections.validate()?;
         if u32::try_from(self.max_frame_bytes).is_err() {
             return Err(ConfigError::MaxFrameBytes {
                 max_frame_bytes: self.max_frame_bytes,

@@ -27,6 +27,18 @@ pub enum ConfigError {
         /// The frame limit it must admit.
         max_frame_bytes: usize,
     },
+    /// A limit is larger than the limit it is a part of.
+    #[error("`{field}` ({value}) must not exceed `{bound_field}` ({bound})")]
+    AboveBound {
+        /// The field.
+        field: &'static str,
+        /// Its value.
+        value: usize,
+        /// The field it is a part of.
+        bound_field: &'static str,
+        /// That field's value.
+        bound: usize,
+    },
     /// Two committee entries share an id.
     #[error("node {id} is listed twice")]
     DuplicatePeer {

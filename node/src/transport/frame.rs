@@ -13,7 +13,6 @@ use super::stats::Counters;
 use super::{close_code, TransportError};
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
-use tokio::sync::OwnedSemaphorePermit;
 
 /// Bytes of the length prefix.
 const PREFIX_BYTES: usize = 4;
@@ -30,7 +29,7 @@ const COALESCE_BYTES: usize = 16 * 1024;
 #[allow(dead_code)] // Held, never read: dropping them is what matters.
 pub(crate) struct KeepAlive {
     pub(crate) endpoint: Option<quinn::Endpoint>,
-    pub(crate) client_slot: Option<Arc<OwnedSemaphorePermit>>,
+    pub(crate) client_slot: Option<Arc<super::accept::ClientSlot>>,
 }
 
 /// Sends length-delimited frames on one QUIC send stream.
@@ -175,6 +174,10 @@ pub struct FrameReceiver {
     count_as_client: bool,
     /// Received bytes not yet returned as frames.
     buffered: Bytes,
+    /// A frame split across chunks, being put together.
+    assembly: Option<BytesMut>,
+    /// The length of the frame being read, once its prefix is consumed.
+    pending: Option<usize>,
     _keep: KeepAlive,
 }
 
@@ -194,6 +197,8 @@ impl FrameReceiver {
             counters,
             count_as_client,
             buffered: Bytes::new(),
+            assembly: None,
+            pending: None,
             _keep: keep,
         }
     }
@@ -204,7 +209,35 @@ impl FrameReceiver {
     /// (the sender is broken or hostile), is counted, and returns
     /// [`TransportError::FrameTooLarge`]. A stream that ends inside a frame
     /// returns [`TransportError::TruncatedFrame`].
+    ///
+    /// Cancel-safe: what a cancelled call had read stays buffered (with the
+    /// prefix already parsed), so a caller may wait for a frame under a
+    /// timeout (the client service's idle timeout does) and call again.
     pub async fn recv(&mut self) -> Result<Option<Bytes>, TransportError> {
+        let length = match self.pending {
+            Some(length) => length,
+            None => match self.read_prefix().await? {
+                Some(length) => length,
+                None => return Ok(None),
+            },
+        };
+        self.pending = Some(length);
+        if !self.fill(length).await? {
+            return Err(TransportError::TruncatedFrame {
+                expected: length,
+                received: self.buffered.len(),
+            });
+        }
+        self.pending = None;
+        let frame = self.buffered.split_to(length);
+        if self.count_as_client {
+            self.counters.client_frames_in.increment();
+        }
+        Ok(Some(frame))
+    }
+
+    /// Reads and checks the next length prefix; `None` at a clean end.
+    async fn read_prefix(&mut self) -> Result<Option<usize>, TransportError> {
         if !self.fill(PREFIX_BYTES).await? {
             return if self.buffered.is_empty() {
                 Ok(None)
@@ -232,18 +265,7 @@ impl FrameReceiver {
             });
         }
         // Fits in usize: it is at most `max_frame_bytes`.
-        let length = length as usize;
-        if !self.fill(length).await? {
-            return Err(TransportError::TruncatedFrame {
-                expected: length,
-                received: self.buffered.len(),
-            });
-        }
-        let frame = self.buffered.split_to(length);
-        if self.count_as_client {
-            self.counters.client_frames_in.increment();
-        }
-        Ok(Some(frame))
+        Ok(Some(length as usize))
     }
 
     /// Reads until at least `wanted` bytes are buffered; `false` if the
@@ -255,26 +277,29 @@ impl FrameReceiver {
     /// chunks is copied together, into a buffer that grows as its bytes
     /// arrive, never ahead of them (`wanted` comes from the peer).
     async fn fill(&mut self, wanted: usize) -> Result<bool, TransportError> {
-        if self.buffered.len() >= wanted {
-            return Ok(true);
-        }
-        let mut assembly: Option<BytesMut> = None;
         loop {
+            let have = self
+                .assembly
+                .as_ref()
+                .map_or(self.buffered.len(), BytesMut::len);
+            if have >= wanted {
+                if let Some(assembly) = self.assembly.take() {
+                    self.buffered = assembly.freeze();
+                }
+                return Ok(true);
+            }
             let chunk = match self.recv.read_chunk(usize::MAX, true).await {
                 Ok(Some(chunk)) => chunk.bytes,
                 Ok(None) => {
-                    if let Some(assembly) = assembly {
+                    if let Some(assembly) = self.assembly.take() {
                         self.buffered = assembly.freeze();
                     }
                     return Ok(false);
                 }
                 Err(source) => return Err(TransportError::Read { source }),
             };
-            let have = match assembly.as_mut() {
-                None if self.buffered.is_empty() => {
-                    self.buffered = chunk;
-                    self.buffered.len()
-                }
+            match self.assembly.as_mut() {
+                None if self.buffered.is_empty() => self.buffered = chunk,
                 None => {
                     let mut started = BytesMut::with_capacity(
                         wanted
@@ -283,20 +308,10 @@ impl FrameReceiver {
                     );
                     started.extend_from_slice(&self.buffered);
                     started.extend_from_slice(&chunk);
-                    let have = started.len();
-                    assembly = Some(started);
-                    have
+                    self.buffered = Bytes::new();
+                    self.assembly = Some(started);
                 }
-                Some(assembly) => {
-                    assembly.extend_from_slice(&chunk);
-                    assembly.len()
-                }
-            };
-            if have >= wanted {
-                if let Some(assembly) = assembly {
-                    self.buffered = assembly.freeze();
-                }
-                return Ok(true);
+                Some(assembly) => assembly.extend_from_slice(&chunk),
             }
         }
     }

@@ -10,8 +10,9 @@
 //!   (`endpoint.rs`).
 //! - **Peers.** One connection per pair, dialed by the lower id, frames on a
 //!   long-lived unidirectional stream per direction, a bounded outbound queue
-//!   per peer (`peer.rs`). Every frame received from any peer goes into one
-//!   bounded channel, [`PeerFrame`]s, bounded in frames and in bytes.
+//!   per peer (`peer.rs`). Frames received go into per-peer, per-lane
+//!   queues, each peer bounded in bytes and each lane in frames, and the
+//!   consumer takes them fairly ([`Inbound`], `inbound.rs`).
 //! - **Hostile input.** Frames are checked against `max_frame_bytes` (from
 //!   clients: the much smaller `max_client_frame_bytes`) before
 //!   allocation, stream counts are limited by QUIC itself, handshakes are
@@ -46,6 +47,8 @@ mod config;
 mod endpoint;
 mod error;
 mod frame;
+mod inbound;
+mod limits;
 mod peer;
 mod stats;
 #[cfg(test)]
@@ -57,6 +60,12 @@ pub use client::{connect_client, connect_client_with, ClientConnection, ClientLi
 pub use config::{Peer, TransportConfig};
 pub use error::{ConfigError, SendError, TransportError};
 pub use frame::{FrameReceiver, FrameSender};
+pub use inbound::{consensus_lane, Inbound, Lane, LaneOf};
+pub use limits::{
+    ConnectionLimits, DEFAULT_CLIENT_IDLE_TIMEOUT, DEFAULT_HANDSHAKES_BEFORE_RETRY,
+    DEFAULT_MAX_CLIENTS_PER_ADDRESS, DEFAULT_MAX_CLIENT_CONNECTIONS, DEFAULT_MAX_HANDSHAKES,
+    DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
+};
 pub use stats::TransportStats;
 pub use tls::{ALPN_CLIENT, ALPN_PEER};
 
@@ -70,7 +79,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
 /// Default limit on one frame: far above any honest protocol message (a
@@ -87,20 +96,15 @@ pub const DEFAULT_MAX_CLIENT_FRAME_BYTES: usize = 64 * 1024 + 1024;
 pub const DEFAULT_PEER_QUEUE_FRAMES: usize = 4096;
 /// Default per-peer outbound queue bound, in bytes: two maximal frames.
 pub const DEFAULT_PEER_QUEUE_BYTES: usize = 2 * DEFAULT_MAX_FRAME_BYTES;
-/// Default bound of the inbound channel, in frames.
+/// Default bound of each inbound lane, in frames, all peers together
+/// (shared out equally).
 pub const DEFAULT_INBOUND_CAPACITY: usize = 4096;
-/// Default bound of the inbound channel, in bytes.
+/// Default bound of all peers' inbound frames, in bytes, shared out
+/// equally (each peer gets at least one maximal frame).
 pub const DEFAULT_INBOUND_BYTES: usize = 4 * DEFAULT_MAX_FRAME_BYTES;
-/// Default limit on concurrently open client connections. Each may make
-/// us buffer up to 2.5 MB (QUIC flow control), so 512 caps that at 1.25 GB.
-pub const DEFAULT_MAX_CLIENT_CONNECTIONS: usize = 512;
 
 /// A handshake that has not finished in this time is abandoned.
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Incoming handshakes in progress at once; beyond this, new connection
-/// attempts are refused, so a flood of half-open handshakes costs bounded
-/// memory and CPU.
-const MAX_CONCURRENT_HANDSHAKES: usize = 64;
 /// Accepted client connections waiting for the consumer to take them.
 const CLIENT_BACKLOG: usize = 64;
 /// How long `shutdown` waits for connections to close gracefully.
@@ -124,19 +128,22 @@ pub(crate) mod close_code {
     pub(crate) const STREAM_STOPPED: VarInt = VarInt::from_u32(5);
     /// Closed by the application.
     pub(crate) const CLOSED: VarInt = VarInt::from_u32(6);
+    /// A client sent nothing for `client_idle_timeout_ms`.
+    pub(crate) const IDLE: VarInt = VarInt::from_u32(7);
 }
 
 /// A frame received from a peer.
 ///
-/// Its bytes count against the inbound byte bound until this value (or what
-/// remains of it after moving `frame` out) is dropped.
+/// Its bytes count against its sender's inbound byte budget, and it holds a
+/// place in its sender's lane, until this value (or what remains of it
+/// after moving `frame` out) is dropped.
 #[derive(Debug)]
 pub struct PeerFrame {
     /// The sender, authenticated by the connection's TLS handshake.
     pub from: NodeId,
     /// The frame's bytes, exactly as sent.
     pub frame: Bytes,
-    _accounting: Option<OwnedSemaphorePermit>,
+    _accounting: Option<inbound::Accounting>,
 }
 
 impl PeerFrame {
@@ -164,11 +171,13 @@ pub(crate) struct Shared {
     counters: Arc<Counters>,
     links: BTreeMap<NodeId, Arc<PeerLink>>,
     committee: HashMap<PublicKey, NodeId>,
-    inbound: Mutex<Option<mpsc::Sender<PeerFrame>>>,
-    inbound_bytes: Arc<Semaphore>,
+    inbound: Arc<inbound::InboundQueues>,
     clients: Mutex<Option<mpsc::Sender<ClientConnection>>>,
+    limits: ConnectionLimits,
     client_slots: Arc<Semaphore>,
+    clients_per_address: Arc<limits::PerAddress>,
     handshake_slots: Arc<Semaphore>,
+    handshakes_per_address: Arc<limits::PerAddress>,
     /// Committee members' IP addresses, and the handshake slots reserved for
     /// attempts from them (see `accept::accept_loop`).
     peer_ips: HashSet<IpAddr>,
@@ -199,10 +208,6 @@ impl Shared {
         }
     }
 
-    pub(crate) fn inbound(&self) -> Option<mpsc::Sender<PeerFrame>> {
-        lock(&self.inbound).clone()
-    }
-
     /// Stops everything without waiting: closes the endpoint, aborts the
     /// tasks, drops connection handles and channel senders. Returns the
     /// endpoint and the aborted tasks, for `shutdown` to wait on; `None` if
@@ -216,7 +221,7 @@ impl Shared {
         for link in self.links.values() {
             link.clear();
         }
-        lock(&self.inbound).take();
+        self.inbound.close();
         lock(&self.clients).take();
         Some((endpoint, tasks))
     }
@@ -245,17 +250,11 @@ pub struct Transport {
 impl Transport {
     /// Binds the listen address, starts dialing the peers with higher ids and
     /// accepting the others and clients. Returns the handle, the inbound
-    /// frames from all peers, and newly connected clients.
+    /// frames from all peers (taken fairly, see [`Inbound`]), and newly
+    /// connected clients.
     pub async fn start(
         config: TransportConfig,
-    ) -> Result<
-        (
-            Transport,
-            mpsc::Receiver<PeerFrame>,
-            mpsc::Receiver<ClientConnection>,
-        ),
-        TransportError,
-    > {
+    ) -> Result<(Transport, Inbound, mpsc::Receiver<ClientConnection>), TransportError> {
         config.validate()?;
         let counters = Arc::new(Counters::default());
         let identity = tls::certified_key(&config.key)?;
@@ -267,7 +266,7 @@ impl Transport {
                 endpoint::SEGMENTATION_OFFLOAD,
             ))
             // Connection attempts not yet taken by the accept loop.
-            .max_incoming(2 * MAX_CONCURRENT_HANDSHAKES);
+            .max_incoming(2 * config.connections.max_handshakes);
         let endpoint = endpoint::endpoint(endpoint::bind_socket(config.listen)?, Some(server))?;
         let local_address = endpoint
             .local_addr()
@@ -286,7 +285,18 @@ impl Transport {
             links.insert(peer.id, link.clone());
             queues.push((link, queue));
         }
-        let (inbound, inbound_receiver) = mpsc::channel(config.inbound_capacity);
+        // Each peer's share of the bounds (so the whole stays what it was
+        // with one shared queue: deeper queues would only add latency under
+        // overload), and never less than one maximal frame, so any frame fits.
+        let others = config.peers.len().saturating_sub(1).max(1);
+        let inbound = inbound::InboundQueues::new(
+            links.keys().copied(),
+            (config.inbound_bytes / others).max(config.max_frame_bytes),
+            (config.inbound_capacity / others).max(1),
+            config.lane_of,
+            counters.clone(),
+        );
+        let inbound_receiver = Inbound::new(inbound.clone());
         let (clients, clients_receiver) = mpsc::channel(CLIENT_BACKLOG);
         let shared = Arc::new(Shared {
             me: config.me,
@@ -299,11 +309,17 @@ impl Transport {
                 .iter()
                 .map(|peer| (peer.key, peer.id))
                 .collect(),
-            inbound: Mutex::new(Some(inbound)),
-            inbound_bytes: Arc::new(Semaphore::new(config.inbound_bytes)),
+            inbound,
             clients: Mutex::new(Some(clients)),
-            client_slots: Arc::new(Semaphore::new(config.max_client_connections)),
-            handshake_slots: Arc::new(Semaphore::new(MAX_CONCURRENT_HANDSHAKES)),
+            limits: config.connections,
+            client_slots: Arc::new(Semaphore::new(config.connections.max_client_connections)),
+            clients_per_address: limits::PerAddress::new(
+                config.connections.max_clients_per_address,
+            ),
+            handshake_slots: Arc::new(Semaphore::new(config.connections.max_handshakes)),
+            handshakes_per_address: limits::PerAddress::new(
+                config.connections.max_handshakes_per_address,
+            ),
             peer_ips: config
                 .peers
                 .iter()

@@ -21,7 +21,7 @@
 //! long as a connection lasts.
 
 use super::frame::{write_frames, FrameReceiver, KeepAlive};
-use super::{close_code, PeerFrame, SendError, Shared, TransportError};
+use super::{close_code, SendError, Shared, TransportError};
 use bftd_crypto::PublicKey;
 use bftd_protocol::NodeId;
 use bytes::Bytes;
@@ -164,8 +164,10 @@ pub(crate) async fn run_connection(
                         false,
                         KeepAlive::default(),
                     );
-                    let Some(inbound) = shared.inbound() else { break };
-                    shared.spawn(read_stream(shared.clone(), link.id, reader, inbound));
+                    if shared.shut_down.load(Ordering::Acquire) {
+                        break;
+                    }
+                    shared.spawn(read_stream(shared.clone(), link.id, reader));
                 }
                 Err(_) => break,
             },
@@ -185,15 +187,11 @@ pub(crate) async fn run_connection(
 }
 
 /// Reads one peer stream, handing frames to the consumer. Waiting for room
-/// in the inbound channel (in frames and in bytes) stops reading, which
-/// stops QUIC flow-control credit: a slow consumer slows the peers down
-/// instead of growing memory.
-async fn read_stream(
-    shared: Arc<Shared>,
-    from: NodeId,
-    mut reader: FrameReceiver,
-    inbound: mpsc::Sender<PeerFrame>,
-) {
+/// in this peer's inbound budget or lane stops reading this stream, which
+/// stops QUIC flow-control credit: a slow consumer slows the peer down
+/// instead of growing memory, and a peer that floods one lane slows only
+/// itself.
+async fn read_stream(shared: Arc<Shared>, from: NodeId, mut reader: FrameReceiver) {
     loop {
         let frame = match reader.recv().await {
             Ok(Some(frame)) => frame,
@@ -211,27 +209,8 @@ async fn read_stream(
                 return;
             }
         };
-        let length = frame.len();
-        // `length` <= max_frame_bytes <= u32::MAX <= inbound_bytes (checked
-        // in the config), so the permits always exist eventually.
-        let permits = u32::try_from(length).unwrap_or(u32::MAX);
-        let Ok(accounting) = shared
-            .inbound_bytes
-            .clone()
-            .acquire_many_owned(permits)
-            .await
-        else {
-            return;
-        };
-        shared.counters.frames_in.increment();
-        shared.counters.bytes_in.add(length as u64);
-        let frame = PeerFrame {
-            from,
-            frame,
-            _accounting: Some(accounting),
-        };
-        if inbound.send(frame).await.is_err() {
-            return; // The consumer is gone.
+        if !shared.inbound.push(from, frame).await {
+            return; // Shut down.
         }
     }
 }

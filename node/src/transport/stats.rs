@@ -48,7 +48,7 @@ macro_rules! counters {
 }
 
 counters! {
-    /// Frames received from peers and handed to the inbound channel.
+    /// Frames received from peers and queued for the consumer.
     frames_in,
     /// Payload bytes of `frames_in` (length prefixes excluded).
     bytes_in,
@@ -87,6 +87,13 @@ counters! {
     /// Incoming connection attempts refused because too many handshakes
     /// were already in progress.
     handshake_busy,
+    /// Connection attempts from addresses not yet validated, answered with
+    /// a QUIC Retry because `handshakes_before_retry` handshakes were in
+    /// progress; only a sender that receives the Retry can come back.
+    handshakes_retried,
+    /// Validated connection attempts refused because their IP address
+    /// already had `max_handshakes_per_address` handshakes in progress.
+    handshakes_refused_per_address,
     /// Outgoing dials to peers that failed (peer down, refused, timed out).
     dial_failures,
     /// Peer connections established (both directions).
@@ -99,6 +106,9 @@ counters! {
     /// Client connections refused: too many clients, or the consumer's
     /// channel was full.
     clients_refused,
+    /// Client connections refused because their IP address already had
+    /// `max_clients_per_address` open.
+    clients_refused_per_address,
     /// Streams a peer or client opened that its role does not allow, reset
     /// on arrival.
     streams_refused,

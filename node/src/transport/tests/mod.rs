@@ -5,6 +5,7 @@
 //! peer, client or stranger can throw at a node. `measure.rs`: the (ignored)
 //! measurement behind the endpoint tuning.
 
+mod connections;
 mod hostile;
 mod measure;
 
@@ -63,7 +64,7 @@ fn cluster(count: u16, first_seed: u8) -> Vec<TransportConfig> {
 
 struct Node {
     transport: Transport,
-    frames: mpsc::Receiver<PeerFrame>,
+    frames: Inbound,
     clients: mpsc::Receiver<ClientConnection>,
 }
 
@@ -114,7 +115,7 @@ async fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
 async fn deliver(
     sender: &Transport,
     to: NodeId,
-    receiver: &mut mpsc::Receiver<PeerFrame>,
+    receiver: &mut Inbound,
     from: NodeId,
     payload: &'static [u8],
 ) {
@@ -381,6 +382,25 @@ fn invalid_configs_are_refused() {
         config.validate(),
         Err(ConfigError::Zero {
             field: "peer_queue_frames"
+        })
+    );
+    let mut config = base[0].clone();
+    config.connections.handshakes_before_retry = config.connections.max_handshakes + 1;
+    assert_eq!(
+        config.validate(),
+        Err(ConfigError::AboveBound {
+            field: "handshakes_before_retry",
+            value: 65,
+            bound_field: "max_handshakes",
+            bound: 64
+        })
+    );
+    let mut config = base[0].clone();
+    config.connections.max_clients_per_address = 0;
+    assert_eq!(
+        config.validate(),
+        Err(ConfigError::Zero {
+            field: "max_clients_per_address"
         })
     );
     let mut config = base[0].clone();
