@@ -14,6 +14,7 @@ use bftd_crypto::{KeyPair, PublicKey};
 use bytes::Bytes;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 
 /// A client connected to this node over the client ALPN.
@@ -192,4 +193,58 @@ impl ClientLink {
         self.connection
             .close(super::close_code::CLOSED, b"closed by the client");
     }
+}
+
+/// For attack harnesses (`bftnet attack connection-slots`), not for
+/// clients: the first datagram (a QUIC Initial carrying a TLS ClientHello
+/// for the `bftd-client/1` ALPN, addressed to a node whose key is
+/// `server_key`) of each of `count` handshakes, every one with fresh
+/// connection IDs. Sent to a node from any address, each opens a handshake
+/// the sender never finishes. The handshakes themselves go to a local
+/// socket that never answers and are dropped on return.
+#[doc(hidden)]
+pub async fn abandoned_initials(
+    key: &KeyPair,
+    server_key: PublicKey,
+    count: usize,
+) -> Result<Vec<Bytes>, TransportError> {
+    let counters = Arc::new(Counters::default());
+    let identity = tls::certified_key(key)?;
+    let crypto = tls::client_crypto(&identity, server_key, ALPN_CLIENT, &counters)?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(endpoint::transport_config(
+        CLIENT_STREAMS,
+        endpoint::SEGMENTATION_OFFLOAD,
+    ));
+    let loopback: SocketAddr = (Ipv4Addr::LOCALHOST, 0).into();
+    let sink = tokio::net::UdpSocket::bind(loopback)
+        .await
+        .map_err(|source| TransportError::Endpoint { source })?;
+    let sink_address = sink
+        .local_addr()
+        .map_err(|source| TransportError::Endpoint { source })?;
+    let endpoint = endpoint::endpoint(endpoint::bind_socket(loopback)?, None)?;
+    let mut pending = Vec::with_capacity(count);
+    let mut initials = Vec::with_capacity(count);
+    let mut buffer = vec![0u8; 65_536];
+    for _ in 0..count {
+        let connecting = endpoint
+            .connect_with(config.clone(), sink_address, tls::SERVER_NAME)
+            .map_err(|source| TransportError::Connect {
+                address: sink_address,
+                source,
+            })?;
+        // Kept until the end: a dropped attempt would send a close, which
+        // the sink would take for the next Initial.
+        pending.push(connecting);
+        match tokio::time::timeout(Duration::from_secs(1), sink.recv_from(&mut buffer)).await {
+            Ok(Ok((length, _))) => initials.push(Bytes::copy_from_slice(
+                buffer.get(..length).unwrap_or_default(),
+            )),
+            _ => break,
+        }
+    }
+    endpoint.close(super::close_code::CLOSED, b"");
+    drop(pending);
+    Ok(initials)
 }
