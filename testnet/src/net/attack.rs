@@ -56,6 +56,8 @@ mod slots;
 pub const RATE_KEPT: f64 = 0.95;
 /// How long the nodes may take to become healthy.
 const HEALTHY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the nodes may take to accept clients again after an attack.
+const RECOVERY: Duration = Duration::from_secs(60);
 /// How long an attack may take to wind down after its phase.
 const ATTACK_WIND_DOWN: Duration = Duration::from_secs(180);
 
@@ -131,7 +133,7 @@ impl Attack {
         match self {
             Attack::ClientFlood => "a victim commits a signed request; 100,001 requests from throwaway keys follow; the victim's old request is replayed to every node: it must not execute twice",
             Attack::LyingReceipts => "the last node restarts as bftd-byzantine lie-to-clients; clients of that node submit and must reject every lying receipt, and still commit",
-            Attack::HugeCertificate => "as the last node (its key): Blocks whose checkpoint certificate repeats one valid vote ~900,000 times (60 MB), and certificates of many distinct forged votes",
+            Attack::HugeCertificate => "as the last node (its key): Blocks whose checkpoint certificate repeats one valid vote until the frame is 60 MB (~800,000 copies), and certificates of many distinct forged votes",
             Attack::FuturePrePrepare => "as the last node: validly signed pre-prepares for its future views, 4 MiB batches of valid requests, and 16 MiB ones, at many sequence numbers",
             Attack::ClientFrames => "client connections send frames of exactly the client frame limit (junk, and requests of max_request_bytes with bad signatures), and 64 MiB frames",
             Attack::SlowSubscriber => "64 client connections subscribe from height 1 and never read",
@@ -279,11 +281,11 @@ impl AttackResult {
         let counters: Vec<String> = self
             .node_counters
             .iter()
-            .map(|(name, value)| format!("{name} +{value:.0}"))
+            .map(|(name, value)| format!("{name} +{}", number(*value)))
             .chain(
                 self.attack_counters
                     .iter()
-                    .map(|(name, value)| format!("{name} {value:.0}")),
+                    .map(|(name, value)| format!("{name} {}", number(*value))),
             )
             .collect();
         format!(
@@ -306,6 +308,15 @@ impl AttackResult {
                 format!("\n    FAIL: {}", self.failures.join("; "))
             }
         )
+    }
+}
+
+/// A counter for people: whole numbers as such, others to one decimal.
+fn number(value: f64) -> String {
+    if value.fract() == 0.0 {
+        format!("{value:.0}")
+    } else {
+        format!("{value:.1}")
     }
 }
 
@@ -559,6 +570,15 @@ async fn start_and_attack(
         },
     };
     let attacked = attacked?;
+    let mut outcome = outcome;
+    let honest: Vec<u16> = ids.iter().copied().filter(|&id| id != attacker).collect();
+    match recovered(&cluster_file, &honest, RECOVERY).await {
+        Ok(after) => outcome.count("clients_accepted_again_after_s", after.as_secs_f64()),
+        Err(id) => outcome.violations.push(format!(
+            "node {id} did not accept a client within {} s of the attack's end",
+            RECOVERY.as_secs()
+        )),
+    }
     // The state as it is now (lying-receipts restarts a node).
     let state = State::load(&layout).unwrap_or(state);
     let after = scrape(&state, &ids).await;
@@ -635,6 +655,30 @@ fn verdict(
         pass: failures.is_empty(),
         failures,
     }
+}
+
+/// Waits until every node in `ids` accepts a new client connection and
+/// answers its status (half-open handshakes of an attack time out first);
+/// returns how long that took, or the first node that did not in `limit`.
+async fn recovered(cluster: &Cluster, ids: &[u16], limit: Duration) -> Result<Duration, u16> {
+    let started = Instant::now();
+    for &id in ids {
+        loop {
+            let attempt = tokio::time::timeout(Duration::from_secs(3), async {
+                let key = bftd_crypto::KeyPair::generate(&mut rand::rngs::OsRng);
+                bftd::client::Client::connect(cluster, bftd_protocol::NodeId(id), key).await
+            })
+            .await;
+            if matches!(attempt, Ok(Ok(_))) {
+                break;
+            }
+            if started.elapsed() >= limit {
+                return Err(id);
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    Ok(started.elapsed())
 }
 
 /// One phase: honest open-loop load for the warm-up and the window; the

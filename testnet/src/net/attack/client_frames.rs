@@ -59,22 +59,17 @@ pub(super) async fn frames(
         }));
     }
     let mut huge = 0u64;
-    let mut huge_refused = 0u64;
     let mut turn = 0usize;
+    let oversized = Bytes::from(vec![0u8; 64 << 20]);
     while !stopped(&stop) {
         let node = context.honest[turn % context.honest.len()];
         turn += 1;
         if let Ok(mut link) = raw_link(&context, node, &throwaway()).await {
             huge += 1;
-            let send = link.send(Bytes::from(vec![0u8; 64 << 20]));
-            let refused = matches!(
-                tokio::time::timeout(Duration::from_secs(5), send).await,
-                Ok(Err(_))
-            ) || matches!(
-                tokio::time::timeout(Duration::from_secs(2), link.recv()).await,
-                Ok(Err(_)) | Ok(Ok(None))
-            );
-            huge_refused += u64::from(refused);
+            // The node cuts it off at the length prefix (counted as
+            // oversized_client_frame); give up on the rest after 2 s.
+            let _ =
+                tokio::time::timeout(Duration::from_secs(2), link.send(oversized.clone())).await;
             link.close();
         }
         pause(&mut stop, Duration::from_secs(1)).await;
@@ -87,7 +82,6 @@ pub(super) async fn frames(
     }
     outcome.count("full_size_frames", sent.load(Ordering::Relaxed) as f64);
     outcome.count("frames_64mib", huge as f64);
-    outcome.count("frames_64mib_cut_off", huge_refused as f64);
     Ok(outcome)
 }
 

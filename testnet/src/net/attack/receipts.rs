@@ -10,9 +10,9 @@
 //! vouching rules are checked by `protocol::vouch` tests and the
 //! simulator's connection-authenticated sweeps, not here.
 
-use super::peer::throwaway;
+use super::peer::{height, throwaway};
 use super::{pause, stopped, Context, Outcome};
-use crate::net::launch::{kill, start_node, wait_healthy};
+use crate::net::launch::{kill, node_status, start_node, wait_healthy};
 use crate::net::layout::{write_node_files, State};
 use bftd::client::{Client, ClientError};
 use bftd_protocol::NodeId;
@@ -40,7 +40,19 @@ pub(super) async fn run(
     wait_healthy(layout, &state, &[liar], Duration::from_secs(30))
         .await
         .map_err(|e| e.to_string())?;
-    eprintln!("  node {liar} restarted as bftd-byzantine lie-to-clients");
+    // Its clients set their requests' validity from the height it reports:
+    // wait until it caught up, so what is measured is its lies, not its lag.
+    let metrics = state.node(liar).map_err(|e| e.to_string())?.metrics;
+    let target = height(&context).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while tokio::time::Instant::now() < deadline {
+        let status = node_status(metrics, Duration::from_secs(1)).await;
+        if status.is_some_and(|status| status.height >= target) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("  node {liar} restarted as bftd-byzantine lie-to-clients, caught up to {target}");
     let mut tasks = Vec::new();
     for _ in 0..CLIENTS {
         let (context, stop) = (context.clone(), stop.clone());

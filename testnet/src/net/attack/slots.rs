@@ -99,28 +99,44 @@ async fn handshake_flood(
 }
 
 /// Holds as many idle client connections as the nodes let it, up to
-/// [`IDLE`] over the honest nodes; returns (held, refused).
+/// [`IDLE`] over the honest nodes (all dialed at once, refused ones dialed
+/// again every second); returns (held, refused attempts).
 async fn idle_connections(context: Arc<Context>, mut stop: watch::Receiver<bool>) -> (u64, u64) {
-    let mut held = Vec::new();
-    let mut refused = 0u64;
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let refused = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
     for index in 0..IDLE {
-        if stopped(&stop) {
-            break;
-        }
         let node = context.honest[index % context.honest.len()];
-        match super::peer::raw_link(&context, node, &throwaway()).await {
-            Ok(link) => held.push(link),
-            Err(_) => refused += 1,
-        }
+        let (context, held, refused) = (context.clone(), held.clone(), refused.clone());
+        let mut stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            while !stopped(&stop) {
+                match super::peer::raw_link(&context, node, &throwaway()).await {
+                    Ok(link) => {
+                        if let Ok(mut held) = held.lock() {
+                            held.push(link);
+                        }
+                        return;
+                    }
+                    Err(_) => {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                        pause(&mut stop, Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        }));
     }
     while !stopped(&stop) {
         pause(&mut stop, Duration::from_millis(500)).await;
     }
-    let count = held.len() as u64;
+    for task in tasks {
+        task.abort();
+    }
+    let held = std::mem::take(&mut *held.lock().unwrap_or_else(|e| e.into_inner()));
     for link in &held {
         link.close();
     }
-    (count, refused)
+    (held.len() as u64, refused.load(Ordering::Relaxed))
 }
 
 /// Every half second, a fresh client connects to the next honest node and
