@@ -56,6 +56,11 @@ mod slots;
 pub const RATE_KEPT: f64 = 0.95;
 /// How long the nodes may take to become healthy.
 const HEALTHY_TIMEOUT: Duration = Duration::from_secs(30);
+/// The most resident memory this process (attacker and honest load) may
+/// use: beyond, the attack is abandoned and its cluster stopped, rather
+/// than let the machine's OOM killer choose (once it chose bftnet at 23 GB,
+/// leaving the nodes running).
+const OWN_MEMORY_LIMIT_MB: f64 = 4096.0;
 /// How long the nodes may take to accept clients again after an attack.
 const RECOVERY: Duration = Duration::from_secs(60);
 /// How long an attack may take to wind down after its phase.
@@ -270,6 +275,24 @@ pub struct AttackResult {
 }
 
 impl AttackResult {
+    /// The result of an attack that could not run.
+    fn error(attack: Attack, error: String) -> AttackResult {
+        AttackResult {
+            attack,
+            item: attack.item(),
+            unattacked: Phase::default(),
+            attacked: Phase::default(),
+            rate_kept: 0.0,
+            p99_limit_ms: 0.0,
+            peak_rss_mb: Vec::new(),
+            attack_counters: BTreeMap::new(),
+            node_counters: BTreeMap::new(),
+            check: String::new(),
+            failures: vec![format!("could not run: {error}")],
+            pass: false,
+        }
+    }
+
     /// The one-line result.
     pub fn line(&self) -> String {
         let peak = self
@@ -426,7 +449,12 @@ pub async fn attack(options: AttackOptions) -> Result<Vec<AttackResult>, NetErro
     let mut results = Vec::new();
     for attack in &options.attacks {
         eprintln!("== {} (issue 10 item {}) ==", attack.name(), attack.item());
-        let result = run_one(*attack, &options, &bftd, &bftnet).await?;
+        let result = match run_one(*attack, &options, &bftd, &bftnet).await {
+            Ok(result) => result,
+            Err(NetError::Interrupted) => return Err(NetError::Interrupted),
+            // One attack that could not run fails, and the others still run.
+            Err(error) => AttackResult::error(*attack, error.to_string()),
+        };
         if !options.json {
             println!("{}", result.line());
             let _ = std::io::stdout().flush();
@@ -469,10 +497,28 @@ async fn run_one(
     let outcome = tokio::select! {
         outcome = start_and_attack(&mut cluster, attack, options, bftd, bftnet) => outcome,
         _ = shutdown_signal() => Err(NetError::Interrupted),
+        megabytes = own_memory_above(OWN_MEMORY_LIMIT_MB) => Err(NetError::AttackerMemory {
+            megabytes,
+            limit: OWN_MEMORY_LIMIT_MB,
+        }),
     };
     // Stops every process by PID (also on error and Ctrl-C).
     drop(cluster);
     outcome
+}
+
+/// Resolves with this process's resident memory once it exceeds `limit`
+/// megabytes (checked every 250 ms).
+async fn own_memory_above(limit: f64) -> f64 {
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let own = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|status| super::bench::status_megabytes(&status, "VmRSS"));
+        if let Some(megabytes) = own.filter(|&megabytes| megabytes > limit) {
+            return megabytes;
+        }
+    }
 }
 
 /// Aborts a task when dropped (an attack left running on an error).
