@@ -54,7 +54,8 @@ mod tls;
 
 pub use bytes::Bytes;
 pub use client::{
-    abandoned_initials, connect_client, connect_client_with, ClientConnection, ClientLink,
+    abandoned_initials, connect_client, connect_client_with, idle_clients, ClientConnection,
+    ClientLink, IdleClients,
 };
 pub use config::{Peer, TransportConfig};
 pub use error::{ConfigError, SendError, TransportError};

@@ -11,7 +11,7 @@
 use super::peer::throwaway;
 use super::{pause, stopped, Context, Outcome};
 use bftd::client::Client;
-use bftd::transport::abandoned_initials;
+use bftd::transport::{abandoned_initials, idle_clients};
 use bftd_protocol::NodeId;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,9 +22,6 @@ use tokio::sync::watch;
 const PORTS: usize = 16;
 /// Handshake attempts per batch, per node; a batch a second.
 const BATCH: usize = 50;
-/// Attempts per idle connection (each attempt costs the attacker a QUIC
-/// endpoint, about a megabyte).
-const IDLE_ATTEMPTS: usize = 3;
 /// Idle client connections.
 const IDLE: usize = 600;
 /// Newcomers that failed beyond this share fail the attack's verdict.
@@ -103,49 +100,35 @@ async fn handshake_flood(
     }
 }
 
-/// Holds as many idle client connections as the nodes let it, up to
-/// [`IDLE`] over the honest nodes (all dialed at once, refused ones dialed
-/// again a second later, [`IDLE_ATTEMPTS`] times); returns (held, refused
-/// attempts).
+/// Holds as many idle client connections as the nodes let it, [`IDLE`]
+/// spread over the honest nodes, dialed 64 at a time from one local
+/// endpoint; returns (held, refused attempts).
 async fn idle_connections(context: Arc<Context>, mut stop: watch::Receiver<bool>) -> (u64, u64) {
-    let held = Arc::new(Mutex::new(Vec::new()));
-    let refused = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for index in 0..IDLE {
-        let node = context.honest[index % context.honest.len()];
-        let (context, held, refused) = (context.clone(), held.clone(), refused.clone());
-        let mut stop = stop.clone();
-        tasks.push(tokio::spawn(async move {
-            for _ in 0..IDLE_ATTEMPTS {
-                if stopped(&stop) {
-                    return;
-                }
-                match super::peer::raw_link(&context, node, &throwaway()).await {
-                    Ok(link) => {
-                        if let Ok(mut held) = held.lock() {
-                            held.push(link);
-                        }
-                        return;
-                    }
-                    Err(_) => {
-                        refused.fetch_add(1, Ordering::Relaxed);
-                        pause(&mut stop, Duration::from_secs(1)).await;
-                    }
-                }
+    let keys = context.cluster.committee.public_keys();
+    let per_node = IDLE.div_ceil(context.honest.len().max(1));
+    let mut held = Vec::new();
+    let mut refused = 0u64;
+    for &id in &context.honest {
+        let index = usize::from(id);
+        let (Some(&address), Some(&node_key)) =
+            (context.cluster.addresses.get(index), keys.get(index))
+        else {
+            continue;
+        };
+        match idle_clients(address, node_key, per_node, 64).await {
+            Ok((clients, failed)) => {
+                refused += failed as u64;
+                held.push(clients);
             }
-        }));
+            Err(_) => refused += per_node as u64,
+        }
     }
     while !stopped(&stop) {
         pause(&mut stop, Duration::from_millis(500)).await;
     }
-    for task in tasks {
-        task.abort();
-    }
-    let held = std::mem::take(&mut *held.lock().unwrap_or_else(|e| e.into_inner()));
-    for link in &held {
-        link.close();
-    }
-    (held.len() as u64, refused.load(Ordering::Relaxed))
+    let count: usize = held.iter().map(|clients| clients.len()).sum();
+    drop(held);
+    (count as u64, refused)
 }
 
 /// Every half second, a fresh client connects to the next honest node and
