@@ -206,3 +206,136 @@ impl ClientLink {
             .close(super::close_code::CLOSED, b"closed by the client");
     }
 }
+
+/// For attack harnesses (`bftnet attack connection-slots`), not for
+/// clients: the first datagram (a QUIC Initial carrying a TLS ClientHello
+/// for the `bftd-client/1` ALPN, addressed to a node whose key is
+/// `server_key`) of each of `count` handshakes, every one with fresh
+/// connection IDs. Sent to a node from any address, each opens a handshake
+/// the sender never finishes. The handshakes themselves go to a local
+/// socket that never answers and are dropped on return.
+#[doc(hidden)]
+pub async fn abandoned_initials(
+    key: &KeyPair,
+    server_key: PublicKey,
+    count: usize,
+) -> Result<Vec<Bytes>, TransportError> {
+    let counters = Arc::new(Counters::default());
+    let identity = tls::certified_key(key)?;
+    let crypto = tls::client_crypto(&identity, server_key, ALPN_CLIENT, &counters)?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(endpoint::transport_config(
+        CLIENT_STREAMS,
+        endpoint::SEGMENTATION_OFFLOAD,
+    ));
+    let loopback: SocketAddr = (Ipv4Addr::LOCALHOST, 0).into();
+    let sink = tokio::net::UdpSocket::bind(loopback)
+        .await
+        .map_err(|source| TransportError::Endpoint { source })?;
+    let sink_address = sink
+        .local_addr()
+        .map_err(|source| TransportError::Endpoint { source })?;
+    let endpoint = endpoint::endpoint(endpoint::bind_socket(loopback)?, None)?;
+    let mut pending = Vec::with_capacity(count);
+    let mut initials = Vec::with_capacity(count);
+    let mut buffer = vec![0u8; 65_536];
+    for _ in 0..count {
+        let connecting = endpoint
+            .connect_with(config.clone(), sink_address, tls::SERVER_NAME)
+            .map_err(|source| TransportError::Connect {
+                address: sink_address,
+                source,
+            })?;
+        // Kept until the end: a dropped attempt would send a close, which
+        // the sink would take for the next Initial.
+        pending.push(connecting);
+        match tokio::time::timeout(Duration::from_secs(1), sink.recv_from(&mut buffer)).await {
+            Ok(Ok((length, _))) => initials.push(Bytes::copy_from_slice(
+                buffer.get(..length).unwrap_or_default(),
+            )),
+            _ => break,
+        }
+    }
+    endpoint.close(super::close_code::CLOSED, b"");
+    drop(pending);
+    Ok(initials)
+}
+
+/// Client connections that connect and then do nothing, all on one local
+/// endpoint; closed when dropped. See [`idle_clients`].
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct IdleClients {
+    endpoint: quinn::Endpoint,
+    connections: Vec<quinn::Connection>,
+}
+
+impl IdleClients {
+    /// Connections established.
+    pub fn len(&self) -> usize {
+        self.connections.len()
+    }
+
+    /// Whether none was established.
+    pub fn is_empty(&self) -> bool {
+        self.connections.is_empty()
+    }
+}
+
+impl Drop for IdleClients {
+    fn drop(&mut self) {
+        self.endpoint.close(super::close_code::CLOSED, b"");
+    }
+}
+
+/// For attack harnesses (`bftnet attack connection-slots`), not for
+/// clients: up to `count` client connections to the node at `server`
+/// (whose key is `server_key`), each with a fresh key, all from one local
+/// endpoint (one UDP socket: an endpoint each would cost the attacker
+/// megabytes of receive buffers per connection), dialed `concurrency` at a
+/// time; they open no stream and send nothing. Failed attempts are counted
+/// in the second value.
+#[doc(hidden)]
+pub async fn idle_clients(
+    server: SocketAddr,
+    server_key: PublicKey,
+    count: usize,
+    concurrency: usize,
+) -> Result<(IdleClients, usize), TransportError> {
+    let local: SocketAddr = (Ipv4Addr::LOCALHOST, 0).into();
+    let endpoint = endpoint::endpoint(endpoint::bind_socket(local)?, None)?;
+    let counters = Arc::new(Counters::default());
+    let mut connections = Vec::with_capacity(count);
+    let mut failed = 0;
+    let mut remaining = count;
+    while remaining > 0 {
+        let batch = remaining.min(concurrency.max(1));
+        remaining -= batch;
+        let mut attempts = tokio::task::JoinSet::new();
+        for _ in 0..batch {
+            let key = KeyPair::generate(&mut rand::rngs::OsRng);
+            let identity = tls::certified_key(&key)?;
+            let crypto = tls::client_crypto(&identity, server_key, ALPN_CLIENT, &counters)?;
+            let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+            config.transport_config(endpoint::transport_config(
+                CLIENT_STREAMS,
+                endpoint::SEGMENTATION_OFFLOAD,
+            ));
+            let endpoint = endpoint.clone();
+            attempts.spawn(async move { super::peer::dial(&endpoint, &config, server).await });
+        }
+        while let Some(attempt) = attempts.join_next().await {
+            match attempt {
+                Ok(Ok(connection)) => connections.push(connection),
+                _ => failed += 1,
+            }
+        }
+    }
+    Ok((
+        IdleClients {
+            endpoint,
+            connections,
+        },
+        failed,
+    ))
+}

@@ -56,7 +56,10 @@ mod tests;
 mod tls;
 
 pub use bytes::Bytes;
-pub use client::{connect_client, connect_client_with, ClientConnection, ClientLink};
+pub use client::{
+    abandoned_initials, connect_client, connect_client_with, idle_clients, ClientConnection,
+    ClientLink, IdleClients,
+};
 pub use config::{Peer, TransportConfig};
 pub use error::{ConfigError, SendError, TransportError};
 pub use frame::{FrameReceiver, FrameSender};

@@ -133,7 +133,7 @@ fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
 }
 
 /// A memory figure of a live process, megabytes.
-fn memory_megabytes(pid: u32, name: &str) -> Option<f64> {
+pub(super) fn memory_megabytes(pid: u32, name: &str) -> Option<f64> {
     status_megabytes(
         &std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?,
         name,
@@ -248,14 +248,14 @@ pub async fn bench(options: BenchOptions) -> Result<BenchReport, NetError> {
 
 /// One run's temporary testnet: its processes are stopped by PID, and the
 /// directory deleted (unless kept), when it is dropped, whatever happened.
-struct Ephemeral {
-    layout: Layout,
-    children: Vec<Child>,
+pub(super) struct Ephemeral {
+    pub(super) layout: Layout,
+    pub(super) children: Vec<Child>,
     keep: bool,
 }
 
 impl Ephemeral {
-    fn new(keep: bool) -> Ephemeral {
+    pub(super) fn new(keep: bool) -> Ephemeral {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let dir = std::env::temp_dir().join(format!(
             "bftnet-bench-{}-{}",
@@ -534,19 +534,19 @@ fn nothing_committed(
 
 /// The progress line on stderr: rewritten in place every second on a
 /// terminal, a new line every few seconds in a log.
-struct Progress {
+pub(super) struct Progress {
     terminal: bool,
 }
 
 impl Progress {
-    fn new() -> Progress {
+    pub(super) fn new() -> Progress {
         Progress {
             terminal: std::io::stderr().is_terminal(),
         }
     }
 
     /// Shows `line()` periodically until `deadline`.
-    async fn until(&self, deadline: Instant, line: impl Fn() -> String) {
+    pub(super) async fn until(&self, deadline: Instant, line: impl Fn() -> String) {
         let period = if self.terminal {
             PROGRESS_TERMINAL
         } else {
@@ -570,7 +570,7 @@ impl Progress {
         }
     }
 
-    fn finish(&self) {
+    pub(super) fn finish(&self) {
         if self.terminal {
             eprintln!();
         }

@@ -1,5 +1,6 @@
 //! The testnet subcommands' command line (flattened into `bftnet`'s).
 
+use super::attack;
 use super::bench::{self, BenchOptions, Pacing};
 use super::commands::{self, LoadArgs, UpOptions};
 use super::layout::ByzantineArg;
@@ -150,6 +151,33 @@ pub enum NetCommand {
     ///                                            time a view change under load
     #[command(verbatim_doc_comment)]
     Bench(BenchArgs),
+    /// Run an attack of issue 10 against a fresh cluster under honest load.
+    ///
+    /// Starts N real bftd processes on loopback (no fault proxy; without
+    /// the last node when the attacker speaks as it, with its key), offers
+    /// honest open-loop load at --rate (warm-up, then --duration measured)
+    /// unattacked, then starts the attack and offers the same load again.
+    /// Samples every node's resident memory throughout, reads the nodes'
+    /// /metrics counters before and after the attacked phase, checks the
+    /// honest logs at the end (agreement, no request executed twice), and
+    /// stops every process it started, by PID (also on errors and Ctrl-C).
+    ///
+    /// Prints one line per attack: honest committed tx/s and p50/p99
+    /// unattacked -> attacked, peak node RSS, counters that changed, and
+    /// PASS or FAIL. PASS: attacked rate >= 95% of unattacked, attacked p99
+    /// <= max(2 x unattacked p99, --p99-floor-ms), every node's peak RSS <=
+    /// --max-rss-mb, the check holds, and nothing the attack watches for
+    /// happened (a request executed twice, newcomers refused). Exits 1 if
+    /// any attack failed.
+    ///
+    /// Examples:
+    ///   bftnet attack --list
+    ///   bftnet attack all
+    ///   bftnet attack huge-certificate --rate 1000 --duration 30s
+    ///   bftnet attack client-flood --json
+    ///   bftnet attack all --bftd /path/to/old/bftd
+    #[command(verbatim_doc_comment)]
+    Attack(AttackArgs),
     /// SIGKILL a node (fail-stop). Its data stays; `restart` brings it back.
     ///
     /// Examples:
@@ -383,6 +411,54 @@ pub struct BenchArgs {
     kill_primary: Option<Duration>,
 }
 
+/// `bftnet attack`'s options.
+#[derive(Args, Debug)]
+pub struct AttackArgs {
+    /// The attack (see --list), or `all`.
+    #[arg(required_unless_present = "list")]
+    name: Option<String>,
+    /// List the attacks, one line each, and exit.
+    #[arg(long)]
+    list: bool,
+    /// Honest requests per second (open loop).
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// Each phase's measured window: 30s, 500ms, 2m.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Each phase's load before its window, not counted.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Nodes: 3f + 1, at least 4 (the last one is the attacker's).
+    #[arg(short = 'n', long = "nodes", default_value_t = 4)]
+    n: usize,
+    /// Honest client connections, round-robin over the honest nodes.
+    #[arg(long, default_value_t = 4)]
+    clients: usize,
+    /// Honest payload bytes.
+    #[arg(long, default_value_t = 128)]
+    size: usize,
+    /// Connection-authenticated requests (default: client-signed; the
+    /// client flood needs client-signed: it submits other keys' requests).
+    #[arg(long)]
+    connection_authenticated: bool,
+    /// The attacked p99 may always reach this, whatever the unattacked one.
+    #[arg(long, value_name = "MS", default_value_t = 50.0)]
+    p99_floor_ms: f64,
+    /// No node's peak resident memory may exceed this.
+    #[arg(long, value_name = "MB", default_value_t = 300.0)]
+    max_rss_mb: f64,
+    /// The bftd binary the nodes run (default: as `bftnet bench` finds it).
+    #[arg(long, value_name = "PATH")]
+    bftd: Option<PathBuf>,
+    /// Keep each cluster's directory (configs, logs, stores).
+    #[arg(long)]
+    keep: bool,
+    /// Print JSON (for scripts) instead of one line per attack.
+    #[arg(long)]
+    json: bool,
+}
+
 /// Parses `30s`, `500ms`, `2m`, `1.5s`; a plain number is seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
@@ -539,6 +615,47 @@ async fn dispatch(command: NetCommand) -> Result<ExitCode, NetError> {
                 kill_primary: args.kill_primary,
             })
             .await?;
+        }
+        NetCommand::Attack(args) => {
+            if args.list {
+                print!("{}", attack::list());
+                return Ok(ExitCode::SUCCESS);
+            }
+            let name = args.name.unwrap_or_default();
+            let attacks = match (name.as_str(), attack::Attack::parse(&name)) {
+                ("all", _) => attack::Attack::ALL.to_vec(),
+                (_, Some(one)) => vec![one],
+                (_, None) => {
+                    return Err(NetError::BadArgument {
+                        flag: "NAME",
+                        value: name,
+                        reason: "an attack from `bftnet attack --list`, or `all`".into(),
+                    })
+                }
+            };
+            let results = attack::attack(attack::AttackOptions {
+                attacks,
+                rate: args.rate,
+                duration: args.duration,
+                warmup: args.warmup,
+                n: args.n,
+                clients: args.clients,
+                size: args.size,
+                request_mode: if args.connection_authenticated {
+                    RequestMode::ConnectionAuthenticated
+                } else {
+                    RequestMode::ClientSigned
+                },
+                p99_floor_ms: args.p99_floor_ms,
+                max_rss_mb: args.max_rss_mb,
+                bftd: args.bftd,
+                keep: args.keep,
+                json: args.json,
+            })
+            .await?;
+            if results.iter().any(|result| !result.pass) {
+                return Ok(ExitCode::FAILURE);
+            }
         }
         NetCommand::Kill { dir, id } => commands::kill(&dir.dir, id).await?,
         NetCommand::Restart {

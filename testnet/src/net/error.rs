@@ -210,6 +210,15 @@ pub enum NetError {
     /// Ctrl-C (or SIGTERM/SIGHUP) stopped the command.
     #[error("interrupted: every process this command started has been stopped")]
     Interrupted,
+    /// `bftnet attack` itself (the attacker and the honest load) grew past
+    /// its memory limit; the attack was abandoned.
+    #[error("bftnet attack itself uses {megabytes:.0} MB, above its {limit:.0} MB limit: attack abandoned, its cluster stopped")]
+    AttackerMemory {
+        /// Resident megabytes.
+        megabytes: f64,
+        /// The limit.
+        limit: f64,
+    },
     /// The async runtime could not start.
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),

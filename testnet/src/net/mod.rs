@@ -11,10 +11,14 @@
 //! - [`load`]: the load generator (open or closed loop);
 //! - [`bench`]: `bftnet bench`, throughput, latency, CPU and memory of a
 //!   fresh cluster whose nodes talk directly;
+//! - [`attack`]: `bftnet attack`, issue 10's attacks against a fresh
+//!   cluster under honest load, and whether honest clients kept their rate,
+//!   latency and the nodes their memory bounds;
 //! - [`check`]: the safety check of honest logs;
 //! - [`live`]: `status` and the live status line;
 //! - [`commands`]: the subcommands themselves.
 
+pub mod attack;
 pub mod bench;
 pub mod binaries;
 pub mod check;
