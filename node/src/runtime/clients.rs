@@ -311,9 +311,16 @@ async fn subscribe(
     loop {
         let last = *height.borrow_and_update();
         while next <= last {
+            shared.metrics.subscription_read_started();
             let read = {
                 let storage = storage.clone();
-                tokio::task::spawn_blocking(move || storage.blocks_from(next, chunk)).await
+                let counted = shared.clone();
+                tokio::task::spawn_blocking(move || {
+                    let read = storage.blocks_from(next, chunk);
+                    counted.metrics.subscription_read_ended();
+                    read
+                })
+                .await
             };
             let blocks = match read {
                 Ok(Ok(blocks)) if !blocks.is_empty() => blocks,

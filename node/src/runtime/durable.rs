@@ -177,6 +177,7 @@ impl Worker {
                             .find(|d| d.block.height() == height)
                             .map(|d| Answered::new(d.block.clone(), &d.duplicates, d.tree.clone()))
                             .or_else(|| {
+                                metrics.receipt_block_loads.fetch_add(1, Ordering::Relaxed);
                                 let block = self.storage.block(height)?;
                                 let duplicates = self.storage.duplicates(height);
                                 Some(Answered::new(block, &duplicates, None))

@@ -89,6 +89,15 @@ pub struct NodeMetrics {
     pub subscriptions_ended: AtomicU64,
     /// Outgoing messages the transport dropped (queue full).
     pub send_dropped: AtomicU64,
+    /// Store reads started to stream blocks to subscribers.
+    pub subscription_reads: AtomicU64,
+    /// Committed blocks loaded from the store (and their Merkle trees
+    /// rebuilt) to answer a request that executed earlier.
+    pub receipt_block_loads: AtomicU64,
+    /// Subscriber store reads under way now, and the most there ever were
+    /// at once.
+    pub subscription_reads_running: AtomicU64,
+    pub subscription_reads_peak: AtomicU64,
     /// Failed reads of committed blocks for the embedded application
     /// (each retried).
     pub application_read_errors: AtomicU64,
@@ -121,6 +130,23 @@ const REJECTIONS: [(Rejection, &str); 6] = [
 ];
 
 impl NodeMetrics {
+    /// A subscriber store read begins: counted, and the peak kept.
+    pub fn subscription_read_started(&self) {
+        self.subscription_reads.fetch_add(1, Ordering::Relaxed);
+        let running = self
+            .subscription_reads_running
+            .fetch_add(1, Ordering::Relaxed)
+            + 1;
+        self.subscription_reads_peak
+            .fetch_max(running, Ordering::Relaxed);
+    }
+
+    /// A subscriber store read ended.
+    pub fn subscription_read_ended(&self) {
+        self.subscription_reads_running
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+
     /// Counts a refused request.
     pub fn rejected(&self, reason: Rejection) {
         if let Some(counter) = self.rejected.get(rejection_index(reason)) {
@@ -363,6 +389,28 @@ impl NodeMetrics {
             "bftd_subscriptions_ended_total",
             "Subscriptions ended because the subscriber stopped reading.",
             load(&self.subscriptions_ended),
+        );
+        counter(
+            &mut out,
+            "bftd_subscription_reads_total",
+            "Store reads started to stream blocks to subscribers.",
+            load(&self.subscription_reads),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP bftd_subscription_reads_running Store reads for subscribers under way.\n# TYPE bftd_subscription_reads_running gauge\nbftd_subscription_reads_running {}",
+            load(&self.subscription_reads_running)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP bftd_subscription_reads_peak Most store reads for subscribers ever under way at once.\n# TYPE bftd_subscription_reads_peak gauge\nbftd_subscription_reads_peak {}",
+            load(&self.subscription_reads_peak)
+        );
+        counter(
+            &mut out,
+            "bftd_receipt_block_loads_total",
+            "Committed blocks loaded from the store, Merkle tree rebuilt, to answer a request that executed earlier.",
+            load(&self.receipt_block_loads),
         );
         counter(
             &mut out,
