@@ -11,8 +11,14 @@
 //! time, so under a flood of requests a pre-prepare never waits behind
 //! thousands of request signatures (it did: an overloaded client-signed
 //! cluster missed its request timers and changed views again and again).
+//!
+//! Verified state-transfer fetches do not go to consensus: they go to the
+//! fetch server (`fetch.rs`), which reads the store for them on its own,
+//! within a byte rate per peer. Its queue is bounded; a fetch that finds it
+//! full is refused and counted.
 
 use super::consensus::Input;
+use super::fetch::FetchRequest;
 use super::Shared;
 use crate::transport::PeerFrame;
 use bftd_protocol::message::MessageKind;
@@ -79,6 +85,7 @@ impl Lanes {
 pub(crate) async fn run(
     mut frames: mpsc::Receiver<PeerFrame>,
     inputs: mpsc::Sender<Input>,
+    fetches: mpsc::Sender<FetchRequest>,
     shared: Arc<Shared>,
 ) {
     let mut lanes = Lanes::default();
@@ -113,7 +120,7 @@ pub(crate) async fn run(
                     if lane == Lane::Requests {
                         requests_running = false;
                     }
-                    if forward(&inputs, verified).await.is_err() {
+                    if forward(&inputs, &fetches, &shared, verified).await.is_err() {
                         return;
                     }
                 } else if let Some(Err(_)) = done {
@@ -130,8 +137,28 @@ pub(crate) async fn run(
     }
 }
 
-async fn forward(inputs: &mpsc::Sender<Input>, verified: Vec<Input>) -> Result<(), ()> {
+async fn forward(
+    inputs: &mpsc::Sender<Input>,
+    fetches: &mpsc::Sender<FetchRequest>,
+    shared: &Shared,
+    verified: Vec<Input>,
+) -> Result<(), ()> {
     for input in verified {
+        let input = match input {
+            Input::Peer { from, message } if matches!(*message, WireMessage::FetchBlocks(_)) => {
+                let WireMessage::FetchBlocks(request) = message.into_inner() else {
+                    continue;
+                };
+                if fetches.try_send(FetchRequest { from, request }).is_err() {
+                    shared
+                        .metrics
+                        .fetches_refused_busy
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                continue;
+            }
+            other => other,
+        };
         inputs.send(input).await.map_err(|_| ())?;
     }
     Ok(())

@@ -98,6 +98,16 @@ pub struct NodeMetrics {
     /// at once.
     pub subscription_reads_running: AtomicU64,
     pub subscription_reads_peak: AtomicU64,
+    /// Requests answered "busy" because too many old blocks already waited
+    /// to be loaded for receipts.
+    pub receipt_loads_refused: AtomicU64,
+    /// Peers' block fetches served, and the blocks in them.
+    pub fetches_served: AtomicU64,
+    pub fetch_blocks_served: AtomicU64,
+    /// Peers' block fetches refused: the peer's byte rate was used up.
+    pub fetches_refused_rate: AtomicU64,
+    /// Peers' block fetches refused: too many waited to be served.
+    pub fetches_refused_busy: AtomicU64,
     /// Failed reads of committed blocks for the embedded application
     /// (each retried).
     pub application_read_errors: AtomicU64,
@@ -295,6 +305,12 @@ impl NodeMetrics {
             );
             counter(
                 &mut out,
+                "bftd_new_views_withheld_total",
+                "Behind statuses not answered with the new-view: that peer was sent it less than new_view_resend_ms ago.",
+                metrics.new_views_withheld,
+            );
+            counter(
+                &mut out,
                 "bftd_requests_relayed_total",
                 "Requests relayed to every replica after waiting one request timeout.",
                 metrics.requests_relayed,
@@ -412,6 +428,34 @@ impl NodeMetrics {
             "Committed blocks loaded from the store, Merkle tree rebuilt, to answer a request that executed earlier.",
             load(&self.receipt_block_loads),
         );
+        counter(
+            &mut out,
+            "bftd_receipt_loads_refused_total",
+            "Requests answered busy because too many old blocks waited to be loaded for receipts.",
+            load(&self.receipt_loads_refused),
+        );
+        counter(
+            &mut out,
+            "bftd_fetches_served_total",
+            "Peers' state-transfer fetches answered.",
+            load(&self.fetches_served),
+        );
+        counter(
+            &mut out,
+            "bftd_fetch_blocks_served_total",
+            "Blocks sent to peers in state-transfer answers.",
+            load(&self.fetch_blocks_served),
+        );
+        let _ = writeln!(out, "# HELP bftd_fetches_refused_total Peers' state-transfer fetches refused, by reason ([peers] fetch_bytes_per_second used up; queue full).\n# TYPE bftd_fetches_refused_total counter");
+        for (reason, value) in [
+            ("rate", load(&self.fetches_refused_rate)),
+            ("busy", load(&self.fetches_refused_busy)),
+        ] {
+            let _ = writeln!(
+                out,
+                "bftd_fetches_refused_total{{reason=\"{reason}\"}} {value}"
+            );
+        }
         counter(
             &mut out,
             "bftd_send_dropped_total",
