@@ -360,7 +360,7 @@ pub struct PeersConfig {
     /// and counted (`bftd_fetches_refused_total{reason="rate"}`), and the
     /// fetcher asks again after its fetch timeout. Default 64 MiB/s: a
     /// node catching up from one peer gets 64 MiB of blocks a second,
-    /// about 280 blocks of 1,000 100-byte requests.
+    /// about 290 blocks of 1,000 100-byte requests.
     pub fetch_bytes_per_second: u64,
     /// How much of that rate a peer may save up while it fetches nothing.
     /// Default 16 MiB (one whole answer).
