@@ -15,7 +15,9 @@
 //! Verified state-transfer fetches do not go to consensus: they go to the
 //! fetch server (`fetch.rs`), which reads the store for them on its own,
 //! within a byte rate per peer. Its queue is bounded; a fetch that finds it
-//! full is refused and counted.
+//! full is refused and counted. (Only in a lying node, `bftd-byzantine`,
+//! do fetches still go to its replica, so that its intercept can withhold
+//! or doctor the answers as before.)
 
 use super::consensus::Input;
 use super::fetch::FetchRequest;
@@ -145,7 +147,10 @@ async fn forward(
 ) -> Result<(), ()> {
     for input in verified {
         let input = match input {
-            Input::Peer { from, message } if matches!(*message, WireMessage::FetchBlocks(_)) => {
+            Input::Peer { from, message }
+                if shared.byzantine.is_none()
+                    && matches!(*message, WireMessage::FetchBlocks(_)) =>
+            {
                 let WireMessage::FetchBlocks(request) = message.into_inner() else {
                     continue;
                 };
