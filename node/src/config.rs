@@ -151,6 +151,14 @@ pub enum LoadError {
         /// What is wrong.
         source: crate::transport::ConfigError,
     },
+    /// The peers section is invalid.
+    #[error("[peers] in {path}: {reason}")]
+    Peers {
+        /// The node config.
+        path: PathBuf,
+        /// What is wrong.
+        reason: &'static str,
+    },
     /// The clients section is invalid.
     #[error("[clients] in {path}: {reason}")]
     Clients {
@@ -350,6 +358,9 @@ pub struct NodeFile {
     /// Handshake and connection slots.
     #[serde(default)]
     pub connections: ConnectionsConfig,
+    /// What peers may make this node do for them.
+    #[serde(default)]
+    pub peers: PeersConfig,
 }
 
 /// The `[connections]` section of a node file: how many connections and
@@ -418,6 +429,32 @@ impl ConnectionsConfig {
     }
 }
 
+/// The `[peers]` section of a node file: this node's own limits on work
+/// for its peers (not consensus settings: nodes may differ).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PeersConfig {
+    /// Bytes of blocks (each request's payload plus 128) served per second
+    /// to one peer's state-transfer fetches; fetches beyond it are refused
+    /// and counted (`bftd_fetches_refused_total{reason="rate"}`), and the
+    /// fetcher asks again after its fetch timeout. Default 64 MiB/s: a
+    /// node catching up from one peer gets 64 MiB of blocks a second,
+    /// about 290 blocks of 1,000 100-byte requests.
+    pub fetch_bytes_per_second: u64,
+    /// How much of that rate a peer may save up while it fetches nothing.
+    /// Default 16 MiB (one whole answer).
+    pub fetch_burst_bytes: u64,
+}
+
+impl Default for PeersConfig {
+    fn default() -> PeersConfig {
+        PeersConfig {
+            fetch_bytes_per_second: 64 * 1024 * 1024,
+            fetch_burst_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
 /// The `[clients]` section of a node file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -438,6 +475,9 @@ pub struct ClientsConfig {
     /// reason, counted in `bftd_subscriptions_ended_total`; it may
     /// subscribe again from where it stopped. Default 10000.
     pub subscriber_stall_ms: u64,
+    /// Store reads for subscribers running at once, over all connections
+    /// (each connection runs at most one); more wait their turn. Default 4.
+    pub subscription_reads: usize,
 }
 
 /// Largest `[clients] reply_queue`: beyond it one slow client could hold
@@ -451,6 +491,7 @@ impl Default for ClientsConfig {
             reply_queue: 4096,
             reply_queue_bytes: 4 * 1024 * 1024,
             subscriber_stall_ms: 10_000,
+            subscription_reads: 4,
         }
     }
 }
@@ -482,6 +523,8 @@ pub struct NodeConfig {
     pub clients: ClientsConfig,
     /// Handshake and connection slots.
     pub connections: crate::transport::ConnectionLimits,
+    /// Work for peers.
+    pub peers: PeersConfig,
 }
 
 impl NodeConfig {
@@ -559,6 +602,25 @@ impl NodeConfig {
                 path: path.to_owned(),
                 source,
             })?;
+        if !(1..=1024).contains(&file.clients.subscription_reads) {
+            return Err(LoadError::Clients {
+                path: path.to_owned(),
+                reason: "subscription_reads must be from 1 to 1024 (the default is 4)",
+            });
+        }
+        if file.peers.fetch_bytes_per_second < 1024 {
+            return Err(LoadError::Peers {
+                path: path.to_owned(),
+                reason: "fetch_bytes_per_second must be at least 1024: below it a node that fell \
+                         behind cannot catch up (the default is 67108864)",
+            });
+        }
+        if file.peers.fetch_burst_bytes < 1024 {
+            return Err(LoadError::Peers {
+                path: path.to_owned(),
+                reason: "fetch_burst_bytes must be at least 1024 (the default is 16777216)",
+            });
+        }
         let listen = match file.listen {
             Some(listen) => listen,
             None => cluster.address(id).ok_or(LoadError::UnknownId {
@@ -579,6 +641,7 @@ impl NodeConfig {
             protocol,
             clients: file.clients,
             connections,
+            peers: file.peers,
         })
     }
 }
@@ -764,6 +827,11 @@ mod tests {
                 "subscriber_stall_ms = 0",
                 Some("subscriber_stall_ms"),
             ),
+            (
+                "r0.toml",
+                "subscription_reads = 0",
+                Some("subscription_reads"),
+            ),
         ] {
             std::fs::write(dir.path().join(name), with_clients(section)).unwrap();
             match (NodeConfig::load(&dir.path().join(name)), expected) {
@@ -776,6 +844,39 @@ mod tests {
                 }
                 (other, _) => panic!("{section}: {:?}", other.map(|c| c.clients)),
             }
+        }
+    }
+
+    /// `[peers]`: defaults that let a node catch up fast, each settable,
+    /// a rate too low to ever catch up refused by name.
+    #[test]
+    fn peer_limits_are_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("cluster.toml"),
+            toml::to_string(&cluster_file(4)).unwrap(),
+        )
+        .unwrap();
+        write_key(&dir.path().join("node0.key"), &KeyPair::from_seed([1; 32])).unwrap();
+        let node = |section: &str| {
+            format!("id = 0\nkey_file = \"node0.key\"\ncluster_file = \"cluster.toml\"\ndata_dir = \"data\"\n[peers]\n{section}\n")
+        };
+        std::fs::write(dir.path().join("default.toml"), node("")).unwrap();
+        let config = NodeConfig::load(&dir.path().join("default.toml")).unwrap();
+        assert_eq!(config.peers.fetch_bytes_per_second, 64 << 20);
+        assert_eq!(config.peers.fetch_burst_bytes, 16 << 20);
+        std::fs::write(
+            dir.path().join("set.toml"),
+            node("fetch_bytes_per_second = 1048576"),
+        )
+        .unwrap();
+        let config = NodeConfig::load(&dir.path().join("set.toml")).unwrap();
+        assert_eq!(config.peers.fetch_bytes_per_second, 1 << 20);
+        for section in ["fetch_bytes_per_second = 10", "fetch_burst_bytes = 0"] {
+            std::fs::write(dir.path().join("bad.toml"), node(section)).unwrap();
+            let error = NodeConfig::load(&dir.path().join("bad.toml")).unwrap_err();
+            let setting = section.split(' ').next().unwrap();
+            assert!(error.to_string().contains(setting), "{error}");
         }
     }
 

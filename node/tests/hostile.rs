@@ -214,3 +214,233 @@ async fn idle_clients_are_closed_but_subscribers_are_not() {
             >= 1.0
     );
 }
+
+/// The node file section the fetch-flood test runs with: a low rate so
+/// that a few dozen small blocks exceed it.
+const FETCH_LIMITS: &str = "\n[peers]\nfetch_bytes_per_second = 20000\nfetch_burst_bytes = 20000\n";
+
+/// Payload bytes of a state-transfer answer, as the server estimates them
+/// (payload plus 128 per request).
+fn served_bytes(message: &bftd_protocol::WireMessage) -> u64 {
+    match message {
+        bftd_protocol::WireMessage::Blocks(blocks) => blocks
+            .value
+            .blocks
+            .iter()
+            .flat_map(|block| block.block.batch.requests.iter())
+            .map(|request| request.payload_len() as u64 + 128)
+            .sum(),
+        _ => 0,
+    }
+}
+
+/// A peer asking for blocks in a loop (each `FetchBlocks` is a few signed
+/// bytes; each answer a store read of up to 16 MiB) is served at most its
+/// byte rate (`[peers] fetch_bytes_per_second`, with `fetch_burst_bytes`
+/// saved up), the rest refused and counted; and the fetches never reach
+/// the consensus task, which goes on committing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_blocks_flood_is_rate_limited_off_consensus() {
+    let mut cluster = TestCluster::start(4, RequestMode::ClientSigned, FETCH_LIMITS);
+    let client = cluster.client(1).await;
+    for i in 0..30 {
+        client
+            .submit(format!("block {i}").into_bytes())
+            .await
+            .unwrap();
+    }
+    // Node 3 leaves; the test takes its place, with its key.
+    cluster.kill(3);
+    let key = bftd::config::read_key(&cluster.path().join("node3.key")).unwrap();
+    let peers = cluster.peers();
+    let config = TransportConfig::new(NodeId(3), key.clone(), peers[3].address, peers);
+    let (transport, mut frames, _clients) = Transport::start(config).await.unwrap();
+    let signer = bftd_protocol::signer::Signer::new(NodeId(3), key.clone(), Default::default());
+    let fetch = signer
+        .sign(bftd_protocol::message::FetchBlocks {
+            from: bftd_protocol::SeqNum(1),
+            to: bftd_protocol::SeqNum(64),
+        })
+        .unwrap();
+    let fetch =
+        Bytes::from(codec::encode(&bftd_protocol::WireMessage::FetchBlocks(fetch)).unwrap());
+    // Until node 1 answers once (it redials node 3 after the restart).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    'connected: loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node 1 never answered a fetch"
+        );
+        let _ = transport.send(NodeId(1), fetch.clone());
+        let wait = tokio::time::sleep(Duration::from_millis(500));
+        tokio::pin!(wait);
+        loop {
+            tokio::select! {
+                frame = frames.recv() => {
+                    let frame = frame.expect("transport open");
+                    if frame.from == NodeId(1) && matches!(codec::decode(&frame.frame), Ok(bftd_protocol::WireMessage::Blocks(_))) {
+                        break 'connected;
+                    }
+                }
+                _ = &mut wait => break,
+            }
+        }
+    }
+    // Let the bucket fill again, then flood.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let started = tokio::time::Instant::now();
+    for _ in 0..400 {
+        let _ = transport.send(NodeId(1), fetch.clone());
+    }
+    let window = Duration::from_secs(3);
+    let mut served = 0u64;
+    let mut answers = 0u64;
+    let mut largest = 0u64;
+    while let Ok(Some(frame)) = tokio::time::timeout_at(started + window, frames.recv()).await {
+        if frame.from != NodeId(1) {
+            continue;
+        }
+        if let Ok(message) = codec::decode::<bftd_protocol::WireMessage>(&frame.frame) {
+            let bytes = served_bytes(&message);
+            if bytes > 0 {
+                answers += 1;
+                served += bytes;
+                largest = largest.max(bytes);
+            }
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let bound = (20_000.0 * elapsed) as u64 + 20_000 + largest;
+    assert!(
+        served <= bound,
+        "a flood of 400 fetches was served {served} bytes in {answers} answers in {elapsed:.1} s; the bound is {bound}"
+    );
+    assert!(
+        cluster.metric(1, "bftd_fetches_refused_total{reason=\"rate\"}") > 0.0,
+        "refusals not counted"
+    );
+    assert_eq!(
+        cluster.metric(1, "bftd_messages_received_total{kind=\"fetch_blocks\"}"),
+        0.0,
+        "fetches reached the consensus task"
+    );
+    transport.shutdown().await;
+    client.submit(b"still ordering".to_vec()).await.unwrap();
+}
+
+/// Sends one client message on a raw link.
+async fn send_client(link: &mut bftd::transport::ClientLink, message: &ClientMessage) {
+    link.send(Bytes::from(codec::encode(message).unwrap()))
+        .await
+        .unwrap();
+}
+
+/// The next reply on a raw link (within 10 s).
+async fn next_reply(link: &mut bftd::transport::ClientLink) -> NodeMessage {
+    let frame = tokio::time::timeout(Duration::from_secs(10), link.recv())
+        .await
+        .expect("a reply within 10 s")
+        .unwrap()
+        .unwrap();
+    codec::decode(&frame).unwrap()
+}
+
+/// Replaying a request that executed blocks ago (any client may: requests
+/// are public once in a block) is answered with its receipt, but does not
+/// cost a store read of its block and a rebuilt Merkle tree each time:
+/// 200 replays, one at a time, load the block at most twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_receipts_do_not_reload_their_block() {
+    let cluster = TestCluster::start(4, RequestMode::ClientSigned, "");
+    let client = cluster.client(1).await;
+    let request = client.request(b"replayed".to_vec());
+    let first = client.submit_request(&request).await.unwrap();
+    for i in 0..5 {
+        client
+            .submit(format!("later {i}").into_bytes())
+            .await
+            .unwrap();
+    }
+    let address = cluster.cluster.addresses[1];
+    let node_key = cluster.cluster.committee.public_keys()[1];
+    let key = KeyPair::generate(&mut rand::rngs::OsRng);
+    let mut link = connect_client_with(&key, address, node_key, 128 << 20)
+        .await
+        .unwrap();
+    let before = cluster.metric(1, "bftd_receipt_block_loads_total");
+    let mut receipts = 0;
+    for _ in 0..200 {
+        send_client(&mut link, &ClientMessage::Submit(request.clone())).await;
+        match next_reply(&mut link).await {
+            NodeMessage::Receipt(receipt) => {
+                assert_eq!(receipt.height, first.height);
+                receipts += 1;
+            }
+            NodeMessage::Rejected { .. } => {}
+            other => panic!("unexpected reply {other:?}"),
+        }
+    }
+    assert!(receipts >= 1, "no replay was answered with its receipt");
+    let loads = cluster.metric(1, "bftd_receipt_block_loads_total") - before;
+    assert!(
+        loads <= 2.0,
+        "200 replays of one executed request loaded its block {loads} times ({receipts} receipts)"
+    );
+}
+
+/// A client that subscribes from height 1 again and again does not leave
+/// store reads running behind it: aborting a replaced subscription's task
+/// does not stop its read on a blocking thread, so each re-subscription
+/// used to add a read. Reads of one connection must never overlap (the
+/// node-wide peak stays at 1 with one subscriber), and closing the
+/// connection leaves none running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resubscribing_does_not_multiply_store_reads() {
+    let cluster = TestCluster::start(4, RequestMode::ClientSigned, "");
+    // Big blocks (about 60 KB requests, submitted together), so that a
+    // read takes a while.
+    let client = std::sync::Arc::new(cluster.client(1).await);
+    for round in 0..2u8 {
+        let submits: Vec<_> = (0..48u8)
+            .map(|i| {
+                let client = client.clone();
+                tokio::spawn(async move { client.submit(vec![round ^ i; 60_000]).await })
+            })
+            .collect();
+        for submit in submits {
+            submit.await.unwrap().unwrap();
+        }
+    }
+    let address = cluster.cluster.addresses[1];
+    let node_key = cluster.cluster.committee.public_keys()[1];
+    let key = KeyPair::generate(&mut rand::rngs::OsRng);
+    let mut link = connect_client_with(&key, address, node_key, 128 << 20)
+        .await
+        .unwrap();
+    let subscribe = Bytes::from(
+        codec::encode(&ClientMessage::Subscribe {
+            from: bftd_protocol::SeqNum(1),
+        })
+        .unwrap(),
+    );
+    for _ in 0..300 {
+        link.send(subscribe.clone()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let reads = cluster.metric(1, "bftd_subscription_reads_total");
+    assert!(reads > 0.0, "no store read for the subscriptions");
+    drop(link);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while cluster.metric(1, "bftd_subscription_reads_running") > 0.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "store reads still running 10 s after the subscriber left"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let peak = cluster.metric(1, "bftd_subscription_reads_peak");
+    assert!(
+        peak <= 1.0,
+        "300 re-subscriptions on one connection ran {peak} store reads at once ({reads} reads)"
+    );
+}

@@ -74,6 +74,14 @@ pub struct Config {
     /// retransmission of view-changes and new-views.
     #[serde(rename = "status_interval_ms", with = "millis")]
     pub status_interval: Duration,
+    /// A peer that reports itself in an older view is sent the new-view
+    /// that started ours (2f+1 view-changes with their certificates: a
+    /// large message, costly to check) at most once per this interval,
+    /// however often it reports: a small signed status must not buy that
+    /// every time. A peer that lost it gets it again within this interval
+    /// plus one status interval.
+    #[serde(rename = "new_view_resend_ms", with = "millis")]
+    pub new_view_resend: Duration,
     /// Most blocks in one state-transfer response.
     pub fetch_max_blocks: u64,
     /// A state-transfer request unanswered for this long is sent to another
@@ -113,6 +121,7 @@ impl Default for Config {
             view_change_timeout: Duration::from_millis(800),
             view_change_timeout_max: Duration::from_secs(30),
             status_interval: Duration::from_millis(250),
+            new_view_resend: Duration::from_millis(1000),
             fetch_max_blocks: 64,
             fetch_timeout: Duration::from_millis(1000),
             max_future_messages_per_peer: 1024,
@@ -311,6 +320,7 @@ impl Config {
             ("view_change_timeout", self.view_change_timeout),
             ("status_interval", self.status_interval),
             ("fetch_timeout", self.fetch_timeout),
+            ("new_view_resend", self.new_view_resend),
         ] {
             range(
                 parameter,
@@ -330,6 +340,12 @@ impl Config {
             "at least view_change_timeout",
             millis(self.view_change_timeout_max),
             self.view_change_timeout_max >= self.view_change_timeout,
+        )?;
+        range(
+            "new_view_resend_ms",
+            "at most 60000 (a peer that lost the new-view waits up to this long for it again)",
+            millis(self.new_view_resend),
+            self.new_view_resend <= Duration::from_secs(60),
         )?;
         range(
             "fetch_max_blocks",

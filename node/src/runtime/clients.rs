@@ -8,6 +8,15 @@
 //! cursor, not blocks: it reads the next blocks from storage only when the
 //! queue has room, and a subscriber whose queue stays full for
 //! `subscriber_stall_ms` is told why and ended.
+//!
+//! Store reads for subscribers run on blocking threads, which aborting a
+//! task does not stop. So a subscription replaced by another, or whose
+//! connection closed, is marked cancelled (checked before every read), a
+//! connection's reads never overlap (each holds the connection's one read
+//! permit until it is done, even after its subscription is gone), and all
+//! connections together run at most `[clients] subscription_reads` at once.
+//! A client re-subscribing in a loop gets one read at a time, most of them
+//! never started.
 
 use super::consensus::Input;
 use super::Shared;
@@ -15,7 +24,7 @@ use crate::client_api::{ClientMessage, NodeMessage, Rejection};
 use crate::storage::DiskStorage;
 use crate::transport::{Bytes, ClientConnection, FrameReceiver, FrameSender};
 use bftd_protocol::{codec, verify_request, GrantCachingVerifier, NodeId, RequestMode, SeqNum};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
@@ -184,7 +193,8 @@ async fn serve(
     // and the client resends what it still waits for.
     let (reply_to, replies) = Replies::new(shared.reply_queue, shared.reply_queue_bytes);
     let writer = tokio::spawn(write_replies(sender, replies));
-    let mut subscription: Option<tokio::task::JoinHandle<()>> = None;
+    let mut subscription: Option<Subscription> = None;
+    let connection_reads = Arc::new(Semaphore::new(1));
     let idle = shared.client_idle_timeout;
     // One timer, moved forward lazily when it fires: not one per frame.
     let mut last_frame = tokio::time::Instant::now();
@@ -198,7 +208,9 @@ async fn serve(
         let received = tokio::select! {
             received = receiver.recv() => received,
             () = &mut deadline => {
-                let subscribed = subscription.as_ref().is_some_and(|task| !task.is_finished());
+                let subscribed = subscription
+                    .as_ref()
+                    .is_some_and(|subscription| !subscription.task.is_finished());
                 if subscribed || last_frame.elapsed() < idle {
                     let from = if subscribed { tokio::time::Instant::now() } else { last_frame };
                     deadline.as_mut().reset(from + idle);
@@ -277,16 +289,25 @@ async fn serve(
             }
             ClientMessage::Subscribe { from } => {
                 if let Some(previous) = subscription.take() {
-                    previous.abort();
+                    previous.cancel();
                 }
+                let cancelled = Arc::new(AtomicBool::new(false));
+                let reads = SubscriptionReads {
+                    storage: storage.clone(),
+                    connection: connection_reads.clone(),
+                    cancelled: cancelled.clone(),
+                };
                 let task = subscribe(
                     from,
-                    storage.clone(),
+                    reads,
                     height.clone(),
                     reply_to.clone(),
                     shared.clone(),
                 );
-                subscription = Some(tokio::spawn(task));
+                subscription = Some(Subscription {
+                    task: tokio::spawn(task),
+                    cancelled,
+                });
             }
             ClientMessage::Status => {
                 let status = shared.status();
@@ -294,11 +315,73 @@ async fn serve(
             }
         }
     }
-    if let Some(task) = subscription {
-        task.abort();
+    if let Some(subscription) = subscription {
+        subscription.cancel();
     }
     drop(reply_to);
     let _ = writer.await;
+}
+
+/// A running subscription.
+struct Subscription {
+    task: tokio::task::JoinHandle<()>,
+    cancelled: Arc<AtomicBool>,
+}
+
+impl Subscription {
+    /// Stops it: the task at its next await, a read not yet begun before
+    /// it begins. (A read under way on its blocking thread finishes, still
+    /// holding the connection's read permit.)
+    fn cancel(self) {
+        self.cancelled.store(true, Ordering::Release);
+        self.task.abort();
+    }
+}
+
+/// How a subscription reads blocks.
+struct SubscriptionReads {
+    storage: DiskStorage,
+    /// The connection's one read permit.
+    connection: Arc<Semaphore>,
+    cancelled: Arc<AtomicBool>,
+}
+
+impl SubscriptionReads {
+    /// Up to `chunk` blocks from `next`, once no other read of this
+    /// connection runs and a node-wide read slot is free; `None` if the
+    /// subscription was cancelled meanwhile (or the store failed).
+    async fn read(
+        &self,
+        next: SeqNum,
+        chunk: usize,
+        shared: &Arc<Shared>,
+    ) -> Option<Vec<crate::storage::StoredBlock>> {
+        let connection = self.connection.clone().acquire_owned().await.ok()?;
+        let node = shared
+            .subscription_read_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .ok()?;
+        if self.cancelled.load(Ordering::Acquire) {
+            return None;
+        }
+        shared.metrics.subscription_read_started();
+        let storage = self.storage.clone();
+        let cancelled = self.cancelled.clone();
+        let counted = shared.clone();
+        // The permits go with the read: they are released when it ends,
+        // not when this task is aborted.
+        let read = tokio::task::spawn_blocking(move || {
+            let _permits = (connection, node);
+            let read = (!cancelled.load(Ordering::Acquire))
+                .then(|| storage.blocks_from(next, chunk).ok())
+                .flatten();
+            counted.metrics.subscription_read_ended();
+            read
+        });
+        read.await.ok().flatten()
+    }
 }
 
 /// Writes replies as they come; every reply queued while the last write was
@@ -337,7 +420,7 @@ async fn write_replies(mut sender: FrameSender, mut replies: mpsc::Receiver<Queu
 /// already waiting, so the subscriber reads it after them).
 async fn subscribe(
     from: SeqNum,
-    storage: DiskStorage,
+    reads: SubscriptionReads,
     mut height: watch::Receiver<SeqNum>,
     reply_to: Replies,
     shared: Arc<Shared>,
@@ -348,12 +431,8 @@ async fn subscribe(
     loop {
         let last = *height.borrow_and_update();
         while next <= last {
-            let read = {
-                let storage = storage.clone();
-                tokio::task::spawn_blocking(move || storage.blocks_from(next, chunk)).await
-            };
-            let blocks = match read {
-                Ok(Ok(blocks)) if !blocks.is_empty() => blocks,
+            let blocks = match reads.read(next, chunk, &shared).await {
+                Some(blocks) if !blocks.is_empty() => blocks,
                 _ => return,
             };
             let count = blocks.len();

@@ -53,6 +53,8 @@ pub(crate) struct Consensus {
     pub inputs: mpsc::Receiver<Input>,
     pub writer: mpsc::Sender<Step>,
     pub shutdown: watch::Receiver<bool>,
+    /// The stable checkpoint, for the fetch server's answers.
+    pub checkpoint: Option<watch::Sender<bftd_protocol::CheckpointCertificate>>,
     pub started: Instant,
     /// What makes this node lie (`bftd-byzantine` only; never in `bftd`).
     pub intercept: Option<Box<dyn super::Intercept>>,
@@ -80,6 +82,7 @@ impl Consensus {
             shutdown,
             started,
             intercept: None,
+            checkpoint: None,
             waiting: HashMap::new(),
             mismatched: Default::default(),
             quorum: QuorumWatch::default(),
@@ -228,6 +231,12 @@ impl Consensus {
         };
         if !step.is_empty() && self.writer.send(step).await.is_err() {
             return Err(self.shared.storage_failure());
+        }
+        if let Some(checkpoint) = &self.checkpoint {
+            let stable = self.replica.stable_checkpoint();
+            if checkpoint.borrow().seq() != stable.seq() {
+                checkpoint.send_replace(stable.clone());
+            }
         }
         let status = self.replica.status();
         self.watch_quorum(InTouch::of(&status));

@@ -8,6 +8,15 @@
 //! before the state that covers it is durable — and consensus itself never
 //! waits for the disk: a slower disk makes bigger groups, not a slower
 //! protocol loop.
+//!
+//! A request that executed earlier (a client's retry, or anyone replaying
+//! a request seen in a block) is answered with a receipt for its old block.
+//! Building one means reading the block and hashing its Merkle tree: work
+//! in the size of the block, for a message of a few hundred bytes. So the
+//! worker never does it itself: blocks answered for are kept in a cache
+//! bounded in bytes ([`ReceiptCache`]), and a block not there is loaded by
+//! a separate thread ([`Loader`]) fed through a bounded queue; when that is
+//! full the request is answered "busy" (counted), and the client retries.
 
 use super::consensus::Waiter;
 use super::metrics::NodeMetrics;
@@ -21,13 +30,20 @@ use bftd_protocol::{
     BlockSource, CommittedBlock, Delivery, Destination, Record, RequestKey, SeqNum, Storage,
 };
 use std::collections::HashMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 /// Steps written together at most: bounds one write's size and latency.
 const MAX_GROUP: usize = 64;
+/// Blocks waiting to be loaded for receipts, at most (each with the
+/// answers waiting for it); beyond, requests are answered "busy".
+pub(crate) const LOAD_QUEUE: usize = 64;
+/// Bytes of blocks (payload, tree and index, estimated) kept for
+/// receipts: a few of the largest blocks, thousands of small ones.
+pub(crate) const RECEIPT_CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 /// A message ready for the wire.
 pub(crate) struct Outbound {
@@ -67,6 +83,10 @@ pub(crate) struct Worker {
     pub height: watch::Sender<SeqNum>,
     pub runtime: tokio::runtime::Handle,
     pub steps: mpsc::Receiver<Step>,
+    /// Blocks recently answered for.
+    pub cache: Arc<Mutex<ReceiptCache>>,
+    /// Blocks to load for receipts, on the [`Loader`]'s thread.
+    pub loads: mpsc::Sender<Load>,
 }
 
 impl Worker {
@@ -150,13 +170,15 @@ impl Worker {
     }
 
     /// A verifiable receipt for each committed request, a rejection
-    /// otherwise. Each block's Merkle tree and request index are built once
-    /// per step, however many of its requests are answered.
+    /// otherwise. Each block's Merkle tree and request index are built once,
+    /// however many of its requests are answered: from the tree the replica
+    /// kept for a block delivered in this group, from the cache, or by the
+    /// loader thread (never here).
     fn answer(&self, delivered: &[Delivery], answers: Vec<Answer>) {
         let metrics = &self.shared.metrics;
-        let mut blocks: HashMap<SeqNum, Option<Answered>> = HashMap::new();
+        let mut blocks: HashMap<SeqNum, Arc<Answered>> = HashMap::new();
         for answer in answers {
-            let message = match answer.outcome {
+            let height = match answer.outcome {
                 ReplyOutcome::Rejected(reason) => {
                     let reason = match reason {
                         RejectReason::Busy => Rejection::Busy,
@@ -164,59 +186,183 @@ impl Worker {
                         RejectReason::TooFarAhead => Rejection::TooFarAhead,
                         RejectReason::TooLarge => Rejection::TooLarge,
                     };
-                    metrics.rejected(reason);
-                    NodeMessage::Rejected {
-                        request_id: answer.request_id,
-                        reason,
-                    }
+                    reject(metrics, answer, reason);
+                    continue;
                 }
-                ReplyOutcome::Committed { height } => {
-                    let entry = blocks.entry(height).or_insert_with(|| {
-                        delivered
-                            .iter()
-                            .find(|d| d.block.height() == height)
-                            .map(|d| Answered::new(d.block.clone(), &d.duplicates, d.tree.clone()))
-                            .or_else(|| {
-                                let block = self.storage.block(height)?;
-                                let duplicates = self.storage.duplicates(height);
-                                Some(Answered::new(block, &duplicates, None))
-                            })
-                    });
-                    let (Some(answered), Some(first)) = (entry.as_ref(), answer.waiters.first())
-                    else {
-                        continue;
-                    };
-                    // The request's own position (not a later duplicate of
-                    // it). A lying node could name the wrong block; the
-                    // client's check of the proof then fails.
-                    let index = answered
-                        .positions
-                        .get(&first.request.key())
-                        .copied()
-                        .unwrap_or(0);
-                    NodeMessage::Receipt(Receipt::new(
-                        &answered.block,
-                        &answered.tree,
-                        index,
-                        answer.request_id,
-                    ))
-                }
+                ReplyOutcome::Committed { height } => height,
             };
-            for waiter in answer.waiters {
-                if matches!(message, NodeMessage::Receipt(_)) {
-                    metrics.commit_latency.observe(waiter.received.elapsed());
+            if let Some(answered) = blocks.get(&height) {
+                send_receipt(metrics, answered, answer);
+                continue;
+            }
+            let fresh = delivered
+                .iter()
+                .find(|d| d.block.height() == height)
+                .map(|d| {
+                    Arc::new(Answered::new(
+                        d.block.clone(),
+                        &d.duplicates,
+                        d.tree.clone(),
+                    ))
+                });
+            let answered = match fresh {
+                Some(answered) => {
+                    lock(&self.cache).insert(height, answered.clone());
+                    Some(answered)
                 }
-                if waiter.reply_to.try_send(message.clone()).is_err() {
-                    metrics.replies_dropped.fetch_add(1, Ordering::Relaxed);
+                None => lock(&self.cache).get(height),
+            };
+            match answered {
+                Some(answered) => {
+                    send_receipt(metrics, &answered, answer);
+                    blocks.insert(height, answered);
+                }
+                None => {
+                    if let Err(full) = self.loads.try_send(Load { height, answer }) {
+                        let (mpsc::error::TrySendError::Full(load)
+                        | mpsc::error::TrySendError::Closed(load)) = full;
+                        metrics
+                            .receipt_loads_refused
+                            .fetch_add(1, Ordering::Relaxed);
+                        reject(metrics, load.answer, Rejection::Busy);
+                    }
                 }
             }
         }
     }
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn reject(metrics: &NodeMetrics, answer: Answer, reason: Rejection) {
+    metrics.rejected(reason);
+    let message = NodeMessage::Rejected {
+        request_id: answer.request_id,
+        reason,
+    };
+    for waiter in answer.waiters {
+        if waiter.reply_to.try_send(message.clone()).is_err() {
+            metrics.replies_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The receipt of a request that executed in `answered`, to its waiters.
+fn send_receipt(metrics: &NodeMetrics, answered: &Answered, answer: Answer) {
+    let Some(first) = answer.waiters.first() else {
+        return;
+    };
+    // The request's own position (not a later duplicate of it). A lying
+    // node could name the wrong block; the client's check of the proof
+    // then fails.
+    let index = answered
+        .positions
+        .get(&first.request.key())
+        .copied()
+        .unwrap_or(0);
+    let message = NodeMessage::Receipt(Receipt::new(
+        &answered.block,
+        &answered.tree,
+        index,
+        answer.request_id,
+    ));
+    for waiter in answer.waiters {
+        metrics.commit_latency.observe(waiter.received.elapsed());
+        if waiter.reply_to.try_send(message.clone()).is_err() {
+            metrics.replies_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A block to load for the answers waiting on it.
+pub(crate) struct Load {
+    height: SeqNum,
+    answer: Answer,
+}
+
+/// Loads old blocks for receipts, one at a time, on its own thread: the
+/// durability worker (and its fsyncs) never waits for it, and however many
+/// replays arrive, at most one block is read and hashed at a time, with at
+/// most [`LOAD_QUEUE`] waiting.
+pub(crate) struct Loader {
+    pub storage: DiskStorage,
+    pub shared: Arc<Shared>,
+    pub cache: Arc<Mutex<ReceiptCache>>,
+    pub loads: mpsc::Receiver<Load>,
+}
+
+impl Loader {
+    pub(crate) fn run(mut self) {
+        let metrics = &self.shared.metrics;
+        while let Some(Load { height, answer }) = self.loads.blocking_recv() {
+            // An earlier load may have brought the block in.
+            let cached = lock(&self.cache).get(height);
+            let answered = cached.or_else(|| {
+                metrics.receipt_block_loads.fetch_add(1, Ordering::Relaxed);
+                let block = self.storage.block(height)?;
+                let duplicates = self.storage.duplicates(height);
+                let answered = Arc::new(Answered::new(block, &duplicates, None));
+                lock(&self.cache).insert(height, answered.clone());
+                Some(answered)
+            });
+            // A block this node does not hold (it was answered before the
+            // write failed): no answer; the client asks another node.
+            if let Some(answered) = answered {
+                send_receipt(metrics, &answered, answer);
+            }
+        }
+    }
+}
+
+/// Blocks answered for, oldest inserted evicted first, within a bound in
+/// bytes (a block larger than the bound is not kept).
+pub(crate) struct ReceiptCache {
+    blocks: BTreeMap<SeqNum, (Arc<Answered>, usize)>,
+    order: VecDeque<SeqNum>,
+    bytes: usize,
+    capacity: usize,
+}
+
+impl ReceiptCache {
+    pub(crate) fn new(capacity: usize) -> ReceiptCache {
+        ReceiptCache {
+            blocks: BTreeMap::new(),
+            order: VecDeque::new(),
+            bytes: 0,
+            capacity,
+        }
+    }
+
+    fn get(&self, height: SeqNum) -> Option<Arc<Answered>> {
+        self.blocks
+            .get(&height)
+            .map(|(answered, _)| answered.clone())
+    }
+
+    fn insert(&mut self, height: SeqNum, answered: Arc<Answered>) {
+        let size = answered.size();
+        if size > self.capacity || self.blocks.contains_key(&height) {
+            return;
+        }
+        while self.bytes + size > self.capacity {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            if let Some((_, freed)) = self.blocks.remove(&oldest) {
+                self.bytes -= freed;
+            }
+        }
+        self.bytes += size;
+        self.order.push_back(height);
+        self.blocks.insert(height, (answered, size));
+    }
+}
+
 /// A committed block being answered for: its Merkle tree, and where each
 /// request executed (its first position; later duplicates were skipped).
-struct Answered {
+pub(crate) struct Answered {
     block: Arc<CommittedBlock>,
     tree: Arc<MerkleTree>,
     positions: HashMap<RequestKey, usize>,
@@ -245,6 +391,19 @@ impl Answered {
             tree,
             positions,
         }
+    }
+
+    /// Bytes it holds, estimated: each request's payload, plus its
+    /// signature and key, two tree nodes and an index entry.
+    fn size(&self) -> usize {
+        self.block
+            .block
+            .batch
+            .requests
+            .iter()
+            .map(|request| request.payload_len() + 256)
+            .sum::<usize>()
+            + 1024
     }
 }
 

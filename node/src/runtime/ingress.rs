@@ -17,8 +17,16 @@
 //! a sender whose lane is full is the only one whose reading stops, so one
 //! peer's forwards cannot hold back another's pre-prepares (design notes
 //! §25).
+//!
+//! Verified state-transfer fetches do not go to consensus: they go to the
+//! fetch server (`fetch.rs`), which reads the store for them on its own,
+//! within a byte rate per peer. Its queue is bounded; a fetch that finds it
+//! full is refused and counted. (Only in a lying node, `bftd-byzantine`,
+//! do fetches still go to its replica, so that its intercept can withhold
+//! or doctor the answers as before.)
 
 use super::consensus::Input;
+use super::fetch::FetchRequest;
 use super::Shared;
 use crate::transport::{Inbound, Lane, PeerFrame};
 use bftd_protocol::message::MessageKind;
@@ -60,7 +68,12 @@ fn next_job(frames: &mut Inbound, requests_running: bool) -> Option<(Lane, Vec<P
 }
 
 /// Runs until the transport stops.
-pub(crate) async fn run(mut frames: Inbound, inputs: mpsc::Sender<Input>, shared: Arc<Shared>) {
+pub(crate) async fn run(
+    mut frames: Inbound,
+    inputs: mpsc::Sender<Input>,
+    fetches: mpsc::Sender<FetchRequest>,
+    shared: Arc<Shared>,
+) {
     let mut jobs: JoinSet<(Lane, Vec<Input>)> = JoinSet::new();
     let mut requests_running = false;
     loop {
@@ -84,7 +97,7 @@ pub(crate) async fn run(mut frames: Inbound, inputs: mpsc::Sender<Input>, shared
                     if lane == Lane::Requests {
                         requests_running = false;
                     }
-                    if forward(&inputs, verified).await.is_err() {
+                    if forward(&inputs, &fetches, &shared, verified).await.is_err() {
                         return;
                     }
                 } else if let Some(Err(_)) = done {
@@ -97,8 +110,31 @@ pub(crate) async fn run(mut frames: Inbound, inputs: mpsc::Sender<Input>, shared
     }
 }
 
-async fn forward(inputs: &mpsc::Sender<Input>, verified: Vec<Input>) -> Result<(), ()> {
+async fn forward(
+    inputs: &mpsc::Sender<Input>,
+    fetches: &mpsc::Sender<FetchRequest>,
+    shared: &Shared,
+    verified: Vec<Input>,
+) -> Result<(), ()> {
     for input in verified {
+        let input = match input {
+            Input::Peer { from, message }
+                if shared.byzantine.is_none()
+                    && matches!(*message, WireMessage::FetchBlocks(_)) =>
+            {
+                let WireMessage::FetchBlocks(request) = message.into_inner() else {
+                    continue;
+                };
+                if fetches.try_send(FetchRequest { from, request }).is_err() {
+                    shared
+                        .metrics
+                        .fetches_refused_busy
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                continue;
+            }
+            other => other,
+        };
         inputs.send(input).await.map_err(|_| ())?;
     }
     Ok(())

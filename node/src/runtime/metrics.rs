@@ -92,6 +92,25 @@ pub struct NodeMetrics {
     pub clients_closed_idle: AtomicU64,
     /// Outgoing messages the transport dropped (queue full).
     pub send_dropped: AtomicU64,
+    /// Store reads started to stream blocks to subscribers.
+    pub subscription_reads: AtomicU64,
+    /// Committed blocks loaded from the store (and their Merkle trees
+    /// rebuilt) to answer a request that executed earlier.
+    pub receipt_block_loads: AtomicU64,
+    /// Subscriber store reads under way now, and the most there ever were
+    /// at once.
+    pub subscription_reads_running: AtomicU64,
+    pub subscription_reads_peak: AtomicU64,
+    /// Requests answered "busy" because too many old blocks already waited
+    /// to be loaded for receipts.
+    pub receipt_loads_refused: AtomicU64,
+    /// Peers' block fetches served, and the blocks in them.
+    pub fetches_served: AtomicU64,
+    pub fetch_blocks_served: AtomicU64,
+    /// Peers' block fetches refused: the peer's byte rate was used up.
+    pub fetches_refused_rate: AtomicU64,
+    /// Peers' block fetches refused: too many waited to be served.
+    pub fetches_refused_busy: AtomicU64,
     /// Failed reads of committed blocks for the embedded application
     /// (each retried).
     pub application_read_errors: AtomicU64,
@@ -124,6 +143,23 @@ const REJECTIONS: [(Rejection, &str); 6] = [
 ];
 
 impl NodeMetrics {
+    /// A subscriber store read begins: counted, and the peak kept.
+    pub fn subscription_read_started(&self) {
+        self.subscription_reads.fetch_add(1, Ordering::Relaxed);
+        let running = self
+            .subscription_reads_running
+            .fetch_add(1, Ordering::Relaxed)
+            + 1;
+        self.subscription_reads_peak
+            .fetch_max(running, Ordering::Relaxed);
+    }
+
+    /// A subscriber store read ended.
+    pub fn subscription_read_ended(&self) {
+        self.subscription_reads_running
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+
     /// Counts a refused request.
     pub fn rejected(&self, reason: Rejection) {
         if let Some(counter) = self.rejected.get(rejection_index(reason)) {
@@ -272,6 +308,12 @@ impl NodeMetrics {
             );
             counter(
                 &mut out,
+                "bftd_new_views_withheld_total",
+                "Behind statuses not answered with the new-view: that peer was sent it less than new_view_resend_ms ago.",
+                metrics.new_views_withheld,
+            );
+            counter(
+                &mut out,
                 "bftd_requests_relayed_total",
                 "Requests relayed to every replica after waiting one request timeout.",
                 metrics.requests_relayed,
@@ -385,6 +427,56 @@ impl NodeMetrics {
             "Subscriptions ended because the subscriber stopped reading.",
             load(&self.subscriptions_ended),
         );
+        counter(
+            &mut out,
+            "bftd_subscription_reads_total",
+            "Store reads started to stream blocks to subscribers.",
+            load(&self.subscription_reads),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP bftd_subscription_reads_running Store reads for subscribers under way.\n# TYPE bftd_subscription_reads_running gauge\nbftd_subscription_reads_running {}",
+            load(&self.subscription_reads_running)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP bftd_subscription_reads_peak Most store reads for subscribers ever under way at once.\n# TYPE bftd_subscription_reads_peak gauge\nbftd_subscription_reads_peak {}",
+            load(&self.subscription_reads_peak)
+        );
+        counter(
+            &mut out,
+            "bftd_receipt_block_loads_total",
+            "Committed blocks loaded from the store, Merkle tree rebuilt, to answer a request that executed earlier.",
+            load(&self.receipt_block_loads),
+        );
+        counter(
+            &mut out,
+            "bftd_receipt_loads_refused_total",
+            "Requests answered busy because too many old blocks waited to be loaded for receipts.",
+            load(&self.receipt_loads_refused),
+        );
+        counter(
+            &mut out,
+            "bftd_fetches_served_total",
+            "Peers' state-transfer fetches answered.",
+            load(&self.fetches_served),
+        );
+        counter(
+            &mut out,
+            "bftd_fetch_blocks_served_total",
+            "Blocks sent to peers in state-transfer answers.",
+            load(&self.fetch_blocks_served),
+        );
+        let _ = writeln!(out, "# HELP bftd_fetches_refused_total Peers' state-transfer fetches refused, by reason ([peers] fetch_bytes_per_second used up; queue full).\n# TYPE bftd_fetches_refused_total counter");
+        for (reason, value) in [
+            ("rate", load(&self.fetches_refused_rate)),
+            ("busy", load(&self.fetches_refused_busy)),
+        ] {
+            let _ = writeln!(
+                out,
+                "bftd_fetches_refused_total{{reason=\"{reason}\"}} {value}"
+            );
+        }
         counter(
             &mut out,
             "bftd_send_dropped_total",

@@ -14,6 +14,7 @@
 mod clients;
 mod consensus;
 mod durable;
+mod fetch;
 mod http;
 mod ingress;
 mod intercept;
@@ -137,6 +138,9 @@ pub(crate) struct Shared {
     /// subscription delivering blocks) is closed (`[connections]
     /// client_idle_timeout_ms`).
     pub client_idle_timeout: std::time::Duration,
+    /// Store reads for subscribers that may run at once, node-wide
+    /// (`[clients] subscription_reads`).
+    pub subscription_read_slots: Arc<tokio::sync::Semaphore>,
     pub id: u16,
     pub byzantine: Option<String>,
     /// When the node started (the replica's clock starts here too).
@@ -358,6 +362,9 @@ pub async fn start_with(
         reply_queue_bytes: config.clients.reply_queue_bytes,
         subscriber_stall: std::time::Duration::from_millis(config.clients.subscriber_stall_ms),
         client_idle_timeout: config.connections.client_idle_timeout,
+        subscription_read_slots: Arc::new(tokio::sync::Semaphore::new(
+            config.clients.subscription_reads,
+        )),
         id: config.id.0,
         byzantine: intercept.as_ref().and(config.byzantine.clone()),
         started,
@@ -403,6 +410,10 @@ pub async fn start_with(
     let (height_tx, height) = watch::channel(storage.last_height());
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (writer, steps) = mpsc::channel(STEP_QUEUE);
+    let cache = Arc::new(Mutex::new(durable::ReceiptCache::new(
+        durable::RECEIPT_CACHE_BYTES,
+    )));
+    let (loads, load_queue) = mpsc::channel(durable::LOAD_QUEUE);
     let worker = durable::Worker {
         storage: storage.clone(),
         transport: transport.clone(),
@@ -410,11 +421,40 @@ pub async fn start_with(
         height: height_tx,
         runtime: tokio::runtime::Handle::current(),
         steps,
+        cache: cache.clone(),
+        loads,
+    };
+    let loader = durable::Loader {
+        storage: storage.clone(),
+        shared: shared.clone(),
+        cache,
+        loads: load_queue,
     };
     std::thread::Builder::new()
         .name(format!("bftd-durable-{}", config.id.0))
         .spawn(move || worker.run())
         .map_err(StartError::Thread)?;
+    std::thread::Builder::new()
+        .name(format!("bftd-receipts-{}", config.id.0))
+        .spawn(move || loader.run())
+        .map_err(StartError::Thread)?;
+    let (checkpoint_tx, checkpoint) = watch::channel(replica.stable_checkpoint().clone());
+    let (fetches, fetch_queue) = mpsc::channel(fetch::FETCH_QUEUE);
+    let fetch_server = fetch::FetchServer {
+        storage: storage.clone(),
+        transport: transport.clone(),
+        shared: shared.clone(),
+        signer: Arc::new(bftd_protocol::signer::Signer::new(
+            config.id,
+            config.key.clone(),
+            Default::default(),
+        )),
+        fetch_max_blocks: config.protocol.fetch_max_blocks,
+        rate: config.peers.fetch_bytes_per_second,
+        burst: config.peers.fetch_burst_bytes,
+        checkpoint,
+        requests: fetch_queue,
+    };
     let mut consensus = Consensus::new(
         replica,
         shared.clone(),
@@ -424,12 +464,19 @@ pub async fn start_with(
         started,
     );
     consensus.intercept = intercept;
+    consensus.checkpoint = Some(checkpoint_tx);
     let consensus = tokio::spawn(consensus.run());
     let mut tasks = vec![
         (
             "ingress",
-            tokio::spawn(ingress::run(frames, inputs_tx.clone(), shared.clone())),
+            tokio::spawn(ingress::run(
+                frames,
+                inputs_tx.clone(),
+                fetches,
+                shared.clone(),
+            )),
         ),
+        ("fetch", tokio::spawn(fetch_server.run())),
         (
             "clients",
             tokio::spawn(clients::accept(

@@ -609,3 +609,129 @@ fn relayed_vouched_forwards_are_passed_on_as_signed() {
     );
     assert_eq!(cluster.status(0).view, View(0), "a view change was needed");
 }
+
+/// Cluster of four in view 1 (node 0 crashed, node 1 the primary), with
+/// every replica's queue empty.
+fn in_view_one() -> Cluster {
+    let mut cluster = Cluster::new(4, Config::default());
+    cluster.crash(0);
+    let alice = client(9);
+    let first = request(&alice, 1);
+    cluster.submit(1, &first);
+    let took = cluster.time_to_execute(&first, Duration::from_secs(20));
+    assert!(took.is_some(), "no view change to view 1");
+    assert_eq!(cluster.status(1).view, View(1));
+    assert!(!cluster.status(1).in_view_change);
+    cluster.deliver_all();
+    cluster
+}
+
+/// A "behind" status from node 3 (view 0), signed by it, verified.
+fn behind_status(cluster: &Cluster) -> Verified<WireMessage> {
+    let status = Status {
+        view: View(0),
+        in_view_change: false,
+        last_executed: SeqNum(0),
+        stable_checkpoint: SeqNum(0),
+        settings: cluster.config.consensus(),
+    };
+    let signed = Signed::sign(NodeId(3), status, &cluster.keys[3]).unwrap();
+    verify_message(
+        WireMessage::Status(signed),
+        &cluster.committee,
+        &crate::verify::MessageLimits::of(&cluster.config),
+        &mut BatchVerifier,
+    )
+    .unwrap()
+}
+
+fn new_views_queued_to(cluster: &mut Cluster, to: NodeId) -> usize {
+    let count = cluster
+        .queue
+        .iter()
+        .filter(|(_, dest, message)| *dest == to && matches!(message, WireMessage::NewView(_)))
+        .count();
+    cluster.queue.clear();
+    count
+}
+
+/// A peer that reports itself behind (in an older view) gets the whole
+/// new-view, 2f+1 view-changes with their certificates, at most once per
+/// `new_view_resend_ms` however often it says so: a small signed status
+/// must not buy a large message and its verification every time. After
+/// the interval it gets it again, so a peer that really lost it still
+/// catches up.
+#[test]
+fn behind_statuses_are_answered_with_the_new_view_at_most_once_per_interval() {
+    let mut cluster = in_view_one();
+    let status = behind_status(&cluster);
+    let now = cluster.now;
+    for _ in 0..50 {
+        let replica = cluster.replicas[1].as_mut().unwrap();
+        replica.handle_message(now, NodeId(3), status.clone());
+        cluster.after_step(1);
+    }
+    let sent = new_views_queued_to(&mut cluster, NodeId(3));
+    assert_eq!(sent, 1, "new-views sent to node 3 for 50 behind statuses");
+    let later = now + cluster.config.new_view_resend;
+    let replica = cluster.replicas[1].as_mut().unwrap();
+    replica.handle_message(later, NodeId(3), status.clone());
+    cluster.after_step(1);
+    let sent = new_views_queued_to(&mut cluster, NodeId(3));
+    assert_eq!(sent, 1, "the new-view again after the interval");
+    assert!(
+        cluster.replicas[1]
+            .as_ref()
+            .unwrap()
+            .metrics()
+            .new_views_withheld
+            >= 49
+    );
+}
+
+/// Liveness with the resend limit: a replica whose new-view is lost twice
+/// (the primary's broadcast, and the first answer to its "behind" status)
+/// still enters the view within `new_view_resend + 2 × status_interval`
+/// (plus the step) after the primary did: its first status after the
+/// primary entered gets the first (lost) resend, its first status once
+/// `new_view_resend` has passed the next. With node 0 down the view needs
+/// it.
+#[test]
+fn a_replica_that_lost_the_new_view_gets_it_within_the_resend_bound() {
+    let mut cluster = Cluster::new(4, Config::default());
+    let mut dropped = 0;
+    cluster.filter = Box::new(move |_, to, message| {
+        if to == NodeId(3) && matches!(message, WireMessage::NewView(_)) && dropped < 2 {
+            dropped += 1;
+            return false;
+        }
+        true
+    });
+    cluster.crash(0);
+    let alice = client(10);
+    let first = request(&alice, 1);
+    cluster.submit(1, &first);
+    let step = Duration::from_millis(10);
+    let limit = cluster.now + Duration::from_secs(30);
+    let in_view = |cluster: &Cluster, id: usize| {
+        let status = cluster.status(id);
+        status.view == View(1) && !status.in_view_change
+    };
+    while !in_view(&cluster, 1) && cluster.now < limit {
+        cluster.run_for(step);
+    }
+    let primary_entered = cluster.now;
+    while !in_view(&cluster, 3) && cluster.now < limit {
+        cluster.run_for(step);
+    }
+    let waited = cluster.now - primary_entered;
+    let bound = cluster.config.new_view_resend + 2 * cluster.config.status_interval + step;
+    assert!(
+        in_view(&cluster, 3) && waited <= bound,
+        "node 3 entered view 1 {waited:?} after the primary (bound {bound:?}); statuses {:?}",
+        (1..4).map(|id| cluster.status(id)).collect::<Vec<_>>()
+    );
+    assert!(cluster
+        .time_to_execute(&first, Duration::from_secs(5))
+        .is_some());
+}

@@ -143,6 +143,9 @@ pub struct Metrics {
     /// Times this replica began to suspect the primary (a request waited
     /// twice the request timeout).
     pub suspicions: u64,
+    /// "Behind" statuses not answered with the new-view, because that peer
+    /// was sent it less than `new_view_resend_ms` ago.
+    pub new_views_withheld: u64,
 }
 
 impl Metrics {

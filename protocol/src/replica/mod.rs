@@ -27,8 +27,8 @@ pub(crate) use view_change::compute_reproposals;
 pub(crate) use view_change::{valid_new_view, valid_view_change};
 
 pub use metrics::{DropReason, Metrics};
+pub use state_transfer::blocks_to_serve;
 
-use crate::block::CommittedBlock;
 use crate::certificate::{CheckpointCertificate, CommitCertificate, PreparedCertificate};
 use crate::clients::ExecutedRequests;
 use crate::committee::Committee;
@@ -396,6 +396,9 @@ pub struct Replica {
     /// The new-view that started the current view, to re-send to replicas
     /// that missed it.
     new_view: Option<Signed<NewView>>,
+    /// When each peer was last sent that new-view (and for which view):
+    /// re-sent at most once per `new_view_resend`.
+    new_view_sent: BTreeMap<NodeId, (View, Duration)>,
     /// Normal-case messages for future views, per sender, each with its
     /// encoded size; bounded per sender in messages and in bytes.
     future: BTreeMap<NodeId, VecDeque<(usize, WireMessage)>>,
@@ -545,6 +548,7 @@ impl Replica {
             view_fresh_from: SeqNum(0),
             view_changes: BTreeMap::new(),
             new_view: None,
+            new_view_sent: BTreeMap::new(),
             future: BTreeMap::new(),
             wanted_batches: BTreeMap::new(),
             peer_status: BTreeMap::new(),
@@ -773,6 +777,12 @@ impl Replica {
         &self.settings_mismatches
     }
 
+    /// The stable checkpoint's certificate (sent with state-transfer
+    /// answers, so a fetcher far behind can advance its watermarks).
+    pub fn stable_checkpoint(&self) -> &CheckpointCertificate {
+        &self.stable_checkpoint
+    }
+
     /// The committee.
     pub fn committee(&self) -> &Committee {
         &self.committee
@@ -857,10 +867,6 @@ impl Replica {
         if let Some(safety) = self.signer.take_changes() {
             self.actions.persist.insert(0, Record::Safety(safety));
         }
-    }
-
-    fn committed_block(&self, seq: SeqNum) -> Option<Arc<CommittedBlock>> {
-        self.blocks.block(seq)
     }
 }
 

@@ -7,11 +7,13 @@
 //! let a replica re-send the new-view to a peer stuck in an old view.
 
 use super::{DropReason, Fetch, Phase, Replica};
+use crate::block::CommittedBlock;
 use crate::ids::NodeId;
 use crate::merkle::MerkleTree;
 use crate::message::{
     Batch, BatchResponse, Blocks, FetchBatch, FetchBlocks, Signed, Status, WireMessage,
 };
+use crate::storage::BlockSource;
 use bftd_crypto::Digest;
 use std::sync::Arc;
 
@@ -21,6 +23,39 @@ const FETCH_MAX_BYTES: usize = 16 * 1024 * 1024;
 
 /// Most batch fetches outstanding at once (each is one re-proposed digest).
 pub(super) const MAX_WANTED_BATCHES: usize = 1024;
+
+/// The committed blocks that answer `wanted`: consecutive from its first
+/// height, at most `fetch_max_blocks` of them and about 16 MiB of payload;
+/// with that payload estimate in bytes (each request's payload plus 128).
+pub fn blocks_to_serve(
+    source: &dyn BlockSource,
+    wanted: FetchBlocks,
+    fetch_max_blocks: u64,
+) -> (Vec<Arc<CommittedBlock>>, usize) {
+    let last = source.last_height();
+    let to = wanted
+        .to
+        .min(last)
+        .min(wanted.from.plus(fetch_max_blocks.saturating_sub(1)));
+    let mut blocks = Vec::new();
+    let mut bytes = 0usize;
+    let mut height = wanted.from.max(crate::SeqNum(1));
+    while height <= to && bytes < FETCH_MAX_BYTES {
+        let Some(block) = source.block(height) else {
+            break;
+        };
+        bytes += block
+            .block
+            .batch
+            .requests
+            .iter()
+            .map(|r| r.payload_len() + 128)
+            .sum::<usize>();
+        blocks.push(block);
+        height = height.next();
+    }
+    (blocks, bytes)
+}
 
 impl Replica {
     pub(super) fn send_status(&mut self) {
@@ -75,15 +110,35 @@ impl Replica {
         // new-view that started our view: send it.
         let behind = value.view < self.view || (value.view == self.view && value.in_view_change);
         if behind {
-            if let Some(new_view) = self.new_view_message().cloned() {
-                self.send(peer, WireMessage::NewView(new_view));
-            }
+            self.resend_new_view(peer);
         }
         // A peer ahead of us while we make no progress: fetch from it.
         let stalled = self.now >= self.last_execution + self.config.status_interval;
         if value.last_executed > self.last_executed && self.fetch.is_none() && stalled {
             self.start_fetch(peer);
         }
+    }
+
+    /// Sends `peer` the new-view that started our view, unless it was sent
+    /// that one less than `new_view_resend` ago: a status is a few signed
+    /// bytes, the new-view 2f+1 view-changes with their certificates, and a
+    /// peer (byzantine, or just stuck) reporting itself behind at every
+    /// status would otherwise get it every time.
+    fn resend_new_view(&mut self, peer: NodeId) {
+        let Some(view) = self.new_view_message().map(|nv| nv.value.view) else {
+            return;
+        };
+        if let Some(&(sent_view, at)) = self.new_view_sent.get(&peer) {
+            if sent_view == view && self.now < at.saturating_add(self.config.new_view_resend) {
+                self.metrics.new_views_withheld += 1;
+                return;
+            }
+        }
+        let Some(new_view) = self.new_view_message().cloned() else {
+            return;
+        };
+        self.new_view_sent.insert(peer, (view, self.now));
+        self.send(peer, WireMessage::NewView(new_view));
     }
 
     /// Starts state transfer from the peer most ahead (after the stable
@@ -159,32 +214,12 @@ impl Replica {
         }
     }
 
-    /// Serves committed blocks from storage.
+    /// Serves committed blocks from storage. (The daemon serves fetches
+    /// off its consensus task with the same [`blocks_to_serve`]; this is
+    /// for shells that let the replica answer, like the simulator.)
     pub(super) fn on_fetch_blocks(&mut self, from: NodeId, request: Signed<FetchBlocks>) {
-        let wanted = request.value;
-        let last = self.blocks.last_height();
-        let to = wanted.to.min(last).min(
-            wanted
-                .from
-                .plus(self.config.fetch_max_blocks.saturating_sub(1)),
-        );
-        let mut blocks = Vec::new();
-        let mut bytes = 0usize;
-        let mut height = wanted.from.max(crate::SeqNum(1));
-        while height <= to && bytes < FETCH_MAX_BYTES {
-            let Some(block) = self.committed_block(height) else {
-                break;
-            };
-            bytes += block
-                .block
-                .batch
-                .requests
-                .iter()
-                .map(|r| r.payload_len() + 128)
-                .sum::<usize>();
-            blocks.push(block);
-            height = height.next();
-        }
+        let (blocks, _) =
+            blocks_to_serve(&*self.blocks, request.value, self.config.fetch_max_blocks);
         if blocks.is_empty() {
             return;
         }

@@ -235,6 +235,7 @@ pub fn sim_protocol_config() -> Config {
         view_change_timeout: Duration::from_millis(200),
         view_change_timeout_max: Duration::from_millis(3200),
         status_interval: Duration::from_millis(100),
+        new_view_resend: Duration::from_millis(400),
         fetch_max_blocks: 16,
         fetch_timeout: Duration::from_millis(300),
         max_future_messages_per_peer: 256,
