@@ -13,7 +13,8 @@ use crate::committee::Committee;
 use crate::config::Config;
 use crate::ids::NodeId;
 use crate::message::{
-    Batch, Forward, Grant, Request, Signable, Signed, SignedRequest, ViewChange, Vouch, WireMessage,
+    Batch, Forward, Grant, MessageKind, Request, Signable, Signed, SignedRequest, ViewChange,
+    Vouch, WireMessage,
 };
 use bftd_crypto::{Digest, DigestBuilder, Domain, Signature, SignatureCheck, ValidatedKey};
 use serde::{Deserialize, Serialize};
@@ -107,6 +108,81 @@ impl MessageLimits {
             max_request_bytes: config.max_request_bytes,
             fetch_max_blocks: config.fetch_max_blocks,
         }
+    }
+}
+
+/// Encoded bytes of the parts messages are made of, at most (see
+/// `crate::codec`: byte strings carry an 8-byte length).
+mod encoded {
+    /// A signed request's fields beyond its payload: client key (8 + 32),
+    /// id, valid_until, payload length, option tag, signature (8 + 64).
+    pub const REQUEST_OVERHEAD: usize = 40 + 8 + 8 + 8 + 1 + 72;
+    /// `Signed<T>` beyond `T`: signer and signature.
+    pub const SIGNED_OVERHEAD: usize = 2 + 72;
+    /// One vote in a certificate: signer and signature.
+    pub const VOTE: usize = 2 + 72;
+    /// View, sequence and digest: the value of a prepare, commit, checkpoint
+    /// or pre-prepare, with room to spare.
+    pub const VALUE: usize = 8 + 8 + 40;
+    /// A vouch: voucher, count, signature.
+    pub const VOUCH: usize = 2 + 4 + 72;
+    /// Messages with no variable part (votes, statuses, fetches,
+    /// suspicions), generously.
+    pub const SMALL_MESSAGE: usize = 64 * 1024;
+}
+
+impl MessageLimits {
+    /// The largest encoding an honest replica's message of `kind` can have
+    /// in a committee of `n`: what a frame of that kind may hold at most.
+    /// The transport refuses a bigger frame as soon as it has read it, by
+    /// its first four bytes (`MessageKind::peek`), before queueing or
+    /// decoding it: the peers' frame limit (64 MiB) is for the biggest kind
+    /// (a state-transfer answer), and a vote or a forward of that size is
+    /// only ever an attack (design notes §27). Each bound is exact for the
+    /// fields' worst case plus 1 KiB, which the test
+    /// `honest_messages_fit_their_kinds_bound` checks for the big kinds.
+    pub fn max_encoded_bytes(&self, kind: MessageKind, n: usize) -> usize {
+        use encoded::*;
+        let certificate = |votes: usize| VALUE + 8 + votes.saturating_mul(VOTE);
+        let batch = self
+            .max_batch_bytes
+            .max(self.max_request_bytes)
+            .saturating_add(self.max_batch_requests.saturating_mul(REQUEST_OVERHEAD))
+            .saturating_add(8);
+        let prepared = SIGNED_OVERHEAD + VALUE + certificate(n);
+        let window = usize::try_from(self.window).unwrap_or(usize::MAX);
+        let view_change = (SIGNED_OVERHEAD + 8 + certificate(n) + 8)
+            .saturating_add(window.saturating_mul(prepared));
+        let bound = match kind {
+            MessageKind::Forward | MessageKind::Batch => SIGNED_OVERHEAD + batch,
+            MessageKind::PrePrepare => (SIGNED_OVERHEAD + VALUE + batch + 8)
+                .saturating_add(self.max_batch_requests.saturating_mul(VOUCH)),
+            MessageKind::ViewChange => view_change,
+            MessageKind::NewView => (SIGNED_OVERHEAD + 8 + 8 + 8)
+                .saturating_add(n.saturating_mul(view_change))
+                .saturating_add(window.saturating_mul(SIGNED_OVERHEAD + VALUE)),
+            MessageKind::Blocks => {
+                // Blocks up to about `FETCH_MAX_BYTES` of payload (counted
+                // with 128 bytes per request, so twice that covers the
+                // encoding), plus the one block that crosses it, each with
+                // its header and commit certificate.
+                let blocks = usize::try_from(self.fetch_max_blocks).unwrap_or(usize::MAX);
+                (SIGNED_OVERHEAD + 8 + certificate(n))
+                    .saturating_add(crate::replica::FETCH_MAX_BYTES.saturating_mul(2))
+                    .saturating_add(batch)
+                    .saturating_add(blocks.saturating_mul(8 + 40 + 40 + 8 + certificate(n)))
+            }
+            MessageKind::Prepare
+            | MessageKind::Commit
+            | MessageKind::Checkpoint
+            | MessageKind::Status
+            | MessageKind::FetchBlocks
+            | MessageKind::FetchBatch
+            | MessageKind::Suspect => return SMALL_MESSAGE,
+        };
+        // The enum tag and 1 KiB to spare, and never below the
+        // small-message allowance.
+        bound.saturating_add(4 + 1024).max(SMALL_MESSAGE)
     }
 }
 
@@ -798,5 +874,149 @@ mod tests {
         let result = verify_message(pre_prepare(8), &committee(), &limits, &mut verifier);
         assert!(result.is_ok(), "{result:?}");
         assert_eq!(verifier.0, 9, "the primary's signature and eight requests'");
+    }
+
+    /// Each kind's bound covers the biggest message an honest replica sends
+    /// of it: batches full to both limits with signatures on every request,
+    /// vouches for every request, view-changes with a prepared certificate
+    /// for every sequence of the window, new-views of n of them, and a
+    /// state-transfer answer at its byte cap; and the bound of the small
+    /// kinds is far below the frame limit (so a vote the size of a batch is
+    /// refused unread).
+    #[test]
+    fn honest_messages_fit_their_kinds_bound() {
+        use crate::block::{Block, CommittedBlock};
+        use crate::certificate::{PreparedCertificate, QuorumCertificate};
+        use crate::message::{
+            Blocks, Checkpoint, Commit, MessageKind, NewView, PrePrepare, Prepare, Vouch,
+        };
+        use std::sync::Arc;
+        let signature = bftd_crypto::Signature([7; 64]);
+        let client = KeyPair::from_seed([99; 32]).public();
+        for n in [4usize, 7] {
+            let limits = MessageLimits::of(&Config::default());
+            let payload = limits.max_batch_bytes / limits.max_batch_requests;
+            let batch = Arc::new(Batch {
+                requests: (0..limits.max_batch_requests as u64)
+                    .map(|id| SignedRequest {
+                        request: Request {
+                            client,
+                            request_id: u64::MAX - id,
+                            valid_until: SeqNum(u64::MAX),
+                            payload: vec![0xff; payload],
+                        },
+                        signature: Some(signature),
+                    })
+                    .collect(),
+            });
+            fn signed<T>(value: T) -> Signed<T> {
+                Signed {
+                    signer: NodeId(0),
+                    value,
+                    signature: bftd_crypto::Signature([7; 64]),
+                }
+            }
+            let votes = |count: usize| {
+                (0..count)
+                    .map(|i| Vote {
+                        signer: NodeId(i as u16),
+                        signature,
+                    })
+                    .collect::<Vec<_>>()
+            };
+            let value = PrePrepare {
+                view: View(u64::MAX),
+                seq: SeqNum(u64::MAX),
+                digest: Digest([1; 32]),
+            };
+            let checkpoint = QuorumCertificate {
+                value: Checkpoint {
+                    seq: SeqNum(u64::MAX),
+                    block_hash: Digest([1; 32]),
+                },
+                votes: votes(n),
+            };
+            let view_change = ViewChange {
+                new_view: View(u64::MAX),
+                checkpoint: checkpoint.clone(),
+                prepared: (0..limits.window)
+                    .map(|_| PreparedCertificate {
+                        pre_prepare: signed(value),
+                        prepares: QuorumCertificate {
+                            value: Prepare {
+                                view: View(u64::MAX),
+                                seq: SeqNum(u64::MAX),
+                                digest: Digest([1; 32]),
+                            },
+                            votes: votes(n),
+                        },
+                    })
+                    .collect(),
+            };
+            let block = Arc::new(CommittedBlock {
+                block: Block {
+                    height: SeqNum(u64::MAX),
+                    prev_hash: Digest([1; 32]),
+                    batch_digest: Digest([1; 32]),
+                    batch: batch.clone(),
+                },
+                certificate: QuorumCertificate {
+                    value: Commit {
+                        view: View(u64::MAX),
+                        seq: SeqNum(u64::MAX),
+                        digest: Digest([1; 32]),
+                    },
+                    votes: votes(n),
+                },
+            });
+            // `blocks_to_serve` stops once it holds 16 MiB of payload: with
+            // full batches that is five blocks.
+            let per_block = batch.requests.len() * (payload + 128);
+            let blocks = crate::replica::FETCH_MAX_BYTES.div_ceil(per_block) + 1;
+            let messages = [
+                WireMessage::Forward(signed(Forward {
+                    requests: batch.requests.clone(),
+                })),
+                WireMessage::PrePrepare {
+                    pre_prepare: signed(value),
+                    batch: batch.clone(),
+                    vouches: (0..limits.max_batch_requests)
+                        .map(|_| Vouch {
+                            voucher: NodeId(0),
+                            count: 1,
+                            signature,
+                        })
+                        .collect(),
+                },
+                WireMessage::ViewChange(signed(view_change.clone())),
+                WireMessage::NewView(signed(NewView {
+                    view: View(u64::MAX),
+                    view_changes: (0..n).map(|_| signed(view_change.clone())).collect(),
+                    pre_prepares: (0..limits.window).map(|_| signed(value)).collect(),
+                })),
+                WireMessage::Blocks(signed(Blocks {
+                    blocks: (0..blocks).map(|_| block.clone()).collect(),
+                    checkpoint,
+                })),
+            ];
+            for message in messages {
+                let kind = message.kind();
+                let bytes = codec::encoded_len(&message).unwrap() as usize;
+                let bound = limits.max_encoded_bytes(kind, n);
+                println!("n = {n}: {kind:?} {bytes} bytes, bound {bound}");
+                assert!(
+                    bytes <= bound,
+                    "n = {n}: {kind:?} of {bytes} bytes over {bound}"
+                );
+            }
+            for kind in [
+                MessageKind::Prepare,
+                MessageKind::Commit,
+                MessageKind::Status,
+            ] {
+                assert_eq!(limits.max_encoded_bytes(kind, n), 64 * 1024);
+            }
+            assert!(limits.max_encoded_bytes(MessageKind::Forward, n) < 5 * 1024 * 1024);
+        }
     }
 }

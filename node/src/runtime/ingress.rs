@@ -6,7 +6,7 @@
 //! batch of client requests, each signature checked in client-signed
 //! clusters) are bulky to verify; consensus messages (pre-prepares, votes,
 //! checkpoints, view changes, fetches) are what keeps the cluster live. The
-//! transport sorts frames by kind as they arrive ([`lane_of`],
+//! transport sorts frames by kind as they arrive ([`lanes`],
 //! [`MessageKind::peek`], no decoding) into queues of their sender's own,
 //! and ingress takes them fairly: consensus frames first, round-robin
 //! across peers, and at most one job verifies forwards at a time, so under
@@ -28,9 +28,11 @@
 use super::consensus::Input;
 use super::fetch::FetchRequest;
 use super::Shared;
-use crate::transport::{Inbound, Lane, PeerFrame};
+use crate::transport::{Inbound, Lane, LaneOf, PeerFrame};
 use bftd_protocol::message::MessageKind;
-use bftd_protocol::{codec, verify_messages, GrantCachingVerifier, VerifyError, WireMessage};
+use bftd_protocol::{
+    codec, verify_messages, GrantCachingVerifier, MessageLimits, VerifyError, WireMessage,
+};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -41,27 +43,49 @@ const MAX_BATCH: usize = 128;
 /// Forward frames verified together at most (each may hold a whole batch of
 /// requests).
 const FORWARDS_PER_JOB: usize = 4;
+/// Frame bytes one verification job takes at most (or one frame, if bigger):
+/// decoding about doubles them, so with [`MAX_JOBS`] jobs this bounds what
+/// verification holds at once whatever the peers send (before, a job took
+/// four forwards of up to 64 MiB each and decoded them together: 500 MB).
+const JOB_BYTES: usize = 16 * 1024 * 1024;
 /// Verification jobs in flight at once (one per core is plenty).
 const MAX_JOBS: usize = 2;
 
-/// The transport's lane for a peer frame: forwards wait in the requests
-/// lane; everything else, garbage included (it is cheap to refuse), in the
-/// consensus lane.
-pub(crate) fn lane_of(frame: &[u8]) -> Lane {
-    match MessageKind::peek(frame) {
-        Some(MessageKind::Forward) => Lane::Requests,
-        _ => Lane::Consensus,
-    }
+/// How the transport sorts peer frames: forwards wait in the requests lane;
+/// everything else, garbage included (it is cheap to refuse), in the
+/// consensus lane; and a frame bigger than any honest message of its kind
+/// (`MessageLimits::max_encoded_bytes`, for this committee's size) is
+/// refused as soon as it is read, before it is queued or decoded (design
+/// notes §27).
+pub(crate) fn lanes(limits: MessageLimits, n: usize) -> LaneOf {
+    let bounds: Vec<usize> = MessageKind::ALL
+        .iter()
+        .map(|&kind| limits.max_encoded_bytes(kind, n))
+        .collect();
+    let smallest = bounds.iter().copied().min().unwrap_or(usize::MAX);
+    LaneOf::new(move |frame| {
+        let kind = MessageKind::peek(frame);
+        let bound = kind
+            .and_then(|kind| MessageKind::ALL.iter().position(|k| *k == kind))
+            .and_then(|index| bounds.get(index).copied())
+            .unwrap_or(smallest);
+        match kind {
+            _ if frame.len() > bound => None,
+            Some(MessageKind::Forward) => Some(Lane::Requests),
+            _ => Some(Lane::Consensus),
+        }
+    })
 }
 
 /// The next job to start, consensus first; at most one requests job runs at
 /// a time.
 fn next_job(frames: &mut Inbound, requests_running: bool) -> Option<(Lane, Vec<PeerFrame>)> {
     let mut batch = Vec::new();
-    if frames.take(Lane::Consensus, MAX_BATCH, &mut batch) > 0 {
+    if frames.take(Lane::Consensus, MAX_BATCH, JOB_BYTES, &mut batch) > 0 {
         return Some((Lane::Consensus, batch));
     }
-    if !requests_running && frames.take(Lane::Requests, FORWARDS_PER_JOB, &mut batch) > 0 {
+    if !requests_running && frames.take(Lane::Requests, FORWARDS_PER_JOB, JOB_BYTES, &mut batch) > 0
+    {
         return Some((Lane::Requests, batch));
     }
     None
@@ -187,4 +211,43 @@ fn verify(batch: Vec<PeerFrame>, shared: &Shared) -> Vec<Input> {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bftd_protocol::Config;
+
+    /// A frame is sorted by its kind, and refused unread when it is bigger
+    /// than any honest message of that kind: a "prepare" of 100 KiB or a
+    /// forward of 60 MiB (the huge-certificate and forward-flood attacks
+    /// sent such frames; each was queued, then decoded, four at a time).
+    #[test]
+    fn frames_over_their_kinds_bound_are_refused_unread() {
+        let limits = MessageLimits::of(&Config::default());
+        let lanes = lanes(limits, 4);
+        let frame = |kind: MessageKind, len: usize| {
+            let index = MessageKind::ALL.iter().position(|k| *k == kind).unwrap() as u32;
+            let mut frame = index.to_le_bytes().to_vec();
+            frame.resize(len, 0);
+            frame
+        };
+        let forward = limits.max_encoded_bytes(MessageKind::Forward, 4);
+        assert_eq!(
+            lanes.of(&frame(MessageKind::Forward, forward)),
+            Some(Lane::Requests)
+        );
+        assert_eq!(lanes.of(&frame(MessageKind::Forward, forward + 1)), None);
+        assert_eq!(lanes.of(&frame(MessageKind::Forward, 60 << 20)), None);
+        assert_eq!(
+            lanes.of(&frame(MessageKind::Prepare, 200)),
+            Some(Lane::Consensus)
+        );
+        assert_eq!(lanes.of(&frame(MessageKind::Prepare, 100 << 10)), None);
+        let blocks = frame(MessageKind::Blocks, 30 << 20);
+        assert_eq!(lanes.of(&blocks), Some(Lane::Consensus));
+        // Bytes no message starts with: the smallest bound.
+        assert_eq!(lanes.of(&[0xff; 8]), Some(Lane::Consensus));
+        assert_eq!(lanes.of(&vec![0xff; 1 << 20]), None);
+    }
 }

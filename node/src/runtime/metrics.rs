@@ -366,6 +366,7 @@ impl NodeMetrics {
                 load(&self.malformed_client_frames),
             ),
             ("oversized_frame", transport.oversized_received),
+            ("oversized_for_kind", transport.oversized_for_kind),
             (
                 "oversized_client_frame",
                 transport.client_oversized_received,

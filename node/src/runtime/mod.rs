@@ -397,7 +397,7 @@ pub async fn start_with(
     transport_config.connections = config.connections;
     // Forwards wait in their sender's requests lane, behind everyone's
     // consensus messages (see `ingress`).
-    transport_config.lane_of = ingress::lane_of;
+    transport_config.lane_of = ingress::lanes(shared.limits, config.cluster.committee.n());
     // A client frame is one request: the cluster's request limit plus the
     // envelope, not the peers' 64 MiB.
     transport_config.max_client_frame_bytes =

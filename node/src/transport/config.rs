@@ -74,7 +74,7 @@ impl TransportConfig {
             peer_queue_bytes: DEFAULT_PEER_QUEUE_BYTES,
             inbound_capacity: DEFAULT_INBOUND_CAPACITY,
             inbound_bytes: DEFAULT_INBOUND_BYTES,
-            lane_of: super::consensus_lane,
+            lane_of: super::LaneOf::default(),
             connections: ConnectionLimits::default(),
         }
     }

@@ -37,13 +37,36 @@ impl Lane {
     }
 }
 
-/// Sorts a frame into its lane by looking at its bytes (without decoding).
-pub type LaneOf = fn(&[u8]) -> Lane;
+/// Sorts a frame into its lane by looking at its bytes (without decoding),
+/// or refuses it (`None`: for bftd, a frame bigger than any honest message
+/// of its kind, see `MessageLimits::max_encoded_bytes`). A refused frame is
+/// dropped before it is queued, and counted (`oversized_for_kind`).
+#[derive(Clone)]
+pub struct LaneOf(Arc<dyn Fn(&[u8]) -> Option<Lane> + Send + Sync>);
 
-/// Every frame in the consensus lane: for transports whose user has no
-/// bulk traffic (and tests).
-pub fn consensus_lane(_frame: &[u8]) -> Lane {
-    Lane::Consensus
+impl LaneOf {
+    /// Sorts frames with `lane_of`.
+    pub fn new(lane_of: impl Fn(&[u8]) -> Option<Lane> + Send + Sync + 'static) -> LaneOf {
+        LaneOf(Arc::new(lane_of))
+    }
+
+    pub(crate) fn of(&self, frame: &[u8]) -> Option<Lane> {
+        (self.0)(frame)
+    }
+}
+
+impl std::fmt::Debug for LaneOf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LaneOf")
+    }
+}
+
+impl Default for LaneOf {
+    /// Every frame in the consensus lane: for transports whose user has no
+    /// bulk traffic (and tests).
+    fn default() -> LaneOf {
+        LaneOf::new(|_| Some(Lane::Consensus))
+    }
 }
 
 /// One peer's queues and budgets.
@@ -113,7 +136,11 @@ impl InboundQueues {
         let Some(peer) = self.peers.iter().find(|peer| peer.id == from) else {
             return false;
         };
-        let lane = (self.lane_of)(&frame).index();
+        let Some(lane) = self.lane_of.of(&frame) else {
+            self.counters.oversized_for_kind.increment();
+            return true;
+        };
+        let lane = lane.index();
         // `frame.len()` <= max_frame_bytes <= each peer's budget (see
         // `Transport::start`), so the permits always exist eventually.
         let length = u32::try_from(frame.len()).unwrap_or(u32::MAX);
@@ -179,15 +206,25 @@ impl Inbound {
     /// Moves up to `max` frames of `lane` into `batch`, one per peer in
     /// turn (round-robin, continuing where the last call stopped).
     /// Returns how many.
-    pub fn take(&mut self, lane: Lane, max: usize, batch: &mut Vec<PeerFrame>) -> usize {
+    /// Stops early once the frames taken hold `max_bytes` (at least one
+    /// frame is taken if any waits): what is taken is decoded at once, and
+    /// a decoded message takes about as much memory again as its frame.
+    pub fn take(
+        &mut self,
+        lane: Lane,
+        max: usize,
+        max_bytes: usize,
+        batch: &mut Vec<PeerFrame>,
+    ) -> usize {
         let peers = &self.queues.peers;
         let count = peers.len();
         let Some(next) = self.next_peer.get_mut(lane.index()) else {
             return 0;
         };
         let mut taken = 0;
+        let mut bytes = 0usize;
         let mut empty_in_a_row = 0;
-        while taken < max && empty_in_a_row < count {
+        while taken < max && bytes < max_bytes && empty_in_a_row < count {
             let at = *next % count;
             *next = (at + 1) % count;
             let frame = peers
@@ -196,6 +233,7 @@ impl Inbound {
                 .and_then(|queue| lock(queue).pop_front());
             match frame {
                 Some(frame) => {
+                    bytes = bytes.saturating_add(frame.frame.len());
                     batch.push(frame);
                     taken += 1;
                     empty_in_a_row = 0;
@@ -210,8 +248,8 @@ impl Inbound {
     /// across peers.
     pub fn try_recv(&mut self) -> Option<PeerFrame> {
         let mut batch = Vec::with_capacity(1);
-        if self.take(Lane::Consensus, 1, &mut batch) == 0 {
-            self.take(Lane::Requests, 1, &mut batch);
+        if self.take(Lane::Consensus, 1, usize::MAX, &mut batch) == 0 {
+            self.take(Lane::Requests, 1, usize::MAX, &mut batch);
         }
         batch.pop()
     }

@@ -63,7 +63,7 @@ pub use client::{
 pub use config::{Peer, TransportConfig};
 pub use error::{ConfigError, SendError, TransportError};
 pub use frame::{FrameReceiver, FrameSender};
-pub use inbound::{consensus_lane, Inbound, Lane, LaneOf};
+pub use inbound::{Inbound, Lane, LaneOf};
 pub use limits::{
     ConnectionLimits, DEFAULT_CLIENT_IDLE_TIMEOUT, DEFAULT_HANDSHAKES_BEFORE_RETRY,
     DEFAULT_MAX_CLIENTS_PER_ADDRESS, DEFAULT_MAX_CLIENT_CONNECTIONS, DEFAULT_MAX_HANDSHAKES,

@@ -75,6 +75,10 @@ counters! {
     /// Of `oversized_received`, those from clients (over
     /// `max_client_frame_bytes`).
     client_oversized_received,
+    /// Peer frames refused on receive, before queueing or decoding, because
+    /// they are bigger than any honest message of their kind (a vote the
+    /// size of a batch, a forward over the batch limits).
+    oversized_for_kind,
     /// Frames refused on send because they exceed `max_frame_bytes`.
     oversized_sent,
     /// Certificates refused: not a well-formed Ed25519 certificate, a key

@@ -27,7 +27,7 @@ pub(crate) use view_change::compute_reproposals;
 pub(crate) use view_change::{valid_new_view, valid_view_change};
 
 pub use metrics::{DropReason, Metrics};
-pub use state_transfer::blocks_to_serve;
+pub use state_transfer::{blocks_to_serve, FETCH_MAX_BYTES};
 
 use crate::certificate::{CheckpointCertificate, CommitCertificate, PreparedCertificate};
 use crate::clients::ExecutedRequests;

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 /// Most payload bytes in one state-transfer response, so a response stays far
 /// below the message size limit whatever the blocks hold.
-const FETCH_MAX_BYTES: usize = 16 * 1024 * 1024;
+pub const FETCH_MAX_BYTES: usize = 16 * 1024 * 1024;
 
 /// Most batch fetches outstanding at once (each is one re-proposed digest).
 pub(super) const MAX_WANTED_BATCHES: usize = 1024;

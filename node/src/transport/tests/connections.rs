@@ -188,7 +188,7 @@ async fn one_peers_flood_does_not_hold_back_anothers_consensus_frames() {
         let mut configs = cluster(3, 200);
         // 16 frames per lane for each of the two peers.
         configs[2].inbound_capacity = 32;
-        configs[2].lane_of = first_byte_lane;
+        configs[2].lane_of = LaneOf::new(|frame| Some(first_byte_lane(frame)));
         let mut nodes = start_all(configs).await;
         for from in 0..2u16 {
             deliver(
