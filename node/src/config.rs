@@ -778,13 +778,7 @@ mod tests {
     /// refused, naming both files.
     #[test]
     fn key_must_match_cluster() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("cluster.toml"),
-            toml::to_string(&cluster_file(4)).unwrap(),
-        )
-        .unwrap();
-        write_key(&dir.path().join("node0.key"), &KeyPair::from_seed([1; 32])).unwrap();
+        let dir = node0_dir();
         write_key(&dir.path().join("wrong.key"), &KeyPair::from_seed([9; 32])).unwrap();
         let node = |key: &str| {
             format!("id = 0\nkey_file = \"{key}\"\ncluster_file = \"cluster.toml\"\ndata_dir = \"data\"\n")
@@ -847,10 +841,8 @@ mod tests {
         }
     }
 
-    /// `[peers]`: defaults that let a node catch up fast, each settable,
-    /// a rate too low to ever catch up refused by name.
-    #[test]
-    fn peer_limits_are_validated() {
+    /// A directory with a 4-node cluster file and node 0's key.
+    fn node0_dir() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join("cluster.toml"),
@@ -858,9 +850,19 @@ mod tests {
         )
         .unwrap();
         write_key(&dir.path().join("node0.key"), &KeyPair::from_seed([1; 32])).unwrap();
-        let node = |section: &str| {
-            format!("id = 0\nkey_file = \"node0.key\"\ncluster_file = \"cluster.toml\"\ndata_dir = \"data\"\n[peers]\n{section}\n")
-        };
+        dir
+    }
+
+    /// Node 0's node file in `node0_dir`, before its sections.
+    const NODE0: &str =
+        "id = 0\nkey_file = \"node0.key\"\ncluster_file = \"cluster.toml\"\ndata_dir = \"data\"\n";
+
+    /// `[peers]`: defaults that let a node catch up fast, each settable,
+    /// a rate too low to ever catch up refused by name.
+    #[test]
+    fn peer_limits_are_validated() {
+        let dir = node0_dir();
+        let node = |section: &str| format!("{NODE0}[peers]\n{section}\n");
         std::fs::write(dir.path().join("default.toml"), node("")).unwrap();
         let config = NodeConfig::load(&dir.path().join("default.toml")).unwrap();
         assert_eq!(config.peers.fetch_bytes_per_second, 64 << 20);
@@ -885,16 +887,8 @@ mod tests {
     /// is refused at load, naming the setting and its range.
     #[test]
     fn reply_queue_must_be_in_range() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("cluster.toml"),
-            toml::to_string(&cluster_file(4)).unwrap(),
-        )
-        .unwrap();
-        write_key(&dir.path().join("node0.key"), &KeyPair::from_seed([1; 32])).unwrap();
-        let node = |queue: &str| {
-            format!("id = 0\nkey_file = \"node0.key\"\ncluster_file = \"cluster.toml\"\ndata_dir = \"data\"\n[clients]\nreply_queue = {queue}\n")
-        };
+        let dir = node0_dir();
+        let node = |queue: &str| format!("{NODE0}[clients]\nreply_queue = {queue}\n");
         for (queue, accepted) in [
             ("1", true),
             ("65536", true),

@@ -139,6 +139,23 @@ pub async fn connect_client(
     connect_client_with(key, server, server_key, DEFAULT_MAX_FRAME_BYTES).await
 }
 
+/// A client's QUIC configuration: its key's certificate, the node's key
+/// pinned, the client ALPN and the client's stream limits.
+fn client_config(
+    key: &KeyPair,
+    server_key: PublicKey,
+    counters: &Arc<Counters>,
+) -> Result<quinn::ClientConfig, TransportError> {
+    let identity = tls::certified_key(key)?;
+    let crypto = tls::client_crypto(&identity, server_key, ALPN_CLIENT, counters)?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(endpoint::transport_config(
+        CLIENT_STREAMS,
+        endpoint::SEGMENTATION_OFFLOAD,
+    ));
+    Ok(config)
+}
+
 /// [`connect_client`] with an explicit limit on frames in both directions.
 pub async fn connect_client_with(
     key: &KeyPair,
@@ -147,13 +164,7 @@ pub async fn connect_client_with(
     max_frame_bytes: usize,
 ) -> Result<ClientLink, TransportError> {
     let counters = Arc::new(Counters::default());
-    let identity = tls::certified_key(key)?;
-    let crypto = tls::client_crypto(&identity, server_key, ALPN_CLIENT, &counters)?;
-    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(endpoint::transport_config(
-        CLIENT_STREAMS,
-        endpoint::SEGMENTATION_OFFLOAD,
-    ));
+    let config = client_config(key, server_key, &counters)?;
     let local: SocketAddr = if server.is_ipv6() {
         (Ipv6Addr::UNSPECIFIED, 0).into()
     } else {
@@ -221,13 +232,7 @@ pub async fn abandoned_initials(
     count: usize,
 ) -> Result<Vec<Bytes>, TransportError> {
     let counters = Arc::new(Counters::default());
-    let identity = tls::certified_key(key)?;
-    let crypto = tls::client_crypto(&identity, server_key, ALPN_CLIENT, &counters)?;
-    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(endpoint::transport_config(
-        CLIENT_STREAMS,
-        endpoint::SEGMENTATION_OFFLOAD,
-    ));
+    let config = client_config(key, server_key, &counters)?;
     let loopback: SocketAddr = (Ipv4Addr::LOCALHOST, 0).into();
     let sink = tokio::net::UdpSocket::bind(loopback)
         .await
@@ -314,13 +319,7 @@ pub async fn idle_clients(
         let mut attempts = tokio::task::JoinSet::new();
         for _ in 0..batch {
             let key = KeyPair::generate(&mut rand::rngs::OsRng);
-            let identity = tls::certified_key(&key)?;
-            let crypto = tls::client_crypto(&identity, server_key, ALPN_CLIENT, &counters)?;
-            let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-            config.transport_config(endpoint::transport_config(
-                CLIENT_STREAMS,
-                endpoint::SEGMENTATION_OFFLOAD,
-            ));
+            let config = client_config(&key, server_key, &counters)?;
             let endpoint = endpoint.clone();
             attempts.spawn(async move { super::peer::dial(&endpoint, &config, server).await });
         }
