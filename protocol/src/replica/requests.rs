@@ -32,7 +32,7 @@ impl Replica {
         request: SignedRequest,
         local: bool,
         watch: Watch,
-        vouch: Option<super::vouching::Vouched>,
+        vouch: Option<(super::vouching::Vouched, usize)>,
     ) {
         if request.payload_len() > self.config.max_request_bytes {
             self.drop_input(super::DropReason::Oversized);
@@ -73,9 +73,9 @@ impl Replica {
             self.metrics.requests_replayed += 1;
             // The forward that vouches for it, if it has none yet and the
             // forward fits (it goes on waiting for one otherwise).
-            if let Some(forward) = vouch.filter(|_| unvouched) {
-                if self.fits(self.vouch_cost(&forward)) {
-                    let held = self.hold_vouch(forward);
+            if let Some((forward, bytes)) = vouch.filter(|_| unvouched) {
+                if self.fits(self.vouch_cost(&forward, bytes)) {
+                    let held = self.hold_vouch(forward, bytes);
                     if let Some(pending) = self.pending.get_mut(&key) {
                         pending.vouch = Some(held);
                     }
@@ -84,7 +84,9 @@ impl Replica {
             return;
         }
         let size = request.payload_len();
-        let vouch_cost = vouch.as_ref().map_or(0, |forward| self.vouch_cost(forward));
+        let vouch_cost = vouch
+            .as_ref()
+            .map_or(0, |(forward, bytes)| self.vouch_cost(forward, *bytes));
         if self.pending.len() >= self.config.max_pending_requests
             || !self.fits(size.saturating_add(vouch_cost))
         {
@@ -95,7 +97,7 @@ impl Replica {
             return;
         }
         self.pending_bytes += size;
-        let vouch = vouch.map(|forward| self.hold_vouch(forward));
+        let vouch = vouch.map(|(forward, bytes)| self.hold_vouch(forward, bytes));
         self.pending.insert(
             key,
             PendingRequest {
@@ -150,8 +152,10 @@ impl Replica {
             }
             let vouched = std::sync::Arc::new(forward);
             let before = self.pending.len();
+            let bytes = Self::forward_bytes(&vouched);
             for request in &vouched.value.requests {
-                self.admit_request(request.clone(), false, watch, Some(vouched.clone()));
+                let vouch = Some((vouched.clone(), bytes));
+                self.admit_request(request.clone(), false, watch, vouch);
             }
             // A relay: we watch its requests too, and pass the forward on to
             // the primary as it was signed.

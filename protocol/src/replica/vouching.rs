@@ -58,10 +58,11 @@ impl Replica {
         };
         // These requests are admitted already: the forward is charged even
         // beyond the budget (new requests are refused until it is released).
+        let bytes = Self::forward_bytes(&signed);
         for request in &signed.value.requests {
             let key = request.key();
             if self.pending.get(&key).is_some_and(|p| p.vouch.is_none()) {
-                let held = self.hold_vouch(signed.clone());
+                let held = self.hold_vouch(signed.clone(), bytes);
                 if let Some(pending) = self.pending.get_mut(&key) {
                     pending.vouch = Some(held);
                 }
@@ -70,26 +71,32 @@ impl Replica {
         Some(signed)
     }
 
-    /// What keeping `forward` would add to `pending_bytes`: nothing if it is
-    /// kept already.
-    pub(super) fn vouch_cost(&self, forward: &Vouched) -> usize {
+    /// A forward's encoded size: what keeping it costs. Computed once per
+    /// forward received (it walks every request), not once per request.
+    pub(super) fn forward_bytes(forward: &Vouched) -> usize {
+        codec::encoded_len(&**forward).map_or(usize::MAX, |bytes| bytes as usize)
+    }
+
+    /// What keeping `forward` (of `bytes`) would add to `pending_bytes`:
+    /// nothing if it is kept already.
+    pub(super) fn vouch_cost(&self, forward: &Vouched, bytes: usize) -> usize {
         if self.retained.contains_key(&forward.signature) {
             0
         } else {
-            codec::encoded_len(&**forward).map_or(usize::MAX, |bytes| bytes as usize)
+            bytes
         }
     }
 
-    /// Keeps `forward` for one more pending request, charging its bytes when
-    /// it is first kept; returns the copy kept (one per signature).
-    pub(super) fn hold_vouch(&mut self, forward: Vouched) -> Vouched {
-        let cost = self.vouch_cost(&forward);
+    /// Keeps `forward` (of `bytes`) for one more pending request, charging
+    /// its bytes when it is first kept; returns the copy kept (one per
+    /// signature).
+    pub(super) fn hold_vouch(&mut self, forward: Vouched, bytes: usize) -> Vouched {
         let retained = self
             .retained
             .entry(forward.signature)
             .or_insert_with(|| Retained {
                 forward,
-                bytes: cost,
+                bytes,
                 holders: 0,
             });
         if retained.holders == 0 {
