@@ -882,7 +882,7 @@ mod tests {
     /// for every sequence of the window, new-views of n of them, and a
     /// state-transfer answer at its byte cap; and the bound of the small
     /// kinds is far below the frame limit (so a vote the size of a batch is
-    /// refused unread).
+    /// dropped before it is queued or decoded).
     #[test]
     fn honest_messages_fit_their_kinds_bound() {
         use crate::block::{Block, CommittedBlock};

@@ -38,7 +38,8 @@ pub fn block(block: &VerifiedBlock) -> Value {
                 "valid_until": request.valid_until.0,
                 "payload": BASE64.encode(&request.payload),
                 "signature": signed.signature.map(|s| hex::encode(s.0)),
-                "executes": !block.duplicates.contains(&(index as u32)),
+                // `duplicates` is in ascending order (positions in the batch).
+                "executes": block.duplicates.binary_search(&(index as u32)).is_err(),
             })
         })
         .collect();

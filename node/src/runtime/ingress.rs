@@ -218,12 +218,13 @@ mod tests {
     use super::*;
     use bftd_protocol::Config;
 
-    /// A frame is sorted by its kind, and refused unread when it is bigger
-    /// than any honest message of that kind: a "prepare" of 100 KiB or a
+    /// A frame is sorted by its kind, and dropped before it is queued or
+    /// decoded when it is bigger than any honest message of that kind (the
+    /// reader holds it once, then frees it): a "prepare" of 100 KiB or a
     /// forward of 60 MiB (the huge-certificate and forward-flood attacks
     /// sent such frames; each was queued, then decoded, four at a time).
     #[test]
-    fn frames_over_their_kinds_bound_are_refused_unread() {
+    fn frames_over_their_kinds_bound_are_dropped_before_queueing() {
         let limits = MessageLimits::of(&Config::default());
         let lanes = lanes(limits, 4);
         let frame = |kind: MessageKind, len: usize| {
