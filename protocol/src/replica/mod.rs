@@ -10,6 +10,7 @@
 //! `checkpoint`, `view_change`, `state_transfer`.
 
 mod checkpoint;
+mod fair;
 #[cfg(test)]
 mod liveness_tests;
 mod metrics;
@@ -202,6 +203,11 @@ struct Slot {
 #[derive(Clone, Debug)]
 struct PendingRequest {
     request: SignedRequest,
+    /// The replica that answers for it: this one for its own clients'
+    /// requests, else the one that forwarded (or vouched for) it. Its share
+    /// of the pending pool and of the primary's batches is this origin's
+    /// (see `fair.rs`).
+    origin: NodeId,
     /// A client of this replica submitted it: reply when it executes.
     local: bool,
     /// In a batch proposed (or re-proposed) in the current view.
@@ -222,6 +228,13 @@ struct PendingRequest {
     /// `vouching.rs`); `None` for this replica's own clients' requests
     /// until it signs one.
     vouch: Option<vouching::Vouched>,
+}
+
+/// What one origin holds of the pending requests.
+#[derive(Clone, Copy, Debug, Default)]
+struct Held {
+    requests: usize,
+    bytes: usize,
 }
 
 /// The request timer's stages for one pending request (see `suspicion.rs`).
@@ -348,8 +361,12 @@ pub struct Replica {
     /// Connection-authenticated mode: the forwards that vouch for pending
     /// requests, by signature (see `vouching.rs`).
     retained: std::collections::HashMap<bftd_crypto::Signature, vouching::Retained>,
-    /// The primary's batching queue, oldest first, with arrival times.
-    queue: VecDeque<(RequestKey, Duration)>,
+    /// What each origin holds of `pending` (requests, and bytes as counted
+    /// in `pending_bytes`): each may hold at most its share.
+    held: BTreeMap<NodeId, Held>,
+    /// The primary's batching queue: one lane per origin, in arrival order,
+    /// served fairly between origins (see `fair.rs`).
+    queue: fair::FairQueue,
     /// Requests waiting to be forwarded to the primary, and their payload
     /// bytes (see [`Replica::flush_forwards`]).
     to_forward: Vec<SignedRequest>,
@@ -533,7 +550,8 @@ impl Replica {
             pending: BTreeMap::new(),
             pending_bytes: 0,
             retained: Default::default(),
-            queue: VecDeque::new(),
+            held: BTreeMap::new(),
+            queue: fair::FairQueue::new(fair::quantum(config.max_batch_bytes)),
             to_forward: Vec::new(),
             to_forward_bytes: 0,
             last_forward: None,

@@ -2,8 +2,10 @@
 //! batching at the primary, and the request timer that catches a primary
 //! that censors or stalls.
 
-use super::{ClientReply, PendingRequest, RejectReason, Replica, ReplyOutcome, Watch};
+use super::fair::{Cost, REQUEST_OVERHEAD};
+use super::{ClientReply, Held, PendingRequest, RejectReason, Replica, ReplyOutcome, Watch};
 use crate::clients::Lookup;
+use crate::ids::NodeId;
 use crate::message::{Batch, Forward, Signed, SignedRequest, WireMessage};
 use std::time::Duration;
 
@@ -20,16 +22,19 @@ impl Replica {
         });
     }
 
-    /// Admits a request (from a local client, or forwarded to the primary).
+    /// Admits a request from a client (`local`: of this replica).
     pub(super) fn accept_request(&mut self, request: SignedRequest, local: bool) {
-        self.admit_request(request, local, Watch::Fresh, None);
+        self.admit_request(request, self.id, local, Watch::Fresh, None);
     }
 
-    /// Admits a request; `watch` says whether every replica has it already
-    /// (another backup relayed it to us), which shortens the request timer.
+    /// Admits a request that `origin` answers for (see
+    /// [`PendingRequest::origin`]); `watch` says whether every replica has
+    /// it already (another backup relayed it to us), which shortens the
+    /// request timer.
     fn admit_request(
         &mut self,
         request: SignedRequest,
+        origin: NodeId,
         local: bool,
         watch: Watch,
         vouch: Option<(super::vouching::Vouched, usize)>,
@@ -74,7 +79,7 @@ impl Replica {
             // The forward that vouches for it, if it has none yet and the
             // forward fits (it goes on waiting for one otherwise).
             if let Some((forward, bytes)) = vouch.filter(|_| unvouched) {
-                if self.fits(self.vouch_cost(&forward, bytes)) {
+                if self.fits(forward.signer, self.vouch_cost(&forward, bytes), 0) {
                     let held = self.hold_vouch(forward, bytes);
                     if let Some(pending) = self.pending.get_mut(&key) {
                         pending.vouch = Some(held);
@@ -87,9 +92,9 @@ impl Replica {
         let vouch_cost = vouch
             .as_ref()
             .map_or(0, |(forward, bytes)| self.vouch_cost(forward, *bytes));
-        if self.pending.len() >= self.config.max_pending_requests
-            || !self.fits(size.saturating_add(vouch_cost))
-        {
+        // The forward is charged to its signer: the origin itself, since a
+        // forwarded request's origin is the forward's signer.
+        if !self.fits(origin, size.saturating_add(vouch_cost), 1) {
             self.metrics.requests_refused_busy += 1;
             if local {
                 self.reply(&request, ReplyOutcome::Rejected(RejectReason::Busy));
@@ -97,11 +102,15 @@ impl Replica {
             return;
         }
         self.pending_bytes += size;
+        let held = self.held.entry(origin).or_default();
+        held.requests += 1;
+        held.bytes += size;
         let vouch = vouch.map(|(forward, bytes)| self.hold_vouch(forward, bytes));
         self.pending.insert(
             key,
             PendingRequest {
                 request: request.clone(),
+                origin,
                 local,
                 proposed: false,
                 since: self.now,
@@ -114,7 +123,7 @@ impl Replica {
         self.waiting.push_back((self.now, key));
         self.expiring.insert((request.request.valid_until, key));
         if self.is_primary() {
-            self.queue.push_back((key, self.now));
+            self.queue.push_back(origin, (key, self.now));
             self.propose_batches();
         } else if self.phase == super::Phase::Normal && (local || !self.vouching()) {
             // Connection-authenticated mode: another replica's requests go
@@ -153,9 +162,10 @@ impl Replica {
             let vouched = std::sync::Arc::new(forward);
             let before = self.pending.len();
             let bytes = Self::forward_bytes(&vouched);
+            let origin = vouched.signer;
             for request in &vouched.value.requests {
                 let vouch = Some((vouched.clone(), bytes));
-                self.admit_request(request.clone(), false, watch, vouch);
+                self.admit_request(request.clone(), origin, false, watch, vouch);
             }
             // A relay: we watch its requests too, and pass the forward on to
             // the primary as it was signed.
@@ -165,8 +175,9 @@ impl Replica {
             }
             return;
         }
+        let origin = forward.signer;
         for request in forward.value.requests {
-            self.admit_request(request, false, watch, None);
+            self.admit_request(request, origin, false, watch, None);
         }
     }
 
@@ -247,7 +258,7 @@ impl Replica {
                 continue;
             }
             if primary {
-                self.queue.push_back((*key, now));
+                self.queue.push_back(pending.origin, (*key, now));
             } else {
                 forward.push(pending.request.clone());
                 keys.push(*key);
@@ -280,8 +291,8 @@ impl Replica {
             return None;
         }
         self.queue
-            .front()
-            .map(|&(_, since)| since + self.config.batch_delay)
+            .oldest()
+            .map(|since| since + self.config.batch_delay)
     }
 
     fn in_flight(&self) -> u64 {
@@ -307,7 +318,7 @@ impl Replica {
     pub(super) fn propose_batches(&mut self) {
         while self.is_primary() && self.can_propose() {
             self.skip_dead_queue_entries();
-            let Some(&(_, oldest)) = self.queue.front() else {
+            let Some(oldest) = self.queue.oldest() else {
                 return;
             };
             let full = self.queue.len() >= self.config.max_batch_requests;
@@ -329,8 +340,8 @@ impl Replica {
             if !self.propose(batch, vouches) {
                 // Nothing was signed: the requests go back to the head of
                 // the queue, still unproposed, and wait for a view change.
-                for entry in cut.into_iter().rev() {
-                    self.queue.push_front(entry);
+                for (origin, entry, cost) in cut.into_iter().rev() {
+                    self.queue.push_front(origin, entry, cost);
                 }
                 return;
             }
@@ -338,32 +349,39 @@ impl Replica {
     }
 
     fn skip_dead_queue_entries(&mut self) {
-        while let Some((key, _)) = self.queue.front() {
-            match self.pending.get(key) {
-                Some(pending) if !pending.proposed => return,
-                _ => {
-                    self.queue.pop_front();
-                }
+        let pending = &self.pending;
+        self.queue
+            .skip_dead(|key| pending.get(key).is_some_and(|p| !p.proposed));
+    }
+
+    /// What taking a queued request costs its origin's share (see
+    /// `fair.rs`), or that it is no longer wanted.
+    pub(super) fn queue_cost(pending: Option<&PendingRequest>) -> Cost {
+        match pending {
+            Some(pending) if !pending.proposed => {
+                Cost::Bytes(pending.request.payload_len() + REQUEST_OVERHEAD)
             }
+            _ => Cost::Dead,
         }
     }
 
-    /// The next batch from the queue, and the queue entries it took. The
-    /// requests are marked proposed only once a pre-prepare carrying them is
-    /// signed (`install_pre_prepare`).
-    fn cut_batch(&mut self) -> (Batch, Vec<(crate::RequestKey, Duration)>) {
+    /// The next batch from the queue, fair between origins, and the queue
+    /// entries it took. The requests are marked proposed only once a
+    /// pre-prepare carrying them is signed (`install_pre_prepare`).
+    pub(super) fn cut_batch(&mut self) -> (Batch, Vec<super::fair::Taken>) {
         let mut requests = Vec::new();
         let mut cut = Vec::new();
         let mut bytes = 0usize;
-        while let Some(&(key, arrived)) = self.queue.front() {
-            let Some(pending) = self.pending.get(&key) else {
-                self.queue.pop_front();
-                continue;
+        loop {
+            let pending = &self.pending;
+            let Some((origin, entry, cost)) =
+                self.queue.next(|key| Self::queue_cost(pending.get(key)))
+            else {
+                break;
             };
-            if pending.proposed {
-                self.queue.pop_front();
-                continue;
-            }
+            let Some(pending) = self.pending.get(&entry.0) else {
+                break;
+            };
             let size = pending.request.payload_len();
             if requests.len() >= self.config.max_batch_requests
                 || (!requests.is_empty() && bytes + size > self.config.max_batch_bytes)
@@ -372,18 +390,19 @@ impl Replica {
             }
             bytes += size;
             requests.push(pending.request.clone());
-            cut.push((key, arrived));
-            self.queue.pop_front();
+            self.queue.take(origin, cost);
+            cut.push((origin, entry, cost));
         }
         (Batch { requests }, cut)
     }
 
     /// A pending request left a block unexecuted: it may be proposed again.
     pub(super) fn requeue(&mut self, key: crate::RequestKey) {
+        let primary = self.is_primary();
         if let Some(pending) = self.pending.get_mut(&key) {
             pending.proposed = false;
-            if self.is_primary() {
-                self.queue.push_back((key, self.now));
+            if primary {
+                self.queue.push_back(pending.origin, (key, self.now));
             }
         }
     }
@@ -408,9 +427,47 @@ impl Replica {
         }
     }
 
-    /// Whether `bytes` more can be held within `max_pending_bytes`.
-    fn fits(&self, bytes: usize) -> bool {
+    /// Whether `requests` more requests and `bytes` more bytes, answered
+    /// for by `origin`, can be held: within `max_pending_requests` and
+    /// `max_pending_bytes`, and within `origin`'s share of them (see
+    /// [`Replica::origin_share`]).
+    pub(super) fn fits(&self, origin: NodeId, bytes: usize, requests: usize) -> bool {
+        let held = self.held.get(&origin).copied().unwrap_or_default();
+        let share = self.origin_share();
         self.pending_bytes.saturating_add(bytes) <= self.config.max_pending_bytes
+            && self.pending.len() + requests <= self.config.max_pending_requests
+            && held.bytes.saturating_add(bytes) <= share.bytes
+            && held.requests + requests <= share.requests
+    }
+
+    /// What one origin may hold of the pending pool: an equal share, so
+    /// that no origin (a byzantine replica forwarding valid requests as
+    /// fast as it can, or one node's flooding clients) can fill the pool
+    /// and leave the others' requests refused; but at least a batch's
+    /// worth, so that any origin can fill a batch.
+    pub(super) fn origin_share(&self) -> Held {
+        let n = self.committee.n().max(1);
+        Held {
+            requests: (self.config.max_pending_requests / n)
+                .max(self.config.max_batch_requests)
+                .min(self.config.max_pending_requests),
+            bytes: (self.config.max_pending_bytes / n)
+                .max(self.config.max_batch_bytes)
+                .min(self.config.max_pending_bytes),
+        }
+    }
+
+    /// Adds `bytes` (or takes them away) from what `origin` holds.
+    pub(super) fn charge(&mut self, origin: NodeId, bytes: usize, add: bool) {
+        let held = self.held.entry(origin).or_default();
+        if add {
+            held.bytes = held.bytes.saturating_add(bytes);
+        } else {
+            held.bytes = held.bytes.saturating_sub(bytes);
+        }
+        if held.requests == 0 && held.bytes == 0 {
+            self.held.remove(&origin);
+        }
     }
 
     /// A request was settled by execution (run, or found a duplicate), or
@@ -420,6 +477,10 @@ impl Replica {
             self.pending_bytes = self
                 .pending_bytes
                 .saturating_sub(pending.request.payload_len());
+            if let Some(held) = self.held.get_mut(&pending.origin) {
+                held.requests = held.requests.saturating_sub(1);
+            }
+            self.charge(pending.origin, pending.request.payload_len(), false);
             if let Some(forward) = &pending.vouch {
                 self.release_vouch(forward);
             }

@@ -413,3 +413,108 @@ fn retained_forwards_count_against_pending_bytes() {
     );
     assert!(replica.metrics().requests_refused_busy > 0);
 }
+
+/// Fair admission per origin (issue 10): a byzantine replica forwarding
+/// valid requests as fast as it can gets its share of the primary's pending
+/// pool and of its batches, not all of them. Its flood arrives first; the
+/// next batch the primary cuts still carries the primary's own client's
+/// request and an honest backup's forward, and what the flooder holds stays
+/// within its share, so the others are never refused "busy" for it.
+/// Before the change (one FIFO queue, one shared pool) the flooder held
+/// 500 requests, 512,000 of the pool's 524,288 bytes ("the flood met its
+/// share" failed), and the honest requests queued behind all of them.
+#[test]
+fn a_flooding_replica_gets_its_share_of_the_primary() {
+    for mode in [
+        RequestMode::ClientSigned,
+        RequestMode::ConnectionAuthenticated,
+    ] {
+        let config = Config {
+            request_mode: mode,
+            pipeline: 1,
+            max_batch_requests: 50,
+            max_batch_bytes: 64 * 1024,
+            max_pending_bytes: 512 * 1024,
+            ..Config::default()
+        };
+        let setup = ReplicaSetup {
+            id: NodeId(0),
+            key: keys()[0].clone(),
+            committee: committee(),
+            config: config.clone(),
+            blocks: Arc::new(MemStorage::new()),
+        };
+        let mut primary = Replica::new(setup, Recovered::default(), Duration::ZERO).unwrap();
+        assert!(primary.is_primary());
+        let limits = crate::verify::MessageLimits::of(&config);
+        let client = |seed: u8| KeyPair::from_seed([seed; 32]);
+        let request = |key: &KeyPair, id: u64, node: u16| {
+            let request = crate::message::Request {
+                client: key.public(),
+                request_id: id,
+                valid_until: SeqNum(100),
+                payload: vec![id as u8; 1024],
+            };
+            match mode {
+                RequestMode::ClientSigned => SignedRequest::sign(request, key).unwrap(),
+                _ => SignedRequest::granted(request, key, NodeId(node)),
+            }
+        };
+        let forward = |from: u16, requests: Vec<SignedRequest>| {
+            let message = WireMessage::Forward(signed(from, crate::message::Forward { requests }));
+            verify_message(message, &committee(), &limits, &mut BatchVerifier).unwrap()
+        };
+        // Replica 3 floods: 10 forwards of 50 requests of 1 KiB from 50
+        // clients. The first fills the one-block pipeline; the rest queue.
+        let flooders: Vec<KeyPair> = (0..50).map(|i| client(100 + i)).collect();
+        for round in 0..10u64 {
+            let requests = flooders
+                .iter()
+                .map(|key| request(key, round + 1, 3))
+                .collect();
+            primary.handle_message(Duration::from_millis(1), NodeId(3), forward(3, requests));
+        }
+        let flood_held = primary.held.get(&NodeId(3)).copied().unwrap_or_default();
+        let share = primary.origin_share();
+        println!(
+            "{mode:?}: flooder holds {} requests, {} bytes (share {} bytes of {}); {} refused busy",
+            flood_held.requests,
+            flood_held.bytes,
+            share.bytes,
+            config.max_pending_bytes,
+            primary.metrics().requests_refused_busy
+        );
+        assert!(flood_held.bytes <= share.bytes);
+        assert!(
+            primary.metrics().requests_refused_busy > 0,
+            "the flood met its share"
+        );
+        // Then an honest backup's forward and the primary's own client.
+        let honest_backup = request(&client(1), 1, 1);
+        primary.handle_message(
+            Duration::from_millis(2),
+            NodeId(1),
+            forward(1, vec![honest_backup.clone()]),
+        );
+        let own = request(&client(2), 1, 0);
+        let own = verify_request(own, NodeId(0), &committee(), mode, &mut BatchVerifier).unwrap();
+        let own_key = own.key();
+        primary.handle_request(Duration::from_millis(3), own, true);
+        assert!(primary.pending.contains_key(&own_key), "not refused busy");
+        assert!(primary.pending.contains_key(&honest_backup.key()));
+        let batch = match mode {
+            RequestMode::ClientSigned => primary.cut_batch().0,
+            _ => primary.cut_vouched_batch().0,
+        };
+        let keys: Vec<_> = batch.requests.iter().map(SignedRequest::key).collect();
+        println!("{mode:?}: next batch holds {} requests", keys.len());
+        assert!(
+            keys.contains(&honest_backup.key()),
+            "{mode:?}: the backup's request waits"
+        );
+        assert!(
+            keys.contains(&own_key),
+            "{mode:?}: the primary's client's request waits"
+        );
+    }
+}

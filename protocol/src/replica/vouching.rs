@@ -10,6 +10,7 @@
 //! change and proposed only as it is, since its signature covers exactly
 //! its requests.
 
+use super::fair::{Cost, REQUEST_OVERHEAD};
 use super::{Replica, RequestKey};
 use crate::codec;
 use crate::message::{Batch, Forward, Signed, SignedRequest, Vouch};
@@ -99,11 +100,14 @@ impl Replica {
                 bytes,
                 holders: 0,
             });
-        if retained.holders == 0 {
-            self.pending_bytes = self.pending_bytes.saturating_add(retained.bytes);
-        }
         retained.holders += 1;
-        retained.forward.clone()
+        let (kept, first) = (retained.forward.clone(), retained.holders == 1);
+        if first {
+            let bytes = retained.bytes;
+            self.pending_bytes = self.pending_bytes.saturating_add(bytes);
+            self.charge(kept.signer, bytes, true);
+        }
+        kept
     }
 
     /// A pending request that travelled in `forward` is gone: the forward
@@ -114,8 +118,10 @@ impl Replica {
         };
         retained.holders = retained.holders.saturating_sub(1);
         if retained.holders == 0 {
-            self.pending_bytes = self.pending_bytes.saturating_sub(retained.bytes);
+            let bytes = retained.bytes;
+            self.pending_bytes = self.pending_bytes.saturating_sub(bytes);
             self.retained.remove(&forward.signature);
+            self.charge(forward.signer, bytes, false);
         }
     }
 
@@ -142,20 +148,16 @@ impl Replica {
     /// The next batch from the primary's queue, made of whole vouched
     /// forwards (its own clients' requests in one forward it signs now), with
     /// the vouches that say so, and the queue entries it took.
-    pub(super) fn cut_vouched_batch(
-        &mut self,
-    ) -> (Batch, Vec<Vouch>, Vec<(RequestKey, std::time::Duration)>) {
+    pub(super) fn cut_vouched_batch(&mut self) -> (Batch, Vec<Vouch>, Vec<super::fair::Taken>) {
         let mut runs: Vec<Vouched> = Vec::new();
         let mut taken = HashSet::new();
         let mut own = Vec::new();
         let mut cut = Vec::new();
         let (mut count, mut bytes) = (0usize, 0usize);
-        while let Some(&(key, arrived)) = self.queue.front() {
-            let Some(pending) = self.pending.get(&key).filter(|p| !p.proposed) else {
-                self.queue.pop_front();
-                continue;
-            };
-            let (more, size) = match &pending.vouch {
+        loop {
+            // What each request adds: its whole forward the first time one
+            // of the forward's requests is met, nothing after that.
+            let size_of = |pending: &super::PendingRequest| match &pending.vouch {
                 Some(forward) if taken.contains(&Arc::as_ptr(forward)) => (0, 0),
                 Some(forward) => (
                     forward.value.requests.len(),
@@ -168,6 +170,21 @@ impl Replica {
                 ),
                 None => (1, pending.request.payload_len()),
             };
+            let pending = &self.pending;
+            let next = self.queue.next(|key| match pending.get(key) {
+                Some(pending) if !pending.proposed => {
+                    let (more, size) = size_of(pending);
+                    Cost::Bytes(size + more * REQUEST_OVERHEAD)
+                }
+                _ => Cost::Dead,
+            });
+            let Some((origin, entry, cost)) = next else {
+                break;
+            };
+            let Some(pending) = self.pending.get(&entry.0) else {
+                break;
+            };
+            let (more, size) = size_of(pending);
             if count > 0
                 && (count + more > self.config.max_batch_requests
                     || bytes + size > self.config.max_batch_bytes)
@@ -184,8 +201,8 @@ impl Replica {
                 }
                 None => own.push(pending.request.clone()),
             }
-            cut.push((key, arrived));
-            self.queue.pop_front();
+            self.queue.take(origin, cost);
+            cut.push((origin, entry, cost));
         }
         if !own.is_empty() {
             if let Some(forward) = self.vouch(own) {
