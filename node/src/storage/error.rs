@@ -40,8 +40,9 @@ pub enum DiskStorageError {
         /// The file.
         path: PathBuf,
     },
-    /// A bftd store of another format version.
-    #[error("store {path} has format version {found}; this bftd reads version {supported}")]
+    /// A bftd store of a format version this code neither reads nor
+    /// upgrades: written by a newer bftd, or by one too old to upgrade.
+    #[error("store {path} has format version {found}; this bftd reads version {supported} and upgrades version 2 in place: a newer version was written by a newer bftd (run that one, or a newer one), an older one cannot be upgraded (start the node with a new store and let it catch up from its peers)")]
     UnsupportedFormat {
         /// The store.
         path: PathBuf,

@@ -49,6 +49,7 @@
 //! | `batches`    | seq (8) ‖ digest (32)                | `Batch`                                |
 //! | `blocks`     | height (8) ‖ chunk index (4)         | ≤ 32 KiB piece of the `CommittedBlock` |
 //! | `duplicates` | height (8)                           | `Vec<u32>`, only when non-empty        |
+//! | `executed`   | height (8)                           | `Vec<RequestKey>` executed in the block (format 3) |
 //!
 //! Blocks are stored in chunks because redb gives a value larger than a
 //! page a power-of-two run of pages: whole 630 KB blocks took 2.2× their
@@ -61,7 +62,7 @@
 //! certificate is never replaced by one of a lower view; a newer stable
 //! checkpoint discards the prepared certificates and batches at or below
 //! it (an older one changes nothing); blocks are kept forever, with their
-//! duplicates.
+//! duplicates and the keys of the requests they executed.
 //!
 //! # Durability and atomicity
 //!
@@ -171,11 +172,13 @@ pub(crate) mod tests;
 mod write;
 
 pub use error::DiskStorageError;
-pub use layout::{StoreIdentity, FORMAT_VERSION};
+pub use layout::{StoreIdentity, FORMAT_VERSION, UPGRADABLE_FORMAT};
 
 use bftd_protocol::codec;
+use bftd_protocol::storage::executed_keys;
 use bftd_protocol::{
-    BlockSource, CommittedBlock, Delivery, Record, Recovered, SeqNum, Storage, StorageError,
+    BlockSource, CommittedBlock, Delivery, Record, Recovered, RequestKey, SeqNum, Storage,
+    StorageError,
 };
 use cache::BlockCache;
 use redb::{Database, ReadableDatabase};
@@ -245,6 +248,9 @@ struct Inner {
     options: StorageOptions,
     /// The highest stored height, updated after each commit.
     last_height: AtomicU64,
+    /// The cluster's `request_lifetime`, from the store's identity (if it
+    /// has one): how far back the `executed` table must reach.
+    request_lifetime: Option<u64>,
     cache: Mutex<BlockCache>,
 }
 
@@ -280,13 +286,14 @@ impl DiskStorage {
         options: &StorageOptions,
     ) -> Result<DiskStorage, StorageError> {
         let db = open::open_database(path, options)?;
-        let last_height = open::initialize(&db, path, identity, options)?;
+        let opened = open::initialize(&db, path, identity, options)?;
         Ok(DiskStorage {
             inner: Arc::new(Inner {
                 db,
                 path: path.to_path_buf(),
                 options: options.clone(),
-                last_height: AtomicU64::new(last_height.0),
+                last_height: AtomicU64::new(opened.last_height.0),
+                request_lifetime: opened.request_lifetime,
                 cache: Mutex::new(BlockCache::new(
                     options.block_cache_entries,
                     options.block_cache_bytes,
@@ -381,6 +388,22 @@ impl BlockSource for DiskStorage {
 
     fn last_height(&self) -> SeqNum {
         SeqNum(self.inner.last_height.load(Ordering::Acquire))
+    }
+
+    fn executed(&self, height: SeqNum) -> Option<Vec<RequestKey>> {
+        match self.read_executed(height) {
+            Ok(Some(keys)) => Some(keys),
+            // Not recorded (cannot happen in a store of this format, but a
+            // missing index entry must not lose at-most-once): the block.
+            Ok(None) => {
+                let block = self.block(height)?;
+                Some(executed_keys(&block, &self.duplicates(height)))
+            }
+            Err(error) => {
+                tracing::error!(height = height.0, %error, "cannot read a block's executed requests");
+                None
+            }
+        }
     }
 
     fn duplicates(&self, height: SeqNum) -> Vec<u32> {

@@ -2,13 +2,14 @@
 
 use super::layout::{
     batch_key, chunk_key, last_batch_key, seq_key, BatchKey, ChunkKey, SeqKey, BATCHES, BLOCKS,
-    BLOCK_CHUNK_BYTES, DUPLICATES, PREPARED, STATE, STATE_CHECKPOINT, STATE_NEW_VIEW, STATE_SAFETY,
-    STATE_SUSPICION,
+    BLOCK_CHUNK_BYTES, DUPLICATES, EXECUTED, PREPARED, STATE, STATE_CHECKPOINT, STATE_NEW_VIEW,
+    STATE_SAFETY, STATE_SUSPICION,
 };
 use super::{
     decode_value, encode_value, redb_error, CommitMode, DiskStorage, DiskStorageError,
     StorageOptions,
 };
+use bftd_protocol::storage::executed_keys;
 use bftd_protocol::{CheckpointCertificate, Delivery, PreparedCertificate, Record};
 use redb::{Database, ReadableTable, WriteTransaction};
 use std::path::Path;
@@ -41,7 +42,8 @@ impl DiskStorage {
         let txn = begin_write(&inner.db, &inner.options).map_err(|e| fail(e.into()))?;
         let mut stored = Vec::with_capacity(deliveries.len());
         {
-            let mut tables = WriteTables::open(&txn).map_err(|e| fail(e.into()))?;
+            let mut tables =
+                WriteTables::open(&txn, inner.request_lifetime).map_err(|e| fail(e.into()))?;
             let mut buffer = Vec::new();
             for record in records {
                 tables.record(path, record, &mut buffer)?;
@@ -72,11 +74,19 @@ struct WriteTables<'txn> {
     batches: redb::Table<'txn, BatchKey, &'static [u8]>,
     blocks: redb::Table<'txn, ChunkKey, &'static [u8]>,
     duplicates: redb::Table<'txn, SeqKey, &'static [u8]>,
+    executed: redb::Table<'txn, SeqKey, &'static [u8]>,
+    /// See `Inner::request_lifetime`.
+    request_lifetime: Option<u64>,
 }
 
 impl<'txn> WriteTables<'txn> {
-    fn open(txn: &'txn WriteTransaction) -> Result<WriteTables<'txn>, redb::TableError> {
+    fn open(
+        txn: &'txn WriteTransaction,
+        request_lifetime: Option<u64>,
+    ) -> Result<WriteTables<'txn>, redb::TableError> {
         Ok(WriteTables {
+            executed: txn.open_table(EXECUTED)?,
+            request_lifetime,
             state: txn.open_table(STATE)?,
             prepared: txn.open_table(PREPARED)?,
             batches: txn.open_table(BATCHES)?,
@@ -167,6 +177,15 @@ impl<'txn> WriteTables<'txn> {
         self.batches
             .retain_in(..=last_batch_key(seq), |_, _| false)
             .map_err(fail)?;
+        // What executed at or below `seq - lifetime` is forgotten by the
+        // table of any replica past `seq` (it has expired): a restart never
+        // reads it again.
+        if let Some(lifetime) = self.request_lifetime {
+            let keep_from = seq.0.saturating_add(1).saturating_sub(lifetime);
+            self.executed
+                .retain_in(..seq_key(bftd_protocol::SeqNum(keep_from)), |_, _| false)
+                .map_err(fail)?;
+        }
         Ok(())
     }
 
@@ -194,6 +213,9 @@ impl<'txn> WriteTables<'txn> {
                 .insert(chunk_key(height, index), chunk)
                 .map_err(fail)?;
         }
+        let executed = executed_keys(&delivery.block, &delivery.duplicates);
+        encode_value(path, "executed", &executed, buffer)?;
+        self.executed.insert(key, buffer.as_slice()).map_err(fail)?;
         if delivery.duplicates.is_empty() {
             self.duplicates.remove(key).map_err(fail)?;
         } else {
