@@ -135,6 +135,16 @@ pub enum DiskStorageError {
         /// The encoder's report.
         source: CodecError,
     },
+    /// The blocks asked for were pruned (`[storage] retain_blocks`).
+    #[error("block {} is no longer stored: this node keeps blocks from height {} on ([storage] retain_blocks pruned the older ones); the oldest kept height is {}: ask from it or later, or ask a node that keeps them", .height.0, .first_height.0, .first_height.0)]
+    Pruned {
+        /// The store.
+        path: PathBuf,
+        /// The height asked for.
+        height: SeqNum,
+        /// The oldest height still stored.
+        first_height: SeqNum,
+    },
     /// Any other failure of redb (I/O during a transaction, a full disk).
     #[error("store {path}: {source}")]
     Backend {

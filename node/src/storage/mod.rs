@@ -61,8 +61,10 @@
 //! `bftd_protocol::storage::suite`: records apply in order; a prepared
 //! certificate is never replaced by one of a lower view; a newer stable
 //! checkpoint discards the prepared certificates and batches at or below
-//! it (an older one changes nothing); blocks are kept forever, with their
-//! duplicates and the keys of the requests they executed.
+//! it (an older one changes nothing); blocks are kept, with their
+//! duplicates and the keys of the requests they executed, forever unless
+//! [`StorageOptions::retain_blocks`] is set (then a stable checkpoint `s`
+//! prunes the blocks below `s - retain_blocks`).
 //!
 //! # Durability and atomicity
 //!
@@ -201,6 +203,9 @@ pub struct StorageOptions {
     pub page_cache_bytes: usize,
     /// How a step is committed (see the module doc).
     pub commit: CommitMode,
+    /// Blocks kept below the stable checkpoint (`[storage] retain_blocks`);
+    /// `None` keeps every block. See [`DiskStorage::first_height`].
+    pub retain_blocks: Option<u64>,
 }
 
 /// How a write transaction is made durable. Both fsync before `apply`
@@ -228,6 +233,7 @@ impl Default for StorageOptions {
             block_cache_bytes: 64 * 1024 * 1024,
             page_cache_bytes: 64 * 1024 * 1024,
             commit: CommitMode::OnePhase,
+            retain_blocks: None,
         }
     }
 }
@@ -248,6 +254,9 @@ struct Inner {
     options: StorageOptions,
     /// The highest stored height, updated after each commit.
     last_height: AtomicU64,
+    /// The lowest stored height (1 until blocks are pruned), updated after
+    /// each commit that prunes.
+    first_height: AtomicU64,
     /// The cluster's `request_lifetime`, from the store's identity (if it
     /// has one): how far back the `executed` table must reach.
     request_lifetime: Option<u64>,
@@ -293,6 +302,7 @@ impl DiskStorage {
                 path: path.to_path_buf(),
                 options: options.clone(),
                 last_height: AtomicU64::new(opened.last_height.0),
+                first_height: AtomicU64::new(opened.first_height.0),
                 request_lifetime: opened.request_lifetime,
                 cache: Mutex::new(BlockCache::new(
                     options.block_cache_entries,
@@ -305,6 +315,13 @@ impl DiskStorage {
     /// The store's file.
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// The oldest block height the store holds: 1, until
+    /// [`StorageOptions::retain_blocks`] pruned what lies below. Every
+    /// block from here to the last height is stored.
+    pub fn first_height(&self) -> SeqNum {
+        SeqNum(self.inner.first_height.load(Ordering::Acquire))
     }
 }
 
@@ -375,6 +392,10 @@ impl Storage for DiskStorage {
 
 impl BlockSource for DiskStorage {
     fn block(&self, height: SeqNum) -> Option<Arc<CommittedBlock>> {
+        if height < DiskStorage::first_height(self) {
+            // Pruned (a cached copy may linger): not held.
+            return None;
+        }
         match self.read_block(height) {
             Ok(found) => found.map(|(block, _)| block),
             Err(error) => {
@@ -388,6 +409,10 @@ impl BlockSource for DiskStorage {
 
     fn last_height(&self) -> SeqNum {
         SeqNum(self.inner.last_height.load(Ordering::Acquire))
+    }
+
+    fn first_height(&self) -> SeqNum {
+        DiskStorage::first_height(self)
     }
 
     fn executed(&self, height: SeqNum) -> Option<Vec<RequestKey>> {

@@ -86,6 +86,8 @@ fn sync_parent_directory(path: &Path) -> std::io::Result<()> {
 pub(super) struct Opened {
     /// The highest stored height.
     pub last_height: SeqNum,
+    /// The lowest stored height (1 if none is stored).
+    pub first_height: SeqNum,
     /// The `request_lifetime` of the store's identity, if it has one.
     pub request_lifetime: Option<u64>,
 }
@@ -188,10 +190,14 @@ pub(super) fn initialize(
     ] {
         result.map_err(|e| fail(e.into()))?;
     }
-    let last_height = {
+    let (first_height, last_height) = {
         let blocks = txn.open_table(BLOCKS).map_err(|e| fail(e.into()))?;
+        let first = blocks.first().map_err(|e| fail(e.into()))?;
         let last = blocks.last().map_err(|e| fail(e.into()))?;
-        last.map_or(SeqNum(0), |(key, _)| chunk_from_key(key.value()).0)
+        (
+            first.map_or(SeqNum(1), |(key, _)| chunk_from_key(key.value()).0),
+            last.map_or(SeqNum(0), |(key, _)| chunk_from_key(key.value()).0),
+        )
     };
     if let Some(found) = upgrade_from {
         fill_executed(&txn, path, last_height, request_lifetime)?;
@@ -203,6 +209,7 @@ pub(super) fn initialize(
         txn.abort().map_err(|e| fail(e.into()))?;
     }
     Ok(Opened {
+        first_height,
         last_height,
         request_lifetime,
     })

@@ -26,6 +26,15 @@ impl DiskStorage {
         if max == 0 {
             return Ok(out);
         }
+        let first_height = self.first_height();
+        if height.max(SeqNum(1)) < first_height {
+            return Err(DiskStorageError::Pruned {
+                path: inner.path.clone(),
+                height,
+                first_height,
+            }
+            .into());
+        }
         let txn = inner.db.begin_read().map_err(|e| inner.backend(e))?;
         let blocks = txn.open_table(BLOCKS).map_err(|e| inner.backend(e))?;
         let mut pending: Option<PendingBlock> = None;

@@ -379,6 +379,106 @@ fn executed_keys_are_kept_for_the_request_lifetime() {
     }
 }
 
+/// With `retain_blocks = 5`, a stable checkpoint at 20 prunes the blocks
+/// below 15 (their duplicates and executed keys too) and nothing at or
+/// above; reads below the first height are refused naming it, `block`
+/// finds nothing there (even cached), and the first height survives a
+/// reopen. Without the option nothing is pruned.
+#[test]
+fn retain_blocks_prunes_below_the_checkpoint_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = store_path(&dir);
+    let options = StorageOptions {
+        retain_blocks: Some(5),
+        ..StorageOptions::default()
+    };
+    {
+        let mut store = DiskStorage::open_with(&path, None, &options).unwrap();
+        let deliveries: Vec<Delivery> = (1..=30).map(|h| delivery(h, vec![0])).collect();
+        store.apply(&[], &deliveries).unwrap();
+        assert_eq!(store.first_height(), SeqNum(1));
+        store
+            .apply(&[Record::StableCheckpoint(checkpoint(20))], &[])
+            .unwrap();
+        assert_eq!(store.first_height(), SeqNum(15));
+        assert_eq!(BlockSource::first_height(&store), SeqNum(15));
+        assert!(store.block(SeqNum(14)).is_none(), "pruned, though cached");
+        assert!(store.block(SeqNum(15)).is_some());
+        assert!(store.block(SeqNum(30)).is_some());
+        assert_eq!(store.duplicates(SeqNum(15)), vec![0]);
+        let error = store.blocks_from(SeqNum(3), 10).unwrap_err();
+        assert!(
+            matches!(
+                disk_error(&error),
+                DiskStorageError::Pruned {
+                    height: SeqNum(3),
+                    first_height: SeqNum(15),
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        assert!(error.to_string().contains("from height 15"), "{error}");
+        let from = store.blocks_from(SeqNum(15), 100).unwrap();
+        assert_eq!(from.len(), 16);
+        assert_eq!(from[0].0.height(), SeqNum(15));
+        // An older checkpoint prunes nothing more.
+        store
+            .apply(&[Record::StableCheckpoint(checkpoint(18))], &[])
+            .unwrap();
+        assert_eq!(store.first_height(), SeqNum(15));
+    }
+    {
+        let db = Database::open(&path).unwrap();
+        let txn = db.begin_read().unwrap();
+        for (table, first) in [(layout::DUPLICATES, 15u64), (layout::EXECUTED, 15)] {
+            let table = txn.open_table(table).unwrap();
+            let (key, _) = table.first().unwrap().unwrap();
+            assert_eq!(key.value(), layout::seq_key(SeqNum(first)));
+        }
+    }
+    let store = DiskStorage::open(&path).unwrap();
+    assert_eq!(store.first_height(), SeqNum(15));
+    assert_eq!(store.last_height(), SeqNum(30));
+
+    // Without retain_blocks, a checkpoint prunes no block.
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = DiskStorage::open(&store_path(&dir)).unwrap();
+    let deliveries: Vec<Delivery> = (1..=30).map(|h| delivery(h, vec![])).collect();
+    store.apply(&[], &deliveries).unwrap();
+    store
+        .apply(&[Record::StableCheckpoint(checkpoint(20))], &[])
+        .unwrap();
+    assert_eq!(store.first_height(), SeqNum(1));
+    assert!(store.block(SeqNum(1)).is_some());
+}
+
+/// Pruning a long history goes at most `PRUNE_MAX_BLOCKS` blocks per
+/// checkpoint, oldest first, so one step never deletes the whole store.
+#[test]
+fn pruning_a_long_history_is_spread_over_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = StorageOptions {
+        retain_blocks: Some(2),
+        ..StorageOptions::default()
+    };
+    let mut store = DiskStorage::open_with(&store_path(&dir), None, &options).unwrap();
+    let deliveries: Vec<Delivery> = (1..=600).map(|h| delivery(h, vec![])).collect();
+    store.apply(&[], &deliveries).unwrap();
+    store
+        .apply(&[Record::StableCheckpoint(checkpoint(590))], &[])
+        .unwrap();
+    assert_eq!(store.first_height(), SeqNum(257));
+    store
+        .apply(&[Record::StableCheckpoint(checkpoint(595))], &[])
+        .unwrap();
+    assert_eq!(store.first_height(), SeqNum(513));
+    store
+        .apply(&[Record::StableCheckpoint(checkpoint(600))], &[])
+        .unwrap();
+    assert_eq!(store.first_height(), SeqNum(598));
+}
+
 /// `open_for` records the identity in a new store and refuses the store
 /// for another node or another committee; a store created without one
 /// adopts the first identity it is opened for.

@@ -28,7 +28,7 @@ pub(crate) use view_change::compute_reproposals;
 pub(crate) use view_change::{valid_new_view, valid_view_change};
 
 pub use metrics::{DropReason, Metrics};
-pub use state_transfer::{blocks_to_serve, FETCH_MAX_BYTES};
+pub use state_transfer::{blocks_to_serve, is_pruned, FETCH_MAX_BYTES};
 
 use crate::certificate::{CheckpointCertificate, CommitCertificate, PreparedCertificate};
 use crate::clients::ExecutedRequests;
@@ -281,6 +281,14 @@ pub struct ReplicaStatus {
     pub peers_in_touch: usize,
     /// Replicas needed for a quorum (2f+1, this one included).
     pub quorum: usize,
+    /// A peer answered this replica's fetch with a refusal: it pruned the
+    /// blocks this replica needs next (`[storage] retain_blocks`), and its
+    /// certified stable checkpoint is above this replica's height. Until
+    /// some peer still holding them serves them, this replica cannot catch
+    /// up by blocks; it needs a snapshot (design notes §29; not built
+    /// yet: an operator copies a peer's store, or raises `retain_blocks`).
+    /// Cleared when a block executes.
+    pub needs_snapshot: bool,
 }
 
 impl ReplicaStatus {
@@ -429,6 +437,8 @@ pub struct Replica {
     /// setting that differs: everything else they send is ignored.
     settings_mismatches: BTreeMap<NodeId, &'static str>,
     fetch: Option<Fetch>,
+    /// See [`ReplicaStatus::needs_snapshot`].
+    needs_snapshot: bool,
     next_status_at: Duration,
 
     actions: Actions,
@@ -553,6 +563,7 @@ impl Replica {
             heard_from: BTreeMap::new(),
             settings_mismatches: BTreeMap::new(),
             fetch: None,
+            needs_snapshot: false,
             next_status_at: now,
             actions: Actions::default(),
             metrics: Metrics::default(),
@@ -745,6 +756,7 @@ impl Replica {
             active_slots: self.slots.len(),
             peers_in_touch: self.peers_in_touch(),
             quorum: self.committee.quorum(),
+            needs_snapshot: self.needs_snapshot,
         }
     }
 

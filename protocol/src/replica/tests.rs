@@ -672,3 +672,112 @@ fn restart_reads_from_the_stable_checkpoint_only() {
         refused.err()
     );
 }
+
+/// A store whose blocks below `first` were pruned.
+struct PrunedSource {
+    inner: MemStorage,
+    first: SeqNum,
+}
+
+impl BlockSource for PrunedSource {
+    fn block(&self, height: SeqNum) -> Option<Arc<crate::CommittedBlock>> {
+        (height >= self.first)
+            .then(|| self.inner.block(height))
+            .flatten()
+    }
+    fn last_height(&self) -> SeqNum {
+        self.inner.last_height()
+    }
+    fn first_height(&self) -> SeqNum {
+        self.first
+    }
+    fn duplicates(&self, height: SeqNum) -> Vec<u32> {
+        self.inner.duplicates(height)
+    }
+}
+
+/// A fetch for pruned heights is answered with a refusal (a `Blocks` with
+/// no block and the stable checkpoint), not silence; a fetch above what is
+/// stored still gets nothing. The fetcher that gets the refusal, with a
+/// checkpoint certified above its height, says it needs a snapshot, and
+/// stops saying so once a block executes.
+#[test]
+fn a_fetch_for_pruned_blocks_is_refused_and_shown() {
+    let (store, blocks) = chained_store(40);
+    let source = Arc::new(PrunedSource {
+        inner: store,
+        first: SeqNum(20),
+    });
+    let setup = ReplicaSetup {
+        id: NodeId(2),
+        key: keys()[2].clone(),
+        committee: committee(),
+        config: Config {
+            request_lifetime: 5,
+            ..Config::default()
+        },
+        blocks: source,
+    };
+    let recovered = Recovered {
+        stable_checkpoint: Some(QuorumCertificate {
+            value: Checkpoint {
+                seq: SeqNum(32),
+                block_hash: blocks[31].hash(),
+            },
+            votes: Vec::new(),
+        }),
+        ..Recovered::default()
+    };
+    let mut server = Replica::new(setup, recovered, Duration::ZERO).unwrap();
+    server.drain_actions();
+    let fetch = |from: u64, to: u64| {
+        signed(
+            1,
+            crate::message::FetchBlocks {
+                from: SeqNum(from),
+                to: SeqNum(to),
+            },
+        )
+    };
+    server.on_fetch_blocks(NodeId(1), fetch(3, 10));
+    let sent = server.drain_actions().send;
+    assert_eq!(sent.len(), 1);
+    let refusal = match &sent[0].message {
+        WireMessage::Blocks(answer) => answer.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert!(refusal.value.blocks.is_empty());
+    server.on_fetch_blocks(NodeId(1), fetch(41, 50));
+    assert!(server.drain_actions().send.is_empty(), "not stored yet");
+    server.on_fetch_blocks(NodeId(1), fetch(25, 26));
+    match &server.drain_actions().send[0].message {
+        WireMessage::Blocks(answer) => assert_eq!(answer.value.blocks.len(), 2),
+        other => panic!("{other:?}"),
+    }
+
+    // The fetcher: a certified checkpoint above its height, no block.
+    let mut fetcher = replica(0);
+    let value = Checkpoint {
+        seq: SeqNum(64),
+        block_hash: Digest([3; 32]),
+    };
+    let votes = (0..3)
+        .map(|i| crate::certificate::Vote {
+            signer: NodeId(i),
+            signature: signed(i, value.clone()).signature,
+        })
+        .collect();
+    let answer = signed(
+        1,
+        crate::message::Blocks {
+            blocks: Vec::new(),
+            checkpoint: QuorumCertificate { value, votes },
+        },
+    );
+    fetcher.on_blocks(answer);
+    assert!(fetcher.status().needs_snapshot);
+    assert_eq!(fetcher.metrics().fetches_refused_pruned, 1);
+    // A block executing clears it.
+    fetcher.execute_block(blocks[0].clone(), None, None);
+    assert!(!fetcher.status().needs_snapshot);
+}
