@@ -44,7 +44,8 @@ pub(super) const BATCHES: TableDefinition<'static, BatchKey, &[u8]> =
 
 /// `blocks`: height (big-endian) ‖ chunk index (big-endian `u32`) → a
 /// piece of the `CommittedBlock`'s encoding, at most [`BLOCK_CHUNK_BYTES`].
-/// Kept forever.
+/// Kept forever, unless `StorageOptions::retain_blocks` prunes them below
+/// the stable checkpoint.
 ///
 /// Why chunks: redb gives a value that does not fit a page a power-of-two
 /// run of pages, so a 630 KB block took 1 MiB and the file grew 2.2× the
