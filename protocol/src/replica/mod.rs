@@ -286,8 +286,9 @@ pub struct ReplicaStatus {
     /// certified stable checkpoint is above this replica's height. Until
     /// some peer still holding them serves them, this replica cannot catch
     /// up by blocks; it needs a snapshot (design notes §29; not built
-    /// yet: an operator copies a peer's store, or raises `retain_blocks`).
-    /// Cleared when a block executes.
+    /// yet: until then it catches up only from a peer that keeps the
+    /// blocks, so an operator raises or removes that peer's
+    /// `retain_blocks`). Cleared when a block executes.
     pub needs_snapshot: bool,
 }
 
