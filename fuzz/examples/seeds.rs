@@ -242,6 +242,8 @@ fn node_messages() -> Vec<NodeMessage> {
             peers_in_touch: 3,
             quorum: 3,
             request_lifetime: 1000,
+            first_height: 1,
+            needs_snapshot: false,
         }),
         NodeMessage::Malformed,
     ]

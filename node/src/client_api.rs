@@ -109,6 +109,13 @@ pub struct NodeStatus {
     /// Heights a request may be valid for above the height it executes at
     /// (clients set `valid_until` within it).
     pub request_lifetime: u64,
+    /// The oldest block height the node still stores (1 unless
+    /// `[storage] retain_blocks` pruned older ones): subscribe from here
+    /// or later.
+    pub first_height: u64,
+    /// The node cannot catch up by blocks: a peer refused its fetch having
+    /// pruned the blocks it needs (see the `bftd_needs_snapshot` metric).
+    pub needs_snapshot: bool,
 }
 
 impl NodeStatus {
@@ -370,6 +377,8 @@ mod tests {
             peers_in_touch: usize::MAX,
             quorum: 0,
             request_lifetime: u64::MAX,
+            first_height: u64::MAX,
+            needs_snapshot: true,
         };
         assert!(status.has_quorum());
         assert!(!status.describe_peers().is_empty());

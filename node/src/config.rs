@@ -159,6 +159,16 @@ pub enum LoadError {
         /// What is wrong.
         reason: &'static str,
     },
+    /// `[storage] retain_blocks` would prune blocks at-most-once needs.
+    #[error("[storage] in {path}: retain_blocks = {retain_blocks} must be greater than the cluster's request_lifetime ({request_lifetime}): a request is remembered as executed for request_lifetime heights, so that a replay of it is answered with its receipt instead of executing twice, and a restarting node reads those heights' blocks back; keep at least request_lifetime + 1 blocks, or remove retain_blocks to keep every block")]
+    RetainTooFew {
+        /// The node file.
+        path: PathBuf,
+        /// The value set.
+        retain_blocks: u64,
+        /// The cluster's request lifetime.
+        request_lifetime: u64,
+    },
     /// The clients section is invalid.
     #[error("[clients] in {path}: {reason}")]
     Clients {
@@ -361,6 +371,23 @@ pub struct NodeFile {
     /// What peers may make this node do for them.
     #[serde(default)]
     pub peers: PeersConfig,
+    /// What the store keeps.
+    #[serde(default)]
+    pub storage: StorageConfig,
+}
+
+/// The `[storage]` section of a node file. Node-local.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Blocks kept below the stable checkpoint: each new stable checkpoint
+    /// `s` prunes the blocks below `s - retain_blocks` (never one above the
+    /// checkpoint). Must be greater than the cluster's `request_lifetime`:
+    /// at-most-once is checked against the requests executed in the last
+    /// `request_lifetime` heights, which a restart reads back from the
+    /// store. Absent: every block is kept. A peer asking for a pruned
+    /// height, and `bftd tail --from` one, are told the oldest kept height.
+    pub retain_blocks: Option<u64>,
 }
 
 /// The `[connections]` section of a node file: how many connections and
@@ -525,6 +552,8 @@ pub struct NodeConfig {
     pub connections: crate::transport::ConnectionLimits,
     /// Work for peers.
     pub peers: PeersConfig,
+    /// What the store keeps.
+    pub storage: StorageConfig,
 }
 
 impl NodeConfig {
@@ -621,6 +650,16 @@ impl NodeConfig {
                 reason: "fetch_burst_bytes must be at least 1024 (the default is 16777216)",
             });
         }
+        if let Some(retain_blocks) = file.storage.retain_blocks {
+            let request_lifetime = cluster.protocol.request_lifetime;
+            if retain_blocks <= request_lifetime {
+                return Err(LoadError::RetainTooFew {
+                    path: path.to_owned(),
+                    retain_blocks,
+                    request_lifetime,
+                });
+            }
+        }
         let listen = match file.listen {
             Some(listen) => listen,
             None => cluster.address(id).ok_or(LoadError::UnknownId {
@@ -642,6 +681,7 @@ impl NodeConfig {
             clients: file.clients,
             connections,
             peers: file.peers,
+            storage: file.storage,
         })
     }
 }
@@ -879,6 +919,39 @@ mod tests {
             let error = NodeConfig::load(&dir.path().join("bad.toml")).unwrap_err();
             let setting = section.split(' ').next().unwrap();
             assert!(error.to_string().contains(setting), "{error}");
+        }
+    }
+
+    /// `[storage] retain_blocks` is optional (keep everything) and must
+    /// exceed the cluster's request_lifetime (1024 by default): at or below
+    /// it is refused with why (at-most-once needs the recent blocks).
+    #[test]
+    fn retain_blocks_must_exceed_the_request_lifetime() {
+        let dir = node0_dir();
+        let path = dir.path().join("default.toml");
+        std::fs::write(&path, NODE0).unwrap();
+        assert_eq!(NodeConfig::load(&path).unwrap().storage.retain_blocks, None);
+        for (retain, accepted) in [("1025", true), ("1024", false), ("0", false)] {
+            let path = dir.path().join(format!("r{retain}.toml"));
+            std::fs::write(
+                &path,
+                format!("{NODE0}[storage]\nretain_blocks = {retain}\n"),
+            )
+            .unwrap();
+            match NodeConfig::load(&path) {
+                Ok(config) => {
+                    assert!(accepted, "retain_blocks = {retain} was accepted");
+                    assert_eq!(config.storage.retain_blocks.unwrap().to_string(), retain);
+                }
+                Err(error) => {
+                    assert!(!accepted, "retain_blocks = {retain} refused: {error}");
+                    let text = error.to_string();
+                    assert!(
+                        text.contains("retain_blocks") && text.contains("request_lifetime (1024)"),
+                        "{text}"
+                    );
+                }
+            }
         }
     }
 

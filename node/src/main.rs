@@ -275,6 +275,17 @@ async fn run(cli: Cli) -> Result<(), String> {
                     },
                     status.byzantine.as_deref().map(|b| format!(", BYZANTINE: {b}")).unwrap_or_default(),
                 );
+                // Retention (design notes §29): only worth a line when it
+                // applies.
+                if status.first_height > 1 {
+                    println!(
+                        "blocks kept from height {} ([storage] retain_blocks)",
+                        status.first_height
+                    );
+                }
+                if status.needs_snapshot {
+                    println!("NEEDS SNAPSHOT: a peer refused the blocks this node needs next (it pruned them); it catches up only from a peer that keeps them (raise or remove retain_blocks there): snapshots are not built yet (design notes §29)");
+                }
             }
             Ok(())
         }

@@ -55,6 +55,8 @@ fn node_samples() -> Vec<(&'static str, NodeMessage)> {
                 peers_in_touch: 1,
                 quorum: 3,
                 request_lifetime: 1024,
+                first_height: 33,
+                needs_snapshot: false,
             }),
         ),
         (

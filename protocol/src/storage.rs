@@ -13,7 +13,7 @@ use crate::block::CommittedBlock;
 use crate::certificate::{CheckpointCertificate, PreparedCertificate};
 use crate::ids::SeqNum;
 use crate::merkle::MerkleTree;
-use crate::message::{Batch, NewView, Signed, Suspect};
+use crate::message::{Batch, NewView, RequestKey, Signed, Suspect};
 use crate::signer::SafetyState;
 use bftd_crypto::Digest;
 use std::collections::BTreeMap;
@@ -112,8 +112,40 @@ pub trait BlockSource: Send + Sync {
     /// The highest stored height (0 if none).
     fn last_height(&self) -> SeqNum;
 
+    /// The lowest height still stored: 1 unless older blocks were pruned
+    /// (then every block from it to [`Self::last_height`] is stored).
+    fn first_height(&self) -> SeqNum {
+        SeqNum(1)
+    }
+
     /// Duplicate positions recorded with the block at `height`.
     fn duplicates(&self, height: SeqNum) -> Vec<u32>;
+
+    /// The requests that executed in the block at `height` (its requests
+    /// less its duplicates), in block order; `None` if the block is not
+    /// stored. A restarting replica rebuilds its at-most-once table from
+    /// the last `request_lifetime` heights of these. The default reads the
+    /// whole block; a store that keeps the keys apart (the daemon's
+    /// `executed` table) reads a few bytes per request instead of every
+    /// payload.
+    fn executed(&self, height: SeqNum) -> Option<Vec<RequestKey>> {
+        let block = self.block(height)?;
+        Some(executed_keys(&block, &self.duplicates(height)))
+    }
+}
+
+/// The requests of `block` that executed: all but the positions in
+/// `duplicates`, in block order.
+pub fn executed_keys(block: &CommittedBlock, duplicates: &[u32]) -> Vec<RequestKey> {
+    block
+        .block
+        .batch
+        .requests
+        .iter()
+        .enumerate()
+        .filter(|(index, _)| !duplicates.contains(&(*index as u32)))
+        .map(|(_, request)| request.key())
+        .collect()
 }
 
 #[derive(Debug, Default)]

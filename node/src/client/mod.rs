@@ -361,7 +361,10 @@ impl Client {
     /// (duplicates, expired) is worked out here from the certified batches,
     /// not taken from the node: the stream starts `request_lifetime`
     /// heights before `from` (those blocks are read, not delivered), since
-    /// what executed in them decides what is a duplicate later.
+    /// what executed in them decides what is a duplicate later. A node
+    /// that pruned them (`[storage] retain_blocks`) ends the stream with
+    /// [`ClientError::SubscriptionEnded`], naming its oldest kept height
+    /// and the first `from` that works.
     pub async fn subscribe(&self, from: SeqNum) -> Result<BlockStream, ClientError> {
         let from = from.max(SeqNum(1));
         let start = SeqNum(from.0.saturating_sub(self.lifetime).max(1));

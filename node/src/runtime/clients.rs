@@ -431,6 +431,11 @@ async fn subscribe(
     loop {
         let last = *height.borrow_and_update();
         while next <= last {
+            let first_height = reads.storage.first_height();
+            if next < first_height {
+                end_pruned(&reply_to, &shared, next, first_height).await;
+                return;
+            }
             let blocks = match reads.read(next, chunk, &shared).await {
                 Some(blocks) if !blocks.is_empty() => blocks,
                 _ => return,
@@ -458,6 +463,26 @@ async fn subscribe(
         if height.changed().await.is_err() {
             return;
         }
+    }
+}
+
+/// Tells a subscriber asking for a pruned height (`bftd tail --from` one,
+/// or one that fell behind the pruning) what the oldest kept height is.
+async fn end_pruned(reply_to: &Replies, shared: &Shared, asked: SeqNum, first_height: SeqNum) {
+    // The client library (and `bftd tail`) subscribes `request_lifetime`
+    // heights before the first block it shows, to work out duplicates:
+    // say from where that works.
+    let reason = format!(
+        "block {} is no longer stored: this node keeps blocks from height {} on ([storage] retain_blocks pruned the older ones); the oldest kept height is {}. A client that checks duplicates (bftd tail, the client library) reads the {} blocks before the first it shows: subscribe from {} or later, or ask a node that keeps more",
+        asked.0,
+        first_height.0,
+        first_height.0,
+        shared.request_lifetime,
+        first_height.0.saturating_add(shared.request_lifetime)
+    );
+    let notice = NodeMessage::SubscriptionEnded { reason };
+    if !reply_to.send_notice(notice, shared.subscriber_stall).await {
+        tracing::debug!("could not queue the end of a subscription");
     }
 }
 

@@ -142,6 +142,10 @@ impl Worker {
         let started = Instant::now();
         self.storage.apply(records, deliveries)?;
         self.shared.metrics.storage_apply.observe(started.elapsed());
+        self.shared
+            .metrics
+            .first_height
+            .store(self.storage.first_height().0, Ordering::Relaxed);
         if let Some(last) = deliveries.last() {
             self.height.send_replace(last.block.height());
         }

@@ -17,7 +17,7 @@ use super::Shared;
 use crate::storage::DiskStorage;
 use crate::transport::{Bytes, Transport};
 use bftd_protocol::message::{Blocks, FetchBlocks};
-use bftd_protocol::replica::blocks_to_serve;
+use bftd_protocol::replica::{blocks_to_serve, is_pruned};
 use bftd_protocol::signer::Signer;
 use bftd_protocol::{codec, CheckpointCertificate, NodeId, Signed};
 
@@ -121,8 +121,13 @@ impl FetchServer {
             let wanted = request.value;
             let answered = tokio::task::spawn_blocking(move || {
                 let (blocks, bytes) = blocks_to_serve(&storage, wanted, max_blocks);
-                if blocks.is_empty() {
-                    return (None, bytes, 0);
+                // Heights this node pruned: answered with no block and the
+                // stable checkpoint, a refusal the fetcher counts and shows
+                // (`needs_snapshot`) before it asks another peer. Heights
+                // it does not have yet: no answer (the fetcher's timer).
+                let pruned = blocks.is_empty() && is_pruned(&storage, wanted);
+                if blocks.is_empty() && !pruned {
+                    return (None, bytes, 0, false);
                 }
                 let count = blocks.len();
                 let encoded = signer
@@ -131,13 +136,24 @@ impl FetchServer {
                     .and_then(|signed| {
                         codec::encode(&bftd_protocol::WireMessage::Blocks(signed)).ok()
                     });
-                (encoded, bytes, count)
+                (encoded, bytes, count, pruned)
             })
             .await;
-            let Ok((encoded, bytes, count)) = answered else {
+            let Ok((encoded, bytes, count, pruned)) = answered else {
                 continue;
             };
             bucket.charge((bytes as f64).max(MIN_FETCH_COST));
+            if pruned {
+                metrics
+                    .fetches_refused_pruned
+                    .fetch_add(1, Ordering::Relaxed);
+                if let Some(encoded) = encoded {
+                    if self.transport.send(from, Bytes::from(encoded)).is_err() {
+                        metrics.send_dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                continue;
+            }
             if let Some(encoded) = encoded {
                 metrics.fetches_served.fetch_add(1, Ordering::Relaxed);
                 metrics

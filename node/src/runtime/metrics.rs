@@ -111,6 +111,11 @@ pub struct NodeMetrics {
     pub fetches_refused_rate: AtomicU64,
     /// Peers' block fetches refused: too many waited to be served.
     pub fetches_refused_busy: AtomicU64,
+    /// Peers' block fetches refused: they asked for pruned heights.
+    pub fetches_refused_pruned: AtomicU64,
+    /// The oldest block height the store still holds (above 1 once
+    /// `[storage] retain_blocks` pruned).
+    pub first_height: AtomicU64,
     /// Failed reads of committed blocks for the embedded application
     /// (each retried).
     pub application_read_errors: AtomicU64,
@@ -251,6 +256,18 @@ impl NodeMetrics {
                 "bftd_quorum",
                 "Nodes a quorum needs (2f+1, this one included): below it nothing commits.",
                 status.quorum as u64,
+            );
+            gauge(
+                &mut out,
+                "bftd_needs_snapshot",
+                "1 when a peer refused this node's fetch because it pruned the blocks needed next (retain_blocks): it cannot catch up by blocks from that peer. Cleared when a block executes.",
+                u64::from(status.needs_snapshot),
+            );
+            counter(
+                &mut out,
+                "bftd_fetches_refused_pruned_total",
+                "This node's fetches refused by a peer that pruned the blocks asked for.",
+                metrics.fetches_refused_pruned,
             );
             counter(
                 &mut out,
@@ -472,12 +489,19 @@ impl NodeMetrics {
         for (reason, value) in [
             ("rate", load(&self.fetches_refused_rate)),
             ("busy", load(&self.fetches_refused_busy)),
+            ("pruned", load(&self.fetches_refused_pruned)),
         ] {
             let _ = writeln!(
                 out,
                 "bftd_fetches_refused_total{{reason=\"{reason}\"}} {value}"
             );
         }
+        gauge(
+            &mut out,
+            "bftd_first_height",
+            "Oldest block height the store holds ([storage] retain_blocks prunes below it).",
+            load(&self.first_height),
+        );
         counter(
             &mut out,
             "bftd_send_dropped_total",

@@ -23,7 +23,7 @@ mod quorum;
 
 use crate::client_api::NodeStatus;
 use crate::config::NodeConfig;
-use crate::storage::{DiskStorage, StoreIdentity};
+use crate::storage::{DiskStorage, StorageOptions, StoreIdentity};
 use crate::transport::{Peer, Transport, TransportConfig, TransportError, TransportStats};
 use bftd_protocol::{
     BlockSource, CommittedBlock, Committee, MessageLimits, Replica, ReplicaError, ReplicaSetup,
@@ -198,6 +198,11 @@ impl Shared {
             byzantine: self.byzantine.clone(),
             peers_in_touch: status.map_or(0, |s| s.peers_in_touch),
             quorum: status.map_or(self.committee.quorum(), |s| s.quorum),
+            first_height: self
+                .metrics
+                .first_height
+                .load(std::sync::atomic::Ordering::Relaxed),
+            needs_snapshot: status.is_some_and(|s| s.needs_snapshot),
         }
     }
 
@@ -340,7 +345,11 @@ pub async fn start_with(
     }
     let committee = config.cluster.committee.clone();
     let identity = store_identity(&config);
-    let storage = DiskStorage::open_for(&path, &identity)?;
+    let options = StorageOptions {
+        retain_blocks: config.storage.retain_blocks,
+        ..StorageOptions::default()
+    };
+    let storage = DiskStorage::open_with(&path, Some(&identity), &options)?;
     let recovered = storage.recover()?;
     let started = Instant::now();
     let setup = ReplicaSetup {
@@ -372,6 +381,10 @@ pub async fn start_with(
         fatal: Mutex::new(None),
         grants: Mutex::new(bftd_protocol::GrantCache::default()),
     });
+    shared.metrics.first_height.store(
+        storage.first_height().0,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let metrics_listener = match config.metrics {
         Some(address) => Some(
             http::bind(address)

@@ -40,8 +40,9 @@ pub enum DiskStorageError {
         /// The file.
         path: PathBuf,
     },
-    /// A bftd store of another format version.
-    #[error("store {path} has format version {found}; this bftd reads version {supported}")]
+    /// A bftd store of a format version this code neither reads nor
+    /// upgrades: written by a newer bftd, or by one too old to upgrade.
+    #[error("store {path} has format version {found}; this bftd reads version {supported} and upgrades version 2 in place: a newer version was written by a newer bftd (run that one, or a newer one), an older one cannot be upgraded (start the node with a new store and let it catch up from its peers)")]
     UnsupportedFormat {
         /// The store.
         path: PathBuf,
@@ -133,6 +134,16 @@ pub enum DiskStorageError {
         table: &'static str,
         /// The encoder's report.
         source: CodecError,
+    },
+    /// The blocks asked for were pruned (`[storage] retain_blocks`).
+    #[error("block {} is no longer stored: this node keeps blocks from height {} on ([storage] retain_blocks pruned the older ones); the oldest kept height is {}: ask from it or later, or ask a node that keeps them", .height.0, .first_height.0, .first_height.0)]
+    Pruned {
+        /// The store.
+        path: PathBuf,
+        /// The height asked for.
+        height: SeqNum,
+        /// The oldest height still stored.
+        first_height: SeqNum,
     },
     /// Any other failure of redb (I/O during a transaction, a full disk).
     #[error("store {path}: {source}")]

@@ -8,9 +8,16 @@ use redb::TableDefinition;
 use serde::{Deserialize, Serialize};
 
 /// The format this code writes and reads. Stored under `meta/format`; a
-/// store with another version is refused rather than misread. Version 2:
-/// requests carry `valid_until`; the `suspicion` state record.
-pub const FORMAT_VERSION: u32 = 2;
+/// store of [`UPGRADABLE_FORMAT`] is upgraded in place when opened, any
+/// other version is refused rather than misread. Version 2: requests carry
+/// `valid_until`; the `suspicion` state record. Version 3: the `executed`
+/// table, so a restart need not read old blocks.
+pub const FORMAT_VERSION: u32 = 3;
+
+/// The older format [`super::DiskStorage::open`] upgrades in place (it
+/// lacks only the `executed` table, which the upgrade fills from the
+/// blocks).
+pub const UPGRADABLE_FORMAT: u32 = 2;
 
 /// `meta`: what the store is. Keys [`META_FORMAT`] (`u32`) and
 /// [`META_IDENTITY`] ([`StoreIdentity`]), both codec-encoded.
@@ -37,7 +44,8 @@ pub(super) const BATCHES: TableDefinition<'static, BatchKey, &[u8]> =
 
 /// `blocks`: height (big-endian) ‖ chunk index (big-endian `u32`) → a
 /// piece of the `CommittedBlock`'s encoding, at most [`BLOCK_CHUNK_BYTES`].
-/// Kept forever.
+/// Kept forever, unless `StorageOptions::retain_blocks` prunes them below
+/// the stable checkpoint.
 ///
 /// Why chunks: redb gives a value that does not fit a page a power-of-two
 /// run of pages, so a 630 KB block took 1 MiB and the file grew 2.2× the
@@ -55,14 +63,27 @@ pub(super) const BLOCK_CHUNK_BYTES: usize = 32 * 1024 - 512;
 pub(super) const DUPLICATES: TableDefinition<'static, SeqKey, &[u8]> =
     TableDefinition::new("duplicates");
 
+/// `executed`: height (big-endian) → `Vec<RequestKey>`, the requests that
+/// executed in that block (its requests less its duplicates), written in
+/// the same transaction as the block, for every block (an empty list
+/// too: a missing entry means "not recorded", and the block is read
+/// instead). A restart rebuilds the at-most-once table from the last
+/// `request_lifetime` heights of this table: 40 bytes a request instead of
+/// decoding every payload. Entries older than that are deleted at each
+/// stable checkpoint when the store knows the lifetime (from its
+/// identity): they can never matter again.
+pub(super) const EXECUTED: TableDefinition<'static, SeqKey, &[u8]> =
+    TableDefinition::new("executed");
+
 /// Every table a bftd store has, created with the store.
-pub(super) const TABLE_NAMES: [&str; 6] = [
+pub(super) const TABLE_NAMES: [&str; 7] = [
     "meta",
     "state",
     "prepared",
     "batches",
     "blocks",
     "duplicates",
+    "executed",
 ];
 
 /// A sequence number as a key: big-endian, so byte order is numeric order

@@ -49,6 +49,7 @@
 //! | `batches`    | seq (8) ‖ digest (32)                | `Batch`                                |
 //! | `blocks`     | height (8) ‖ chunk index (4)         | ≤ 32 KiB piece of the `CommittedBlock` |
 //! | `duplicates` | height (8)                           | `Vec<u32>`, only when non-empty        |
+//! | `executed`   | height (8)                           | `Vec<RequestKey>` executed in the block (format 3) |
 //!
 //! Blocks are stored in chunks because redb gives a value larger than a
 //! page a power-of-two run of pages: whole 630 KB blocks took 2.2× their
@@ -60,8 +61,10 @@
 //! `bftd_protocol::storage::suite`: records apply in order; a prepared
 //! certificate is never replaced by one of a lower view; a newer stable
 //! checkpoint discards the prepared certificates and batches at or below
-//! it (an older one changes nothing); blocks are kept forever, with their
-//! duplicates.
+//! it (an older one changes nothing); blocks are kept, with their
+//! duplicates and the keys of the requests they executed, forever unless
+//! [`StorageOptions::retain_blocks`] is set (then a stable checkpoint `s`
+//! prunes the blocks below `s - retain_blocks`).
 //!
 //! # Durability and atomicity
 //!
@@ -171,11 +174,13 @@ pub(crate) mod tests;
 mod write;
 
 pub use error::DiskStorageError;
-pub use layout::{StoreIdentity, FORMAT_VERSION};
+pub use layout::{StoreIdentity, FORMAT_VERSION, UPGRADABLE_FORMAT};
 
 use bftd_protocol::codec;
+use bftd_protocol::storage::executed_keys;
 use bftd_protocol::{
-    BlockSource, CommittedBlock, Delivery, Record, Recovered, SeqNum, Storage, StorageError,
+    BlockSource, CommittedBlock, Delivery, Record, Recovered, RequestKey, SeqNum, Storage,
+    StorageError,
 };
 use cache::BlockCache;
 use redb::{Database, ReadableDatabase};
@@ -198,6 +203,9 @@ pub struct StorageOptions {
     pub page_cache_bytes: usize,
     /// How a step is committed (see the module doc).
     pub commit: CommitMode,
+    /// Blocks kept below the stable checkpoint (`[storage] retain_blocks`);
+    /// `None` keeps every block. See [`DiskStorage::first_height`].
+    pub retain_blocks: Option<u64>,
 }
 
 /// How a write transaction is made durable. Both fsync before `apply`
@@ -225,6 +233,7 @@ impl Default for StorageOptions {
             block_cache_bytes: 64 * 1024 * 1024,
             page_cache_bytes: 64 * 1024 * 1024,
             commit: CommitMode::OnePhase,
+            retain_blocks: None,
         }
     }
 }
@@ -245,6 +254,12 @@ struct Inner {
     options: StorageOptions,
     /// The highest stored height, updated after each commit.
     last_height: AtomicU64,
+    /// The lowest stored height (1 until blocks are pruned), updated after
+    /// each commit that prunes.
+    first_height: AtomicU64,
+    /// The cluster's `request_lifetime`, from the store's identity (if it
+    /// has one): how far back the `executed` table must reach.
+    request_lifetime: Option<u64>,
     cache: Mutex<BlockCache>,
 }
 
@@ -280,13 +295,15 @@ impl DiskStorage {
         options: &StorageOptions,
     ) -> Result<DiskStorage, StorageError> {
         let db = open::open_database(path, options)?;
-        let last_height = open::initialize(&db, path, identity, options)?;
+        let opened = open::initialize(&db, path, identity, options)?;
         Ok(DiskStorage {
             inner: Arc::new(Inner {
                 db,
                 path: path.to_path_buf(),
                 options: options.clone(),
-                last_height: AtomicU64::new(last_height.0),
+                last_height: AtomicU64::new(opened.last_height.0),
+                first_height: AtomicU64::new(opened.first_height.0),
+                request_lifetime: opened.request_lifetime,
                 cache: Mutex::new(BlockCache::new(
                     options.block_cache_entries,
                     options.block_cache_bytes,
@@ -298,6 +315,13 @@ impl DiskStorage {
     /// The store's file.
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// The oldest block height the store holds: 1, until
+    /// [`StorageOptions::retain_blocks`] pruned what lies below. Every
+    /// block from here to the last height is stored.
+    pub fn first_height(&self) -> SeqNum {
+        SeqNum(self.inner.first_height.load(Ordering::Acquire))
     }
 }
 
@@ -368,6 +392,10 @@ impl Storage for DiskStorage {
 
 impl BlockSource for DiskStorage {
     fn block(&self, height: SeqNum) -> Option<Arc<CommittedBlock>> {
+        if height < DiskStorage::first_height(self) {
+            // Pruned (a cached copy may linger): not held.
+            return None;
+        }
         match self.read_block(height) {
             Ok(found) => found.map(|(block, _)| block),
             Err(error) => {
@@ -381,6 +409,26 @@ impl BlockSource for DiskStorage {
 
     fn last_height(&self) -> SeqNum {
         SeqNum(self.inner.last_height.load(Ordering::Acquire))
+    }
+
+    fn first_height(&self) -> SeqNum {
+        DiskStorage::first_height(self)
+    }
+
+    fn executed(&self, height: SeqNum) -> Option<Vec<RequestKey>> {
+        match self.read_executed(height) {
+            Ok(Some(keys)) => Some(keys),
+            // Not recorded (cannot happen in a store of this format, but a
+            // missing index entry must not lose at-most-once): the block.
+            Ok(None) => {
+                let block = self.block(height)?;
+                Some(executed_keys(&block, &self.duplicates(height)))
+            }
+            Err(error) => {
+                tracing::error!(height = height.0, %error, "cannot read a block's executed requests");
+                None
+            }
+        }
     }
 
     fn duplicates(&self, height: SeqNum) -> Vec<u32> {

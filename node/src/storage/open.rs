@@ -2,16 +2,17 @@
 //! bftd store of this format and, with an identity, of this node.
 
 use super::layout::{
-    chunk_from_key, BATCHES, BLOCKS, DUPLICATES, META, META_FORMAT, META_IDENTITY, PREPARED, STATE,
-    TABLE_NAMES,
+    chunk_from_key, chunk_key, seq_key, BATCHES, BLOCKS, DUPLICATES, EXECUTED, META, META_FORMAT,
+    META_IDENTITY, PREPARED, STATE, TABLE_NAMES, UPGRADABLE_FORMAT,
 };
 use super::{
     decode_value, encode_value, redb_error, write::begin_write, DiskStorageError, StorageOptions,
     StoreIdentity, FORMAT_VERSION,
 };
 use bftd_protocol::codec;
-use bftd_protocol::SeqNum;
-use redb::{Database, DatabaseError, ReadableTable, TableHandle};
+use bftd_protocol::storage::executed_keys;
+use bftd_protocol::{CommittedBlock, SeqNum};
+use redb::{Database, DatabaseError, ReadableTable, TableHandle, WriteTransaction};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
@@ -81,14 +82,25 @@ fn sync_parent_directory(path: &Path) -> std::io::Result<()> {
     std::fs::File::open(parent)?.sync_all()
 }
 
+/// What opening learnt about a store.
+pub(super) struct Opened {
+    /// The highest stored height.
+    pub last_height: SeqNum,
+    /// The lowest stored height (1 if none is stored).
+    pub first_height: SeqNum,
+    /// The `request_lifetime` of the store's identity, if it has one.
+    pub request_lifetime: Option<u64>,
+}
+
 /// Checks (or, for a new store, writes) the format version and identity,
-/// creates missing tables, and returns the highest stored height.
+/// upgrades a store of [`UPGRADABLE_FORMAT`] in place, creates missing
+/// tables, and returns what it found.
 pub(super) fn initialize(
     db: &Database,
     path: &Path,
     identity: Option<&StoreIdentity>,
     options: &StorageOptions,
-) -> Result<SeqNum, DiskStorageError> {
+) -> Result<Opened, DiskStorageError> {
     let fail = |error: redb::Error| redb_error(path, error);
     let txn = begin_write(db, options).map_err(|e| fail(e.into()))?;
     let existing = txn
@@ -107,6 +119,8 @@ pub(super) fn initialize(
             path: path.to_path_buf(),
         });
     }
+    let mut upgrade_from = None;
+    let request_lifetime;
     let mut changed = TABLE_NAMES
         .iter()
         .any(|name| !existing.iter().any(|table| table == name));
@@ -129,7 +143,9 @@ pub(super) fn initialize(
             };
             let found: u32 =
                 codec::decode(format.ok_or_else(not_ours)?.value()).map_err(|_| not_ours())?;
-            if found != FORMAT_VERSION {
+            if found == UPGRADABLE_FORMAT {
+                upgrade_from = Some(found);
+            } else if found != FORMAT_VERSION {
                 return Err(DiskStorageError::UnsupportedFormat {
                     path: path.to_path_buf(),
                     found,
@@ -137,14 +153,14 @@ pub(super) fn initialize(
                 });
             }
         }
+        let recorded = meta
+            .get(META_IDENTITY)
+            .map_err(|e| fail(e.into()))?
+            .map(|bytes| decode_value::<StoreIdentity>(path, "meta", bytes.value()))
+            .transpose()?;
         if let Some(identity) = identity {
-            let recorded = meta
-                .get(META_IDENTITY)
-                .map_err(|e| fail(e.into()))?
-                .map(|bytes| decode_value::<StoreIdentity>(path, "meta", bytes.value()))
-                .transpose()?;
-            match recorded {
-                Some(found) => check_identity(path, identity, &found)?,
+            match &recorded {
+                Some(found) => check_identity(path, identity, found)?,
                 None => {
                     encode_value(path, "meta", identity, &mut buffer)?;
                     meta.insert(META_IDENTITY, buffer.as_slice())
@@ -153,6 +169,16 @@ pub(super) fn initialize(
                 }
             }
         }
+        request_lifetime = recorded
+            .as_ref()
+            .or(identity)
+            .map(|identity| identity.settings.request_lifetime);
+        if upgrade_from.is_some() {
+            encode_value(path, "meta", &FORMAT_VERSION, &mut buffer)?;
+            meta.insert(META_FORMAT, buffer.as_slice())
+                .map_err(|e| fail(e.into()))?;
+            changed = true;
+        }
     }
     // Every table exists from creation on, so that readers can open them.
     for result in [
@@ -160,20 +186,95 @@ pub(super) fn initialize(
         txn.open_table(PREPARED).map(drop),
         txn.open_table(BATCHES).map(drop),
         txn.open_table(DUPLICATES).map(drop),
+        txn.open_table(EXECUTED).map(drop),
     ] {
         result.map_err(|e| fail(e.into()))?;
     }
-    let last_height = {
+    let (first_height, last_height) = {
         let blocks = txn.open_table(BLOCKS).map_err(|e| fail(e.into()))?;
+        let first = blocks.first().map_err(|e| fail(e.into()))?;
         let last = blocks.last().map_err(|e| fail(e.into()))?;
-        last.map_or(SeqNum(0), |(key, _)| chunk_from_key(key.value()).0)
+        (
+            first.map_or(SeqNum(1), |(key, _)| chunk_from_key(key.value()).0),
+            last.map_or(SeqNum(0), |(key, _)| chunk_from_key(key.value()).0),
+        )
     };
+    if let Some(found) = upgrade_from {
+        fill_executed(&txn, path, last_height, request_lifetime)?;
+        tracing::info!(path = %path.display(), from = found, to = FORMAT_VERSION, "store upgraded in place");
+    }
     if changed {
         txn.commit().map_err(|e| fail(e.into()))?;
     } else {
         txn.abort().map_err(|e| fail(e.into()))?;
     }
-    Ok(last_height)
+    Ok(Opened {
+        first_height,
+        last_height,
+        request_lifetime,
+    })
+}
+
+/// The upgrade from format 2: fills the `executed` table from the stored
+/// blocks a restart will ask it for (the last `request_lifetime` heights,
+/// or every block if the store has no identity to say the lifetime). Runs
+/// in the open's transaction: a crash during the upgrade leaves the store
+/// at format 2, upgraded again at the next open.
+fn fill_executed(
+    txn: &WriteTransaction,
+    path: &Path,
+    last_height: SeqNum,
+    request_lifetime: Option<u64>,
+) -> Result<(), DiskStorageError> {
+    let fail = |error: redb::Error| redb_error(path, error);
+    let blocks = txn.open_table(BLOCKS).map_err(|e| fail(e.into()))?;
+    let duplicates = txn.open_table(DUPLICATES).map_err(|e| fail(e.into()))?;
+    let mut executed = txn.open_table(EXECUTED).map_err(|e| fail(e.into()))?;
+    let from = match request_lifetime {
+        Some(lifetime) => last_height.0.saturating_sub(lifetime).max(1),
+        None => 1,
+    };
+    let mut bytes = Vec::new();
+    let mut buffer = Vec::new();
+    for height in from..=last_height.0 {
+        let height = SeqNum(height);
+        bytes.clear();
+        let mut next_index = 0u32;
+        for entry in blocks
+            .range(chunk_key(height, 0)..=chunk_key(height, u32::MAX))
+            .map_err(|e| fail(e.into()))?
+        {
+            let (key, value) = entry.map_err(|e| fail(e.into()))?;
+            if chunk_from_key(key.value()).1 != next_index {
+                break;
+            }
+            next_index = next_index.saturating_add(1);
+            bytes.extend_from_slice(value.value());
+        }
+        if next_index == 0 {
+            // Not stored (a gap the node was fetching): nothing executed
+            // here that a restart could read.
+            continue;
+        }
+        let block: CommittedBlock = decode_value(path, "blocks", &bytes)?;
+        let skipped: Vec<u32> = match duplicates
+            .get(seq_key(height))
+            .map_err(|e| fail(e.into()))?
+        {
+            Some(value) => decode_value(path, "duplicates", value.value())?,
+            None => Vec::new(),
+        };
+        encode_value(
+            path,
+            "executed",
+            &executed_keys(&block, &skipped),
+            &mut buffer,
+        )?;
+        executed
+            .insert(seq_key(height), buffer.as_slice())
+            .map_err(|e| fail(e.into()))?;
+    }
+    Ok(())
 }
 
 fn check_identity(

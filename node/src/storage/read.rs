@@ -2,11 +2,11 @@
 //! duplicates, and the state a restarting replica recovers.
 
 use super::layout::{
-    batch_from_key, chunk_from_key, chunk_key, seq_key, BATCHES, BLOCKS, DUPLICATES, PREPARED,
-    STATE, STATE_CHECKPOINT, STATE_NEW_VIEW, STATE_SAFETY, STATE_SUSPICION,
+    batch_from_key, chunk_from_key, chunk_key, seq_key, BATCHES, BLOCKS, DUPLICATES, EXECUTED,
+    PREPARED, STATE, STATE_CHECKPOINT, STATE_NEW_VIEW, STATE_SAFETY, STATE_SUSPICION,
 };
 use super::{decode_value, redb_error, DiskStorage, DiskStorageError, Inner, StoredBlock};
-use bftd_protocol::{CommittedBlock, Recovered, SeqNum, StorageError};
+use bftd_protocol::{CommittedBlock, Recovered, RequestKey, SeqNum, StorageError};
 use redb::{ReadableDatabase, ReadableTable};
 use std::sync::Arc;
 
@@ -25,6 +25,15 @@ impl DiskStorage {
         let mut out = Vec::new();
         if max == 0 {
             return Ok(out);
+        }
+        let first_height = self.first_height();
+        if height.max(SeqNum(1)) < first_height {
+            return Err(DiskStorageError::Pruned {
+                path: inner.path.clone(),
+                height,
+                first_height,
+            }
+            .into());
         }
         let txn = inner.db.begin_read().map_err(|e| inner.backend(e))?;
         let blocks = txn.open_table(BLOCKS).map_err(|e| inner.backend(e))?;
@@ -86,6 +95,20 @@ impl DiskStorage {
             .cache()
             .insert_read(generation, stored.0.clone(), stored.1.clone(), bytes);
         Ok(Some(stored))
+    }
+
+    /// The keys recorded in the `executed` table at `height`, if any.
+    pub(super) fn read_executed(
+        &self,
+        height: SeqNum,
+    ) -> Result<Option<Vec<RequestKey>>, DiskStorageError> {
+        let inner = &*self.inner;
+        let txn = inner.db.begin_read().map_err(|e| inner.backend(e))?;
+        let table = txn.open_table(EXECUTED).map_err(|e| inner.backend(e))?;
+        match table.get(seq_key(height)).map_err(|e| inner.backend(e))? {
+            Some(bytes) => Ok(Some(inner.decode("executed", bytes.value())?)),
+            None => Ok(None),
+        }
     }
 
     pub(super) fn recover_state(&self) -> Result<Recovered, DiskStorageError> {

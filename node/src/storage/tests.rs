@@ -254,6 +254,231 @@ fn another_format_version_is_refused() {
     );
 }
 
+/// Rewrites a store into format 2's layout: no `executed` table, format 2.
+fn downgrade_to_format_2(path: &Path) {
+    let db = Database::open(path).unwrap();
+    let txn = db.begin_write().unwrap();
+    assert!(txn.delete_table(layout::EXECUTED).unwrap());
+    let version = codec::encode(&UPGRADABLE_FORMAT).unwrap();
+    txn.open_table(layout::META)
+        .unwrap()
+        .insert(layout::META_FORMAT, version.as_slice())
+        .unwrap();
+    txn.commit().unwrap();
+}
+
+fn recorded_format(path: &Path) -> u32 {
+    let db = Database::open(path).unwrap();
+    let txn = db.begin_read().unwrap();
+    let meta = txn.open_table(layout::META).unwrap();
+    let bytes = meta.get(layout::META_FORMAT).unwrap().unwrap();
+    codec::decode(bytes.value()).unwrap()
+}
+
+/// A store of the previous format (2: no `executed` table) is upgraded in
+/// place when opened: the format becomes 3 and the `executed` table holds,
+/// for the last `request_lifetime` heights, exactly the requests each block
+/// executed (duplicates left out), read from the table and not rebuilt
+/// from the block. Heights further back are not filled (a restart never
+/// reads them). Older versions are refused with the version named.
+#[test]
+fn a_format_2_store_is_upgraded_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = store_path(&dir);
+    let mut identity = identity(0, 4);
+    identity.settings.request_lifetime = 3;
+    {
+        let mut store = DiskStorage::open_for(&path, &identity).unwrap();
+        let deliveries: Vec<Delivery> = (1..=6)
+            .map(|h| delivery(h, if h == 5 { vec![1] } else { vec![] }))
+            .collect();
+        store.apply(&[], &deliveries).unwrap();
+    }
+    downgrade_to_format_2(&path);
+    assert_eq!(recorded_format(&path), 2);
+    {
+        let store = DiskStorage::open_for(&path, &identity).unwrap();
+        assert_eq!(store.last_height(), SeqNum(6));
+        for height in 3..=6 {
+            let block = store.block(SeqNum(height)).unwrap();
+            let keys: Vec<_> = block
+                .block
+                .batch
+                .requests
+                .iter()
+                .enumerate()
+                .filter(|&(i, _)| !(height == 5 && i == 1))
+                .map(|(_, r)| r.key())
+                .collect();
+            assert_eq!(
+                store.read_executed(SeqNum(height)).unwrap(),
+                Some(keys),
+                "height {height}"
+            );
+        }
+        for height in 1..=2 {
+            assert_eq!(store.read_executed(SeqNum(height)).unwrap(), None);
+            // The block stands in for the missing entry.
+            assert_eq!(store.executed(SeqNum(height)).unwrap().len(), 3);
+        }
+    }
+    assert_eq!(recorded_format(&path), FORMAT_VERSION);
+
+    // Format 1 (and anything but 2 and 3) is refused, naming the version.
+    {
+        let db = Database::open(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        let version = codec::encode(&1u32).unwrap();
+        txn.open_table(layout::META)
+            .unwrap()
+            .insert(layout::META_FORMAT, version.as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let error = open_error(&path);
+    assert!(
+        matches!(error, DiskStorageError::UnsupportedFormat { found: 1, .. }),
+        "{error}"
+    );
+    assert!(error.to_string().contains("format version 1"), "{error}");
+}
+
+/// Every stored block records what it executed, and a stable checkpoint
+/// deletes what is older than `request_lifetime` below it (never what a
+/// restart reads: the heights above `checkpoint - lifetime`).
+#[test]
+fn executed_keys_are_kept_for_the_request_lifetime() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = store_path(&dir);
+    let mut identity = identity(0, 4);
+    identity.settings.request_lifetime = 3;
+    let mut store = DiskStorage::open_for(&path, &identity).unwrap();
+    let deliveries: Vec<Delivery> = (1..=10).map(|h| delivery(h, vec![0])).collect();
+    store.apply(&[], &deliveries).unwrap();
+    for height in 1..=10 {
+        assert_eq!(
+            store.read_executed(SeqNum(height)).unwrap().unwrap().len(),
+            2
+        );
+    }
+    store
+        .apply(&[Record::StableCheckpoint(checkpoint(8))], &[])
+        .unwrap();
+    for height in 1..=5 {
+        assert_eq!(
+            store.read_executed(SeqNum(height)).unwrap(),
+            None,
+            "{height}"
+        );
+    }
+    for height in 6..=10 {
+        assert!(
+            store.read_executed(SeqNum(height)).unwrap().is_some(),
+            "{height}"
+        );
+    }
+}
+
+/// With `retain_blocks = 5`, a stable checkpoint at 20 prunes the blocks
+/// below 15 (their duplicates and executed keys too) and nothing at or
+/// above; reads below the first height are refused naming it, `block`
+/// finds nothing there (even cached), and the first height survives a
+/// reopen. Without the option nothing is pruned.
+#[test]
+fn retain_blocks_prunes_below_the_checkpoint_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = store_path(&dir);
+    let options = StorageOptions {
+        retain_blocks: Some(5),
+        ..StorageOptions::default()
+    };
+    {
+        let mut store = DiskStorage::open_with(&path, None, &options).unwrap();
+        let deliveries: Vec<Delivery> = (1..=30).map(|h| delivery(h, vec![0])).collect();
+        store.apply(&[], &deliveries).unwrap();
+        assert_eq!(store.first_height(), SeqNum(1));
+        store
+            .apply(&[Record::StableCheckpoint(checkpoint(20))], &[])
+            .unwrap();
+        assert_eq!(store.first_height(), SeqNum(15));
+        assert_eq!(BlockSource::first_height(&store), SeqNum(15));
+        assert!(store.block(SeqNum(14)).is_none(), "pruned, though cached");
+        assert!(store.block(SeqNum(15)).is_some());
+        assert!(store.block(SeqNum(30)).is_some());
+        assert_eq!(store.duplicates(SeqNum(15)), vec![0]);
+        let error = store.blocks_from(SeqNum(3), 10).unwrap_err();
+        assert!(
+            matches!(
+                disk_error(&error),
+                DiskStorageError::Pruned {
+                    height: SeqNum(3),
+                    first_height: SeqNum(15),
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        assert!(error.to_string().contains("from height 15"), "{error}");
+        let from = store.blocks_from(SeqNum(15), 100).unwrap();
+        assert_eq!(from.len(), 16);
+        assert_eq!(from[0].0.height(), SeqNum(15));
+        // An older checkpoint prunes nothing more.
+        store
+            .apply(&[Record::StableCheckpoint(checkpoint(18))], &[])
+            .unwrap();
+        assert_eq!(store.first_height(), SeqNum(15));
+    }
+    {
+        let db = Database::open(&path).unwrap();
+        let txn = db.begin_read().unwrap();
+        for (table, first) in [(layout::DUPLICATES, 15u64), (layout::EXECUTED, 15)] {
+            let table = txn.open_table(table).unwrap();
+            let (key, _) = table.first().unwrap().unwrap();
+            assert_eq!(key.value(), layout::seq_key(SeqNum(first)));
+        }
+    }
+    let store = DiskStorage::open(&path).unwrap();
+    assert_eq!(store.first_height(), SeqNum(15));
+    assert_eq!(store.last_height(), SeqNum(30));
+
+    // Without retain_blocks, a checkpoint prunes no block.
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = DiskStorage::open(&store_path(&dir)).unwrap();
+    let deliveries: Vec<Delivery> = (1..=30).map(|h| delivery(h, vec![])).collect();
+    store.apply(&[], &deliveries).unwrap();
+    store
+        .apply(&[Record::StableCheckpoint(checkpoint(20))], &[])
+        .unwrap();
+    assert_eq!(store.first_height(), SeqNum(1));
+    assert!(store.block(SeqNum(1)).is_some());
+}
+
+/// Pruning a long history goes at most `PRUNE_MAX_BLOCKS` blocks per
+/// checkpoint, oldest first, so one step never deletes the whole store.
+#[test]
+fn pruning_a_long_history_is_spread_over_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = StorageOptions {
+        retain_blocks: Some(2),
+        ..StorageOptions::default()
+    };
+    let mut store = DiskStorage::open_with(&store_path(&dir), None, &options).unwrap();
+    let deliveries: Vec<Delivery> = (1..=600).map(|h| delivery(h, vec![])).collect();
+    store.apply(&[], &deliveries).unwrap();
+    store
+        .apply(&[Record::StableCheckpoint(checkpoint(590))], &[])
+        .unwrap();
+    assert_eq!(store.first_height(), SeqNum(257));
+    store
+        .apply(&[Record::StableCheckpoint(checkpoint(595))], &[])
+        .unwrap();
+    assert_eq!(store.first_height(), SeqNum(513));
+    store
+        .apply(&[Record::StableCheckpoint(checkpoint(600))], &[])
+        .unwrap();
+    assert_eq!(store.first_height(), SeqNum(598));
+}
+
 /// `open_for` records the identity in a new store and refuses the store
 /// for another node or another committee; a store created without one
 /// adopts the first identity it is opened for.

@@ -71,6 +71,20 @@ impl TestCluster {
 
     /// Writes keys and configs for `n` nodes, starting none.
     pub fn configure(n: usize, mode: RequestMode, extra: &str) -> TestCluster {
+        let protocol = bftd_protocol::ConsensusSettings {
+            request_mode: mode,
+            ..Default::default()
+        };
+        TestCluster::configure_with(n, protocol, extra)
+    }
+
+    /// [`TestCluster::configure`] with the cluster file's consensus
+    /// settings given.
+    pub fn configure_with(
+        n: usize,
+        protocol: bftd_protocol::ConsensusSettings,
+        extra: &str,
+    ) -> TestCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let keys: Vec<KeyPair> = (0..n)
             .map(|_| KeyPair::generate(&mut rand::rngs::OsRng))
@@ -84,10 +98,6 @@ impl TestCluster {
                 public_key: key.public().to_string(),
             })
             .collect();
-        let protocol = bftd_protocol::ConsensusSettings {
-            request_mode: mode,
-            ..Default::default()
-        };
         let file = ClusterFile { protocol, nodes };
         std::fs::write(
             dir.path().join("cluster.toml"),

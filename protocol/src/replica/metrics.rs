@@ -124,6 +124,8 @@ pub struct Metrics {
     pub duplicates_skipped: u64,
     /// Blocks obtained through state transfer.
     pub blocks_fetched: u64,
+    /// Fetches a peer refused because it pruned the blocks asked for.
+    pub fetches_refused_pruned: u64,
     /// Requests refused because the pending set was full.
     pub requests_refused_busy: u64,
     /// Requests refused on arrival as expired, or valid too far ahead.

@@ -532,6 +532,7 @@ impl Replica {
             self.check_passed_over(&block.block.batch, proposed_at);
         }
         let height = block.height();
+        self.needs_snapshot = false;
         let mut duplicates = Vec::new();
         for (index, request) in block.block.batch.requests.iter().enumerate() {
             match self.executed.lookup(&request.request, height) {

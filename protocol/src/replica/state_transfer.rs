@@ -24,6 +24,14 @@ pub const FETCH_MAX_BYTES: usize = 16 * 1024 * 1024;
 /// Most batch fetches outstanding at once (each is one re-proposed digest).
 pub(super) const MAX_WANTED_BATCHES: usize = 1024;
 
+/// Whether `wanted` starts below the oldest block `source` still holds
+/// (the rest was pruned): answered with a [`Blocks`] holding no block and
+/// the stable checkpoint, a refusal the fetcher can tell from silence
+/// (see [`Replica::on_blocks`]).
+pub fn is_pruned(source: &dyn BlockSource, wanted: FetchBlocks) -> bool {
+    wanted.from.max(crate::SeqNum(1)) < source.first_height()
+}
+
 /// The committed blocks that answer `wanted`: consecutive from its first
 /// height, at most `fetch_max_blocks` of them and about 16 MiB of payload;
 /// with that payload estimate in bytes (each request's payload plus 128).
@@ -220,7 +228,7 @@ impl Replica {
     pub(super) fn on_fetch_blocks(&mut self, from: NodeId, request: Signed<FetchBlocks>) {
         let (blocks, _) =
             blocks_to_serve(&*self.blocks, request.value, self.config.fetch_max_blocks);
-        if blocks.is_empty() {
+        if blocks.is_empty() && !is_pruned(&*self.blocks, request.value) {
             return;
         }
         let response = Blocks {
@@ -239,6 +247,17 @@ impl Replica {
         let peer = response.signer;
         let Blocks { blocks, checkpoint } = response.value;
         let before = self.last_executed;
+        if blocks.is_empty()
+            && checkpoint.seq() > self.last_executed
+            && checkpoint.check(&self.committee).is_ok()
+        {
+            // A refusal: the peer pruned the blocks we need, and 2f+1
+            // replicas certified a checkpoint above our height. Counted and
+            // shown (`needs_snapshot`); the fetch timer asks another peer,
+            // which may still hold them.
+            self.metrics.fetches_refused_pruned += 1;
+            self.needs_snapshot = true;
+        }
         for block in blocks {
             if block.height() <= self.last_executed {
                 continue;

@@ -518,3 +518,266 @@ fn a_flooding_replica_gets_its_share_of_the_primary() {
         );
     }
 }
+
+/// A block source that records which heights were read in full.
+struct CountingSource {
+    inner: MemStorage,
+    read: std::sync::Mutex<Vec<u64>>,
+}
+
+impl BlockSource for CountingSource {
+    fn block(&self, height: SeqNum) -> Option<Arc<crate::CommittedBlock>> {
+        self.read
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(height.0);
+        self.inner.block(height)
+    }
+    fn last_height(&self) -> SeqNum {
+        self.inner.last_height()
+    }
+    fn duplicates(&self, height: SeqNum) -> Vec<u32> {
+        self.inner.duplicates(height)
+    }
+    fn executed(&self, height: SeqNum) -> Option<Vec<RequestKey>> {
+        // Like the daemon's `executed` table: no block read.
+        let block = self.inner.block(height)?;
+        Some(crate::storage::executed_keys(
+            &block,
+            &self.inner.duplicates(height),
+        ))
+    }
+}
+
+/// Heights 1..=last, chained, one request each (client `height`, id 7).
+fn chained_store(last: u64) -> (MemStorage, Vec<Arc<crate::CommittedBlock>>) {
+    use crate::storage::Storage;
+    let mut store = MemStorage::new();
+    let mut prev_hash = Digest::ZERO;
+    let mut blocks = Vec::new();
+    for height in 1..=last {
+        let request = crate::message::Request {
+            client: bftd_crypto::PublicKey([height as u8; 32]),
+            request_id: 7,
+            valid_until: SeqNum(height + 10),
+            payload: vec![1],
+        };
+        let block = Arc::new(crate::CommittedBlock {
+            block: crate::Block {
+                height: SeqNum(height),
+                prev_hash,
+                batch_digest: Digest([2; 32]),
+                batch: Arc::new(Batch {
+                    requests: vec![SignedRequest::unsigned(request)],
+                }),
+            },
+            certificate: QuorumCertificate {
+                value: crate::message::Commit {
+                    view: View(0),
+                    seq: SeqNum(height),
+                    digest: Digest([2; 32]),
+                },
+                votes: Vec::new(),
+            },
+        });
+        prev_hash = block.hash();
+        store
+            .apply(
+                &[],
+                &[Delivery {
+                    block: block.clone(),
+                    duplicates: Vec::new(),
+                    tree: None,
+                }],
+            )
+            .unwrap();
+        blocks.push(block);
+    }
+    (store, blocks)
+}
+
+fn restart_from(
+    store: MemStorage,
+    checkpoint: &crate::CommittedBlock,
+    block_hash: Digest,
+    request_lifetime: u64,
+) -> (Result<Replica, ReplicaError>, Vec<u64>) {
+    let source = Arc::new(CountingSource {
+        inner: store,
+        read: Default::default(),
+    });
+    let config = Config {
+        request_lifetime,
+        ..Config::default()
+    };
+    let setup = ReplicaSetup {
+        id: NodeId(2),
+        key: keys()[2].clone(),
+        committee: committee(),
+        config,
+        blocks: source.clone(),
+    };
+    let recovered = Recovered {
+        stable_checkpoint: Some(QuorumCertificate {
+            value: Checkpoint {
+                seq: checkpoint.height(),
+                block_hash,
+            },
+            votes: Vec::new(),
+        }),
+        ..Recovered::default()
+    };
+    let replica = Replica::new(setup, recovered, Duration::ZERO);
+    let read = source.read.lock().unwrap().clone();
+    (replica, read)
+}
+
+/// A restart reads only the blocks from the stable checkpoint on (and the
+/// executed keys of the last `request_lifetime` heights), not the store's
+/// whole history; it still ends at the same head and remembers the
+/// requests a replay could name; and a checkpoint block whose hash is not
+/// the certified one is refused as a damaged store.
+#[test]
+fn restart_reads_from_the_stable_checkpoint_only() {
+    let (store, blocks) = chained_store(40);
+    let (replica, read) = restart_from(store.clone(), &blocks[31], blocks[31].hash(), 5);
+    let replica = replica.unwrap();
+    assert_eq!(read, (32..=40).collect::<Vec<_>>());
+    assert_eq!(replica.status().last_executed, SeqNum(40));
+    assert_eq!(replica.status().head_hash, blocks[39].hash());
+    // Executed at 36..=40 is remembered; 35 and older have expired.
+    let lookup = |height: u64| {
+        replica.executed.lookup(
+            &blocks[height as usize - 1].block.batch.requests[0].request,
+            SeqNum(41),
+        )
+    };
+    assert_eq!(
+        lookup(36),
+        crate::clients::Lookup::Executed { height: SeqNum(36) }
+    );
+    assert_eq!(
+        lookup(40),
+        crate::clients::Lookup::Executed { height: SeqNum(40) }
+    );
+    assert_eq!(replica.executed.len(), 5);
+
+    let (refused, _) = restart_from(store, &blocks[31], Digest([9; 32]), 5);
+    assert!(
+        matches!(
+            refused,
+            Err(ReplicaError::CorruptLog { height: SeqNum(32) })
+        ),
+        "{:?}",
+        refused.err()
+    );
+}
+
+/// A store whose blocks below `first` were pruned.
+struct PrunedSource {
+    inner: MemStorage,
+    first: SeqNum,
+}
+
+impl BlockSource for PrunedSource {
+    fn block(&self, height: SeqNum) -> Option<Arc<crate::CommittedBlock>> {
+        (height >= self.first)
+            .then(|| self.inner.block(height))
+            .flatten()
+    }
+    fn last_height(&self) -> SeqNum {
+        self.inner.last_height()
+    }
+    fn first_height(&self) -> SeqNum {
+        self.first
+    }
+    fn duplicates(&self, height: SeqNum) -> Vec<u32> {
+        self.inner.duplicates(height)
+    }
+}
+
+/// A fetch for pruned heights is answered with a refusal (a `Blocks` with
+/// no block and the stable checkpoint), not silence; a fetch above what is
+/// stored still gets nothing. The fetcher that gets the refusal, with a
+/// checkpoint certified above its height, says it needs a snapshot, and
+/// stops saying so once a block executes.
+#[test]
+fn a_fetch_for_pruned_blocks_is_refused_and_shown() {
+    let (store, blocks) = chained_store(40);
+    let source = Arc::new(PrunedSource {
+        inner: store,
+        first: SeqNum(20),
+    });
+    let setup = ReplicaSetup {
+        id: NodeId(2),
+        key: keys()[2].clone(),
+        committee: committee(),
+        config: Config {
+            request_lifetime: 5,
+            ..Config::default()
+        },
+        blocks: source,
+    };
+    let recovered = Recovered {
+        stable_checkpoint: Some(QuorumCertificate {
+            value: Checkpoint {
+                seq: SeqNum(32),
+                block_hash: blocks[31].hash(),
+            },
+            votes: Vec::new(),
+        }),
+        ..Recovered::default()
+    };
+    let mut server = Replica::new(setup, recovered, Duration::ZERO).unwrap();
+    server.drain_actions();
+    let fetch = |from: u64, to: u64| {
+        signed(
+            1,
+            crate::message::FetchBlocks {
+                from: SeqNum(from),
+                to: SeqNum(to),
+            },
+        )
+    };
+    server.on_fetch_blocks(NodeId(1), fetch(3, 10));
+    let sent = server.drain_actions().send;
+    assert_eq!(sent.len(), 1);
+    let refusal = match &sent[0].message {
+        WireMessage::Blocks(answer) => answer.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert!(refusal.value.blocks.is_empty());
+    server.on_fetch_blocks(NodeId(1), fetch(41, 50));
+    assert!(server.drain_actions().send.is_empty(), "not stored yet");
+    server.on_fetch_blocks(NodeId(1), fetch(25, 26));
+    match &server.drain_actions().send[0].message {
+        WireMessage::Blocks(answer) => assert_eq!(answer.value.blocks.len(), 2),
+        other => panic!("{other:?}"),
+    }
+
+    // The fetcher: a certified checkpoint above its height, no block.
+    let mut fetcher = replica(0);
+    let value = Checkpoint {
+        seq: SeqNum(64),
+        block_hash: Digest([3; 32]),
+    };
+    let votes = (0..3)
+        .map(|i| crate::certificate::Vote {
+            signer: NodeId(i),
+            signature: signed(i, value.clone()).signature,
+        })
+        .collect();
+    let answer = signed(
+        1,
+        crate::message::Blocks {
+            blocks: Vec::new(),
+            checkpoint: QuorumCertificate { value, votes },
+        },
+    );
+    fetcher.on_blocks(answer);
+    assert!(fetcher.status().needs_snapshot);
+    assert_eq!(fetcher.metrics().fetches_refused_pruned, 1);
+    // A block executing clears it.
+    fetcher.execute_block(blocks[0].clone(), None, None);
+    assert!(!fetcher.status().needs_snapshot);
+}
