@@ -150,9 +150,16 @@ pub fn explain_start_error(
              public address is not on an interface, set listen = \"0.0.0.0:PORT\" and keep \
              the public address in the cluster file",
         ),
-        StartError::Metrics { address, .. } => (
+        StartError::Metrics { address, source } => (
             format!("metrics = \"{address}\""),
-            "choose a free port on one of this host's addresses, or remove `metrics`",
+            if source.kind() == std::io::ErrorKind::AddrNotAvailable {
+                "the address must be one of this host's: behind NAT or on a cloud host, use \
+                 0.0.0.0:PORT or the private address (and keep the port firewalled: /status and \
+                 /evidence are public there)"
+            } else {
+                "another process has this TCP port: is this node already running? Choose a free \
+                 port, or remove `metrics`"
+            },
         ),
         StartError::DataDir { .. }
         | StartError::NoStore { .. }
