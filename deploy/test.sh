@@ -83,11 +83,13 @@ cluster="$work/cluster/cluster.toml"
 user=10001:10001
 if [[ "$(id -u)" == 0 ]]; then chown -R "$user" "$work"/cluster/node*; else user="$(id -u):$(id -g)"; fi
 for i in 0 1 2 3; do
-    containers[$i]="$(docker run -d --name "$tag-node$i" --label "$tag" --user "$user" \
+    containers[$i]="$(docker create --name "$tag-node$i" --label "$tag" --user "$user" \
         --network "$network" --ip "${ips[$i]}" --stop-timeout 20 \
         -v "$work/cluster/node$i:/config:ro" -v "$work/cluster/node$i/data:/data" \
         "$image_id")"
 done
+# All four at once, as a cluster is usually started.
+docker start "${containers[@]}" >/dev/null
 
 # --- helpers (the host reaches the containers' addresses on the bridge)
 status() { # node -> /status JSON, or nothing
