@@ -151,6 +151,19 @@ pub enum LoadError {
         /// What is wrong.
         source: crate::transport::ConfigError,
     },
+    /// A file the node file names cannot be loaded: names the node file
+    /// and the field that names it.
+    #[error("{node_file}: {field} = \"{value}\": {source}")]
+    Referenced {
+        /// The node file.
+        node_file: PathBuf,
+        /// The field ("key_file", "cluster_file").
+        field: &'static str,
+        /// The value as written in the node file.
+        value: String,
+        /// Why it could not be loaded.
+        source: Box<LoadError>,
+    },
     /// The peers section is invalid.
     #[error("[peers] in {path}: {reason}")]
     Peers {
@@ -564,8 +577,18 @@ impl NodeConfig {
         let file = NodeFile::parse(&text, path)?;
         let key_file = resolve(path, &file.key_file);
         let cluster_file = resolve(path, &file.cluster_file);
-        let key = read_key(&key_file)?;
-        let cluster = Cluster::load(&cluster_file)?;
+        let referenced = |field, value: &Path| {
+            let value = value.display().to_string();
+            move |source| LoadError::Referenced {
+                node_file: path.to_owned(),
+                field,
+                value,
+                source: Box::new(source),
+            }
+        };
+        let key = read_key(&key_file).map_err(referenced("key_file", &file.key_file))?;
+        let cluster =
+            Cluster::load(&cluster_file).map_err(referenced("cluster_file", &file.cluster_file))?;
         NodeConfig::from_file(file, path, key, cluster)
     }
 
@@ -738,6 +761,35 @@ fn read(path: &Path) -> Result<String, LoadError> {
     })
 }
 
+/// The environment variable client commands read the cluster file's path
+/// from when no `--cluster` is given.
+pub const CLUSTER_ENV: &str = "BFTD_CLUSTER";
+
+/// The cluster file a client command uses: `--cluster` if given, else
+/// `$BFTD_CLUSTER`, else `./cluster.toml` if there is one (a node
+/// directory made by `bftnet init`), else `testnet-data/cluster.toml`
+/// (`bftnet up`'s).
+pub fn find_cluster_file(explicit: Option<&Path>) -> PathBuf {
+    choose_cluster_file(
+        explicit,
+        std::env::var_os(CLUSTER_ENV),
+        Path::new("cluster.toml").is_file(),
+    )
+}
+
+fn choose_cluster_file(
+    explicit: Option<&Path>,
+    env: Option<std::ffi::OsString>,
+    here: bool,
+) -> PathBuf {
+    match (explicit, env) {
+        (Some(path), _) => path.to_owned(),
+        (None, Some(path)) if !path.is_empty() => PathBuf::from(path),
+        _ if here => PathBuf::from("cluster.toml"),
+        _ => PathBuf::from("testnet-data/cluster.toml"),
+    }
+}
+
 /// Reads a secret key file written by `bftd keygen`.
 pub fn read_key(path: &Path) -> Result<KeyPair, LoadError> {
     let text = zeroize::Zeroizing::new(read(path)?);
@@ -879,6 +931,49 @@ mod tests {
                 (other, _) => panic!("{section}: {:?}", other.map(|c| c.clients)),
             }
         }
+    }
+
+    /// A missing key file or cluster file is reported with the node file
+    /// and the field that names it.
+    #[test]
+    fn missing_files_name_the_field() {
+        let dir = node0_dir();
+        let node = |key: &str, cluster: &str| {
+            format!(
+                "id = 0\nkey_file = \"{key}\"\ncluster_file = \"{cluster}\"\ndata_dir = \"data\"\n"
+            )
+        };
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, node("missing.key", "cluster.toml")).unwrap();
+        let error = NodeConfig::load(&path).unwrap_err().to_string();
+        assert!(
+            error.contains("node.toml: key_file = \"missing.key\": cannot read"),
+            "{error}"
+        );
+        std::fs::write(&path, node("node0.key", "nowhere.toml")).unwrap();
+        let error = NodeConfig::load(&path).unwrap_err().to_string();
+        assert!(
+            error.contains("node.toml: cluster_file = \"nowhere.toml\": cannot read"),
+            "{error}"
+        );
+    }
+
+    /// Client commands find the cluster file: the flag, then the
+    /// environment, then ./cluster.toml, then bftnet up's.
+    #[test]
+    fn cluster_file_discovery() {
+        let flag = Some(Path::new("a.toml"));
+        let env = || Some(std::ffi::OsString::from("b.toml"));
+        assert_eq!(choose_cluster_file(flag, env(), true), Path::new("a.toml"));
+        assert_eq!(choose_cluster_file(None, env(), true), Path::new("b.toml"));
+        assert_eq!(
+            choose_cluster_file(None, None, true),
+            Path::new("cluster.toml")
+        );
+        assert_eq!(
+            choose_cluster_file(None, Some("".into()), false),
+            Path::new("testnet-data/cluster.toml")
+        );
     }
 
     /// A directory with a 4-node cluster file and node 0's key.

@@ -15,11 +15,14 @@
 pub mod client;
 pub mod client_api;
 pub mod config;
+pub mod health;
 pub mod runtime;
 pub mod storage;
 pub mod transport;
 
-pub use runtime::{init, start, Application, NodeHandle, NodeStopped, StartError};
+pub use runtime::{
+    explain_start_error, init, start, Application, NodeHandle, NodeStopped, StartError,
+};
 
 /// Runs `main` on a multi-threaded tokio runtime and makes its result the
 /// process's exit status, printing an error as `error: ...`: the `main` of

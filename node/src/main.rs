@@ -102,6 +102,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Ask a node's /healthz and exit 0 if it answers 200 (running, with
+    /// a quorum of peers in touch), 1 otherwise, printing its answer.
+    ///
+    /// For container health checks and supervisors where there is no
+    /// curl: `bftd health --config node.toml` asks the node file's
+    /// `metrics` address (a node listening on every interface, 0.0.0.0, is
+    /// asked on loopback); `--address` asks another. Gives up after 3 s.
+    Health {
+        /// The node file whose `metrics` address to ask.
+        #[arg(long, required_unless_present = "address")]
+        config: Option<PathBuf>,
+        /// The metrics address to ask instead (HOST:PORT).
+        #[arg(long, conflicts_with = "config")]
+        address: Option<std::net::SocketAddr>,
+    },
     /// Show a node's view, height and pending requests.
     Status {
         #[command(flatten)]
@@ -127,9 +142,11 @@ fn print_line(line: &str) -> Result<bool, String> {
 
 #[derive(clap::Args, Debug)]
 struct Target {
-    /// The cluster file (node ids, addresses, public keys).
-    #[arg(long, default_value = "testnet-data/cluster.toml")]
-    cluster: PathBuf,
+    /// The cluster file (node ids, addresses, public keys) [default:
+    /// $BFTD_CLUSTER, else ./cluster.toml if present (a node directory),
+    /// else testnet-data/cluster.toml].
+    #[arg(long)]
+    cluster: Option<PathBuf>,
     /// Which node to talk to.
     #[arg(long, default_value_t = 0)]
     node: u16,
@@ -163,9 +180,10 @@ async fn run(cli: Cli) -> Result<(), String> {
             );
             Ok(())
         }
-        Command::Init { config } => {
-            let config = NodeConfig::load(&config).map_err(|e| e.to_string())?;
-            let path = bftd::init(&config).map_err(|e| e.to_string())?;
+        Command::Init { config: file } => {
+            let config = NodeConfig::load(&file).map_err(|e| e.to_string())?;
+            let path =
+                bftd::init(&config).map_err(|e| bftd::explain_start_error(&file, &config, &e))?;
             eprintln!(
                 "created the store of node {} at {}; start it with `bftd run`",
                 config.id.0,
@@ -173,14 +191,15 @@ async fn run(cli: Cli) -> Result<(), String> {
             );
             Ok(())
         }
-        Command::Run { config, init } => {
-            let config = NodeConfig::load(&config).map_err(|e| e.to_string())?;
+        Command::Run { config: file, init } => {
+            let config = NodeConfig::load(&file).map_err(|e| e.to_string())?;
             bftd::init_logging(config.log_format);
+            let explain = |e: bftd::StartError| bftd::explain_start_error(&file, &config, &e);
             if init && !bftd::runtime::store_path(&config).exists() {
-                let path = bftd::init(&config).map_err(|e| e.to_string())?;
+                let path = bftd::init(&config).map_err(explain)?;
                 tracing::info!(store = %path.display(), "created a new store (--init)");
             }
-            let mut node = bftd::start(config, None).await.map_err(|e| e.to_string())?;
+            let mut node = bftd::start(config.clone(), None).await.map_err(explain)?;
             tokio::select! {
                 result = node.wait() => result.map_err(|e| format!("node stopped: {e}"))?,
                 _ = shutdown_signal() => {
@@ -254,6 +273,21 @@ async fn run(cli: Cli) -> Result<(), String> {
             }
             Ok(())
         }
+        Command::Health { config, address } => {
+            let address = match (address, config) {
+                (Some(address), _) => address,
+                (None, Some(path)) => health_address(&path)?,
+                (None, None) => return Err("give --config or --address".into()),
+            };
+            let (ok, answer) = bftd::health::check(address, std::time::Duration::from_secs(3))
+                .map_err(|e| format!("no answer from http://{address}/healthz: {e}"))?;
+            println!("{}", answer.trim_end());
+            if ok {
+                Ok(())
+            } else {
+                Err(format!("http://{address}/healthz: not healthy"))
+            }
+        }
         Command::Status { target, json } => {
             let client = connect(&target, None).await?;
             let status = client.status().await.map_err(|e| e.to_string())?;
@@ -292,8 +326,30 @@ async fn run(cli: Cli) -> Result<(), String> {
     }
 }
 
+/// The address `bftd health --config` asks: the node file's `metrics`,
+/// on loopback if the node listens on every interface.
+fn health_address(path: &std::path::Path) -> Result<std::net::SocketAddr, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let file = config::NodeFile::parse(&text, path).map_err(|e| e.to_string())?;
+    let Some(mut address) = file.metrics else {
+        return Err(format!(
+            "{}: no `metrics` address, so the node serves no /healthz: set metrics = \"HOST:PORT\"",
+            path.display()
+        ));
+    };
+    if address.ip().is_unspecified() {
+        address.set_ip(match address.ip() {
+            std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    Ok(address)
+}
+
 async fn connect(target: &Target, key: Option<PathBuf>) -> Result<Client, String> {
-    let cluster = Cluster::load(&target.cluster).map_err(|e| e.to_string())?;
+    let cluster_file = config::find_cluster_file(target.cluster.as_deref());
+    let cluster = Cluster::load(&cluster_file).map_err(|e| e.to_string())?;
     let key = match key {
         Some(path) => config::read_key(&path).map_err(|e| e.to_string())?,
         None => KeyPair::generate(&mut rand::rngs::OsRng),
@@ -304,7 +360,7 @@ async fn connect(target: &Target, key: Option<PathBuf>) -> Result<Client, String
             format!(
                 "cannot reach node {} ({}): {e}; try another --node",
                 target.node,
-                target.cluster.display()
+                cluster_file.display()
             )
         })
 }

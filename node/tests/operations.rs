@@ -307,3 +307,60 @@ fn submit_and_tail_speak_json() {
     assert!(status.success(), "tail ended with {status}: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// Start-up errors name the node file and the field to fix: a QUIC port
+/// another process holds (`listen`), a metrics port in use (`metrics`);
+/// `bftd health` asks /healthz as a container health check would (no
+/// quorum with one node of four: not healthy, with the node's reason).
+#[test]
+fn start_up_errors_name_the_file_and_field() {
+    let cluster = TestCluster::configure(4, RequestMode::ClientSigned, "");
+    let dir = cluster.path();
+    let path = cluster.node_file(0);
+    let config = path.to_str().unwrap();
+    cluster.init(0);
+
+    let address = cluster.cluster.addresses[0];
+    let holder = std::net::UdpSocket::bind(address).unwrap();
+    let stderr = refused(dir, &["run", "--config", config], "quic-in-use");
+    assert!(
+        stderr.contains("node0.toml: listen = \"127.0.0.1:")
+            && stderr.contains("already in use")
+            && stderr.contains("already running"),
+        "{stderr}"
+    );
+    drop(holder);
+
+    let metrics = cluster.metrics[0];
+    let holder = std::net::TcpListener::bind(metrics).unwrap();
+    let stderr = refused(dir, &["run", "--config", config], "metrics-in-use");
+    assert!(
+        stderr.contains(&format!("node0.toml: metrics = \"{metrics}\"")),
+        "{stderr}"
+    );
+    drop(holder);
+
+    let _node = spawn(dir, &["run", "--config", config], "alone");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let stderr = loop {
+        let outcome = run(
+            dir,
+            &["health", "--config", config],
+            "health",
+            Duration::from_secs(5),
+        );
+        match outcome {
+            Outcome::Exited(status, stderr)
+                if !status.success() && stderr.contains("not healthy") =>
+            {
+                break stderr
+            }
+            _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
+            outcome => panic!("bftd health: {outcome:?}"),
+        }
+    };
+    assert!(
+        stderr.contains(&format!("http://{metrics}/healthz")),
+        "{stderr}"
+    );
+}

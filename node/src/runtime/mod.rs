@@ -118,6 +118,65 @@ pub enum StartError {
     },
 }
 
+/// A start-up error as the operator should read it: the node file and
+/// the field in it to fix, then what went wrong and what to do.
+/// `node_file` is the file `config` was loaded from.
+pub fn explain_start_error(
+    node_file: &std::path::Path,
+    config: &NodeConfig,
+    error: &StartError,
+) -> String {
+    use crate::transport::TransportError;
+    let listen = || {
+        format!(
+            "listen = \"{}\"{}",
+            config.listen,
+            if config.cluster.address(config.id) == Some(config.listen) {
+                " (this node's cluster-file address: `listen` is not set)"
+            } else {
+                ""
+            }
+        )
+    };
+    let (field, hint) = match error {
+        StartError::Transport(TransportError::AddressInUse { .. }) => (
+            listen(),
+            "another process has this UDP port: is this node already running? Stop it, or \
+             choose another port (in the cluster file too, if peers dial it)",
+        ),
+        StartError::Transport(TransportError::Bind { .. }) => (
+            listen(),
+            "the address must be one of this host's: behind NAT or on a cloud host whose \
+             public address is not on an interface, set listen = \"0.0.0.0:PORT\" and keep \
+             the public address in the cluster file",
+        ),
+        StartError::Metrics { address, source } => (
+            format!("metrics = \"{address}\""),
+            if source.kind() == std::io::ErrorKind::AddrNotAvailable {
+                "the address must be one of this host's: behind NAT or on a cloud host, use \
+                 0.0.0.0:PORT or the private address (and keep the port firewalled: /status and \
+                 /evidence are public there)"
+            } else {
+                "another process has this TCP port: is this node already running? Choose a free \
+                 port, or remove `metrics`"
+            },
+        ),
+        StartError::DataDir { .. }
+        | StartError::NoStore { .. }
+        | StartError::StoreExists { .. } => {
+            (format!("data_dir = \"{}\"", config.data_dir.display()), "")
+        }
+        StartError::Byzantine { behaviour } => (format!("byzantine = \"{behaviour}\""), ""),
+        _ => return format!("{}: {error}", node_file.display()),
+    };
+    let hint = if hint.is_empty() {
+        String::new()
+    } else {
+        format!("; {hint}")
+    };
+    format!("{}: {field}: {error}{hint}", node_file.display())
+}
+
 /// What the tasks share.
 pub(crate) struct Shared {
     pub metrics: NodeMetrics,

@@ -298,6 +298,20 @@ pub async fn run(layout: &Layout, state: &State) -> Result<CheckReport, NetError
     Ok(compare(nodes, doubles))
 }
 
+/// Runs the check on every node of `cluster`, each over the client API
+/// (any cluster: no testnet directory, no stores to fall back on; a node
+/// that does not answer is reported and fails the check).
+pub async fn run_cluster(cluster: &Cluster) -> CheckReport {
+    let mut nodes = Vec::new();
+    let mut doubles = Vec::new();
+    for id in 0..cluster.committee.n() as u16 {
+        let reader = read_live(cluster, id).await;
+        doubles.extend(reader.doubles);
+        nodes.push(reader.log);
+    }
+    compare(nodes, doubles)
+}
+
 /// Compares the logs height by height.
 fn compare(nodes: Vec<NodeLog>, double_executions: Vec<String>) -> CheckReport {
     let longest = nodes

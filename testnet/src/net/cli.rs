@@ -49,6 +49,27 @@ pub enum NetCommand {
     ///   bftnet up --byzantine 0=collude --byzantine 1=collude --allow-unsafe
     #[command(verbatim_doc_comment)]
     Up(UpArgs),
+    /// Generate a cluster for real hosts: keys, the cluster file and one
+    /// directory per host, ready to copy.
+    ///
+    /// Node i gets the i-th address. OUT/nodeI/ holds node.toml, node.key,
+    /// a copy of cluster.toml and data/ with the node's store already
+    /// created (as `bftd init` does): copy it to host I and run `bftd run
+    /// --config node.toml` there. OUT/cluster.toml and OUT/client.key are
+    /// for clients. Each node listens on its advertised address, or on
+    /// every interface with --bind-all (hosts behind NAT, cloud hosts whose
+    /// public address is not on an interface); metrics listen on the same
+    /// address at --metrics-port. --compose also writes
+    /// OUT/docker-compose.yml running the cluster as containers on a
+    /// private network whose subnet is the hosts' /24. See
+    /// docs/operating.md.
+    ///
+    /// Examples:
+    ///   bftnet init --hosts 10.0.0.1,10.0.0.2,10.0.0.3,10.0.0.4 --out cluster
+    ///   bftnet init --hosts-file hosts.txt --bind-all --out cluster
+    ///   bftnet init --hosts 172.28.0.10,172.28.0.11,172.28.0.12,172.28.0.13 --compose --out c
+    #[command(verbatim_doc_comment)]
+    Init(InitArgs),
     /// Show every node: up or down, height, view, primary, behaviour.
     ///
     /// Examples:
@@ -92,6 +113,10 @@ pub enum NetCommand {
     Load {
         #[command(flatten)]
         dir: DirArg,
+        /// Load any cluster from its cluster file instead of a testnet
+        /// directory (every node, e.g. containers or real hosts).
+        #[arg(long, value_name = "FILE")]
+        cluster: Option<PathBuf>,
         /// Requests per second.
         #[arg(long, default_value_t = 100.0)]
         rate: f64,
@@ -258,6 +283,11 @@ pub enum NetCommand {
     Check {
         #[command(flatten)]
         dir: DirArg,
+        /// Check any cluster from its cluster file instead of a testnet
+        /// directory: every node's log over the client API (a node that
+        /// does not answer fails the check).
+        #[arg(long, value_name = "FILE")]
+        cluster: Option<PathBuf>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -345,6 +375,44 @@ pub struct UpArgs {
     /// How long nodes may take to become healthy.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     timeout: Duration,
+}
+
+/// `bftnet init`'s options.
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// Every node's address, in id order: IP or IP:PORT, comma-separated.
+    #[arg(
+        long,
+        value_name = "ADDRS",
+        required_unless_present = "hosts_file",
+        conflicts_with = "hosts_file"
+    )]
+    hosts: Option<String>,
+    /// A file of addresses as --hosts, one or more per line (`#` comments).
+    #[arg(long, value_name = "FILE")]
+    hosts_file: Option<PathBuf>,
+    /// The QUIC port of addresses given without one.
+    #[arg(long, default_value_t = 7000)]
+    port: u16,
+    /// Every node's metrics port (/metrics, /status, /healthz, /evidence);
+    /// nodes sharing an IP get consecutive ports from it.
+    #[arg(long, default_value_t = 9100)]
+    metrics_port: u16,
+    /// Listen on 0.0.0.0 while advertising the host's address.
+    #[arg(long)]
+    bind_all: bool,
+    /// Also write docker-compose.yml for the cluster on a private network.
+    #[arg(long)]
+    compose: bool,
+    /// The image the compose file runs (override with $BFTD_IMAGE).
+    #[arg(long, default_value = "bftd:local", requires = "compose")]
+    image: String,
+    /// How requests are authenticated.
+    #[arg(long, value_enum, default_value = "client-signed")]
+    request_mode: ModeArg,
+    /// The directory to create (absent or empty).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
 }
 
 /// `bftnet bench`'s options.
@@ -549,10 +617,63 @@ async fn dispatch(command: NetCommand) -> Result<ExitCode, NetError> {
             })
             .await?;
         }
+        NetCommand::Init(args) => {
+            let text = match (&args.hosts, &args.hosts_file) {
+                (Some(hosts), _) => hosts.clone(),
+                (None, Some(file)) => {
+                    std::fs::read_to_string(file).map_err(NetError::io("read", file))?
+                }
+                (None, None) => String::new(),
+            };
+            let hosts = super::init::parse_hosts(&text, args.port).map_err(|reason| {
+                NetError::BadArgument {
+                    flag: if args.hosts.is_some() {
+                        "--hosts"
+                    } else {
+                        "--hosts-file"
+                    },
+                    value: text.trim().to_string(),
+                    reason,
+                }
+            })?;
+            let out = args.out.clone();
+            let cluster = super::init::init(&super::init::InitOptions {
+                hosts: hosts.clone(),
+                metrics_port: args.metrics_port,
+                bind_all: args.bind_all,
+                compose: args.compose,
+                image: args.image,
+                request_mode: match args.request_mode {
+                    ModeArg::ClientSigned => RequestMode::ClientSigned,
+                    ModeArg::ConnectionAuthenticated => RequestMode::ConnectionAuthenticated,
+                },
+                out: out.clone(),
+            })?;
+            println!("cluster file: {}", cluster.display());
+            for (id, host) in hosts.iter().enumerate() {
+                println!(
+                    "node {id}: copy {} to {} and run `bftd run --config node.toml` there",
+                    super::init::node_dir(&out, id as u16).display(),
+                    host.ip()
+                );
+            }
+            if args.compose {
+                println!(
+                    "compose: {} (build the image with deploy/build-image.sh)",
+                    out.join("docker-compose.yml").display()
+                );
+            }
+            println!(
+                "clients: bftd submit --cluster {} --key {} hello",
+                cluster.display(),
+                out.join("client.key").display()
+            );
+        }
         NetCommand::Status { dir, json } => commands::status(&dir.dir, json).await?,
         NetCommand::Submit { dir, payloads } => commands::submit(&dir.dir, &payloads).await?,
         NetCommand::Load {
             dir,
+            cluster,
             rate,
             duration,
             size,
@@ -576,6 +697,7 @@ async fn dispatch(command: NetCommand) -> Result<ExitCode, NetError> {
             }
             commands::load(
                 &dir.dir,
+                cluster.as_deref(),
                 LoadArgs {
                     rate,
                     duration,
@@ -675,8 +797,8 @@ async fn dispatch(command: NetCommand) -> Result<ExitCode, NetError> {
         }
         NetCommand::Partition { dir, spec } => commands::partition(&dir.dir, &spec).await?,
         NetCommand::Heal { dir } => commands::heal(&dir.dir).await?,
-        NetCommand::Check { dir, json } => {
-            let report = commands::check(&dir.dir, json).await?;
+        NetCommand::Check { dir, cluster, json } => {
+            let report = commands::check(&dir.dir, cluster.as_deref(), json).await?;
             if !report.ok() {
                 return Ok(ExitCode::FAILURE);
             }

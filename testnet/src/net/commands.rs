@@ -728,19 +728,37 @@ pub struct LoadArgs {
 }
 
 /// `bftnet load`.
-pub async fn load(dir: &Path, args: LoadArgs) -> Result<LoadReport, NetError> {
-    let layout = Layout::new(dir);
-    let state = State::load(&layout)?;
-    let cluster = Cluster::load(&layout.cluster())?;
-    let targets: Vec<u16> = state
-        .nodes
-        .iter()
-        .filter(|node| node.honest() && node_alive(&layout, &state, node.id))
-        .map(|node| node.id)
-        .collect();
-    if targets.is_empty() {
-        return Err(NetError::NoHealthyNode { dir: layout.dir });
-    }
+///
+/// With `cluster_file`, loads every node of that cluster (no testnet
+/// directory: containers, real hosts); clients reconnect to nodes that
+/// are down.
+pub async fn load(
+    dir: &Path,
+    cluster_file: Option<&Path>,
+    args: LoadArgs,
+) -> Result<LoadReport, NetError> {
+    let (cluster, targets) = match cluster_file {
+        Some(path) => {
+            let cluster = Cluster::load(path)?;
+            let targets = (0..cluster.committee.n() as u16).collect();
+            (cluster, targets)
+        }
+        None => {
+            let layout = Layout::new(dir);
+            let state = State::load(&layout)?;
+            let cluster = Cluster::load(&layout.cluster())?;
+            let targets: Vec<u16> = state
+                .nodes
+                .iter()
+                .filter(|node| node.honest() && node_alive(&layout, &state, node.id))
+                .map(|node| node.id)
+                .collect();
+            if targets.is_empty() {
+                return Err(NetError::NoHealthyNode { dir: layout.dir });
+            }
+            (cluster, targets)
+        }
+    };
     let options = LoadOptions {
         rate: args.rate,
         duration: Some(args.duration),
@@ -1017,10 +1035,22 @@ pub async fn heal(dir: &Path) -> Result<(), NetError> {
 }
 
 /// `bftnet check`: prints the verdict; `Ok(true)` when everything holds.
-pub async fn check(dir: &Path, json: bool) -> Result<CheckReport, NetError> {
-    let layout = Layout::new(dir);
-    let state = State::load(&layout)?;
-    let report = check::run(&layout, &state).await?;
+///
+/// With `cluster_file`, checks every node of that cluster over the client
+/// API (no testnet directory: containers, real hosts).
+pub async fn check(
+    dir: &Path,
+    cluster_file: Option<&Path>,
+    json: bool,
+) -> Result<CheckReport, NetError> {
+    let report = match cluster_file {
+        Some(path) => check::run_cluster(&Cluster::load(path)?).await,
+        None => {
+            let layout = Layout::new(dir);
+            let state = State::load(&layout)?;
+            check::run(&layout, &state).await?
+        }
+    };
     if json {
         println!(
             "{}",

@@ -16,6 +16,7 @@
 //!   latency and the nodes their memory bounds;
 //! - [`check`]: the safety check of honest logs;
 //! - [`live`]: `status` and the live status line;
+//! - [`init`]: `bftnet init`, a cluster for real hosts (and compose);
 //! - [`commands`]: the subcommands themselves.
 
 pub mod attack;
@@ -25,6 +26,7 @@ pub mod check;
 pub mod cli;
 pub mod commands;
 mod error;
+pub mod init;
 pub mod launch;
 pub mod layout;
 pub mod live;
