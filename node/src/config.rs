@@ -179,6 +179,10 @@ pub struct ClusterNode {
     pub address: SocketAddr,
     /// Its Ed25519 public key, 64 hex digits.
     pub public_key: String,
+    /// Where it serves gRPC (`host:port`), if it does: for clients to find
+    /// it (docs/client-protocol.md section 9). Nodes do not use it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<String>,
 }
 
 /// The cluster file.
@@ -303,6 +307,7 @@ impl Cluster {
                     id: id as u16,
                     address: *address,
                     public_key: key.to_string(),
+                    grpc: None,
                 })
                 .collect(),
         }
@@ -361,6 +366,19 @@ pub struct NodeFile {
     /// What peers may make this node do for them.
     #[serde(default)]
     pub peers: PeersConfig,
+    /// The gRPC API (`[grpc] listen = "127.0.0.1:PORT"`); off if absent.
+    #[serde(default)]
+    pub grpc: Option<GrpcConfig>,
+}
+
+/// The `[grpc]` section of a node file: serve the gRPC client API
+/// (proto/bftd.proto) on `listen`, plaintext HTTP/2, client-signed requests
+/// only (docs/client-protocol.md section 9).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcConfig {
+    /// The TCP address to listen on (loopback unless clients are remote).
+    pub listen: SocketAddr,
 }
 
 /// The `[connections]` section of a node file: how many connections and
@@ -525,6 +543,8 @@ pub struct NodeConfig {
     pub connections: crate::transport::ConnectionLimits,
     /// Work for peers.
     pub peers: PeersConfig,
+    /// The gRPC address, if the node serves gRPC.
+    pub grpc: Option<SocketAddr>,
 }
 
 impl NodeConfig {
@@ -642,6 +662,7 @@ impl NodeConfig {
             clients: file.clients,
             connections,
             peers: file.peers,
+            grpc: file.grpc.map(|grpc| grpc.listen),
         })
     }
 }
@@ -736,6 +757,7 @@ mod tests {
                     id: i as u16,
                     address: format!("127.0.0.1:{}", 7000 + i).parse().unwrap(),
                     public_key: KeyPair::from_seed([i as u8 + 1; 32]).public().to_string(),
+                    grpc: None,
                 })
                 .collect(),
         }
@@ -794,6 +816,14 @@ mod tests {
             "keygen never overwrites a key"
         );
         assert_eq!(config.clients.reply_queue, 4096, "the default");
+        assert_eq!(config.grpc, None, "gRPC is off by default");
+        let grpc = format!(
+            "{}\n[grpc]\nlisten = \"127.0.0.1:50051\"\n",
+            node("node0.key")
+        );
+        std::fs::write(dir.path().join("grpc.toml"), grpc).unwrap();
+        let with_grpc = NodeConfig::load(&dir.path().join("grpc.toml")).unwrap();
+        assert_eq!(with_grpc.grpc, Some("127.0.0.1:50051".parse().unwrap()));
 
         let with_clients = |section: &str| format!("{}\n[clients]\n{section}\n", node("node0.key"));
         std::fs::write(dir.path().join("q8.toml"), with_clients("reply_queue = 8")).unwrap();

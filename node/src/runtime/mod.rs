@@ -15,6 +15,7 @@ mod clients;
 mod consensus;
 mod durable;
 mod fetch;
+mod grpc;
 mod http;
 mod ingress;
 mod intercept;
@@ -68,6 +69,14 @@ pub enum StartError {
     /// The metrics address could not be bound.
     #[error("cannot listen for metrics on {address}: {source}")]
     Metrics {
+        /// The address.
+        address: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The gRPC address could not be bound.
+    #[error("cannot listen for gRPC on {address} (the node file's [grpc] listen): {source}")]
+    Grpc {
         /// The address.
         address: SocketAddr,
         /// Why.
@@ -223,6 +232,7 @@ pub struct NodeHandle {
     transport: Transport,
     listen: SocketAddr,
     metrics: Option<SocketAddr>,
+    grpc: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for NodeHandle {
@@ -245,6 +255,11 @@ impl NodeHandle {
     /// The HTTP metrics address, if any.
     pub fn metrics_address(&self) -> Option<SocketAddr> {
         self.metrics
+    }
+
+    /// The gRPC address, if any (`[grpc] listen`).
+    pub fn grpc_address(&self) -> Option<SocketAddr> {
+        self.grpc
     }
 
     /// Prometheus text of the node's metrics.
@@ -381,6 +396,15 @@ pub async fn start_with(
         None => None,
     };
     let metrics_address = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let grpc_listener = match config.grpc {
+        Some(address) => Some(
+            grpc::bind(address)
+                .await
+                .map_err(|source| StartError::Grpc { address, source })?,
+        ),
+        None => None,
+    };
+    let grpc_address = grpc_listener.as_ref().and_then(|l| l.local_addr().ok());
     let peers = committee
         .public_keys()
         .into_iter()
@@ -481,7 +505,7 @@ pub async fn start_with(
             "clients",
             tokio::spawn(clients::accept(
                 client_connections,
-                inputs_tx,
+                inputs_tx.clone(),
                 shared.clone(),
                 storage.clone(),
                 height.clone(),
@@ -490,6 +514,16 @@ pub async fn start_with(
     ];
     if let Some(listener) = metrics_listener {
         tasks.push(("http", tokio::spawn(http::serve(listener, shared.clone()))));
+    }
+    if let Some(listener) = grpc_listener {
+        let serve = grpc::serve(
+            listener,
+            inputs_tx,
+            shared.clone(),
+            storage.clone(),
+            height.clone(),
+        );
+        tasks.push(("grpc", tokio::spawn(serve)));
     }
     if let Some((application, from)) = application {
         let read: ReadBlocks = Arc::new(move |from| storage.blocks_from(from, 64));
@@ -511,6 +545,7 @@ pub async fn start_with(
         f = committee.f(),
         %listen,
         metrics = ?metrics_address,
+        grpc = ?grpc_address,
         mode = ?config.protocol.request_mode,
         "node started"
     );
@@ -523,6 +558,7 @@ pub async fn start_with(
         transport,
         listen,
         metrics: metrics_address,
+        grpc: grpc_address,
     })
 }
 
