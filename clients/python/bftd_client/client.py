@@ -251,7 +251,11 @@ class Client:
 
     def status(self) -> "bftd_pb2.NodeStatus":
         """The node's status: unverified advice (to pick `valid_until`)."""
-        return self._stub.Status(bftd_pb2.StatusRequest(), timeout=self.timeout)
+        # wait_for_ready: a node just started may not listen yet (bounded by
+        # the timeout).
+        return self._stub.Status(
+            bftd_pb2.StatusRequest(), timeout=self.timeout, wait_for_ready=True
+        )
 
     def sign(self, payload: bytes, valid_until: Optional[int] = None) -> Request:
         """A signed request for `payload` with a fresh id; `valid_until`
