@@ -15,6 +15,9 @@
 //! [protocol]                      # optional: every field has a default
 //! request_mode = "client-signed"  # or "connection-authenticated"
 //! max_batch_requests = 1000
+//!
+//! [grpc]                          # optional: the gRPC API (docs/client-protocol.md §9)
+//! listen = "127.0.0.1:50051"
 //! ```
 //!
 //! ```toml
@@ -23,6 +26,7 @@
 //! id = 0
 //! address = "127.0.0.1:7000"
 //! public_key = "3b6a27bc..."
+//! grpc = "127.0.0.1:50051"        # optional: where clients find its gRPC API
 //! ```
 
 use bftd_crypto::{KeyPair, PublicKey};

@@ -48,6 +48,7 @@ pub(crate) struct Queued {
     _bytes: Option<OwnedSemaphorePermit>,
 }
 
+#[cfg(feature = "grpc")]
 impl Queued {
     /// The reply.
     pub(crate) fn message(&self) -> &NodeMessage {

@@ -15,6 +15,7 @@ mod clients;
 mod consensus;
 mod durable;
 mod fetch;
+#[cfg(feature = "grpc")]
 mod grpc;
 mod http;
 mod ingress;
@@ -396,6 +397,7 @@ pub async fn start_with(
         None => None,
     };
     let metrics_address = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+    #[cfg(feature = "grpc")]
     let grpc_listener = match config.grpc {
         Some(address) => Some(
             grpc::bind(address)
@@ -404,7 +406,20 @@ pub async fn start_with(
         ),
         None => None,
     };
+    #[cfg(feature = "grpc")]
     let grpc_address = grpc_listener.as_ref().and_then(|l| l.local_addr().ok());
+    #[cfg(not(feature = "grpc"))]
+    let grpc_address: Option<SocketAddr> = match config.grpc {
+        Some(address) => {
+            return Err(StartError::Grpc {
+                address,
+                source: std::io::Error::other(
+                    "this bftd was built without the `grpc` cargo feature",
+                ),
+            })
+        }
+        None => None,
+    };
     let peers = committee
         .public_keys()
         .into_iter()
@@ -515,6 +530,7 @@ pub async fn start_with(
     if let Some(listener) = metrics_listener {
         tasks.push(("http", tokio::spawn(http::serve(listener, shared.clone()))));
     }
+    #[cfg(feature = "grpc")]
     if let Some(listener) = grpc_listener {
         let serve = grpc::serve(
             listener,

@@ -1,14 +1,17 @@
-//! Committed tx/s and latency through the gRPC API from Rust, every
-//! receipt verified (BENCHMARKS.md, "Client APIs"): keeps `WINDOW` requests
-//! in flight on one `Submit` stream per node, for `SECONDS`, and prints
-//! committed tx/s and the p50/p99 of submit → verified receipt.
+//! Committed tx/s and latency from Rust through the gRPC API or the QUIC
+//! client library, every receipt verified (BENCHMARKS.md, "Client APIs"):
+//! keeps `WINDOW` requests in flight per node (gRPC: on one `Submit`
+//! stream; QUIC: `WINDOW` tasks sharing one `Client`), for `SECONDS`, and
+//! prints committed tx/s and the p50/p99 of submit → verified receipt.
 //!
 //! ```text
-//! cargo run --release -p bftd --example grpc_load -- testnet-data/cluster.toml [SECONDS] [WINDOW] [NODES...]
+//! cargo run --release -p bftd --example client_load -- testnet-data/cluster.toml SECONDS WINDOW grpc|quic [NODES...]
 //! ```
 //!
-//! The cluster file must give each node's `grpc` address (`bftnet up`
-//! writes them).
+//! gRPC dials each node's `grpc` address from the cluster file (`bftnet up`
+//! writes them). QUIC dials each node's own `listen` address from its node
+//! file beside the cluster file (`nodeID.toml`, as bftnet writes them), so
+//! neither path goes through bftnet's fault proxy.
 
 use bftd::client_api::VerifiedCertificates;
 use bftd::config::{Cluster, ClusterFile};
@@ -30,8 +33,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(|| "testnet-data/cluster.toml".into());
     let seconds: f64 = args.get(2).map_or(Ok(10.0), |s| s.parse())?;
     let window: usize = args.get(3).map_or(Ok(500), |s| s.parse())?;
-    let nodes: Vec<u16> = if args.len() > 4 {
-        args[4..]
+    let quic = args.get(4).is_some_and(|mode| mode == "quic");
+    let nodes: Vec<u16> = if args.len() > 5 {
+        args[5..]
             .iter()
             .map(|s| s.parse())
             .collect::<Result<_, _>>()?
@@ -43,6 +47,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let duration = Duration::from_secs_f64(seconds);
     let mut tasks = Vec::new();
     for node in nodes {
+        if quic {
+            let dir = std::path::Path::new(&path)
+                .parent()
+                .unwrap_or(std::path::Path::new("."));
+            let config = bftd::config::NodeConfig::load(&dir.join(format!("node{node}.toml")))?;
+            let mut direct = cluster.clone();
+            direct.addresses[usize::from(node)] = config.listen;
+            tasks.push(tokio::spawn(async move {
+                quic_load(direct, node, duration, window).await
+            }));
+            continue;
+        }
         let address = file
             .nodes
             .iter()
@@ -68,7 +84,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .map_or(f64::NAN, |d: &Duration| d.as_secs_f64() * 1000.0)
     };
     println!(
-        "rust gRPC: {:.0} tx/s committed (verified), p50 {:.1} ms, p99 {:.1} ms, {} rejected",
+        "rust {}: {:.0} tx/s committed (verified), p50 {:.1} ms, p99 {:.1} ms, {} rejected or failed",
+        if quic { "QUIC" } else { "gRPC" },
         latencies.len() as f64 / seconds,
         pct(0.50),
         pct(0.99),
@@ -148,4 +165,39 @@ async fn stream(cluster: Cluster, endpoint: String, duration: Duration, window: 
         }
     }
     Ok((latencies, rejected))
+}
+
+/// `window` tasks submitting through one QUIC client, each waiting for its
+/// verified receipt before the next.
+async fn quic_load(cluster: Cluster, node: u16, duration: Duration, window: usize) -> Outcome {
+    let key = KeyPair::generate(&mut rand::rngs::OsRng);
+    let client = std::sync::Arc::new(
+        bftd::client::Client::connect(&cluster, bftd_protocol::NodeId(node), key).await?,
+    );
+    let deadline = Instant::now() + duration;
+    let mut workers = Vec::new();
+    for _ in 0..window {
+        let client = client.clone();
+        workers.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut failed = 0;
+            while Instant::now() < deadline {
+                let sent = Instant::now();
+                match client.submit(vec![0; PAYLOAD_BYTES]).await {
+                    Ok(_) if Instant::now() <= deadline => latencies.push(sent.elapsed()),
+                    Ok(_) => {}
+                    Err(_) => failed += 1,
+                }
+            }
+            (latencies, failed)
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut failed = 0;
+    for worker in workers {
+        let (mut l, f) = worker.await?;
+        latencies.append(&mut l);
+        failed += f;
+    }
+    Ok((latencies, failed))
 }
