@@ -103,12 +103,13 @@ async fn stream(cluster: Cluster, endpoint: String, duration: Duration, window: 
         .max_decoding_message_size(usize::MAX);
     let status = client.status(v1::StatusRequest {}).await?.into_inner();
     let lifetime = cluster.protocol.request_lifetime;
-    let valid_until = SeqNum(status.height + lifetime / 2);
+    // Moved forward with every receipt: a long run passes many heights.
+    let mut valid_until = SeqNum(status.height + lifetime / 2);
     let key = KeyPair::generate(&mut rand::rngs::OsRng);
     let mut next_id = rand::random::<u64>() >> 1;
     let (requests, outgoing) = mpsc::channel(window * 2);
     let mut sent: HashMap<u64, (Instant, SignedRequest)> = HashMap::new();
-    let mut send_one = |sent: &mut HashMap<u64, (Instant, SignedRequest)>| {
+    let mut send_one = |sent: &mut HashMap<u64, (Instant, SignedRequest)>, valid_until: SeqNum| {
         next_id += 1;
         let request = Request {
             client: key.public(),
@@ -124,7 +125,7 @@ async fn stream(cluster: Cluster, endpoint: String, duration: Duration, window: 
         })
     };
     for _ in 0..window {
-        send_one(&mut sent)?;
+        send_one(&mut sent, valid_until)?;
     }
     let mut replies = client
         .submit(tokio_stream::wrappers::ReceiverStream::new(outgoing))
@@ -144,6 +145,7 @@ async fn stream(cluster: Cluster, endpoint: String, duration: Duration, window: 
                 let receipt = bftd::grpc::receipt_from_proto(receipt)?;
                 receipt.verify_inclusion(&request, lifetime)?;
                 let pair = (receipt.height, receipt.batch_digest);
+                valid_until = valid_until.max(SeqNum(receipt.height.0 + lifetime / 2));
                 if !certified.contains(pair) {
                     receipt.verify_certificate(&cluster.committee)?;
                     certified.insert(pair);
@@ -159,7 +161,7 @@ async fn stream(cluster: Cluster, endpoint: String, duration: Duration, window: 
             None => continue,
         }
         if now < deadline {
-            send_one(&mut sent)?;
+            send_one(&mut sent, valid_until)?;
         } else if sent.is_empty() || now > deadline + Duration::from_secs(5) {
             break;
         }

@@ -28,7 +28,10 @@ from bftd_client.v1 import bftd_pb2, bftd_pb2_grpc
 def run_stream(client: Client, duration: float, window: int, size: int, out: List[float], counts: Dict[str, int]) -> None:
     """One Submit stream: refills the window as verified receipts arrive."""
     stub = bftd_pb2_grpc.OrderingStub(client._channel)
-    valid_until = client.status().height + client.committee.request_lifetime // 2
+    half_life = client.committee.request_lifetime // 2
+    # A list so send_one sees updates: moved forward with every receipt, as
+    # a long run passes many heights (a fixed one would expire).
+    valid_until = [client.status().height + half_life]
     outgoing: "queue.Queue" = queue.Queue()
     sent: Dict[int, Tuple[float, object]] = {}
     certified = CertifiedCache()
@@ -36,7 +39,7 @@ def run_stream(client: Client, duration: float, window: int, size: int, out: Lis
     deadline = time.monotonic() + duration
 
     def send_one() -> None:
-        request = client.sign(payload, valid_until)
+        request = client.sign(payload, valid_until[0])
         sent[request.request_id] = (time.monotonic(), request)
         outgoing.put(bftd_pb2.SubmitRequest(signed_request=request.signed_bytes()))
 
@@ -58,6 +61,7 @@ def run_stream(client: Client, duration: float, window: int, size: int, out: Lis
                 if entry is None:
                     continue
                 verify_receipt(client.committee, entry[1], reply.receipt, certified)
+                valid_until[0] = max(valid_until[0], reply.receipt.height + half_life)
                 if now <= deadline:
                     out.append(now - entry[0])
                     counts["committed"] += 1
