@@ -38,6 +38,9 @@ const OUT_QUEUE: usize = 64;
 /// queue: a block leaves the queue's byte bound when it moves here, so
 /// this stays tiny (a block may be as large as a batch).
 const DELIVER_OUT_QUEUE: usize = 1;
+/// gRPC connections held at once: the next waits in the kernel's backlog
+/// until one closes (QUIC's `[connections]` slots do not cover TCP).
+const MAX_CONNECTIONS: usize = 1024;
 /// Concurrent calls per HTTP/2 connection: a client needs one `Submit`, one
 /// `Deliver` and the odd `Status`; more only multiply its queues.
 const MAX_STREAMS_PER_CONNECTION: u32 = 16;
@@ -65,10 +68,11 @@ pub(crate) async fn serve(
     let server = OrderingServer::new(service)
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(usize::MAX);
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let (accepted, incoming) = mpsc::channel(1);
+    tokio::spawn(accept(listener, accepted));
+    let incoming = tokio_stream::wrappers::ReceiverStream::new(incoming);
     let served = tonic::transport::Server::builder()
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
-        .tcp_nodelay(true)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
         .add_service(server)
@@ -76,6 +80,97 @@ pub(crate) async fn serve(
         .await;
     if let Err(error) = served {
         tracing::warn!(%error, "the gRPC server stopped");
+    }
+}
+
+/// Accepts connections while fewer than [`MAX_CONNECTIONS`] are open.
+async fn accept(listener: TcpListener, accepted: mpsc::Sender<std::io::Result<Counted>>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let connection = match listener.accept().await {
+            Ok((stream, _)) => Ok(Counted {
+                // Receipts are small and latency matters: no Nagle delay.
+                stream: {
+                    let _ = stream.set_nodelay(true);
+                    stream
+                },
+                _slot: slot,
+            }),
+            // Out of file descriptors, say: the server goes on, after a
+            // pause so the loop does not spin.
+            Err(error) => {
+                tracing::warn!(%error, "cannot accept a gRPC connection");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if accepted.send(connection).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A TCP connection holding one of the [`MAX_CONNECTIONS`] slots until it
+/// closes.
+struct Counted {
+    stream: tokio::net::TcpStream,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl tonic::transport::server::Connected for Counted {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl tokio::io::AsyncRead for Counted {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Counted {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
 }
 
