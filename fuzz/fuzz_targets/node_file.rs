@@ -22,6 +22,7 @@ fn cluster() -> &'static Cluster {
                         .parse()
                         .expect("an address"),
                     public_key: key.public().to_string(),
+                    grpc: None,
                 })
                 .collect(),
         };

@@ -50,6 +50,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 id: id as u16,
                 address: free_address(),
                 public_key: key.public().to_string(),
+                grpc: None,
             })
             .collect(),
     };

@@ -15,6 +15,9 @@
 //! [protocol]                      # optional: every field has a default
 //! request_mode = "client-signed"  # or "connection-authenticated"
 //! max_batch_requests = 1000
+//!
+//! [grpc]                          # optional: the gRPC API (docs/client-protocol.md §9)
+//! listen = "127.0.0.1:50051"
 //! ```
 //!
 //! ```toml
@@ -23,6 +26,7 @@
 //! id = 0
 //! address = "127.0.0.1:7000"
 //! public_key = "3b6a27bc..."
+//! grpc = "127.0.0.1:50051"        # optional: where clients find its gRPC API
 //! ```
 
 use bftd_crypto::{KeyPair, PublicKey};
@@ -202,6 +206,10 @@ pub struct ClusterNode {
     pub address: SocketAddr,
     /// Its Ed25519 public key, 64 hex digits.
     pub public_key: String,
+    /// Where it serves gRPC (`host:port`), if it does: for clients to find
+    /// it (docs/client-protocol.md section 9). Nodes do not use it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<String>,
 }
 
 /// The cluster file.
@@ -326,6 +334,7 @@ impl Cluster {
                     id: id as u16,
                     address: *address,
                     public_key: key.to_string(),
+                    grpc: None,
                 })
                 .collect(),
         }
@@ -387,6 +396,9 @@ pub struct NodeFile {
     /// What the store keeps.
     #[serde(default)]
     pub storage: StorageConfig,
+    /// The gRPC API (`[grpc] listen = "127.0.0.1:PORT"`); off if absent.
+    #[serde(default)]
+    pub grpc: Option<GrpcConfig>,
 }
 
 /// The `[storage]` section of a node file. Node-local.
@@ -401,6 +413,16 @@ pub struct StorageConfig {
     /// store. Absent: every block is kept. A peer asking for a pruned
     /// height, and `bftd tail --from` one, are told the oldest kept height.
     pub retain_blocks: Option<u64>,
+}
+
+/// The `[grpc]` section of a node file: serve the gRPC client API
+/// (proto/bftd.proto) on `listen`, plaintext HTTP/2, client-signed requests
+/// only (docs/client-protocol.md section 9).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcConfig {
+    /// The TCP address to listen on (loopback unless clients are remote).
+    pub listen: SocketAddr,
 }
 
 /// The `[connections]` section of a node file: how many connections and
@@ -567,6 +589,8 @@ pub struct NodeConfig {
     pub peers: PeersConfig,
     /// What the store keeps.
     pub storage: StorageConfig,
+    /// The gRPC address, if the node serves gRPC.
+    pub grpc: Option<SocketAddr>,
 }
 
 impl NodeConfig {
@@ -705,6 +729,7 @@ impl NodeConfig {
             connections,
             peers: file.peers,
             storage: file.storage,
+            grpc: file.grpc.map(|grpc| grpc.listen),
         })
     }
 }
@@ -828,6 +853,7 @@ mod tests {
                     id: i as u16,
                     address: format!("127.0.0.1:{}", 7000 + i).parse().unwrap(),
                     public_key: KeyPair::from_seed([i as u8 + 1; 32]).public().to_string(),
+                    grpc: None,
                 })
                 .collect(),
         }
@@ -886,6 +912,14 @@ mod tests {
             "keygen never overwrites a key"
         );
         assert_eq!(config.clients.reply_queue, 4096, "the default");
+        assert_eq!(config.grpc, None, "gRPC is off by default");
+        let grpc = format!(
+            "{}\n[grpc]\nlisten = \"127.0.0.1:50051\"\n",
+            node("node0.key")
+        );
+        std::fs::write(dir.path().join("grpc.toml"), grpc).unwrap();
+        let with_grpc = NodeConfig::load(&dir.path().join("grpc.toml")).unwrap();
+        assert_eq!(with_grpc.grpc, Some("127.0.0.1:50051".parse().unwrap()));
 
         let with_clients = |section: &str| format!("{}\n[clients]\n{section}\n", node("node0.key"));
         std::fs::write(dir.path().join("q8.toml"), with_clients("reply_queue = 8")).unwrap();

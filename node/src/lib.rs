@@ -15,6 +15,8 @@
 pub mod client;
 pub mod client_api;
 pub mod config;
+#[cfg(feature = "grpc")]
+pub mod grpc;
 pub mod health;
 pub mod runtime;
 pub mod storage;

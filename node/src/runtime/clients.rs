@@ -23,7 +23,10 @@ use super::Shared;
 use crate::client_api::{ClientMessage, NodeMessage, Rejection};
 use crate::storage::DiskStorage;
 use crate::transport::{Bytes, ClientConnection, FrameReceiver, FrameSender};
-use bftd_protocol::{codec, verify_request, GrantCachingVerifier, NodeId, RequestMode, SeqNum};
+use bftd_crypto::PublicKey;
+use bftd_protocol::{
+    codec, verify_request, GrantCachingVerifier, NodeId, RequestMode, SeqNum, SignedRequest,
+};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,6 +46,14 @@ const SUBSCRIBE_CHUNK: usize = 64;
 pub(crate) struct Queued {
     message: NodeMessage,
     _bytes: Option<OwnedSemaphorePermit>,
+}
+
+#[cfg(feature = "grpc")]
+impl Queued {
+    /// The reply.
+    pub(crate) fn message(&self) -> &NodeMessage {
+        &self.message
+    }
 }
 
 /// Why a reply could not be queued.
@@ -243,45 +254,9 @@ async fn serve(
         };
         match message {
             ClientMessage::Submit(request) => {
-                shared
-                    .metrics
-                    .client_requests
-                    .fetch_add(1, Ordering::Relaxed);
-                let request_id = request.request.request_id;
-                let reject = |reason: Rejection| {
-                    shared.metrics.rejected(reason);
-                    let _ = reply_to.try_send(NodeMessage::Rejected { request_id, reason });
-                };
-                // Size first: an oversized request costs no signature check.
-                if request.payload_len() > shared.limits.max_request_bytes {
-                    reject(Rejection::TooLarge);
+                let Some(input) = admit(request, Some(connection.client), &shared, &reply_to)
+                else {
                     continue;
-                }
-                // Connection-authenticated: the handshake proved the key, so
-                // a request may only be in this connection's own name.
-                if shared.request_mode == RequestMode::ConnectionAuthenticated
-                    && request.request.client != connection.client
-                {
-                    reject(Rejection::WrongClient);
-                    continue;
-                }
-                let verified = match verify_request(
-                    request,
-                    NodeId(shared.id),
-                    &shared.committee,
-                    shared.request_mode,
-                    &mut GrantCachingVerifier(&shared.grants),
-                ) {
-                    Ok(verified) => verified,
-                    Err(_) => {
-                        reject(Rejection::BadSignature);
-                        continue;
-                    }
-                };
-                let input = Input::Request {
-                    request: verified,
-                    reply_to: reply_to.clone(),
-                    received: Instant::now(),
                 };
                 if inputs.send(input).await.is_err() {
                     break;
@@ -291,23 +266,14 @@ async fn serve(
                 if let Some(previous) = subscription.take() {
                     previous.cancel();
                 }
-                let cancelled = Arc::new(AtomicBool::new(false));
-                let reads = SubscriptionReads {
-                    storage: storage.clone(),
-                    connection: connection_reads.clone(),
-                    cancelled: cancelled.clone(),
-                };
-                let task = subscribe(
+                subscription = Some(Subscription::start(
                     from,
-                    reads,
+                    storage.clone(),
+                    connection_reads.clone(),
                     height.clone(),
                     reply_to.clone(),
                     shared.clone(),
-                );
-                subscription = Some(Subscription {
-                    task: tokio::spawn(task),
-                    cancelled,
-                });
+                ));
             }
             ClientMessage::Status => {
                 let status = shared.status();
@@ -322,17 +288,93 @@ async fn serve(
     let _ = writer.await;
 }
 
+/// Checks a client's request the same way for every client API (QUIC and
+/// gRPC): size first, then the connection's identity (`connected`: the key
+/// the connection authenticated, if any), then the signature. Returns the
+/// consensus task's input, or answers a refusal on `reply_to` (counted).
+pub(crate) fn admit(
+    request: SignedRequest,
+    connected: Option<PublicKey>,
+    shared: &Shared,
+    reply_to: &Replies,
+) -> Option<Input> {
+    shared
+        .metrics
+        .client_requests
+        .fetch_add(1, Ordering::Relaxed);
+    let request_id = request.request.request_id;
+    let reject = |reason: Rejection| {
+        shared.metrics.rejected(reason);
+        let _ = reply_to.try_send(NodeMessage::Rejected { request_id, reason });
+    };
+    // Size first: an oversized request costs no signature check.
+    if request.payload_len() > shared.limits.max_request_bytes {
+        reject(Rejection::TooLarge);
+        return None;
+    }
+    // Connection-authenticated: the handshake proved the key, so a request
+    // may only be in this connection's own name (and a connection that
+    // authenticated no key may send none).
+    if shared.request_mode == RequestMode::ConnectionAuthenticated
+        && connected != Some(request.request.client)
+    {
+        reject(Rejection::WrongClient);
+        return None;
+    }
+    match verify_request(
+        request,
+        NodeId(shared.id),
+        &shared.committee,
+        shared.request_mode,
+        &mut GrantCachingVerifier(&shared.grants),
+    ) {
+        Ok(verified) => Some(Input::Request {
+            request: verified,
+            reply_to: reply_to.clone(),
+            received: Instant::now(),
+        }),
+        Err(_) => {
+            reject(Rejection::BadSignature);
+            None
+        }
+    }
+}
+
 /// A running subscription.
-struct Subscription {
+pub(crate) struct Subscription {
     task: tokio::task::JoinHandle<()>,
     cancelled: Arc<AtomicBool>,
 }
 
 impl Subscription {
+    /// Streams committed blocks from `from` into `reply_to` (see
+    /// [`subscribe`]); `connection_reads` is the connection's one read
+    /// permit.
+    pub(crate) fn start(
+        from: SeqNum,
+        storage: DiskStorage,
+        connection_reads: Arc<Semaphore>,
+        height: watch::Receiver<SeqNum>,
+        reply_to: Replies,
+        shared: Arc<Shared>,
+    ) -> Subscription {
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let reads = SubscriptionReads {
+            storage,
+            connection: connection_reads,
+            cancelled: cancelled.clone(),
+        };
+        let task = subscribe(from, reads, height, reply_to, shared);
+        Subscription {
+            task: tokio::spawn(task),
+            cancelled,
+        }
+    }
+
     /// Stops it: the task at its next await, a read not yet begun before
     /// it begins. (A read under way on its blocking thread finishes, still
     /// holding the connection's read permit.)
-    fn cancel(self) {
+    pub(crate) fn cancel(self) {
         self.cancelled.store(true, Ordering::Release);
         self.task.abort();
     }

@@ -15,6 +15,8 @@ mod clients;
 mod consensus;
 mod durable;
 mod fetch;
+#[cfg(feature = "grpc")]
+mod grpc;
 mod http;
 mod ingress;
 mod intercept;
@@ -68,6 +70,14 @@ pub enum StartError {
     /// The metrics address could not be bound.
     #[error("cannot listen for metrics on {address}: {source}")]
     Metrics {
+        /// The address.
+        address: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The gRPC address could not be bound.
+    #[error("cannot listen for gRPC on {address} (the node file's [grpc] listen): {source}")]
+    Grpc {
         /// The address.
         address: SocketAddr,
         /// Why.
@@ -287,6 +297,7 @@ pub struct NodeHandle {
     transport: Transport,
     listen: SocketAddr,
     metrics: Option<SocketAddr>,
+    grpc: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for NodeHandle {
@@ -309,6 +320,11 @@ impl NodeHandle {
     /// The HTTP metrics address, if any.
     pub fn metrics_address(&self) -> Option<SocketAddr> {
         self.metrics
+    }
+
+    /// The gRPC address, if any (`[grpc] listen`).
+    pub fn grpc_address(&self) -> Option<SocketAddr> {
+        self.grpc
     }
 
     /// Prometheus text of the node's metrics.
@@ -453,6 +469,29 @@ pub async fn start_with(
         None => None,
     };
     let metrics_address = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+    #[cfg(feature = "grpc")]
+    let grpc_listener = match config.grpc {
+        Some(address) => Some(
+            grpc::bind(address)
+                .await
+                .map_err(|source| StartError::Grpc { address, source })?,
+        ),
+        None => None,
+    };
+    #[cfg(feature = "grpc")]
+    let grpc_address = grpc_listener.as_ref().and_then(|l| l.local_addr().ok());
+    #[cfg(not(feature = "grpc"))]
+    let grpc_address: Option<SocketAddr> = match config.grpc {
+        Some(address) => {
+            return Err(StartError::Grpc {
+                address,
+                source: std::io::Error::other(
+                    "this bftd was built without the `grpc` cargo feature",
+                ),
+            })
+        }
+        None => None,
+    };
     let peers = committee
         .public_keys()
         .into_iter()
@@ -553,7 +592,7 @@ pub async fn start_with(
             "clients",
             tokio::spawn(clients::accept(
                 client_connections,
-                inputs_tx,
+                inputs_tx.clone(),
                 shared.clone(),
                 storage.clone(),
                 height.clone(),
@@ -562,6 +601,17 @@ pub async fn start_with(
     ];
     if let Some(listener) = metrics_listener {
         tasks.push(("http", tokio::spawn(http::serve(listener, shared.clone()))));
+    }
+    #[cfg(feature = "grpc")]
+    if let Some(listener) = grpc_listener {
+        let serve = grpc::serve(
+            listener,
+            inputs_tx,
+            shared.clone(),
+            storage.clone(),
+            height.clone(),
+        );
+        tasks.push(("grpc", tokio::spawn(serve)));
     }
     if let Some((application, from)) = application {
         let read: ReadBlocks = Arc::new(move |from| storage.blocks_from(from, 64));
@@ -583,6 +633,7 @@ pub async fn start_with(
         f = committee.f(),
         %listen,
         metrics = ?metrics_address,
+        grpc = ?grpc_address,
         mode = ?config.protocol.request_mode,
         "node started"
     );
@@ -595,6 +646,7 @@ pub async fn start_with(
         transport,
         listen,
         metrics: metrics_address,
+        grpc: grpc_address,
     })
 }
 

@@ -96,6 +96,7 @@ impl TestCluster {
                 id: id as u16,
                 address: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
                 public_key: key.public().to_string(),
+                grpc: None,
             })
             .collect();
         let file = ClusterFile { protocol, nodes };

@@ -166,6 +166,9 @@ pub fn init(options: &InitOptions) -> Result<PathBuf, NetError> {
                 id: id as u16,
                 address: *address,
                 public_key: key.public().to_string(),
+                // gRPC is opt-in per node (docs/operating.md); add
+                // `grpc = "host:port"` here when a node serves it.
+                grpc: None,
             })
             .collect(),
     };

@@ -150,6 +150,10 @@ pub struct NodeState {
     pub listen: SocketAddr,
     /// Its HTTP address (/metrics, /status, /healthz).
     pub metrics: SocketAddr,
+    /// Its gRPC address (`[grpc] listen`); absent in testnets made before
+    /// the gRPC API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<SocketAddr>,
     /// Byzantine behaviour, if any.
     pub behaviour: Option<String>,
     /// For `collude`: every colluder's id.
@@ -389,25 +393,35 @@ pub fn check_size(n: usize, hint: &str) -> Result<(), NetError> {
     Ok(())
 }
 
-/// Loopback addresses for `n` nodes: each node's real QUIC port, its proxy
-/// port and its HTTP port. All sockets stay bound until every port is
-/// chosen, so no two are equal.
-fn free_addresses(n: usize) -> std::io::Result<Vec<(SocketAddr, SocketAddr, SocketAddr)>> {
+/// Loopback addresses for one node: its real QUIC port, its proxy port,
+/// its HTTP port and its gRPC port.
+struct FreeAddresses {
+    listen: SocketAddr,
+    proxied: SocketAddr,
+    metrics: SocketAddr,
+    grpc: SocketAddr,
+}
+
+/// [`FreeAddresses`] for `n` nodes. All sockets stay bound until every
+/// port is chosen, so no two are equal.
+fn free_addresses(n: usize) -> std::io::Result<Vec<FreeAddresses>> {
     let mut udp = Vec::new();
     let mut tcp = Vec::new();
     for _ in 0..n {
         udp.push(UdpSocket::bind("127.0.0.1:0")?);
         udp.push(UdpSocket::bind("127.0.0.1:0")?);
         tcp.push(TcpListener::bind("127.0.0.1:0")?);
+        tcp.push(TcpListener::bind("127.0.0.1:0")?);
     }
     let mut out = Vec::with_capacity(n);
-    for (pair, listener) in udp.chunks(2).zip(&tcp) {
-        if let [real, proxy] = pair {
-            out.push((
-                real.local_addr()?,
-                proxy.local_addr()?,
-                listener.local_addr()?,
-            ));
+    for (pair, listeners) in udp.chunks(2).zip(tcp.chunks(2)) {
+        if let ([real, proxy], [http, grpc]) = (pair, listeners) {
+            out.push(FreeAddresses {
+                listen: real.local_addr()?,
+                proxied: proxy.local_addr()?,
+                metrics: http.local_addr()?,
+                grpc: grpc.local_addr()?,
+            });
         }
     }
     Ok(out)
@@ -438,7 +452,13 @@ pub fn generate(
     };
     let mut nodes = Vec::with_capacity(n);
     let mut rng = rand::rngs::OsRng;
-    for (id, (listen, proxied, metrics)) in addresses.into_iter().enumerate() {
+    for (id, free) in addresses.into_iter().enumerate() {
+        let FreeAddresses {
+            listen,
+            proxied,
+            metrics,
+            grpc,
+        } = free;
         let id = id as u16;
         let address = match network {
             Network::Proxied => proxied,
@@ -451,12 +471,15 @@ pub fn generate(
             id,
             address,
             public_key: key.public().to_string(),
+            // Clients reach gRPC directly: the fault proxy carries QUIC only.
+            grpc: Some(grpc.to_string()),
         });
         nodes.push(NodeState {
             id,
             address,
             listen,
             metrics,
+            grpc: Some(grpc),
             behaviour: None,
             colluders: Vec::new(),
             pid: None,
@@ -531,6 +554,13 @@ struct NodeFileOut<'a> {
     byzantine: Option<&'a str>,
     #[serde(skip_serializing_if = "<[u16]>::is_empty")]
     colluders: &'a [u16],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    grpc: Option<GrpcOut>,
+}
+
+#[derive(Serialize)]
+struct GrpcOut {
+    listen: SocketAddr,
 }
 
 /// Writes the cluster file's `[protocol]` (the request mode and batch size
@@ -557,6 +587,7 @@ pub fn write_node_files(layout: &Layout, state: &State) -> Result<(), NetError> 
             log_format: "human",
             byzantine: node.behaviour.as_deref(),
             colluders: &node.colluders,
+            grpc: node.grpc.map(|listen| GrpcOut { listen }),
         };
         let reached = match state.network {
             Network::Proxied => format!(
