@@ -8,6 +8,7 @@
 #   BFTD_IMAGE=bftd:test ...              another tag
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source deploy/rootfs.sh
 profile=release
 if [[ "${1:-}" == "--debug" ]]; then profile=debug; fi
 image="${BFTD_IMAGE:-bftd:local}"
@@ -33,15 +34,7 @@ mkdir -p "$rootfs/etc" "$rootfs/config" "$rootfs/tmp" "$context/data"
 # Without debug information (a debug build's is most of its size); the
 # symbols stay, so a backtrace still names functions.
 strip --strip-debug -o "$rootfs/bftd" "$bin" 2>/dev/null || cp "$bin" "$rootfs/bftd"
-# Every library the binary links, and the loader (the line with no `=>`
-# names it), at the paths the binary looks for them.
-ldd "$bin" | while read -r first arrow path _; do
-    if [[ "$arrow" == "=>" && "$path" == /* ]]; then lib="$path"
-    elif [[ "$first" == /* ]]; then lib="$first"
-    else continue; fi
-    mkdir -p "$rootfs$(dirname "$lib")"
-    cp -L "$lib" "$rootfs$lib"
-done
+copy_linked_libraries "$bin" "$rootfs"
 # The loader is also reached through /lib64 on x86_64 Debian (a symlink to
 # usr/lib64 on merged-/usr systems): keep the path the ELF header names.
 loader="$(readelf -l "$bin" 2>/dev/null | sed -n 's/.*Requesting program interpreter: \(.*\)]/\1/p')"

@@ -8,6 +8,7 @@
 #   deploy/prometheus/build-image.sh      tag bftd-prometheus:local
 set -euo pipefail
 cd "$(dirname "$0")"
+source ../rootfs.sh
 image="${PROMETHEUS_IMAGE:-bftd-prometheus:local}"
 context="$(mktemp -d "${TMPDIR:-/tmp}/bftd-prometheus.XXXXXX")"
 trap 'rm -rf "$context"' EXIT
@@ -18,13 +19,7 @@ dpkg -x "$context"/prometheus_*.deb "$context/pkg"
 rootfs="$context/rootfs"
 mkdir -p "$rootfs/bin" "$rootfs/etc/prometheus" "$rootfs/tmp" "$context/data"
 cp "$context/pkg/usr/bin/prometheus" "$rootfs/bin/prometheus"
-ldd "$rootfs/bin/prometheus" | while read -r first arrow path _; do
-    if [[ "$arrow" == "=>" && "$path" == /* ]]; then lib="$path"
-    elif [[ "$first" == /* ]]; then lib="$first"
-    else continue; fi
-    mkdir -p "$rootfs$(dirname "$lib")"
-    cp -L "$lib" "$rootfs$lib"
-done
+copy_linked_libraries "$rootfs/bin/prometheus" "$rootfs"
 cp prometheus.yml rules.yml "$rootfs/etc/prometheus/"
 printf 'root:x:0:0:root:/:/bin/prometheus\nnobody:x:65534:65534:nobody:/prometheus:/bin/prometheus\n' > "$rootfs/etc/passwd"
 printf 'root:x:0:\nnogroup:x:65534:\n' > "$rootfs/etc/group"
