@@ -11,17 +11,13 @@
 //!
 //! # Backend choice
 //!
-//! ed25519-dalek 3.0 on curve25519-dalek 5 with the default backend selection
-//! (AVX2 detected at run time). The AVX-512 IFMA backend that the design's
-//! table measured nearly halving verification needs a CPU with `avx512ifma`;
-//! the project's machines (AMD EPYC, 2 vCPUs) report no AVX-512 flag at all
-//! in `/proc/cpuinfo`, so a build with
-//! `RUSTFLAGS='--cfg curve25519_dalek_backend="avx512"'` cannot use it there:
-//! `cargo bench -p bftd-crypto --bench crypto -- verify` gave 62 µs per
-//! verification (default) against 53 µs (avx512 cfg), and batch
-//! verification of 256 signatures 5.1 ms against 5.0 ms, on a machine busy
-//! with builds — within the run-to-run noise. We keep the default build;
-//! deployments on AVX-512 IFMA hosts can set the cfg without code changes.
+//! ed25519-dalek 3.0 on curve25519-dalek 5, built (by the workspace's
+//! `.cargo/config.toml`) with both its AVX2 and its AVX-512 IFMA backends;
+//! it uses IFMA where the CPU has it, else AVX2 ([`signature_backend`] says
+//! which). On an AMD EPYC with IFMA, `cargo bench -p bftd-crypto --bench
+//! crypto -- verify` measured one verification at 62 µs (AVX2) against 37 µs
+//! (IFMA), and a batch of 256 at 5.4–5.7 ms against 4.0–4.1 ms (design notes
+//! §34).
 //!
 //! ```
 //! use bftd_crypto::{Domain, KeyPair};
@@ -44,11 +40,13 @@
     )
 )]
 
+mod backend;
 mod digest;
 mod fixed_bytes;
 mod keys;
 mod verify;
 
+pub use backend::signature_backend;
 pub use digest::{Digest, DigestBuilder};
 pub use keys::{KeyPair, KeyTextError, PublicKey, Signature, ValidatedKey};
 pub use verify::{verify_batch, Domain, SignatureCheck, SignatureError};

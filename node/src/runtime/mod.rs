@@ -635,6 +635,7 @@ pub async fn start_with(
         metrics = ?metrics_address,
         grpc = ?grpc_address,
         mode = ?config.protocol.request_mode,
+        signatures = bftd_crypto::signature_backend(),
         "node started"
     );
     Ok(NodeHandle {
