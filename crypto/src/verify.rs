@@ -95,6 +95,19 @@ impl SignatureCheck {
         }
     }
 
+    /// A digest naming this check (key, signed bytes and signature), for
+    /// caches of checks that passed: two checks with one fingerprint are
+    /// the same check.
+    pub fn fingerprint(&self) -> crate::Digest {
+        const FINGERPRINT: Domain = Domain::new("bftd/v1/signature-check");
+        let mut builder = crate::DigestBuilder::new(FINGERPRINT);
+        builder
+            .update(&self.key.public().0)
+            .update(&self.signing_bytes)
+            .update(&self.signature.0);
+        builder.finish()
+    }
+
     /// Verifies this one signature strictly.
     pub fn verify(&self) -> Result<(), SignatureError> {
         verify_strict(&self.key.0, &self.signing_bytes, &self.signature)

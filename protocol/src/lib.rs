@@ -96,6 +96,6 @@ pub use replica::{
 };
 pub use storage::{BlockSource, Delivery, MemStorage, Record, Recovered, Storage, StorageError};
 pub use verify::{
-    verify_message, verify_messages, verify_request, BatchVerifier, GrantCache,
-    GrantCachingVerifier, MessageLimits, RequestMode, SignatureVerifier, Verified, VerifyError,
+    verify_message, verify_messages, verify_request, BatchVerifier, CachingVerifier,
+    ClientCheckCache, MessageLimits, RequestMode, SignatureVerifier, Verified, VerifyError,
 };

@@ -16,7 +16,7 @@ use crate::message::{
     Batch, Forward, Grant, MessageKind, Request, Signable, Signed, SignedRequest, ViewChange,
     Vouch, WireMessage,
 };
-use bftd_crypto::{Digest, DigestBuilder, Domain, Signature, SignatureCheck, ValidatedKey};
+use bftd_crypto::{Digest, Domain, Signature, SignatureCheck, ValidatedKey};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::ops::Deref;
@@ -318,84 +318,99 @@ pub trait SignatureVerifier {
     /// `Ok` if every check passes, else the indices of those that fail.
     fn verify(&mut self, checks: &[SignatureCheck]) -> Result<(), Vec<usize>>;
 
-    /// Whether this grant check passed before. A client's grant to a node
-    /// is the same in all its requests through it, so a verifier may
-    /// remember the ones that passed; by default it remembers nothing.
-    fn knows_grant(&mut self, _check: &SignatureCheck) -> bool {
-        false
-    }
+    /// Removes from `checks` the client checks (request signatures, grants)
+    /// that passed before. A node meets the same client signature more
+    /// than once (a request on arrival and again in the pre-prepare; a
+    /// grant in every request of its client through one node), so a
+    /// verifier may remember the ones that passed; by default it remembers
+    /// nothing.
+    fn drop_known(&mut self, _checks: &mut Vec<SignatureCheck>) {}
 
-    /// Grant checks that just passed.
-    fn remember_grants(&mut self, _checks: &[SignatureCheck]) {}
+    /// Client checks that just passed.
+    fn remember(&mut self, _checks: &[SignatureCheck]) {}
 }
 
-/// Grant checks that passed, bounded: forgotten all at once when full (a
-/// forgotten grant is only verified again).
+/// Client checks that passed, bounded: two generations of at most
+/// [`ClientCheckCache::CAPACITY`] entries each; when the newer fills, the
+/// older is dropped. So the most recent `CAPACITY` checks are always
+/// remembered (a request is usually met again within milliseconds, in the
+/// pre-prepare), and a forgotten check is only verified again.
 #[derive(Debug, Default)]
-pub struct GrantCache {
-    passed: HashSet<Digest>,
+pub struct ClientCheckCache {
+    newer: HashSet<Digest>,
+    older: HashSet<Digest>,
 }
 
-impl GrantCache {
-    /// Entries kept: clients active at once, with room to spare.
+impl ClientCheckCache {
+    /// Entries per generation: a few seconds of requests at full load,
+    /// every active client's grant, with room to spare (about 2 MiB each).
     pub const CAPACITY: usize = 1 << 16;
 
-    fn key(check: &SignatureCheck) -> Digest {
-        const CACHE: Domain = Domain::new("bftd/v1/grant-cache");
-        let mut builder = DigestBuilder::new(CACHE);
-        builder
-            .update(&check.key.public().0)
-            .update(&check.signing_bytes)
-            .update(&check.signature.0);
-        builder.finish()
+    fn knows(&self, key: &Digest) -> bool {
+        self.newer.contains(key) || self.older.contains(key)
     }
 
     /// Whether `check` passed before.
     pub fn contains(&self, check: &SignatureCheck) -> bool {
-        self.passed.contains(&Self::key(check))
+        self.knows(&check.fingerprint())
     }
 
-    /// Grant checks remembered.
+    /// Checks remembered.
     pub fn len(&self) -> usize {
-        self.passed.len()
+        self.newer.len() + self.older.len()
     }
 
     /// Whether none is remembered.
     pub fn is_empty(&self) -> bool {
-        self.passed.is_empty()
+        self.newer.is_empty() && self.older.is_empty()
+    }
+
+    /// Removes from `checks` those that passed before.
+    pub fn drop_known(&self, checks: &mut Vec<SignatureCheck>) {
+        checks.retain(|check| !self.contains(check));
     }
 
     /// Remembers checks that passed.
     pub fn insert(&mut self, checks: &[SignatureCheck]) {
-        if self.passed.len() + checks.len() > Self::CAPACITY {
-            self.passed.clear();
+        for check in checks {
+            let key = check.fingerprint();
+            if self.knows(&key) {
+                continue;
+            }
+            if self.newer.len() >= Self::CAPACITY {
+                self.older = std::mem::take(&mut self.newer);
+            }
+            self.newer.insert(key);
         }
-        self.passed.extend(checks.iter().map(Self::key));
     }
 }
 
-/// Batch verification that remembers passed grant checks in a shared cache
-/// (the daemon's verification workers share one).
+/// Batch verification that remembers passed client checks in a shared
+/// cache (the daemon's verification workers share one).
 #[derive(Debug)]
-pub struct GrantCachingVerifier<'a>(pub &'a std::sync::Mutex<GrantCache>);
+pub struct CachingVerifier<'a>(pub &'a std::sync::Mutex<ClientCheckCache>);
 
-impl SignatureVerifier for GrantCachingVerifier<'_> {
+impl CachingVerifier<'_> {
+    fn cache(&self) -> std::sync::MutexGuard<'_, ClientCheckCache> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl SignatureVerifier for CachingVerifier<'_> {
     fn verify(&mut self, checks: &[SignatureCheck]) -> Result<(), Vec<usize>> {
         bftd_crypto::verify_batch(checks)
     }
 
-    fn knows_grant(&mut self, check: &SignatureCheck) -> bool {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(check)
+    fn drop_known(&mut self, checks: &mut Vec<SignatureCheck>) {
+        if !checks.is_empty() {
+            self.cache().drop_known(checks);
+        }
     }
 
-    fn remember_grants(&mut self, checks: &[SignatureCheck]) {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(checks);
+    fn remember(&mut self, checks: &[SignatureCheck]) {
+        if !checks.is_empty() {
+            self.cache().insert(checks);
+        }
     }
 }
 
@@ -426,8 +441,9 @@ pub struct SignatureCollector<'a> {
     committee: &'a Committee,
     mode: RequestMode,
     checks: Vec<SignatureCheck>,
-    /// Grant checks, apart: verifiers may cache them.
-    grants: Vec<SignatureCheck>,
+    /// Client checks (request signatures, grants), apart: verifiers may
+    /// cache them.
+    client: Vec<SignatureCheck>,
     granted: HashSet<(NodeId, Signature)>,
     error: Option<VerifyError>,
     scratch: Vec<u8>,
@@ -440,7 +456,7 @@ impl<'a> SignatureCollector<'a> {
             committee,
             mode,
             checks: Vec::new(),
-            grants: Vec::new(),
+            client: Vec::new(),
             granted: HashSet::new(),
             error: None,
             scratch: Vec::new(),
@@ -507,7 +523,7 @@ impl<'a> SignatureCollector<'a> {
             };
             if self.encode(&request.request) {
                 let check = SignatureCheck::new(key, Request::DOMAIN, &self.scratch, signature);
-                self.checks.push(check);
+                self.client.push(check);
             }
         }
     }
@@ -537,7 +553,7 @@ impl<'a> SignatureCollector<'a> {
                 return;
             };
             let check = SignatureCheck::new(key, Grant::DOMAIN, &grant, signature);
-            self.grants.push(check);
+            self.client.push(check);
         }
     }
 
@@ -633,29 +649,30 @@ impl<'a> SignatureCollector<'a> {
 
     /// The checks gathered, or the first structural error met.
     pub fn finish(self) -> Result<Vec<SignatureCheck>, VerifyError> {
-        let (mut checks, grants) = self.finish_apart()?;
-        checks.extend(grants);
+        let (mut checks, client) = self.finish_apart()?;
+        checks.extend(client);
         Ok(checks)
     }
 
-    /// The checks gathered and, apart, the grant checks.
+    /// The checks gathered and, apart, the client checks.
     fn finish_apart(self) -> Result<(Vec<SignatureCheck>, Vec<SignatureCheck>), VerifyError> {
         match self.error {
             Some(error) => Err(error),
-            None => Ok((self.checks, self.grants)),
+            None => Ok((self.checks, self.client)),
         }
     }
 
-    /// The checks to run with `verifier`: everything but the grant checks
-    /// it remembers; and where the grant checks begin.
+    /// The checks to run with `verifier`: everything but the client checks
+    /// it remembers; and where the client checks begin.
     fn checks_for(
         self,
         verifier: &mut impl SignatureVerifier,
     ) -> Result<(Vec<SignatureCheck>, usize), VerifyError> {
-        let (mut checks, grants) = self.finish_apart()?;
-        let first_grant = checks.len();
-        checks.extend(grants.into_iter().filter(|g| !verifier.knows_grant(g)));
-        Ok((checks, first_grant))
+        let (mut checks, mut client) = self.finish_apart()?;
+        verifier.drop_known(&mut client);
+        let first_client = checks.len();
+        checks.extend(client);
+        Ok((checks, first_client))
     }
 }
 
@@ -670,11 +687,11 @@ pub fn verify_message(
     check_shape(&message, committee, limits)?;
     let mut collector = SignatureCollector::new(committee, limits.request_mode);
     collector.add_message(&message);
-    let (checks, first_grant) = collector.checks_for(verifier)?;
+    let (checks, first_client) = collector.checks_for(verifier)?;
     verifier
         .verify(&checks)
         .map_err(|_| VerifyError::InvalidSignature)?;
-    verifier.remember_grants(checks.get(first_grant..).unwrap_or_default());
+    verifier.remember(checks.get(first_client..).unwrap_or_default());
     Ok(Verified(message))
 }
 
@@ -688,7 +705,7 @@ pub fn verify_messages(
     verifier: &mut impl SignatureVerifier,
 ) -> Vec<Result<Verified<WireMessage>, VerifyError>> {
     let mut all = Vec::new();
-    let mut grants = Vec::new();
+    let mut client = Vec::new();
     let mut collected = Vec::with_capacity(messages.len());
     for message in &messages {
         let checks = check_shape(message, committee, limits).and_then(|()| {
@@ -696,18 +713,18 @@ pub fn verify_messages(
             collector.add_message(message);
             collector.checks_for(verifier)
         });
-        if let Ok((checks, first_grant)) = &checks {
-            let (own, own_grants) = checks.split_at(*first_grant.min(&checks.len()));
+        if let Ok((checks, first_client)) = &checks {
+            let (own, own_client) = checks.split_at(*first_client.min(&checks.len()));
             all.extend(own.iter().cloned());
-            grants.extend(own_grants.iter().cloned());
+            client.extend(own_client.iter().cloned());
         }
         collected.push(checks.map(|_| ()));
     }
-    let first_grant = all.len();
-    all.extend(grants);
+    let first_client = all.len();
+    all.extend(client);
     let all_valid = collected.iter().all(Result::is_ok) && verifier.verify(&all).is_ok();
     if all_valid {
-        verifier.remember_grants(all.get(first_grant..).unwrap_or_default());
+        verifier.remember(all.get(first_client..).unwrap_or_default());
     }
     messages
         .into_iter()
@@ -736,11 +753,11 @@ pub fn verify_request(
     let mut collector = SignatureCollector::new(committee, mode);
     collector.add_requests(std::iter::once(&request));
     collector.add_grants(entry, std::slice::from_ref(&request));
-    let (checks, first_grant) = collector.checks_for(verifier)?;
+    let (checks, first_client) = collector.checks_for(verifier)?;
     verifier
         .verify(&checks)
         .map_err(|_| VerifyError::InvalidSignature)?;
-    verifier.remember_grants(checks.get(first_grant..).unwrap_or_default());
+    verifier.remember(checks.get(first_client..).unwrap_or_default());
     Ok(Verified(request))
 }
 
@@ -874,6 +891,112 @@ mod tests {
         let result = verify_message(pre_prepare(8), &committee(), &limits, &mut verifier);
         assert!(result.is_ok(), "{result:?}");
         assert_eq!(verifier.0, 9, "the primary's signature and eight requests'");
+    }
+
+    /// Counts the signatures it checks; remembers client checks in a cache.
+    struct CountingCache<'a> {
+        cache: CachingVerifier<'a>,
+        checked: usize,
+    }
+
+    impl SignatureVerifier for CountingCache<'_> {
+        fn verify(&mut self, checks: &[SignatureCheck]) -> Result<(), Vec<usize>> {
+            self.checked += checks.len();
+            self.cache.verify(checks)
+        }
+        fn drop_known(&mut self, checks: &mut Vec<SignatureCheck>) {
+            self.cache.drop_known(checks);
+        }
+        fn remember(&mut self, checks: &[SignatureCheck]) {
+            self.cache.remember(checks);
+        }
+    }
+
+    /// Client-signed mode: a request verified on arrival is not verified
+    /// again in the pre-prepare that carries it; and the cache never lets a
+    /// signature pass for anything but what it signed (a remembered
+    /// signature on other bytes, or by another key, is checked and refused).
+    #[test]
+    fn a_request_signature_is_verified_once_per_node_and_only_for_what_it_signs() {
+        use crate::message::{Batch, PrePrepare};
+        let keys = keys();
+        let alice = KeyPair::from_seed([98; 32]);
+        let limits = MessageLimits {
+            request_mode: RequestMode::ClientSigned,
+            ..MessageLimits::of(&Config::default())
+        };
+        let request = |id: u64| Request {
+            client: alice.public(),
+            request_id: id,
+            valid_until: SeqNum(10),
+            payload: vec![7; 16],
+        };
+        let signed = |id: u64| SignedRequest::sign(request(id), &alice).unwrap();
+        let cache = std::sync::Mutex::new(ClientCheckCache::default());
+        let mut verifier = CountingCache {
+            cache: CachingVerifier(&cache),
+            checked: 0,
+        };
+        let mode = RequestMode::ClientSigned;
+        verify_request(signed(1), NodeId(1), &committee(), mode, &mut verifier).unwrap();
+        assert_eq!((verifier.checked, cache.lock().unwrap().len()), (1, 1));
+
+        let batch = Batch {
+            requests: vec![signed(1), signed(2)],
+        };
+        let value = PrePrepare {
+            view: View(0),
+            seq: SeqNum(1),
+            digest: crate::merkle::MerkleTree::new(&batch).root(),
+        };
+        let message = WireMessage::PrePrepare {
+            pre_prepare: Signed::sign(NodeId(0), value, &keys[0]).unwrap(),
+            batch: std::sync::Arc::new(batch),
+            vouches: Vec::new(),
+        };
+        verify_message(message, &committee(), &limits, &mut verifier).unwrap();
+        assert_eq!(
+            verifier.checked, 3,
+            "the primary's signature and request 2's; request 1's was known"
+        );
+
+        // Request 1's remembered signature on request 1 with another payload.
+        let mut tampered = signed(1);
+        tampered.request.payload = vec![8; 16];
+        let result = verify_request(tampered, NodeId(1), &committee(), mode, &mut verifier);
+        assert_eq!(result.err(), Some(VerifyError::InvalidSignature));
+        // ... and as if another client had made it.
+        let mut other_key = signed(1);
+        other_key.request.client = KeyPair::from_seed([97; 32]).public();
+        let result = verify_request(other_key, NodeId(1), &committee(), mode, &mut verifier);
+        assert_eq!(result.err(), Some(VerifyError::InvalidSignature));
+        assert_eq!(
+            cache.lock().unwrap().len(),
+            2,
+            "failures are not remembered"
+        );
+    }
+
+    /// The cache keeps at least its capacity of the most recent checks:
+    /// when the newer generation fills, the older one goes, not everything.
+    #[test]
+    fn the_client_check_cache_forgets_the_oldest_generation_only() {
+        // Inserting does not verify, so one (wrong) signature over many
+        // messages makes distinct entries cheaply.
+        let key = KeyPair::from_seed([96; 32]).public().validate().unwrap();
+        let check = |i: u64| {
+            SignatureCheck::new(key, Request::DOMAIN, &i.to_le_bytes(), Signature([1; 64]))
+        };
+        let mut cache = ClientCheckCache::default();
+        let capacity = ClientCheckCache::CAPACITY as u64;
+        let all: Vec<SignatureCheck> = (0..capacity + 1).map(check).collect();
+        cache.insert(&all);
+        assert_eq!(cache.len(), ClientCheckCache::CAPACITY + 1);
+        assert!(cache.contains(&all[0]) && cache.contains(&all[capacity as usize]));
+        let more: Vec<SignatureCheck> = (capacity + 1..2 * capacity + 1).map(check).collect();
+        cache.insert(&more);
+        assert!(!cache.contains(&all[0]), "the oldest generation is gone");
+        assert!(cache.contains(&all[capacity as usize]) && cache.contains(&more[0]));
     }
 
     /// Each kind's bound covers the biggest message an honest replica sends

@@ -24,7 +24,7 @@
 //! that granted it (its own clients, as the README says), and its signature
 //! proves it did. The cost is one signature per forward (a batch's worth of
 //! requests) and one grant check per client and node, remembered by the
-//! verifier ([`crate::verify::GrantCache`]): not one per request, which is
+//! verifier ([`crate::verify::ClientCheckCache`]): not one per request, which is
 //! what client-signed mode pays. A batch that a prepared certificate covers
 //! (re-proposed by a new-view, fetched in state transfer) needs no vouches:
 //! 2f + 1 replicas accepted it, f + 1 of them honest ones that checked.
@@ -43,7 +43,7 @@ mod tests {
         Batch, Forward, PrePrepare, Request, Signed, SignedRequest, Vouch, WireMessage,
     };
     use crate::verify::{
-        verify_message, verify_request, BatchVerifier, GrantCache, GrantCachingVerifier,
+        verify_message, verify_request, BatchVerifier, CachingVerifier, ClientCheckCache,
         MessageLimits, RequestMode, VerifyError,
     };
     use bftd_crypto::KeyPair;
@@ -213,7 +213,7 @@ mod tests {
     #[test]
     fn grants_are_checked_once_and_required() {
         let alice = KeyPair::from_seed([42; 32]);
-        let cache = std::sync::Mutex::new(GrantCache::default());
+        let cache = std::sync::Mutex::new(ClientCheckCache::default());
         let granted = SignedRequest::granted(request(&alice, 1), &alice, NodeId(2));
         for _ in 0..2 {
             verify_request(
@@ -221,7 +221,7 @@ mod tests {
                 NodeId(2),
                 &committee(),
                 MODE,
-                &mut GrantCachingVerifier(&cache),
+                &mut CachingVerifier(&cache),
             )
             .unwrap();
         }

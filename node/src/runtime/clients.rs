@@ -25,7 +25,7 @@ use crate::storage::DiskStorage;
 use crate::transport::{Bytes, ClientConnection, FrameReceiver, FrameSender};
 use bftd_crypto::PublicKey;
 use bftd_protocol::{
-    codec, verify_request, GrantCachingVerifier, NodeId, RequestMode, SeqNum, SignedRequest,
+    codec, verify_request, CachingVerifier, NodeId, RequestMode, SeqNum, SignedRequest,
 };
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -326,7 +326,7 @@ pub(crate) fn admit(
         NodeId(shared.id),
         &shared.committee,
         shared.request_mode,
-        &mut GrantCachingVerifier(&shared.grants),
+        &mut CachingVerifier(&shared.client_checks),
     ) {
         Ok(verified) => Some(Input::Request {
             request: verified,

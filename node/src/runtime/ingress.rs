@@ -31,7 +31,7 @@ use super::Shared;
 use crate::transport::{Inbound, Lane, LaneOf, PeerFrame};
 use bftd_protocol::message::MessageKind;
 use bftd_protocol::{
-    codec, verify_messages, GrantCachingVerifier, MessageLimits, VerifyError, WireMessage,
+    codec, verify_messages, CachingVerifier, MessageLimits, VerifyError, WireMessage,
 };
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -185,7 +185,7 @@ fn verify(batch: Vec<PeerFrame>, shared: &Shared) -> Vec<Input> {
         messages,
         &shared.committee,
         &shared.limits,
-        &mut GrantCachingVerifier(&shared.grants),
+        &mut CachingVerifier(&shared.client_checks),
     );
     senders
         .into_iter()

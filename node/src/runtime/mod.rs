@@ -217,9 +217,11 @@ pub(crate) struct Shared {
     transport: Mutex<Option<Transport>>,
     /// Set by the durability worker when storage fails.
     fatal: Mutex<Option<String>>,
-    /// Client grants that verified (connection-authenticated mode): one per
-    /// client and voucher, seen in every request of theirs.
-    pub grants: Mutex<bftd_protocol::GrantCache>,
+    /// Client checks that verified: request signatures (client-signed
+    /// mode; met again in the pre-prepare after a request's arrival) and
+    /// grants (connection-authenticated mode; one per client and voucher,
+    /// seen in every request of theirs).
+    pub client_checks: Mutex<bftd_protocol::ClientCheckCache>,
 }
 
 impl Shared {
@@ -454,7 +456,7 @@ pub async fn start_with(
         started,
         transport: Mutex::new(None),
         fatal: Mutex::new(None),
-        grants: Mutex::new(bftd_protocol::GrantCache::default()),
+        client_checks: Mutex::new(bftd_protocol::ClientCheckCache::default()),
     });
     shared.metrics.first_height.store(
         storage.first_height().0,

@@ -3,29 +3,18 @@
 //! result for identical (key, bytes, signature) is computed once. Real
 //! Ed25519 throughout: only repeated work is skipped.
 
-use bftd_crypto::{verify_batch, Digest, DigestBuilder, Domain, SignatureCheck};
+use bftd_crypto::{verify_batch, Digest, SignatureCheck};
 use bftd_protocol::SignatureVerifier;
 use std::collections::HashMap;
-
-const CACHE_KEY: Domain = Domain::new("bftnet/sim/verify-cache");
 
 #[derive(Debug, Default)]
 pub struct CachingVerifier {
     cache: HashMap<Digest, bool>,
 }
 
-fn key(check: &SignatureCheck) -> Digest {
-    let mut builder = DigestBuilder::new(CACHE_KEY);
-    builder
-        .update(&check.key.public().0)
-        .update(&check.signature.0)
-        .update(&check.signing_bytes);
-    builder.finish()
-}
-
 impl SignatureVerifier for CachingVerifier {
     fn verify(&mut self, checks: &[SignatureCheck]) -> Result<(), Vec<usize>> {
-        let keys: Vec<Digest> = checks.iter().map(key).collect();
+        let keys: Vec<Digest> = checks.iter().map(SignatureCheck::fingerprint).collect();
         let unknown: Vec<usize> = (0..checks.len())
             .filter(|&i| !self.cache.contains_key(&keys[i]))
             .collect();
