@@ -35,6 +35,17 @@ const MIN_QUANTUM: usize = 4 * 1024;
 /// bookkeeping): so a flood of empty requests is not free.
 pub(super) const REQUEST_OVERHEAD: usize = 128;
 
+/// What one request weighs in the queue and the pipeline: its payload
+/// plus [`REQUEST_OVERHEAD`].
+pub(super) fn request_cost(request: &crate::SignedRequest) -> usize {
+    request.payload_len() + REQUEST_OVERHEAD
+}
+
+/// What a batch weighs: its requests' costs.
+pub(super) fn batch_cost(batch: &crate::Batch) -> usize {
+    batch.requests.iter().map(request_cost).sum()
+}
+
 /// A queued request: its key and when it was queued.
 pub(super) type Entry = (RequestKey, Duration);
 

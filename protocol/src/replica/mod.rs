@@ -197,6 +197,10 @@ struct Slot {
     /// Who vouches for the batch's requests, when known (the pre-prepare
     /// came with them, or this replica proposed it): re-sent with it.
     vouches: Vec<crate::message::Vouch>,
+    /// The bytes of the batch this replica proposed here as primary in the
+    /// current view (requests counted as in the fair queue), 0 otherwise:
+    /// what the pipeline's byte bound counts.
+    proposed_bytes: usize,
 }
 
 /// A request the replica holds until it executes.

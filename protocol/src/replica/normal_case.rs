@@ -102,8 +102,11 @@ impl Replica {
             }
         };
         self.next_seq = seq.next();
+        let bytes = super::fair::batch_cost(&batch);
         let batch = Arc::new(batch);
-        self.slot_mut(seq).vouches = vouches.clone();
+        let slot = self.slot_mut(seq);
+        slot.vouches = vouches.clone();
+        slot.proposed_bytes = bytes;
         self.broadcast(WireMessage::PrePrepare {
             pre_prepare: pre_prepare.clone(),
             batch: batch.clone(),

@@ -2,7 +2,7 @@
 //! batching at the primary, and the request timer that catches a primary
 //! that censors or stalls.
 
-use super::fair::{Cost, REQUEST_OVERHEAD};
+use super::fair::{request_cost, Cost};
 use super::{ClientReply, Held, PendingRequest, RejectReason, Replica, ReplyOutcome, Watch};
 use crate::clients::Lookup;
 use crate::ids::NodeId;
@@ -12,6 +12,19 @@ use std::time::Duration;
 /// Blocks in flight below which the primary proposes a batch that is not
 /// full (see [`Replica::propose_batches`]).
 pub(super) const PARTIAL_BATCHES_IN_FLIGHT: u64 = 2;
+
+/// The pipeline's byte bound, in full batches: the primary proposes while
+/// the batches it has in flight weigh less than this many times
+/// `max_batch_bytes` (and fewer than `pipeline` are in flight). With the
+/// defaults, 16 MiB: blocks of a thousand 512-byte requests (about 0.6 MiB)
+/// fill all 16 slots of the pipeline before it binds, so ordinary load never
+/// meets it; batches of big requests (a flood of them, say) are limited to
+/// four in flight. Why: when the cluster is bound by bytes (disk, network),
+/// a request waits for what is in flight ahead of it to be sent, hashed
+/// and written (Little's law: latency = bytes in flight / byte rate), so a
+/// request that arrives behind sixteen 4 MiB batches waits four times as
+/// long as behind four, for no more throughput (design notes §36).
+pub(super) const PIPELINE_BATCHES_OF_BYTES: usize = 4;
 
 impl Replica {
     pub(super) fn reply(&mut self, request: &SignedRequest, outcome: ReplyOutcome) {
@@ -295,16 +308,30 @@ impl Replica {
             .map(|since| since + self.config.batch_delay)
     }
 
-    fn in_flight(&self) -> u64 {
+    pub(super) fn in_flight(&self) -> u64 {
         self.next_seq
             .0
             .saturating_sub(self.last_executed.0.saturating_add(1))
+    }
+
+    /// What the batches this replica proposed and has not executed weigh.
+    pub(super) fn in_flight_bytes(&self) -> usize {
+        let first = self.last_executed.next();
+        if first >= self.next_seq {
+            return 0; // (`range` refuses an empty range given backwards)
+        }
+        self.slots
+            .range(first..self.next_seq)
+            .map(|(_, slot)| slot.proposed_bytes)
+            .sum()
     }
 
     fn can_propose(&self) -> bool {
         self.next_seq <= self.high_watermark()
             && self.next_seq > self.low_watermark()
             && self.in_flight() < self.config.pipeline
+            && self.in_flight_bytes()
+                < PIPELINE_BATCHES_OF_BYTES.saturating_mul(self.config.max_batch_bytes)
     }
 
     /// The primary cuts batches while the pipeline has room: at once when a
@@ -358,9 +385,7 @@ impl Replica {
     /// `fair.rs`), or that it is no longer wanted.
     pub(super) fn queue_cost(pending: Option<&PendingRequest>) -> Cost {
         match pending {
-            Some(pending) if !pending.proposed => {
-                Cost::Bytes(pending.request.payload_len() + REQUEST_OVERHEAD)
-            }
+            Some(pending) if !pending.proposed => Cost::Bytes(request_cost(&pending.request)),
             _ => Cost::Dead,
         }
     }

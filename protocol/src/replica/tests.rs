@@ -781,3 +781,62 @@ fn a_fetch_for_pruned_blocks_is_refused_and_shown() {
     fetcher.execute_block(blocks[0].clone(), None, None);
     assert!(!fetcher.status().needs_snapshot);
 }
+
+/// The pipeline's byte bound: big batches stop the primary proposing at
+/// four batches' worth of bytes in flight, with most of the sixteen slots
+/// free and requests still queued; small batches fill all sixteen slots,
+/// as before the bound (ordinary load never meets it).
+#[test]
+fn big_batches_are_bounded_in_flight_by_bytes_small_ones_by_count() {
+    let config = Config {
+        request_mode: RequestMode::ClientSigned,
+        pipeline: 16,
+        max_batch_requests: 5,
+        max_batch_bytes: 64 * 1024,
+        ..Config::default()
+    };
+    let client = KeyPair::from_seed([31; 32]);
+    for (payload, requests) in [(16 * 1024, 60u64), (100, 100)] {
+        let setup = ReplicaSetup {
+            id: NodeId(0),
+            key: keys()[0].clone(),
+            committee: committee(),
+            config: config.clone(),
+            blocks: Arc::new(MemStorage::new()),
+        };
+        let mut primary = Replica::new(setup, Recovered::default(), Duration::ZERO).unwrap();
+        for id in 1..=requests {
+            let request = crate::message::Request {
+                client: client.public(),
+                request_id: id,
+                valid_until: SeqNum(1000),
+                payload: vec![7; payload],
+            };
+            let request = SignedRequest::sign(request, &client).unwrap();
+            let request = verify_request(
+                request,
+                NodeId(0),
+                &committee(),
+                RequestMode::ClientSigned,
+                &mut BatchVerifier,
+            )
+            .unwrap();
+            primary.handle_request(Duration::from_millis(1), request, true);
+        }
+        let bound = requests::PIPELINE_BATCHES_OF_BYTES * config.max_batch_bytes;
+        println!(
+            "{payload}-byte requests: {} batches, {} bytes in flight (bound {bound}), {} queued",
+            primary.in_flight(),
+            primary.in_flight_bytes(),
+            primary.queue.len()
+        );
+        assert_ne!(primary.queue.len(), 0, "requests still wait");
+        if payload > 1024 {
+            assert!(primary.in_flight() < 8, "big batches stopped by bytes");
+            assert!(primary.in_flight_bytes() >= bound);
+            assert!(primary.in_flight_bytes() < bound + config.max_batch_bytes);
+        } else {
+            assert_eq!(primary.in_flight(), 16, "small batches fill the pipeline");
+        }
+    }
+}

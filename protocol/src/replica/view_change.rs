@@ -294,6 +294,7 @@ impl Replica {
             slot.commits.clear();
             slot.commit_sent = false;
             slot.vouches.clear();
+            slot.proposed_bytes = 0;
         }
         for pending in self.pending.values_mut() {
             pending.proposed = false;
