@@ -1,0 +1,909 @@
+//! The scenario file: what it may say, read with serde from TOML and then
+//! checked, so that every mistake is reported with its line and what would
+//! be right (docs/design-notes.md §33 has the format and why).
+
+use super::super::layout::{behaviours, check_size, ByzantineArg};
+use super::super::proxy::parse_partition;
+use super::super::NetError;
+use crate::net::cli::parse_duration;
+use bftd_protocol::byzantine::Behaviour;
+use bftd_protocol::RequestMode;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::Spanned;
+
+/// How long an expectation that must come true may take, unless `within`
+/// says otherwise: a view change in a debug build under load takes 2-6 s
+/// on a shared 2-core machine, catching up after a partition a few more.
+pub const DEFAULT_WITHIN: Duration = Duration::from_secs(20);
+/// How long an expectation that must hold throughout ("no commits",
+/// `p99_below`) is watched, unless `for` says otherwise.
+pub const DEFAULT_FOR: Duration = Duration::from_secs(3);
+/// Blocks "commits continue" waits for, unless `min_blocks` says otherwise.
+pub const DEFAULT_MIN_BLOCKS: u64 = 3;
+/// Offered load unless `[testnet] load` says otherwise (tx/s): enough that
+/// blocks keep coming, little enough for a debug build on 2 cores.
+pub const DEFAULT_LOAD: f64 = 100.0;
+
+/// A scenario, checked: a testnet and a timeline to run against it.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    /// The file's name without `.toml`.
+    pub name: String,
+    /// The file.
+    pub path: PathBuf,
+    /// The comment the file opens with: what the scenario teaches.
+    pub teaches: String,
+    /// The testnet it starts.
+    pub testnet: TestnetSpec,
+    /// The timeline, in order.
+    pub steps: Vec<Step>,
+}
+
+/// `[testnet]`: the fresh testnet a scenario starts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TestnetSpec {
+    /// Nodes (3f + 1).
+    pub n: usize,
+    /// Byzantine nodes from the start.
+    pub byzantine: Vec<ByzantineArg>,
+    /// More than f byzantine nodes allowed.
+    pub allow_unsafe: bool,
+    /// Node-to-node delay at the fault proxy.
+    pub delay_ms: u64,
+    /// Extra random delay.
+    pub jitter_ms: u64,
+    /// Node-to-node loss, percent.
+    pub loss_percent: f64,
+    /// Offered load from the start, tx/s (0: none).
+    pub load: f64,
+    /// Payload bytes of the load's requests.
+    pub load_size: usize,
+    /// How requests are authenticated.
+    pub request_mode: RequestMode,
+}
+
+impl TestnetSpec {
+    /// Faults tolerated.
+    pub fn f(&self) -> usize {
+        (self.n - 1) / 3
+    }
+}
+
+/// One step of the timeline: when, what to do, what must follow.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Step {
+    /// 1, 2, ... in file order.
+    pub number: usize,
+    /// Its `[[step]]` line in the file.
+    pub line: usize,
+    /// When it starts.
+    pub when: When,
+    /// What it does (none: the step only judges expectations).
+    pub action: Option<Action>,
+    /// A line for the reader, printed when the step runs.
+    pub say: Option<String>,
+    /// What must follow the action.
+    pub expectations: Vec<Expectation>,
+    /// How long an expectation that must come true may take.
+    pub within: Duration,
+    /// How long an expectation that must hold is watched.
+    pub hold: Duration,
+    /// `nodes = [3]`: the nodes the height and view expectations look at
+    /// (`None`: every honest node). "caught up" still measures them
+    /// against the highest honest height of all.
+    pub nodes: Option<Vec<u16>>,
+}
+
+/// When a step starts. Steps run in order, each after the previous step's
+/// expectations are judged.
+#[derive(Clone, Debug, PartialEq)]
+pub enum When {
+    /// `at = "5s"`: this long after the testnet is up (or at once, if the
+    /// timeline is already past it).
+    At(Duration),
+    /// `after = "2s"`: this long after the previous step ended (0: at once).
+    After(Duration),
+    /// `at_height = 200`: once an honest node has committed this height.
+    AtHeight(u64),
+}
+
+/// Which nodes an action applies to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// One node.
+    Node(u16),
+    /// Whichever node the honest nodes follow as primary right then.
+    Primary,
+    /// Every node, in id order.
+    All,
+    /// Every node that is down right then (`restart = "down"`).
+    Down,
+    /// These nodes, in this order.
+    Nodes(Vec<u16>),
+}
+
+/// What a step does.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// SIGKILL (fail-stop).
+    Kill(Target),
+    /// Restart with the same keys and data; `Some(b)` as behaviour `b`
+    /// (`Some(None)`: honest), `None` as before.
+    Restart {
+        /// The nodes.
+        target: Target,
+        /// The behaviour to restart as.
+        behaviour: Option<Option<Behaviour>>,
+    },
+    /// Cut links at the fault proxy (the `bftnet partition` syntax, with
+    /// `|` or `/` between groups).
+    Partition(String),
+    /// Open every link again.
+    Heal,
+    /// Offer this many tx/s from now on (0: stop the load).
+    Load(f64),
+}
+
+/// What must follow a step's action.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Expectation {
+    /// The highest honest height grows by `min_blocks` within the window.
+    CommitsContinue {
+        /// Blocks to wait for.
+        min_blocks: u64,
+    },
+    /// No honest node's height moves for `for` (after a 1 s settle).
+    NoCommits,
+    /// Every running honest node reaches the highest honest height of the
+    /// window's start.
+    CaughtUp,
+    /// The honest nodes with a quorum settle in a view above the one they
+    /// were in at the window's start.
+    ViewChange,
+    /// ... in a view above this one.
+    ViewAbove(u64),
+    /// `bftnet check` passes: honest logs agree, certificates verify.
+    CheckOk,
+    /// `bftnet check` finds honest nodes with different blocks at one height.
+    ForkDetected,
+    /// The 99th percentile latency of the load's receipts arriving during
+    /// `for` is below this.
+    P99Below(Duration),
+}
+
+impl Expectation {
+    /// The names `expect = "..."` accepts.
+    pub const NAMES: &'static str = "\"commits continue\", \"no commits\", \"caught up\", \"view change\", \"check ok\", \"fork detected\"";
+
+    /// Whether it is judged over `for` (it must hold throughout) rather
+    /// than `within` (it must come true).
+    pub fn holds(&self) -> bool {
+        matches!(self, Expectation::NoCommits | Expectation::P99Below(_))
+    }
+
+    /// Whether it looks at nodes' heights or views (and so takes `nodes`),
+    /// rather than at the whole log or the load.
+    pub fn per_node(&self) -> bool {
+        !matches!(
+            self,
+            Expectation::CheckOk | Expectation::ForkDetected | Expectation::P99Below(_)
+        )
+    }
+}
+
+fn seconds(duration: Duration) -> String {
+    let seconds = duration.as_secs_f64();
+    if seconds.fract() == 0.0 {
+        format!("{seconds:.0}s")
+    } else if duration < Duration::from_secs(1) {
+        format!("{}ms", duration.as_millis())
+    } else {
+        format!("{seconds}s")
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Node(id) => write!(f, "{id}"),
+            Target::Primary => write!(f, "primary"),
+            Target::All => write!(f, "all"),
+            Target::Down => write!(f, "down"),
+            Target::Nodes(ids) => write!(
+                f,
+                "{}",
+                ids.iter().map(u16::to_string).collect::<Vec<_>>().join(",")
+            ),
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::Kill(target) => write!(f, "kill {target}"),
+            Action::Restart {
+                target,
+                behaviour: None,
+            } => write!(f, "restart {target}"),
+            Action::Restart {
+                target,
+                behaviour: Some(behaviour),
+            } => write!(
+                f,
+                "restart {target} as {}",
+                behaviour
+                    .as_ref()
+                    .map_or("honest".into(), ToString::to_string)
+            ),
+            Action::Partition(spec) => write!(f, "partition {spec}"),
+            Action::Heal => write!(f, "heal"),
+            Action::Load(rate) if *rate == 0.0 => write!(f, "load stop"),
+            Action::Load(rate) => write!(f, "load {rate} tx/s"),
+        }
+    }
+}
+
+impl fmt::Display for Expectation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Expectation::CommitsContinue { min_blocks } => {
+                write!(f, "commits continue (+{min_blocks} blocks)")
+            }
+            Expectation::NoCommits => write!(f, "no commits"),
+            Expectation::CaughtUp => write!(f, "caught up"),
+            Expectation::ViewChange => write!(f, "view change"),
+            Expectation::ViewAbove(view) => write!(f, "view above {view}"),
+            Expectation::CheckOk => write!(f, "check ok"),
+            Expectation::ForkDetected => write!(f, "fork detected"),
+            Expectation::P99Below(bound) => write!(f, "p99 below {}", seconds(*bound)),
+        }
+    }
+}
+
+impl fmt::Display for When {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            When::At(at) => write!(f, "at {}", seconds(*at)),
+            When::After(after) if after.is_zero() => write!(f, "then"),
+            When::After(after) => write!(f, "after {}", seconds(*after)),
+            When::AtHeight(height) => write!(f, "at height {height}"),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    testnet: Option<Spanned<RawTestnet>>,
+    #[serde(default)]
+    step: Vec<Spanned<RawStep>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTestnet {
+    nodes: Option<usize>,
+    f: Option<usize>,
+    #[serde(default)]
+    byzantine: BTreeMap<String, String>,
+    #[serde(default)]
+    allow_unsafe: bool,
+    #[serde(default)]
+    delay_ms: u64,
+    #[serde(default)]
+    jitter_ms: u64,
+    #[serde(default)]
+    loss_percent: f64,
+    load: Option<f64>,
+    load_size: Option<usize>,
+    request_mode: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStep {
+    at: Option<String>,
+    after: Option<String>,
+    at_height: Option<u64>,
+    kill: Option<toml::Value>,
+    restart: Option<toml::Value>,
+    behave: Option<toml::Value>,
+    #[serde(rename = "as")]
+    as_behaviour: Option<String>,
+    partition: Option<String>,
+    heal: Option<bool>,
+    load: Option<toml::Value>,
+    say: Option<String>,
+    expect: Option<toml::Value>,
+    p99_below: Option<String>,
+    view_above: Option<u64>,
+    min_blocks: Option<u64>,
+    nodes: Option<Vec<i64>>,
+    within: Option<String>,
+    #[serde(rename = "for")]
+    hold: Option<String>,
+}
+
+/// Builds errors for one file.
+struct Errors<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Errors<'_> {
+    fn line_of(&self, offset: usize) -> usize {
+        1 + self
+            .text
+            .get(..offset)
+            .unwrap_or(self.text)
+            .matches('\n')
+            .count()
+    }
+
+    fn at(&self, line: usize, message: impl Into<String>) -> NetError {
+        NetError::Scenario {
+            path: self.path.to_owned(),
+            line: Some(line),
+            message: message.into(),
+        }
+    }
+}
+
+impl Scenario {
+    /// Reads and checks a scenario file.
+    pub fn load(path: &Path) -> Result<Scenario, NetError> {
+        let text = std::fs::read_to_string(path).map_err(NetError::io("read", path))?;
+        Scenario::parse(path, &text)
+    }
+
+    /// Checks the text of a scenario file (`path` names it in errors).
+    pub fn parse(path: &Path, text: &str) -> Result<Scenario, NetError> {
+        let errors = Errors { path, text };
+        let raw: RawFile = toml::from_str(text).map_err(|error| NetError::Scenario {
+            path: path.to_owned(),
+            line: error.span().map(|span| errors.line_of(span.start)),
+            message: error.message().trim().to_string(),
+        })?;
+        let testnet = match raw.testnet {
+            Some(spanned) => {
+                let line = errors.line_of(spanned.span().start);
+                testnet(&errors, line, spanned.into_inner())?
+            }
+            None => testnet(&errors, 1, RawTestnet::default())?,
+        };
+        if raw.step.is_empty() {
+            return Err(NetError::Scenario {
+                path: path.to_owned(),
+                line: None,
+                message: "no steps: add at least one [[step]] (for example `[[step]]` then `at = \"5s\"` and `kill = \"primary\"`)".into(),
+            });
+        }
+        let mut steps: Vec<Step> = Vec::new();
+        for (index, spanned) in raw.step.into_iter().enumerate() {
+            let line = errors.line_of(spanned.span().start);
+            let step = step(&errors, &testnet, index + 1, line, spanned.into_inner())?;
+            if let When::At(at) = step.when {
+                let earlier = steps.iter().rev().find_map(|s| match s.when {
+                    When::At(earlier) => Some((s.number, earlier)),
+                    _ => None,
+                });
+                if let Some((number, earlier)) = earlier.filter(|(_, e)| *e > at) {
+                    return Err(errors.at(
+                        line,
+                        format!(
+                            "at = \"{}\" comes before step {number}'s at = \"{}\": steps run in file order",
+                            seconds(at),
+                            seconds(earlier)
+                        ),
+                    ));
+                }
+            }
+            steps.push(step);
+        }
+        Ok(Scenario {
+            name: path
+                .file_stem()
+                .map(|stem| stem.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            path: path.to_owned(),
+            teaches: leading_comment(text),
+            testnet,
+            steps,
+        })
+    }
+
+    /// The timeline as `bftnet scenario check` prints it.
+    pub fn plan(&self) -> String {
+        let mut out = format!("{}: {}\n", self.name, self.path.display());
+        for line in self.teaches.lines() {
+            out.push_str(format!("  # {line}").trim_end());
+            out.push('\n');
+        }
+        out.push_str(&format!("  testnet: {}\n", describe_testnet(&self.testnet)));
+        for step in &self.steps {
+            out.push_str(&format!(
+                "  step {} (line {}): {}{}\n",
+                step.number,
+                step.line,
+                step.when,
+                step.action
+                    .as_ref()
+                    .map(|action| format!(": {action}"))
+                    .unwrap_or_default()
+            ));
+            for expectation in &step.expectations {
+                let window = if expectation.holds() {
+                    format!("for {}", seconds(step.hold))
+                } else {
+                    format!("within {}", seconds(step.within))
+                };
+                let nodes = match (&step.nodes, expectation.per_node()) {
+                    (Some(ids), true) => format!(" at nodes {ids:?}"),
+                    _ => String::new(),
+                };
+                out.push_str(&format!("      expect {expectation}{nodes} ({window})\n"));
+            }
+        }
+        out
+    }
+}
+
+/// One line describing a testnet spec.
+pub fn describe_testnet(spec: &TestnetSpec) -> String {
+    let mut parts = vec![format!("{} nodes (f = {})", spec.n, spec.f())];
+    if spec.byzantine.is_empty() {
+        parts.push("all honest".into());
+    } else {
+        parts.push(
+            spec.byzantine
+                .iter()
+                .map(|arg| format!("node {} {}", arg.id, arg.behaviour))
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
+    }
+    if spec.delay_ms > 0 || spec.jitter_ms > 0 {
+        parts.push(format!(
+            "delay {} ms (+0..{} ms)",
+            spec.delay_ms, spec.jitter_ms
+        ));
+    }
+    if spec.loss_percent > 0.0 {
+        parts.push(format!("loss {}%", spec.loss_percent));
+    }
+    if spec.load > 0.0 {
+        parts.push(format!("load {} tx/s", spec.load));
+    } else {
+        parts.push("no load".into());
+    }
+    parts.join(", ")
+}
+
+/// The `#` comment lines the file starts with (blank lines between them
+/// allowed), without the `#`.
+fn leading_comment(text: &str) -> String {
+    let mut lines = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() {
+            if lines.is_empty() {
+                continue;
+            }
+            lines.push(String::new());
+            continue;
+        }
+        let Some(comment) = line.strip_prefix('#') else {
+            break;
+        };
+        lines.push(comment.strip_prefix(' ').unwrap_or(comment).to_string());
+    }
+    while lines.last().is_some_and(String::is_empty) {
+        lines.pop();
+    }
+    lines.join("\n")
+}
+
+fn testnet(errors: &Errors<'_>, line: usize, raw: RawTestnet) -> Result<TestnetSpec, NetError> {
+    let bad = |message: String| errors.at(line, format!("[testnet] {message}"));
+    let n = match (raw.nodes, raw.f) {
+        (Some(n), Some(f)) if n != 3 * f + 1 => {
+            return Err(bad(format!(
+                "nodes = {n} and f = {f} disagree: n = 3f + 1 (give one of them)"
+            )))
+        }
+        (Some(n), _) => n,
+        (None, Some(f)) => 3 * f + 1,
+        (None, None) => 4,
+    };
+    check_size(n, "").map_err(|_| {
+        bad(format!(
+            "nodes = {n}: n must be 3f + 1 (4, 7, 10, ...), or give f"
+        ))
+    })?;
+    let mut byzantine = Vec::new();
+    for (id, behaviour) in &raw.byzantine {
+        let node: u16 = id.trim().parse().map_err(|_| {
+            bad(format!(
+                "byzantine: `{id}` is not a node id (write byzantine = {{ 3 = \"equivocate\" }})"
+            ))
+        })?;
+        let behaviour: Behaviour = behaviour.parse().map_err(|_| {
+            bad(format!(
+                "byzantine: node {node}: unknown behaviour `{behaviour}`; behaviours: {}",
+                Behaviour::NAMES
+            ))
+        })?;
+        byzantine.push(ByzantineArg {
+            id: node,
+            behaviour,
+        });
+    }
+    behaviours(n, &byzantine, raw.allow_unsafe).map_err(|error| match error {
+        NetError::Unsafe { count, f, .. } => bad(format!(
+            "{count} byzantine nodes exceed f = {f}: PBFT then guarantees nothing; add allow_unsafe = true to watch it break"
+        )),
+        other => bad(format!("byzantine: {other}")),
+    })?;
+    if !(0.0..=100.0).contains(&raw.loss_percent) {
+        return Err(bad(format!(
+            "loss_percent = {}: a percentage, 0 to 100",
+            raw.loss_percent
+        )));
+    }
+    let load = raw.load.unwrap_or(DEFAULT_LOAD);
+    if !(0.0..=1_000_000.0).contains(&load) {
+        return Err(bad(format!(
+            "load = {load}: requests per second, 0 (none) or more"
+        )));
+    }
+    let load_size = raw.load_size.unwrap_or(128);
+    if load_size == 0 {
+        return Err(bad("load_size = 0: payloads need at least 1 byte".into()));
+    }
+    let request_mode = match raw.request_mode.as_deref() {
+        None | Some("client-signed") => RequestMode::ClientSigned,
+        Some("connection-authenticated") => RequestMode::ConnectionAuthenticated,
+        Some(other) => {
+            return Err(bad(format!(
+                "request_mode = \"{other}\": \"client-signed\" or \"connection-authenticated\""
+            )))
+        }
+    };
+    Ok(TestnetSpec {
+        n,
+        byzantine,
+        allow_unsafe: raw.allow_unsafe,
+        delay_ms: raw.delay_ms,
+        jitter_ms: raw.jitter_ms,
+        loss_percent: raw.loss_percent,
+        load,
+        load_size,
+        request_mode,
+    })
+}
+
+fn duration(errors: &Errors<'_>, line: usize, key: &str, text: &str) -> Result<Duration, NetError> {
+    parse_duration(text).map_err(|reason| errors.at(line, format!("{key} = \"{text}\": {reason}")))
+}
+
+fn target(
+    errors: &Errors<'_>,
+    line: usize,
+    key: &str,
+    value: &toml::Value,
+    n: usize,
+) -> Result<Target, NetError> {
+    let last = n - 1;
+    let bad = || {
+        errors.at(
+            line,
+            format!(
+                "{key} = {value}: a node id (0 to {last}), \"primary\", \"all\", \"down\" (those not running), or a list such as [2, 0, 3, 1]"
+            ),
+        )
+    };
+    let id = |value: &toml::Value| -> Result<u16, NetError> {
+        match value.as_integer() {
+            Some(id) if (0..n as i64).contains(&id) => Ok(id as u16),
+            Some(id) => Err(errors.at(
+                line,
+                format!("{key}: node {id} does not exist (nodes are 0 to {last})"),
+            )),
+            None => Err(bad()),
+        }
+    };
+    match value {
+        toml::Value::Integer(_) => Ok(Target::Node(id(value)?)),
+        toml::Value::String(name) => match name.trim() {
+            "primary" => Ok(Target::Primary),
+            "all" => Ok(Target::All),
+            "down" => Ok(Target::Down),
+            _ => Err(bad()),
+        },
+        toml::Value::Array(items) if !items.is_empty() => {
+            let ids = items.iter().map(id).collect::<Result<Vec<u16>, _>>()?;
+            let mut sorted = ids.clone();
+            sorted.sort_unstable();
+            sorted.dedup();
+            if sorted.len() != ids.len() {
+                return Err(errors.at(line, format!("{key} = {value}: a node is named twice")));
+            }
+            Ok(Target::Nodes(ids))
+        }
+        _ => Err(bad()),
+    }
+}
+
+fn behaviour(errors: &Errors<'_>, line: usize, text: &str) -> Result<Option<Behaviour>, NetError> {
+    if text.trim() == "honest" {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(|_| {
+        errors.at(
+            line,
+            format!(
+                "as = \"{text}\": unknown behaviour; use \"honest\" or one of: {}",
+                Behaviour::NAMES
+            ),
+        )
+    })
+}
+
+fn step(
+    errors: &Errors<'_>,
+    spec: &TestnetSpec,
+    number: usize,
+    line: usize,
+    raw: RawStep,
+) -> Result<Step, NetError> {
+    let when = match (&raw.at, &raw.after, raw.at_height) {
+        (None, None, None) => When::After(Duration::ZERO),
+        (Some(at), None, None) => When::At(duration(errors, line, "at", at)?),
+        (None, Some(after), None) => When::After(duration(errors, line, "after", after)?),
+        (None, None, Some(height)) => When::AtHeight(height),
+        _ => {
+            return Err(errors.at(
+                line,
+                "give one of at, after and at_height: a step starts once",
+            ))
+        }
+    };
+    let action = action(errors, spec, line, &raw)?;
+    let mut expectations = Vec::new();
+    let names: Vec<String> = match &raw.expect {
+        None => Vec::new(),
+        Some(toml::Value::String(name)) => vec![name.clone()],
+        Some(toml::Value::Array(items)) => items
+            .iter()
+            .map(|item| {
+                item.as_str().map(str::to_owned).ok_or_else(|| {
+                    errors.at(
+                        line,
+                        format!(
+                            "expect: {item} is not a string; expect one of {}",
+                            Expectation::NAMES
+                        ),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?,
+        Some(other) => {
+            return Err(errors.at(
+                line,
+                format!(
+                    "expect = {other}: a string or a list of strings, each one of {}",
+                    Expectation::NAMES
+                ),
+            ))
+        }
+    };
+    for name in &names {
+        let normal = name
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .to_lowercase();
+        expectations.push(match normal.as_str() {
+            "commits continue" => Expectation::CommitsContinue {
+                min_blocks: raw.min_blocks.unwrap_or(DEFAULT_MIN_BLOCKS).max(1),
+            },
+            "no commits" => Expectation::NoCommits,
+            "caught up" => Expectation::CaughtUp,
+            "view change" => Expectation::ViewChange,
+            "check ok" => Expectation::CheckOk,
+            "fork detected" => Expectation::ForkDetected,
+            _ => return Err(errors.at(
+                line,
+                format!(
+                    "expect = \"{name}\": unknown expectation; use {} (and p99_below, view_above)",
+                    Expectation::NAMES
+                ),
+            )),
+        });
+    }
+    if let Some(bound) = &raw.p99_below {
+        expectations.push(Expectation::P99Below(duration(
+            errors,
+            line,
+            "p99_below",
+            bound,
+        )?));
+    }
+    if let Some(view) = raw.view_above {
+        expectations.push(Expectation::ViewAbove(view));
+    }
+    if raw.min_blocks.is_some()
+        && !expectations
+            .iter()
+            .any(|e| matches!(e, Expectation::CommitsContinue { .. }))
+    {
+        return Err(errors.at(
+            line,
+            "min_blocks applies to expect = \"commits continue\", which this step does not expect",
+        ));
+    }
+    if raw.hold.is_some() && !expectations.iter().any(Expectation::holds) {
+        return Err(errors.at(
+            line,
+            "for applies to \"no commits\" and p99_below (what must hold for a while); others take within",
+        ));
+    }
+    if raw.within.is_some() && !expectations.iter().any(|e| !e.holds()) {
+        return Err(errors.at(
+            line,
+            "within applies to expectations that must come true (\"commits continue\", \"caught up\", \"view change\", view_above, \"check ok\", \"fork detected\"); \"no commits\" and p99_below take for",
+        ));
+    }
+    let nodes = match &raw.nodes {
+        None => None,
+        Some(_) if !expectations.iter().any(Expectation::per_node) => {
+            return Err(errors.at(
+                line,
+                "nodes applies to \"commits continue\", \"no commits\", \"caught up\", \"view change\" and view_above, which this step does not expect",
+            ))
+        }
+        Some(ids) if ids.is_empty() => {
+            return Err(errors.at(line, "nodes = []: name at least one node"))
+        }
+        Some(ids) => Some(
+            ids.iter()
+                .map(|&id| {
+                    u16::try_from(id)
+                        .ok()
+                        .filter(|&id| usize::from(id) < spec.n)
+                        .ok_or_else(|| {
+                            errors.at(
+                                line,
+                                format!("nodes: node {id} does not exist (nodes are 0 to {})", spec.n - 1),
+                            )
+                        })
+                })
+                .collect::<Result<Vec<u16>, _>>()?,
+        ),
+    };
+    if action.is_none() && expectations.is_empty() && raw.say.is_none() {
+        return Err(errors.at(
+            line,
+            "this step does nothing: give an action (kill, restart, behave, partition, heal, load), an expect, or a say",
+        ));
+    }
+    Ok(Step {
+        number,
+        line,
+        when,
+        action,
+        say: raw.say,
+        expectations,
+        within: match &raw.within {
+            Some(text) => duration(errors, line, "within", text)?,
+            None => DEFAULT_WITHIN,
+        },
+        hold: match &raw.hold {
+            Some(text) => duration(errors, line, "for", text)?,
+            None => DEFAULT_FOR,
+        },
+        nodes,
+    })
+}
+
+fn action(
+    errors: &Errors<'_>,
+    spec: &TestnetSpec,
+    line: usize,
+    raw: &RawStep,
+) -> Result<Option<Action>, NetError> {
+    let given: Vec<&str> = [
+        ("kill", raw.kill.is_some()),
+        ("restart", raw.restart.is_some()),
+        ("behave", raw.behave.is_some()),
+        ("partition", raw.partition.is_some()),
+        ("heal", raw.heal.is_some()),
+        ("load", raw.load.is_some()),
+    ]
+    .iter()
+    .filter(|(_, present)| *present)
+    .map(|(name, _)| *name)
+    .collect();
+    if given.len() > 1 {
+        return Err(errors.at(
+            line,
+            format!(
+                "one action per step, this one has {}: split it into steps (`after = \"0s\"` runs the next at once)",
+                given.join(" and ")
+            ),
+        ));
+    }
+    if raw.as_behaviour.is_some() && raw.restart.is_none() && raw.behave.is_none() {
+        return Err(errors.at(line, "as goes with restart or behave"));
+    }
+    let as_behaviour = raw
+        .as_behaviour
+        .as_deref()
+        .map(|text| behaviour(errors, line, text))
+        .transpose()?;
+    let action = if let Some(value) = &raw.kill {
+        Action::Kill(target(errors, line, "kill", value, spec.n)?)
+    } else if let Some(value) = &raw.restart {
+        Action::Restart {
+            target: target(errors, line, "restart", value, spec.n)?,
+            behaviour: as_behaviour,
+        }
+    } else if let Some(value) = &raw.behave {
+        let Some(behaviour) = as_behaviour else {
+            return Err(errors.at(
+                line,
+                "behave needs as = \"BEHAVIOUR\" (for example behave = \"primary\" and as = \"equivocate\")",
+            ));
+        };
+        Action::Restart {
+            target: target(errors, line, "behave", value, spec.n)?,
+            behaviour: Some(behaviour),
+        }
+    } else if let Some(text) = &raw.partition {
+        let spec_text = text.replace('|', "/");
+        parse_partition(&spec_text, spec.n).map_err(|reason| {
+            errors.at(
+                line,
+                format!("partition = \"{text}\": {reason} (write groups as \"0,1|2,3\", or one way as \"0->1,2,3\")"),
+            )
+        })?;
+        Action::Partition(text.replace(' ', ""))
+    } else if let Some(heal) = raw.heal {
+        if !heal {
+            return Err(errors.at(
+                line,
+                "heal = false does nothing: write heal = true, or leave it out",
+            ));
+        }
+        Action::Heal
+    } else if let Some(value) = &raw.load {
+        let rate = match value {
+            toml::Value::Integer(rate) if *rate >= 0 => *rate as f64,
+            toml::Value::Float(rate) if (0.0..=1_000_000.0).contains(rate) => *rate,
+            toml::Value::String(word) if word == "stop" => 0.0,
+            toml::Value::String(word) if word == "start" => {
+                if spec.load > 0.0 {
+                    spec.load
+                } else {
+                    DEFAULT_LOAD
+                }
+            }
+            other => {
+                return Err(errors.at(
+                    line,
+                    format!("load = {other}: tx/s (a number, 0 stops it), \"stop\", or \"start\" ([testnet] load's rate)"),
+                ))
+            }
+        };
+        Action::Load(rate)
+    } else {
+        return Ok(None);
+    };
+    Ok(Some(action))
+}

@@ -1,0 +1,14 @@
+//! `bftnet scenario`: timelines of faults with expectations, read from
+//! TOML files (`scenarios/` ships one per classic failure), run against a
+//! fresh real testnet.
+//!
+//! - [`format`]: the file format, parsed and checked with line numbers;
+//! - [`judge`]: how each expectation is judged over its window;
+//! - [`run`]: the run itself, from a fresh testnet to the pass/fail table.
+
+pub mod format;
+pub mod judge;
+pub mod run;
+
+pub use format::{Action, Expectation, Scenario, Step, Target, TestnetSpec, When};
+pub use run::{Report, RunOptions};
