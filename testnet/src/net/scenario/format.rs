@@ -718,13 +718,15 @@ fn step(
             "view change" => Expectation::ViewChange,
             "check ok" => Expectation::CheckOk,
             "fork detected" => Expectation::ForkDetected,
-            _ => return Err(errors.at(
-                line,
-                format!(
+            _ => {
+                return Err(errors.at(
+                    line,
+                    format!(
                     "expect = \"{name}\": unknown expectation; use {} (and p99_below, view_above)",
                     Expectation::NAMES
                 ),
-            )),
+                ))
+            }
         });
     }
     if let Some(bound) = &raw.p99_below {
@@ -906,4 +908,208 @@ fn action(
         return Ok(None);
     };
     Ok(Some(action))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Scenario, String> {
+        Scenario::parse(Path::new("test.toml"), text).map_err(|error| error.to_string())
+    }
+
+    /// The error for `text`, which must be refused.
+    fn refused(text: &str) -> String {
+        match parse(text) {
+            Ok(scenario) => panic!("accepted: {scenario:?}"),
+            Err(error) => error,
+        }
+    }
+
+    /// A file using every part of the format reads as written.
+    #[test]
+    fn reads_every_part() {
+        let scenario = parse(
+            r#"# Teaches something.
+#
+# More about it.
+
+[testnet]
+f = 1
+byzantine = { 3 = "slow:200" }
+delay_ms = 5
+load = 50
+
+[[step]]
+at = "3s"
+kill = "primary"
+expect = ["view change", "commits continue"]
+min_blocks = 7
+within = "10s"
+
+[[step]]
+after = "500ms"
+restart = [2, 0]
+as = "honest"
+
+[[step]]
+at_height = 200
+partition = "0, 1 | 2,3"
+expect = "no commits"
+for = "2s"
+nodes = [0, 1]
+
+[[step]]
+behave = 1
+as = "equivocate"
+p99_below = "2s"
+view_above = 0
+
+[[step]]
+heal = true
+say = "and back"
+
+[[step]]
+load = "stop"
+"#,
+        )
+        .expect("valid");
+        assert_eq!(scenario.name, "test");
+        assert_eq!(scenario.teaches, "Teaches something.\n\nMore about it.");
+        assert_eq!(scenario.testnet.n, 4);
+        assert_eq!(scenario.testnet.delay_ms, 5);
+        assert_eq!(scenario.testnet.load, 50.0);
+        assert_eq!(
+            scenario.testnet.byzantine,
+            vec![ByzantineArg {
+                id: 3,
+                behaviour: Behaviour::Slow(Duration::from_millis(200))
+            }]
+        );
+        let steps = &scenario.steps;
+        assert_eq!(steps.len(), 6);
+        assert_eq!(steps[0].line, 11);
+        assert_eq!(steps[0].when, When::At(Duration::from_secs(3)));
+        assert_eq!(steps[0].action, Some(Action::Kill(Target::Primary)));
+        assert_eq!(
+            steps[0].expectations,
+            vec![
+                Expectation::ViewChange,
+                Expectation::CommitsContinue { min_blocks: 7 }
+            ]
+        );
+        assert_eq!(steps[0].within, Duration::from_secs(10));
+        assert_eq!(steps[1].when, When::After(Duration::from_millis(500)));
+        assert_eq!(
+            steps[1].action,
+            Some(Action::Restart {
+                target: Target::Nodes(vec![2, 0]),
+                behaviour: Some(None)
+            })
+        );
+        assert_eq!(steps[2].when, When::AtHeight(200));
+        assert_eq!(steps[2].action, Some(Action::Partition("0,1|2,3".into())));
+        assert_eq!(steps[2].hold, Duration::from_secs(2));
+        assert_eq!(steps[2].nodes, Some(vec![0, 1]));
+        assert_eq!(
+            steps[3].action,
+            Some(Action::Restart {
+                target: Target::Node(1),
+                behaviour: Some(Some(Behaviour::Equivocate))
+            })
+        );
+        assert_eq!(
+            steps[3].expectations,
+            vec![
+                Expectation::P99Below(Duration::from_secs(2)),
+                Expectation::ViewAbove(0)
+            ]
+        );
+        assert_eq!(steps[3].when, When::After(Duration::ZERO));
+        assert_eq!(steps[4].action, Some(Action::Heal));
+        assert_eq!(steps[4].say.as_deref(), Some("and back"));
+        assert_eq!(steps[5].action, Some(Action::Load(0.0)));
+        assert!(scenario
+            .plan()
+            .contains("step 3 (line 23): at height 200: partition 0,1|2,3"));
+    }
+
+    /// Every mistake is refused with the line it is on (where TOML or the
+    /// step knows it) and what would be right.
+    #[test]
+    fn mistakes_name_their_line_and_the_fix() {
+        let cases: &[(&str, &str)] = &[
+            ("[[step]]\nat = \"1s\"\nexepct = \"check ok\"\n", "test.toml:3: unknown field `exepct`"),
+            ("[[step]\nat = 1\n", "test.toml:1: "),
+            ("[[step]]\nat = \"5 parsecs\"\nheal = true\n", "test.toml:1: at = \"5 parsecs\": unknown unit"),
+            ("[[step]]\nat = 5\nheal = true\n", "test.toml:2: invalid type: integer `5`, expected a string"),
+            ("\n[[step]]\nkill = 0\nheal = true\n", "test.toml:2: one action per step, this one has kill and heal"),
+            ("[[step]]\nkill = 7\n", "test.toml:1: kill: node 7 does not exist (nodes are 0 to 3)"),
+            ("[[step]]\nkill = \"leader\"\n", "a node id (0 to 3), \"primary\", \"all\", \"down\""),
+            ("[[step]]\nrestart = [1, 1]\n", "a node is named twice"),
+            ("[[step]]\nexpect = \"everything fine\"\n", "expect = \"everything fine\": unknown expectation; use \"commits continue\""),
+            ("[[step]]\nexpect = 3\n", "expect = 3: a string or a list of strings"),
+            ("[[step]]\npartition = \"0,1|9\"\n", "partition = \"0,1|9\": node 9 does not exist"),
+            ("[[step]]\nbehave = 2\n", "behave needs as = \"BEHAVIOUR\""),
+            ("[[step]]\nrestart = 2\nas = \"sneaky\"\n", "as = \"sneaky\": unknown behaviour; use \"honest\" or one of: silent"),
+            ("[[step]]\nas = \"silent\"\nexpect = \"check ok\"\n", "as goes with restart or behave"),
+            ("[[step]]\nheal = false\n", "heal = false does nothing"),
+            ("[[step]]\nload = \"lots\"\n", "load = \"lots\": tx/s"),
+            ("[[step]]\nat = \"2s\"\n", "test.toml:1: this step does nothing"),
+            ("[[step]]\nat = \"5s\"\nheal = true\n[[step]]\nat = \"2s\"\nheal = true\n", "test.toml:4: at = \"2s\" comes before step 1's at = \"5s\""),
+            ("[[step]]\nat = \"5s\"\nafter = \"1s\"\nheal = true\n", "give one of at, after and at_height"),
+            ("[[step]]\nexpect = \"check ok\"\nfor = \"3s\"\n", "for applies to \"no commits\" and p99_below"),
+            ("[[step]]\nexpect = \"no commits\"\nwithin = \"3s\"\n", "within applies to expectations that must come true"),
+            ("[[step]]\nexpect = \"check ok\"\nmin_blocks = 3\n", "min_blocks applies to expect = \"commits continue\""),
+            ("[[step]]\nexpect = \"check ok\"\nnodes = [1]\n", "nodes applies to"),
+            ("[[step]]\nexpect = \"no commits\"\nnodes = [4]\n", "nodes: node 4 does not exist"),
+            ("[testnet]\nnodes = 5\n[[step]]\nheal = true\n", "test.toml:1: [testnet] nodes = 5: n must be 3f + 1"),
+            ("[testnet]\nnodes = 4\nf = 2\n[[step]]\nheal = true\n", "nodes = 4 and f = 2 disagree"),
+            ("\n[testnet]\nbyzantine = { 0 = \"collude\", 1 = \"collude\" }\n[[step]]\nheal = true\n", "test.toml:2: [testnet] 2 byzantine nodes exceed f = 1: PBFT then guarantees nothing; add allow_unsafe = true"),
+            ("[testnet]\nbyzantine = { zero = \"silent\" }\n[[step]]\nheal = true\n", "byzantine: `zero` is not a node id"),
+            ("[testnet]\nbyzantine = { 9 = \"silent\" }\n[[step]]\nheal = true\n", "node 9 does not exist"),
+            ("[testnet]\nbyzantine = { 2 = \"grumpy\" }\n[[step]]\nheal = true\n", "node 2: unknown behaviour `grumpy`"),
+            ("[testnet]\nloss_percent = 150.0\n[[step]]\nheal = true\n", "loss_percent = 150: a percentage"),
+            ("[testnet]\nrequest_mode = \"trusting\"\n[[step]]\nheal = true\n", "request_mode = \"trusting\""),
+            ("[testnet]\nnodes = 4\n", "test.toml: no steps: add at least one [[step]]"),
+        ];
+        for (text, expected) in cases {
+            let error = refused(text);
+            assert!(
+                error.contains(expected),
+                "for\n{text}\nexpected an error containing\n  {expected}\ngot\n  {error}"
+            );
+        }
+    }
+
+    /// Every file shipped in `scenarios/` reads, opens with a one-line
+    /// summary and an explanation, and expects something.
+    #[test]
+    fn shipped_scenarios_read() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios");
+        let mut count = 0;
+        for entry in std::fs::read_dir(&dir).expect("scenarios/") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_none_or(|ext| ext != "toml") {
+                continue;
+            }
+            let scenario = Scenario::load(&path).unwrap_or_else(|error| panic!("{error}"));
+            let lines: Vec<&str> = scenario.teaches.lines().collect();
+            assert!(
+                lines.len() >= 3 && lines[1].is_empty(),
+                "{}: open with `# summary`, `#`, then what it teaches",
+                path.display()
+            );
+            assert!(
+                scenario
+                    .steps
+                    .iter()
+                    .any(|step| !step.expectations.is_empty()),
+                "{} expects nothing",
+                path.display()
+            );
+            count += 1;
+        }
+        assert!(count >= 7, "only {count} scenarios in {}", dir.display());
+    }
 }
