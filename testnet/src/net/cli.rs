@@ -342,6 +342,25 @@ pub enum NetCommand {
     ///   [[step]]
     ///   after = "1s"
     ///   expect = "check ok"
+    ///
+    /// Step keys:
+    ///   at / after / at_height   when (default: right after the previous step)
+    ///   kill, restart            a node id, "primary", "all", "down", or [2, 0]
+    ///   as = "equivocate"        with restart (or "honest"); behave = N needs it
+    ///   partition = "0,1|2,3"    groups cut apart ("0->1,2,3": one way); heal = true
+    ///   load = 500               tx/s from now on; "stop", "start"
+    ///   say = "..."              a line for the reader
+    ///   expect = [...]           "commits continue", "no commits", "caught up",
+    ///                            "view change", "check ok", "fork detected"
+    ///   p99_below = "1s"         latency of receipts arriving during `for`
+    ///   view_above = 0           honest nodes with a quorum settle above view 0
+    ///   within = "20s"           how long what must come true may take
+    ///   for = "3s"               how long what must hold is watched
+    ///                            ("no commits" waits 1 s first: blocks in flight land)
+    ///   min_blocks = 3           what "commits continue" waits for
+    ///   nodes = [3]              the nodes height and view expectations look at
+    /// Steps run in order; a step starts once the previous one's expectations
+    /// are decided (what must come true passes as soon as it does).
     #[command(verbatim_doc_comment)]
     Scenario {
         #[command(subcommand)]
