@@ -433,7 +433,14 @@ impl Run<'_> {
                 match self.act(action).await {
                     Ok(said) => self.say(&indent(&said)),
                     Err(error) => {
-                        self.fail(step, format!("action {action}"), error.to_string());
+                        let error = match error {
+                            // The file's words, not the command line's.
+                            NetError::Unsafe { count, f, .. } => format!(
+                                "{count} byzantine nodes would exceed f = {f}: add allow_unsafe = true to [testnet] to watch PBFT break"
+                            ),
+                            other => other.to_string(),
+                        };
+                        self.fail(step, format!("action {action}"), error);
                         return steps.len() - index - 1;
                     }
                 }
