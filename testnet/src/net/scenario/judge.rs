@@ -233,6 +233,13 @@ impl Judge {
                     .map(|(id, status)| (id, status.height))
                     .collect();
                 let Some(base) = baseline else {
+                    if now.is_empty() {
+                        // Nothing to watch is no evidence that nothing moved.
+                        return Some(Verdict::Fail(format!(
+                            "no honest node in scope answered ({})",
+                            sample.heights()
+                        )));
+                    }
                     *baseline = Some(now);
                     return None;
                 };
@@ -410,7 +417,319 @@ fn summary(report: &CheckReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::super::super::check::{Fork, NodeLog};
+    use super::super::super::live::NodeView;
+    use super::super::format::When;
     use super::*;
+    use bftd_protocol::RequestMode;
+
+    /// A node as a sample shows it: `(height, view, has a quorum)`, or
+    /// down; node 3 is byzantine.
+    fn sample(at: Instant, nodes: &[Option<(u64, u64, bool)>]) -> Sample {
+        let nodes = nodes
+            .iter()
+            .enumerate()
+            .map(|(id, node)| NodeView {
+                id: id as u16,
+                running: node.is_some(),
+                pid: None,
+                behaviour: if id == 3 {
+                    "silent".into()
+                } else {
+                    "honest".into()
+                },
+                address: String::new(),
+                listen: String::new(),
+                metrics: String::new(),
+                data_dir: String::new(),
+                log: String::new(),
+                status: node.map(|(height, view, quorum)| NodeStatus {
+                    id: id as u16,
+                    n: 4,
+                    f: 1,
+                    view,
+                    in_view_change: false,
+                    primary: (view % 4) as u16,
+                    height,
+                    head_hash: String::new(),
+                    stable_checkpoint: 0,
+                    pending_requests: 0,
+                    request_mode: RequestMode::ClientSigned,
+                    byzantine: None,
+                    peers_in_touch: if quorum { 3 } else { 0 },
+                    quorum: 3,
+                    request_lifetime: 1024,
+                    first_height: 1,
+                    needs_snapshot: false,
+                }),
+            })
+            .collect();
+        Sample {
+            at,
+            snapshot: Snapshot {
+                dir: String::new(),
+                n: 4,
+                f: 1,
+                request_mode: String::new(),
+                proxy_running: true,
+                faults: String::new(),
+                nodes,
+            },
+        }
+    }
+
+    fn step(nodes: Option<Vec<u16>>) -> Step {
+        Step {
+            number: 1,
+            line: 1,
+            when: When::After(Duration::ZERO),
+            action: None,
+            say: None,
+            expectations: Vec::new(),
+            within: Duration::from_secs(10),
+            hold: Duration::from_secs(3),
+            nodes,
+        }
+    }
+
+    /// Feeds samples to a new judge; returns the verdict of each.
+    fn verdicts(
+        expectation: Expectation,
+        nodes: Option<Vec<u16>>,
+        samples: &[Sample],
+    ) -> Vec<Option<Verdict>> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let layout = Layout::new(std::path::Path::new("/nonexistent"));
+        let mut judge = Judge::new(&expectation, &step(nodes), &samples[0], None);
+        samples
+            .iter()
+            .map(|sample| runtime.block_on(judge.poll(sample, &layout, None)))
+            .collect()
+    }
+
+    fn passed(verdict: &Option<Verdict>) -> bool {
+        matches!(verdict, Some(Verdict::Pass(_)))
+    }
+
+    fn failed(verdict: &Option<Verdict>) -> bool {
+        matches!(verdict, Some(Verdict::Fail(_)))
+    }
+
+    /// "commits continue" waits for min_blocks on the highest honest height
+    /// (a byzantine node's height does not count) and fails when `within`
+    /// runs out short of it.
+    #[test]
+    fn commits_continue() {
+        let t = Instant::now();
+        let at = |s: u64| t + Duration::from_secs(s);
+        let expectation = Expectation::CommitsContinue { min_blocks: 3 };
+        let got = verdicts(
+            expectation.clone(),
+            None,
+            &[
+                sample(
+                    at(0),
+                    &[
+                        Some((10, 0, true)),
+                        None,
+                        Some((9, 0, true)),
+                        Some((99, 0, true)),
+                    ],
+                ),
+                sample(
+                    at(1),
+                    &[
+                        Some((12, 0, true)),
+                        None,
+                        Some((12, 0, true)),
+                        Some((99, 0, true)),
+                    ],
+                ),
+                sample(
+                    at(2),
+                    &[
+                        Some((12, 0, true)),
+                        None,
+                        Some((13, 0, true)),
+                        Some((99, 0, true)),
+                    ],
+                ),
+            ],
+        );
+        assert_eq!(got[..2], [None, None]);
+        assert!(passed(&got[2]), "{got:?}");
+        let got = verdicts(
+            expectation,
+            None,
+            &[
+                sample(at(0), &[Some((10, 0, true)); 4]),
+                sample(at(10), &[Some((12, 0, true)); 4]),
+            ],
+        );
+        assert!(failed(&got[1]), "{got:?}");
+    }
+
+    /// "no commits" ignores the first second (blocks in flight land), then
+    /// fails on any honest node's move, passes after `for`, and never
+    /// passes on nothing: a scope with no answering honest node fails.
+    #[test]
+    fn no_commits() {
+        let t = Instant::now();
+        let at = |ms: u64| t + Duration::from_millis(ms);
+        let quiet = |h: u64| {
+            [
+                Some((h, 0, true)),
+                Some((h, 0, true)),
+                Some((h, 0, true)),
+                None,
+            ]
+        };
+        let got = verdicts(
+            Expectation::NoCommits,
+            None,
+            &[
+                sample(at(0), &quiet(5)),
+                sample(at(900), &quiet(6)),
+                sample(at(1000), &quiet(6)),
+                sample(at(4000), &quiet(6)),
+            ],
+        );
+        assert_eq!(got[..3], [None, None, None]);
+        assert!(passed(&got[3]), "{got:?}");
+        let mut moved = quiet(6);
+        moved[1] = Some((7, 0, true));
+        let got = verdicts(
+            Expectation::NoCommits,
+            None,
+            &[
+                sample(at(0), &quiet(6)),
+                sample(at(1000), &quiet(6)),
+                sample(at(2000), &moved),
+            ],
+        );
+        assert!(
+            matches!(&got[2], Some(Verdict::Fail(text)) if text.contains("node 1 committed: height 6 -> 7")),
+            "{got:?}"
+        );
+        let got = verdicts(
+            Expectation::NoCommits,
+            Some(vec![3]),
+            &[sample(at(0), &quiet(6)), sample(at(1000), &quiet(6))],
+        );
+        assert!(failed(&got[1]), "node 3 is byzantine: {got:?}");
+    }
+
+    /// "caught up" at node 3... of node 2 here (3 is byzantine): the target
+    /// is the highest height of every honest node at the start, not of the
+    /// scope's.
+    #[test]
+    fn caught_up_measures_the_scope_against_everyone() {
+        let t = Instant::now();
+        let at = |s: u64| t + Duration::from_secs(s);
+        let got = verdicts(
+            Expectation::CaughtUp,
+            Some(vec![2]),
+            &[
+                sample(
+                    at(0),
+                    &[
+                        Some((50, 0, true)),
+                        Some((50, 0, true)),
+                        Some((10, 0, true)),
+                        None,
+                    ],
+                ),
+                sample(
+                    at(1),
+                    &[
+                        Some((60, 0, true)),
+                        Some((60, 0, true)),
+                        Some((49, 0, true)),
+                        None,
+                    ],
+                ),
+                sample(
+                    at(2),
+                    &[
+                        Some((70, 0, true)),
+                        Some((70, 0, true)),
+                        Some((50, 0, true)),
+                        None,
+                    ],
+                ),
+            ],
+        );
+        assert_eq!(got[..2], [None, None]);
+        assert!(passed(&got[2]), "{got:?}");
+    }
+
+    /// "view change": every honest node with a quorum settles above the
+    /// start's view; one without a quorum (cut off) is left out.
+    #[test]
+    fn view_change_leaves_out_nodes_without_a_quorum() {
+        let t = Instant::now();
+        let at = |s: u64| t + Duration::from_secs(s);
+        let got = verdicts(
+            Expectation::ViewChange,
+            None,
+            &[
+                sample(
+                    at(0),
+                    &[
+                        Some((5, 0, true)),
+                        Some((5, 0, true)),
+                        Some((5, 0, true)),
+                        None,
+                    ],
+                ),
+                sample(
+                    at(1),
+                    &[
+                        Some((5, 1, true)),
+                        Some((5, 0, true)),
+                        Some((5, 7, false)),
+                        None,
+                    ],
+                ),
+                sample(
+                    at(2),
+                    &[
+                        Some((5, 1, true)),
+                        Some((5, 1, true)),
+                        Some((5, 0, false)),
+                        None,
+                    ],
+                ),
+            ],
+        );
+        assert_eq!(got[1], None);
+        assert!(passed(&got[2]), "{got:?}");
+        let got = verdicts(
+            Expectation::ViewAbove(1),
+            None,
+            &[
+                sample(
+                    at(0),
+                    &[Some((5, 1, true)); 3]
+                        .iter()
+                        .copied()
+                        .chain([None])
+                        .collect::<Vec<_>>(),
+                ),
+                sample(
+                    at(10),
+                    &[Some((5, 1, true)); 3]
+                        .iter()
+                        .copied()
+                        .chain([None])
+                        .collect::<Vec<_>>(),
+                ),
+            ],
+        );
+        assert!(failed(&got[1]), "{got:?}");
+    }
 
     fn report(divergent: Option<u64>, error: Option<&str>) -> CheckReport {
         CheckReport {
