@@ -8,6 +8,8 @@
 //! cargo test -p bftnet --test scenario_files -- --include-ignored
 //! ```
 //!
+//! (`-- --ignored` runs only the ignored ones.)
+//!
 //! Also: a scenario whose expectations cannot hold fails (exit 1, FAIL
 //! rows, its files kept, its processes stopped), and Ctrl-C stops every
 //! process a run started.
