@@ -306,11 +306,126 @@ pub enum NetCommand {
         #[arg(long)]
         clean: bool,
     },
+    /// Run timelines of faults with expectations from scenario files.
+    ///
+    /// A scenario file (TOML) describes a fresh testnet ([testnet]: nodes
+    /// or f, byzantine behaviours, delay/jitter/loss, load) and a timeline
+    /// of [[step]]s, each with a time (at = "5s" after the testnet is up,
+    /// after = "2s" after the previous step, or at_height = 200), at most
+    /// one action (kill, restart, behave, partition, heal, load) and
+    /// expectations judged over a window after it (expect = "commits
+    /// continue", "no commits", "caught up", "view change", "check ok",
+    /// "fork detected"; p99_below = "2s"; view_above = 0).
+    /// `scenarios/` in the source tree has one file per classic failure,
+    /// each opening with what it teaches. docs/design-notes.md §33 has the
+    /// format and how each expectation is judged.
+    ///
+    /// Examples:
+    ///   bftnet scenario list
+    ///   bftnet scenario check scenarios/fail-stop-primary.toml
+    ///   bftnet scenario run scenarios/fail-stop-primary.toml
+    ///   bftnet scenario run scenarios/*.toml          every file, one after another
+    ///   bftnet scenario run --keep --dir /tmp/sc scenarios/minority-partition.toml
+    ///
+    /// A file:
+    ///   # Fail-stop: the primary crashes; the others elect a new one.
+    ///   [testnet]
+    ///   nodes = 4
+    ///   load = 100                      # tx/s from the start
+    ///
+    ///   [[step]]
+    ///   at = "3s"
+    ///   kill = "primary"                # or a node id, "all", [2, 0]
+    ///   expect = ["view change", "commits continue"]
+    ///   within = "20s"
+    ///
+    ///   [[step]]
+    ///   after = "1s"
+    ///   expect = "check ok"
+    ///
+    /// Step keys:
+    ///   at / after / at_height   when (default: right after the previous step)
+    ///   kill, restart            a node id, "primary", "all", "down", or [2, 0]
+    ///   as = "equivocate"        with restart (or "honest"); behave = N needs it
+    ///   partition = "0,1|2,3"    groups cut apart ("0->1,2,3": one way); heal = true
+    ///   load = 500               tx/s from now on; "stop", "start"
+    ///   say = "..."              a line for the reader
+    ///   expect = [...]           "commits continue", "no commits", "caught up",
+    ///                            "view change", "check ok", "fork detected"
+    ///   p99_below = "1s"         latency of receipts arriving during `for`
+    ///   view_above = 0           honest nodes with a quorum settle above view 0
+    ///   within = "20s"           how long what must come true may take
+    ///   for = "3s"               how long what must hold is watched
+    ///                            ("no commits" waits 1 s first: blocks in flight land)
+    ///   min_blocks = 3           what "commits continue" waits for
+    ///   nodes = [3]              the nodes height and view expectations look at
+    /// Steps run in order; a step starts once the previous one's expectations
+    /// are decided (what must come true passes as soon as it does).
+    #[command(verbatim_doc_comment)]
+    Scenario {
+        #[command(subcommand)]
+        command: ScenarioCommand,
+    },
     /// Run the fault proxy of a testnet (started by `bftnet up`).
     #[command(hide = true)]
     Proxy {
         #[command(flatten)]
         dir: DirArg,
+    },
+}
+
+/// `bftnet scenario`'s subcommands.
+#[derive(Subcommand, Debug)]
+pub enum ScenarioCommand {
+    /// Run scenario files, each against a fresh testnet.
+    ///
+    /// Starts the file's testnet (real bftd processes behind the fault
+    /// proxy, in --dir or a new temporary directory), runs its steps in
+    /// order, printing one line per step and per verdict with the time
+    /// since the testnet came up, then a pass/fail table. Every process
+    /// it started is stopped by PID at the end, also on failure and
+    /// Ctrl-C. A passing run's temporary directory is deleted (--keep keeps
+    /// it); a failing run's is kept, with the nodes' logs. Exits 0 if every
+    /// expectation of every file held, 1 otherwise.
+    ///
+    /// Examples:
+    ///   bftnet scenario run scenarios/fail-stop-primary.toml
+    ///   bftnet scenario run scenarios/*.toml
+    #[command(verbatim_doc_comment)]
+    Run {
+        /// The scenario files.
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// The testnet directory (absent or empty; one file only).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Keep the testnet directory after a passing run too.
+        #[arg(long)]
+        keep: bool,
+        /// How long nodes may take to become healthy (start, restarts).
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Check scenario files without running them; print their timelines.
+    ///
+    /// Examples:
+    ///   bftnet scenario check scenarios/*.toml
+    #[command(verbatim_doc_comment)]
+    Check {
+        /// The scenario files.
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
+    /// List the scenario files of a directory with what each teaches.
+    ///
+    /// Examples:
+    ///   bftnet scenario list
+    ///   bftnet scenario list my-scenarios/
+    #[command(verbatim_doc_comment)]
+    List {
+        /// The directory.
+        #[arg(default_value = "scenarios")]
+        dir: PathBuf,
     },
 }
 
@@ -805,8 +920,84 @@ async fn dispatch(command: NetCommand) -> Result<ExitCode, NetError> {
         }
         NetCommand::Down { dir, clean } => commands::down(&dir.dir, clean)?,
         NetCommand::Proxy { dir } => commands::proxy(&dir.dir).await?,
+        NetCommand::Scenario { command } => return scenario(command).await,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn scenario(command: ScenarioCommand) -> Result<ExitCode, NetError> {
+    use super::scenario::{run, Scenario};
+    match command {
+        ScenarioCommand::Run {
+            files,
+            dir,
+            keep,
+            timeout,
+        } => {
+            if dir.is_some() && files.len() > 1 {
+                return Err(NetError::BadArgument {
+                    flag: "--dir",
+                    value: format!("{} files", files.len()),
+                    reason: "each scenario needs a fresh testnet: give --dir with one file only"
+                        .into(),
+                });
+            }
+            // Every file is checked before anything starts.
+            let scenarios = files
+                .iter()
+                .map(|file| Scenario::load(file))
+                .collect::<Result<Vec<_>, _>>()?;
+            let options = run::RunOptions { dir, keep, timeout };
+            let mut reports = Vec::new();
+            for scenario in &scenarios {
+                let report = run::run(scenario, &options).await?;
+                run::print(&format!("\n{}", report.table()));
+                reports.push(report);
+            }
+            if reports.len() > 1 {
+                run::print("scenarios:");
+                for report in &reports {
+                    run::print(&format!(
+                        "  {:<6} {:<28} {:>6.1} s",
+                        if report.pass() { "PASS" } else { "FAIL" },
+                        report.name,
+                        report.elapsed.as_secs_f64()
+                    ));
+                }
+            }
+            if reports.iter().all(run::Report::pass) {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                Ok(ExitCode::FAILURE)
+            }
+        }
+        ScenarioCommand::Check { files } => {
+            for file in &files {
+                print!("{}", Scenario::load(file)?.plan());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ScenarioCommand::List { dir } => {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+                .map_err(NetError::io("read", &dir))?
+                .flatten()
+                .map(|entry| entry.path())
+                .filter(|path| path.extension().is_some_and(|ext| ext == "toml"))
+                .collect();
+            files.sort();
+            for file in files {
+                match Scenario::load(&file) {
+                    Ok(scenario) => println!(
+                        "{:<28} {}",
+                        file.display(),
+                        scenario.teaches.lines().next().unwrap_or_default()
+                    ),
+                    Err(error) => println!("{:<28} INVALID: {error}", file.display()),
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 #[cfg(test)]

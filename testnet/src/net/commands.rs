@@ -213,15 +213,20 @@ fn refuse_changes(
     Ok(())
 }
 
-/// `bftnet up`.
-pub async fn up(options: UpOptions) -> Result<(), NetError> {
+/// Starts the testnet `options` describe (generated, resumed or brought
+/// back), quietly but for a line on standard error, and returns once every
+/// node started is healthy: the layout, its state and the processes
+/// started (for [`reap`]). `bftnet up` and `bftnet scenario run` share it.
+pub(super) async fn start_testnet(
+    options: &UpOptions,
+) -> Result<(Layout, State, Vec<Child>), NetError> {
     let layout = Layout::new(&options.dir);
     let bftd = find_bftd()?;
     let bftnet = find_bftnet()?;
     let fresh = !layout.dir.exists();
     std::fs::create_dir_all(&layout.dir).map_err(NetError::io("create", &layout.dir))?;
     let lock = layout.lock()?;
-    let (mut state, found) = match prepare(&layout, &options, &bftd) {
+    let (mut state, found) = match prepare(&layout, options, &bftd) {
         Ok(prepared) => prepared,
         Err(error) => {
             // Leave no half-made testnet behind.
@@ -238,7 +243,7 @@ pub async fn up(options: UpOptions) -> Result<(), NetError> {
             start_configured(
                 &layout,
                 &mut state,
-                &options,
+                options,
                 resumed,
                 &bftnet,
                 &mut children,
@@ -262,6 +267,12 @@ pub async fn up(options: UpOptions) -> Result<(), NetError> {
         return Err(error);
     }
     drop(lock);
+    Ok((layout, state, children))
+}
+
+/// `bftnet up`.
+pub async fn up(options: UpOptions) -> Result<(), NetError> {
+    let (layout, state, children) = start_testnet(&options).await?;
     print_summary(&layout, &state, &options);
     if options.detach {
         return Ok(());
@@ -812,17 +823,22 @@ pub async fn load(
 
 /// `bftnet kill`.
 pub async fn kill(dir: &Path, id: u16) -> Result<(), NetError> {
+    println!("{}", kill_node(dir, id).await?);
+    Ok(())
+}
+
+/// What `bftnet kill` does, returning what it would print.
+pub(super) async fn kill_node(dir: &Path, id: u16) -> Result<String, NetError> {
     let layout = Layout::new(dir);
     State::load(&layout)?;
     let _lock = layout.lock()?;
     let mut state = State::load(&layout)?;
     let node = state.node(id)?.clone();
     let Some(pid) = node.pid.filter(|_| node_alive(&layout, &state, id)) else {
-        println!(
+        return Ok(format!(
             "node {id} is not running (`bftnet restart {id}{}` starts it)",
             dir_flag(&layout)
-        );
-        return Ok(());
+        ));
     };
     let status = super::launch::node_status(node.metrics, Duration::from_millis(500)).await;
     kill_pid(pid);
@@ -843,11 +859,10 @@ pub async fn kill(dir: &Path, id: u16) -> Result<(), NetError> {
             )
         })
         .unwrap_or_default();
-    println!(
+    Ok(format!(
         "node {id} killed (SIGKILL, pid {pid}){primary}. `bftnet restart {id}{}` brings it back with its data.",
         dir_flag(&layout)
-    );
-    Ok(())
+    ))
 }
 
 /// `bftnet restart`.
@@ -858,6 +873,19 @@ pub async fn restart(
     allow_unsafe: bool,
     timeout: Duration,
 ) -> Result<(), NetError> {
+    let said = restart_node(dir, id, behaviour, allow_unsafe, timeout).await?;
+    println!("{said}");
+    Ok(())
+}
+
+/// What `bftnet restart` does, returning what it would print.
+pub(super) async fn restart_node(
+    dir: &Path,
+    id: u16,
+    behaviour: Option<Option<Behaviour>>,
+    allow_unsafe: bool,
+    timeout: Duration,
+) -> Result<String, NetError> {
     let layout = Layout::new(dir);
     State::load(&layout)?;
     let _lock = layout.lock()?;
@@ -908,12 +936,11 @@ pub async fn restart(
     drop(child); // detached: `down` stops it by PID
     wait_healthy(&layout, &state, &[id], timeout).await?;
     let node = state.node(id)?;
-    println!(
+    Ok(format!(
         "node {id} restarted (pid {}) as {}, same keys and data: it catches up from its peers",
         node.pid.unwrap_or(0),
         node.behaviour.as_deref().unwrap_or("honest")
-    );
-    Ok(())
+    ))
 }
 
 /// How long `partition` and `heal` wait for the proxy to put new rules in
@@ -961,6 +988,12 @@ async fn install_faults(
 /// `bftnet partition`: returns once the proxy drops datagrams across the
 /// cut, on every connection.
 pub async fn partition(dir: &Path, spec: &str) -> Result<(), NetError> {
+    println!("{}", partition_nodes(dir, spec).await?);
+    Ok(())
+}
+
+/// What `bftnet partition` does, returning what it would print.
+pub(super) async fn partition_nodes(dir: &Path, spec: &str) -> Result<String, NetError> {
     let layout = Layout::new(dir);
     let state = State::load(&layout)?;
     let _lock = layout.lock()?;
@@ -993,21 +1026,25 @@ pub async fn partition(dir: &Path, spec: &str) -> Result<(), NetError> {
     };
     let heal = format!("`bftnet heal{}` undoes it", dir_flag(&layout));
     if !applied {
-        println!(
+        return Ok(format!(
             "partition {spec} recorded; the fault proxy is down, so it applies once `bftnet up{}` restarts it ({heal})",
             dir_flag(&layout)
-        );
-        return Ok(());
+        ));
     }
-    println!(
+    Ok(format!(
         "partition {spec} in force: node-to-node datagrams across it are dropped {how}, on open connections too (clients still reach every node).\n\
          A side keeps committing only if it holds a quorum of {quorum} connected nodes. {heal}."
-    );
-    Ok(())
+    ))
 }
 
 /// `bftnet heal`: returns once the proxy lets datagrams through again.
 pub async fn heal(dir: &Path) -> Result<(), NetError> {
+    println!("{}", heal_nodes(dir).await?);
+    Ok(())
+}
+
+/// What `bftnet heal` does, returning what it would print.
+pub(super) async fn heal_nodes(dir: &Path) -> Result<String, NetError> {
     let layout = Layout::new(dir);
     let state = State::load(&layout)?;
     let _lock = layout.lock()?;
@@ -1016,7 +1053,7 @@ pub async fn heal(dir: &Path) -> Result<(), NetError> {
     faults.blocked.clear();
     let left = faults.describe();
     let applied = install_faults(&layout, &state, faults).await?;
-    println!(
+    Ok(format!(
         "{}; every link is open again{}{}",
         had.map(|p| format!("healed partition {p}"))
             .unwrap_or_else(|| "no partition was in force".into()),
@@ -1030,8 +1067,7 @@ pub async fn heal(dir: &Path) -> Result<(), NetError> {
         } else {
             " (the fault proxy is not running)"
         }
-    );
-    Ok(())
+    ))
 }
 
 /// `bftnet check`: prints the verdict; `Ok(true)` when everything holds.

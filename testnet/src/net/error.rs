@@ -207,6 +207,16 @@ pub enum NetError {
         /// Why (boxed: it is large and rare).
         source: Box<bftd::StartError>,
     },
+    /// A scenario file is invalid.
+    #[error("{}: {message}", match line { Some(line) => format!("{}:{line}", path.display()), None => path.display().to_string() })]
+    Scenario {
+        /// The file.
+        path: PathBuf,
+        /// The line at fault, when known.
+        line: Option<usize>,
+        /// What is wrong and what would be right.
+        message: String,
+    },
     /// Ctrl-C (or SIGTERM/SIGHUP) stopped the command.
     #[error("interrupted: every process this command started has been stopped")]
     Interrupted,

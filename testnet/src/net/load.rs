@@ -69,7 +69,7 @@ impl Default for LoadOptions {
 }
 
 /// Latencies with ~1% relative precision in constant memory.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Histogram {
     buckets: Vec<u64>,
     count: u64,
@@ -119,6 +119,32 @@ impl Histogram {
     /// The largest, in milliseconds.
     pub fn max_ms(&self) -> f64 {
         self.max_micros as f64 / 1000.0
+    }
+
+    /// What was recorded since `earlier`, a copy of this histogram taken
+    /// before: the latencies of one window of a running load (`bftnet
+    /// scenario`'s `p99_below`). Its maximum is the bucket bound of the
+    /// largest latency in the window (the exact one is not kept).
+    pub fn since(&self, earlier: &Histogram) -> Histogram {
+        let buckets: Vec<u64> = self
+            .buckets
+            .iter()
+            .enumerate()
+            .map(|(index, &count)| {
+                count.saturating_sub(earlier.buckets.get(index).copied().unwrap_or(0))
+            })
+            .collect();
+        let max_micros = buckets
+            .iter()
+            .rposition(|&count| count > 0)
+            .map_or(0, |index| {
+                (GROWTH.powf(index as f64 + 1.0) as u64).min(self.max_micros)
+            });
+        Histogram {
+            count: buckets.iter().sum(),
+            buckets,
+            max_micros,
+        }
     }
 }
 

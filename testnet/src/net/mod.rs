@@ -17,6 +17,8 @@
 //! - [`check`]: the safety check of honest logs;
 //! - [`live`]: `status` and the live status line;
 //! - [`init`]: `bftnet init`, a cluster for real hosts (and compose);
+//! - [`scenario`]: `bftnet scenario`, timelines of faults with
+//!   expectations, from files, against a fresh testnet;
 //! - [`commands`]: the subcommands themselves.
 
 pub mod attack;
@@ -32,5 +34,6 @@ pub mod layout;
 pub mod live;
 pub mod load;
 pub mod proxy;
+pub mod scenario;
 
 pub use error::NetError;
