@@ -4,6 +4,7 @@
 use super::binaries::find_bftd;
 use super::check::{self, CheckReport};
 use super::error::NetError;
+use super::events::{self, EventKind};
 use super::launch::{
     find_bftnet, kill as kill_pid, log_tail, node_alive, node_marker, output_closed, proxy_alive,
     proxy_marker, say, shutdown_signal, start_node, start_proxy, stop_all, wait_healthy,
@@ -213,8 +214,14 @@ fn refuse_changes(
     Ok(())
 }
 
-/// `bftnet up`.
+/// `bftnet up` without the dashboard.
 pub async fn up(options: UpOptions) -> Result<(), NetError> {
+    up_with_ui(options, None).await
+}
+
+/// `bftnet up`; unless `--detach`, with the dashboard if `ui` says on
+/// which port (`Some(None)`: the default one, or a free one).
+pub async fn up_with_ui(options: UpOptions, ui: Option<Option<u16>>) -> Result<(), NetError> {
     let layout = Layout::new(&options.dir);
     let bftd = find_bftd()?;
     let bftnet = find_bftnet()?;
@@ -262,10 +269,21 @@ pub async fn up(options: UpOptions) -> Result<(), NetError> {
         return Err(error);
     }
     drop(lock);
+    events::command(
+        &layout,
+        EventKind::Up,
+        Vec::new(),
+        format!("bftnet up{}", dir_flag(&layout)),
+        format!("{} nodes (f = {}) running", state.n, state.f),
+    );
     print_summary(&layout, &state, &options);
     if options.detach {
         return Ok(());
     }
+    let _dashboard = match ui {
+        Some(port) => super::dashboard::announce(&layout, port).await,
+        None => None,
+    };
     let background = if options.idle {
         None
     } else {
@@ -285,6 +303,13 @@ pub async fn up(options: UpOptions) -> Result<(), NetError> {
     // From here on the output may be a closed pipe: nothing may panic.
     say("stopping the testnet ...");
     let lock = layout.lock()?;
+    events::command(
+        &layout,
+        EventKind::Down,
+        Vec::new(),
+        format!("bftnet down{}", dir_flag(&layout)),
+        "bftnet up stopped the testnet (Ctrl-C)".into(),
+    );
     let stopped = stop_testnet(&layout);
     drop(lock);
     reap(children);
@@ -631,6 +656,17 @@ pub fn down(dir: &Path, clean: bool) -> Result<(), NetError> {
     let layout = Layout::new(dir);
     State::load(&layout)?;
     let lock = layout.lock()?;
+    events::command(
+        &layout,
+        EventKind::Down,
+        Vec::new(),
+        format!(
+            "bftnet down{}{}",
+            dir_flag(&layout),
+            if clean { " --clean" } else { "" }
+        ),
+        "every node and the fault proxy stopped".into(),
+    );
     let stopped = stop_testnet(&layout);
     drop(lock);
     if clean {
@@ -825,6 +861,19 @@ pub async fn kill(dir: &Path, id: u16) -> Result<(), NetError> {
         return Ok(());
     };
     let status = super::launch::node_status(node.metrics, Duration::from_millis(500)).await;
+    // Recorded before the kill: whoever sees the node gone finds why.
+    events::command(
+        &layout,
+        EventKind::Kill,
+        vec![id],
+        format!("bftnet kill{} {id}", dir_flag(&layout)),
+        match &status {
+            Some(s) if s.primary == id => {
+                format!("node {id} SIGKILLed; it was the primary of view {}", s.view)
+            }
+            _ => format!("node {id} SIGKILLed"),
+        },
+    );
     kill_pid(pid);
     for _ in 0..100 {
         if !node_alive(&layout, &state, id) {
@@ -873,6 +922,11 @@ pub async fn restart(
             ),
         });
     }
+    let as_what = match &behaviour {
+        Some(Some(b)) => format!(" --byzantine {b}"),
+        Some(None) => " --honest".into(),
+        None => String::new(),
+    };
     if let Some(new) = behaviour {
         let mut args: Vec<ByzantineArg> = state
             .nodes
@@ -897,6 +951,16 @@ pub async fn restart(
         write_node_files(&layout, &state)?;
         state.save(&layout)?;
     }
+    events::command(
+        &layout,
+        EventKind::Restart,
+        vec![id],
+        format!("bftnet restart{} {id}{as_what}", dir_flag(&layout)),
+        format!(
+            "node {id} restarts as {}",
+            state.node(id)?.behaviour.as_deref().unwrap_or("honest")
+        ),
+    );
     if let Some(pid) = state
         .node(id)?
         .pid
@@ -986,6 +1050,17 @@ pub async fn partition(dir: &Path, spec: &str) -> Result<(), NetError> {
     faults.partition = Some(spec.replace(' ', ""));
     let applied = install_faults(&layout, &state, faults).await?;
     let quorum = 2 * state.f + 1;
+    events::command(
+        &layout,
+        EventKind::Partition,
+        (0..state.n as u16).collect(),
+        format!(
+            "bftnet partition{} {}",
+            dir_flag(&layout),
+            spec.replace(' ', "")
+        ),
+        format!("links across {spec} cut"),
+    );
     let how = if spec.contains("->") {
         "one way only"
     } else {
@@ -1016,6 +1091,16 @@ pub async fn heal(dir: &Path) -> Result<(), NetError> {
     faults.blocked.clear();
     let left = faults.describe();
     let applied = install_faults(&layout, &state, faults).await?;
+    events::command(
+        &layout,
+        EventKind::Heal,
+        Vec::new(),
+        format!("bftnet heal{}", dir_flag(&layout)),
+        match &had {
+            Some(partition) => format!("partition {partition} healed: every link open"),
+            None => "no partition was in force".into(),
+        },
+    );
     println!(
         "{}; every link is open again{}{}",
         had.map(|p| format!("healed partition {p}"))
