@@ -309,7 +309,11 @@ impl Tracker {
             events.push(derived(
                 at_ms,
                 EventKind::Suspicion,
-                vec![id, primary],
+                if primary == id {
+                    vec![id]
+                } else {
+                    vec![id, primary]
+                },
                 detail,
             ));
         }
