@@ -143,12 +143,14 @@ function chart(target, series, lines, unit) {
   const box = $(target);
   box.replaceChildren();
   const width = 420, height = 120, left = 44, bottom = 16, top = 6;
+  // The last 5 minutes, or less while there is less to show (at least 30 s).
   const end = series.length ? series[series.length - 1].at_ms : Date.now();
-  const start = end - 300000;
+  const span = Math.min(300000, Math.max(30000, series.length ? end - series[0].at_ms : 0));
+  const start = end - span;
   let max = 0;
   for (const point of series) for (const line of lines) max = Math.max(max, point[line.key] || 0);
   max = max > 0 ? max * 1.15 : 1;
-  const x = (t) => left + ((t - start) / 300000) * (width - left - 4);
+  const x = (t) => left + ((t - start) / span) * (width - left - 4);
   const y = (v) => top + (1 - v / max) * (height - top - bottom);
   for (const fraction of [0, 0.5, 1]) {
     const value = max * fraction;
@@ -156,7 +158,8 @@ function chart(target, series, lines, unit) {
     box.append(svg("text", { x: left - 4, y: y(value) + 4, "text-anchor": "end", fill: "#687085", "font-size": 10 },
       value >= 100 ? value.toFixed(0) : value.toFixed(1)));
   }
-  box.append(svg("text", { x: left, y: height - 2, fill: "#687085", "font-size": 10 }, "-5 min"));
+  const ago = span >= 120000 ? `-${Math.round(span / 60000)} min` : `-${Math.round(span / 1000)} s`;
+  box.append(svg("text", { x: left, y: height - 2, fill: "#687085", "font-size": 10 }, ago));
   box.append(svg("text", { x: width - 2, y: height - 2, "text-anchor": "end", fill: "#687085", "font-size": 10 }, "now"));
   for (const line of lines) {
     const points = series.filter((p) => p[line.key] !== null && p[line.key] !== undefined && p.at_ms >= start)
