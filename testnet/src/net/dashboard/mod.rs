@@ -543,7 +543,6 @@ async fn poll_loop(shared: Arc<Shared>) {
                     faults: &faults,
                     proxy_running,
                     extra_load: load_rate,
-                    dir_flag: &shared.dir_flag,
                 },
                 &tracker,
             );

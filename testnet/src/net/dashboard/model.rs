@@ -744,8 +744,6 @@ pub struct Page {
     pub lessons: Vec<Lesson>,
     /// The extra load started from the page, tx/s.
     pub extra_load: Option<f64>,
-    /// `" --dir DIR"` for commands the page shows ("" by default).
-    pub dir_flag: String,
 }
 
 /// What [`page`] needs besides the tracker.
@@ -761,8 +759,6 @@ pub struct PageInput<'a> {
     pub proxy_running: bool,
     /// The page's extra load.
     pub extra_load: Option<f64>,
-    /// For echoed commands.
-    pub dir_flag: &'a str,
 }
 
 /// The page state.
@@ -825,7 +821,6 @@ pub fn page(input: &PageInput<'_>, tracker: &Tracker) -> Page {
         series: tracker.series().cloned().collect(),
         lessons: lessons(n, f, input.samples, input.faults),
         extra_load: input.extra_load,
-        dir_flag: input.dir_flag.to_owned(),
     }
 }
 
