@@ -633,27 +633,24 @@ async fn dispatch(command: NetCommand) -> Result<ExitCode, NetError> {
                 });
             }
             let ui = (!args.no_ui).then_some(args.ui_port);
-            commands::up_with_ui(
-                UpOptions {
-                    dir: args.dir.dir,
-                    n,
-                    byzantine: args.byzantine,
-                    allow_unsafe: args.allow_unsafe,
-                    delay_ms: args.delay,
-                    jitter_ms: args.jitter,
-                    loss_percent: args.loss,
-                    request_mode: args.request_mode.map(|mode| match mode {
-                        ModeArg::ClientSigned => RequestMode::ClientSigned,
-                        ModeArg::ConnectionAuthenticated => RequestMode::ConnectionAuthenticated,
-                    }),
-                    detach: args.detach,
-                    idle: args.idle,
-                    timeout: args.timeout,
-                    default_rate: 20.0,
-                },
-                ui,
-            )
-            .await?;
+            let options = UpOptions {
+                dir: args.dir.dir,
+                n,
+                byzantine: args.byzantine,
+                allow_unsafe: args.allow_unsafe,
+                delay_ms: args.delay,
+                jitter_ms: args.jitter,
+                loss_percent: args.loss,
+                request_mode: args.request_mode.map(|mode| match mode {
+                    ModeArg::ClientSigned => RequestMode::ClientSigned,
+                    ModeArg::ConnectionAuthenticated => RequestMode::ConnectionAuthenticated,
+                }),
+                detach: args.detach,
+                idle: args.idle,
+                timeout: args.timeout,
+                default_rate: 20.0,
+            };
+            commands::up_with_ui(ui, options).await?;
         }
         NetCommand::Init(args) => {
             let text = match (&args.hosts, &args.hosts_file) {

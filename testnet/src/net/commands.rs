@@ -216,12 +216,12 @@ fn refuse_changes(
 
 /// `bftnet up` without the dashboard.
 pub async fn up(options: UpOptions) -> Result<(), NetError> {
-    up_with_ui(options, None).await
+    up_with_ui(None, options).await
 }
 
 /// `bftnet up`; unless `--detach`, with the dashboard if `ui` says on
 /// which port (`Some(None)`: the default one, or a free one).
-pub async fn up_with_ui(options: UpOptions, ui: Option<Option<u16>>) -> Result<(), NetError> {
+pub async fn up_with_ui(ui: Option<Option<u16>>, options: UpOptions) -> Result<(), NetError> {
     let layout = Layout::new(&options.dir);
     let bftd = find_bftd()?;
     let bftnet = find_bftnet()?;
