@@ -278,6 +278,12 @@ pub async fn up_with_ui(ui: Option<Option<u16>>, options: UpOptions) -> Result<(
     );
     print_summary(&layout, &state, &options);
     if options.detach {
+        if ui.is_some() {
+            super::launch::say_out(&format!(
+                "dashboard: `bftnet ui{}` serves it for this detached testnet",
+                dir_flag(&layout)
+            ));
+        }
         return Ok(());
     }
     let _dashboard = match ui {
