@@ -29,6 +29,18 @@ pub enum NetCommand {
     /// starts only what is down, with the recorded data and behaviours, and
     /// keeps the rules in force; it refuses only when everything runs.
     ///
+    /// Attached, it also serves a live dashboard on 127.0.0.1 (its URL is
+    /// printed; port 7300, or a free port if that is taken; --ui-port picks
+    /// one, --no-ui turns it off): every node up or down, primary or backup,
+    /// view, height, behaviour, pending requests and evidence; the links
+    /// between nodes with partitions drawn as cut links; commit rate and
+    /// latency; a timeline of kills, restarts, partitions, view changes,
+    /// evidence, state transfer and checkpoints (also those caused by
+    /// `bftnet` commands from other shells: every command appends to
+    /// DIR/events.jsonl); and buttons that run the same commands as the
+    /// CLI, showing the command line each one runs. `bftnet ui` serves it
+    /// for a testnet started with --detach.
+    ///
     /// Every node is reached through the fault proxy, so `bftnet partition`,
     /// --delay and --loss need no root. Byzantine nodes run bftd with a
     /// behaviour that rewrites what their honest core sends: silent,
@@ -47,8 +59,23 @@ pub enum NetCommand {
     ///   bftnet up --delay 20 --jitter 5 --loss 1
     ///   bftnet up --detach --idle && bftnet status
     ///   bftnet up --byzantine 0=collude --byzantine 1=collude --allow-unsafe
+    ///   bftnet up --ui-port 8080                     dashboard on http://127.0.0.1:8080/
     #[command(verbatim_doc_comment)]
     Up(UpArgs),
+    /// Serve the live dashboard of a running testnet (as `bftnet up` does
+    /// when attached) until Ctrl-C; the testnet keeps running.
+    ///
+    /// Examples:
+    ///   bftnet up --detach && bftnet ui
+    ///   bftnet ui --port 0          any free port
+    #[command(verbatim_doc_comment)]
+    Ui {
+        #[command(flatten)]
+        dir: DirArg,
+        /// The port on 127.0.0.1 [default: 7300, or a free one if taken].
+        #[arg(long)]
+        port: Option<u16>,
+    },
     /// Generate a cluster for real hosts: keys, the cluster file and one
     /// directory per host, ready to copy.
     ///
@@ -490,6 +517,13 @@ pub struct UpArgs {
     /// How long nodes may take to become healthy.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     timeout: Duration,
+    /// No dashboard while attached.
+    #[arg(long, conflicts_with = "ui_port")]
+    no_ui: bool,
+    /// The dashboard's port on 127.0.0.1 (0: any free one) [default: 7300,
+    /// or a free one if that is taken].
+    #[arg(long, value_name = "PORT")]
+    ui_port: Option<u16>,
 }
 
 /// `bftnet init`'s options.
@@ -713,7 +747,8 @@ async fn dispatch(command: NetCommand) -> Result<ExitCode, NetError> {
                     reason: "a percentage: 0 to 100".into(),
                 });
             }
-            commands::up(UpOptions {
+            let ui = (!args.no_ui).then_some(args.ui_port);
+            let options = UpOptions {
                 dir: args.dir.dir,
                 n,
                 byzantine: args.byzantine,
@@ -729,8 +764,8 @@ async fn dispatch(command: NetCommand) -> Result<ExitCode, NetError> {
                 idle: args.idle,
                 timeout: args.timeout,
                 default_rate: 20.0,
-            })
-            .await?;
+            };
+            commands::up_with_ui(ui, options).await?;
         }
         NetCommand::Init(args) => {
             let text = match (&args.hosts, &args.hosts_file) {
@@ -784,6 +819,7 @@ async fn dispatch(command: NetCommand) -> Result<ExitCode, NetError> {
                 out.join("client.key").display()
             );
         }
+        NetCommand::Ui { dir, port } => super::dashboard::ui(&dir.dir, port).await?,
         NetCommand::Status { dir, json } => commands::status(&dir.dir, json).await?,
         NetCommand::Submit { dir, payloads } => commands::submit(&dir.dir, &payloads).await?,
         NetCommand::Load {

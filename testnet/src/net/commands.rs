@@ -4,6 +4,7 @@
 use super::binaries::find_bftd;
 use super::check::{self, CheckReport};
 use super::error::NetError;
+use super::events::{self, EventKind};
 use super::launch::{
     find_bftnet, kill as kill_pid, log_tail, node_alive, node_marker, output_closed, proxy_alive,
     proxy_marker, say, shutdown_signal, start_node, start_proxy, stop_all, wait_healthy,
@@ -267,16 +268,39 @@ pub(super) async fn start_testnet(
         return Err(error);
     }
     drop(lock);
+    events::command(
+        &layout,
+        EventKind::Up,
+        Vec::new(),
+        format!("bftnet up{}", dir_flag(&layout)),
+        format!("{} nodes (f = {}) running", state.n, state.f),
+    );
     Ok((layout, state, children))
 }
 
-/// `bftnet up`.
+/// `bftnet up` without the dashboard.
 pub async fn up(options: UpOptions) -> Result<(), NetError> {
+    up_with_ui(None, options).await
+}
+
+/// `bftnet up`; unless `--detach`, with the dashboard if `ui` says on
+/// which port (`Some(None)`: the default one, or a free one).
+pub async fn up_with_ui(ui: Option<Option<u16>>, options: UpOptions) -> Result<(), NetError> {
     let (layout, state, children) = start_testnet(&options).await?;
     print_summary(&layout, &state, &options);
     if options.detach {
+        if ui.is_some() {
+            super::launch::say_out(&format!(
+                "dashboard: `bftnet ui{}` serves it for this detached testnet",
+                dir_flag(&layout)
+            ));
+        }
         return Ok(());
     }
+    let _dashboard = match ui {
+        Some(port) => super::dashboard::announce(&layout, port).await,
+        None => None,
+    };
     let background = if options.idle {
         None
     } else {
@@ -296,6 +320,13 @@ pub async fn up(options: UpOptions) -> Result<(), NetError> {
     // From here on the output may be a closed pipe: nothing may panic.
     say("stopping the testnet ...");
     let lock = layout.lock()?;
+    events::command(
+        &layout,
+        EventKind::Down,
+        Vec::new(),
+        format!("bftnet down{}", dir_flag(&layout)),
+        "bftnet up stopped the testnet (Ctrl-C)".into(),
+    );
     let stopped = stop_testnet(&layout);
     drop(lock);
     reap(children);
@@ -642,6 +673,17 @@ pub fn down(dir: &Path, clean: bool) -> Result<(), NetError> {
     let layout = Layout::new(dir);
     State::load(&layout)?;
     let lock = layout.lock()?;
+    events::command(
+        &layout,
+        EventKind::Down,
+        Vec::new(),
+        format!(
+            "bftnet down{}{}",
+            dir_flag(&layout),
+            if clean { " --clean" } else { "" }
+        ),
+        "every node and the fault proxy stopped".into(),
+    );
     let stopped = stop_testnet(&layout);
     drop(lock);
     if clean {
@@ -841,6 +883,19 @@ pub(super) async fn kill_node(dir: &Path, id: u16) -> Result<String, NetError> {
         ));
     };
     let status = super::launch::node_status(node.metrics, Duration::from_millis(500)).await;
+    // Recorded before the kill: whoever sees the node gone finds why.
+    events::command(
+        &layout,
+        EventKind::Kill,
+        vec![id],
+        format!("bftnet kill{} {id}", dir_flag(&layout)),
+        match &status {
+            Some(s) if s.primary == id => {
+                format!("node {id} SIGKILLed; it was the primary of view {}", s.view)
+            }
+            _ => format!("node {id} SIGKILLed"),
+        },
+    );
     kill_pid(pid);
     for _ in 0..100 {
         if !node_alive(&layout, &state, id) {
@@ -901,6 +956,11 @@ pub(super) async fn restart_node(
             ),
         });
     }
+    let as_what = match &behaviour {
+        Some(Some(b)) => format!(" --byzantine {b}"),
+        Some(None) => " --honest".into(),
+        None => String::new(),
+    };
     if let Some(new) = behaviour {
         let mut args: Vec<ByzantineArg> = state
             .nodes
@@ -925,6 +985,16 @@ pub(super) async fn restart_node(
         write_node_files(&layout, &state)?;
         state.save(&layout)?;
     }
+    events::command(
+        &layout,
+        EventKind::Restart,
+        vec![id],
+        format!("bftnet restart{} {id}{as_what}", dir_flag(&layout)),
+        format!(
+            "node {id} restarts as {}",
+            state.node(id)?.behaviour.as_deref().unwrap_or("honest")
+        ),
+    );
     if let Some(pid) = state
         .node(id)?
         .pid
@@ -1019,6 +1089,17 @@ pub(super) async fn partition_nodes(dir: &Path, spec: &str) -> Result<String, Ne
     faults.partition = Some(spec.replace(' ', ""));
     let applied = install_faults(&layout, &state, faults).await?;
     let quorum = 2 * state.f + 1;
+    events::command(
+        &layout,
+        EventKind::Partition,
+        (0..state.n as u16).collect(),
+        format!(
+            "bftnet partition{} {}",
+            dir_flag(&layout),
+            spec.replace(' ', "")
+        ),
+        format!("links across {spec} cut"),
+    );
     let how = if spec.contains("->") {
         "one way only"
     } else {
@@ -1053,6 +1134,16 @@ pub(super) async fn heal_nodes(dir: &Path) -> Result<String, NetError> {
     faults.blocked.clear();
     let left = faults.describe();
     let applied = install_faults(&layout, &state, faults).await?;
+    events::command(
+        &layout,
+        EventKind::Heal,
+        Vec::new(),
+        format!("bftnet heal{}", dir_flag(&layout)),
+        match &had {
+            Some(partition) => format!("partition {partition} healed: every link open"),
+            None => "no partition was in force".into(),
+        },
+    );
     Ok(format!(
         "{}; every link is open again{}{}",
         had.map(|p| format!("healed partition {p}"))

@@ -383,6 +383,13 @@ pub fn say(line: &str) {
     let _ = err.flush();
 }
 
+/// Writes a line to standard output, ignoring failure (as [`say`]).
+pub fn say_out(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
 /// Resolves once standard output or standard error is a pipe whose reader
 /// has gone (`bftnet up | tee log`, and `tee` was stopped): nobody sees
 /// the testnet any more, so `bftnet up` stops it.

@@ -7,6 +7,7 @@
 //!                         own for a direct testnet), public keys
 //! DIR/faults.json         the proxy's rules (partition/heal rewrite it)
 //! DIR/faults-applied.json the generation of rules the proxy has put in force
+//! DIR/events.jsonl       what bftnet commands did, one JSON line each (events.rs)
 //! DIR/node0.toml ...      node files, for `bftd run --config`
 //! DIR/keys/node0.key ...  node keys; keys/client.key for `bftnet submit`
 //! DIR/data/node0/ ...     node stores

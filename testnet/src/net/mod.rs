@@ -16,6 +16,8 @@
 //!   latency and the nodes their memory bounds;
 //! - [`check`]: the safety check of honest logs;
 //! - [`live`]: `status` and the live status line;
+//! - [`events`]: the testnet's event log, `events.jsonl`;
+//! - [`dashboard`]: the live browser dashboard of `bftnet up`;
 //! - [`init`]: `bftnet init`, a cluster for real hosts (and compose);
 //! - [`scenario`]: `bftnet scenario`, timelines of faults with
 //!   expectations, from files, against a fresh testnet;
@@ -27,7 +29,9 @@ pub mod binaries;
 pub mod check;
 pub mod cli;
 pub mod commands;
+pub mod dashboard;
 mod error;
+pub mod events;
 pub mod init;
 pub mod launch;
 pub mod layout;
