@@ -41,6 +41,20 @@ fn replica(low: u64) -> Replica {
     Replica::new(setup, recovered, Duration::ZERO).unwrap()
 }
 
+/// Replica 0, the primary of view 0, fresh, with `config`.
+fn fresh_primary(config: &Config) -> Replica {
+    let setup = ReplicaSetup {
+        id: NodeId(0),
+        key: keys()[0].clone(),
+        committee: committee(),
+        config: config.clone(),
+        blocks: Arc::new(MemStorage::new()),
+    };
+    let primary = Replica::new(setup, Recovered::default(), Duration::ZERO).unwrap();
+    assert!(primary.is_primary());
+    primary
+}
+
 fn signed<T: Signable>(signer: u16, value: T) -> Signed<T> {
     Signed::sign(NodeId(signer), value, &keys()[usize::from(signer)]).unwrap()
 }
@@ -437,15 +451,7 @@ fn a_flooding_replica_gets_its_share_of_the_primary() {
             max_pending_bytes: 512 * 1024,
             ..Config::default()
         };
-        let setup = ReplicaSetup {
-            id: NodeId(0),
-            key: keys()[0].clone(),
-            committee: committee(),
-            config: config.clone(),
-            blocks: Arc::new(MemStorage::new()),
-        };
-        let mut primary = Replica::new(setup, Recovered::default(), Duration::ZERO).unwrap();
-        assert!(primary.is_primary());
+        let mut primary = fresh_primary(&config);
         let limits = crate::verify::MessageLimits::of(&config);
         let client = |seed: u8| KeyPair::from_seed([seed; 32]);
         let request = |key: &KeyPair, id: u64, node: u16| {
@@ -797,14 +803,7 @@ fn big_batches_are_bounded_in_flight_by_bytes_small_ones_by_count() {
     };
     let client = KeyPair::from_seed([31; 32]);
     for (payload, requests) in [(16 * 1024, 60u64), (100, 100)] {
-        let setup = ReplicaSetup {
-            id: NodeId(0),
-            key: keys()[0].clone(),
-            committee: committee(),
-            config: config.clone(),
-            blocks: Arc::new(MemStorage::new()),
-        };
-        let mut primary = Replica::new(setup, Recovered::default(), Duration::ZERO).unwrap();
+        let mut primary = fresh_primary(&config);
         for id in 1..=requests {
             let request = crate::message::Request {
                 client: client.public(),

@@ -415,9 +415,13 @@ pub enum ScenarioCommand {
     /// it); a failing run's is kept, with the nodes' logs. Exits 0 if every
     /// expectation of every file held, 1 otherwise.
     ///
+    /// --ui serves the live dashboard of `bftnet up` for each file's
+    /// testnet while it runs (its URL is printed; it ends with the run).
+    ///
     /// Examples:
     ///   bftnet scenario run scenarios/fail-stop-primary.toml
     ///   bftnet scenario run scenarios/*.toml
+    ///   bftnet scenario run --ui scenarios/majority-partition.toml   watch it in a browser
     #[command(verbatim_doc_comment)]
     Run {
         /// The scenario files.
@@ -432,6 +436,12 @@ pub enum ScenarioCommand {
         /// How long nodes may take to become healthy (start, restarts).
         #[arg(long, default_value = "30s", value_parser = parse_duration)]
         timeout: Duration,
+        /// Serve the dashboard while each scenario runs.
+        #[arg(long)]
+        ui: bool,
+        /// The dashboard's port (implies --ui; default 7300, else a free one).
+        #[arg(long, value_name = "PORT")]
+        ui_port: Option<u16>,
     },
     /// Check scenario files without running them; print their timelines.
     ///
@@ -969,6 +979,8 @@ async fn scenario(command: ScenarioCommand) -> Result<ExitCode, NetError> {
             dir,
             keep,
             timeout,
+            ui,
+            ui_port,
         } => {
             if dir.is_some() && files.len() > 1 {
                 return Err(NetError::BadArgument {
@@ -983,7 +995,12 @@ async fn scenario(command: ScenarioCommand) -> Result<ExitCode, NetError> {
                 .iter()
                 .map(|file| Scenario::load(file))
                 .collect::<Result<Vec<_>, _>>()?;
-            let options = run::RunOptions { dir, keep, timeout };
+            let options = run::RunOptions {
+                dir,
+                keep,
+                timeout,
+                ui: (ui || ui_port.is_some()).then_some(ui_port),
+            };
             let mut reports = Vec::new();
             for scenario in &scenarios {
                 let report = run::run(scenario, &options).await?;

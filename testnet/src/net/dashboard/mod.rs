@@ -65,6 +65,16 @@ pub struct Dashboard {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
+impl Dashboard {
+    /// Its URL, and why it is not on the port asked for if it is not.
+    pub fn location(&self) -> String {
+        match &self.note {
+            Some(note) => format!("{} ({note})", self.url),
+            None => self.url.clone(),
+        }
+    }
+}
+
 impl Drop for Dashboard {
     fn drop(&mut self) {
         for task in &self.tasks {
@@ -627,14 +637,9 @@ async fn ask(
 pub async fn announce(layout: &Layout, port: Option<u16>) -> Option<Dashboard> {
     match start(layout, port).await {
         Ok(dashboard) => {
-            let note = dashboard
-                .note
-                .as_deref()
-                .map(|note| format!(" ({note})"))
-                .unwrap_or_default();
             super::launch::say_out(&format!(
-                "dashboard: {}{note}  (live nodes, links, commits, timeline and controls; --no-ui turns it off)",
-                dashboard.url
+                "dashboard: {}  (live nodes, links, commits, timeline and controls; --no-ui turns it off)",
+                dashboard.location()
             ));
             Some(dashboard)
         }
@@ -652,14 +657,9 @@ pub async fn ui(dir: &std::path::Path, port: Option<u16>) -> Result<(), NetError
     State::load(&layout)?;
     let dashboard = start(&layout, port).await?;
     super::launch::say_out(&format!(
-        "dashboard of {}: {}{}  (Ctrl-C stops serving it; the testnet keeps running)",
+        "dashboard of {}: {}  (Ctrl-C stops serving it; the testnet keeps running)",
         layout.dir.display(),
-        dashboard.url,
-        dashboard
-            .note
-            .as_deref()
-            .map(|note| format!(" ({note})"))
-            .unwrap_or_default()
+        dashboard.location()
     ));
     super::launch::shutdown_signal().await;
     drop(dashboard);

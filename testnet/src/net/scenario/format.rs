@@ -321,14 +321,15 @@ pub fn describe_testnet(spec: &TestnetSpec) -> String {
                 .join(", "),
         );
     }
-    if spec.delay_ms > 0 || spec.jitter_ms > 0 {
-        parts.push(format!(
-            "delay {} ms (+0..{} ms)",
-            spec.delay_ms, spec.jitter_ms
-        ));
+    let network = super::super::proxy::Faults {
+        delay_ms: spec.delay_ms,
+        jitter_ms: spec.jitter_ms,
+        loss_percent: spec.loss_percent,
+        ..Default::default()
     }
-    if spec.loss_percent > 0.0 {
-        parts.push(format!("loss {}%", spec.loss_percent));
+    .describe();
+    if !network.is_empty() {
+        parts.push(network);
     }
     if spec.load > 0.0 {
         parts.push(format!("load {} tx/s", spec.load));

@@ -34,6 +34,9 @@ pub struct RunOptions {
     /// How long nodes may take to become healthy, at the start and after
     /// each restart.
     pub timeout: Duration,
+    /// Serve the dashboard while the scenario runs: `Some(None)` on the
+    /// default port (or a free one), `Some(Some(port))` on that one.
+    pub ui: Option<Option<u16>>,
 }
 
 /// One row of the results: an expectation judged, or an action that failed.
@@ -545,6 +548,21 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ne
     let teardown = Teardown {
         layout: layout.clone(),
         children,
+    };
+    // Served until the run ends (dropping it stops it); a dashboard that
+    // cannot start is a warning, not a failed scenario.
+    let _dashboard = match options.ui {
+        Some(port) => match super::super::dashboard::start(&layout, port).await {
+            Ok(dashboard) => {
+                print(&format!("  dashboard: {}", dashboard.location()));
+                Some(dashboard)
+            }
+            Err(error) => {
+                print(&format!("  warning: no dashboard: {error}"));
+                None
+            }
+        },
+        None => None,
     };
     let mut run = Run {
         scenario,
