@@ -367,13 +367,24 @@ impl ClientCheckCache {
 
     /// Removes from `checks` those that passed before.
     pub fn drop_known(&self, checks: &mut Vec<SignatureCheck>) {
-        checks.retain(|check| !self.contains(check));
+        let fingerprints: Vec<Digest> = checks.iter().map(SignatureCheck::fingerprint).collect();
+        self.drop_fingerprinted(checks, &fingerprints);
+    }
+
+    /// [`ClientCheckCache::drop_known`] with the checks' fingerprints
+    /// computed by the caller (outside a lock around the cache).
+    fn drop_fingerprinted(&self, checks: &mut Vec<SignatureCheck>, fingerprints: &[Digest]) {
+        let mut known = fingerprints.iter().map(|key| self.knows(key));
+        checks.retain(|_| !known.next().unwrap_or(false));
     }
 
     /// Remembers checks that passed.
     pub fn insert(&mut self, checks: &[SignatureCheck]) {
-        for check in checks {
-            let key = check.fingerprint();
+        self.insert_fingerprints(checks.iter().map(SignatureCheck::fingerprint));
+    }
+
+    fn insert_fingerprints(&mut self, fingerprints: impl IntoIterator<Item = Digest>) {
+        for key in fingerprints {
             if self.knows(&key) {
                 continue;
             }
@@ -401,15 +412,21 @@ impl SignatureVerifier for CachingVerifier<'_> {
         bftd_crypto::verify_batch(checks)
     }
 
+    // Fingerprints (a SHA-256 each) are computed before taking the lock,
+    // which the node's verification workers share.
     fn drop_known(&mut self, checks: &mut Vec<SignatureCheck>) {
         if !checks.is_empty() {
-            self.cache().drop_known(checks);
+            let fingerprints: Vec<Digest> =
+                checks.iter().map(SignatureCheck::fingerprint).collect();
+            self.cache().drop_fingerprinted(checks, &fingerprints);
         }
     }
 
     fn remember(&mut self, checks: &[SignatureCheck]) {
         if !checks.is_empty() {
-            self.cache().insert(checks);
+            let fingerprints: Vec<Digest> =
+                checks.iter().map(SignatureCheck::fingerprint).collect();
+            self.cache().insert_fingerprints(fingerprints);
         }
     }
 }
