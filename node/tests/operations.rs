@@ -300,6 +300,7 @@ fn submit_and_tail_speak_json() {
     }
     let status = client.unwrap_or_else(|| {
         let _ = tail.kill();
+        let _ = tail.wait();
         panic!("tail still ran 20 s after its reader went away")
     });
     let mut stderr = String::new();

@@ -132,7 +132,7 @@ fn extend(store: &mut DiskStorage, last: u64) {
             }
             let block = block(height, prev_hash);
             prev_hash = block.hash();
-            if height % interval == 0 {
+            if height.is_multiple_of(interval) {
                 records.push(checkpoint(&block));
             }
             deliveries.push(Delivery {

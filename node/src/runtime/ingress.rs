@@ -63,14 +63,14 @@ pub(crate) fn lanes(limits: MessageLimits, n: usize) -> LaneOf {
         .map(|&kind| limits.max_encoded_bytes(kind, n))
         .collect();
     let smallest = bounds.iter().copied().min().unwrap_or(usize::MAX);
-    LaneOf::new(move |frame| {
-        let kind = MessageKind::peek(frame);
+    LaneOf::new(move |head, length| {
+        let kind = MessageKind::peek(head);
         let bound = kind
             .and_then(|kind| MessageKind::ALL.iter().position(|k| *k == kind))
             .and_then(|index| bounds.get(index).copied())
             .unwrap_or(smallest);
         match kind {
-            _ if frame.len() > bound => None,
+            _ if length > bound => None,
             Some(MessageKind::Forward) => Some(Lane::Requests),
             _ => Some(Lane::Consensus),
         }

@@ -43,8 +43,9 @@ pub struct TransportConfig {
     pub max_client_frame_bytes: usize,
     /// Per-peer outbound queue bound, in frames.
     pub peer_queue_frames: usize,
-    /// Per-peer outbound queue bound, in bytes. A frame larger than this is
-    /// always dropped.
+    /// Per-peer outbound queue bound, in bytes. A frame that does not fit is
+    /// dropped and counted, unless the queue is empty: an empty queue takes
+    /// one frame of any size up to `max_frame_bytes`.
     pub peer_queue_bytes: usize,
     /// Bound of each inbound lane in frames, all peers together: each peer
     /// gets an equal share (at least one frame) of each lane.

@@ -165,7 +165,6 @@ fn coalesce(frames: impl IntoIterator<Item = Bytes>) -> Result<Vec<Bytes>, Trans
 }
 
 /// Receives length-delimited frames from one QUIC receive stream.
-#[derive(Debug)]
 pub struct FrameReceiver {
     recv: quinn::RecvStream,
     connection: quinn::Connection,
@@ -178,7 +177,31 @@ pub struct FrameReceiver {
     assembly: Option<BytesMut>,
     /// The length of the frame being read, once its prefix is consumed.
     pending: Option<usize>,
+    /// Bytes of a refused frame still to be read and thrown away.
+    skipping: usize,
+    /// Refuses a frame by its first bytes and its length, before it is read
+    /// (peer streams: a frame bigger than any honest message of its kind).
+    refuse: Option<Refuse>,
     _keep: KeepAlive,
+}
+
+/// Whether to refuse a frame, given its first [`HEAD_BYTES`] bytes (fewer
+/// if the frame is shorter) and its length.
+pub(crate) type Refuse = Arc<dyn Fn(&[u8], usize) -> bool + Send + Sync>;
+
+/// Bytes of a frame's head a [`Refuse`] check sees (a message kind's tag).
+pub(crate) const HEAD_BYTES: usize = 4;
+
+impl std::fmt::Debug for FrameReceiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrameReceiver")
+            .field("max_frame_bytes", &self.max_frame_bytes)
+            .field("buffered", &self.buffered.len())
+            .field("pending", &self.pending)
+            .field("skipping", &self.skipping)
+            .field("refusing", &self.refuse.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl FrameReceiver {
@@ -199,8 +222,20 @@ impl FrameReceiver {
             buffered: Bytes::new(),
             assembly: None,
             pending: None,
+            skipping: 0,
+            refuse: None,
             _keep: keep,
         }
+    }
+
+    /// Refuses frames `refuse` says no to as soon as their head has arrived:
+    /// their bytes are read and thrown away as they come, never buffered
+    /// whole, and counted (`oversized_for_kind`). A peer that sends 60 MB
+    /// frames of a kind whose honest messages are small costs the reading,
+    /// not 60 MB of memory and a copy each (issue 10, item 6).
+    pub(crate) fn refusing(mut self, refuse: Refuse) -> FrameReceiver {
+        self.refuse = Some(refuse);
+        self
     }
 
     /// The next frame, or `None` when the sender finished the stream cleanly.
@@ -214,14 +249,67 @@ impl FrameReceiver {
     /// prefix already parsed), so a caller may wait for a frame under a
     /// timeout (the client service's idle timeout does) and call again.
     pub async fn recv(&mut self) -> Result<Option<Bytes>, TransportError> {
-        let length = match self.pending {
-            Some(length) => length,
-            None => match self.read_prefix().await? {
+        loop {
+            self.skip().await?;
+            let length = match self.pending {
                 Some(length) => length,
-                None => return Ok(None),
-            },
+                None => match self.read_prefix().await? {
+                    Some(length) => length,
+                    None => return Ok(None),
+                },
+            };
+            self.pending = Some(length);
+            if !self.refused(length).await? {
+                return self.read_body(length).await;
+            }
+        }
+    }
+
+    /// Whether the frame of `length` whose prefix was just read is refused
+    /// by its head (then it is being skipped).
+    async fn refused(&mut self, length: usize) -> Result<bool, TransportError> {
+        let Some(refuse) = self.refuse.clone() else {
+            return Ok(false);
         };
-        self.pending = Some(length);
+        let head = length.min(HEAD_BYTES);
+        if !self.fill(head).await? {
+            return Err(TransportError::TruncatedFrame {
+                expected: length,
+                received: self.buffered.len(),
+            });
+        }
+        if !refuse(self.buffered.get(..head).unwrap_or_default(), length) {
+            return Ok(false);
+        }
+        self.counters.oversized_for_kind.increment();
+        self.pending = None;
+        self.skipping = length;
+        Ok(true)
+    }
+
+    /// Reads and throws away what is left of a refused frame.
+    async fn skip(&mut self) -> Result<(), TransportError> {
+        while self.skipping > 0 {
+            if self.buffered.is_empty() {
+                match self.recv.read_chunk(self.skipping, true).await {
+                    Ok(Some(chunk)) => self.buffered = chunk.bytes,
+                    Ok(None) => {
+                        return Err(TransportError::TruncatedFrame {
+                            expected: self.skipping,
+                            received: 0,
+                        })
+                    }
+                    Err(source) => return Err(TransportError::Read { source }),
+                }
+            }
+            let dropped = self.skipping.min(self.buffered.len());
+            let _ = self.buffered.split_to(dropped);
+            self.skipping -= dropped;
+        }
+        Ok(())
+    }
+
+    async fn read_body(&mut self, length: usize) -> Result<Option<Bytes>, TransportError> {
         if !self.fill(length).await? {
             return Err(TransportError::TruncatedFrame {
                 expected: length,
@@ -311,7 +399,21 @@ impl FrameReceiver {
                     self.buffered = Bytes::new();
                     self.assembly = Some(started);
                 }
-                Some(assembly) => assembly.extend_from_slice(&chunk),
+                Some(assembly) => {
+                    // Grow to at most `wanted`: `extend_from_slice` would
+                    // double the capacity, and a 33 MiB frame would then sit
+                    // in the inbound queue holding 64 MiB, counted as 33.
+                    let needed = assembly.len() + chunk.len();
+                    if needed > assembly.capacity() {
+                        let target = needed
+                            .max(assembly.capacity().saturating_mul(2))
+                            .min(wanted.max(needed));
+                        let mut grown = BytesMut::with_capacity(target);
+                        grown.extend_from_slice(assembly);
+                        *assembly = grown;
+                    }
+                    assembly.extend_from_slice(&chunk);
+                }
             }
         }
     }

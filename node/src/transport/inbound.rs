@@ -37,21 +37,32 @@ impl Lane {
     }
 }
 
-/// Sorts a frame into its lane by looking at its bytes (without decoding),
-/// or refuses it (`None`: for bftd, a frame bigger than any honest message
-/// of its kind, see `MessageLimits::max_encoded_bytes`). A refused frame is
-/// dropped before it is queued, and counted (`oversized_for_kind`).
+/// Sorts a frame into its lane by looking at its head (its first
+/// [`HEAD_BYTES`](super::frame::HEAD_BYTES) bytes, without decoding) and its
+/// length, or refuses it (`None`: for bftd, a frame bigger than any honest
+/// message of its kind, see `MessageLimits::max_encoded_bytes`). A refused
+/// frame is skipped as it arrives, never buffered whole, and counted
+/// (`oversized_for_kind`).
 #[derive(Clone)]
-pub struct LaneOf(Arc<dyn Fn(&[u8]) -> Option<Lane> + Send + Sync>);
+pub struct LaneOf(Arc<SortFrame>);
+
+/// `(head, length) -> lane`, see [`LaneOf`].
+type SortFrame = dyn Fn(&[u8], usize) -> Option<Lane> + Send + Sync;
 
 impl LaneOf {
-    /// Sorts frames with `lane_of`.
-    pub fn new(lane_of: impl Fn(&[u8]) -> Option<Lane> + Send + Sync + 'static) -> LaneOf {
+    /// Sorts frames with `lane_of(head, length)`.
+    pub fn new(lane_of: impl Fn(&[u8], usize) -> Option<Lane> + Send + Sync + 'static) -> LaneOf {
         LaneOf(Arc::new(lane_of))
     }
 
     pub(crate) fn of(&self, frame: &[u8]) -> Option<Lane> {
-        (self.0)(frame)
+        (self.0)(frame, frame.len())
+    }
+
+    /// The check a peer stream's reader makes before reading a frame.
+    pub(crate) fn refuse(&self) -> super::frame::Refuse {
+        let lane_of = self.0.clone();
+        Arc::new(move |head, length| lane_of(head, length).is_none())
     }
 }
 
@@ -65,7 +76,7 @@ impl Default for LaneOf {
     /// Every frame in the consensus lane: for transports whose user has no
     /// bulk traffic (and tests).
     fn default() -> LaneOf {
-        LaneOf::new(|_| Some(Lane::Consensus))
+        LaneOf::new(|_, _| Some(Lane::Consensus))
     }
 }
 
@@ -127,6 +138,12 @@ impl InboundQueues {
             ready: Notify::new(),
             closed: AtomicBool::new(false),
         })
+    }
+
+    /// The check peer streams' readers make before reading a frame: the
+    /// lanes' refusals.
+    pub(crate) fn refuse(&self) -> super::frame::Refuse {
+        self.lane_of.refuse()
     }
 
     /// Queues `frame` from `from`, first waiting for room in that peer's

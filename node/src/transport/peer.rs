@@ -78,13 +78,19 @@ impl PeerLink {
 
     /// Queues a frame without waiting. The byte budget is reserved first
     /// with a compare-and-swap, so concurrent senders can never overshoot it.
+    /// An empty queue takes any frame (the transport already refused those
+    /// over the frame limit): the bound is for a backlog, and a state-transfer
+    /// answer bigger than it must still go out, alone. So a peer that reads
+    /// slowly, or not at all, pins at most the bound or one frame.
     pub(crate) fn enqueue(&self, frame: Bytes) -> Result<(), SendError> {
         let length = frame.len();
         let limit = self.queue_bytes_limit;
         let reserved =
             self.queued_bytes
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
-                    queued.checked_add(length).filter(|total| *total <= limit)
+                    queued
+                        .checked_add(length)
+                        .filter(|total| *total <= limit || queued == 0)
                 });
         if reserved.is_err() {
             return Err(SendError::QueueFull { to: self.id });
@@ -163,7 +169,8 @@ pub(crate) async fn run_connection(
                         shared.counters.clone(),
                         false,
                         KeepAlive::default(),
-                    );
+                    )
+                    .refusing(shared.inbound.refuse());
                     if shared.shut_down.load(Ordering::Acquire) {
                         break;
                     }

@@ -188,7 +188,7 @@ async fn one_peers_flood_does_not_hold_back_anothers_consensus_frames() {
         let mut configs = cluster(3, 200);
         // 16 frames per lane for each of the two peers.
         configs[2].inbound_capacity = 32;
-        configs[2].lane_of = LaneOf::new(|frame| Some(first_byte_lane(frame)));
+        configs[2].lane_of = LaneOf::new(|head, _| Some(first_byte_lane(head)));
         let mut nodes = start_all(configs).await;
         for from in 0..2u16 {
             deliver(
@@ -236,6 +236,53 @@ async fn one_peers_flood_does_not_hold_back_anothers_consensus_frames() {
                 "peer 1's consensus frame {i} came after peer 0's flood"
             );
         }
+    })
+    .await;
+}
+
+/// A frame the lanes refuse by its head and length is skipped as it
+/// arrives (never queued, counted), and the frames after it on the same
+/// stream arrive whole: the reader finds the next prefix exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_refused_by_its_head_is_skipped_and_the_stream_goes_on() {
+    bounded(async {
+        let mut configs = cluster(2, 210);
+        // 'X' frames over 1 KiB are refused, as bftd refuses a kind's
+        // frames over its bound.
+        configs[1].lane_of = LaneOf::new(|head, length| {
+            (head.first() != Some(&b'X') || length <= 1024).then_some(Lane::Consensus)
+        });
+        let mut nodes = start_all(configs).await;
+        let sender = nodes[0].transport.clone();
+        deliver(
+            &sender,
+            NodeId(1),
+            &mut nodes[1].frames,
+            NodeId(0),
+            b"connected",
+        )
+        .await;
+        let mut huge = vec![b'X'; 8 * 1024 * 1024];
+        huge[1] = b'!';
+        for round in 0..3u8 {
+            sender.send(NodeId(1), Bytes::from(huge.clone())).unwrap();
+            sender
+                .send(NodeId(1), Bytes::from(vec![b'X', round]))
+                .unwrap();
+        }
+        for round in 0..3u8 {
+            let frame = loop {
+                let frame = tokio::time::timeout(WAIT, nodes[1].frames.recv())
+                    .await
+                    .expect("no frame")
+                    .expect("closed");
+                if frame.frame != b"connected"[..] {
+                    break frame;
+                }
+            };
+            assert_eq!(&frame.frame[..], &[b'X', round][..], "round {round}");
+        }
+        assert_eq!(nodes[1].stats().oversized_for_kind, 3);
     })
     .await;
 }

@@ -465,6 +465,26 @@ async fn full_queue_drops_without_blocking() {
     .await;
 }
 
+/// The byte bound is for a backlog: an empty queue takes one frame bigger
+/// than it (a state-transfer answer must still go out), and nothing more
+/// until that frame leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_queue_takes_one_frame_over_the_byte_bound() {
+    bounded(async {
+        let mut configs = cluster(2, 90);
+        configs[0].peer_queue_bytes = 1000;
+        // Node 1 is never started: nothing leaves the queue.
+        let node = start(configs.remove(0)).await;
+        let big = node.transport.send(NodeId(1), Bytes::from(vec![0; 5000]));
+        let next = node.transport.send(NodeId(1), Bytes::from_static(b"x"));
+        assert_eq!(big, Ok(()), "an empty queue takes a frame over the bound");
+        assert_eq!(next, Err(SendError::QueueFull { to: NodeId(1) }));
+        assert_eq!(node.stats().dropped_queue_full, 1);
+        node.transport.shutdown().await;
+    })
+    .await;
+}
+
 /// A connected peer whose consumer never reads: its inbound channel fills,
 /// its reader stops, QUIC flow control stalls our writer, and our queue to
 /// it fills and drops; `send` still never waits.
