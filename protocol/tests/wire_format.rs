@@ -167,7 +167,12 @@ fn samples() -> Vec<(&'static str, WireMessage)> {
                     in_view_change: true,
                     last_executed: seq,
                     stable_checkpoint: SeqNum(8),
-                    settings: bftd_protocol::ConsensusSettings::default(),
+                    // Fixed values, not the defaults: a changed default
+                    // is not a changed wire format.
+                    settings: bftd_protocol::ConsensusSettings {
+                        max_batch_bytes: 4 * 1024 * 1024,
+                        ..bftd_protocol::ConsensusSettings::default()
+                    },
                 },
             )),
         ),

@@ -99,7 +99,7 @@ pub const DEFAULT_MAX_CLIENT_FRAME_BYTES: usize = 64 * 1024 + 1024;
 pub const DEFAULT_PEER_QUEUE_FRAMES: usize = 4096;
 /// Default per-peer outbound queue bound, in bytes (an empty queue takes
 /// one frame of any size). 32 MiB is twice what the pipeline can have in
-/// flight to a backup (design notes §37), so an honest backup that keeps up
+/// flight to a backup (design notes §38), so an honest backup that keeps up
 /// never meets it; a byzantine peer that stops reading pins no more. It was
 /// two maximal frames (128 MiB): under the forward flood of issue 10, the
 /// primary's queue to the attacker sat full, most of its 640 MB.

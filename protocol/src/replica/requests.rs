@@ -16,15 +16,13 @@ pub(super) const PARTIAL_BATCHES_IN_FLIGHT: u64 = 2;
 /// The pipeline's byte bound, in full batches: the primary proposes while
 /// the batches it has in flight weigh less than this many times
 /// `max_batch_bytes` (and fewer than `pipeline` are in flight). With the
-/// defaults, 16 MiB: blocks of a thousand 512-byte requests (about 0.6 MiB)
-/// fill all 16 slots of the pipeline before it binds, so ordinary load never
-/// meets it; batches of big requests (a flood of them, say) are limited to
-/// four in flight. Why: when the cluster is bound by bytes (disk, network),
-/// a request waits for what is in flight ahead of it to be sent, hashed
-/// and written (Little's law: latency = bytes in flight / byte rate), so a
-/// request that arrives behind sixteen 4 MiB batches waits four times as
-/// long as behind four, for no more throughput (design notes §36).
-pub(super) const PIPELINE_BATCHES_OF_BYTES: usize = 4;
+/// defaults, 2 MiB: about three blocks of a thousand 512-byte requests
+/// (about 0.65 MiB each), two of big requests (a flood of them, say). Why:
+/// when the cluster is bound by bytes (disk, network), a request waits for
+/// what is in flight ahead of it to be sent, hashed and written (Little's
+/// law: latency = bytes in flight / byte rate), and more in flight buys no
+/// throughput once the disk is busy (design notes §36, §38).
+pub(super) const PIPELINE_BATCHES_OF_BYTES: usize = 2;
 
 impl Replica {
     pub(super) fn reply(&mut self, request: &SignedRequest, outcome: ReplyOutcome) {

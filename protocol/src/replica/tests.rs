@@ -378,6 +378,9 @@ fn set_max_pending_bytes(replica: &mut Replica, bytes: usize) {
 fn retained_forwards_count_against_pending_bytes() {
     let mut config = Config {
         request_mode: RequestMode::ConnectionAuthenticated,
+        // An origin's share is at least a batch: with batches of 4 MiB,
+        // several of these 800 KB forwards fit it.
+        max_batch_bytes: 4 * 1024 * 1024,
         ..Config::default()
     };
     config.max_pending_bytes = PENDING_BYTES_UNDER_TEST;
