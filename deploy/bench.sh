@@ -56,9 +56,23 @@ measure() { # label, cluster file
         >"$work/$1.json" 2>/dev/null
     local j="$work/$1.json"
     get() { grep -o "\"$1\": *[0-9.]*" "$j" | head -1 | grep -o '[0-9.]*$'; }
-    printf '%-38s offered %6s tx/s: committed %8.0f tx/s, p50 %7.1f ms, p99 %7.1f ms (%s timed out, %s not sent)\n' \
-        "$1" "$rate" "$(get achieved_rate)" "$(get p50)" "$(get p99)" "$(get timed_out)" "$(get skipped)"
+    printf '%-38s offered %6s tx/s: committed %8.0f tx/s, p50 %7.1f ms, p99 %7.1f ms (%s timed out, %s not sent; views after: %s)\n' \
+        "$1" "$rate" "$(get achieved_rate)" "$(get p50)" "$(get p99)" "$(get timed_out)" "$(get skipped)" "$(views)"
 }
+# The view of every node in `metrics` (their /status), "?" if it does not
+# answer: a view above 0 means a view change happened during the phase.
+metrics=()
+views() {
+    local address out=()
+    for address in "${metrics[@]}"; do
+        out+=("$(timeout 2 bash -c "exec 3<>/dev/tcp/${address%:*}/${address##*:} && printf 'GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n' >&3 && cat <&3" 2>/dev/null \
+            | grep -o '"view": *[0-9]*' | head -1 | grep -o '[0-9]*$' || true)")
+        [[ -n "${out[-1]}" ]] || out[-1]="?"
+    done
+    echo "${out[*]}"
+}
+# What the relay whose log is $1 counted (printed when it stops).
+relay_counters() { grep 'datagrams relayed' "$1" | tail -1 | sed 's/^bftnet proxy: /  relay: /' || true; }
 
 # relay CLUSTER BIND_IP OUT: starts `bftnet relay` for CLUSTER's nodes on
 # BIND_IP and waits until it has written OUT (the cluster with its ports);
@@ -90,7 +104,8 @@ start_processes() { # init directory, first port
         (cd "$1/node$i" && exec "$bftd" run --config node.toml 2>"../node$i.log") &
         pids+=($!)
     done
-    wait_healthy 127.0.0.1:$(($2 + 100)) 127.0.0.1:$(($2 + 101)) 127.0.0.1:$(($2 + 102)) 127.0.0.1:$(($2 + 103))
+    metrics=(127.0.0.1:$(($2 + 100)) 127.0.0.1:$(($2 + 101)) 127.0.0.1:$(($2 + 102)) 127.0.0.1:$(($2 + 103)))
+    wait_healthy "${metrics[@]}"
 }
 
 # --- plain processes on loopback
@@ -124,7 +139,8 @@ start_containers() { # init directory
         containers[$i]="$(docker run -d --user "$user" --network "$network" --ip "${ips[$i]}" \
             -v "$1/node$i:/config:ro" -v "$1/node$i/data:/data" "$image_id")"
     done
-    wait_healthy "${ips[0]}:9100" "${ips[1]}:9100" "${ips[2]}:9100" "${ips[3]}:9100"
+    metrics=("${ips[0]}:9100" "${ips[1]}:9100" "${ips[2]}:9100" "${ips[3]}:9100")
+    wait_healthy "${metrics[@]}"
 }
 remove_containers() {
     for id in "${containers[@]}"; do docker rm -f "$id" >/dev/null 2>&1 || true; done
@@ -153,6 +169,7 @@ else
     measure "containers + $delay_ms ms (userspace relay)" "$work/containers-relay/cluster.toml"
     remove_containers
     stop_pids
+    relay_counters "$work/relay-containers-relay.log"
 fi
 
 # --- processes with 20 ms between them, through the same relay on loopback
@@ -163,4 +180,5 @@ use_cluster "$work/processes-relay.toml" "$work/processes-relay"
 start_processes "$work/processes-relay" "$base"
 measure "processes + $delay_ms ms (userspace relay)" "$work/processes-relay/cluster.toml"
 stop_pids
+relay_counters "$work/relay-processes-relay.log"
 echo "(+$delay_ms ms: every node-to-node datagram held $delay_ms ms, each direction: one-way +$delay_ms ms, round trip +$((2 * delay_ms)) ms; client traffic not delayed. Load average at the end: $(cut -d' ' -f1-3 /proc/loadavg))"
