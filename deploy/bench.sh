@@ -13,11 +13,13 @@
 #   deploy/bench.sh [RATE] [SECONDS]      default 5000 tx/s for 10 s, 512 B
 #   BFTD_BIN=... BFTNET_BIN=...           default target/release/{bftd,bftnet}
 #   BENCH_RELAY=1 deploy/bench.sh         the relay even where netem exists
+#   BENCH_DELAY_MS=40 deploy/bench.sh     another delay than 20 ms (0: the
+#                                         relay in the path, holding nothing)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rate="${1:-5000}"
 seconds="${2:-10}"
-delay_ms=20
+delay_ms="${BENCH_DELAY_MS:-20}"
 target="${CARGO_TARGET_DIR:-target}"
 bftd="$(realpath "${BFTD_BIN:-$target/release/bftd}")"
 bftnet="$(realpath "${BFTNET_BIN:-$target/release/bftnet}")"
