@@ -393,6 +393,25 @@ pub enum NetCommand {
         #[command(subcommand)]
         command: ScenarioCommand,
     },
+    /// Delay the node-to-node traffic of any cluster in userspace (no root,
+    /// no netem): the fault proxy in front of a cluster file's nodes.
+    ///
+    /// Binds one UDP port per node on --bind (an address every node can
+    /// reach: the Docker bridge's gateway for containers, 127.0.0.1 for
+    /// processes) and writes --write-cluster: the cluster file with each
+    /// node's address replaced by its relay port. Start the nodes with that
+    /// file (their node files keep `listen` at their real address, as
+    /// `bftnet init` writes them); clients keep the original file and reach
+    /// the nodes directly, undelayed. Every datagram between two nodes
+    /// (recognised by its source: a node's real address) is held --delay ms
+    /// in each direction: one-way +DELAY, round trip +2 x DELAY, like netem's
+    /// delay on each node's egress. Runs until SIGTERM or Ctrl-C.
+    ///
+    /// Examples:
+    ///   bftnet relay --cluster c/cluster.toml --bind 172.31.5.1 --delay 20 --write-cluster relayed.toml
+    ///   bftnet relay --cluster cluster.toml --bind 127.0.0.1 --port 17000 --delay 20 --jitter 5 --write-cluster r.toml
+    #[command(verbatim_doc_comment)]
+    Relay(RelayArgs),
     /// Run the fault proxy of a testnet (started by `bftnet up`).
     #[command(hide = true)]
     Proxy {
@@ -464,6 +483,33 @@ pub enum ScenarioCommand {
         #[arg(default_value = "scenarios")]
         dir: PathBuf,
     },
+}
+
+/// `bftnet relay`'s arguments.
+#[derive(Args, Debug)]
+pub struct RelayArgs {
+    /// The cluster file listing the nodes' real addresses.
+    #[arg(long)]
+    cluster: PathBuf,
+    /// The IP the relay's ports are bound on (reachable by every node).
+    #[arg(long)]
+    bind: std::net::IpAddr,
+    /// Node i's relay port is PORT + i [default: free ports].
+    #[arg(long)]
+    port: Option<u16>,
+    /// Hold every node-to-node datagram this many milliseconds, each
+    /// direction.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    delay: u64,
+    /// Add up to this much random delay (reorders datagrams).
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    jitter: u64,
+    /// Drop this percentage of node-to-node datagrams at random.
+    #[arg(long, value_name = "PERCENT", default_value_t = 0.0)]
+    loss: f64,
+    /// Where to write the cluster file the nodes use (relay ports).
+    #[arg(long)]
+    write_cluster: PathBuf,
 }
 
 /// `--dir`.
@@ -965,6 +1011,25 @@ async fn dispatch(command: NetCommand) -> Result<ExitCode, NetError> {
             }
         }
         NetCommand::Down { dir, clean } => commands::down(&dir.dir, clean)?,
+        NetCommand::Relay(args) => {
+            if !(0.0..=100.0).contains(&args.loss) {
+                return Err(NetError::BadArgument {
+                    flag: "--loss",
+                    value: args.loss.to_string(),
+                    reason: "a percentage: 0 to 100".into(),
+                });
+            }
+            super::relay::run(&super::relay::RelayOptions {
+                cluster: args.cluster,
+                bind: args.bind,
+                first_port: args.port,
+                delay_ms: args.delay,
+                jitter_ms: args.jitter,
+                loss_percent: args.loss,
+                write_cluster: args.write_cluster,
+            })
+            .await?
+        }
         NetCommand::Proxy { dir } => commands::proxy(&dir.dir).await?,
         NetCommand::Scenario { command } => return scenario(command).await,
     }

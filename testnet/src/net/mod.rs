@@ -8,6 +8,8 @@
 //!   health over HTTP;
 //! - [`proxy`]: the UDP fault proxy (partitions, delay, loss) that needs no
 //!   root;
+//! - [`relay`]: `bftnet relay`, the proxy in front of any cluster (a
+//!   userspace delay relay, e.g. between containers);
 //! - [`load`]: the load generator (open or closed loop);
 //! - [`bench`]: `bftnet bench`, throughput, latency, CPU and memory of a
 //!   fresh cluster whose nodes talk directly;
@@ -38,6 +40,7 @@ pub mod layout;
 pub mod live;
 pub mod load;
 pub mod proxy;
+pub mod relay;
 pub mod scenario;
 
 pub use error::NetError;

@@ -337,54 +337,135 @@ fn udp_socket(address: SocketAddr) -> std::io::Result<UdpSocket> {
     UdpSocket::from_std(socket.into())
 }
 
+/// One node behind the proxy: the port its peers and clients dial (the
+/// proxy's), and where the node really listens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// The node's id.
+    pub id: u16,
+    /// The proxy's port for it (port 0: any free port, see
+    /// [`Proxy::routes`]).
+    pub listen: SocketAddr,
+    /// The node's real address: where datagrams to it are relayed, and the
+    /// source address by which its own datagrams are recognised.
+    pub target: SocketAddr,
+}
+
+/// A running proxy; dropping it stops every task it started.
+#[derive(Debug)]
+pub struct Proxy {
+    context: Arc<Context>,
+    routes: Vec<Route>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Proxy {
+    /// Binds one port per route and starts relaying under `rules`; with
+    /// `reload_from`, the rules are then re-read from that testnet's
+    /// `faults.json` (as `bftnet partition` and `heal` expect), otherwise
+    /// they stay fixed. Must run inside a Tokio runtime.
+    pub fn start(
+        routes: &[Route],
+        rules: Faults,
+        reload_from: Option<Layout>,
+    ) -> Result<Proxy, NetError> {
+        let (delayed_tx, delayed_rx) = mpsc::channel(4096);
+        let context = Arc::new(Context {
+            who: routes
+                .iter()
+                .map(|route| (route.target, route.id))
+                .collect(),
+            rules: RwLock::new(rules),
+            delayed: delayed_tx,
+            counters: Counters::default(),
+            started: Instant::now(),
+        });
+        let mut sockets = Vec::new();
+        let mut bound = Vec::new();
+        for route in routes {
+            let socket = udp_socket(route.listen).map_err(NetError::io(
+                "bind the proxy port",
+                route.listen.to_string(),
+            ))?;
+            let listen = socket.local_addr().map_err(NetError::io(
+                "bind the proxy port",
+                route.listen.to_string(),
+            ))?;
+            bound.push(Route { listen, ..*route });
+            sockets.push(socket);
+        }
+        let mut tasks = Vec::new();
+        for (route, socket) in bound.iter().zip(sockets) {
+            tasks.push(tokio::spawn(serve(
+                context.clone(),
+                route.id,
+                Arc::new(socket),
+                route.target,
+            )));
+        }
+        tasks.push(tokio::spawn(schedule(context.clone(), delayed_rx)));
+        if let Some(layout) = reload_from {
+            tasks.push(tokio::spawn(reload(context.clone(), layout)));
+        }
+        Ok(Proxy {
+            context,
+            routes: bound,
+            tasks,
+        })
+    }
+
+    /// The routes as bound (a port 0 replaced by the one chosen).
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    /// Logs the datagram counters (relayed, dropped and why).
+    pub fn log_counters(&self) {
+        log_counters(&self.context);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
 /// Runs the proxy for the testnet in `layout` until SIGTERM or Ctrl-C.
 pub async fn run(layout: &Layout) -> Result<(), NetError> {
     let state = State::load(layout)?;
-    let (delayed_tx, delayed_rx) = mpsc::channel(4096);
-    let context = Arc::new(Context {
-        who: state
-            .nodes
-            .iter()
-            .map(|node| (node.listen, node.id))
-            .collect(),
-        rules: RwLock::new(read_faults(layout)),
-        delayed: delayed_tx,
-        counters: Counters::default(),
-        started: Instant::now(),
-    });
-    let mut tasks = Vec::new();
-    for node in &state.nodes {
-        let socket = udp_socket(node.address).map_err(NetError::io(
-            "bind the proxy port",
-            node.address.to_string(),
-        ))?;
-        tasks.push(tokio::spawn(serve(
-            context.clone(),
-            node.id,
-            Arc::new(socket),
-            node.listen,
-        )));
-    }
-    tasks.push(tokio::spawn(schedule(context.clone(), delayed_rx)));
-    tasks.push(tokio::spawn(reload(context.clone(), layout.clone())));
+    let routes: Vec<Route> = state
+        .nodes
+        .iter()
+        .map(|node| Route {
+            id: node.id,
+            listen: node.address,
+            target: node.listen,
+        })
+        .collect();
+    let proxy = Proxy::start(&routes, read_faults(layout), Some(layout.clone()))?;
     eprintln!(
         "bftnet proxy: relaying {} nodes ({}); rules from {}",
         state.n,
-        state
-            .nodes
-            .iter()
-            .map(|node| format!("{} -> {}", node.address, node.listen))
-            .collect::<Vec<_>>()
-            .join(", "),
+        describe_routes(proxy.routes()),
         layout.faults().display()
     );
     super::launch::shutdown_signal().await;
-    for task in tasks {
-        task.abort();
-    }
-    log_counters(&context);
+    proxy.log_counters();
+    drop(proxy);
     eprintln!("bftnet proxy: stopped");
     Ok(())
+}
+
+/// `listen -> target` for each route, for log lines.
+fn describe_routes(routes: &[Route]) -> String {
+    routes
+        .iter()
+        .map(|route| format!("{} -> {}", route.listen, route.target))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn log_counters(context: &Context) {
@@ -505,7 +586,11 @@ async fn open_mapping(
     source: SocketAddr,
     target: SocketAddr,
 ) -> std::io::Result<Mapping> {
-    let upstream = udp_socket(SocketAddr::new(target.ip(), 0))?;
+    // On the proxy's own address, not the node's: a node in a container
+    // is reached from the host's address on that network (the node's
+    // address is not the host's to bind), and the node then sees every
+    // relayed path coming from the proxy.
+    let upstream = udp_socket(SocketAddr::new(listener.local_addr()?.ip(), 0))?;
     upstream.connect(target).await?;
     let upstream = Arc::new(upstream);
     let last_active = Arc::new(AtomicU64::new(context.now_ms()));
