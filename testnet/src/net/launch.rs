@@ -417,25 +417,38 @@ fn reader_gone(fd: impl std::os::fd::AsFd) -> bool {
 }
 
 /// Resolves on Ctrl-C, SIGTERM or SIGHUP.
-pub async fn shutdown_signal() {
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    // The handlers are installed here, when the future is made, not when it
+    // is first polled: a caller that makes it before saying it is ready
+    // (`bftnet scenario run` prints "testnet up") cannot miss a Ctrl-C
+    // sent the moment it says so.
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut hangup)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::hangup()),
-        ) else {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-            _ = hangup.recv() => {}
+        let signals = [
+            SignalKind::interrupt(),
+            SignalKind::terminate(),
+            SignalKind::hangup(),
+        ]
+        .map(|kind| signal(kind).ok());
+        async move {
+            let [Some(mut interrupt), Some(mut term), Some(mut hangup)] = signals else {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            };
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = term.recv() => {}
+                _ = hangup.recv() => {}
+            }
         }
     }
     #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
+    {
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
 
 #[cfg(test)]

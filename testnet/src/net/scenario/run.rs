@@ -572,6 +572,7 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ne
         timeout: options.timeout,
         outcomes: Vec::new(),
     };
+    let shutdown = shutdown_signal();
     run.say(&format!(
         "testnet up: {} nodes healthy ({:.1} s after the start)",
         spec.n,
@@ -590,7 +591,7 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ne
             }
             Some(run.timeline().await)
         } => skipped,
-        _ = shutdown_signal() => None,
+        () = shutdown => None,
     };
     run.stop_load();
     run.say("stopping the testnet ...");
