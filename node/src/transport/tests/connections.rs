@@ -196,7 +196,7 @@ async fn one_peers_flood_does_not_hold_back_anothers_consensus_frames() {
                 NodeId(2),
                 &mut nodes[2].frames,
                 NodeId(from),
-                b"connected",
+                GREETING,
             )
             .await;
         }
@@ -220,16 +220,7 @@ async fn one_peers_flood_does_not_hold_back_anothers_consensus_frames() {
         })
         .await;
         for i in 0..4u8 {
-            let frame = loop {
-                let frame = tokio::time::timeout(WAIT, nodes[2].frames.recv())
-                    .await
-                    .expect("no frame")
-                    .expect("closed");
-                // A repeat of `deliver`'s greeting may arrive late.
-                if frame.frame != b"connected"[..] {
-                    break frame;
-                }
-            };
+            let frame = next_after_greeting(&mut nodes[2].frames).await;
             assert_eq!(
                 (frame.from, &frame.frame[..]),
                 (NodeId(1), &[b'C', i][..]),
@@ -259,7 +250,7 @@ async fn a_frame_refused_by_its_head_is_skipped_and_the_stream_goes_on() {
             NodeId(1),
             &mut nodes[1].frames,
             NodeId(0),
-            b"connected",
+            GREETING,
         )
         .await;
         let mut huge = vec![b'X'; 8 * 1024 * 1024];
@@ -271,15 +262,7 @@ async fn a_frame_refused_by_its_head_is_skipped_and_the_stream_goes_on() {
                 .unwrap();
         }
         for round in 0..3u8 {
-            let frame = loop {
-                let frame = tokio::time::timeout(WAIT, nodes[1].frames.recv())
-                    .await
-                    .expect("no frame")
-                    .expect("closed");
-                if frame.frame != b"connected"[..] {
-                    break frame;
-                }
-            };
+            let frame = next_after_greeting(&mut nodes[1].frames).await;
             assert_eq!(&frame.frame[..], &[b'X', round][..], "round {round}");
         }
         assert_eq!(nodes[1].stats().oversized_for_kind, 3);

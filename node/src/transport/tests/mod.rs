@@ -132,6 +132,23 @@ async fn deliver(
     }
 }
 
+/// The greeting tests send with [`deliver`] until a link is up.
+const GREETING: &[u8] = b"connected";
+
+/// The next frame `receiver` gets that is not a late repeat of the
+/// greeting ([`deliver`] may have sent it more than once).
+async fn next_after_greeting(receiver: &mut Inbound) -> PeerFrame {
+    loop {
+        let frame = tokio::time::timeout(WAIT, receiver.recv())
+            .await
+            .expect("no frame")
+            .expect("closed");
+        if frame.frame != GREETING {
+            return frame;
+        }
+    }
+}
+
 /// A raw QUIC connection with our TLS setup but any ALPN, for hostile tests.
 async fn raw_connection(
     identity: &KeyPair,
@@ -501,7 +518,7 @@ async fn slow_consumer_backpressure_reaches_the_queue() {
             NodeId(1),
             &mut nodes[1].frames,
             NodeId(0),
-            b"connected",
+            GREETING,
         )
         .await;
         // From now on node 1's consumer reads nothing.
