@@ -98,11 +98,12 @@ pub const DEFAULT_MAX_CLIENT_FRAME_BYTES: usize = 64 * 1024 + 1024;
 /// Default per-peer outbound queue bound, in frames.
 pub const DEFAULT_PEER_QUEUE_FRAMES: usize = 4096;
 /// Default per-peer outbound queue bound, in bytes (an empty queue takes
-/// one frame of any size). 32 MiB is twice what the pipeline can have in
-/// flight to a backup (design notes §38), so an honest backup that keeps up
-/// never meets it; a byzantine peer that stops reading pins no more. It was
-/// two maximal frames (128 MiB): under the forward flood of issue 10, the
-/// primary's queue to the attacker sat full, most of its 640 MB.
+/// one frame of any size). 32 MiB is many times the batches the pipeline
+/// has in flight (2 MiB with the defaults, design notes §38), so a backup
+/// that keeps up should not meet it; a peer that reads slowly or not at all
+/// pins no more. It was two maximal frames (128 MiB): under the forward
+/// flood of issue 10, encoded frames waiting in the primary's outbound
+/// queues were 224 MB of its 640 MB.
 pub const DEFAULT_PEER_QUEUE_BYTES: usize = 32 * 1024 * 1024;
 /// Default bound of each inbound lane, in frames, all peers together
 /// (shared out equally).
