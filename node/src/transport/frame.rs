@@ -266,7 +266,9 @@ impl FrameReceiver {
     }
 
     /// Whether the frame of `length` whose prefix was just read is refused
-    /// by its head (then it is being skipped).
+    /// by its head (then it is being skipped). Asked again for the same
+    /// frame after a cancelled `recv`, which gives the same answer: the
+    /// check may itself have been what was cancelled.
     async fn refused(&mut self, length: usize) -> Result<bool, TransportError> {
         let Some(refuse) = self.refuse.clone() else {
             return Ok(false);

@@ -46,14 +46,18 @@ pub struct RelayOptions {
     pub write_cluster: PathBuf,
 }
 
-/// Reads a cluster file as written (keeping `[protocol]` and keys).
+/// Reads a cluster file as written (keeping `[protocol]`, keys and gRPC
+/// addresses, which `Cluster::to_file` would not), refused with bftd's own
+/// errors (file and field named) if it is not a valid cluster.
 pub fn read_cluster(path: &Path) -> Result<ClusterFile, NetError> {
     let text = std::fs::read_to_string(path).map_err(NetError::io("read", path))?;
-    toml::from_str(&text).map_err(|error| NetError::BadArgument {
+    let file: ClusterFile = toml::from_str(&text).map_err(|error| NetError::BadArgument {
         flag: "--cluster",
         value: path.display().to_string(),
         reason: format!("not a cluster file: {error}"),
-    })
+    })?;
+    bftd::config::Cluster::from_file(&file, path)?;
+    Ok(file)
 }
 
 /// The routes for `cluster`'s nodes: the relay's port on `bind` for each,
@@ -175,7 +179,9 @@ mod tests {
         ClusterNode {
             id,
             address,
-            public_key: "00".repeat(32),
+            public_key: bftd_crypto::KeyPair::from_seed([id as u8 + 1; 32])
+                .public()
+                .to_string(),
             grpc: None,
         }
     }
@@ -203,9 +209,12 @@ mod tests {
         let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let cluster = ClusterFile {
             protocol: Default::default(),
+            // A valid cluster has 3f + 1 nodes; nodes 2 and 3 stay silent.
             nodes: vec![
                 node(0, a.local_addr().unwrap()),
                 node(1, b.local_addr().unwrap()),
+                node(2, "127.0.0.4:9".parse().unwrap()),
+                node(3, "127.0.0.5:9".parse().unwrap()),
             ],
         };
         let dir = std::env::temp_dir().join(format!("bftnet-relay-{}", std::process::id()));
