@@ -115,6 +115,21 @@ pub enum DiskStorageError {
         /// The first chunk missing.
         chunk: u32,
     },
+    /// A batch's chunks are not 0, 1, 2, …, or a block's or a pending
+    /// batch's chunks are not there at all: the store was damaged.
+    #[error(
+        "store {path} is damaged: the batch at {seq} with digest {digest:#} lacks chunk {chunk}"
+    )]
+    BrokenBatch {
+        /// The store.
+        path: PathBuf,
+        /// The batch's sequence number (its block's height).
+        seq: SeqNum,
+        /// Its digest.
+        digest: bftd_crypto::Digest,
+        /// The first chunk missing.
+        chunk: u32,
+    },
     /// The block stored under a height is of another height.
     #[error("store {path} is damaged: the block stored at {key} is block {found}")]
     MisplacedBlock {

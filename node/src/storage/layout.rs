@@ -3,21 +3,24 @@
 //! bump [`FORMAT_VERSION`].
 
 use bftd_crypto::{Digest, PublicKey};
-use bftd_protocol::{Committee, ConsensusSettings, SeqNum};
+use bftd_protocol::{CommitCertificate, Committee, ConsensusSettings, SeqNum};
 use redb::TableDefinition;
 use serde::{Deserialize, Serialize};
 
 /// The format this code writes and reads. Stored under `meta/format`; a
-/// store of [`UPGRADABLE_FORMAT`] is upgraded in place when opened, any
-/// other version is refused rather than misread. Version 2: requests carry
-/// `valid_until`; the `suspicion` state record. Version 3: the `executed`
-/// table, so a restart need not read old blocks.
-pub const FORMAT_VERSION: u32 = 3;
+/// store of a format from [`OLDEST_UPGRADABLE_FORMAT`] on is upgraded in
+/// place when opened, any other version is refused rather than misread.
+/// Version 2: requests carry `valid_until`; the `suspicion` state record.
+/// Version 3: the `executed` table, so a restart need not read old blocks.
+/// Version 4: a batch is written once, in chunks (`batch_chunks`), and a
+/// block written since is its header and certificate (`headers`) over the
+/// batch already there; blocks written before stay in `blocks`.
+pub const FORMAT_VERSION: u32 = 4;
 
-/// The older format [`super::DiskStorage::open`] upgrades in place (it
-/// lacks only the `executed` table, which the upgrade fills from the
-/// blocks).
-pub const UPGRADABLE_FORMAT: u32 = 2;
+/// The oldest format [`super::DiskStorage::open`] upgrades in place: from
+/// 2 it fills the `executed` table from the blocks; from 2 and 3 it moves
+/// the pending batches of the old `batches` table into `batch_chunks`.
+pub const OLDEST_UPGRADABLE_FORMAT: u32 = 2;
 
 /// `meta`: what the store is. Keys [`META_FORMAT`] (`u32`) and
 /// [`META_IDENTITY`] ([`StoreIdentity`]), both codec-encoded.
@@ -38,14 +41,44 @@ pub(super) const STATE_SUSPICION: &str = "suspicion";
 pub(super) const PREPARED: TableDefinition<'static, SeqKey, &[u8]> =
     TableDefinition::new("prepared");
 
-/// `batches`: sequence number (big-endian) ‖ digest → `Batch`.
-pub(super) const BATCHES: TableDefinition<'static, BatchKey, &[u8]> =
+/// `batches` (formats 2 and 3 only): sequence number (big-endian) ‖
+/// digest → `Batch`, whole. Emptied into [`BATCH_CHUNKS`] and [`PENDING`]
+/// and deleted by the upgrade to format 4.
+pub(super) const LEGACY_BATCHES: TableDefinition<'static, BatchKey, &[u8]> =
     TableDefinition::new("batches");
 
+/// `batch_chunks`: sequence number (big-endian) ‖ digest ‖ chunk index
+/// (big-endian `u32`) → a piece of the `Batch`'s encoding, at most
+/// [`BLOCK_CHUNK_BYTES`] (for the reason blocks are chunked, below).
+///
+/// Every batch the replica records, and every block's batch, is written
+/// here once: when a pre-prepare is accepted (`Record::Batch`), or, for a
+/// block whose batch never came that way (fetched by state transfer), with
+/// the block. A block in [`HEADERS`] refers to the batch under its height
+/// and digest, so executing a batch writes a header and certificate, not
+/// the batch again. A batch is deleted when it stops being pending (see
+/// [`PENDING`]) unless it is its height's block's batch; then it goes with
+/// the block, when `retain_blocks` prunes it.
+pub(super) const BATCH_CHUNKS: TableDefinition<'static, BatchChunkKey, &[u8]> =
+    TableDefinition::new("batch_chunks");
+
+/// `pending`: sequence number (big-endian) ‖ digest → nothing: the batches
+/// the replica recorded and a restart gives back to it
+/// (`Recovered::batches`), with `MemStorage`'s semantics: recorded by
+/// `Record::Batch`, discarded by a stable checkpoint at or above them.
+/// Their bytes are in [`BATCH_CHUNKS`].
+pub(super) const PENDING: TableDefinition<'static, BatchKey, ()> = TableDefinition::new("pending");
+
+/// `headers`: height (big-endian) → [`StoredHeader`]: a block written since
+/// format 4, without its batch (which is in [`BATCH_CHUNKS`] under the
+/// block's height and `batch_digest`).
+pub(super) const HEADERS: TableDefinition<'static, SeqKey, &[u8]> = TableDefinition::new("headers");
+
 /// `blocks`: height (big-endian) ‖ chunk index (big-endian `u32`) → a
-/// piece of the `CommittedBlock`'s encoding, at most [`BLOCK_CHUNK_BYTES`].
-/// Kept forever, unless `StorageOptions::retain_blocks` prunes them below
-/// the stable checkpoint.
+/// piece of the `CommittedBlock`'s encoding, at most [`BLOCK_CHUNK_BYTES`]:
+/// blocks written by formats up to 3 (batch included). Read as they are,
+/// never written since; kept forever, unless `StorageOptions::retain_blocks`
+/// prunes them below the stable checkpoint.
 ///
 /// Why chunks: redb gives a value that does not fit a page a power-of-two
 /// run of pages, so a 630 KB block took 1 MiB and the file grew 2.2× the
@@ -76,15 +109,30 @@ pub(super) const EXECUTED: TableDefinition<'static, SeqKey, &[u8]> =
     TableDefinition::new("executed");
 
 /// Every table a bftd store has, created with the store.
-pub(super) const TABLE_NAMES: [&str; 7] = [
+pub(super) const TABLE_NAMES: [&str; 9] = [
     "meta",
     "state",
     "prepared",
-    "batches",
+    "batch_chunks",
+    "pending",
+    "headers",
     "blocks",
     "duplicates",
     "executed",
 ];
+
+/// A block without its batch: what [`HEADERS`] holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct StoredHeader {
+    /// The block's height (checked against its key on reading).
+    pub height: SeqNum,
+    /// `Block::prev_hash`.
+    pub prev_hash: Digest,
+    /// `Block::batch_digest`: where its batch is in [`BATCH_CHUNKS`].
+    pub batch_digest: Digest,
+    /// The commit certificate.
+    pub certificate: CommitCertificate,
+}
 
 /// A sequence number as a key: big-endian, so byte order is numeric order
 /// and range scans come out sorted (and the layout would carry over to any
@@ -93,6 +141,9 @@ pub(super) type SeqKey = [u8; 8];
 
 /// A batch key: sequence number (big-endian) then digest.
 pub(super) type BatchKey = [u8; 40];
+
+/// A batch chunk key: a [`BatchKey`] then the chunk index (big-endian).
+pub(super) type BatchChunkKey = [u8; 44];
 
 /// A block chunk key: height (big-endian) then chunk index (big-endian), so
 /// a block's chunks are adjacent and in order.
@@ -134,6 +185,25 @@ pub(super) fn batch_key(seq: SeqNum, digest: &Digest) -> BatchKey {
 /// at or below `seq`".
 pub(super) fn last_batch_key(seq: SeqNum) -> BatchKey {
     batch_key(seq, &Digest([0xff; 32]))
+}
+
+pub(super) fn batch_chunk_key(seq: SeqNum, digest: &Digest, index: u32) -> BatchChunkKey {
+    let mut key = [0u8; 44];
+    let (batch_part, index_part) = key.split_at_mut(40);
+    batch_part.copy_from_slice(&batch_key(seq, digest));
+    index_part.copy_from_slice(&index.to_be_bytes());
+    key
+}
+
+/// The batch a chunk key belongs to, and the chunk's index.
+pub(super) fn batch_chunk_from_key(key: BatchChunkKey) -> (SeqNum, Digest, u32) {
+    let mut batch = [0u8; 40];
+    let mut index = [0u8; 4];
+    let (batch_part, index_part) = key.split_at(40);
+    batch.copy_from_slice(batch_part);
+    index.copy_from_slice(index_part);
+    let (seq, digest) = batch_from_key(batch);
+    (seq, digest, u32::from_be_bytes(index))
 }
 
 pub(super) fn batch_from_key(key: BatchKey) -> (SeqNum, Digest) {
@@ -197,6 +267,15 @@ mod tests {
             batch_key(SeqNum(9), &Digest([0xff; 32]))
         );
         assert_eq!(chunk_from_key(chunk_key(SeqNum(42), 7)), (SeqNum(42), 7));
+        assert_eq!(
+            batch_chunk_from_key(batch_chunk_key(SeqNum(42), &digest, 9)),
+            (SeqNum(42), digest, 9)
+        );
+        assert!(
+            batch_chunk_key(SeqNum(9), &digest, u32::MAX)
+                < batch_chunk_key(SeqNum(10), &Digest::ZERO, 0)
+        );
+        assert!(batch_chunk_key(SeqNum(9), &digest, 1) < batch_chunk_key(SeqNum(9), &digest, 2));
         assert!(chunk_key(SeqNum(1), u32::MAX) < chunk_key(SeqNum(2), 0));
         assert!(chunk_key(SeqNum(1), 255) < chunk_key(SeqNum(1), 256));
     }

@@ -46,22 +46,37 @@
 //! | `meta`       | `"format"`, `"identity"`             | `u32` ([`FORMAT_VERSION`]), [`StoreIdentity`] |
 //! | `state`      | `"safety"`, `"stable_checkpoint"`, `"new_view"`, `"suspicion"` | `SafetyState`, `CheckpointCertificate`, `Signed<NewView>`, `Vec<Signed<Suspect>>` |
 //! | `prepared`   | seq (8 bytes)                        | `PreparedCertificate`                  |
-//! | `batches`    | seq (8) ‖ digest (32)                | `Batch`                                |
-//! | `blocks`     | height (8) ‖ chunk index (4)         | ≤ 32 KiB piece of the `CommittedBlock` |
+//! | `batch_chunks` | seq (8) ‖ digest (32) ‖ chunk index (4) | ≤ 32 KiB piece of the `Batch`    |
+//! | `pending`    | seq (8) ‖ digest (32)                | nothing: the batch is pending          |
+//! | `headers`    | height (8)                           | the block without its batch, and its certificate |
+//! | `blocks`     | height (8) ‖ chunk index (4)         | ≤ 32 KiB piece of a `CommittedBlock` written by format ≤ 3 |
 //! | `duplicates` | height (8)                           | `Vec<u32>`, only when non-empty        |
 //! | `executed`   | height (8)                           | `Vec<RequestKey>` executed in the block (format 3) |
 //!
-//! Blocks are stored in chunks because redb gives a value larger than a
-//! page a power-of-two run of pages: whole 630 KB blocks took 2.2× their
-//! size on disk, 32 KiB chunks take 1.13×. Reading a block back checks that
-//! its chunks are 0, 1, 2, … and that it decodes to the height it is stored
-//! under.
+//! **A batch is written once** (format 4): when the replica records it
+//! (`Record::Batch`, at a pre-prepare), in chunks under its sequence
+//! number and digest. Executing it writes a header (height, previous hash,
+//! digest, certificate) that refers to those chunks; a block whose batch
+//! was never recorded here (fetched by state transfer) brings it. A
+//! stable checkpoint deletes a pending batch's chunks only if no block
+//! was made of it. Before, the batch was written whole at the pre-prepare
+//! and again inside the block: at 10,000 tx/s a node wrote 16–18 bytes to
+//! disk per byte of payload, now 2.2–2.5 (design notes §39). A store of
+//! format 2 or 3 is upgraded in place by the first open: its few pending
+//! batches move to `batch_chunks`, its blocks stay in `blocks` and are
+//! read from there.
+//!
+//! Values larger than a page are stored in chunks because redb gives a
+//! value larger than a page a power-of-two run of pages: whole 630 KB
+//! blocks took 2.2× their size on disk, 32 KiB chunks take 1.13×. Reading
+//! a block back checks that its chunks are 0, 1, 2, … and that it is
+//! stored under its own height.
 //!
 //! The semantics are [`bftd_protocol::MemStorage`]'s, checked by the shared
 //! `bftd_protocol::storage::suite`: records apply in order; a prepared
 //! certificate is never replaced by one of a lower view; a newer stable
-//! checkpoint discards the prepared certificates and batches at or below
-//! it (an older one changes nothing); blocks are kept, with their
+//! checkpoint discards the prepared certificates and pending batches at or
+//! below it (an older one changes nothing); blocks are kept, with their
 //! duplicates and the keys of the requests they executed, forever unless
 //! [`StorageOptions::retain_blocks`] is set (then a stable checkpoint `s`
 //! prunes the blocks below `s - retain_blocks`).
@@ -174,7 +189,7 @@ pub(crate) mod tests;
 mod write;
 
 pub use error::DiskStorageError;
-pub use layout::{StoreIdentity, FORMAT_VERSION, UPGRADABLE_FORMAT};
+pub use layout::{StoreIdentity, FORMAT_VERSION, OLDEST_UPGRADABLE_FORMAT};
 
 use bftd_protocol::codec;
 use bftd_protocol::storage::executed_keys;

@@ -2,8 +2,9 @@
 //! bftd store of this format and, with an identity, of this node.
 
 use super::layout::{
-    chunk_from_key, chunk_key, seq_key, BATCHES, BLOCKS, DUPLICATES, EXECUTED, META, META_FORMAT,
-    META_IDENTITY, PREPARED, STATE, TABLE_NAMES, UPGRADABLE_FORMAT,
+    batch_chunk_key, batch_from_key, chunk_from_key, chunk_key, seq_key, BATCH_CHUNKS, BLOCKS,
+    BLOCK_CHUNK_BYTES, DUPLICATES, EXECUTED, HEADERS, LEGACY_BATCHES, META, META_FORMAT,
+    META_IDENTITY, OLDEST_UPGRADABLE_FORMAT, PENDING, PREPARED, STATE, TABLE_NAMES,
 };
 use super::{
     decode_value, encode_value, redb_error, write::begin_write, DiskStorageError, StorageOptions,
@@ -93,7 +94,8 @@ pub(super) struct Opened {
 }
 
 /// Checks (or, for a new store, writes) the format version and identity,
-/// upgrades a store of [`UPGRADABLE_FORMAT`] in place, creates missing
+/// upgrades a store of an older format from [`OLDEST_UPGRADABLE_FORMAT`] on
+/// in place, creates missing
 /// tables, and returns what it found.
 pub(super) fn initialize(
     db: &Database,
@@ -143,7 +145,7 @@ pub(super) fn initialize(
             };
             let found: u32 =
                 codec::decode(format.ok_or_else(not_ours)?.value()).map_err(|_| not_ours())?;
-            if found == UPGRADABLE_FORMAT {
+            if (OLDEST_UPGRADABLE_FORMAT..FORMAT_VERSION).contains(&found) {
                 upgrade_from = Some(found);
             } else if found != FORMAT_VERSION {
                 return Err(DiskStorageError::UnsupportedFormat {
@@ -184,23 +186,57 @@ pub(super) fn initialize(
     for result in [
         txn.open_table(STATE).map(drop),
         txn.open_table(PREPARED).map(drop),
-        txn.open_table(BATCHES).map(drop),
+        txn.open_table(BATCH_CHUNKS).map(drop),
+        txn.open_table(PENDING).map(drop),
         txn.open_table(DUPLICATES).map(drop),
         txn.open_table(EXECUTED).map(drop),
     ] {
         result.map_err(|e| fail(e.into()))?;
     }
     let (first_height, last_height) = {
+        // Blocks of format 4 on (`headers`) and of older ones (`blocks`).
         let blocks = txn.open_table(BLOCKS).map_err(|e| fail(e.into()))?;
-        let first = blocks.first().map_err(|e| fail(e.into()))?;
-        let last = blocks.last().map_err(|e| fail(e.into()))?;
+        let headers = txn.open_table(HEADERS).map_err(|e| fail(e.into()))?;
+        let height = |key: [u8; 8]| SeqNum(u64::from_be_bytes(key));
+        let ends = [
+            blocks
+                .first()
+                .map_err(|e| fail(e.into()))?
+                .map(|(key, _)| chunk_from_key(key.value()).0),
+            headers
+                .first()
+                .map_err(|e| fail(e.into()))?
+                .map(|(key, _)| height(key.value())),
+            blocks
+                .last()
+                .map_err(|e| fail(e.into()))?
+                .map(|(key, _)| chunk_from_key(key.value()).0),
+            headers
+                .last()
+                .map_err(|e| fail(e.into()))?
+                .map(|(key, _)| height(key.value())),
+        ];
+        let [first_old, first_new, last_old, last_new] = ends;
         (
-            first.map_or(SeqNum(1), |(key, _)| chunk_from_key(key.value()).0),
-            last.map_or(SeqNum(0), |(key, _)| chunk_from_key(key.value()).0),
+            first_old
+                .into_iter()
+                .chain(first_new)
+                .min()
+                .unwrap_or(SeqNum(1)),
+            last_old
+                .into_iter()
+                .chain(last_new)
+                .max()
+                .unwrap_or(SeqNum(0)),
         )
     };
     if let Some(found) = upgrade_from {
-        fill_executed(&txn, path, last_height, request_lifetime)?;
+        if found < 3 {
+            fill_executed(&txn, path, last_height, request_lifetime)?;
+        }
+        if existing.iter().any(|name| name == LEGACY_BATCHES.name()) {
+            move_batches(&txn, path)?;
+        }
         tracing::info!(path = %path.display(), from = found, to = FORMAT_VERSION, "store upgraded in place");
     }
     if changed {
@@ -213,6 +249,34 @@ pub(super) fn initialize(
         last_height,
         request_lifetime,
     })
+}
+
+/// The upgrade from formats 2 and 3: the pending batches, stored whole in
+/// `batches`, are written in chunks and listed as pending, and `batches`
+/// goes. They are few (the window's), so this is quick; it runs in the
+/// open's transaction, so a crash during it leaves the older format.
+fn move_batches(txn: &WriteTransaction, path: &Path) -> Result<(), DiskStorageError> {
+    let fail = |error: redb::Error| redb_error(path, error);
+    {
+        let old = txn.open_table(LEGACY_BATCHES).map_err(|e| fail(e.into()))?;
+        let mut chunks = txn.open_table(BATCH_CHUNKS).map_err(|e| fail(e.into()))?;
+        let mut pending = txn.open_table(PENDING).map_err(|e| fail(e.into()))?;
+        for entry in old.iter().map_err(|e| fail(e.into()))? {
+            let (key, value) = entry.map_err(|e| fail(e.into()))?;
+            let (seq, digest) = batch_from_key(key.value());
+            for (index, chunk) in (0u32..).zip(value.value().chunks(BLOCK_CHUNK_BYTES)) {
+                chunks
+                    .insert(batch_chunk_key(seq, &digest, index), chunk)
+                    .map_err(|e| fail(e.into()))?;
+            }
+            pending
+                .insert(key.value(), ())
+                .map_err(|e| fail(e.into()))?;
+        }
+    }
+    txn.delete_table(LEGACY_BATCHES)
+        .map_err(|e| fail(e.into()))?;
+    Ok(())
 }
 
 /// The upgrade from format 2: fills the `executed` table from the stored

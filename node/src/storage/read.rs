@@ -1,13 +1,17 @@
-//! Reading: blocks (reassembled from their chunks, checked, cached),
-//! duplicates, and the state a restarting replica recovers.
+//! Reading: blocks (a header over its batch, or reassembled from the
+//! chunks of an older format; checked, cached), duplicates, and the state a
+//! restarting replica recovers.
 
 use super::layout::{
-    batch_from_key, chunk_from_key, chunk_key, seq_key, BATCHES, BLOCKS, DUPLICATES, EXECUTED,
-    PREPARED, STATE, STATE_CHECKPOINT, STATE_NEW_VIEW, STATE_SAFETY, STATE_SUSPICION,
+    batch_chunk_key, batch_from_key, chunk_from_key, chunk_key, seq_key, BatchChunkKey, ChunkKey,
+    SeqKey, StoredHeader, BATCH_CHUNKS, BLOCKS, DUPLICATES, EXECUTED, HEADERS, PENDING, PREPARED,
+    STATE, STATE_CHECKPOINT, STATE_NEW_VIEW, STATE_SAFETY, STATE_SUSPICION,
 };
 use super::{decode_value, redb_error, DiskStorage, DiskStorageError, Inner, StoredBlock};
-use bftd_protocol::{CommittedBlock, Recovered, RequestKey, SeqNum, StorageError};
-use redb::{ReadableDatabase, ReadableTable};
+use bftd_crypto::Digest;
+use bftd_protocol::{Batch, Block, CommittedBlock, Recovered, RequestKey, SeqNum, StorageError};
+use redb::{ReadTransaction, ReadableDatabase, ReadableTable};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 impl DiskStorage {
@@ -36,29 +40,17 @@ impl DiskStorage {
             .into());
         }
         let txn = inner.db.begin_read().map_err(|e| inner.backend(e))?;
-        let blocks = txn.open_table(BLOCKS).map_err(|e| inner.backend(e))?;
-        let mut pending: Option<PendingBlock> = None;
-        for entry in blocks
-            .range(chunk_key(height, 0)..)
-            .map_err(|e| inner.backend(e))?
-        {
-            let (key, value) = entry.map_err(|e| inner.backend(e))?;
-            let (at, index) = chunk_from_key(key.value());
-            if pending.as_ref().is_none_or(|block| block.height != at) {
-                if let Some(done) = pending.take() {
-                    out.push(done.finish(inner, &txn)?.0);
-                }
+        let tables = ReadTables::open(inner, &txn)?;
+        let last = inner.last_height.load(Ordering::Acquire);
+        for at in height.0.max(1)..=last {
+            let at = SeqNum(at);
+            let cached = inner.cache().get(at);
+            if let Some((block, _)) = tables.block(inner, &txn, at, cached)? {
+                out.push(block);
                 if out.len() >= max {
                     break;
                 }
-                pending = Some(PendingBlock::new(at, inner.cache().get(at)));
             }
-            if let Some(block) = pending.as_mut() {
-                block.push(inner, index, value.value())?;
-            }
-        }
-        if let Some(done) = pending.take() {
-            out.push(done.finish(inner, &txn)?.0);
         }
         Ok(out)
     }
@@ -78,19 +70,10 @@ impl DiskStorage {
             cache.generation()
         };
         let txn = inner.db.begin_read().map_err(|e| inner.backend(e))?;
-        let blocks = txn.open_table(BLOCKS).map_err(|e| inner.backend(e))?;
-        let mut pending = PendingBlock::new(height, None);
-        for entry in blocks
-            .range(chunk_key(height, 0)..=chunk_key(height, u32::MAX))
-            .map_err(|e| inner.backend(e))?
-        {
-            let (key, value) = entry.map_err(|e| inner.backend(e))?;
-            pending.push(inner, chunk_from_key(key.value()).1, value.value())?;
-        }
-        if pending.next_index == 0 {
+        let tables = ReadTables::open(inner, &txn)?;
+        let Some((stored, bytes)) = tables.block(inner, &txn, height, None)? else {
             return Ok(None);
-        }
-        let (stored, bytes) = pending.finish(inner, &txn)?;
+        };
         inner
             .cache()
             .insert_read(generation, stored.0.clone(), stored.1.clone(), bytes);
@@ -141,15 +124,150 @@ impl DiskStorage {
                 .prepared
                 .push(decode_value(path, "prepared", value.value())?);
         }
-        let batches = txn.open_table(BATCHES).map_err(|e| fail(e.into()))?;
-        for entry in batches.iter().map_err(|e| fail(e.into()))? {
-            let (key, value) = entry.map_err(|e| fail(e.into()))?;
+        let pending = txn.open_table(PENDING).map_err(|e| fail(e.into()))?;
+        let batch_chunks = txn.open_table(BATCH_CHUNKS).map_err(|e| fail(e.into()))?;
+        for entry in pending.iter().map_err(|e| fail(e.into()))? {
+            let (key, _) = entry.map_err(|e| fail(e.into()))?;
             let (seq, digest) = batch_from_key(key.value());
-            let batch = decode_value(path, "batches", value.value())?;
-            recovered.batches.push((seq, digest, Arc::new(batch)));
+            let (batch, _) = read_batch(inner, &batch_chunks, seq, &digest)?.ok_or_else(|| {
+                DiskStorageError::BrokenBatch {
+                    path: path.to_path_buf(),
+                    seq,
+                    digest,
+                    chunk: 0,
+                }
+            })?;
+            recovered.batches.push((seq, digest, batch));
         }
         Ok(recovered)
     }
+}
+
+/// The tables a block is read from, open in one read transaction.
+struct ReadTables {
+    headers: redb::ReadOnlyTable<SeqKey, &'static [u8]>,
+    batch_chunks: redb::ReadOnlyTable<BatchChunkKey, &'static [u8]>,
+    blocks: redb::ReadOnlyTable<ChunkKey, &'static [u8]>,
+}
+
+impl ReadTables {
+    fn open(inner: &Inner, txn: &ReadTransaction) -> Result<ReadTables, DiskStorageError> {
+        Ok(ReadTables {
+            headers: txn.open_table(HEADERS).map_err(|e| inner.backend(e))?,
+            batch_chunks: txn.open_table(BATCH_CHUNKS).map_err(|e| inner.backend(e))?,
+            blocks: txn.open_table(BLOCKS).map_err(|e| inner.backend(e))?,
+        })
+    }
+
+    /// The block at `height` with its duplicates and its encoded size (0 if
+    /// `cached`, which is returned as it is once the block is known to be
+    /// stored), or `None` if no block is stored there.
+    fn block(
+        &self,
+        inner: &Inner,
+        txn: &ReadTransaction,
+        height: SeqNum,
+        cached: Option<StoredBlock>,
+    ) -> Result<Option<(StoredBlock, usize)>, DiskStorageError> {
+        let header = self
+            .headers
+            .get(seq_key(height))
+            .map_err(|e| inner.backend(e))?;
+        let Some(header) = header else {
+            return self.old_block(inner, txn, height, cached);
+        };
+        if let Some(cached) = cached {
+            return Ok(Some((cached, 0)));
+        }
+        let header_bytes = header.value().len();
+        let header: StoredHeader = inner.decode("headers", header.value())?;
+        if header.height != height {
+            return Err(DiskStorageError::MisplacedBlock {
+                path: inner.path.clone(),
+                key: height,
+                found: header.height,
+            });
+        }
+        let digest = header.batch_digest;
+        let (batch, batch_bytes) = read_batch(inner, &self.batch_chunks, height, &digest)?
+            .ok_or_else(|| DiskStorageError::BrokenBatch {
+                path: inner.path.clone(),
+                seq: height,
+                digest,
+                chunk: 0,
+            })?;
+        let block = CommittedBlock {
+            block: Block {
+                height,
+                prev_hash: header.prev_hash,
+                batch_digest: digest,
+                batch,
+            },
+            certificate: header.certificate,
+        };
+        let duplicates = read_duplicates(inner, txn, height)?;
+        Ok(Some((
+            (Arc::new(block), duplicates),
+            header_bytes.saturating_add(batch_bytes),
+        )))
+    }
+
+    /// A block written by format 3 or earlier: whole, in chunks.
+    fn old_block(
+        &self,
+        inner: &Inner,
+        txn: &ReadTransaction,
+        height: SeqNum,
+        cached: Option<StoredBlock>,
+    ) -> Result<Option<(StoredBlock, usize)>, DiskStorageError> {
+        let mut pending = PendingBlock::new(height, cached);
+        for entry in self
+            .blocks
+            .range(chunk_key(height, 0)..=chunk_key(height, u32::MAX))
+            .map_err(|e| inner.backend(e))?
+        {
+            let (key, value) = entry.map_err(|e| inner.backend(e))?;
+            pending.push(inner, chunk_from_key(key.value()).1, value.value())?;
+        }
+        if pending.next_index == 0 {
+            return Ok(None);
+        }
+        pending.finish(inner, txn).map(Some)
+    }
+}
+
+/// The batch stored under `(seq, digest)` and its encoded size, reassembled
+/// from its chunks, or `None` if it has none.
+fn read_batch(
+    inner: &Inner,
+    chunks: &impl ReadableTable<BatchChunkKey, &'static [u8]>,
+    seq: SeqNum,
+    digest: &Digest,
+) -> Result<Option<(Arc<Batch>, usize)>, DiskStorageError> {
+    let mut bytes = Vec::new();
+    let mut next_index = 0u32;
+    for entry in chunks
+        .range(batch_chunk_key(seq, digest, 0)..=batch_chunk_key(seq, digest, u32::MAX))
+        .map_err(|e| inner.backend(e))?
+    {
+        let (key, value) = entry.map_err(|e| inner.backend(e))?;
+        let index = super::layout::batch_chunk_from_key(key.value()).2;
+        if index != next_index {
+            return Err(DiskStorageError::BrokenBatch {
+                path: inner.path.clone(),
+                seq,
+                digest: *digest,
+                chunk: next_index,
+            });
+        }
+        next_index = next_index.saturating_add(1);
+        bytes.extend_from_slice(value.value());
+    }
+    if next_index == 0 {
+        return Ok(None);
+    }
+    let batch: Batch = inner.decode("batches", &bytes)?;
+    Ok(Some((Arc::new(batch), bytes.len())))
 }
 
 /// A block being read back from its chunks.
@@ -192,7 +310,7 @@ impl PendingBlock {
     fn finish(
         self,
         inner: &Inner,
-        txn: &redb::ReadTransaction,
+        txn: &ReadTransaction,
     ) -> Result<(StoredBlock, usize), DiskStorageError> {
         if let Some(cached) = self.cached {
             return Ok((cached, 0));
@@ -212,7 +330,7 @@ impl PendingBlock {
 
 pub(super) fn read_duplicates(
     inner: &Inner,
-    txn: &redb::ReadTransaction,
+    txn: &ReadTransaction,
     height: SeqNum,
 ) -> Result<Vec<u32>, DiskStorageError> {
     let table = txn.open_table(DUPLICATES).map_err(|e| inner.backend(e))?;

@@ -1,16 +1,20 @@
 //! Writing: one replica step as one durable, atomic write transaction.
 
 use super::layout::{
-    batch_key, chunk_from_key, chunk_key, last_batch_key, seq_key, BatchKey, ChunkKey, SeqKey,
-    BATCHES, BLOCKS, BLOCK_CHUNK_BYTES, DUPLICATES, EXECUTED, PREPARED, STATE, STATE_CHECKPOINT,
+    batch_chunk_key, batch_from_key, batch_key, chunk_from_key, chunk_key, last_batch_key, seq_key,
+    BatchChunkKey, BatchKey, ChunkKey, SeqKey, StoredHeader, BATCH_CHUNKS, BLOCKS,
+    BLOCK_CHUNK_BYTES, DUPLICATES, EXECUTED, HEADERS, PENDING, PREPARED, STATE, STATE_CHECKPOINT,
     STATE_NEW_VIEW, STATE_SAFETY, STATE_SUSPICION,
 };
 use super::{
     decode_value, encode_value, redb_error, CommitMode, DiskStorage, DiskStorageError,
     StorageOptions,
 };
+use bftd_crypto::Digest;
 use bftd_protocol::storage::executed_keys;
-use bftd_protocol::{CheckpointCertificate, Delivery, PreparedCertificate, Record, SeqNum};
+use bftd_protocol::{
+    codec, Batch, CheckpointCertificate, Delivery, PreparedCertificate, Record, SeqNum,
+};
 use redb::{Database, ReadableTable, WriteTransaction};
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -77,7 +81,10 @@ impl DiskStorage {
 struct WriteTables<'txn> {
     state: redb::Table<'txn, &'static str, &'static [u8]>,
     prepared: redb::Table<'txn, SeqKey, &'static [u8]>,
-    batches: redb::Table<'txn, BatchKey, &'static [u8]>,
+    batch_chunks: redb::Table<'txn, BatchChunkKey, &'static [u8]>,
+    pending: redb::Table<'txn, BatchKey, ()>,
+    headers: redb::Table<'txn, SeqKey, &'static [u8]>,
+    /// Blocks of formats up to 3: only pruned, and replaced if re-stored.
     blocks: redb::Table<'txn, ChunkKey, &'static [u8]>,
     duplicates: redb::Table<'txn, SeqKey, &'static [u8]>,
     executed: redb::Table<'txn, SeqKey, &'static [u8]>,
@@ -108,7 +115,9 @@ impl<'txn> WriteTables<'txn> {
             pruned_to: None,
             state: txn.open_table(STATE)?,
             prepared: txn.open_table(PREPARED)?,
-            batches: txn.open_table(BATCHES)?,
+            batch_chunks: txn.open_table(BATCH_CHUNKS)?,
+            pending: txn.open_table(PENDING)?,
+            headers: txn.open_table(HEADERS)?,
             blocks: txn.open_table(BLOCKS)?,
             duplicates: txn.open_table(DUPLICATES)?,
         })
@@ -130,9 +139,9 @@ impl<'txn> WriteTables<'txn> {
                     .map_err(fail)?;
             }
             Record::Batch { seq, digest, batch } => {
-                encode_value(path, "batches", &**batch, buffer)?;
-                self.batches
-                    .insert(batch_key(*seq, digest), buffer.as_slice())
+                self.write_batch(path, *seq, digest, batch, buffer)?;
+                self.pending
+                    .insert(batch_key(*seq, digest), ())
                     .map_err(fail)?;
             }
             Record::Prepared(cert) => {
@@ -168,7 +177,8 @@ impl<'txn> WriteTables<'txn> {
     }
 
     /// A newer stable checkpoint replaces the old one and discards the
-    /// prepared certificates and batches at or below it.
+    /// prepared certificates and pending batches at or below it (a batch's
+    /// bytes stay if it is its height's block's batch).
     fn stable_checkpoint(
         &mut self,
         path: &Path,
@@ -193,9 +203,19 @@ impl<'txn> WriteTables<'txn> {
         self.prepared
             .retain_in(..=seq_key(seq), |_, _| false)
             .map_err(fail)?;
-        self.batches
-            .retain_in(..=last_batch_key(seq), |_, _| false)
+        let discarded = self
+            .pending
+            .extract_from_if(..=last_batch_key(seq), |_, _| true)
+            .map_err(fail)?
+            .map(|entry| entry.map(|(key, _)| key.value()))
+            .collect::<Result<Vec<BatchKey>, _>>()
             .map_err(fail)?;
+        for key in discarded {
+            let (at, digest) = batch_from_key(key);
+            if !self.is_block_batch(path, at, &digest)? {
+                self.delete_batch(path, at, &digest)?;
+            }
+        }
         // What executed at or below `seq - lifetime` is forgotten by the
         // table of any replica past `seq` (it has expired): a restart never
         // reads it again.
@@ -211,13 +231,23 @@ impl<'txn> WriteTables<'txn> {
         Ok(())
     }
 
-    /// Deletes the blocks below `keep_from` (their chunks, duplicates and
-    /// executed keys), at most [`PRUNE_MAX_BLOCKS`] of them, oldest first.
+    /// Deletes the blocks below `keep_from` (headers and batches, or old
+    /// blocks' chunks, duplicates and executed keys), at most
+    /// [`PRUNE_MAX_BLOCKS`] of them, oldest first.
     fn prune(&mut self, path: &Path, keep_from: SeqNum) -> Result<(), DiskStorageError> {
         let fail = |error: redb::StorageError| redb_error(path, error);
-        let first = match self.blocks.first().map_err(fail)? {
-            Some((key, _)) => chunk_from_key(key.value()).0,
-            None => return Ok(()),
+        let first_old = self
+            .blocks
+            .first()
+            .map_err(fail)?
+            .map(|(key, _)| chunk_from_key(key.value()).0);
+        let first_new = self
+            .headers
+            .first()
+            .map_err(fail)?
+            .map(|(key, _)| SeqNum(u64::from_be_bytes(key.value())));
+        let Some(first) = first_old.into_iter().chain(first_new).min() else {
+            return Ok(());
         };
         if first >= keep_from {
             return Ok(());
@@ -225,6 +255,15 @@ impl<'txn> WriteTables<'txn> {
         let to = SeqNum(keep_from.0.min(first.0.saturating_add(PRUNE_MAX_BLOCKS)));
         self.blocks
             .retain_in(..chunk_key(to, 0), |_, _| false)
+            .map_err(fail)?;
+        self.headers
+            .retain_in(..seq_key(to), |_, _| false)
+            .map_err(fail)?;
+        self.batch_chunks
+            .retain_in(..batch_chunk_key(to, &Digest::ZERO, 0), |_, _| false)
+            .map_err(fail)?;
+        self.pending
+            .retain_in(..batch_key(to, &Digest::ZERO), |_, _| false)
             .map_err(fail)?;
         self.duplicates
             .retain_in(..seq_key(to), |_, _| false)
@@ -236,7 +275,9 @@ impl<'txn> WriteTables<'txn> {
         Ok(())
     }
 
-    /// Stores a block and its duplicates; returns its encoded size.
+    /// Stores a block and its duplicates; returns its encoded size. The
+    /// batch is written only if it is not there already (it is whenever
+    /// this replica accepted the pre-prepare that ordered it).
     fn deliver(
         &mut self,
         path: &Path,
@@ -244,22 +285,31 @@ impl<'txn> WriteTables<'txn> {
         buffer: &mut Vec<u8>,
     ) -> Result<usize, DiskStorageError> {
         let fail = |error: redb::StorageError| redb_error(path, error);
-        let height = delivery.block.height();
+        let block = &delivery.block.block;
+        let height = block.height;
         let key = seq_key(height);
-        encode_value(path, "blocks", &*delivery.block, buffer)?;
-        let bytes = buffer.len();
-        // Re-storing a height: its old encoding may have had more chunks.
+        let batch_bytes =
+            match self.write_batch(path, height, &block.batch_digest, &block.batch, buffer)? {
+                Some(written) => written,
+                None => encoded_len(path, &*block.batch)?,
+            };
+        let header = StoredHeader {
+            height,
+            prev_hash: block.prev_hash,
+            batch_digest: block.batch_digest,
+            certificate: delivery.block.certificate.clone(),
+        };
+        encode_value(path, "headers", &header, buffer)?;
+        let bytes = buffer.len().saturating_add(batch_bytes);
+        self.headers.insert(key, buffer.as_slice()).map_err(fail)?;
+        // A store of format 3 re-storing a height it holds the old way: the
+        // header replaces it.
         self.blocks
             .retain_in(
                 chunk_key(height, 0)..=chunk_key(height, u32::MAX),
                 |_, _| false,
             )
             .map_err(fail)?;
-        for (index, chunk) in (0u32..).zip(buffer.chunks(BLOCK_CHUNK_BYTES)) {
-            self.blocks
-                .insert(chunk_key(height, index), chunk)
-                .map_err(fail)?;
-        }
         let executed = executed_keys(&delivery.block, &delivery.duplicates);
         encode_value(path, "executed", &executed, buffer)?;
         self.executed.insert(key, buffer.as_slice()).map_err(fail)?;
@@ -273,4 +323,74 @@ impl<'txn> WriteTables<'txn> {
         }
         Ok(bytes)
     }
+
+    /// Writes a batch's chunks unless they are there; returns its encoded
+    /// size if it wrote it. A batch's digest is the Merkle root of its
+    /// requests, so what is stored under `(seq, digest)` is this batch.
+    fn write_batch(
+        &mut self,
+        path: &Path,
+        seq: SeqNum,
+        digest: &Digest,
+        batch: &Batch,
+        buffer: &mut Vec<u8>,
+    ) -> Result<Option<usize>, DiskStorageError> {
+        let fail = |error: redb::StorageError| redb_error(path, error);
+        if self
+            .batch_chunks
+            .get(batch_chunk_key(seq, digest, 0))
+            .map_err(fail)?
+            .is_some()
+        {
+            return Ok(None);
+        }
+        encode_value(path, "batches", batch, buffer)?;
+        for (index, chunk) in (0u32..).zip(buffer.chunks(BLOCK_CHUNK_BYTES)) {
+            self.batch_chunks
+                .insert(batch_chunk_key(seq, digest, index), chunk)
+                .map_err(fail)?;
+        }
+        Ok(Some(buffer.len()))
+    }
+
+    /// Whether the block stored at `seq` (since format 4) is over this batch.
+    fn is_block_batch(
+        &self,
+        path: &Path,
+        seq: SeqNum,
+        digest: &Digest,
+    ) -> Result<bool, DiskStorageError> {
+        let fail = |error: redb::StorageError| redb_error(path, error);
+        match self.headers.get(seq_key(seq)).map_err(fail)? {
+            Some(bytes) => {
+                let header: StoredHeader = decode_value(path, "headers", bytes.value())?;
+                Ok(header.batch_digest == *digest)
+            }
+            None => Ok(false),
+        }
+    }
+
+    fn delete_batch(
+        &mut self,
+        path: &Path,
+        seq: SeqNum,
+        digest: &Digest,
+    ) -> Result<(), DiskStorageError> {
+        self.batch_chunks
+            .retain_in(
+                batch_chunk_key(seq, digest, 0)..=batch_chunk_key(seq, digest, u32::MAX),
+                |_, _| false,
+            )
+            .map_err(|error| redb_error(path, error))
+    }
+}
+
+/// A batch's encoded size, without encoding it.
+fn encoded_len(path: &Path, batch: &Batch) -> Result<usize, DiskStorageError> {
+    let len = codec::encoded_len(batch).map_err(|source| DiskStorageError::Encode {
+        path: path.to_path_buf(),
+        table: "batches",
+        source,
+    })?;
+    Ok(usize::try_from(len).unwrap_or(usize::MAX))
 }

@@ -132,6 +132,23 @@ fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
     Some(ticks as f64 / per_second as f64)
 }
 
+/// The `write_bytes:` line of `/proc/PID/io`: bytes the process caused to
+/// be written to storage so far (the page cache it dirtied, whenever the
+/// kernel writes it back), so it counts what reached the disk, not what
+/// was handed to `write(2)` and overwritten in the cache.
+pub fn io_write_bytes(io: &str) -> Option<u64> {
+    io.lines()
+        .find_map(|line| line.strip_prefix("write_bytes:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Bytes a live process has caused to be written to storage so far.
+fn disk_written(pid: u32) -> Option<u64> {
+    io_write_bytes(&std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?)
+}
+
 /// A memory figure of a live process, megabytes.
 pub(super) fn memory_megabytes(pid: u32, name: &str) -> Option<f64> {
     status_megabytes(
@@ -348,14 +365,30 @@ fn client_targets(state: &State, clients: usize) -> Vec<u16> {
         .collect()
 }
 
-/// CPU seconds so far of every node (by id) and of this process.
-fn cpu_sample(state: &State) -> (Vec<Option<f64>>, Option<f64>) {
-    let nodes = state
-        .nodes
-        .iter()
-        .map(|node| node.pid.and_then(|pid| cpu_seconds(Some(pid))))
-        .collect();
-    (nodes, cpu_seconds(None))
+/// What the window's figures are differences of, read at each end.
+struct Sample {
+    /// CPU seconds so far of every node (by id).
+    cpu: Vec<Option<f64>>,
+    /// Bytes every node (by id) has written to storage so far.
+    written: Vec<Option<u64>>,
+    /// CPU seconds so far of this process (the load generator).
+    own_cpu: Option<f64>,
+}
+
+fn sample(state: &State) -> Sample {
+    Sample {
+        cpu: state
+            .nodes
+            .iter()
+            .map(|node| node.pid.and_then(|pid| cpu_seconds(Some(pid))))
+            .collect(),
+        written: state
+            .nodes
+            .iter()
+            .map(|node| node.pid.and_then(disk_written))
+            .collect(),
+        own_cpu: cpu_seconds(None),
+    }
 }
 
 fn difference(before: Option<f64>, after: Option<f64>) -> Option<f64> {
@@ -410,7 +443,7 @@ async fn measure(
             window_start,
         ))
     });
-    let (nodes_before, self_before) = cpu_sample(state);
+    let before = sample(state);
     let receipts_before = running.counters.receipts.load(Ordering::Relaxed);
     let opened = Instant::now();
     progress
@@ -418,7 +451,7 @@ async fn measure(
             window_line(&running, options, opened, receipts_before)
         })
         .await;
-    let (nodes_after, self_after) = cpu_sample(state);
+    let after = sample(state);
     let committed = running
         .counters
         .receipts
@@ -436,13 +469,20 @@ async fn measure(
         None => None,
     };
     let failures = Failures::of(&load);
-    let nodes = node_figures(state, &nodes_before, &nodes_after).await;
+    let nodes = node_figures(state, &before, &after).await;
     if committed == 0 {
         return Err(nothing_committed(layout, &nodes, window_s, &failures));
     }
     let cpu_s: f64 = nodes.iter().filter_map(|node| node.cpu_s).sum();
-    let loadgen_cpu_s = difference(self_before, self_after).unwrap_or(0.0);
+    let loadgen_cpu_s = difference(before.own_cpu, after.own_cpu).unwrap_or(0.0);
     let per_1000 = |seconds: f64| seconds * 1000.0 / committed as f64;
+    let payload_bytes = committed as f64 * options.size as f64;
+    let written: Vec<f64> = nodes
+        .iter()
+        .filter_map(|node| node.disk_mb_written)
+        .collect();
+    let disk_per_payload_byte = (!written.is_empty())
+        .then(|| written.iter().sum::<f64>() * 1e6 / written.len() as f64 / payload_bytes);
     let memory = |figure: fn(&NodeFigures) -> Option<f64>| {
         Memory::of(nodes.iter().map(|n| figure(n).unwrap_or(0.0)).collect())
     };
@@ -461,6 +501,7 @@ async fn measure(
         cpu_s_per_1000_tx: per_1000(cpu_s),
         loadgen_cpu_s,
         loadgen_cpu_s_per_1000_tx: per_1000(loadgen_cpu_s),
+        disk_per_payload_byte,
         peak_rss_mb: memory(|n| n.peak_rss_mb),
         rss_end_mb: memory(|n| n.rss_mb),
         view_changes: nodes
@@ -474,13 +515,9 @@ async fn measure(
     })
 }
 
-/// Every node after the drain: its `/status`, memory, and CPU over the
-/// window (from the samples taken at its ends).
-async fn node_figures(
-    state: &State,
-    cpu_before: &[Option<f64>],
-    cpu_after: &[Option<f64>],
-) -> Vec<NodeFigures> {
+/// Every node after the drain: its `/status`, memory, and CPU and disk
+/// writes over the window (from the samples taken at its ends).
+async fn node_figures(state: &State, before: &Sample, after: &Sample) -> Vec<NodeFigures> {
     let mut nodes = Vec::with_capacity(state.n);
     for (index, node) in state.nodes.iter().enumerate() {
         let status = node_status(node.metrics, Duration::from_secs(1)).await;
@@ -492,9 +529,16 @@ async fn node_figures(
             height: status.as_ref().map(|s| s.height),
             view: status.as_ref().map(|s| s.view),
             cpu_s: difference(
-                cpu_before.get(index).copied().flatten(),
-                cpu_after.get(index).copied().flatten(),
+                before.cpu.get(index).copied().flatten(),
+                after.cpu.get(index).copied().flatten(),
             ),
+            disk_mb_written: match (
+                before.written.get(index).copied().flatten(),
+                after.written.get(index).copied().flatten(),
+            ) {
+                (Some(from), Some(to)) => Some(to.saturating_sub(from) as f64 / 1e6),
+                _ => None,
+            },
             peak_rss_mb: memory("VmHWM"),
             rss_mb: memory("VmRSS"),
         });
@@ -636,6 +680,16 @@ mod tests {
         assert_eq!(status_megabytes(status, "VmRSS"), Some(40.0));
         assert_eq!(status_megabytes(status, "VmSwap"), None);
         assert_eq!(status_megabytes("VmHWM:\tlots", "VmHWM"), None);
+    }
+
+    /// Disk writes come from the `write_bytes` line, not `wchar` (what was
+    /// handed to `write(2)`) nor `cancelled_write_bytes`.
+    #[test]
+    fn proc_io_write_bytes() {
+        let io = "rchar: 10\nwchar: 999\nsyscr: 1\nsyscw: 2\nread_bytes: 4096\nwrite_bytes: 1228800\ncancelled_write_bytes: 8192\n";
+        assert_eq!(io_write_bytes(io), Some(1_228_800));
+        assert_eq!(io_write_bytes("wchar: 5\n"), None);
+        assert_eq!(io_write_bytes("write_bytes: lots\n"), None);
     }
 
     /// Clients go round-robin over the honest nodes only.

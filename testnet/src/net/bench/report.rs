@@ -95,6 +95,9 @@ pub struct NodeFigures {
     pub view: Option<u64>,
     /// CPU seconds over the window.
     pub cpu_s: Option<f64>,
+    /// Megabytes written to storage over the window (`/proc/PID/io`
+    /// `write_bytes`; null where the kernel does not count it).
+    pub disk_mb_written: Option<f64>,
     /// Peak resident memory (VmHWM), megabytes.
     pub peak_rss_mb: Option<f64>,
     /// Resident memory after the drain (VmRSS), megabytes.
@@ -133,6 +136,11 @@ pub struct RunReport {
     pub loadgen_cpu_s: f64,
     /// ... per 1,000 committed transactions.
     pub loadgen_cpu_s_per_1000_tx: f64,
+    /// Bytes a node wrote to storage per byte of committed payload (the
+    /// mean over nodes; requests' `--size` bytes, not their signatures or
+    /// framing): what the log costs the disk. Null where the kernel does
+    /// not count writes per process.
+    pub disk_per_payload_byte: Option<f64>,
     /// Peak resident memory.
     pub peak_rss_mb: Memory,
     /// Resident memory after the drain.
@@ -185,6 +193,9 @@ pub struct BenchReport {
     pub cpu_s_per_1000_tx: f64,
     /// Median CPU of the load generator per 1,000 transactions, seconds.
     pub loadgen_cpu_s_per_1000_tx: f64,
+    /// Median over runs of the bytes a node wrote per committed payload
+    /// byte (null if no run could count them).
+    pub disk_per_payload_byte: Option<f64>,
     /// Peak resident memory, the largest over runs.
     pub peak_rss_mb: Memory,
     /// Committed in all windows.
@@ -274,6 +285,12 @@ pub(super) fn summarize(options: &BenchOptions, bftd: &Path, runs: Vec<RunReport
         },
         cpu_s_per_1000_tx: median_of(|r| r.cpu_s_per_1000_tx),
         loadgen_cpu_s_per_1000_tx: median_of(|r| r.loadgen_cpu_s_per_1000_tx),
+        disk_per_payload_byte: runs
+            .iter()
+            .map(|r| r.disk_per_payload_byte)
+            .collect::<Option<Vec<f64>>>()
+            .filter(|all| !all.is_empty())
+            .map(|all| median(&all)),
         peak_rss_mb: Memory::of(peak),
         committed: runs.iter().map(|r| r.committed).sum(),
         failures,
@@ -398,6 +415,14 @@ pub(super) fn render(report: &BenchReport, parameters: &str) -> String {
             Some(format!("{:.3}", report.loadgen_cpu_s_per_1000_tx)),
         ),
         (
+            "disk bytes written per payload byte",
+            |r| {
+                r.disk_per_payload_byte
+                    .map_or_else(|| "-".into(), |d| format!("{d:.2}"))
+            },
+            report.disk_per_payload_byte.map(|d| format!("{d:.2}")),
+        ),
+        (
             "peak RSS, largest node (MB)",
             |r| format!("{:.1}", r.peak_rss_mb.max),
             Some(format!("{:.1}", report.peak_rss_mb.max)),
@@ -446,6 +471,7 @@ pub(super) fn render(report: &BenchReport, parameters: &str) -> String {
             "height".into(),
             "view".into(),
             "CPU s".into(),
+            "disk MB written".into(),
             "peak RSS MB".into(),
             "end RSS MB".into(),
         ]];
@@ -457,6 +483,7 @@ pub(super) fn render(report: &BenchReport, parameters: &str) -> String {
                 or_dash(node.height.map(|h| h.to_string())),
                 or_dash(node.view.map(|v| v.to_string())),
                 or_dash(node.cpu_s.map(|c| format!("{c:.2}"))),
+                or_dash(node.disk_mb_written.map(|m| format!("{m:.1}"))),
                 or_dash(node.peak_rss_mb.map(|m| format!("{m:.1}"))),
                 or_dash(node.rss_mb.map(|m| format!("{m:.1}"))),
             ]);
