@@ -291,7 +291,7 @@ impl<'txn> WriteTables<'txn> {
         let batch_bytes =
             match self.write_batch(path, height, &block.batch_digest, &block.batch, buffer)? {
                 Some(written) => written,
-                None => encoded_len(path, &*block.batch)?,
+                None => encoded_len(path, &block.batch)?,
             };
         let header = StoredHeader {
             height,
