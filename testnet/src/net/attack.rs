@@ -24,7 +24,7 @@
 //! real wire formats with the `bftd` crate's codec, messages, client API
 //! and transport.
 
-use super::bench::{memory_megabytes, Ephemeral, Progress};
+use super::bench::{median, memory_megabytes, Ephemeral, Progress};
 use super::binaries::find_bftd;
 use super::check;
 use super::error::NetError;
@@ -209,6 +209,9 @@ pub struct AttackOptions {
     pub keep: bool,
     /// Print JSON.
     pub json: bool,
+    /// Runs of each attack, each on a fresh cluster; with more than one
+    /// the verdict is on the medians (see [`median_result`]).
+    pub runs: usize,
 }
 
 /// Honest clients' figures over one phase's window.
@@ -272,6 +275,9 @@ pub struct AttackResult {
     pub failures: Vec<String>,
     /// Passed.
     pub pass: bool,
+    /// With `--runs` above 1: every run, of which this is the medians.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub runs: Vec<AttackResult>,
 }
 
 impl AttackResult {
@@ -290,6 +296,7 @@ impl AttackResult {
             check: String::new(),
             failures: vec![format!("could not run: {error}")],
             pass: false,
+            runs: Vec::new(),
         }
     }
 
@@ -413,6 +420,13 @@ fn validate(options: &AttackOptions) -> Result<(), NetError> {
     if !(1..=64 * 1024).contains(&options.size) {
         return bad("--size", options.size.to_string(), "1 to 65536 bytes");
     }
+    if !(1..=100).contains(&options.runs) {
+        return bad(
+            "--runs",
+            options.runs.to_string(),
+            "1 to 100 (3 gives medians)",
+        );
+    }
     Ok(())
 }
 
@@ -447,18 +461,46 @@ pub async fn attack(options: AttackOptions) -> Result<Vec<AttackResult>, NetErro
         eprintln!("note: a debug build; for representative figures use the release build");
     }
     let mut results = Vec::new();
+    let runs = options.runs.max(1);
     for attack in &options.attacks {
-        eprintln!("== {} (issue 10 item {}) ==", attack.name(), attack.item());
-        let result = match run_one(*attack, &options, &bftd, &bftnet).await {
-            Ok(result) => result,
-            Err(NetError::Interrupted) => return Err(NetError::Interrupted),
-            // One attack that could not run fails, and the others still run.
-            Err(error) => AttackResult::error(*attack, error.to_string()),
-        };
-        if !options.json {
-            println!("{}", result.line());
-            let _ = std::io::stdout().flush();
+        let mut each = Vec::with_capacity(runs);
+        for run in 1..=runs {
+            if runs > 1 {
+                eprintln!(
+                    "== {} (issue 10 item {}), run {run} of {runs} ==",
+                    attack.name(),
+                    attack.item()
+                );
+            } else {
+                eprintln!("== {} (issue 10 item {}) ==", attack.name(), attack.item());
+            }
+            let result = match run_one(*attack, &options, &bftd, &bftnet).await {
+                Ok(result) => result,
+                Err(NetError::Interrupted) => return Err(NetError::Interrupted),
+                // A run that could not run fails, and the others still run.
+                Err(error) => AttackResult::error(*attack, error.to_string()),
+            };
+            if !options.json {
+                let prefix = if runs > 1 {
+                    format!("run {run}/{runs} ")
+                } else {
+                    String::new()
+                };
+                println!("{prefix}{}", result.line());
+                let _ = std::io::stdout().flush();
+            }
+            each.push(result);
         }
+        let result = if runs > 1 {
+            let result = median_result(&options, *attack, each);
+            if !options.json {
+                println!("median of {runs}: {}", result.line());
+                let _ = std::io::stdout().flush();
+            }
+            result
+        } else {
+            each.remove(0)
+        };
         results.push(result);
     }
     if options.json {
@@ -659,6 +701,37 @@ fn verdict(
     node_counters: BTreeMap<String, f64>,
     check: &check::CheckReport,
 ) -> AttackResult {
+    let (rate_kept, p99_limit_ms, mut failures) =
+        judge(options, &unattacked, &attacked, &peak_rss_mb);
+    if !check.ok() {
+        failures.push(format!("check: {}", check.render().trim()));
+    }
+    failures.extend(outcome.violations.iter().cloned());
+    AttackResult {
+        attack,
+        item: attack.item(),
+        unattacked,
+        attacked,
+        rate_kept,
+        p99_limit_ms,
+        peak_rss_mb,
+        attack_counters: outcome.counters.into_iter().collect(),
+        node_counters,
+        check: check.render().lines().next().unwrap_or_default().to_owned(),
+        pass: failures.is_empty(),
+        failures,
+        runs: Vec::new(),
+    }
+}
+
+/// The goal's three figures: the committed rate kept, the attacked p99
+/// allowed, and which of them (and which node's memory) missed.
+fn judge(
+    options: &AttackOptions,
+    unattacked: &Phase,
+    attacked: &Phase,
+    peak_rss_mb: &[Option<f64>],
+) -> (f64, f64, Vec<String>) {
     let rate_kept = attacked.committed_tx_s / unattacked.committed_tx_s.max(1e-9);
     let p99_limit_ms = (2.0 * unattacked.p99_ms).max(options.p99_floor_ms);
     let mut failures = Vec::new();
@@ -683,10 +756,61 @@ fn verdict(
             ));
         }
     }
-    if !check.ok() {
-        failures.push(format!("check: {}", check.render().trim()));
+    (rate_kept, p99_limit_ms, failures)
+}
+
+/// The result of several runs of one attack: the honest figures are the
+/// medians over runs (each phase's committed rate, p50 and p99 apart), the
+/// p99 limit twice the median unattacked p99, each node's peak memory the
+/// largest in any run, and the counters the median run's (the run whose
+/// attacked p99 is the median). It fails on the medians' rate and p99, on
+/// any run's memory, and on anything that must never happen in any run (a
+/// check that failed, a violation, a run that could not run): a tail is
+/// judged by its typical value, a broken promise by every run.
+pub fn median_result(
+    options: &AttackOptions,
+    attack: Attack,
+    runs: Vec<AttackResult>,
+) -> AttackResult {
+    let Some(first) = runs.first() else {
+        return AttackResult::error(attack, "no run".into());
+    };
+    let phase = |of: fn(&AttackResult) -> &Phase| Phase {
+        committed_tx_s: median(
+            &runs
+                .iter()
+                .map(|r| of(r).committed_tx_s)
+                .collect::<Vec<_>>(),
+        ),
+        p50_ms: median(&runs.iter().map(|r| of(r).p50_ms).collect::<Vec<_>>()),
+        p99_ms: median(&runs.iter().map(|r| of(r).p99_ms).collect::<Vec<_>>()),
+        submitted: runs.iter().map(|r| of(r).submitted).sum(),
+        failed: runs.iter().map(|r| of(r).failed).sum(),
+        skipped: runs.iter().map(|r| of(r).skipped).sum(),
+    };
+    let unattacked = phase(|r| &r.unattacked);
+    let attacked = phase(|r| &r.attacked);
+    let nodes = runs.iter().map(|r| r.peak_rss_mb.len()).max().unwrap_or(0);
+    let peak_rss_mb: Vec<Option<f64>> = (0..nodes)
+        .map(|id| {
+            runs.iter()
+                .filter_map(|r| r.peak_rss_mb.get(id).copied().flatten())
+                .reduce(f64::max)
+        })
+        .collect();
+    let (rate_kept, p99_limit_ms, mut failures) =
+        judge(options, &unattacked, &attacked, &peak_rss_mb);
+    for (index, run) in runs.iter().enumerate() {
+        let never = run.failures.iter().filter(|failure| {
+            !(failure.starts_with("honest committed rate")
+                || failure.starts_with("honest p99")
+                || failure.contains(" peak RSS "))
+        });
+        failures.extend(never.map(|failure| format!("run {}: {failure}", index + 1)));
     }
-    failures.extend(outcome.violations.iter().cloned());
+    let mut by_p99: Vec<&AttackResult> = runs.iter().collect();
+    by_p99.sort_by(|a, b| a.attacked.p99_ms.total_cmp(&b.attacked.p99_ms));
+    let middle = by_p99.get(by_p99.len() / 2).copied().unwrap_or(first);
     AttackResult {
         attack,
         item: attack.item(),
@@ -695,11 +819,12 @@ fn verdict(
         rate_kept,
         p99_limit_ms,
         peak_rss_mb,
-        attack_counters: outcome.counters.into_iter().collect(),
-        node_counters,
-        check: check.render().lines().next().unwrap_or_default().to_owned(),
+        attack_counters: middle.attack_counters.clone(),
+        node_counters: middle.node_counters.clone(),
+        check: middle.check.clone(),
         pass: failures.is_empty(),
         failures,
+        runs,
     }
 }
 
@@ -920,6 +1045,95 @@ mod tests {
         assert_eq!(
             changed,
             BTreeMap::from([("b".to_owned(), 3.0), ("c".to_owned(), 1.0)])
+        );
+    }
+
+    fn options() -> AttackOptions {
+        AttackOptions {
+            attacks: vec![Attack::ForwardFlood],
+            rate: 1000.0,
+            duration: Duration::from_secs(1),
+            warmup: Duration::from_secs(1),
+            n: 4,
+            clients: 4,
+            size: 128,
+            request_mode: RequestMode::ClientSigned,
+            p99_floor_ms: 50.0,
+            max_rss_mb: 300.0,
+            bftd: None,
+            keep: false,
+            json: false,
+            runs: 3,
+        }
+    }
+
+    fn run(unattacked_p99: f64, attacked_p99: f64, rss: f64, failures: &[&str]) -> AttackResult {
+        let phase = |p99_ms| Phase {
+            committed_tx_s: 1000.0,
+            p50_ms: 10.0,
+            p99_ms,
+            submitted: 100,
+            failed: 0,
+            skipped: 0,
+        };
+        AttackResult {
+            unattacked: phase(unattacked_p99),
+            attacked: phase(attacked_p99),
+            peak_rss_mb: vec![Some(rss), None, Some(rss / 2.0)],
+            failures: failures.iter().map(|f| f.to_string()).collect(),
+            pass: failures.is_empty(),
+            ..AttackResult::error(Attack::ForwardFlood, String::new())
+        }
+    }
+
+    /// Several runs are judged by the medians of their tails, but by every
+    /// run for memory and for what must never happen.
+    #[test]
+    fn several_runs_are_judged_by_their_medians() {
+        let options = options();
+        // One run's tail is far out; the medians (unattacked 40, attacked
+        // 70 against a limit of 80) pass.
+        let runs = vec![
+            run(40.0, 70.0, 200.0, &[]),
+            run(30.0, 900.0, 210.0, &["honest p99 900.0 ms > 60.0 ms"]),
+            run(45.0, 60.0, 190.0, &[]),
+        ];
+        let result = median_result(&options, Attack::ForwardFlood, runs);
+        assert_eq!(result.unattacked.p99_ms, 40.0);
+        assert_eq!(result.attacked.p99_ms, 70.0);
+        assert_eq!(result.p99_limit_ms, 80.0);
+        assert!(result.pass, "{:?}", result.failures);
+        assert_eq!(result.peak_rss_mb, vec![Some(210.0), None, Some(105.0)]);
+        assert_eq!(result.runs.len(), 3);
+
+        // The median tail over the limit fails.
+        let runs = vec![
+            run(20.0, 70.0, 200.0, &[]),
+            run(30.0, 90.0, 200.0, &[]),
+            run(25.0, 60.0, 200.0, &[]),
+        ];
+        let result = median_result(&options, Attack::ForwardFlood, runs);
+        assert!(!result.pass);
+        assert_eq!(result.failures, vec!["honest p99 70.0 ms > 50.0 ms"]);
+
+        // One run over the memory limit, or with a broken check, fails all.
+        let runs = vec![
+            run(40.0, 50.0, 200.0, &[]),
+            run(40.0, 50.0, 320.0, &["node 0 peak RSS 320 MB > 300 MB"]),
+            run(40.0, 50.0, 200.0, &["check: height 7 differs"]),
+        ];
+        let result = median_result(&options, Attack::ForwardFlood, runs);
+        assert!(!result.pass);
+        assert_eq!(
+            result.failures,
+            vec![
+                "node 0 peak RSS 320 MB > 300 MB".to_string(),
+                "run 3: check: height 7 differs".to_string(),
+            ]
+        );
+        assert_eq!(
+            median_result(&options, Attack::ForwardFlood, Vec::new()).failures,
+            vec!["could not run: no run".to_string()]
         );
     }
 }

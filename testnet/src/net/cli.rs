@@ -730,6 +730,12 @@ pub struct AttackArgs {
     /// Print JSON (for scripts) instead of one line per attack.
     #[arg(long)]
     json: bool,
+    /// Run each attack K times, each on a fresh cluster, and judge the
+    /// medians: the honest rate and p99 by their median over runs (one
+    /// run's tail on two shared cores moves several-fold), memory and the
+    /// check and every "must never happen" by every run.
+    #[arg(long, value_name = "K", default_value_t = 1)]
+    runs: usize,
 }
 
 /// Parses `30s`, `500ms`, `2m`, `1.5s`; a plain number is seconds.
@@ -980,6 +986,7 @@ async fn dispatch(command: NetCommand) -> Result<ExitCode, NetError> {
                 bftd: args.bftd,
                 keep: args.keep,
                 json: args.json,
+                runs: args.runs,
             })
             .await?;
             if results.iter().any(|result| !result.pass) {
