@@ -540,6 +540,15 @@ pub struct ClientsConfig {
     /// Store reads for subscribers running at once, over all connections
     /// (each connection runs at most one); more wait their turn. Default 4.
     pub subscription_reads: usize,
+    /// Bytes of old blocks (more than a few heights behind the head) served
+    /// to all subscribers together per second, with one second's worth
+    /// saved up at most. Streaming history costs a node reads, encoding
+    /// and encryption: without a bound, a few clients resubscribing from
+    /// height 1 took the CPU consensus needed (the `cheap-expensive`
+    /// attack). Subscribers following the head are not counted. Default
+    /// 8 MiB (about 13,000 transactions of 512 bytes a second: catching up
+    /// a million takes about 80 s); raise it where cores are plentiful.
+    pub history_bytes_per_second: u64,
 }
 
 /// Largest `[clients] reply_queue`: beyond it one slow client could hold
@@ -554,6 +563,7 @@ impl Default for ClientsConfig {
             reply_queue_bytes: 4 * 1024 * 1024,
             subscriber_stall_ms: 10_000,
             subscription_reads: 4,
+            history_bytes_per_second: 8 * 1024 * 1024,
         }
     }
 }
@@ -682,6 +692,13 @@ impl NodeConfig {
             return Err(LoadError::Clients {
                 path: path.to_owned(),
                 reason: "subscription_reads must be from 1 to 1024 (the default is 4)",
+            });
+        }
+        if file.clients.history_bytes_per_second < 1024 {
+            return Err(LoadError::Clients {
+                path: path.to_owned(),
+                reason: "history_bytes_per_second must be at least 1024: below it a subscriber \
+                         that starts behind the head would never catch up (the default is 8388608)",
             });
         }
         if file.peers.fetch_bytes_per_second < 1024 {
@@ -951,6 +968,11 @@ mod tests {
                 "r0.toml",
                 "subscription_reads = 0",
                 Some("subscription_reads"),
+            ),
+            (
+                "h0.toml",
+                "history_bytes_per_second = 1000",
+                Some("history_bytes_per_second"),
             ),
         ] {
             std::fs::write(dir.path().join(name), with_clients(section)).unwrap();

@@ -41,6 +41,10 @@ const STREAM_TIMEOUT: Duration = Duration::from_secs(10);
 /// Blocks read from storage at a time when catching a subscriber up, at
 /// most (fewer when blocks are big: see [`subscribe`]).
 const SUBSCRIBE_CHUNK: usize = 64;
+/// A subscription reading more than this many heights behind the head is
+/// reading history, paced by `[clients] history_bytes_per_second`; closer,
+/// it is following the head and is not.
+const HISTORY_MARGIN: u64 = 16;
 
 /// A reply waiting to be written, holding its bytes of the queue's bound.
 pub(crate) struct Queued {
@@ -478,6 +482,10 @@ async fn subscribe(
                 end_pruned(&reply_to, &shared, next, first_height).await;
                 return;
             }
+            let history = last.0.saturating_sub(next.0) > HISTORY_MARGIN;
+            if history {
+                pace_history(&shared).await;
+            }
             let blocks = match reads.read(next, chunk, &shared).await {
                 Some(blocks) if !blocks.is_empty() => blocks,
                 _ => return,
@@ -497,6 +505,11 @@ async fn subscribe(
                     }
                 }
             }
+            if history {
+                if let Ok(mut budget) = shared.history.lock() {
+                    budget.charge(bytes as f64);
+                }
+            }
             let average = (bytes / count as u64).max(1);
             chunk = usize::try_from(reply_to.capacity as u64 / average)
                 .unwrap_or(SUBSCRIBE_CHUNK)
@@ -505,6 +518,29 @@ async fn subscribe(
         if height.changed().await.is_err() {
             return;
         }
+    }
+}
+
+/// Waits until the node's budget for serving old blocks has room (see
+/// `[clients] history_bytes_per_second`); counts a read that had to wait.
+async fn pace_history(shared: &Shared) {
+    let mut waited = false;
+    loop {
+        let wait = match shared.history.lock() {
+            Ok(mut budget) => budget.wait(std::time::Instant::now()),
+            Err(_) => return,
+        };
+        if wait.is_zero() {
+            break;
+        }
+        if !waited {
+            waited = true;
+            shared
+                .metrics
+                .subscription_history_paced
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        tokio::time::sleep(wait).await;
     }
 }
 

@@ -24,7 +24,7 @@ use bftd_protocol::{codec, CheckpointCertificate, NodeId, Signed};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 /// Fetches waiting to be served, at most; beyond, they are refused (the
@@ -77,6 +77,16 @@ impl TokenBucket {
     /// Charges what was served.
     pub(crate) fn charge(&mut self, bytes: f64) {
         self.balance -= bytes;
+    }
+
+    /// How long until anything may be served (zero: now).
+    pub(crate) fn wait(&mut self, now: Instant) -> Duration {
+        self.refill(now);
+        if self.balance > 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64((-self.balance + 1.0) / self.rate.max(1.0))
+        }
     }
 }
 
@@ -187,5 +197,22 @@ mod tests {
         assert!(idle.admits(start + Duration::from_secs(100)));
         idle.charge(600.0);
         assert!(!idle.admits(start + Duration::from_secs(100)));
+    }
+
+    /// `wait` says how long until the overdrawn balance is paid back, and
+    /// after that long the bucket admits again.
+    #[test]
+    fn token_bucket_says_how_long_to_wait() {
+        let start = Instant::now();
+        let mut bucket = TokenBucket::new(1000, 1000, start);
+        assert_eq!(bucket.wait(start), Duration::ZERO);
+        bucket.charge(3000.0);
+        let wait = bucket.wait(start);
+        assert!(
+            wait >= Duration::from_millis(2000) && wait <= Duration::from_millis(2002),
+            "{wait:?}"
+        );
+        assert!(!bucket.admits(start + Duration::from_millis(1999)));
+        assert_eq!(bucket.wait(start + wait), Duration::ZERO);
     }
 }

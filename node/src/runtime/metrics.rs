@@ -101,6 +101,9 @@ pub struct NodeMetrics {
     /// at once.
     pub subscription_reads_running: AtomicU64,
     pub subscription_reads_peak: AtomicU64,
+    /// Reads of old blocks for subscribers that waited for `[clients]
+    /// history_bytes_per_second`.
+    pub subscription_history_paced: AtomicU64,
     /// Requests answered "busy" because too many old blocks already waited
     /// to be loaded for receipts.
     pub receipt_loads_refused: AtomicU64,
@@ -460,6 +463,11 @@ impl NodeMetrics {
             out,
             "# HELP bftd_subscription_reads_peak Most store reads for subscribers ever under way at once.\n# TYPE bftd_subscription_reads_peak gauge\nbftd_subscription_reads_peak {}",
             load(&self.subscription_reads_peak)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP bftd_subscription_history_paced_total Reads of old blocks for subscribers that waited for [clients] history_bytes_per_second.\n# TYPE bftd_subscription_history_paced_total counter\nbftd_subscription_history_paced_total {}",
+            load(&self.subscription_history_paced)
         );
         counter(
             &mut out,

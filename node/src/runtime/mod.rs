@@ -210,6 +210,9 @@ pub(crate) struct Shared {
     /// Store reads for subscribers that may run at once, node-wide
     /// (`[clients] subscription_reads`).
     pub subscription_read_slots: Arc<tokio::sync::Semaphore>,
+    /// Bytes of old blocks served to subscribers, node-wide (`[clients]
+    /// history_bytes_per_second`).
+    pub history: Mutex<fetch::TokenBucket>,
     pub id: u16,
     pub byzantine: Option<String>,
     /// When the node started (the replica's clock starts here too).
@@ -450,6 +453,11 @@ pub async fn start_with(
         client_idle_timeout: config.connections.client_idle_timeout,
         subscription_read_slots: Arc::new(tokio::sync::Semaphore::new(
             config.clients.subscription_reads,
+        )),
+        history: Mutex::new(fetch::TokenBucket::new(
+            config.clients.history_bytes_per_second,
+            config.clients.history_bytes_per_second,
+            std::time::Instant::now(),
         )),
         id: config.id.0,
         byzantine: intercept.as_ref().and(config.byzantine.clone()),
