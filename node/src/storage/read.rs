@@ -11,7 +11,6 @@ use super::{decode_value, redb_error, DiskStorage, DiskStorageError, Inner, Stor
 use bftd_crypto::Digest;
 use bftd_protocol::{Batch, Block, CommittedBlock, Recovered, RequestKey, SeqNum, StorageError};
 use redb::{ReadTransaction, ReadableDatabase, ReadableTable};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 impl DiskStorage {
@@ -41,15 +40,20 @@ impl DiskStorage {
         }
         let txn = inner.db.begin_read().map_err(|e| inner.backend(e))?;
         let tables = ReadTables::open(inner, &txn)?;
-        let last = inner.last_height.load(Ordering::Acquire);
-        for at in height.0.max(1)..=last {
-            let at = SeqNum(at);
-            let cached = inner.cache().get(at);
-            if let Some((block, _)) = tables.block(inner, &txn, at, cached)? {
-                out.push(block);
-                if out.len() >= max {
-                    break;
+        let mut at = Some(height.max(SeqNum(1)));
+        while let Some(here) = at {
+            let cached = inner.cache().get(here);
+            match tables.block(inner, &txn, here, cached)? {
+                Some((block, _)) => {
+                    out.push(block);
+                    if out.len() >= max {
+                        break;
+                    }
+                    at = Some(here.next());
                 }
+                // A gap (heights a node was still fetching): on to the
+                // next stored height, found in the trees, not by counting.
+                None => at = tables.next_stored(inner, here.next())?,
             }
         }
         Ok(out)
@@ -210,6 +214,36 @@ impl ReadTables {
             (Arc::new(block), duplicates),
             header_bytes.saturating_add(batch_bytes),
         )))
+    }
+
+    /// The lowest height at or above `from` with a block stored (of any
+    /// format), if any.
+    fn next_stored(&self, inner: &Inner, from: SeqNum) -> Result<Option<SeqNum>, DiskStorageError> {
+        let new = match self
+            .headers
+            .range(seq_key(from)..)
+            .map_err(|e| inner.backend(e))?
+            .next()
+        {
+            Some(entry) => {
+                let (key, _) = entry.map_err(|e| inner.backend(e))?;
+                Some(SeqNum(u64::from_be_bytes(key.value())))
+            }
+            None => None,
+        };
+        let old = match self
+            .blocks
+            .range(chunk_key(from, 0)..)
+            .map_err(|e| inner.backend(e))?
+            .next()
+        {
+            Some(entry) => {
+                let (key, _) = entry.map_err(|e| inner.backend(e))?;
+                Some(chunk_from_key(key.value()).0)
+            }
+            None => None,
+        };
+        Ok(new.into_iter().chain(old).min())
     }
 
     /// A block written by format 3 or earlier: whole, in chunks.

@@ -477,6 +477,48 @@ fn a_format_3_store_is_upgraded_in_place() {
     assert_eq!(store.last_height(), SeqNum(8));
 }
 
+/// `blocks_from` steps over gaps (heights a node was still fetching) to
+/// the next stored block, of either format, without visiting every
+/// missing height.
+#[test]
+fn blocks_from_steps_over_gaps() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = store_path(&dir);
+    {
+        let mut store = DiskStorage::open(&path).unwrap();
+        store
+            .apply(
+                &[],
+                &[
+                    delivery(1, vec![]),
+                    delivery(2, vec![]),
+                    delivery(1000, vec![]),
+                ],
+            )
+            .unwrap();
+    }
+    rewrite_as_format(&path, 3);
+    let mut store = DiskStorage::open(&path).unwrap();
+    store
+        .apply(
+            &[],
+            &[delivery(500, vec![]), delivery(1_000_000_000, vec![])],
+        )
+        .unwrap();
+    let heights = |from: u64, max: usize| -> Vec<u64> {
+        store
+            .blocks_from(SeqNum(from), max)
+            .unwrap()
+            .iter()
+            .map(|(block, _)| block.height().0)
+            .collect()
+    };
+    assert_eq!(heights(1, 10), vec![1, 2, 500, 1000, 1_000_000_000]);
+    assert_eq!(heights(3, 2), vec![500, 1000]);
+    assert_eq!(heights(1001, 10), vec![1_000_000_000]);
+    assert!(heights(1_000_000_001, 10).is_empty());
+}
+
 /// A batch is written once: when its pre-prepare is recorded; executing
 /// it writes only a header over it. A stable checkpoint discards the
 /// batches that were only pending, and keeps the ones blocks are made
