@@ -495,7 +495,15 @@ async fn subscribe(
             for (block, duplicates) in blocks {
                 let at = block.height();
                 let message = NodeMessage::Block { block, duplicates };
-                bytes += codec::encoded_len(&message).unwrap_or(u64::MAX / 2);
+                let size = codec::encoded_len(&message).unwrap_or(u64::MAX / 2);
+                bytes += size;
+                // Charged as read, before sending: a subscriber that goes
+                // away mid-chunk has still cost the node the read.
+                if history {
+                    if let Ok(mut budget) = shared.history.lock() {
+                        budget.charge(size as f64);
+                    }
+                }
                 match reply_to.send_within(message, stall).await {
                     Ok(()) => next = at.next(),
                     Err(QueueFull::Closed) => return,
@@ -503,11 +511,6 @@ async fn subscribe(
                         end_subscription(&reply_to, &shared, at).await;
                         return;
                     }
-                }
-            }
-            if history {
-                if let Ok(mut budget) = shared.history.lock() {
-                    budget.charge(bytes as f64);
                 }
             }
             let average = (bytes / count as u64).max(1);
