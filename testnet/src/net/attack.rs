@@ -572,6 +572,47 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// The attacker's own runtime and threads. In the honest clients' runtime,
+/// the attack's CPU work (signing floods of requests, dialing hundreds of
+/// handshakes: most of a core under `connection-slots`) would run on the
+/// worker threads the load generator reads its receipts on, and delay them:
+/// the honest latency would measure the harness, not the nodes. On their
+/// own threads the operating system shares the cores between attacker,
+/// nodes and honest clients, as between processes.
+struct AttackerRuntime(Option<tokio::runtime::Runtime>);
+
+impl AttackerRuntime {
+    fn start() -> Result<AttackerRuntime, NetError> {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("attacker")
+            .enable_all()
+            .build()
+            .map(|runtime| AttackerRuntime(Some(runtime)))
+            .map_err(NetError::Runtime)
+    }
+
+    fn spawn<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match &self.0 {
+            Some(runtime) => runtime.spawn(task),
+            None => tokio::spawn(task),
+        }
+    }
+}
+
+impl Drop for AttackerRuntime {
+    fn drop(&mut self) {
+        // Dropping a runtime would block this (async) thread on its tasks.
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
 async fn start_and_attack(
     cluster: &mut Ephemeral,
     attack: Attack,
@@ -634,7 +675,8 @@ async fn start_and_attack(
     });
     let (stop, stopping) = watch::channel(false);
     eprintln!("attacked phase: {} ...", attack.describe());
-    let task = tokio::spawn(launch(attack, context, stopping));
+    let attacker_threads = AttackerRuntime::start()?;
+    let task = attacker_threads.spawn(launch(attack, context, stopping));
     let _abort = AbortOnDrop(task.abort_handle());
     let attacked = phase(&cluster_file, &targets, options, "attacked").await;
     let _ = stop.send(true);
