@@ -27,6 +27,7 @@
 use super::bench::{median, memory_megabytes, Ephemeral, Progress};
 use super::binaries::find_bftd;
 use super::check;
+use super::commands::{reap, stop_testnet};
 use super::error::NetError;
 use super::launch::{find_bftnet, http_get, shutdown_signal, start_node, wait_healthy};
 use super::layout::{generate, write_node_files, Layout, Network, State};
@@ -713,6 +714,14 @@ async fn start_and_attack(
     let state = State::load(&layout).unwrap_or(state);
     let after = scrape(&state, &ids).await;
     let peak_rss_mb = sampler.finish(&state);
+    // The check reads every honest node's chain. Through the client API a
+    // node serves old blocks at its history budget (design notes §40,
+    // 8 MiB/s), which after a flood of big requests took minutes; read from
+    // the stores of stopped nodes, it takes seconds.
+    let stopping_layout = layout.clone();
+    let _ = tokio::task::spawn_blocking(move || stop_testnet(&stopping_layout)).await;
+    reap(std::mem::take(&mut cluster.children));
+    let state = State::load(&layout).unwrap_or(state);
     let mut check_state = state.clone();
     if attack.impersonates() {
         if let Ok(node) = check_state.node_mut(attacker) {
