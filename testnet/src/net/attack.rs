@@ -36,7 +36,7 @@ use bftd::config::Cluster;
 use bftd_protocol::RequestMode;
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -213,6 +213,8 @@ pub struct AttackOptions {
     /// Runs of each attack, each on a fresh cluster; with more than one
     /// the verdict is on the medians (see [`median_result`]).
     pub runs: usize,
+    /// Print each second's honest p50 and p99 of every phase (stderr).
+    pub every_second: bool,
 }
 
 /// Honest clients' figures over one phase's window.
@@ -933,6 +935,11 @@ async fn phase(
     progress.until(window_start, String::new).await;
     let receipts_before = running.counters.receipts.load(Ordering::Relaxed);
     let opened = Instant::now();
+    let seconds = options.every_second.then(|| {
+        AbortOnDrop(
+            tokio::spawn(every_second(running.counters.clone(), name.to_string())).abort_handle(),
+        )
+    });
     progress
         .until(window_start + options.duration, || {
             let elapsed = opened.elapsed().as_secs_f64();
@@ -961,6 +968,7 @@ async fn phase(
         .load(Ordering::Relaxed)
         .saturating_sub(receipts_before);
     let window_s = opened.elapsed().as_secs_f64();
+    drop(seconds);
     progress.finish();
     let report = running.finish().await;
     Ok(Phase {
@@ -971,6 +979,38 @@ async fn phase(
         failed: report.rejected + report.timed_out + report.disconnected + report.invalid_receipts,
         skipped: report.skipped,
     })
+}
+
+/// Prints, each second, the honest latencies of the receipts that arrived
+/// in that second (`--every-second`).
+async fn every_second(counters: Arc<load::Counters>, phase: String) {
+    let snapshot = || {
+        counters
+            .latencies
+            .lock()
+            .map(|histogram| histogram.clone())
+            .unwrap_or_default()
+    };
+    // On a terminal, clear the progress line (rewritten in place) first.
+    let clear = if std::io::stderr().is_terminal() {
+        "\r\x1b[K"
+    } else {
+        ""
+    };
+    let mut last = snapshot();
+    for second in 1u64.. {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = snapshot();
+        let window = now.since(&last);
+        eprintln!(
+            "{clear}    {phase} second {second}: {} receipts, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            window.count(),
+            window.quantile_ms(0.5),
+            window.quantile_ms(0.99),
+            window.max_ms()
+        );
+        last = now;
+    }
 }
 
 /// Samples every node's resident memory every 250 ms; the peak is the
@@ -1115,6 +1155,7 @@ mod tests {
             keep: false,
             json: false,
             runs: 3,
+            every_second: false,
         }
     }
 

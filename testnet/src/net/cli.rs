@@ -736,6 +736,11 @@ pub struct AttackArgs {
     /// check and every "must never happen" by every run.
     #[arg(long, value_name = "K", default_value_t = 1)]
     runs: usize,
+    /// Print the honest p50 and p99 of each second of each phase, to see
+    /// when a tail happens (a stall as the attack starts, or one every few
+    /// seconds) and not only how long it is.
+    #[arg(long)]
+    every_second: bool,
 }
 
 /// Parses `30s`, `500ms`, `2m`, `1.5s`; a plain number is seconds.
@@ -987,6 +992,7 @@ async fn dispatch(command: NetCommand) -> Result<ExitCode, NetError> {
                 keep: args.keep,
                 json: args.json,
                 runs: args.runs,
+                every_second: args.every_second,
             })
             .await?;
             if results.iter().any(|result| !result.pass) {
