@@ -50,6 +50,11 @@ const FORWARDS_PER_JOB: usize = 4;
 const JOB_BYTES: usize = 16 * 1024 * 1024;
 /// Verification jobs in flight at once (one per core is plenty).
 const MAX_JOBS: usize = 2;
+/// Consensus frames verified on the ingress task rather than a blocking
+/// thread, at most (see [`is_small`]).
+const INLINE_FRAMES: usize = 2;
+/// Bytes of frames verified on the ingress task at most.
+const INLINE_BYTES: usize = 2048;
 
 /// How the transport sorts peer frames: forwards wait in the requests lane;
 /// everything else, garbage included (it is cheap to refuse), in the
@@ -75,6 +80,15 @@ pub(crate) fn lanes(limits: MessageLimits, n: usize) -> LaneOf {
             _ => Some(Lane::Consensus),
         }
     })
+}
+
+/// Frames few and small enough to verify on the ingress task itself: at
+/// most [`INLINE_FRAMES`] of at most [`INLINE_BYTES`] together, so a vote,
+/// a status or a pre-prepare of a request or two (a few signatures, some
+/// 100 µs at most), never a batch of client signatures.
+fn is_small(batch: &[PeerFrame]) -> bool {
+    batch.len() <= INLINE_FRAMES
+        && batch.iter().map(|frame| frame.frame.len()).sum::<usize>() <= INLINE_BYTES
 }
 
 /// The next job to start, consensus first; at most one requests job runs at
@@ -105,6 +119,17 @@ pub(crate) async fn run(
             let Some((lane, batch)) = next_job(&mut frames, requests_running) else {
                 break;
             };
+            if lane == Lane::Consensus && is_small(&batch) {
+                // One vote or status: checking its signature here costs less
+                // than handing it to a blocking thread and back.
+                if forward(&inputs, &fetches, &shared, verify(batch, &shared))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                continue;
+            }
             requests_running |= lane == Lane::Requests;
             let shared = shared.clone();
             jobs.spawn_blocking(move || (lane, verify(batch, &shared)));
