@@ -163,14 +163,48 @@ pub async fn connect_client_with(
     server_key: PublicKey,
     max_frame_bytes: usize,
 ) -> Result<ClientLink, TransportError> {
+    let endpoint = ClientEndpoint::bind(server.is_ipv6())?;
+    connect_client_on(&endpoint, key, server, server_key, max_frame_bytes).await
+}
+
+/// One local UDP endpoint that many client connections share. Each
+/// endpoint has receive buffers of its own (up to ~130 MB once a burst of
+/// big datagrams has touched them), so a process that holds many client
+/// connections, such as an attack harness with dozens of subscribers that
+/// never read, holds them on one endpoint. Cheap to clone; the socket
+/// closes when the last clone and the last connection on it are gone.
+#[doc(hidden)]
+#[derive(Clone, Debug)]
+pub struct ClientEndpoint(quinn::Endpoint);
+
+impl ClientEndpoint {
+    /// Binds a new endpoint to an ephemeral port on every local address of
+    /// the family (IPv6 if `ipv6`).
+    pub fn bind(ipv6: bool) -> Result<ClientEndpoint, TransportError> {
+        let local: SocketAddr = if ipv6 {
+            (Ipv6Addr::UNSPECIFIED, 0).into()
+        } else {
+            (Ipv4Addr::UNSPECIFIED, 0).into()
+        };
+        Ok(ClientEndpoint(endpoint::endpoint(
+            endpoint::bind_socket(local)?,
+            None,
+        )?))
+    }
+}
+
+/// [`connect_client_with`] on an endpoint shared with other connections.
+#[doc(hidden)]
+pub async fn connect_client_on(
+    endpoint: &ClientEndpoint,
+    key: &KeyPair,
+    server: SocketAddr,
+    server_key: PublicKey,
+    max_frame_bytes: usize,
+) -> Result<ClientLink, TransportError> {
     let counters = Arc::new(Counters::default());
     let config = client_config(key, server_key, &counters)?;
-    let local: SocketAddr = if server.is_ipv6() {
-        (Ipv6Addr::UNSPECIFIED, 0).into()
-    } else {
-        (Ipv4Addr::UNSPECIFIED, 0).into()
-    };
-    let endpoint = endpoint::endpoint(endpoint::bind_socket(local)?, None)?;
+    let endpoint = endpoint.0.clone();
     let connection = super::peer::dial(&endpoint, &config, server).await?;
     let (send, recv) = connection
         .open_bi()

@@ -57,8 +57,8 @@ mod tls;
 
 pub use bytes::Bytes;
 pub use client::{
-    abandoned_initials, connect_client, connect_client_with, idle_clients, ClientConnection,
-    ClientLink, IdleClients,
+    abandoned_initials, connect_client, connect_client_on, connect_client_with, idle_clients,
+    ClientConnection, ClientEndpoint, ClientLink, IdleClients,
 };
 pub use config::{Peer, TransportConfig};
 pub use error::{ConfigError, SendError, TransportError};

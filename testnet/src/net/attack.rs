@@ -365,6 +365,11 @@ pub(super) struct Context {
     pub honest: Vec<u16>,
     /// The node the attacker speaks as (the last).
     pub attacker: u16,
+    /// The one local endpoint every client connection of the attack uses
+    /// (`peer::raw_link`), made on first use, on the attack's runtime: an
+    /// endpoint each cost this process gigabytes of receive buffers under
+    /// `slow-subscriber` (64 connections), which then could not run twice.
+    pub client_endpoint: tokio::sync::OnceCell<bftd::transport::ClientEndpoint>,
 }
 
 /// Whether the attack was told to stop.
@@ -675,6 +680,7 @@ async fn start_and_attack(
         state: state.clone(),
         honest: ids.iter().copied().filter(|&id| id != attacker).collect(),
         attacker,
+        client_endpoint: tokio::sync::OnceCell::new(),
     });
     let (stop, stopping) = watch::channel(false);
     eprintln!("attacked phase: {} ...", attack.describe());

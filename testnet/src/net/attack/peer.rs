@@ -171,7 +171,12 @@ pub(super) async fn raw_link(
         .public_keys()
         .get(index)
         .ok_or_else(|| format!("no node {node}"))?;
-    bftd::transport::connect_client_with(key, address, node_key, 64 << 20)
+    let endpoint = context
+        .client_endpoint
+        .get_or_try_init(|| async { bftd::transport::ClientEndpoint::bind(address.is_ipv6()) })
+        .await
+        .map_err(|error| format!("client endpoint: {error}"))?;
+    bftd::transport::connect_client_on(endpoint, key, address, node_key, 64 << 20)
         .await
         .map_err(|error| format!("client connection to node {node}: {error}"))
 }
