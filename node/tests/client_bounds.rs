@@ -172,10 +172,12 @@ async fn a_subscriber_that_stops_reading_is_ended_with_a_reason() {
 
 /// A byzantine peer (node 3's key, its process replaced) sends a message
 /// whose checkpoint certificate repeats one valid vote 10,000 times: every
-/// node refuses it on its shape, counted as `malformed_shape`, and the
-/// cluster keeps ordering.
+/// node refuses it while decoding it, at the second vote (design notes
+/// §42; before, after decoding, on its shape), counted as
+/// `malformed_frame`, no signature is checked, and the cluster keeps
+/// ordering.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_peer_message_of_repeated_votes_is_refused_on_its_shape() {
+async fn a_peer_message_of_repeated_votes_is_refused_while_decoded() {
     use bftd::transport::{Peer, Transport, TransportConfig};
     use bftd_protocol::message::{Blocks, Checkpoint};
     use bftd_protocol::signer::{SafetyState, Signer};
@@ -216,14 +218,14 @@ async fn a_peer_message_of_repeated_votes_is_refused_on_its_shape() {
     loop {
         transport.broadcast(frame.clone());
         let refused: Vec<f64> = (0..3)
-            .map(|id| cluster.metric(id, "bftd_rejected_total{reason=\"malformed_shape\"}"))
+            .map(|id| cluster.metric(id, "bftd_rejected_total{reason=\"malformed_frame\"}"))
             .collect();
         if refused.iter().all(|&count| count >= 1.0) {
             break;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the repeated votes were not refused on their shape by every node: {refused:?}"
+            "the repeated votes were not refused while decoded by every node: {refused:?}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
