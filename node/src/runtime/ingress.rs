@@ -55,6 +55,10 @@ const MAX_JOBS: usize = 2;
 const INLINE_FRAMES: usize = 2;
 /// Bytes of frames verified on the ingress task at most.
 const INLINE_BYTES: usize = 2048;
+/// Small batches verified inline before the task yields: a stream of small
+/// frames (garbage decodes and is dropped without awaiting anything) must
+/// not keep this task from finished jobs or the rest of the runtime.
+const INLINE_PER_TURN: usize = 16;
 
 /// How the transport sorts peer frames: forwards wait in the requests lane;
 /// everything else, garbage included (it is cheap to refuse), in the
@@ -115,7 +119,8 @@ pub(crate) async fn run(
     let mut jobs: JoinSet<(Lane, Vec<Input>)> = JoinSet::new();
     let mut requests_running = false;
     loop {
-        while jobs.len() < MAX_JOBS {
+        let mut inline = 0;
+        while jobs.len() < MAX_JOBS && inline < INLINE_PER_TURN {
             let Some((lane, batch)) = next_job(&mut frames, requests_running) else {
                 break;
             };
@@ -128,11 +133,15 @@ pub(crate) async fn run(
                 {
                     return;
                 }
+                inline += 1;
                 continue;
             }
             requests_running |= lane == Lane::Requests;
             let shared = shared.clone();
             jobs.spawn_blocking(move || (lane, verify(batch, &shared)));
+        }
+        if inline == INLINE_PER_TURN {
+            tokio::task::yield_now().await;
         }
         if jobs.is_empty() && frames.is_finished() {
             return;
