@@ -189,6 +189,7 @@ impl ClientEndpoint {
         Ok(ClientEndpoint(endpoint::endpoint(
             endpoint::bind_socket(local)?,
             None,
+            None,
         )?))
     }
 }
@@ -274,7 +275,7 @@ pub async fn abandoned_initials(
     let sink_address = sink
         .local_addr()
         .map_err(|source| TransportError::Endpoint { source })?;
-    let endpoint = endpoint::endpoint(endpoint::bind_socket(loopback)?, None)?;
+    let endpoint = endpoint::endpoint(endpoint::bind_socket(loopback)?, None, None)?;
     let mut pending = Vec::with_capacity(count);
     let mut initials = Vec::with_capacity(count);
     let mut buffer = vec![0u8; 65_536];
@@ -342,7 +343,7 @@ pub async fn idle_clients(
     concurrency: usize,
 ) -> Result<(IdleClients, usize), TransportError> {
     let local: SocketAddr = (Ipv4Addr::LOCALHOST, 0).into();
-    let endpoint = endpoint::endpoint(endpoint::bind_socket(local)?, None)?;
+    let endpoint = endpoint::endpoint(endpoint::bind_socket(local)?, None, None)?;
     let counters = Arc::new(Counters::default());
     let mut connections = Vec::with_capacity(count);
     let mut failed = 0;

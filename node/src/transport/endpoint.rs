@@ -87,12 +87,48 @@ pub(crate) fn bind_socket(address: SocketAddr) -> Result<std::net::UdpSocket, Tr
     Ok(socket.into())
 }
 
+/// Domains of what a node's endpoint derives from its identity key.
+const RESET_KEY_DOMAIN: bftd_crypto::Domain =
+    bftd_crypto::Domain::new("bftd/v1/quic-stateless-reset");
+const CID_KEY_DOMAIN: bftd_crypto::Domain = bftd_crypto::Domain::new("bftd/v1/quic-connection-id");
+
 /// Creates an endpoint on `socket`, listening if `server` is given.
+///
+/// A node passes its `identity`, and two keys are derived from it, so they
+/// are the same after a restart: the key that marks the connection IDs it
+/// issues as its own, and its stateless reset key. Why: a peer that dialed
+/// us before we crashed (kill -9, power loss: no close frame) keeps sending
+/// on the old connection. With keys drawn at random per run, our new
+/// endpoint drops those packets as strangers' ("invalid CID"), and the peer
+/// only gives up at the idle timeout (10 s) before it redials. With the
+/// same keys it recognises the connection IDs as ones it issued, answers
+/// with a stateless reset the peer can verify, and the peer redials at
+/// once (RFC 9000 §10.3: a static key lets an endpoint that lost its state
+/// end the connections it had). Both are hashes of the secret identity key
+/// under their own domains: as secret as that key, revealing nothing of it.
+/// Clients pass `None` (random keys: nobody dials a client).
 pub(crate) fn endpoint(
     socket: std::net::UdpSocket,
     server: Option<quinn::ServerConfig>,
+    identity: Option<&bftd_crypto::KeyPair>,
 ) -> Result<quinn::Endpoint, TransportError> {
-    let mut config = quinn::EndpointConfig::default();
+    let mut config = match identity {
+        Some(key) => {
+            let seed = key.secret_seed();
+            let reset = bftd_crypto::Digest::of(RESET_KEY_DOMAIN, &*seed);
+            let cid = bftd_crypto::Digest::of(CID_KEY_DOMAIN, &*seed);
+            let cid_key = u64::from_le_bytes(cid.as_bytes()[..8].try_into().unwrap_or_default());
+            let mut config = quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(
+                ring::hmac::HMAC_SHA256,
+                reset.as_bytes(),
+            )));
+            config.cid_generator(move || {
+                Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+            });
+            config
+        }
+        None => quinn::EndpointConfig::default(),
+    };
     config
         .max_udp_payload_size(MAX_UDP_PAYLOAD_BYTES)
         .map_err(|_| TransportError::Endpoint {

@@ -276,7 +276,11 @@ impl Transport {
             ))
             // Connection attempts not yet taken by the accept loop.
             .max_incoming(2 * config.connections.max_handshakes);
-        let endpoint = endpoint::endpoint(endpoint::bind_socket(config.listen)?, Some(server))?;
+        let endpoint = endpoint::endpoint(
+            endpoint::bind_socket(config.listen)?,
+            Some(server),
+            Some(&config.key),
+        )?;
         let local_address = endpoint
             .local_addr()
             .map_err(|source| TransportError::Endpoint { source })?;

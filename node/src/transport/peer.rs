@@ -5,9 +5,11 @@
 //! accepts. Exactly one connection per pair exists by construction, with no
 //! tie-breaking race to get wrong when both sides restart at once. The cost
 //! is that after the *dialer* crashes, the acceptor relies on it to come
-//! back and dial (it does, on start); after the *acceptor* crashes, the
-//! dialer notices (close frame, or the 10 s idle timeout) and redials with
-//! backoff. A new connection from a peer replaces the old one (the old
+//! back and dial (it does, on start); after the *acceptor* stops, the
+//! dialer notices and redials with backoff: by its close frame; after a
+//! crash, by the stateless reset its restarted endpoint answers the old
+//! connection's next packet with (keys derived from its identity, see
+//! `endpoint.rs`); while it stays down, by the 10 s idle timeout. A new connection from a peer replaces the old one (the old
 //! one may be a half-dead leftover of a peer that restarted).
 //!
 //! **Queues.** Each peer has one outbound queue bounded both in frames and in

@@ -26,6 +26,7 @@ async fn bulk_transfer(gso: bool, total: usize) -> (f64, f64) {
     let listener = endpoint::endpoint(
         endpoint::bind_socket(([127, 0, 0, 1], 0).into()).unwrap(),
         Some(server),
+        None,
     )
     .unwrap();
     let address = listener.local_addr().unwrap();
@@ -56,6 +57,7 @@ async fn bulk_transfer(gso: bool, total: usize) -> (f64, f64) {
     ));
     let local = endpoint::endpoint(
         endpoint::bind_socket(([127, 0, 0, 1], 0).into()).unwrap(),
+        None,
         None,
     )
     .unwrap();

@@ -94,6 +94,52 @@ async fn start(config: TransportConfig) -> Node {
     }
 }
 
+/// A UDP relay in front of one node, for one dialer: what the dialer sends
+/// to the relay's address goes to the node, the node's answers go back.
+/// `cut` drops everything both ways, so a test can stop the node without
+/// its close frames reaching anyone: to the dialer, a crash (kill -9).
+struct Relay {
+    address: SocketAddr,
+    cut: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(node: SocketAddr) -> Relay {
+        let front = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let back = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let address = front.local_addr().unwrap();
+        let cut = Arc::new(AtomicBool::new(false));
+        let cutting = cut.clone();
+        let task = tokio::spawn(async move {
+            let (mut dialer, mut from_dialer, mut from_node) =
+                (None, vec![0; 65536], vec![0; 65536]);
+            loop {
+                tokio::select! {
+                    Ok((length, from)) = front.recv_from(&mut from_dialer) => {
+                        dialer = Some(from);
+                        if !cutting.load(Ordering::Acquire) {
+                            let _ = back.send_to(&from_dialer[..length], node).await;
+                        }
+                    }
+                    Ok((length, _)) = back.recv_from(&mut from_node) => {
+                        if let (Some(dialer), false) = (dialer, cutting.load(Ordering::Acquire)) {
+                            let _ = front.send_to(&from_node[..length], dialer).await;
+                        }
+                    }
+                }
+            }
+        });
+        Relay { address, cut, task }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 async fn start_all(configs: Vec<TransportConfig>) -> Vec<Node> {
     let mut nodes = Vec::new();
     for config in configs {
@@ -164,7 +210,11 @@ async fn raw_connection(
         endpoint::PEER_DIALER_STREAMS,
         endpoint::SEGMENTATION_OFFLOAD,
     ));
-    let local = endpoint::endpoint(endpoint::bind_socket(([127, 0, 0, 1], 0).into())?, None)?;
+    let local = endpoint::endpoint(
+        endpoint::bind_socket(([127, 0, 0, 1], 0).into())?,
+        None,
+        None,
+    )?;
     peer::dial(&local, &config, server).await
 }
 
@@ -582,6 +632,52 @@ async fn restarted_node_reconnects() {
         deliver(&one, NodeId(2), &mut nodes[2].frames, NodeId(1), b"back").await;
         assert!(nodes[0].stats().reconnects >= 1);
         assert!(nodes[2].stats().reconnects >= 1);
+    })
+    .await;
+}
+
+/// A node that crashed (no close frame) and restarted is redialed well
+/// before the idle timeout: its new endpoint has the same stateless reset
+/// key, so the dialer's next packet on the old connection is answered with
+/// a reset it recognises. With a random key per run it waited out the
+/// whole idle timeout (10 s).
+#[tokio::test]
+async fn crashed_node_is_redialed_before_the_idle_timeout() {
+    bounded(async {
+        let mut configs = cluster(2, 120);
+        let relay = Relay::start(configs[1].listen).await;
+        configs[0].peers[1].address = relay.address;
+        let zero = start(configs[0].clone()).await;
+        let mut one = start(configs[1].clone()).await;
+        deliver(
+            &zero.transport,
+            NodeId(1),
+            &mut one.frames,
+            NodeId(0),
+            b"first",
+        )
+        .await;
+
+        relay.cut.store(true, Ordering::Release);
+        one.transport.shutdown().await;
+        drop(one);
+        let crashed = Instant::now();
+        relay.cut.store(false, Ordering::Release);
+        let mut one = start(configs[1].clone()).await;
+        deliver(
+            &zero.transport,
+            NodeId(1),
+            &mut one.frames,
+            NodeId(0),
+            b"again",
+        )
+        .await;
+        let took = crashed.elapsed();
+        assert!(
+            took < endpoint::IDLE_TIMEOUT / 2,
+            "the restarted node was reached after {took:?}"
+        );
+        assert!(zero.stats().reconnects >= 1);
     })
     .await;
 }
