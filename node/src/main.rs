@@ -86,6 +86,11 @@ enum Command {
     },
     /// Print committed blocks as they commit, verifying each certificate and
     /// the hash chain.
+    ///
+    /// If the node goes away (it restarts, crashes, or closes the
+    /// connection), tail says so on stderr, reconnects as soon as the node
+    /// answers and goes on from the next height: the first block after must
+    /// chain to the last one printed. Ctrl-C stops it.
     Tail {
         #[command(flatten)]
         target: Target,
@@ -241,7 +246,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             count,
             json,
         } => {
-            let client = connect(&target, None).await?;
+            let mut client = connect(&target, None).await?;
             let mut blocks = client
                 .subscribe(SeqNum(from))
                 .await
@@ -249,7 +254,15 @@ async fn run(cli: Cli) -> Result<(), String> {
             let mut seen = 0u64;
             while count.is_none_or(|count| seen < count) {
                 let Some(block) = blocks.next().await.map_err(|e| e.to_string())? else {
-                    return Err("the node closed the connection".into());
+                    // The node went away (a restart, a crash, its idle
+                    // timeout): follow it back, still checking the chain.
+                    eprintln!(
+                        "node {} closed the connection before height {}: reconnecting (Ctrl-C stops)",
+                        target.node,
+                        blocks.next_height().0
+                    );
+                    follow_again(&target, &mut client, &mut blocks).await;
+                    continue;
                 };
                 seen += 1;
                 let certificate = &block.block.certificate;
@@ -345,6 +358,49 @@ fn health_address(path: &std::path::Path) -> Result<std::net::SocketAddr, String
         });
     }
     Ok(address)
+}
+
+/// Replaces `client` with a new connection to `target`'s node and resumes
+/// `blocks` on it, once the node answers: `tail` follows a node through its
+/// restarts.
+async fn follow_again(
+    target: &Target,
+    client: &mut Client,
+    blocks: &mut bftd::client::BlockStream,
+) {
+    const BACKOFF_MIN: std::time::Duration = std::time::Duration::from_millis(100);
+    const BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+    let mut backoff = BACKOFF_MIN;
+    let mut said = None;
+    loop {
+        let attempt = match connect(target, None).await {
+            Ok(new) => match new.resubscribe(blocks).await {
+                Ok(()) => Ok(new),
+                Err(error) => Err(error.to_string()),
+            },
+            Err(error) => Err(error),
+        };
+        match attempt {
+            Ok(new) => {
+                eprintln!(
+                    "reconnected to node {}: resuming at height {}",
+                    target.node,
+                    blocks.next_height().0
+                );
+                *client = new;
+                return;
+            }
+            Err(error) => {
+                // Each different reason once, not once per attempt.
+                if said.as_ref() != Some(&error) {
+                    eprintln!("{error}; trying again every {} s", BACKOFF_MAX.as_secs());
+                    said = Some(error);
+                }
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
 }
 
 async fn connect(target: &Target, key: Option<PathBuf>) -> Result<Client, String> {

@@ -365,3 +365,68 @@ fn start_up_errors_name_the_file_and_field() {
         "{stderr}"
     );
 }
+
+/// `bftd tail` follows a node through a crash and restart: it says on
+/// stderr that the node went away and that it resumed, and prints every
+/// height once, in order, each block chained to the one before across the
+/// restart. (It used to end with "the node closed the connection".)
+#[tokio::test]
+async fn tail_follows_a_node_through_its_restart() {
+    let mut cluster = TestCluster::start(4, RequestMode::ClientSigned, "");
+    let cluster_file = cluster.path().join("cluster.toml");
+    let mut tail = Command::new(bftd())
+        .args(["tail", "--node", "3", "--from", "1", "--json", "--cluster"])
+        .arg(&cluster_file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run bftd tail");
+    let stdout = tail.stdout.take().unwrap();
+    let (lines, printed) = std::sync::mpsc::channel::<serde_json::Value>();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+            let Ok(line) = line else { return };
+            if lines
+                .send(serde_json::from_str(&line).expect(&line))
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let mut blocks: Vec<serde_json::Value> = Vec::new();
+    let wait_for = |height: u64, blocks: &mut Vec<serde_json::Value>| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while blocks.last().and_then(|b| b["height"].as_u64()) < Some(height) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match printed.recv_timeout(left) {
+                Ok(block) => blocks.push(block),
+                Err(_) => panic!("tail never printed height {height}"),
+            }
+        }
+    };
+
+    let client = cluster.client(0).await;
+    let before = client.submit(b"before".to_vec()).await.unwrap().height.0;
+    wait_for(before, &mut blocks);
+    cluster.kill(3);
+    cluster.start_node(3);
+    let after = client.submit(b"after".to_vec()).await.unwrap().height.0;
+    wait_for(after, &mut blocks);
+    let _ = tail.kill();
+    let _ = tail.wait();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut tail.stderr.take().unwrap(), &mut stderr).unwrap();
+
+    for (index, block) in blocks.iter().enumerate() {
+        assert_eq!(block["height"].as_u64(), Some(index as u64 + 1), "{stderr}");
+    }
+    for pair in blocks.windows(2) {
+        assert_eq!(pair[1]["prev_hash"], pair[0]["hash"], "hash chain");
+    }
+    assert!(
+        stderr.contains("node 3 closed the connection") && stderr.contains("reconnected to node 3"),
+        "{stderr}"
+    );
+}

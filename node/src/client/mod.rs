@@ -382,6 +382,24 @@ impl Client {
             executed: bftd_protocol::clients::ExecutedRequests::new(self.lifetime),
         })
     }
+
+    /// Continues `stream` on this client's connection (a new connection to
+    /// the same node after it restarted, say, or to another node of the
+    /// same cluster): asks for the blocks from the stream's next height and
+    /// goes on checking them against what the stream verified before. The
+    /// first block must chain to the last one delivered, and what executed
+    /// before still decides which requests later blocks skip, so nothing is
+    /// taken on trust anew. This client's previous subscription, if any,
+    /// ends.
+    pub async fn resubscribe(&self, stream: &mut BlockStream) -> Result<(), ClientError> {
+        let (tx, rx) = mpsc::channel(1024);
+        let ended = self.own.set_blocks(tx);
+        let frame = Self::frame(&ClientMessage::Subscribe { from: stream.next })?;
+        self.own.send(frame).await?;
+        stream.blocks = rx;
+        stream.ended = ended;
+        Ok(())
+    }
 }
 
 /// How long a request may go unanswered before the client sends it again.
@@ -418,7 +436,13 @@ pub struct BlockStream {
 }
 
 impl BlockStream {
-    /// The next block, verified; `None` when the node disconnects;
+    /// The height of the next block this stream will verify.
+    pub fn next_height(&self) -> SeqNum {
+        self.next
+    }
+
+    /// The next block, verified; `None` when the node disconnects (see
+    /// [`Client::resubscribe`] to go on from another connection);
     /// [`ClientError::SubscriptionEnded`] with the node's reason when it
     /// ends the subscription (after the blocks it sent before).
     ///
