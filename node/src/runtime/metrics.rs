@@ -552,6 +552,12 @@ impl NodeMetrics {
             "Peer reconnections.",
             transport.reconnects,
         );
+        counter(
+            &mut out,
+            "bftd_transport_silent_redials_total",
+            "Peer connections that received nothing for 4 s and were replaced by a new dial (the peer crashed and restarted, or the path died).",
+            transport.silent_redials,
+        );
         gauge(
             &mut out,
             "bftd_transport_connections",

@@ -206,7 +206,8 @@ pub async fn connect_client_on(
     let counters = Arc::new(Counters::default());
     let config = client_config(key, server_key, &counters)?;
     let endpoint = endpoint.0.clone();
-    let connection = super::peer::dial(&endpoint, &config, server).await?;
+    let connection =
+        super::peer::dial(&endpoint, &config, server, super::HANDSHAKE_TIMEOUT).await?;
     let (send, recv) = connection
         .open_bi()
         .await
@@ -356,7 +357,9 @@ pub async fn idle_clients(
             let key = KeyPair::generate(&mut rand::rngs::OsRng);
             let config = client_config(&key, server_key, &counters)?;
             let endpoint = endpoint.clone();
-            attempts.spawn(async move { super::peer::dial(&endpoint, &config, server).await });
+            attempts.spawn(async move {
+                super::peer::dial(&endpoint, &config, server, super::HANDSHAKE_TIMEOUT).await
+            });
         }
         while let Some(attempt) = attempts.join_next().await {
             match attempt {

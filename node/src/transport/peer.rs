@@ -9,7 +9,9 @@
 //! dialer notices and redials with backoff: by its close frame; after a
 //! crash, by the stateless reset its restarted endpoint answers the old
 //! connection's next packet with (keys derived from its identity, see
-//! `endpoint.rs`); while it stays down, by the 10 s idle timeout. A new connection from a peer replaces the old one (the old
+//! `endpoint.rs`), or by a dial alongside once the connection has been
+//! silent for 4 s ([`run_watched`]); while it stays down, by the 10 s
+//! idle timeout. A new connection from a peer replaces the old one (the old
 //! one may be a half-dead leftover of a peer that restarted).
 //!
 //! **Queues.** Each peer has one outbound queue bounded both in frames and in
@@ -37,6 +39,16 @@ use tokio::sync::{mpsc, watch};
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 /// Longest wait between dials: a restarted peer is found within this.
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// A connection that has received nothing for this long is suspect: both
+/// ends send a keep-alive every 2 s, so a live peer is never this silent.
+/// The dialer then dials alongside (see [`run_watched`]).
+const SILENCE: Duration = Duration::from_secs(4);
+/// How often a dialer looks at its connection for silence.
+const WATCH_EVERY: Duration = Duration::from_millis(500);
+/// The handshake timeout of a dial alongside a silent connection: short, so
+/// a peer that is down is tried again every ~1.5 s and found soon after it
+/// is back.
+const REDIAL_HANDSHAKE: Duration = Duration::from_secs(1);
 /// A writer takes queued frames into one write until they reach this size.
 pub(crate) const WRITE_BYTES: usize = 1024 * 1024;
 
@@ -303,10 +315,10 @@ pub(crate) async fn run_dialer(
 ) {
     let mut backoff = BACKOFF_MIN;
     loop {
-        match dial(&endpoint, &config, link.address).await {
+        match dial(&endpoint, &config, link.address, super::HANDSHAKE_TIMEOUT).await {
             Ok(connection) => {
                 backoff = BACKOFF_MIN;
-                run_connection(shared.clone(), link.clone(), connection).await;
+                run_watched(&shared, &link, &endpoint, &config, connection).await;
             }
             Err(error) => {
                 shared.counters.dial_failures.increment();
@@ -318,16 +330,91 @@ pub(crate) async fn run_dialer(
     }
 }
 
-/// One connection attempt, bounded by the handshake timeout.
+/// Runs a dialed connection until it closes, watching it for silence.
+///
+/// Why: when the peer crashes (no close frame) and restarts, our packets on
+/// the old connection reach its new run, which answers them with a
+/// stateless reset that closes the connection at once (see `endpoint.rs`).
+/// But while the peer was down, nothing of ours was acknowledged, and QUIC
+/// backs off its retransmissions exponentially: after a few seconds down,
+/// our next packet, the one that would draw the reset, may be seconds
+/// away, up to the idle timeout. So a connection that has received nothing
+/// for [`SILENCE`] gets a new dial alongside, every ~1.5 s, with a short
+/// handshake; it keeps working meanwhile (a peer merely slow to answer
+/// loses nothing), and the first new connection that succeeds replaces it.
+async fn run_watched(
+    shared: &Arc<Shared>,
+    link: &Arc<PeerLink>,
+    endpoint: &quinn::Endpoint,
+    config: &quinn::ClientConfig,
+    mut connection: quinn::Connection,
+) {
+    loop {
+        let reading = run_connection(shared.clone(), link.clone(), connection.clone());
+        tokio::pin!(reading);
+        let mut heard = Heard::new(&connection);
+        let replacement = loop {
+            tokio::select! {
+                () = &mut reading => return,
+                () = tokio::time::sleep(WATCH_EVERY) => {}
+            }
+            if !heard.silent_for(&connection, SILENCE) {
+                continue;
+            }
+            tokio::select! {
+                // Closed meanwhile: the dialer's own loop redials.
+                () = &mut reading => return,
+                dialed = dial(endpoint, config, link.address, REDIAL_HANDSHAKE) => {
+                    if let Ok(new) = dialed {
+                        break new;
+                    }
+                }
+            }
+        };
+        shared.counters.silent_redials.increment();
+        tracing::info!(peer = %link.id, silent_s = SILENCE.as_secs(),
+            "peer silent: a new connection replaces the old one");
+        // Registering the new connection closes the old one.
+        connection = replacement;
+    }
+}
+
+/// When a connection last received a datagram, as seen by polling.
+struct Heard {
+    datagrams: u64,
+    at: tokio::time::Instant,
+}
+
+impl Heard {
+    fn new(connection: &quinn::Connection) -> Heard {
+        Heard {
+            datagrams: connection.stats().udp_rx.datagrams,
+            at: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Whether nothing arrived on `connection` for `silence` (or more).
+    fn silent_for(&mut self, connection: &quinn::Connection, silence: Duration) -> bool {
+        let datagrams = connection.stats().udp_rx.datagrams;
+        if datagrams != self.datagrams {
+            self.datagrams = datagrams;
+            self.at = tokio::time::Instant::now();
+        }
+        self.at.elapsed() >= silence
+    }
+}
+
+/// One connection attempt, bounded by `handshake_timeout`.
 pub(crate) async fn dial(
     endpoint: &quinn::Endpoint,
     config: &quinn::ClientConfig,
     address: SocketAddr,
+    handshake_timeout: Duration,
 ) -> Result<quinn::Connection, TransportError> {
     let connecting = endpoint
         .connect_with(config.clone(), address, super::tls::SERVER_NAME)
         .map_err(|source| TransportError::Connect { address, source })?;
-    match tokio::time::timeout(super::HANDSHAKE_TIMEOUT, connecting).await {
+    match tokio::time::timeout(handshake_timeout, connecting).await {
         Ok(Ok(connection)) => Ok(connection),
         Ok(Err(source)) => Err(TransportError::Connection { source }),
         Err(_) => Err(TransportError::HandshakeTimeout { address }),

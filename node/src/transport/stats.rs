@@ -105,6 +105,9 @@ counters! {
     /// Peer connections established to a peer we had been connected to
     /// before.
     reconnects,
+    /// Peer connections replaced after they received nothing for 4 s (the
+    /// peer crashed and restarted, or the path died) by a dial alongside.
+    silent_redials,
     /// Client connections handed to the consumer.
     client_connections,
     /// Client connections refused: too many clients, or the consumer's

@@ -61,7 +61,9 @@ async fn bulk_transfer(gso: bool, total: usize) -> (f64, f64) {
         None,
     )
     .unwrap();
-    let connection = peer::dial(&local, &config, address).await.unwrap();
+    let connection = peer::dial(&local, &config, address, HANDSHAKE_TIMEOUT)
+        .await
+        .unwrap();
     let mut send = connection.open_uni().await.unwrap();
     let chunk = Bytes::from(vec![0x5a; 64 * 1024]);
     let (wall, cpu) = (Instant::now(), cpu_seconds());

@@ -106,7 +106,13 @@ struct Relay {
 
 impl Relay {
     async fn start(node: SocketAddr) -> Relay {
-        let front = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        Relay::start_on(node, ([127, 0, 0, 1], 0).into()).await
+    }
+
+    /// A relay at `front` (a port of 0: any), e.g. where a dropped relay
+    /// was: until then, the dialer's packets to it found a closed port.
+    async fn start_on(node: SocketAddr, front: SocketAddr) -> Relay {
+        let front = tokio::net::UdpSocket::bind(front).await.unwrap();
         let back = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let address = front.local_addr().unwrap();
         let cut = Arc::new(AtomicBool::new(false));
@@ -215,7 +221,7 @@ async fn raw_connection(
         None,
         None,
     )?;
-    peer::dial(&local, &config, server).await
+    peer::dial(&local, &config, server, HANDSHAKE_TIMEOUT).await
 }
 
 /// `[sender, receiver, seq (u32 LE)]` plus a size that varies with `seq`.
@@ -632,6 +638,66 @@ async fn restarted_node_reconnects() {
         deliver(&one, NodeId(2), &mut nodes[2].frames, NodeId(1), b"back").await;
         assert!(nodes[0].stats().reconnects >= 1);
         assert!(nodes[2].stats().reconnects >= 1);
+    })
+    .await;
+}
+
+/// A node that was down for longer than QUIC's backed-off retransmissions
+/// leave the dialer silent (7 s here) is reached soon after it restarts:
+/// the dialer saw its connection silent for 4 s and dials alongside every
+/// ~1.5 s. Without that, the dialer's next packet on the old connection
+/// (which would draw the reset) came seconds later, or the idle timeout
+/// did.
+#[tokio::test]
+async fn a_node_down_for_long_is_reached_soon_after_it_restarts() {
+    bounded(async {
+        let mut configs = cluster(2, 130);
+        let relay = Relay::start(configs[1].listen).await;
+        configs[0].peers[1].address = relay.address;
+        let zero = start(configs[0].clone()).await;
+        let mut one = start(configs[1].clone()).await;
+        deliver(
+            &zero.transport,
+            NodeId(1),
+            &mut one.frames,
+            NodeId(0),
+            b"first",
+        )
+        .await;
+
+        // A crash: its close frames are lost, then its port is closed
+        // (what node 0 sends meets ICMP "port unreachable", as with a dead
+        // process).
+        relay.cut.store(true, Ordering::Release);
+        one.transport.shutdown().await;
+        drop(one);
+        let front = relay.address;
+        drop(relay);
+        // Frames keep going out to it while it is down, as consensus does
+        // under load: more than the congestion window lets out unanswered.
+        let load = Bytes::from(vec![7u8; 64 * 1024]);
+        for _ in 0..28 {
+            for _ in 0..4 {
+                let _ = zero.transport.send(NodeId(1), load.clone());
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let _relay = Relay::start_on(configs[1].listen, front).await;
+        let restarted = Instant::now();
+        let mut one = start(configs[1].clone()).await;
+        deliver(
+            &zero.transport,
+            NodeId(1),
+            &mut one.frames,
+            NodeId(0),
+            b"again",
+        )
+        .await;
+        let took = restarted.elapsed();
+        assert!(
+            took < Duration::from_millis(2500),
+            "the restarted node was reached {took:?} after its restart"
+        );
     })
     .await;
 }
