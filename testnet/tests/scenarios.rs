@@ -481,6 +481,51 @@ fn colluding_majority_forks_and_check_reports_it() {
     }
 }
 
+/// `bftnet bench --catch-up` keeps the last node down through the window,
+/// restarts it and reports how it caught up: how far behind it was, when
+/// it served and when it held the others' height; and it stops the
+/// restarted process too.
+#[test]
+fn bench_catch_up_reports_how_the_stopped_node_caught_up() {
+    let _serial = serial();
+    let mut command = Command::new(bftnet_bin());
+    command
+        .args(["bench", "--duration", "2", "--warmup", "1", "--rate", "200"])
+        .args(["--catch-up", "--json"])
+        .env("BFTD_BIN", bftd_bin());
+    let output = run_bounded(command, Duration::from_secs(90));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "bftnet bench --catch-up failed:\n{stderr}"
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).expect("bench --json is JSON");
+    let run = &report["runs_detail"][0];
+    let catch_up = &run["catch_up"];
+    assert_eq!(catch_up["node"].as_u64(), Some(3), "{report:#}");
+    let at_kill = catch_up["height_at_kill"].as_u64().expect("height_at_kill");
+    let target = catch_up["target_height"].as_u64().expect("target_height");
+    assert!(target > at_kill, "it fell behind: {catch_up:#}");
+    assert!(
+        catch_up["behind_tx"].as_u64().unwrap_or(0) > 0,
+        "{catch_up:#}"
+    );
+    assert!(catch_up["caught_up_s"].as_f64().is_some(), "{catch_up:#}");
+    assert!(
+        report["catch_up_tx_per_s"].as_f64().unwrap_or(0.0) > 0.0,
+        "{report:#}"
+    );
+    let dir = PathBuf::from(run["dir"].as_str().expect("the run's directory"));
+    let layout = bftnet::net::layout::Layout::new(&dir);
+    let pid = catch_up["pid"].as_u64().expect("pid") as u32;
+    let marker = bftnet::net::launch::node_marker(&layout, 3);
+    assert!(
+        !bftnet::net::launch::alive(pid, &marker),
+        "the restarted node still runs"
+    );
+    assert!(!dir.exists(), "{} was not removed", dir.display());
+}
+
 /// `bftnet bench` measures a fresh cluster (nodes talking directly, no
 /// proxy) and leaves nothing behind: requests commit, the JSON report has
 /// its fields, the temporary directory is gone and none of the bftd

@@ -32,8 +32,10 @@ use std::process::Child;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+mod catch_up;
 mod crash;
 mod report;
+pub use catch_up::CatchUp;
 pub use crash::Recovery;
 pub use report::{median, BenchReport, Failures, Memory, NodeFigures, RunReport};
 use report::{parameters_line, render, summarize};
@@ -97,6 +99,9 @@ pub struct BenchOptions {
     /// SIGKILL the primary this far into the measurement window and time
     /// the recovery.
     pub kill_primary: Option<Duration>,
+    /// Keep the last node down through the window, then restart it and
+    /// time its catch-up.
+    pub catch_up: bool,
 }
 
 /// utime + stime, in clock ticks, from the text of `/proc/PID/stat`. The
@@ -220,6 +225,22 @@ fn validate(options: &BenchOptions) -> Result<(), NetError> {
     }
     if !(1..=1000).contains(&options.runs) {
         return bad("--runs", options.runs.to_string(), "1 to 1000");
+    }
+    if options.catch_up {
+        if options.n < 4 {
+            return bad(
+                "-n",
+                options.n.to_string(),
+                "--catch-up stops a node: it needs n >= 4, so that the others are a quorum",
+            );
+        }
+        if !options.byzantine.is_empty() || options.kill_primary.is_some() {
+            return bad(
+                "--catch-up",
+                "with --byzantine or --kill-primary".into(),
+                "alone: one node down is the whole fault budget of n = 4",
+            );
+        }
     }
     if let Some(at) = options.kill_primary {
         if at >= options.duration {
@@ -351,15 +372,24 @@ async fn start_and_measure(
         started.elapsed().as_secs_f64(),
         layout.dir.display()
     );
-    measure(&layout, &state, options, run).await
+    let mut report = measure(&layout, &state, options, run).await?;
+    if let Some(stopped) = report.stopped.take() {
+        report.catch_up = Some(
+            catch_up::restart_and_watch(&layout, &mut state, &mut cluster.children, stopped)
+                .await?,
+        );
+    }
+    Ok(report)
 }
 
 /// The client connections' nodes: `clients` of them, round-robin over the
 /// honest nodes.
-fn client_targets(state: &State, clients: usize) -> Vec<u16> {
+fn client_targets(state: &State, clients: usize, catch_up: bool) -> Vec<u16> {
+    let lagging = catch_up.then(|| catch_up::lagging_node(state));
     state
         .honest_ids()
         .into_iter()
+        .filter(|&id| Some(id) != lagging)
         .cycle()
         .take(clients)
         .collect()
@@ -424,7 +454,7 @@ async fn measure(
     run: usize,
 ) -> Result<RunReport, NetError> {
     let cluster = Cluster::load(&layout.cluster())?;
-    let targets = client_targets(state, options.clients);
+    let targets = client_targets(state, options.clients, options.catch_up);
     let running = load::start(&cluster, &targets, load_options(options))
         .await
         .map_err(|source| NetError::Client {
@@ -443,6 +473,12 @@ async fn measure(
             window_start,
         ))
     });
+    // --catch-up: the last node is down for the whole window (its CPU and
+    // disk figures cover the window's start only).
+    let stopped = match options.catch_up {
+        true => Some(catch_up::stop(state).await?),
+        false => None,
+    };
     let before = sample(state);
     let receipts_before = running.counters.receipts.load(Ordering::Relaxed);
     let opened = Instant::now();
@@ -512,6 +548,8 @@ async fn measure(
             .unwrap_or(0),
         nodes,
         recovery,
+        stopped,
+        catch_up: None,
     })
 }
 
@@ -692,7 +730,8 @@ mod tests {
         assert_eq!(io_write_bytes("write_bytes: lots\n"), None);
     }
 
-    /// Clients go round-robin over the honest nodes only.
+    /// Clients go round-robin over the honest nodes only, and not to the
+    /// node `--catch-up` keeps down.
     #[test]
     fn clients_spread_over_honest_nodes() {
         let (layout, mut state) = crate::net::layout::test_testnet(
@@ -702,8 +741,9 @@ mod tests {
         );
         let dir = layout.dir.clone();
         assign_behaviours(&mut state, &["1=silent".parse().unwrap()], false).unwrap();
-        assert_eq!(client_targets(&state, 5), vec![0, 2, 3, 0, 2]);
-        assert_eq!(client_targets(&state, 1), vec![0]);
+        assert_eq!(client_targets(&state, 5, false), vec![0, 2, 3, 0, 2]);
+        assert_eq!(client_targets(&state, 1, false), vec![0]);
+        assert_eq!(client_targets(&state, 3, true), vec![0, 2, 0]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

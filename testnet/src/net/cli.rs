@@ -201,6 +201,8 @@ pub enum NetCommand {
     ///   bftnet bench --runs 3 --json             three fresh clusters and the medians, as JSON
     ///   bftnet bench --rate 5000 --duration 16s --kill-primary 4s
     ///                                            time a view change under load
+    ///   bftnet bench --rate 25000 --duration 40s --catch-up
+    ///                                            a node 1,000,000 tx behind: how fast it catches up
     #[command(verbatim_doc_comment)]
     Bench(BenchArgs),
     /// Run an attack of issue 10 against a fresh cluster under honest load.
@@ -682,6 +684,13 @@ pub struct BenchArgs {
     /// block committed in it (their /status polled every 20 ms).
     #[arg(long, value_name = "D", value_parser = parse_duration)]
     kill_primary: Option<Duration>,
+    /// SIGKILL the last node when the window opens and keep it down; after
+    /// the drain, restart it with its data and report how many
+    /// transactions it was behind and how fast it caught up (state
+    /// transfer from its peers, process start included). E.g. `--rate
+    /// 25000 --duration 40s --catch-up`: a node 1,000,000 behind.
+    #[arg(long)]
+    catch_up: bool,
 }
 
 /// `bftnet attack`'s options.
@@ -953,6 +962,7 @@ async fn dispatch(command: NetCommand) -> Result<ExitCode, NetError> {
                 keep: args.keep,
                 json: args.json,
                 kill_primary: args.kill_primary,
+                catch_up: args.catch_up,
             })
             .await?;
         }

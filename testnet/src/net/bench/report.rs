@@ -151,6 +151,12 @@ pub struct RunReport {
     pub nodes: Vec<NodeFigures>,
     /// With `--kill-primary`: the crash and the recovery.
     pub recovery: Option<super::Recovery>,
+    /// With `--catch-up`: the node stopped and its height then, until it
+    /// is restarted.
+    #[serde(skip)]
+    pub stopped: Option<(u16, u64)>,
+    /// With `--catch-up`: how the stopped node caught up.
+    pub catch_up: Option<super::CatchUp>,
 }
 
 /// The whole benchmark (`--json`): the parameters, the medians over runs
@@ -207,6 +213,9 @@ pub struct BenchReport {
     /// With `--kill-primary`: the median over runs of the seconds from the
     /// kill to the first commit in the new view (null if a run had none).
     pub recovery_s: Option<f64>,
+    /// With `--catch-up`: the median over runs of the transactions per
+    /// second the restarted node caught up at (null if a run's never did).
+    pub catch_up_tx_per_s: Option<f64>,
     /// Every run.
     pub runs_detail: Vec<RunReport>,
 }
@@ -301,6 +310,12 @@ pub(super) fn summarize(options: &BenchOptions, bftd: &Path, runs: Vec<RunReport
             .collect::<Option<Vec<f64>>>()
             .filter(|all| !all.is_empty())
             .map(|all| median(&all)),
+        catch_up_tx_per_s: runs
+            .iter()
+            .map(|r| r.catch_up.as_ref().and_then(|c| c.tx_per_s))
+            .collect::<Option<Vec<f64>>>()
+            .filter(|all| !all.is_empty())
+            .map(|all| median(&all)),
         runs_detail: runs,
     }
 }
@@ -333,6 +348,14 @@ pub(super) fn parameters_line(options: &BenchOptions) -> String {
             .map(|arg| format!("{}={}", arg.id, arg.behaviour))
             .collect();
         format!(", byzantine {}", list.join(" "))
+    };
+    let byzantine = if options.catch_up {
+        format!(
+            "{byzantine}, node {} down through the window (--catch-up)",
+            options.n - 1
+        )
+    } else {
+        byzantine
     };
     format!(
         "n {}, {} client{}, {} B payloads, {pacing}, batch {batch}, {mode} requests{byzantine}, \
@@ -438,6 +461,29 @@ pub(super) fn render(report: &BenchReport, parameters: &str) -> String {
                 None => "-".into(),
             },
             report.recovery_s.map(|s| format!("- / {s:.2}")),
+        ));
+    }
+    if runs.iter().any(|r| r.catch_up.is_some()) {
+        rows.push((
+            "catch-up: tx behind / serving, caught up (s)",
+            |r| match &r.catch_up {
+                Some(c) => format!(
+                    "{} / {}, {}",
+                    c.behind_tx,
+                    seconds(c.serving_s),
+                    seconds(c.caught_up_s)
+                ),
+                None => "-".into(),
+            },
+            None,
+        ));
+        rows.push((
+            "catch-up (tx/s)",
+            |r| match r.catch_up.as_ref().and_then(|c| c.tx_per_s) {
+                Some(rate) => format!("{rate:.0}"),
+                None => "-".into(),
+            },
+            report.catch_up_tx_per_s.map(|rate| format!("{rate:.0}")),
         ));
     }
     let mut table = vec![header];
