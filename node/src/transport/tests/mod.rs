@@ -642,6 +642,44 @@ async fn restarted_node_reconnects() {
     .await;
 }
 
+/// Node 0 and node 1 behind a [`Relay`] (node 0 dials it), linked; then
+/// node 1 crashes: it stops while the relay is cut, so its close frames
+/// are lost. Returns the configurations, node 0 and the relay.
+async fn crash_behind_relay(first_seed: u8) -> (Vec<TransportConfig>, Node, Relay) {
+    let mut configs = cluster(2, first_seed);
+    let relay = Relay::start(configs[1].listen).await;
+    configs[0].peers[1].address = relay.address;
+    let zero = start(configs[0].clone()).await;
+    let mut one = start(configs[1].clone()).await;
+    deliver(
+        &zero.transport,
+        NodeId(1),
+        &mut one.frames,
+        NodeId(0),
+        b"first",
+    )
+    .await;
+    relay.cut.store(true, Ordering::Release);
+    one.transport.shutdown().await;
+    drop(one);
+    (configs, zero, relay)
+}
+
+/// Restarts node 1 and returns how long node 0 took to deliver it a frame.
+async fn reach_restarted(zero: &Node, config: TransportConfig) -> Duration {
+    let restarted = Instant::now();
+    let mut one = start(config).await;
+    deliver(
+        &zero.transport,
+        NodeId(1),
+        &mut one.frames,
+        NodeId(0),
+        b"again",
+    )
+    .await;
+    restarted.elapsed()
+}
+
 /// A node that was down for longer than QUIC's backed-off retransmissions
 /// leave the dialer silent (7 s here) is reached soon after it restarts:
 /// the dialer saw its connection silent for 4 s and dials alongside every
@@ -651,26 +689,9 @@ async fn restarted_node_reconnects() {
 #[tokio::test]
 async fn a_node_down_for_long_is_reached_soon_after_it_restarts() {
     bounded(async {
-        let mut configs = cluster(2, 130);
-        let relay = Relay::start(configs[1].listen).await;
-        configs[0].peers[1].address = relay.address;
-        let zero = start(configs[0].clone()).await;
-        let mut one = start(configs[1].clone()).await;
-        deliver(
-            &zero.transport,
-            NodeId(1),
-            &mut one.frames,
-            NodeId(0),
-            b"first",
-        )
-        .await;
-
-        // A crash: its close frames are lost, then its port is closed
-        // (what node 0 sends meets ICMP "port unreachable", as with a dead
-        // process).
-        relay.cut.store(true, Ordering::Release);
-        one.transport.shutdown().await;
-        drop(one);
+        let (configs, zero, relay) = crash_behind_relay(130).await;
+        // Its port is closed too: what node 0 sends meets ICMP "port
+        // unreachable", as with a dead process.
         let front = relay.address;
         drop(relay);
         // Frames keep going out to it while it is down, as consensus does
@@ -683,17 +704,7 @@ async fn a_node_down_for_long_is_reached_soon_after_it_restarts() {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
         let _relay = Relay::start_on(configs[1].listen, front).await;
-        let restarted = Instant::now();
-        let mut one = start(configs[1].clone()).await;
-        deliver(
-            &zero.transport,
-            NodeId(1),
-            &mut one.frames,
-            NodeId(0),
-            b"again",
-        )
-        .await;
-        let took = restarted.elapsed();
+        let took = reach_restarted(&zero, configs[1].clone()).await;
         assert!(
             took < Duration::from_millis(2500),
             "the restarted node was reached {took:?} after its restart"
@@ -710,35 +721,9 @@ async fn a_node_down_for_long_is_reached_soon_after_it_restarts() {
 #[tokio::test]
 async fn crashed_node_is_redialed_before_the_idle_timeout() {
     bounded(async {
-        let mut configs = cluster(2, 120);
-        let relay = Relay::start(configs[1].listen).await;
-        configs[0].peers[1].address = relay.address;
-        let zero = start(configs[0].clone()).await;
-        let mut one = start(configs[1].clone()).await;
-        deliver(
-            &zero.transport,
-            NodeId(1),
-            &mut one.frames,
-            NodeId(0),
-            b"first",
-        )
-        .await;
-
-        relay.cut.store(true, Ordering::Release);
-        one.transport.shutdown().await;
-        drop(one);
-        let crashed = Instant::now();
+        let (configs, zero, relay) = crash_behind_relay(120).await;
         relay.cut.store(false, Ordering::Release);
-        let mut one = start(configs[1].clone()).await;
-        deliver(
-            &zero.transport,
-            NodeId(1),
-            &mut one.frames,
-            NodeId(0),
-            b"again",
-        )
-        .await;
-        let took = crashed.elapsed();
+        let took = reach_restarted(&zero, configs[1].clone()).await;
         assert!(
             took < endpoint::IDLE_TIMEOUT / 2,
             "the restarted node was reached after {took:?}"
