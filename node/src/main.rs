@@ -393,7 +393,10 @@ async fn follow_again(
             Err(error) => {
                 // Each different reason once, not once per attempt.
                 if said.as_ref() != Some(&error) {
-                    eprintln!("{error}; trying again every {} s", BACKOFF_MAX.as_secs());
+                    eprintln!(
+                        "{error}; trying again (at least every {} s)",
+                        BACKOFF_MAX.as_secs()
+                    );
                     said = Some(error);
                 }
             }

@@ -74,13 +74,7 @@ pub async fn restart_and_watch(
         .into_iter()
         .filter(|&i| i != id)
         .collect();
-    let mut target_height = 0;
-    for &other in &others {
-        let metrics = state.node(other)?.metrics;
-        if let Some(status) = node_status(metrics, Duration::from_secs(1)).await {
-            target_height = target_height.max(status.height);
-        }
-    }
+    let target_height = super::crash::max_height(state, &others).await;
     eprintln!(
         "catch-up: node {id} was killed at height {height_at_kill}; the others are at {target_height}: restarting it ..."
     );

@@ -91,7 +91,8 @@ async fn status_of(state: &State, id: u16) -> Option<bftd::client_api::NodeStatu
     node_status(node.metrics, Duration::from_millis(200)).await
 }
 
-async fn max_height(state: &State, ids: &[u16]) -> u64 {
+/// The highest height any of `ids` reports (0 if none answers).
+pub(super) async fn max_height(state: &State, ids: &[u16]) -> u64 {
     let mut height = 0;
     for &id in ids {
         if let Some(status) = status_of(state, id).await {

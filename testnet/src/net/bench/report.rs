@@ -245,6 +245,14 @@ pub(super) fn profile() -> &'static str {
 pub(super) fn summarize(options: &BenchOptions, bftd: &Path, runs: Vec<RunReport>) -> BenchReport {
     let median_of =
         |figure: fn(&RunReport) -> f64| median(&runs.iter().map(figure).collect::<Vec<_>>());
+    // A figure some runs may lack: the median if every run has it.
+    let median_of_all = |figure: fn(&RunReport) -> Option<f64>| {
+        runs.iter()
+            .map(figure)
+            .collect::<Option<Vec<f64>>>()
+            .filter(|all| !all.is_empty())
+            .map(|all| median(&all))
+    };
     // Runs in which no request sent in the window committed have no latency.
     let latency_median = |figure: fn(&RunReport) -> f64| {
         let timed: Vec<f64> = runs.iter().filter(|r| r.timed > 0).map(figure).collect();
@@ -294,28 +302,13 @@ pub(super) fn summarize(options: &BenchOptions, bftd: &Path, runs: Vec<RunReport
         },
         cpu_s_per_1000_tx: median_of(|r| r.cpu_s_per_1000_tx),
         loadgen_cpu_s_per_1000_tx: median_of(|r| r.loadgen_cpu_s_per_1000_tx),
-        disk_per_payload_byte: runs
-            .iter()
-            .map(|r| r.disk_per_payload_byte)
-            .collect::<Option<Vec<f64>>>()
-            .filter(|all| !all.is_empty())
-            .map(|all| median(&all)),
+        disk_per_payload_byte: median_of_all(|r| r.disk_per_payload_byte),
         peak_rss_mb: Memory::of(peak),
         committed: runs.iter().map(|r| r.committed).sum(),
         failures,
         view_changes: runs.iter().map(|r| r.view_changes).sum(),
-        recovery_s: runs
-            .iter()
-            .map(|r| r.recovery.as_ref().and_then(|c| c.first_commit_s))
-            .collect::<Option<Vec<f64>>>()
-            .filter(|all| !all.is_empty())
-            .map(|all| median(&all)),
-        catch_up_tx_per_s: runs
-            .iter()
-            .map(|r| r.catch_up.as_ref().and_then(|c| c.tx_per_s))
-            .collect::<Option<Vec<f64>>>()
-            .filter(|all| !all.is_empty())
-            .map(|all| median(&all)),
+        recovery_s: median_of_all(|r| r.recovery.as_ref().and_then(|c| c.first_commit_s)),
+        catch_up_tx_per_s: median_of_all(|r| r.catch_up.as_ref().and_then(|c| c.tx_per_s)),
         runs_detail: runs,
     }
 }
