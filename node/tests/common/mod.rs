@@ -12,6 +12,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// `count` distinct loopback UDP ports that were free a moment ago (each
+/// socket is held until all are bound, so no two are the same, as two
+/// calls of [`free_port`] can be).
+pub fn free_ports(count: usize) -> Vec<u16> {
+    let sockets: Vec<UdpSocket> = (0..count)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").expect("a free port"))
+        .collect();
+    sockets
+        .iter()
+        .map(|s| s.local_addr().expect("a bound port").port())
+        .collect()
+}
+
 /// A free loopback UDP port (QUIC) — also free for TCP in practice.
 pub fn free_port() -> u16 {
     UdpSocket::bind("127.0.0.1:0")
@@ -89,12 +102,14 @@ impl TestCluster {
         let keys: Vec<KeyPair> = (0..n)
             .map(|_| KeyPair::generate(&mut rand::rngs::OsRng))
             .collect();
+        // Node and metrics ports, all distinct.
+        let ports = free_ports(2 * n);
         let nodes: Vec<ClusterNode> = keys
             .iter()
             .enumerate()
             .map(|(id, key)| ClusterNode {
                 id: id as u16,
-                address: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+                address: format!("127.0.0.1:{}", ports[id]).parse().unwrap(),
                 public_key: key.public().to_string(),
                 grpc: None,
             })
@@ -109,7 +124,7 @@ impl TestCluster {
         let mut metrics = Vec::new();
         for (id, key) in keys.iter().enumerate() {
             config::write_key(&dir.path().join(format!("node{id}.key")), key).unwrap();
-            let address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let address: SocketAddr = format!("127.0.0.1:{}", ports[n + id]).parse().unwrap();
             metrics.push(address);
             let text = format!(
                 "id = {id}\nkey_file = \"node{id}.key\"\ncluster_file = \"cluster.toml\"\n\
