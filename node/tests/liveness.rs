@@ -113,3 +113,61 @@ async fn node_without_quorum_says_so() {
         cluster.log(0)
     );
 }
+
+/// A client whose own node crashes and restarts goes back to that node.
+/// The request that finds its connection closed goes to every node (as any
+/// request its node leaves unanswered); the client dials its node again
+/// meanwhile, and the requests after that reach only it, not every node of
+/// the cluster (each of which would otherwise take, check and forward a
+/// copy of every request for as long as the client lives).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_goes_back_to_its_node_after_the_node_restarts() {
+    let mut cluster = TestCluster::start(4, RequestMode::ClientSigned, "");
+    let mut client = cluster.client(1).await;
+    client.set_resend_after(Duration::from_millis(300));
+    client.set_timeout(Duration::from_secs(20));
+    client.submit(b"before".to_vec()).await.unwrap();
+    cluster.kill(1);
+    cluster.start_node(1);
+    cluster.wait_healthy(Duration::from_secs(20));
+    // The first requests find the old connection closed (the restarted
+    // node answers its packets with a stateless reset) and go everywhere.
+    for i in 0..3 {
+        client
+            .submit(format!("around the restart {i}").into_bytes())
+            .await
+            .unwrap_or_else(|error| panic!("request {i} after the restart: {error}"));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let others = |cluster: &TestCluster| -> f64 {
+        [0, 2, 3]
+            .iter()
+            .map(|&id| cluster.metric(id, "bftd_client_requests_total"))
+            .sum()
+    };
+    let own_before = cluster.metric(1, "bftd_client_requests_total");
+    let others_before = others(&cluster);
+    for i in 0..5 {
+        client
+            .submit(format!("after the restart {i}").into_bytes())
+            .await
+            .unwrap_or_else(|error| panic!("request {i}: {error}"));
+    }
+    let own_after = cluster
+        .metric_reaches(1, "bftd_client_requests_total", own_before + 5.0)
+        .await;
+    // (Metrics are published after the step that counted: give any copy
+    // sent elsewhere the time to show.)
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let others_after = others(&cluster);
+    assert_eq!(
+        others_after - others_before,
+        0.0,
+        "after node 1 restarted, its client still sent its requests to the other nodes"
+    );
+    assert!(
+        own_after - own_before >= 5.0,
+        "node 1 took {} of the 5 requests",
+        own_after - own_before
+    );
+}

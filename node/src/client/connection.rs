@@ -1,6 +1,7 @@
-//! One client connection to one node, and the lazily opened connections to
-//! the rest of the cluster that a request goes to when its own node does not
-//! answer.
+//! One client connection to one node, and the client's links to every
+//! node: its own node's connection, dialled again when it closes, and the
+//! lazily opened connections to the rest of the cluster that a request goes
+//! to when its own node does not answer.
 
 use super::ClientError;
 use crate::client_api::{NodeMessage, NodeStatus};
@@ -50,7 +51,7 @@ struct Routes {
     closed: bool,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -259,7 +260,7 @@ async fn route(routes: &Mutex<Routes>, node: NodeId, message: NodeMessage) {
     }
 }
 
-/// Where one of the other nodes stands for this client.
+/// Where one node stands for this client.
 enum Dial {
     /// Never needed yet.
     Idle,
@@ -272,33 +273,42 @@ enum Dial {
     },
 }
 
-/// The client's connections to the nodes other than its own, opened the
-/// first time a request needs them and kept for the next ones.
-pub(super) struct Others {
+/// The client's connections to the nodes: its own node's, opened at
+/// connect, and the others', opened the first time a request needs them.
+/// Each is kept for the next requests, and dialled again when it closed (a
+/// node that restarted, say).
+pub(super) struct Links {
     cluster: Cluster,
     key: KeyPair,
     dials: HashMap<NodeId, Mutex<Dial>>,
 }
 
-impl Others {
-    /// Every node of `cluster` but `own`; none is connected yet.
-    pub fn new(cluster: &Cluster, key: KeyPair, own: NodeId) -> Others {
+impl Links {
+    /// Every node of `cluster`, with `own` connected already.
+    pub fn new(cluster: &Cluster, key: KeyPair, own: Connection) -> Links {
+        let own_id = own.node;
+        let mut own = Some(own);
         let dials = cluster
             .committee
             .ids()
-            .filter(|&id| id != own)
-            .map(|id| (id, Mutex::new(Dial::Idle)))
+            .map(|id| {
+                let dial = match own.take_if(|_| id == own_id) {
+                    Some(connection) => Dial::Up(Arc::new(connection)),
+                    None => Dial::Idle,
+                };
+                (id, Mutex::new(dial))
+            })
             .collect();
-        Others {
+        Links {
             cluster: cluster.clone(),
             key,
             dials,
         }
     }
 
-    /// The other nodes' ids, in order.
-    pub fn nodes(&self) -> Vec<NodeId> {
-        let mut nodes: Vec<NodeId> = self.dials.keys().copied().collect();
+    /// Every node's id but `own`'s, in order.
+    pub fn others(&self, own: NodeId) -> Vec<NodeId> {
+        let mut nodes: Vec<NodeId> = self.dials.keys().copied().filter(|&id| id != own).collect();
         nodes.sort();
         nodes
     }
@@ -312,47 +322,67 @@ impl Others {
         self: &Arc<Self>,
         node: NodeId,
     ) -> Result<Arc<Connection>, Arc<ClientError>> {
-        let Some(dial) = self.dials.get(&node) else {
-            return Err(Arc::new(ClientError::UnknownNode(node)));
-        };
         loop {
-            let mut ended = {
-                let mut dial = lock(dial);
-                match &*dial {
-                    Dial::Up(connection) if !connection.closed() => return Ok(connection.clone()),
-                    Dial::Down { since, error } if since.elapsed() < REDIAL_AFTER => {
-                        return Err(error.clone())
-                    }
-                    Dial::Connecting(ended) => ended.clone(),
-                    Dial::Idle | Dial::Up(_) | Dial::Down { .. } => {
-                        let (done, ended) = watch::channel(());
-                        *dial = Dial::Connecting(ended.clone());
-                        let others = self.clone();
-                        tokio::spawn(async move {
-                            let result = Connection::open(&others.cluster, node, &others.key).await;
-                            if let Some(dial) = others.dials.get(&node) {
-                                *lock(dial) = match result {
-                                    Ok(connection) => Dial::Up(Arc::new(connection)),
-                                    Err(error) => Dial::Down {
-                                        since: Instant::now(),
-                                        error: Arc::new(error),
-                                    },
-                                };
-                            }
-                            drop(done);
-                        });
-                        ended
-                    }
-                }
+            let mut ended = match self.open_or_dial(node)? {
+                Ok(connection) => return Ok(connection),
+                Err(ended) => ended,
             };
             // Err once the attempt's task dropped its sender: it has ended.
             let _ = ended.changed().await;
         }
     }
 
+    /// The open connection to `node`, without waiting: if there is none, an
+    /// attempt starts in the background (unless one is under way, or the
+    /// last one failed less than [`REDIAL_AFTER`] ago), and the next call
+    /// may find it open.
+    pub fn open_now(self: &Arc<Self>, node: NodeId) -> Option<Arc<Connection>> {
+        self.open_or_dial(node).ok()?.ok()
+    }
+
+    /// The open connection to `node`; or the end of the attempt under way
+    /// (started now if needed) to wait for; or the error of an attempt that
+    /// failed less than [`REDIAL_AFTER`] ago.
+    #[allow(clippy::type_complexity)]
+    fn open_or_dial(
+        self: &Arc<Self>,
+        node: NodeId,
+    ) -> Result<Result<Arc<Connection>, watch::Receiver<()>>, Arc<ClientError>> {
+        let Some(dial) = self.dials.get(&node) else {
+            return Err(Arc::new(ClientError::UnknownNode(node)));
+        };
+        let mut dial = lock(dial);
+        match &*dial {
+            Dial::Up(connection) if !connection.closed() => Ok(Ok(connection.clone())),
+            Dial::Down { since, error } if since.elapsed() < REDIAL_AFTER => Err(error.clone()),
+            Dial::Connecting(ended) => Ok(Err(ended.clone())),
+            Dial::Idle | Dial::Up(_) | Dial::Down { .. } => {
+                let (done, ended) = watch::channel(());
+                *dial = Dial::Connecting(ended.clone());
+                let links = self.clone();
+                tokio::spawn(async move {
+                    let result = Connection::open(&links.cluster, node, &links.key).await;
+                    if let Some(dial) = links.dials.get(&node) {
+                        *lock(dial) = match result {
+                            Ok(connection) => Dial::Up(Arc::new(connection)),
+                            Err(error) => Dial::Down {
+                                since: Instant::now(),
+                                error: Arc::new(error),
+                            },
+                        };
+                    }
+                    drop(done);
+                });
+                Ok(Err(ended))
+            }
+        }
+    }
+
     /// The connections open now.
     pub fn open(&self) -> Vec<Arc<Connection>> {
-        self.nodes()
+        let mut nodes: Vec<NodeId> = self.dials.keys().copied().collect();
+        nodes.sort();
+        nodes
             .into_iter()
             .filter_map(|node| match &*lock(self.dials.get(&node)?) {
                 Dial::Up(connection) if !connection.closed() => Some(connection.clone()),

@@ -37,7 +37,7 @@ use bftd_protocol::{
     codec, BlockError, CommittedBlock, Committee, NodeId, Request, RequestMode, SeqNum,
     SignedRequest,
 };
-use connection::{BlockItem, Connection, Others, SubscriptionEnd, Waiter};
+use connection::{lock, BlockItem, Connection, Links, SubscriptionEnd, Waiter};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -64,6 +64,10 @@ pub enum ClientError {
     /// The node closed the connection.
     #[error("the node closed the connection")]
     Disconnected,
+    /// The client's connection to the node closed and could not be opened
+    /// again.
+    #[error("node {0} is unreachable: {1}")]
+    Unreachable(NodeId, Arc<ClientError>),
     /// A node listed other skipped (duplicate or expired) requests for a
     /// block than its certified batch and the ones before imply: do not
     /// trust this node.
@@ -93,11 +97,13 @@ pub struct Client {
     key: KeyPair,
     mode: RequestMode,
     node: NodeId,
-    /// The connection to `node`, which every request tries first.
-    own: Arc<Connection>,
-    /// Connections to the other nodes, opened when a request first needs
-    /// them.
-    others: Arc<Others>,
+    /// Connections to every node: to `node`, which every request tries
+    /// first (dialled again when it closes), and to the others, opened when
+    /// a request first needs them.
+    links: Arc<Links>,
+    /// The latest connection to `node`, open or not: how long it has been
+    /// silent says whether the node is.
+    latest_own: Mutex<Arc<Connection>>,
     next_id: AtomicU64,
     /// The highest height this client has seen (statuses, receipts), and the
     /// cluster's request lifetime: new requests are valid until half a
@@ -136,6 +142,8 @@ impl Client {
         key: KeyPair,
     ) -> Result<Client, ClientError> {
         let own = Connection::open(cluster, node, &key).await?;
+        let links = Arc::new(Links::new(cluster, key.clone(), own));
+        let latest_own = links.open_now(node).ok_or(ClientError::Disconnected)?;
         let key_for_grants = key.clone();
         // Ids increase across runs with the same key: start from the clock.
         let start = std::time::SystemTime::now()
@@ -143,11 +151,11 @@ impl Client {
             .map_or(1, |d| d.as_micros() as u64);
         let client = Client {
             committee: cluster.committee.clone(),
-            others: Arc::new(Others::new(cluster, key.clone(), node)),
+            links,
+            latest_own: Mutex::new(latest_own),
             key,
             mode: cluster.protocol.request_mode,
             node,
-            own: Arc::new(own),
             next_id: AtomicU64::new(start),
             height: AtomicU64::new(0),
             lifetime: cluster.protocol.request_lifetime.max(1),
@@ -204,7 +212,35 @@ impl Client {
     /// while requests wait for it is likely dead or cut off, whatever the
     /// other nodes answer meanwhile.
     pub fn silent_for(&self) -> Duration {
-        self.own.silent_for()
+        match self.own_now() {
+            Some(own) => own.silent_for(),
+            None => lock(&self.latest_own).silent_for(),
+        }
+    }
+
+    /// The open connection to this client's node, without waiting. If it
+    /// closed (the node restarted, say), it is dialled again in the
+    /// background and `None` returned meanwhile: the caller goes to every
+    /// node, as for a node that does not answer.
+    fn own_now(&self) -> Option<Arc<Connection>> {
+        let own = self.links.open_now(self.node)?;
+        let mut latest = lock(&self.latest_own);
+        if !Arc::ptr_eq(&latest, &own) {
+            *latest = own.clone();
+        }
+        Some(own)
+    }
+
+    /// The open connection to this client's node, dialled again if it
+    /// closed.
+    async fn own(&self) -> Result<Arc<Connection>, ClientError> {
+        match self.links.connection(self.node).await {
+            Ok(own) => {
+                *lock(&self.latest_own) = own.clone();
+                Ok(own)
+            }
+            Err(error) => Err(ClientError::Unreachable(self.node, error)),
+        }
     }
 
     fn frame(message: &ClientMessage) -> Result<Bytes, ClientError> {
@@ -221,7 +257,7 @@ impl Client {
     /// The node's status (and the client notes its height).
     pub async fn status(&self) -> Result<NodeStatus, ClientError> {
         let frame = Self::frame(&ClientMessage::Status)?;
-        let status = self.own.status(frame, self.timeout).await?;
+        let status = self.own().await?.status(frame, self.timeout).await?;
         self.height.fetch_max(status.height, Ordering::Relaxed);
         Ok(status)
     }
@@ -310,17 +346,24 @@ impl Client {
         let first_try_ends = (tokio::time::Instant::now() + self.resend_after).min(deadline);
         let (tx, rx) = oneshot::channel();
         let mut answer = None;
-        if self.own.wait_for(id, Waiter::Once(tx)) && self.own.send(frame.clone()).await.is_ok() {
-            // An error here means the connection closed: go elsewhere now.
-            if let Ok(Ok(message)) = tokio::time::timeout_at(first_try_ends, rx).await {
-                answer = Some(message);
+        // A closed connection (or none yet, while it is dialled again): go
+        // elsewhere now.
+        let own = self.own_now();
+        if let Some(own) = &own {
+            if own.wait_for(id, Waiter::Once(tx)) && own.send(frame.clone()).await.is_ok() {
+                // An error here means the connection closed: go elsewhere now.
+                if let Ok(Ok(message)) = tokio::time::timeout_at(first_try_ends, rx).await {
+                    answer = Some(message);
+                }
             }
         }
         match answer {
             Some(NodeMessage::Receipt(receipt)) => self.verify(request, &receipt),
             Some(NodeMessage::Rejected { reason, .. }) => Err(ClientError::Rejected(reason)),
             Some(_) | None => {
-                self.own.forget(id);
+                if let Some(own) = own {
+                    own.forget(id);
+                }
                 self.retry_everywhere(request, deadline).await
             }
         }
@@ -369,9 +412,10 @@ impl Client {
         let from = from.max(SeqNum(1));
         let start = SeqNum(from.0.saturating_sub(self.lifetime).max(1));
         let (tx, rx) = mpsc::channel(1024);
-        let ended = self.own.set_blocks(tx);
+        let own = self.own().await?;
+        let ended = own.set_blocks(tx);
         let frame = Self::frame(&ClientMessage::Subscribe { from: start })?;
-        self.own.send(frame).await?;
+        own.send(frame).await?;
         Ok(BlockStream {
             committee: self.committee.clone(),
             blocks: rx,
@@ -393,9 +437,10 @@ impl Client {
     /// ends.
     pub async fn resubscribe(&self, stream: &mut BlockStream) -> Result<(), ClientError> {
         let (tx, rx) = mpsc::channel(1024);
-        let ended = self.own.set_blocks(tx);
+        let own = self.own().await?;
+        let ended = own.set_blocks(tx);
         let frame = Self::frame(&ClientMessage::Subscribe { from: stream.next })?;
-        self.own.send(frame).await?;
+        own.send(frame).await?;
         stream.blocks = rx;
         stream.ended = ended;
         Ok(())

@@ -142,22 +142,29 @@ impl Client {
         // Each node gets its own copy (in connection-authenticated
         // clusters, the one carrying the client's grant to it).
         let mut frames = std::collections::HashMap::new();
-        for node in std::iter::once(self.node).chain(self.others.nodes()) {
+        let others = self.links.others(self.node);
+        for node in std::iter::once(self.node).chain(others.iter().copied()) {
             frames.insert(node, self.submit_frame(request, node)?);
         }
         let frame_for = |node: NodeId| frames.get(&node).cloned().unwrap_or_default();
         let id = request.request.request_id;
         let (tx, mut answers) = mpsc::unbounded_channel();
-        let mut live: Vec<Arc<Connection>> = vec![self.own.clone()];
+        // The own node's connection if it is open; if it closed, it is
+        // dialled again like the others.
+        let own = self.own_now();
+        let mut live: Vec<Arc<Connection>> = own.iter().cloned().collect();
         let mut dialling = tokio::task::JoinSet::new();
-        for node in self.others.nodes() {
-            let others = self.others.clone();
-            dialling.spawn(async move { (node, others.connection(node).await) });
+        let to_dial = own.is_none().then_some(self.node).into_iter().chain(others);
+        for node in to_dial {
+            let links = self.links.clone();
+            dialling.spawn(async move { (node, links.connection(node).await) });
         }
         let mut seen = Answers::default();
         let mut wait = self.resend_after;
         let mut resend_at = (Instant::now() + wait).min(deadline);
-        send_to(&self.own, id, &tx, &frame_for(self.node)).await;
+        if let Some(own) = &own {
+            send_to(own, id, &tx, &frame_for(self.node)).await;
+        }
         let committed = loop {
             tokio::select! {
                 Some((node, message)) = answers.recv() => {
@@ -256,7 +263,7 @@ impl Client {
         let frame = Self::frame(&ClientMessage::Status).ok()?;
         let mut asks = tokio::task::JoinSet::new();
         let mut connections: Vec<Arc<Connection>> = live.to_vec();
-        for connection in self.others.open() {
+        for connection in self.links.open() {
             if !connections.iter().any(|c| c.node == connection.node) {
                 connections.push(connection);
             }
