@@ -11,12 +11,19 @@ use bftd_protocol::RequestMode;
 use common::{http_answer, TestCluster};
 use std::time::{Duration, Instant};
 
-/// Submits one transaction through node `own` after `silence` made that
-/// node stop answering, and returns the verified result.
-async fn submit_past(cluster: &TestCluster, own: usize, silence: impl FnOnce()) {
+/// A client of node `own` that goes to every node after 300 ms without an
+/// answer, and gives up after 20 s.
+async fn patient_client(cluster: &TestCluster, own: usize) -> bftd::client::Client {
     let mut client = cluster.client(own).await;
     client.set_resend_after(Duration::from_millis(300));
     client.set_timeout(Duration::from_secs(20));
+    client
+}
+
+/// Submits one transaction through node `own` after `silence` made that
+/// node stop answering, and returns the verified result.
+async fn submit_past(cluster: &TestCluster, own: usize, silence: impl FnOnce()) {
+    let client = patient_client(cluster, own).await;
     silence();
     let started = Instant::now();
     let committed = client
@@ -49,9 +56,7 @@ async fn silent_primary_is_replaced_and_the_request_commits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_backup_is_bypassed_with_connection_authentication() {
     let mut cluster = TestCluster::start(4, RequestMode::ConnectionAuthenticated, "");
-    let mut client = cluster.client(2).await;
-    client.set_resend_after(Duration::from_millis(300));
-    client.set_timeout(Duration::from_secs(20));
+    let client = patient_client(&cluster, 2).await;
     cluster.kill(2);
     client
         .submit(b"past a dead node".to_vec())
@@ -123,9 +128,7 @@ async fn node_without_quorum_says_so() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_goes_back_to_its_node_after_the_node_restarts() {
     let mut cluster = TestCluster::start(4, RequestMode::ClientSigned, "");
-    let mut client = cluster.client(1).await;
-    client.set_resend_after(Duration::from_millis(300));
-    client.set_timeout(Duration::from_secs(20));
+    let client = patient_client(&cluster, 1).await;
     client.submit(b"before".to_vec()).await.unwrap();
     cluster.kill(1);
     cluster.start_node(1);

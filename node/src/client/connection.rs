@@ -285,16 +285,15 @@ pub(super) struct Links {
 
 impl Links {
     /// Every node of `cluster`, with `own` connected already.
-    pub fn new(cluster: &Cluster, key: KeyPair, own: Connection) -> Links {
-        let own_id = own.node;
-        let mut own = Some(own);
+    pub fn new(cluster: &Cluster, key: KeyPair, own: &Arc<Connection>) -> Links {
         let dials = cluster
             .committee
             .ids()
             .map(|id| {
-                let dial = match own.take_if(|_| id == own_id) {
-                    Some(connection) => Dial::Up(Arc::new(connection)),
-                    None => Dial::Idle,
+                let dial = if id == own.node {
+                    Dial::Up(own.clone())
+                } else {
+                    Dial::Idle
                 };
                 (id, Mutex::new(dial))
             })
@@ -306,10 +305,17 @@ impl Links {
         }
     }
 
+    /// Every node's id, in order.
+    fn nodes(&self) -> Vec<NodeId> {
+        let mut nodes: Vec<NodeId> = self.dials.keys().copied().collect();
+        nodes.sort();
+        nodes
+    }
+
     /// Every node's id but `own`'s, in order.
     pub fn others(&self, own: NodeId) -> Vec<NodeId> {
-        let mut nodes: Vec<NodeId> = self.dials.keys().copied().filter(|&id| id != own).collect();
-        nodes.sort();
+        let mut nodes = self.nodes();
+        nodes.retain(|&id| id != own);
         nodes
     }
 
@@ -380,9 +386,7 @@ impl Links {
 
     /// The connections open now.
     pub fn open(&self) -> Vec<Arc<Connection>> {
-        let mut nodes: Vec<NodeId> = self.dials.keys().copied().collect();
-        nodes.sort();
-        nodes
+        self.nodes()
             .into_iter()
             .filter_map(|node| match &*lock(self.dials.get(&node)?) {
                 Dial::Up(connection) if !connection.closed() => Some(connection.clone()),

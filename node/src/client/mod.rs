@@ -141,9 +141,8 @@ impl Client {
         node: NodeId,
         key: KeyPair,
     ) -> Result<Client, ClientError> {
-        let own = Connection::open(cluster, node, &key).await?;
-        let links = Arc::new(Links::new(cluster, key.clone(), own));
-        let latest_own = links.open_now(node).ok_or(ClientError::Disconnected)?;
+        let own = Arc::new(Connection::open(cluster, node, &key).await?);
+        let links = Arc::new(Links::new(cluster, key.clone(), &own));
         let key_for_grants = key.clone();
         // Ids increase across runs with the same key: start from the clock.
         let start = std::time::SystemTime::now()
@@ -152,7 +151,7 @@ impl Client {
         let client = Client {
             committee: cluster.committee.clone(),
             links,
-            latest_own: Mutex::new(latest_own),
+            latest_own: Mutex::new(own),
             key,
             mode: cluster.protocol.request_mode,
             node,
@@ -212,10 +211,7 @@ impl Client {
     /// while requests wait for it is likely dead or cut off, whatever the
     /// other nodes answer meanwhile.
     pub fn silent_for(&self) -> Duration {
-        match self.own_now() {
-            Some(own) => own.silent_for(),
-            None => lock(&self.latest_own).silent_for(),
-        }
+        lock(&self.latest_own).silent_for()
     }
 
     /// The open connection to this client's node, without waiting. If it
