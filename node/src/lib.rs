@@ -26,16 +26,19 @@ pub use runtime::{
     explain_start_error, init, start, Application, NodeHandle, NodeStopped, StartError,
 };
 
-/// Runs `main` on a multi-threaded tokio runtime and makes its result the
-/// process's exit status, printing an error as `error: ...`: the `main` of
-/// the `bftd` binary and of the testnets' `bftd-byzantine`.
+/// Runs `main` on a multi-threaded tokio runtime of `worker_threads`
+/// threads (0: one per core) and makes its result the process's exit
+/// status, printing an error as `error: ...`: the `main` of the `bftd`
+/// binary and of the testnets' `bftd-byzantine`.
 pub fn run_main(
+    worker_threads: usize,
     main: impl std::future::Future<Output = Result<(), String>>,
 ) -> std::process::ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if worker_threads > 0 {
+        builder.worker_threads(worker_threads);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");

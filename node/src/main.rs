@@ -164,7 +164,39 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    bftd::run_main(run(cli))
+    // `run` reads its node file before the runtime starts: the file says
+    // how many threads the runtime has.
+    if let Command::Run { config: file, init } = cli.command {
+        return match NodeConfig::load(&file) {
+            Ok(config) => {
+                bftd::run_main(config.runtime.worker_threads, run_node(file, config, init))
+            }
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    bftd::run_main(0, run(cli))
+}
+
+/// `bftd run`: starts the node and runs it until it stops or is told to.
+async fn run_node(file: PathBuf, config: NodeConfig, init: bool) -> Result<(), String> {
+    bftd::init_logging(config.log_format);
+    let explain = |e: bftd::StartError| bftd::explain_start_error(&file, &config, &e);
+    if init && !bftd::runtime::store_path(&config).exists() {
+        let path = bftd::init(&config).map_err(explain)?;
+        tracing::info!(store = %path.display(), "created a new store (--init)");
+    }
+    let mut node = bftd::start(config.clone(), None).await.map_err(explain)?;
+    tokio::select! {
+        result = node.wait() => result.map_err(|e| format!("node stopped: {e}"))?,
+        _ = shutdown_signal() => {
+            tracing::info!("shutting down");
+            node.shutdown().await;
+        }
+    }
+    Ok(())
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
@@ -196,24 +228,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             );
             Ok(())
         }
-        Command::Run { config: file, init } => {
-            let config = NodeConfig::load(&file).map_err(|e| e.to_string())?;
-            bftd::init_logging(config.log_format);
-            let explain = |e: bftd::StartError| bftd::explain_start_error(&file, &config, &e);
-            if init && !bftd::runtime::store_path(&config).exists() {
-                let path = bftd::init(&config).map_err(explain)?;
-                tracing::info!(store = %path.display(), "created a new store (--init)");
-            }
-            let mut node = bftd::start(config.clone(), None).await.map_err(explain)?;
-            tokio::select! {
-                result = node.wait() => result.map_err(|e| format!("node stopped: {e}"))?,
-                _ = shutdown_signal() => {
-                    tracing::info!("shutting down");
-                    node.shutdown().await;
-                }
-            }
-            Ok(())
-        }
+        Command::Run { .. } => unreachable!("main runs `run` itself"),
         Command::Submit {
             target,
             key,

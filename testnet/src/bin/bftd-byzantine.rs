@@ -98,12 +98,17 @@ fn liar(config: &NodeConfig) -> Result<Option<Box<dyn Intercept>>, String> {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let Command::Run { config } = Cli::parse().command;
-    bftd::run_main(run(config))
+    let Command::Run { config: path } = Cli::parse().command;
+    match NodeConfig::load(&path) {
+        Ok(config) => bftd::run_main(config.runtime.worker_threads, run(config)),
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
-async fn run(path: PathBuf) -> Result<(), String> {
-    let config = NodeConfig::load(&path).map_err(|e| e.to_string())?;
+async fn run(config: NodeConfig) -> Result<(), String> {
     bftd::init_logging(config.log_format);
     let intercept = liar(&config)?;
     let mut node = bftd::runtime::start_with(config, None, intercept)

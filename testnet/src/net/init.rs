@@ -19,7 +19,7 @@
 //! new node that forgot its votes), so a node directory is complete.
 
 use super::error::NetError;
-use super::layout::{check_size, write_atomic};
+use super::layout::{check_size, write_atomic, RuntimeOut};
 use bftd::config::{write_key, ClusterFile, ClusterNode, NodeConfig};
 use bftd_crypto::KeyPair;
 use bftd_protocol::{ConsensusSettings, RequestMode};
@@ -111,6 +111,8 @@ struct NodeFileOut {
     listen: SocketAddr,
     metrics: SocketAddr,
     log_format: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    runtime: Option<RuntimeOut>,
 }
 
 /// Generates the cluster in `options.out`. Returns the cluster file's
@@ -210,6 +212,7 @@ pub fn init(options: &InitOptions) -> Result<PathBuf, NetError> {
             listen: SocketAddr::new(bind_ip, address.port()),
             metrics: SocketAddr::new(bind_ip, metrics_port(options, usize::from(id))?),
             log_format: if options.compose { "json" } else { "human" },
+            runtime: RuntimeOut::shared(sharing(options, usize::from(id))),
         };
         let where_data = if options.compose {
             "# data_dir is the container's /data volume (compose mounts ./node{id}/data there).\n"
@@ -244,6 +247,17 @@ pub fn init(options: &InitOptions) -> Result<PathBuf, NetError> {
         write_atomic(&path, &compose_file(options, subnet))?;
     }
     Ok(cluster_path)
+}
+
+/// How many nodes share node `index`'s machine: those on its IP, or all
+/// of them in containers on this Docker host.
+fn sharing(options: &InitOptions, index: usize) -> usize {
+    let ip = options.hosts[index].ip();
+    if options.compose {
+        options.hosts.len()
+    } else {
+        options.hosts.iter().filter(|host| host.ip() == ip).count()
+    }
 }
 
 /// Node `index`'s metrics port: `metrics_port`, plus one for each earlier
@@ -433,6 +447,8 @@ mod tests {
             assert_eq!(config.listen, "0.0.0.0:7000".parse().unwrap());
             assert_eq!(config.metrics, Some("0.0.0.0:9100".parse().unwrap()));
             assert_eq!(config.data_dir, node_dir(&out, id).join("data"));
+            // A machine of its own: one runtime thread per core.
+            assert_eq!(config.runtime.worker_threads, 0);
             assert!(bftd::runtime::store_path(&config).exists());
             // `bftd init` would refuse: the store is there.
             assert!(bftd::init(&config).is_err());
@@ -462,6 +478,29 @@ mod tests {
         assert!(node.contains("data_dir = \"/data\""), "{node}");
         assert!(node.contains("listen = \"172.28.0.12:7000\""), "{node}");
         assert!(node_dir(&out, 2).join("data/bftd.redb").exists());
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert!(
+            node.contains(&format!(
+                "[runtime]\nworker_threads = {}",
+                (cores / 4).max(1)
+            )),
+            "containers on one host share its cores: {node}"
+        );
+        std::fs::remove_dir_all(&out).unwrap();
+
+        // Two nodes on one IP share its cores; the others have their own.
+        let out = temp("shared");
+        init(&options("10.0.0.1,10.0.0.1:7100,10.0.0.3,10.0.0.4", &out)).unwrap();
+        let threads = |id| {
+            NodeConfig::load(&node_dir(&out, id).join("node.toml"))
+                .unwrap()
+                .runtime
+                .worker_threads
+        };
+        assert_eq!(
+            [threads(0), threads(1), threads(2), threads(3)],
+            [(cores / 2).max(1), (cores / 2).max(1), 0, 0]
+        );
         std::fs::remove_dir_all(&out).unwrap();
 
         let mut split = options("172.28.0.10,172.28.1.11,172.28.0.12,172.28.0.13", &out);
