@@ -1140,6 +1140,25 @@ mod tests {
         }
     }
 
+    /// The README's node file example is one bftd loads, every section and
+    /// setting in it known (each section refuses unknown fields), with the
+    /// values it documents.
+    #[test]
+    fn the_readme_node_file_example_loads() {
+        let readme = include_str!("../../README.md");
+        let example = readme
+            .split("```toml\n")
+            .map(|block| block.split("```").next().unwrap_or_default())
+            .find(|block| block.starts_with("id = 0\nkey_file"))
+            .expect("the README has a node file example");
+        let dir = node0_dir();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, example.replace("\"node.key\"", "\"node0.key\"")).unwrap();
+        let config = NodeConfig::load(&path).unwrap();
+        assert_eq!(config.storage.retain_blocks, Some(5000));
+        assert_eq!(config.runtime.worker_threads, 0);
+    }
+
     /// `[runtime] worker_threads` is optional (0: one per core), taken as
     /// given up to MAX_WORKER_THREADS, refused beyond with what to write.
     #[test]
