@@ -2,8 +2,10 @@
 
 use crate::verify::{Domain, SignatureError};
 use ed25519_dalek::{SigningKey, VerifyingKey};
+use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::{LazyLock, Mutex};
 use zeroize::Zeroizing;
 
 /// Prefix of a secret key's text form, so a secret pasted where a public key
@@ -31,6 +33,46 @@ pub enum KeyTextError {
     InvalidPublicKey,
 }
 
+/// Keys that passed validation lately: two generations of at most
+/// [`RecentKeys::CAPACITY`] keys; when the newer fills, the older is
+/// dropped. So the most recent `CAPACITY` keys are always remembered, memory
+/// is bounded (about 200 bytes a key, under 2 MiB in all) whatever keys
+/// arrive, and a forgotten key is only decompressed again. Only keys that
+/// passed are remembered: validity is a function of the 32 bytes alone, so
+/// a remembered answer is the answer.
+#[derive(Default)]
+struct RecentKeys {
+    newer: HashMap<PublicKey, VerifyingKey>,
+    older: HashMap<PublicKey, VerifyingKey>,
+}
+
+static RECENT_KEYS: LazyLock<Mutex<RecentKeys>> = LazyLock::new(Mutex::default);
+
+impl RecentKeys {
+    const CAPACITY: usize = 4096;
+
+    fn lock() -> std::sync::MutexGuard<'static, RecentKeys> {
+        RECENT_KEYS.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn get(key: &PublicKey) -> Option<VerifyingKey> {
+        let recent = Self::lock();
+        recent
+            .newer
+            .get(key)
+            .or_else(|| recent.older.get(key))
+            .copied()
+    }
+
+    fn insert(key: PublicKey, validated: VerifyingKey) {
+        let mut recent = Self::lock();
+        if recent.newer.len() >= Self::CAPACITY {
+            recent.older = std::mem::take(&mut recent.newer);
+        }
+        recent.newer.insert(key, validated);
+    }
+}
+
 /// An Ed25519 public key: 32 bytes, exactly as on the wire.
 ///
 /// Kept as bytes, not as a decompressed curve point: requests carry their
@@ -45,11 +87,21 @@ crate::fixed_bytes::serde_as_bytes!(PublicKey, 32);
 impl PublicKey {
     /// Decompresses and validates the key: a point on the curve and not of
     /// small order (a "weak" key, for which signatures are trivially forged).
+    ///
+    /// Decompressing costs a square root in the field (about as much as a
+    /// fifth of a signature check), and a node meets one client's key in
+    /// every request of that client: so keys that passed lately are
+    /// remembered, process-wide, and given back without decompressing
+    /// again (see [`RecentKeys`]).
     pub fn validate(&self) -> Result<ValidatedKey, KeyTextError> {
+        if let Some(key) = RecentKeys::get(self) {
+            return Ok(ValidatedKey(key));
+        }
         let key = VerifyingKey::from_bytes(&self.0).map_err(|_| KeyTextError::InvalidPublicKey)?;
         if key.is_weak() {
             return Err(KeyTextError::InvalidPublicKey);
         }
+        RecentKeys::insert(*self, key);
         Ok(ValidatedKey(key))
     }
 
@@ -269,6 +321,44 @@ mod tests {
             KeyPair::from_secret_text(&key.public().to_string()).unwrap_err(),
             KeyTextError::MissingSecretPrefix
         );
+    }
+
+    /// Remembering validated keys changes no answer: a valid key is valid
+    /// again (and verifies), a weak or off-curve key is refused every time
+    /// (refusals are not remembered), and the memory stays bounded however
+    /// many keys pass.
+    #[test]
+    fn recently_validated_keys_give_the_same_answers() {
+        let key = KeyPair::from_seed([7; 32]);
+        let signature = key.sign(TEST, b"m");
+        for _ in 0..2 {
+            let validated = key.public().validate().unwrap();
+            assert_eq!(validated.public(), key.public());
+            assert!(validated.verify(TEST, b"m", &signature).is_ok());
+        }
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        // Half of all y coordinates have no point: find one.
+        let off_curve = (2u8..=255)
+            .map(|y| {
+                let mut bytes = [0u8; 32];
+                bytes[0] = y;
+                PublicKey(bytes)
+            })
+            .find(|key| VerifyingKey::from_bytes(&key.0).is_err())
+            .unwrap();
+        for _ in 0..2 {
+            assert!(PublicKey(identity).validate().is_err());
+            assert!(off_curve.validate().is_err());
+        }
+        for seed in 0..(2 * RecentKeys::CAPACITY + 1) as u64 {
+            let mut bytes = [0u8; 32];
+            bytes[..8].copy_from_slice(&seed.to_le_bytes());
+            KeyPair::from_seed(bytes).public().validate().unwrap();
+        }
+        let recent = RecentKeys::lock();
+        assert!(recent.newer.len() + recent.older.len() <= 2 * RecentKeys::CAPACITY);
+        assert!(!recent.newer.contains_key(&PublicKey(identity)));
     }
 
     /// A signature verifies only under its own key, domain and message.
