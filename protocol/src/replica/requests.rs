@@ -7,6 +7,7 @@ use super::{ClientReply, Held, PendingRequest, RejectReason, Replica, ReplyOutco
 use crate::clients::Lookup;
 use crate::ids::NodeId;
 use crate::message::{Batch, Forward, Signed, SignedRequest, WireMessage};
+use crate::RequestKey;
 use std::time::Duration;
 
 /// Blocks in flight below which the primary proposes a batch that is not
@@ -132,7 +133,10 @@ impl Replica {
             },
         );
         self.waiting.push_back((self.now, key));
-        self.expiring.insert((request.request.valid_until, key));
+        self.expiring
+            .entry(request.request.valid_until)
+            .or_default()
+            .push(key);
         if self.is_primary() {
             self.queue.push_back(origin, (key, self.now));
             self.propose_batches();
@@ -261,7 +265,19 @@ impl Replica {
         let now = self.now;
         let mut forward = Vec::new();
         let mut keys = Vec::new();
-        for (key, pending) in self.pending.iter_mut() {
+        // In the order they were first waited for (then by key): what a
+        // replica sends must not depend on a hash map's order.
+        let mut order: Vec<(Duration, RequestKey)> = self
+            .pending
+            .iter()
+            .map(|(key, pending)| (pending.since, *key))
+            .collect();
+        order.sort_unstable();
+        for (_, key) in order {
+            let Some(pending) = self.pending.get_mut(&key) else {
+                continue;
+            };
+            let key = &key;
             pending.since = now;
             pending.passed_over = false;
             self.waiting.push_back((now, *key));
@@ -434,18 +450,20 @@ impl Replica {
     /// never execute any more. Answer and drop them, or they would be
     /// watched (and the primary suspected) forever.
     pub(super) fn drop_expired_pending(&mut self, height: crate::SeqNum) {
-        while let Some(&(valid_until, key)) = self.expiring.first() {
-            if valid_until > height {
+        while let Some(entry) = self.expiring.first_entry() {
+            if *entry.key() > height {
                 return;
             }
-            self.expiring.pop_first();
-            let expired = self
-                .pending
-                .get(&key)
-                .filter(|pending| pending.request.request.valid_until == valid_until)
-                .map(|pending| pending.request.clone());
-            if let Some(request) = expired {
-                self.complete_request(&request, ReplyOutcome::Rejected(RejectReason::Expired));
+            let (valid_until, keys) = entry.remove_entry();
+            for key in keys {
+                let expired = self
+                    .pending
+                    .get(&key)
+                    .filter(|pending| pending.request.request.valid_until == valid_until)
+                    .map(|pending| pending.request.clone());
+                if let Some(request) = expired {
+                    self.complete_request(&request, ReplyOutcome::Rejected(RejectReason::Expired));
+                }
             }
         }
     }
