@@ -265,8 +265,9 @@ impl Replica {
         let now = self.now;
         let mut forward = Vec::new();
         let mut keys = Vec::new();
-        // In the order they were first waited for (then by key): what a
-        // replica sends must not depend on a hash map's order.
+        // In the order this replica started waiting for them (then by
+        // key), as `waiting` holds them: what a replica sends must not
+        // depend on a hash map's order.
         let mut order: Vec<(Duration, RequestKey)> = self
             .pending
             .iter()
@@ -277,18 +278,17 @@ impl Replica {
             let Some(pending) = self.pending.get_mut(&key) else {
                 continue;
             };
-            let key = &key;
             pending.since = now;
             pending.passed_over = false;
-            self.waiting.push_back((now, *key));
+            self.waiting.push_back((now, key));
             if pending.proposed {
                 continue;
             }
             if primary {
-                self.queue.push_back(pending.origin, (*key, now));
+                self.queue.push_back(pending.origin, (key, now));
             } else {
                 forward.push(pending.request.clone());
-                keys.push(*key);
+                keys.push(key);
             }
         }
         if self.vouching() {
