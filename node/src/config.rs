@@ -574,6 +574,22 @@ pub struct ClientsConfig {
     /// 8 MiB (about 13,000 transactions of 512 bytes a second: catching up
     /// a million takes about 80 s); raise it where cores are plentiful.
     pub history_bytes_per_second: u64,
+    /// How much of this node's clients' work may be in the cluster at once,
+    /// in bytes of request weight: a request's payload plus 128, plus 2048
+    /// in a client-signed cluster (a signature check every replica makes).
+    /// A request holds its weight from the moment it is handed to consensus
+    /// until its client is answered; when the window is full, connections
+    /// wait their turn, one request each, and read nothing meanwhile. So a
+    /// client keeping thousands of requests unanswered queues them at this
+    /// node, where the others pass them, instead of in front of everyone
+    /// in the cluster, and the node checks no signature of a request it has
+    /// no room for. Default 2 MiB: about 3,300 connection-authenticated
+    /// requests of 512 bytes, or 1,000 client-signed ones. Smaller cuts
+    /// the time an admitted request waits behind others (Little's law:
+    /// what is in flight divided by the commit rate), but blocks get
+    /// smaller and dearer: 1 MiB cost 7 % of client-signed throughput on
+    /// two cores (BENCHMARKS.md); larger only adds waiting.
+    pub in_flight_bytes: usize,
 }
 
 /// Largest `[clients] reply_queue`: beyond it one slow client could hold
@@ -589,6 +605,7 @@ impl Default for ClientsConfig {
             subscriber_stall_ms: 10_000,
             subscription_reads: 4,
             history_bytes_per_second: 8 * 1024 * 1024,
+            in_flight_bytes: 2 * 1024 * 1024,
         }
     }
 }
@@ -719,6 +736,13 @@ impl NodeConfig {
             return Err(LoadError::Clients {
                 path: path.to_owned(),
                 reason: "subscription_reads must be from 1 to 1024 (the default is 4)",
+            });
+        }
+        if !(4096..=u32::MAX as usize).contains(&file.clients.in_flight_bytes) {
+            return Err(LoadError::Clients {
+                path: path.to_owned(),
+                reason: "in_flight_bytes must be between 4096 and 4294967295 (the default is \
+                         2097152)",
             });
         }
         if file.clients.history_bytes_per_second < 1024 {
@@ -986,6 +1010,7 @@ mod tests {
         // alone, nonsense refused by name.
         assert_eq!(config.clients.reply_queue_bytes, 4 << 20, "the default");
         assert_eq!(config.clients.subscriber_stall_ms, 10_000, "the default");
+        assert_eq!(config.clients.in_flight_bytes, 2 << 20, "the default");
         for (name, section, expected) in [
             ("b.toml", "reply_queue_bytes = 65536", None),
             (
@@ -1007,6 +1032,12 @@ mod tests {
                 "h0.toml",
                 "history_bytes_per_second = 1000",
                 Some("history_bytes_per_second"),
+            ),
+            ("w0.toml", "in_flight_bytes = 100", Some("in_flight_bytes")),
+            (
+                "w1.toml",
+                "in_flight_bytes = 4294967296",
+                Some("in_flight_bytes"),
             ),
         ] {
             std::fs::write(dir.path().join(name), with_clients(section)).unwrap();

@@ -237,3 +237,86 @@ async fn a_peer_message_of_repeated_votes_is_refused_while_decoded() {
     let client = cluster.client(1).await;
     client.submit(b"still ordering".to_vec()).await.unwrap();
 }
+
+/// A connection that keeps the node's window (`[clients] in_flight_bytes`)
+/// full queues at its own connection: another connection's requests go in
+/// by turns, not behind everything the first has sent, and every slot is
+/// given back once its request is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_connection_waits_its_turn_in_the_window() {
+    // About ten client-signed requests fit (each weighs its payload + 128 +
+    // 2048).
+    let cluster = TestCluster::start(
+        4,
+        RequestMode::ClientSigned,
+        "[clients]\nin_flight_bytes = 22000",
+    );
+    let address = cluster.cluster.addresses[1];
+    let node_key = cluster.cluster.committee.public_keys()[1];
+    let key = KeyPair::generate(&mut rand::rngs::OsRng);
+    let link = connect_client_with(&key, address, node_key, 1 << 20)
+        .await
+        .unwrap();
+    let (mut sender, mut receiver) = link.split();
+    const FLOOD: u64 = 600;
+    let started = std::time::Instant::now();
+    let flood = tokio::spawn(async move {
+        for id in 1..=FLOOD {
+            let request = bftd_protocol::Request {
+                client: key.public(),
+                request_id: id,
+                valid_until: SeqNum(1_000),
+                payload: vec![1; 16],
+            };
+            let signed = bftd_protocol::SignedRequest::sign(request, &key).unwrap();
+            let frame = codec::encode(&ClientMessage::Submit(signed)).unwrap();
+            if sender.send(Bytes::from(frame)).await.is_err() {
+                break;
+            }
+        }
+        sender
+    });
+    // Answers to every flood request (receipts, or "expired" if the flood
+    // outlives their validity), in a task of their own.
+    let answers = tokio::spawn(async move {
+        let mut answered = 0;
+        while answered < FLOOD {
+            match tokio::time::timeout(Duration::from_secs(60), receiver.recv()).await {
+                Ok(Ok(Some(_))) => answered += 1,
+                _ => break,
+            }
+        }
+        (answered, started.elapsed())
+    });
+    cluster
+        .metric_reaches(1, "bftd_admission_waits_total", 20.0)
+        .await;
+    // The flood fills the window and has hundreds more waiting; an honest
+    // connection's requests each go in within a turn or two.
+    let client = cluster.client(1).await;
+    let mut honest = Vec::new();
+    for n in 0..5u8 {
+        let sent = std::time::Instant::now();
+        client.submit(vec![n; 32]).await.unwrap();
+        honest.push(sent.elapsed());
+    }
+    let _sender = flood.await.unwrap();
+    let (answered, flood_took) = answers.await.unwrap();
+    let slowest = honest.iter().max().copied().unwrap();
+    println!(
+        "flood of {FLOOD}: {answered} answered in {flood_took:?}; honest requests took {honest:?}"
+    );
+    assert_eq!(answered, FLOOD, "every flood request is answered");
+    assert!(
+        slowest * 4 < flood_took,
+        "an honest request waited {slowest:?}, a quarter of the flood's {flood_took:?} or more: \
+         it queued behind the flood instead of taking turns"
+    );
+    // Every slot was given back.
+    assert_eq!(
+        cluster.metric(1, "bftd_admission_in_flight_bytes"),
+        0.0,
+        "{}",
+        cluster.metrics(1)
+    );
+}

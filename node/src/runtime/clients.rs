@@ -258,11 +258,11 @@ async fn serve(
         };
         match message {
             ClientMessage::Submit(request) => {
-                let Some(input) = admit(request, Some(connection.client), &shared, &reply_to)
-                else {
-                    continue;
-                };
-                if inputs.send(input).await.is_err() {
+                let connected = Some(connection.client);
+                if submit(request, connected, &shared, &reply_to, &inputs)
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -292,29 +292,32 @@ async fn serve(
     let _ = writer.await;
 }
 
-/// Checks a client's request the same way for every client API (QUIC and
-/// gRPC): size first, then the connection's identity (`connected`: the key
-/// the connection authenticated, if any), then the signature. Returns the
-/// consensus task's input, or answers a refusal on `reply_to` (counted).
-pub(crate) fn admit(
+/// Hands a client's request to consensus the same way for every client API
+/// (QUIC and gRPC): size first, then the connection's identity
+/// (`connected`: the key the connection authenticated, if any), then room
+/// in the node's window (`admission.rs`; the caller reads nothing more
+/// from its client meanwhile), and only then the signature: a connection
+/// waiting for its turn costs no signature checks, so a flood of them
+/// cannot take the CPU the admitted requests need. A refusal is answered on
+/// `reply_to` (counted). `Err` when consensus has stopped.
+pub(crate) async fn submit(
     request: SignedRequest,
     connected: Option<PublicKey>,
     shared: &Shared,
     reply_to: &Replies,
-) -> Option<Input> {
-    shared
-        .metrics
-        .client_requests
-        .fetch_add(1, Ordering::Relaxed);
+    inputs: &mpsc::Sender<Input>,
+) -> Result<(), ()> {
+    let metrics = &shared.metrics;
+    metrics.client_requests.fetch_add(1, Ordering::Relaxed);
     let request_id = request.request.request_id;
     let reject = |reason: Rejection| {
-        shared.metrics.rejected(reason);
+        metrics.rejected(reason);
         let _ = reply_to.try_send(NodeMessage::Rejected { request_id, reason });
     };
     // Size first: an oversized request costs no signature check.
     if request.payload_len() > shared.limits.max_request_bytes {
         reject(Rejection::TooLarge);
-        return None;
+        return Ok(());
     }
     // Connection-authenticated: the handshake proved the key, so a request
     // may only be in this connection's own name (and a connection that
@@ -323,25 +326,34 @@ pub(crate) fn admit(
         && connected != Some(request.request.client)
     {
         reject(Rejection::WrongClient);
-        return None;
+        return Ok(());
     }
-    match verify_request(
+    let received = Instant::now();
+    let (slot, waited) = shared.admission.enter(&request).await.ok_or(())?;
+    if waited {
+        metrics.admission_waits.fetch_add(1, Ordering::Relaxed);
+        metrics.admission_wait.observe(received.elapsed());
+    }
+    let request = match verify_request(
         request,
         NodeId(shared.id),
         &shared.committee,
         shared.request_mode,
         &mut CachingVerifier(&shared.client_checks),
     ) {
-        Ok(verified) => Some(Input::Request {
-            request: verified,
-            reply_to: reply_to.clone(),
-            received: Instant::now(),
-        }),
+        Ok(verified) => verified,
         Err(_) => {
             reject(Rejection::BadSignature);
-            None
+            return Ok(());
         }
-    }
+    };
+    let input = Input::Request {
+        request,
+        reply_to: reply_to.clone(),
+        received,
+        slot,
+    };
+    inputs.send(input).await.map_err(|_| ())
 }
 
 /// A running subscription.

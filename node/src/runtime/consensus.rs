@@ -3,6 +3,7 @@
 //! durability worker (`durable.rs`), which makes the step's records durable
 //! and only then sends its messages. Consensus never waits for a disk.
 
+use super::admission::Slot;
 use super::clients::Replies;
 use super::durable::{Answer, Outbound, Step};
 use super::metrics::{NodeMetrics, Snapshot};
@@ -31,6 +32,8 @@ pub(crate) enum Input {
         request: Verified<SignedRequest>,
         reply_to: Replies,
         received: Instant,
+        /// Its place in the node's window, held until it is answered.
+        slot: Slot,
     },
 }
 
@@ -39,6 +42,8 @@ pub(crate) struct Waiter {
     pub reply_to: Replies,
     pub received: Instant,
     pub request: SignedRequest,
+    /// Given back to the window when the waiter is dropped, answered.
+    pub _slot: Slot,
 }
 
 /// Most inputs handled before one durable write: bounds the latency a big
@@ -147,6 +152,7 @@ impl Consensus {
                 request,
                 reply_to,
                 received,
+                slot,
             } => {
                 if let Some(intercept) = self.intercept.as_mut() {
                     if !intercept.admit_request(now, &request) {
@@ -170,6 +176,7 @@ impl Consensus {
                         reply_to,
                         received,
                         request: (*request).clone(),
+                        _slot: slot,
                     });
                 }
                 self.replica.handle_request(now, request, true);

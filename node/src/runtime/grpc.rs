@@ -272,10 +272,10 @@ impl Ordering for OrderingService {
                         continue;
                     }
                 };
-                let Some(input) = clients::admit(request, None, &shared, &reply_to) else {
-                    continue;
-                };
-                if inputs.send(input).await.is_err() {
+                if clients::submit(request, None, &shared, &reply_to, &inputs)
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }

@@ -138,7 +138,7 @@ async fn handle(
     }
     match path {
         "/metrics" => {
-            let body = shared.metrics.render(&shared.transport_stats());
+            let body = shared.render_metrics(&shared.transport_stats());
             respond(&mut stream, "200 OK", "text/plain; version=0.0.4", &body).await
         }
         "/status" => {

@@ -104,6 +104,9 @@ pub struct NodeMetrics {
     /// Reads of old blocks for subscribers that waited for `[clients]
     /// history_bytes_per_second`.
     pub subscription_history_paced: AtomicU64,
+    /// Client requests that waited for room in the node's window
+    /// (`[clients] in_flight_bytes`).
+    pub admission_waits: AtomicU64,
     /// Requests answered "busy" because too many old blocks already waited
     /// to be loaded for receipts.
     pub receipt_loads_refused: AtomicU64,
@@ -126,6 +129,9 @@ pub struct NodeMetrics {
     pub storage_apply: Histogram,
     /// Time from a client's request reaching this node to its receipt.
     pub commit_latency: Histogram,
+    /// Time a client's request waited for room in the node's window
+    /// (`[clients] in_flight_bytes`), included in `commit_latency`.
+    pub admission_wait: Histogram,
     /// The latest snapshot.
     pub snapshot: Mutex<Option<Snapshot>>,
 }
@@ -188,8 +194,9 @@ impl NodeMetrics {
             .clone()
     }
 
-    /// Prometheus text format.
-    pub fn render(&self, transport: &TransportStats) -> String {
+    /// Prometheus text format; `admission_in_flight` is the request weight
+    /// in the node's window now (`admission.rs`).
+    pub fn render(&self, transport: &TransportStats, admission_in_flight: u64) -> String {
         let mut out = String::with_capacity(8 * 1024);
         let gauge = |out: &mut String, name: &str, help: &str, value: u64| {
             let _ = writeln!(
@@ -469,6 +476,18 @@ impl NodeMetrics {
             "# HELP bftd_subscription_history_paced_total Reads of old blocks for subscribers that waited for [clients] history_bytes_per_second.\n# TYPE bftd_subscription_history_paced_total counter\nbftd_subscription_history_paced_total {}",
             load(&self.subscription_history_paced)
         );
+        gauge(
+            &mut out,
+            "bftd_admission_in_flight_bytes",
+            "Weight of this node's clients' requests in the cluster now (payload + 128, + 2048 if client-signed), of [clients] in_flight_bytes.",
+            admission_in_flight,
+        );
+        counter(
+            &mut out,
+            "bftd_admission_waits_total",
+            "Client requests that waited for room in the node's window ([clients] in_flight_bytes) before going to consensus.",
+            load(&self.admission_waits),
+        );
         counter(
             &mut out,
             "bftd_receipt_block_loads_total",
@@ -574,6 +593,11 @@ impl NodeMetrics {
             &mut out,
             "bftd_commit_latency_seconds",
             "From a client's request reaching this node to its receipt.",
+        );
+        self.admission_wait.render(
+            &mut out,
+            "bftd_admission_wait_seconds",
+            "Time a client's request waited for room in the node's window ([clients] in_flight_bytes) before going to consensus; part of the commit latency.",
         );
         self.storage_apply.render(
             &mut out,

@@ -11,6 +11,7 @@
 //! - *application*: feeds committed blocks, in order, to an embedding
 //!   application.
 
+mod admission;
 mod clients;
 mod consensus;
 mod durable;
@@ -220,6 +221,9 @@ pub(crate) struct Shared {
     transport: Mutex<Option<Transport>>,
     /// Set by the durability worker when storage fails.
     fatal: Mutex<Option<String>>,
+    /// How much of this node's clients' work may be in the cluster at once
+    /// (`[clients] in_flight_bytes`; `admission.rs`).
+    pub admission: admission::Admission,
     /// Client checks that verified: request signatures (client-signed
     /// mode; met again in the pre-prepare after a request's arrival) and
     /// grants (connection-authenticated mode; one per client and voucher,
@@ -228,6 +232,11 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Prometheus text of the node's metrics.
+    pub(crate) fn render_metrics(&self, transport: &TransportStats) -> String {
+        self.metrics.render(transport, self.admission.in_use())
+    }
+
     pub(crate) fn fail(&self, error: String) {
         *self.fatal.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
     }
@@ -334,7 +343,7 @@ impl NodeHandle {
 
     /// Prometheus text of the node's metrics.
     pub fn render_metrics(&self) -> String {
-        self.shared.metrics.render(&self.transport.stats())
+        self.shared.render_metrics(&self.transport.stats())
     }
 
     /// Waits until the node has committed at least `height`.
@@ -465,6 +474,10 @@ pub async fn start_with(
         transport: Mutex::new(None),
         fatal: Mutex::new(None),
         client_checks: Mutex::new(bftd_protocol::ClientCheckCache::default()),
+        admission: admission::Admission::new(
+            config.clients.in_flight_bytes,
+            config.protocol.request_mode,
+        ),
     });
     shared.metrics.first_height.store(
         storage.first_height().0,
