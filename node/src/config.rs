@@ -588,7 +588,7 @@ pub struct ClientsConfig {
     /// the time an admitted request waits behind others (Little's law:
     /// what is in flight divided by the commit rate), but blocks get
     /// smaller and dearer: 1 MiB cost 7 % of client-signed throughput on
-    /// two cores (BENCHMARKS.md); larger only adds waiting.
+    /// two cores (design notes §46); larger only adds waiting.
     pub in_flight_bytes: usize,
 }
 
