@@ -584,7 +584,7 @@ pub struct ClientsConfig {
     /// node, where the others pass them, instead of in front of everyone
     /// in the cluster, and the node checks no signature of a request it has
     /// no room for. Default 2 MiB: about 3,300 connection-authenticated
-    /// requests of 512 bytes, or 1,000 client-signed ones. Smaller cuts
+    /// requests of 512 bytes, or 780 client-signed ones. Smaller cuts
     /// the time an admitted request waits behind others (Little's law:
     /// what is in flight divided by the commit rate), but blocks get
     /// smaller and dearer: 1 MiB cost 7 % of client-signed throughput on

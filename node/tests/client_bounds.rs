@@ -289,7 +289,7 @@ async fn a_flooding_connection_waits_its_turn_in_the_window() {
         (answered, started.elapsed())
     });
     cluster
-        .metric_reaches(1, "bftd_admission_waits_total", 20.0)
+        .metric_reaches(1, "bftd_admission_wait_seconds_count", 20.0)
         .await;
     // The flood fills the window and has hundreds more waiting; an honest
     // connection's requests each go in within a turn or two.
@@ -300,6 +300,7 @@ async fn a_flooding_connection_waits_its_turn_in_the_window() {
         client.submit(vec![n; 32]).await.unwrap();
         honest.push(sent.elapsed());
     }
+    let honest_done = started.elapsed();
     let _sender = flood.await.unwrap();
     let (answered, flood_took) = answers.await.unwrap();
     let slowest = honest.iter().max().copied().unwrap();
@@ -307,6 +308,11 @@ async fn a_flooding_connection_waits_its_turn_in_the_window() {
         "flood of {FLOOD}: {answered} answered in {flood_took:?}; honest requests took {honest:?}"
     );
     assert_eq!(answered, FLOOD, "every flood request is answered");
+    assert!(
+        honest_done < flood_took,
+        "the honest requests ended at {honest_done:?}, after the flood's last answer at \
+         {flood_took:?}: they never met a full window"
+    );
     assert!(
         slowest * 4 < flood_took,
         "an honest request waited {slowest:?}, a quarter of the flood's {flood_took:?} or more: \

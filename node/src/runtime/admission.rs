@@ -37,8 +37,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// What a request weighs beyond its payload: its client, id, expiry and
 /// signature on the wire, and the bookkeeping every replica does for it
-/// (the same overhead the primary's fair queue charges).
-const REQUEST_WEIGHT: usize = 128;
+/// (the overhead the primary's fair queue charges too).
+const REQUEST_WEIGHT: usize = bftd_protocol::replica::REQUEST_OVERHEAD;
 
 /// What a client-signed request weighs more: every replica checks its
 /// signature. At saturation a client-signed cluster commits about a third

@@ -331,7 +331,6 @@ pub(crate) async fn submit(
     let received = Instant::now();
     let (slot, waited) = shared.admission.enter(&request).await.ok_or(())?;
     if waited {
-        metrics.admission_waits.fetch_add(1, Ordering::Relaxed);
         metrics.admission_wait.observe(received.elapsed());
     }
     let request = match verify_request(

@@ -104,9 +104,6 @@ pub struct NodeMetrics {
     /// Reads of old blocks for subscribers that waited for `[clients]
     /// history_bytes_per_second`.
     pub subscription_history_paced: AtomicU64,
-    /// Client requests that waited for room in the node's window
-    /// (`[clients] in_flight_bytes`).
-    pub admission_waits: AtomicU64,
     /// Requests answered "busy" because too many old blocks already waited
     /// to be loaded for receipts.
     pub receipt_loads_refused: AtomicU64,
@@ -130,7 +127,8 @@ pub struct NodeMetrics {
     /// Time from a client's request reaching this node to its receipt.
     pub commit_latency: Histogram,
     /// Time a client's request waited for room in the node's window
-    /// (`[clients] in_flight_bytes`), included in `commit_latency`.
+    /// (`[clients] in_flight_bytes`), included in `commit_latency`; only
+    /// requests that found it full (its count is how many did).
     pub admission_wait: Histogram,
     /// The latest snapshot.
     pub snapshot: Mutex<Option<Snapshot>>,
@@ -481,12 +479,6 @@ impl NodeMetrics {
             "bftd_admission_in_flight_bytes",
             "Weight of this node's clients' requests in the cluster now (payload + 128, + 2048 if client-signed), of [clients] in_flight_bytes.",
             admission_in_flight,
-        );
-        counter(
-            &mut out,
-            "bftd_admission_waits_total",
-            "Client requests that waited for room in the node's window ([clients] in_flight_bytes) before going to consensus.",
-            load(&self.admission_waits),
         );
         counter(
             &mut out,

@@ -32,8 +32,9 @@ pub(super) fn quantum(max_batch_bytes: usize) -> usize {
 const MIN_QUANTUM: usize = 4 * 1024;
 
 /// What a request costs beyond its payload (its client, id, signature,
-/// bookkeeping): so a flood of empty requests is not free.
-pub(super) const REQUEST_OVERHEAD: usize = 128;
+/// bookkeeping): so a flood of empty requests is not free. The nodes'
+/// client admission weighs requests the same way.
+pub const REQUEST_OVERHEAD: usize = 128;
 
 /// What one request weighs in the queue and the pipeline: its payload
 /// plus [`REQUEST_OVERHEAD`].

@@ -27,6 +27,7 @@ mod vouching;
 pub(crate) use view_change::compute_reproposals;
 pub(crate) use view_change::{valid_new_view, valid_view_change};
 
+pub use fair::REQUEST_OVERHEAD;
 pub use metrics::{DropReason, Metrics};
 pub use state_transfer::{blocks_to_serve, is_pruned, FETCH_MAX_BYTES};
 

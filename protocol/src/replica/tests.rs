@@ -773,7 +773,7 @@ fn a_fetch_for_pruned_blocks_is_refused_and_shown() {
     let votes = (0..3)
         .map(|i| crate::certificate::Vote {
             signer: NodeId(i),
-            signature: signed(i, value.clone()).signature,
+            signature: signed(i, value).signature,
         })
         .collect();
     let answer = signed(
