@@ -34,9 +34,11 @@ use std::time::{Duration, Instant};
 
 mod catch_up;
 mod crash;
+mod over_time;
 mod report;
 pub use catch_up::CatchUp;
 pub use crash::Recovery;
+pub use over_time::{disk_use, growth, Point};
 pub use report::{median, BenchReport, Failures, Memory, NodeFigures, RunReport};
 use report::{parameters_line, render, summarize};
 
@@ -102,6 +104,11 @@ pub struct BenchOptions {
     /// Keep the last node down through the window, then restart it and
     /// time its catch-up.
     pub catch_up: bool,
+    /// The nodes' `[storage] retain_blocks`; `None` keeps every block.
+    pub retain_blocks: Option<u64>,
+    /// Read the committed rate, each node's memory and its store's disk
+    /// use this often through the window.
+    pub sample_every: Option<Duration>,
 }
 
 /// utime + stime, in clock ticks, from the text of `/proc/PID/stat`. The
@@ -215,6 +222,15 @@ fn validate(options: &BenchOptions) -> Result<(), NetError> {
             batch.to_string(),
             &format!("1 to {max_batch} requests per block"),
         );
+    }
+    if let Some(every) = options.sample_every {
+        if every < Duration::from_secs(1) || every > options.duration {
+            return bad(
+                "--sample-every",
+                format!("{every:?}"),
+                "at least 1s, and no longer than --duration",
+            );
+        }
     }
     if options.duration.is_zero() {
         return bad(
@@ -355,6 +371,7 @@ async fn start_and_measure(
     )?;
     assign_behaviours(&mut state, &options.byzantine, options.allow_unsafe)?;
     state.max_batch_requests = options.batch;
+    state.retain_blocks = options.retain_blocks;
     write_node_files(&layout, &state)?;
     state.save(&layout)?;
     let started = Instant::now();
@@ -482,12 +499,26 @@ async fn measure(
     let before = sample(state);
     let receipts_before = running.counters.receipts.load(Ordering::Relaxed);
     let opened = Instant::now();
+    let over_time = options.sample_every.map(|every| {
+        tokio::spawn(over_time::sample(
+            layout.clone(),
+            state.clone(),
+            running.counters.clone(),
+            opened,
+            every,
+            opened + options.duration,
+        ))
+    });
     progress
         .until(window_start + options.duration, || {
             window_line(&running, options, opened, receipts_before)
         })
         .await;
     let after = sample(state);
+    let over_time = match over_time {
+        Some(task) => task.await.unwrap_or_default(),
+        None => Vec::new(),
+    };
     let committed = running
         .counters
         .receipts
@@ -550,6 +581,7 @@ async fn measure(
         recovery,
         stopped,
         catch_up: None,
+        over_time,
     })
 }
 

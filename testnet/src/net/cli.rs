@@ -203,6 +203,8 @@ pub enum NetCommand {
     ///                                            time a view change under load
     ///   bftnet bench --rate 25000 --duration 40s --catch-up
     ///                                            a node 1,000,000 tx behind: how fast it catches up
+    ///   bftnet bench --rate 20000 --duration 30m --retain-blocks 1100 --sample-every 60s
+    ///                                            a long run with pruning: do memory and disk stay flat?
     #[command(verbatim_doc_comment)]
     Bench(BenchArgs),
     /// Run an attack of issue 10 against a fresh cluster under honest load.
@@ -691,6 +693,17 @@ pub struct BenchArgs {
     /// 25000 --duration 40s --catch-up`: a node 1,000,000 behind.
     #[arg(long)]
     catch_up: bool,
+    /// The nodes' [storage] retain_blocks: each stable checkpoint prunes
+    /// the blocks more than B below it (B must exceed the cluster's
+    /// request_lifetime, 1024 by default). Default: every block kept.
+    #[arg(long, value_name = "B")]
+    retain_blocks: Option<u64>,
+    /// Every D through the window, print and record the committed rate,
+    /// each node's resident memory and its store's disk use, and report
+    /// how much they grew: whether a long run is flat. E.g. `--rate 20000
+    /// --duration 30m --retain-blocks 1100 --sample-every 60s`.
+    #[arg(long, value_name = "D", value_parser = parse_duration)]
+    sample_every: Option<Duration>,
 }
 
 /// `bftnet attack`'s options.
@@ -963,6 +976,8 @@ async fn dispatch(command: NetCommand) -> Result<ExitCode, NetError> {
                 json: args.json,
                 kill_primary: args.kill_primary,
                 catch_up: args.catch_up,
+                retain_blocks: args.retain_blocks,
+                sample_every: args.sample_every,
             })
             .await?;
         }

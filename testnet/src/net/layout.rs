@@ -205,6 +205,9 @@ pub struct State {
     /// default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_batch_requests: Option<usize>,
+    /// `[storage] retain_blocks` of every node; `None` keeps every block.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retain_blocks: Option<u64>,
     /// The fault proxy (never started on a direct testnet).
     pub proxy: ProxyState,
     /// The nodes, by id.
@@ -499,6 +502,7 @@ pub fn generate(
         bftd: bftd.to_owned(),
         network,
         max_batch_requests: None,
+        retain_blocks: None,
         proxy: ProxyState::default(),
         nodes,
     })
@@ -559,6 +563,14 @@ struct NodeFileOut<'a> {
     grpc: Option<GrpcOut>,
     #[serde(skip_serializing_if = "Option::is_none")]
     runtime: Option<RuntimeOut>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    storage: Option<StorageOut>,
+}
+
+/// A node file's `[storage]`.
+#[derive(Serialize)]
+struct StorageOut {
+    retain_blocks: u64,
 }
 
 #[derive(Serialize)]
@@ -612,6 +624,9 @@ pub fn write_node_files(layout: &Layout, state: &State) -> Result<(), NetError> 
             colluders: &node.colluders,
             grpc: node.grpc.map(|listen| GrpcOut { listen }),
             runtime: RuntimeOut::shared(state.nodes.len()),
+            storage: state
+                .retain_blocks
+                .map(|retain_blocks| StorageOut { retain_blocks }),
         };
         let reached = match state.network {
             Network::Proxied => format!(
@@ -745,6 +760,7 @@ mod tests {
         );
         let dir = layout.dir.clone();
         state.max_batch_requests = Some(64);
+        state.retain_blocks = Some(2000);
         write_node_files(&layout, &state).unwrap();
         for node in &state.nodes {
             assert_eq!(node.address, node.listen);
@@ -752,6 +768,7 @@ mod tests {
         let config = bftd::config::NodeConfig::load(&layout.node_config(1)).unwrap();
         assert_eq!(config.cluster.addresses[3], state.nodes[3].listen);
         assert_eq!(config.protocol.max_batch_requests, 64);
+        assert_eq!(config.storage.retain_blocks, Some(2000));
         assert_eq!(
             config.protocol.request_mode,
             RequestMode::ConnectionAuthenticated

@@ -157,6 +157,9 @@ pub struct RunReport {
     pub stopped: Option<(u16, u64)>,
     /// With `--catch-up`: how the stopped node caught up.
     pub catch_up: Option<super::CatchUp>,
+    /// With `--sample-every`: the readings through the window.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub over_time: Vec<super::Point>,
 }
 
 /// The whole benchmark (`--json`): the parameters, the medians over runs
@@ -179,6 +182,8 @@ pub struct BenchReport {
     pub batch: Option<usize>,
     /// Whether requests were client-signed.
     pub signed_requests: bool,
+    /// The nodes' `retain_blocks`; null: every block kept.
+    pub retain_blocks: Option<u64>,
     /// Byzantine nodes, `ID=BEHAVIOUR`.
     pub byzantine: Vec<String>,
     /// The measurement window asked for, seconds.
@@ -283,6 +288,7 @@ pub(super) fn summarize(options: &BenchOptions, bftd: &Path, runs: Vec<RunReport
         },
         batch: options.batch,
         signed_requests: options.request_mode == RequestMode::ClientSigned,
+        retain_blocks: options.retain_blocks,
         byzantine: options
             .byzantine
             .iter()
@@ -349,6 +355,10 @@ pub(super) fn parameters_line(options: &BenchOptions) -> String {
         )
     } else {
         byzantine
+    };
+    let byzantine = match options.retain_blocks {
+        Some(kept) => format!("{byzantine}, retain_blocks {kept}"),
+        None => byzantine,
     };
     format!(
         "n {}, {} client{}, {} B payloads, {pacing}, batch {batch}, {mode} requests{byzantine}, \
@@ -528,6 +538,15 @@ pub(super) fn render(report: &BenchReport, parameters: &str) -> String {
             ]);
         }
         out.push_str(&align(&nodes));
+        if !run.over_time.is_empty() {
+            out.push_str(&format!("\nrun {} over the window:\n", run.run));
+            out.push_str(&align(&super::over_time::table(&run.over_time)));
+            if let Some((rss, store)) = super::growth(&run.over_time) {
+                out.push_str(&format!(
+                    "from the end of the first quarter to the end, the largest node's RSS grew {rss:+.1} MB and its store {store:+.1} MB\n"
+                ));
+            }
+        }
     }
     out.push_str(
         "\nThe load generator runs on this machine too: its CPU (above) competes with the nodes'.\n",
