@@ -20,6 +20,10 @@ pub struct Point {
     pub at_s: f64,
     /// Verified receipts per second since the previous point.
     pub tx_per_s: f64,
+    /// Median latency of the receipts since the previous point, ms.
+    pub p50_ms: f64,
+    /// Their 99th percentile, ms: when in a long run the tail happens.
+    pub p99_ms: f64,
     /// Each node's resident memory (VmRSS), megabytes; null if unreadable.
     pub rss_mb: Vec<Option<f64>>,
     /// Disk space each node's data directory takes (allocated blocks, not
@@ -27,7 +31,8 @@ pub struct Point {
     pub store_mb: Vec<Option<f64>>,
 }
 
-/// Reads a point every `every` from `opened` until `until`, printing each
+/// Reads a point every `every` from `opened` until `until` (latencies of
+/// the receipts that arrived in each interval), printing each
 /// on stderr as it is taken (a long run shows its trend while it runs).
 pub(super) async fn sample(
     layout: Layout,
@@ -37,17 +42,29 @@ pub(super) async fn sample(
     every: Duration,
     until: Instant,
 ) -> Vec<Point> {
+    let latencies = || {
+        counters
+            .latencies
+            .lock()
+            .map(|histogram| histogram.clone())
+            .unwrap_or_default()
+    };
     let mut points = Vec::new();
     let mut previous = (opened, counters.receipts.load(Ordering::Relaxed));
+    let mut previous_latencies = latencies();
     let mut next = opened + every;
     while next <= until {
         tokio::time::sleep_until(next.into()).await;
         let now = Instant::now();
         let receipts = counters.receipts.load(Ordering::Relaxed);
         let interval = now.duration_since(previous.0).as_secs_f64().max(1e-9);
+        let now_latencies = latencies();
+        let recent = now_latencies.since(&previous_latencies);
         let point = Point {
             at_s: now.duration_since(opened).as_secs_f64(),
             tx_per_s: receipts.saturating_sub(previous.1) as f64 / interval,
+            p50_ms: recent.quantile_ms(0.5),
+            p99_ms: recent.quantile_ms(0.99),
             rss_mb: state
                 .nodes
                 .iter()
@@ -62,6 +79,7 @@ pub(super) async fn sample(
         eprintln!("{}", line(&point));
         points.push(point);
         previous = (now, receipts);
+        previous_latencies = now_latencies;
         next += every;
     }
     points
@@ -92,9 +110,11 @@ pub fn disk_use(dir: &Path) -> Option<u64> {
 fn line(point: &Point) -> String {
     let most = |values: &[Option<f64>]| values.iter().flatten().copied().fold(0.0, f64::max);
     format!(
-        "sample {:>6.0} s: {:.0} tx/s, RSS up to {:.1} MB, store up to {:.1} MB",
+        "sample {:>6.0} s: {:.0} tx/s, p50 {:.1} ms, p99 {:.1} ms, RSS up to {:.1} MB, store up to {:.1} MB",
         point.at_s,
         point.tx_per_s,
+        point.p50_ms,
+        point.p99_ms,
         most(&point.rss_mb),
         most(&point.store_mb)
     )
@@ -104,7 +124,12 @@ fn line(point: &Point) -> String {
 /// per node.
 pub(super) fn table(points: &[Point]) -> Vec<Vec<String>> {
     let nodes = points.first().map_or(0, |p| p.rss_mb.len());
-    let mut header = vec!["at (s)".to_owned(), "tx/s".into()];
+    let mut header = vec![
+        "at (s)".to_owned(),
+        "tx/s".into(),
+        "p50 ms".into(),
+        "p99 ms".into(),
+    ];
     header.extend((0..nodes).map(|id| format!("RSS {id} MB")));
     header.extend((0..nodes).map(|id| format!("store {id} MB")));
     let cell = |value: &Option<f64>| value.map_or_else(|| "-".into(), |v| format!("{v:.1}"));
@@ -113,6 +138,8 @@ pub(super) fn table(points: &[Point]) -> Vec<Vec<String>> {
         let mut row = vec![
             format!("{:.0}", point.at_s),
             format!("{:.0}", point.tx_per_s),
+            format!("{:.1}", point.p50_ms),
+            format!("{:.1}", point.p99_ms),
         ];
         row.extend(point.rss_mb.iter().map(cell));
         row.extend(point.store_mb.iter().map(cell));
@@ -145,6 +172,8 @@ mod tests {
         Point {
             at_s,
             tx_per_s: 1.0,
+            p50_ms: 1.0,
+            p99_ms: 2.0,
             rss_mb: vec![Some(rss), None],
             store_mb: vec![Some(store / 2.0), Some(store)],
         }
