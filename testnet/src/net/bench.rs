@@ -762,6 +762,38 @@ mod tests {
         assert_eq!(io_write_bytes("write_bytes: lots\n"), None);
     }
 
+    /// `--sample-every` must fall inside the window and be at least a
+    /// second; `--retain-blocks` is checked by bftd's own config loading
+    /// (it must exceed request_lifetime).
+    #[test]
+    fn sampling_period_is_checked() {
+        let options = |every: u64| BenchOptions {
+            n: 4,
+            clients: 4,
+            size: 512,
+            pacing: Pacing::Open { rate: 1000.0 },
+            duration: Duration::from_secs(10),
+            warmup: Duration::from_secs(2),
+            batch: None,
+            request_mode: RequestMode::ConnectionAuthenticated,
+            byzantine: Vec::new(),
+            allow_unsafe: false,
+            runs: 1,
+            keep: false,
+            json: false,
+            kill_primary: None,
+            catch_up: false,
+            retain_blocks: Some(1100),
+            sample_every: Some(Duration::from_millis(every)),
+        };
+        assert!(validate(&options(1000)).is_ok());
+        assert!(validate(&options(10_000)).is_ok());
+        for bad in [0, 500, 10_001] {
+            let error = validate(&options(bad)).unwrap_err().to_string();
+            assert!(error.contains("--sample-every"), "{error}");
+        }
+    }
+
     /// Clients go round-robin over the honest nodes only, and not to the
     /// node `--catch-up` keeps down.
     #[test]
