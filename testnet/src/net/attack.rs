@@ -990,23 +990,16 @@ async fn phase(
 /// Prints, each second, the honest latencies of the receipts that arrived
 /// in that second (`--every-second`).
 async fn every_second(counters: Arc<load::Counters>, phase: String) {
-    let snapshot = || {
-        counters
-            .latencies
-            .lock()
-            .map(|histogram| histogram.clone())
-            .unwrap_or_default()
-    };
     // On a terminal, clear the progress line (rewritten in place) first.
     let clear = if std::io::stderr().is_terminal() {
         "\r\x1b[K"
     } else {
         ""
     };
-    let mut last = snapshot();
+    let mut last = counters.latencies_now();
     for second in 1u64.. {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let now = snapshot();
+        let now = counters.latencies_now();
         let window = now.since(&last);
         eprintln!(
             "{clear}    {phase} second {second}: {} receipts, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",

@@ -173,6 +173,15 @@ pub struct Counters {
 }
 
 impl Counters {
+    /// A copy of the latencies so far (a poisoned lock still holds them):
+    /// the difference of two copies is one interval's latencies.
+    pub fn latencies_now(&self) -> Histogram {
+        self.latencies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Counts a request's outcome; `measured` says whether it was sent
     /// after the warm-up.
     fn record(&self, measured: bool, result: Result<Duration, ClientError>) {

@@ -42,23 +42,16 @@ pub(super) async fn sample(
     every: Duration,
     until: Instant,
 ) -> Vec<Point> {
-    let latencies = || {
-        counters
-            .latencies
-            .lock()
-            .map(|histogram| histogram.clone())
-            .unwrap_or_default()
-    };
     let mut points = Vec::new();
     let mut previous = (opened, counters.receipts.load(Ordering::Relaxed));
-    let mut previous_latencies = latencies();
+    let mut previous_latencies = counters.latencies_now();
     let mut next = opened + every;
     while next <= until {
         tokio::time::sleep_until(next.into()).await;
         let now = Instant::now();
         let receipts = counters.receipts.load(Ordering::Relaxed);
         let interval = now.duration_since(previous.0).as_secs_f64().max(1e-9);
-        let now_latencies = latencies();
+        let now_latencies = counters.latencies_now();
         let recent = now_latencies.since(&previous_latencies);
         let point = Point {
             at_s: now.duration_since(opened).as_secs_f64(),

@@ -196,13 +196,7 @@ impl Run<'_> {
     }
 
     fn latencies(&self) -> Option<Histogram> {
-        self.load.as_ref().map(|load| {
-            load.counters
-                .latencies
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone()
-        })
+        self.load.as_ref().map(|load| load.counters.latencies_now())
     }
 
     /// Starts offering `rate` tx/s to the honest running nodes (stopping
