@@ -190,8 +190,12 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("bftnet-disk-use-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("sub")).unwrap();
-        std::fs::write(dir.join("a"), vec![1u8; 10_000]).unwrap();
-        std::fs::write(dir.join("sub/b"), vec![1u8; 20_000]).unwrap();
+        for (name, len) in [("a", 10_000), ("sub/b", 20_000)] {
+            // Synced, so that a file system that allocates lazily has.
+            let mut file = std::fs::File::create(dir.join(name)).unwrap();
+            std::io::Write::write_all(&mut file, &vec![1u8; len]).unwrap();
+            file.sync_all().unwrap();
+        }
         let used = disk_use(&dir);
         let missing = disk_use(&dir.join("missing"));
         std::fs::remove_dir_all(&dir).unwrap();
