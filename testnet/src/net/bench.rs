@@ -223,6 +223,16 @@ fn validate(options: &BenchOptions) -> Result<(), NetError> {
             &format!("1 to {max_batch} requests per block"),
         );
     }
+    let lifetime = bftd_protocol::Config::default().request_lifetime;
+    if let Some(kept) = options.retain_blocks.filter(|&kept| kept <= lifetime) {
+        return bad(
+            "--retain-blocks",
+            kept.to_string(),
+            &format!(
+                "must exceed the cluster's request_lifetime ({lifetime}), the heights at-most-once reads back"
+            ),
+        );
+    }
     if let Some(every) = options.sample_every {
         if every < Duration::from_secs(1) || every > options.duration {
             return bad(
@@ -763,8 +773,8 @@ mod tests {
     }
 
     /// `--sample-every` must fall inside the window and be at least a
-    /// second; `--retain-blocks` is checked by bftd's own config loading
-    /// (it must exceed request_lifetime).
+    /// second; `--retain-blocks` must exceed request_lifetime (refused
+    /// before anything starts, as bftd would refuse the node file).
     #[test]
     fn sampling_period_is_checked() {
         let options = |every: u64| BenchOptions {
@@ -792,6 +802,14 @@ mod tests {
             let error = validate(&options(bad)).unwrap_err().to_string();
             assert!(error.contains("--sample-every"), "{error}");
         }
+        let retaining = |kept| BenchOptions {
+            retain_blocks: Some(kept),
+            ..options(1000)
+        };
+        let lifetime = bftd_protocol::Config::default().request_lifetime;
+        let error = validate(&retaining(lifetime)).unwrap_err().to_string();
+        assert!(error.contains("--retain-blocks"), "{error}");
+        assert!(validate(&retaining(lifetime + 1)).is_ok());
     }
 
     /// Clients go round-robin over the honest nodes only, and not to the
