@@ -223,7 +223,7 @@ fn validate(options: &BenchOptions) -> Result<(), NetError> {
             &format!("1 to {max_batch} requests per block"),
         );
     }
-    let lifetime = bftd_protocol::Config::default().request_lifetime;
+    let lifetime = bftd_protocol::ConsensusSettings::default().request_lifetime;
     if let Some(kept) = options.retain_blocks.filter(|&kept| kept <= lifetime) {
         return bad(
             "--retain-blocks",
@@ -806,7 +806,7 @@ mod tests {
             retain_blocks: Some(kept),
             ..options(1000)
         };
-        let lifetime = bftd_protocol::Config::default().request_lifetime;
+        let lifetime = bftd_protocol::ConsensusSettings::default().request_lifetime;
         let error = validate(&retaining(lifetime)).unwrap_err().to_string();
         assert!(error.contains("--retain-blocks"), "{error}");
         assert!(validate(&retaining(lifetime + 1)).is_ok());

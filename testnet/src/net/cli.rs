@@ -700,9 +700,9 @@ pub struct BenchArgs {
     retain_blocks: Option<u64>,
     /// Every D through the window, print and record the committed rate
     /// and latency of that interval, each node's resident memory and its
-    /// store's disk use, and report
-    /// how much they grew: whether a long run is flat. E.g. `--rate 20000
-    /// --duration 30m --retain-blocks 1100 --sample-every 60s`.
+    /// store's disk use, and report how much they grew: whether a long run
+    /// is flat. E.g. `--rate 20000 --duration 30m --retain-blocks 1100
+    /// --sample-every 60s`.
     #[arg(long, value_name = "D", value_parser = parse_duration)]
     sample_every: Option<Duration>,
 }

@@ -356,12 +356,12 @@ pub(super) fn parameters_line(options: &BenchOptions) -> String {
     } else {
         byzantine
     };
-    let byzantine = match options.retain_blocks {
+    let extras = match options.retain_blocks {
         Some(kept) => format!("{byzantine}, retain_blocks {kept}"),
         None => byzantine,
     };
     format!(
-        "n {}, {} client{}, {} B payloads, {pacing}, batch {batch}, {mode} requests{byzantine}, \
+        "n {}, {} client{}, {} B payloads, {pacing}, batch {batch}, {mode} requests{extras}, \
          {:.1} s measured after {:.1} s warm-up, {} build, {} run{}",
         options.n,
         options.clients,
