@@ -71,12 +71,17 @@ impl ExecutedRequests {
             client: request.client,
             request_id: request.request_id,
         };
-        if let Some(&executed) = self.executed.get(&key) {
+        self.lookup_key(&key, request.valid_until, height)
+    }
+
+    /// [`Self::lookup`] of the request `key` valid until `valid_until`.
+    pub fn lookup_key(&self, key: &RequestKey, valid_until: SeqNum, height: SeqNum) -> Lookup {
+        if let Some(&executed) = self.executed.get(key) {
             return Lookup::Executed { height: executed };
         }
-        if request.valid_until < height {
+        if valid_until < height {
             Lookup::Expired
-        } else if request.valid_until.0 - height.0 > self.lifetime {
+        } else if valid_until.0 - height.0 > self.lifetime {
             Lookup::TooFarAhead
         } else {
             Lookup::Fresh
@@ -99,6 +104,12 @@ impl ExecutedRequests {
             self.by_height.pop_front();
             self.executed.remove(&key);
         }
+    }
+
+    /// Every request remembered, with the height it executed at.
+    #[cfg(test)]
+    pub(crate) fn entries(&self) -> &HashMap<RequestKey, SeqNum> {
+        &self.executed
     }
 
     /// Requests remembered.

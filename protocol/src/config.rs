@@ -104,6 +104,14 @@ pub struct Config {
     /// this many heights, so deduplication holds at most
     /// `(request_lifetime + 1) × max_batch_requests` of them.
     pub request_lifetime: u64,
+    /// A replica that finds the blocks it needs next pruned by f+1 peers
+    /// (`[storage] retain_blocks`) jumps to their certified stable
+    /// checkpoint, from the last `request_lifetime` blocks below it,
+    /// instead of waiting for a peer that still holds them (design notes
+    /// §47). Not a cluster setting: the daemon turns it off when an
+    /// application is embedded, whose state is not in the blocks and would
+    /// miss the skipped ones.
+    pub jump_past_pruned: bool,
 }
 
 impl Default for Config {
@@ -130,6 +138,7 @@ impl Default for Config {
             max_future_messages_per_peer: 1024,
             max_future_bytes_per_peer: 32 * 1024 * 1024,
             request_lifetime: 1024,
+            jump_past_pruned: true,
         }
     }
 }

@@ -94,7 +94,9 @@ pub use replica::{
     Actions, ClientReply, Destination, DropReason, Evidence, Metrics, Outgoing, RejectReason,
     Replica, ReplicaError, ReplicaSetup, ReplicaStatus, ReplyOutcome,
 };
-pub use storage::{BlockSource, Delivery, MemStorage, Record, Recovered, Storage, StorageError};
+pub use storage::{
+    BlockSource, Delivery, JumpRecord, MemStorage, Record, Recovered, Storage, StorageError,
+};
 pub use verify::{
     verify_message, verify_messages, verify_request, BatchVerifier, CachingVerifier,
     ClientCheckCache, MessageLimits, RequestMode, SignatureVerifier, Verified, VerifyError,

@@ -51,6 +51,30 @@ pub enum Record {
     /// view change it relays them again, so replicas that never saw them
     /// follow it out of the view instead of leaving it alone there.
     Suspicion(Vec<Signed<Suspect>>),
+    /// The replica jumped past history its peers pruned (see
+    /// [`JumpRecord`]).
+    Jump(Box<JumpRecord>),
+}
+
+/// What a replica that jumped past pruned history makes durable, in one
+/// write: it forgets every block, batch and prepared certificate at or
+/// below the checkpoint; keeps the checkpoint's block as its only block
+/// (its first height becomes the checkpoint's); and keeps the requests
+/// executed at the heights of the last `request_lifetime` below and at it,
+/// so that a restart rebuilds the same at-most-once table (see
+/// [`BlockSource::executed_from`], and design notes §47).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JumpRecord {
+    /// The stable checkpoint jumped to (a store that holds a later one
+    /// keeps the later one).
+    pub checkpoint: CheckpointCertificate,
+    /// The block at the checkpoint's height; its hash is the checkpoint's.
+    pub block: Arc<CommittedBlock>,
+    /// `block`'s duplicate positions.
+    pub duplicates: Vec<u32>,
+    /// The requests that executed at each height of the window below
+    /// `block`, in height order (`block`'s own follow from its duplicates).
+    pub executed: Vec<(SeqNum, Vec<RequestKey>)>,
 }
 
 /// A block the replica executed, to be stored and handed to the application.
@@ -121,6 +145,14 @@ pub trait BlockSource: Send + Sync {
     /// Duplicate positions recorded with the block at `height`.
     fn duplicates(&self, height: SeqNum) -> Vec<u32>;
 
+    /// The lowest height whose executed requests ([`Self::executed`]) are
+    /// kept: [`Self::first_height`], except in a store that jumped past
+    /// pruned history ([`Record::Jump`]), which keeps the requests of the
+    /// window below its first block without the blocks.
+    fn executed_from(&self) -> SeqNum {
+        self.first_height()
+    }
+
     /// The requests that executed in the block at `height` (its requests
     /// less its duplicates), in block order; `None` if the block is not
     /// stored. A restarting replica rebuilds its at-most-once table from
@@ -155,8 +187,12 @@ struct MemState {
     prepared: BTreeMap<SeqNum, PreparedCertificate>,
     batches: BTreeMap<(SeqNum, Digest), Arc<Batch>>,
     blocks: BTreeMap<SeqNum, (Arc<CommittedBlock>, Vec<u32>)>,
+    /// Requests executed at heights below the first block, kept by a jump.
+    executed: BTreeMap<SeqNum, Vec<RequestKey>>,
     new_view: Option<Signed<NewView>>,
     suspicion: Vec<Signed<Suspect>>,
+    /// See [`MemStorage::with_retention`].
+    retain_blocks: Option<u64>,
 }
 
 /// In-memory storage: "durable" for the simulator's crashes, which lose the
@@ -170,6 +206,15 @@ impl MemStorage {
     /// Empty storage.
     pub fn new() -> MemStorage {
         MemStorage::default()
+    }
+
+    /// Empty storage that prunes like the daemon's `[storage]
+    /// retain_blocks`: each new stable checkpoint `s` drops the blocks
+    /// below `s - retain_blocks`.
+    pub fn with_retention(retain_blocks: u64) -> MemStorage {
+        let storage = MemStorage::default();
+        storage.lock().retain_blocks = Some(retain_blocks);
+        storage
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, MemState> {
@@ -199,13 +244,18 @@ impl Storage for MemStorage {
                 }
                 Record::NewView(new_view) => state.new_view = Some(new_view.clone()),
                 Record::Suspicion(suspects) => state.suspicion = suspects.clone(),
-                Record::StableCheckpoint(cert) => {
-                    let seq = cert.seq();
-                    if state.checkpoint.as_ref().is_none_or(|c| c.seq() < seq) {
-                        state.checkpoint = Some(cert.clone());
-                        state.prepared.retain(|&s, _| s > seq);
-                        state.batches.retain(|&(s, _), _| s > seq);
-                    }
+                Record::StableCheckpoint(cert) => state.stable_checkpoint(cert),
+                Record::Jump(jump) => {
+                    let seq = jump.checkpoint.seq();
+                    state.blocks.retain(|&s, _| s > seq);
+                    state.prepared.retain(|&s, _| s > seq);
+                    state.batches.retain(|&(s, _), _| s > seq);
+                    state.blocks.insert(
+                        jump.block.height(),
+                        (jump.block.clone(), jump.duplicates.clone()),
+                    );
+                    state.executed = jump.executed.iter().cloned().collect();
+                    state.stable_checkpoint(&jump.checkpoint);
                 }
             }
         }
@@ -235,6 +285,23 @@ impl Storage for MemStorage {
     }
 }
 
+impl MemState {
+    fn stable_checkpoint(&mut self, cert: &CheckpointCertificate) {
+        let seq = cert.seq();
+        if self.checkpoint.as_ref().is_some_and(|c| c.seq() >= seq) {
+            return;
+        }
+        self.checkpoint = Some(cert.clone());
+        self.prepared.retain(|&s, _| s > seq);
+        self.batches.retain(|&(s, _), _| s > seq);
+        if let Some(retain) = self.retain_blocks {
+            let keep_from = SeqNum(seq.0.saturating_sub(retain));
+            self.blocks.retain(|&s, _| s >= keep_from);
+            self.executed.retain(|&s, _| s >= keep_from);
+        }
+    }
+}
+
 impl BlockSource for MemStorage {
     fn block(&self, height: SeqNum) -> Option<Arc<CommittedBlock>> {
         self.lock()
@@ -250,12 +317,39 @@ impl BlockSource for MemStorage {
             .map_or(SeqNum(0), |(&height, _)| height)
     }
 
+    fn first_height(&self) -> SeqNum {
+        self.lock()
+            .blocks
+            .first_key_value()
+            .map_or(SeqNum(1), |(&height, _)| height)
+    }
+
     fn duplicates(&self, height: SeqNum) -> Vec<u32> {
         self.lock()
             .blocks
             .get(&height)
             .map(|(_, duplicates)| duplicates.clone())
             .unwrap_or_default()
+    }
+
+    fn executed_from(&self) -> SeqNum {
+        let state = self.lock();
+        let first = state
+            .blocks
+            .first_key_value()
+            .map_or(SeqNum(1), |(&height, _)| height);
+        state
+            .executed
+            .first_key_value()
+            .map_or(first, |(&height, _)| height.min(first))
+    }
+
+    fn executed(&self, height: SeqNum) -> Option<Vec<RequestKey>> {
+        if let Some(keys) = self.lock().executed.get(&height) {
+            return Some(keys.clone());
+        }
+        let block = self.block(height)?;
+        Some(executed_keys(&block, &self.duplicates(height)))
     }
 }
 
@@ -427,6 +521,42 @@ pub mod suite {
         assert_eq!(recovered.prepared, vec![prepared(9, 1)]);
         assert!(recovered.batches.is_empty());
         assert_eq!(store.block(SeqNum(1)), Some(block(1)), "blocks are kept");
+
+        // A jump forgets every block at or below its checkpoint, keeps the
+        // checkpoint's block as the first, and the window's executed
+        // requests below it.
+        let mut store = store;
+        let top = block(20);
+        let key = RequestKey {
+            client: bftd_crypto::KeyPair::from_seed([5; 32]).public(),
+            request_id: 5,
+        };
+        let jumped_to = QuorumCertificate {
+            value: Checkpoint {
+                seq: SeqNum(20),
+                block_hash: top.hash(),
+            },
+            votes: Vec::new(),
+        };
+        let jump = JumpRecord {
+            checkpoint: jumped_to.clone(),
+            block: top.clone(),
+            duplicates: vec![],
+            executed: vec![(SeqNum(18), vec![key]), (SeqNum(19), vec![])],
+        };
+        store.apply(&[Record::Jump(Box::new(jump))], &[]).unwrap();
+        let store = reopen(store);
+        let recovered = store.recover().unwrap();
+        assert_eq!(recovered.stable_checkpoint, Some(jumped_to));
+        assert!(recovered.prepared.is_empty(), "{:?}", recovered.prepared);
+        assert_eq!(store.first_height(), SeqNum(20));
+        assert_eq!(store.last_height(), SeqNum(20));
+        assert_eq!(store.block(SeqNum(2)), None, "older blocks are gone");
+        assert_eq!(store.block(SeqNum(20)), Some(top));
+        assert_eq!(store.executed_from(), SeqNum(18));
+        assert_eq!(store.executed(SeqNum(18)), Some(vec![key]));
+        assert_eq!(store.executed(SeqNum(19)), Some(vec![]));
+        assert_eq!(store.executed(SeqNum(20)), Some(vec![]));
     }
 
     #[cfg(test)]

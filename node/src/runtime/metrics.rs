@@ -279,6 +279,12 @@ impl NodeMetrics {
             );
             counter(
                 &mut out,
+                "bftd_jumps_total",
+                "Jumps past history every peer pruned: to a certified stable checkpoint, skipping the blocks below it (design notes §47).",
+                metrics.jumps,
+            );
+            counter(
+                &mut out,
                 "bftd_view_changes_total",
                 "View changes this node started.",
                 metrics.view_changes_started,

@@ -445,7 +445,12 @@ pub async fn start_with(
         id: config.id,
         key: config.key.clone(),
         committee: committee.clone(),
-        config: config.protocol.clone(),
+        config: bftd_protocol::Config {
+            // An embedded application's state is not in the blocks: a jump
+            // past pruned history would skip blocks it never saw.
+            jump_past_pruned: config.protocol.jump_past_pruned && application.is_none(),
+            ..config.protocol.clone()
+        },
         blocks: Arc::new(storage.clone()),
     };
     let replica = Replica::new(setup, recovered, started.elapsed())?;

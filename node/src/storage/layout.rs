@@ -15,7 +15,11 @@ use serde::{Deserialize, Serialize};
 /// Version 4: a batch is written once, in chunks (`batch_chunks`), and a
 /// block written since is its header and certificate (`headers`) over the
 /// batch already there; blocks written before stay in `blocks`.
-pub const FORMAT_VERSION: u32 = 4;
+/// Version 5: a store that jumped past pruned history (`Record::Jump`)
+/// keeps `executed` entries below its first block, which a restart must
+/// read (a format-4 bftd would skip them); the upgrade from 4 only writes
+/// the version.
+pub const FORMAT_VERSION: u32 = 5;
 
 /// The oldest format [`super::DiskStorage::open`] upgrades in place: from
 /// 2 it fills the `executed` table from the blocks; from 2 and 3 it moves

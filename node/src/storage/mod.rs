@@ -430,6 +430,18 @@ impl BlockSource for DiskStorage {
         DiskStorage::first_height(self)
     }
 
+    fn executed_from(&self) -> SeqNum {
+        let first = DiskStorage::first_height(self);
+        match self.first_executed() {
+            Ok(Some(height)) => height.min(first),
+            Ok(None) => first,
+            Err(error) => {
+                tracing::error!(%error, "cannot read the executed requests' first height");
+                first
+            }
+        }
+    }
+
     fn executed(&self, height: SeqNum) -> Option<Vec<RequestKey>> {
         match self.read_executed(height) {
             Ok(Some(keys)) => Some(keys),

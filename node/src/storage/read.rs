@@ -98,6 +98,15 @@ impl DiskStorage {
         }
     }
 
+    /// The lowest height with executed keys stored, if any.
+    pub(super) fn first_executed(&self) -> Result<Option<SeqNum>, DiskStorageError> {
+        let inner = &*self.inner;
+        let txn = inner.db.begin_read().map_err(|e| inner.backend(e))?;
+        let table = txn.open_table(EXECUTED).map_err(|e| inner.backend(e))?;
+        let first = table.first().map_err(|e| inner.backend(e))?;
+        Ok(first.map(|(key, _)| SeqNum(u64::from_be_bytes(key.value()))))
+    }
+
     pub(super) fn recover_state(&self) -> Result<Recovered, DiskStorageError> {
         let inner = &*self.inner;
         let path = inner.path.as_path();

@@ -13,7 +13,7 @@ use super::{
 use bftd_crypto::Digest;
 use bftd_protocol::storage::executed_keys;
 use bftd_protocol::{
-    codec, Batch, CheckpointCertificate, Delivery, PreparedCertificate, Record, SeqNum,
+    codec, Batch, CheckpointCertificate, Delivery, JumpRecord, PreparedCertificate, Record, SeqNum,
 };
 use redb::{Database, ReadableTable, WriteTransaction};
 use std::path::Path;
@@ -46,6 +46,7 @@ impl DiskStorage {
         let txn = begin_write(&inner.db, &inner.options).map_err(|e| fail(e.into()))?;
         let mut stored = Vec::with_capacity(deliveries.len());
         let pruned_to;
+        let jumped_to;
         {
             let mut tables =
                 WriteTables::open(&txn, inner.request_lifetime).map_err(|e| fail(e.into()))?;
@@ -59,6 +60,7 @@ impl DiskStorage {
                 stored.push((delivery, bytes));
             }
             pruned_to = tables.pruned_to;
+            jumped_to = tables.jumped_to;
         }
         // Dropping `txn` on an error above aborts it: nothing of the step
         // is written.
@@ -66,6 +68,11 @@ impl DiskStorage {
 
         if let Some(first) = pruned_to {
             inner.first_height.fetch_max(first.0, Ordering::AcqRel);
+        }
+        if let Some(height) = jumped_to {
+            // The checkpoint's block is now the only one below what follows.
+            inner.first_height.fetch_max(height.0, Ordering::AcqRel);
+            inner.last_height.fetch_max(height.0, Ordering::AcqRel);
         }
         let mut cache = inner.cache();
         for (delivery, bytes) in stored {
@@ -94,6 +101,8 @@ struct WriteTables<'txn> {
     retain_blocks: Option<u64>,
     /// The new first height, if this step pruned blocks.
     pruned_to: Option<SeqNum>,
+    /// The checkpoint's height, if this step jumped past pruned history.
+    jumped_to: Option<SeqNum>,
 }
 
 /// Most blocks one stable checkpoint prunes: a store that enables
@@ -113,6 +122,7 @@ impl<'txn> WriteTables<'txn> {
             request_lifetime,
             retain_blocks: None,
             pruned_to: None,
+            jumped_to: None,
             state: txn.open_table(STATE)?,
             prepared: txn.open_table(PREPARED)?,
             batch_chunks: txn.open_table(BATCH_CHUNKS)?,
@@ -172,7 +182,60 @@ impl<'txn> WriteTables<'txn> {
                     .insert(STATE_SUSPICION, buffer.as_slice())
                     .map_err(fail)?;
             }
+            Record::Jump(jump) => self.jump(path, jump, buffer)?,
         }
+        Ok(())
+    }
+
+    /// A jump past pruned history (`MemStorage`'s semantics): every block
+    /// at or below the checkpoint goes, with its batch, duplicates and
+    /// executed keys, and the pending batches and prepared certificates
+    /// there; the checkpoint's block is stored as the first block, the
+    /// window's executed keys below it, and the checkpoint installed
+    /// (unless a later one is).
+    fn jump(
+        &mut self,
+        path: &Path,
+        jump: &JumpRecord,
+        buffer: &mut Vec<u8>,
+    ) -> Result<(), DiskStorageError> {
+        let fail = |error: redb::StorageError| redb_error(path, error);
+        let above = jump.checkpoint.seq().next();
+        self.blocks
+            .retain_in(..chunk_key(above, 0), |_, _| false)
+            .map_err(fail)?;
+        self.headers
+            .retain_in(..seq_key(above), |_, _| false)
+            .map_err(fail)?;
+        self.batch_chunks
+            .retain_in(..batch_chunk_key(above, &Digest::ZERO, 0), |_, _| false)
+            .map_err(fail)?;
+        self.pending
+            .retain_in(..batch_key(above, &Digest::ZERO), |_, _| false)
+            .map_err(fail)?;
+        self.prepared
+            .retain_in(..seq_key(above), |_, _| false)
+            .map_err(fail)?;
+        self.duplicates
+            .retain_in(..seq_key(above), |_, _| false)
+            .map_err(fail)?;
+        self.executed
+            .retain_in(..seq_key(above), |_, _| false)
+            .map_err(fail)?;
+        let delivery = Delivery {
+            block: jump.block.clone(),
+            duplicates: jump.duplicates.clone(),
+            tree: None,
+        };
+        self.deliver(path, &delivery, buffer)?;
+        for (height, keys) in &jump.executed {
+            encode_value(path, "executed", keys, buffer)?;
+            self.executed
+                .insert(seq_key(*height), buffer.as_slice())
+                .map_err(fail)?;
+        }
+        self.stable_checkpoint(path, &jump.checkpoint, buffer)?;
+        self.jumped_to = Some(jump.block.height());
         Ok(())
     }
 

@@ -5,6 +5,7 @@
 //! that every request commits within a stated time.
 
 use super::*;
+use crate::clients::Lookup;
 use crate::message::Request;
 use crate::storage::{MemStorage, Storage};
 use crate::verify::{verify_message, verify_request, BatchVerifier, RequestMode};
@@ -30,6 +31,11 @@ struct Cluster {
 
 impl Cluster {
     fn new(n: usize, config: Config) -> Cluster {
+        Cluster::with_storage(n, config, |_| MemStorage::new())
+    }
+
+    /// A cluster whose replica `id` stores in `storage(id)`.
+    fn with_storage(n: usize, config: Config, storage: impl Fn(usize) -> MemStorage) -> Cluster {
         let keys: Vec<KeyPair> = (0..n)
             .map(|i| KeyPair::from_seed([i as u8 + 11; 32]))
             .collect();
@@ -40,7 +46,7 @@ impl Cluster {
             committee,
             config,
             replicas: (0..n).map(|_| None).collect(),
-            storage: (0..n).map(|_| MemStorage::new()).collect(),
+            storage: (0..n).map(storage).collect(),
             queue: VecDeque::new(),
             now: Duration::from_secs(1),
             replies: Vec::new(),
@@ -183,7 +189,7 @@ impl Cluster {
     fn executed(&self, id: usize) -> Vec<RequestKey> {
         let storage = &self.storage[id];
         let mut keys = Vec::new();
-        for height in 1..=storage.last_height().0 {
+        for height in storage.first_height().0..=storage.last_height().0 {
             let block = storage.block(SeqNum(height)).unwrap();
             let duplicates = storage.duplicates(SeqNum(height));
             for (index, request) in block.block.batch.requests.iter().enumerate() {
@@ -734,4 +740,165 @@ fn a_replica_that_lost_the_new_view_gets_it_within_the_resend_bound() {
     assert!(cluster
         .time_to_execute(&first, Duration::from_secs(5))
         .is_some());
+}
+
+/// Settings under which a few dozen blocks prune: a checkpoint every 4
+/// heights, requests remembered for 8, peers keeping 10 blocks below their
+/// stable checkpoint (more than the lifetime, as the daemon requires).
+fn pruning_config(jump_past_pruned: bool) -> Config {
+    Config {
+        checkpoint_interval: 4,
+        window: 8,
+        pipeline: 4,
+        request_lifetime: 8,
+        jump_past_pruned,
+        ..Config::default()
+    }
+}
+
+/// Node 3 down while its peers commit 40 blocks and prune all but the last
+/// 10 below their checkpoint; `paid` executes near the end. Returns the
+/// cluster (node 3 still down), `paid` and its height.
+fn down_past_retention(jump_past_pruned: bool) -> (Cluster, SignedRequest, SeqNum) {
+    let mut cluster = Cluster::with_storage(4, pruning_config(jump_past_pruned), |_| {
+        MemStorage::with_retention(10)
+    });
+    let alice = client(21);
+    let first = request_valid_until(&alice, 1, 8);
+    cluster.submit(1, &first);
+    assert!(cluster
+        .time_to_execute(&first, Duration::from_secs(2))
+        .is_some());
+    cluster.crash(3);
+    let filler = |cluster: &mut Cluster, id: u64| {
+        let height = cluster.status(0).last_executed.0;
+        let request = request_valid_until(&alice, id, height + 8);
+        cluster.submit(1, &request);
+        assert!(cluster
+            .time_to_execute(&request, Duration::from_secs(2))
+            .is_some());
+    };
+    for id in 2..=40 {
+        filler(&mut cluster, id);
+    }
+    let height = cluster.status(0).last_executed;
+    let paid = request_valid_until(&client(22), 1, height.0 + 8);
+    cluster.submit(2, &paid);
+    assert!(cluster
+        .time_to_execute(&paid, Duration::from_secs(2))
+        .is_some());
+    let paid_at = cluster.status(0).last_executed;
+    // Up to the next checkpoint, made stable, so `paid` is in the window.
+    let mut id = 41;
+    while cluster.status(0).stable_checkpoint < paid_at {
+        filler(&mut cluster, id);
+        id += 1;
+        cluster.run_for(Duration::from_millis(50));
+    }
+    assert!(
+        cluster.storage[0].first_height() > SeqNum(2),
+        "the peers pruned what node 3 needs next: {:?}",
+        cluster.status(0)
+    );
+    (cluster, paid, paid_at)
+}
+
+/// A replica down longer than every peer keeps blocks (`retain_blocks`)
+/// used to wait forever (`needs_snapshot`). Now, refused by f+1 peers, it
+/// jumps to their certified checkpoint from the window below it, and
+/// then: it reaches its peers' head; its at-most-once table says of every
+/// request what theirs says (a replay of `paid`, executed inside the window
+/// it never executed itself, is answered with `paid`'s height, not ordered
+/// again), also after a restart from its store; and it commits new
+/// requests with the others.
+#[test]
+fn a_replica_down_past_every_peers_retention_jumps_and_agrees() {
+    let (mut cluster, paid, paid_at) = down_past_retention(true);
+    cluster.start(3);
+    cluster.run_for(Duration::from_secs(3));
+    let (jumped, peer) = (cluster.status(3), cluster.status(0));
+    assert_eq!(
+        (jumped.last_executed, jumped.head_hash),
+        (peer.last_executed, peer.head_hash),
+        "node 3 reached its peers' head: {jumped:?} / {peer:?}"
+    );
+    assert_eq!(cluster.replicas[3].as_ref().unwrap().metrics().jumps, 1);
+    assert!(!jumped.needs_snapshot);
+
+    let tables_agree = |cluster: &Cluster| {
+        let next = cluster.status(0).last_executed.next();
+        let [ours, theirs] = [3, 0].map(|id| &cluster.replicas[id].as_ref().unwrap().executed);
+        assert_eq!(
+            ours.len(),
+            theirs.len(),
+            "same number of requests remembered"
+        );
+        assert_eq!(
+            ours.lookup(&paid.request, next),
+            Lookup::Executed { height: paid_at }
+        );
+        for (key, height) in theirs.entries() {
+            assert_eq!(ours.entries().get(key), Some(height), "{key:?}");
+        }
+    };
+    tables_agree(&cluster);
+    // A restart rebuilds the same table from what the jump stored.
+    cluster.crash(3);
+    cluster.start(3);
+    tables_agree(&cluster);
+
+    cluster.submit(3, &paid);
+    cluster.run_for(Duration::from_secs(1));
+    let answer = cluster
+        .replies
+        .iter()
+        .rev()
+        .find(|(node, reply)| *node == NodeId(3) && reply.client == paid.request.client)
+        .map(|(_, reply)| reply.outcome);
+    assert_eq!(
+        answer,
+        Some(ReplyOutcome::Committed { height: paid_at }),
+        "the replay is answered from the table"
+    );
+    let height = cluster.status(0).last_executed.0;
+    let fresh = request_valid_until(&client(23), 1, height + 8);
+    cluster.submit(3, &fresh);
+    assert!(
+        cluster
+            .time_to_execute(&fresh, Duration::from_secs(3))
+            .is_some(),
+        "node 3 commits with the others: {:?}",
+        cluster.status(3)
+    );
+    assert_eq!(cluster.status(3).head_hash, cluster.status(0).head_hash);
+    for id in 0..3 {
+        assert_eq!(
+            cluster
+                .executed(id)
+                .iter()
+                .filter(|k| **k == paid.key())
+                .count(),
+            1,
+            "node {id} executed paid once"
+        );
+    }
+    assert!(
+        !cluster.executed(3).contains(&paid.key()),
+        "node 3 skipped its block"
+    );
+}
+
+/// The same outage with jumping turned off (as the daemon does when an
+/// application is embedded): the replica stays behind, saying why
+/// (`needs_snapshot`), and never installs a checkpoint it did not execute
+/// to. What the test above relies on is the jump, not some other path.
+#[test]
+fn without_jumping_a_replica_down_past_retention_waits() {
+    let (mut cluster, _, _) = down_past_retention(false);
+    cluster.start(3);
+    cluster.run_for(Duration::from_secs(3));
+    let status = cluster.status(3);
+    assert!(status.needs_snapshot, "{status:?}");
+    assert!(status.last_executed < cluster.status(0).last_executed);
+    assert_eq!(cluster.replicas[3].as_ref().unwrap().metrics().jumps, 0);
 }

@@ -126,6 +126,9 @@ pub struct Metrics {
     pub blocks_fetched: u64,
     /// Fetches a peer refused because it pruned the blocks asked for.
     pub fetches_refused_pruned: u64,
+    /// Jumps past history every peer pruned: to a certified checkpoint,
+    /// from the last `request_lifetime` blocks below it (see `jump.rs`).
+    pub jumps: u64,
     /// Requests refused because the pending set was full.
     pub requests_refused_busy: u64,
     /// Requests refused on arrival as expired, or valid too far ahead.

@@ -11,6 +11,7 @@
 
 mod checkpoint;
 mod fair;
+mod jump;
 #[cfg(test)]
 mod liveness_tests;
 mod metrics;
@@ -288,12 +289,11 @@ pub struct ReplicaStatus {
     pub quorum: usize,
     /// A peer answered this replica's fetch with a refusal: it pruned the
     /// blocks this replica needs next (`[storage] retain_blocks`), and its
-    /// certified stable checkpoint is above this replica's height. Until
-    /// some peer still holding them serves them, this replica cannot catch
-    /// up by blocks; it needs a snapshot (design notes §29; not built
-    /// yet: until then it catches up only from a peer that keeps the
-    /// blocks, so an operator raises or removes that peer's
-    /// `retain_blocks`). Cleared when a block executes.
+    /// certified stable checkpoint is above this replica's height. Once
+    /// f+1 peers refused, a replica with no embedded application jumps to
+    /// their checkpoint (`Config::jump_past_pruned`, design notes §47);
+    /// one with an application needs a snapshot (§29, not built yet) or a
+    /// peer that keeps the blocks. Cleared when a block executes.
     pub needs_snapshot: bool,
 }
 
@@ -452,6 +452,11 @@ pub struct Replica {
     fetch: Option<Fetch>,
     /// See [`ReplicaStatus::needs_snapshot`].
     needs_snapshot: bool,
+    /// Peers that refused a fetch since the last block executed because
+    /// they pruned the blocks asked for: f+1 of them start a jump.
+    refused_by: std::collections::BTreeSet<NodeId>,
+    /// A jump past pruned history under way (see `jump.rs`).
+    jump: Option<jump::Jump>,
     next_status_at: Duration,
 
     actions: Actions,
@@ -577,6 +582,8 @@ impl Replica {
             settings_mismatches: BTreeMap::new(),
             fetch: None,
             needs_snapshot: false,
+            refused_by: Default::default(),
+            jump: None,
             next_status_at: now,
             actions: Actions::default(),
             metrics: Metrics::default(),
@@ -935,11 +942,14 @@ fn rebuild_from_store(
     } else if checkpoint.0 == 0 {
         (SeqNum(0), Digest::ZERO)
     } else {
+        // From the first stored block the table needs (nothing if none is
+        // stored): its own link is not checked, those above it are.
         let from = last_height
             .0
-            .saturating_sub(request_lifetime)
+            .saturating_sub(request_lifetime.saturating_add(1))
             .max(blocks.first_height().0);
-        (SeqNum(from.saturating_sub(1)), Digest::ZERO)
+        let anchor = if from <= last_height.0 { from } else { 0 };
+        (SeqNum(anchor), Digest::ZERO)
     };
     if anchor.0 > 0 {
         let block = blocks
@@ -961,11 +971,13 @@ fn rebuild_from_store(
     // Only the last `request_lifetime` heights can hold requests that have
     // not expired.
     let mut executed = ExecutedRequests::new(request_lifetime);
+    // A store that jumped past pruned history keeps the window's executed
+    // requests below its first block (`BlockSource::executed_from`).
     let replay_from = last_height
         .0
         .saturating_sub(request_lifetime)
         .saturating_add(1)
-        .max(blocks.first_height().0);
+        .max(blocks.executed_from().0);
     for height in replay_from..=last_height.0 {
         let height = SeqNum(height);
         let keys = blocks

@@ -8,7 +8,7 @@
 
 use super::{DropReason, Fetch, Phase, Replica};
 use crate::block::CommittedBlock;
-use crate::ids::NodeId;
+use crate::ids::{NodeId, SeqNum};
 use crate::merkle::MerkleTree;
 use crate::message::{
     Batch, BatchResponse, Blocks, FetchBatch, FetchBlocks, Signed, Status, WireMessage,
@@ -178,10 +178,17 @@ impl Replica {
         if peer == self.id {
             return;
         }
-        let from = self.last_executed.next();
+        // During a jump, the window below its checkpoint; else what follows
+        // the last executed block.
+        let (from, last) = match &self.jump {
+            Some(jump) => jump.range(),
+            None => (self.last_executed.next(), SeqNum(u64::MAX)),
+        };
         let request = FetchBlocks {
             from,
-            to: from.plus(self.config.fetch_max_blocks.saturating_sub(1)),
+            to: from
+                .plus(self.config.fetch_max_blocks.saturating_sub(1))
+                .min(last),
         };
         if let Ok(signed) = self.signer.sign(request) {
             self.send(peer, WireMessage::FetchBlocks(signed));
@@ -242,34 +249,41 @@ impl Replica {
 
     /// Applies fetched blocks that extend our chain, each verified against
     /// the committee; then adopts the responder's checkpoint if we now hold
-    /// its block.
+    /// its block. During a jump, the blocks go to it instead.
     pub(super) fn on_blocks(&mut self, response: Signed<Blocks>) {
         let peer = response.signer;
         let Blocks { blocks, checkpoint } = response.value;
-        let before = self.last_executed;
-        if blocks.is_empty()
+        let jumping = self.jump.is_some();
+        let before = self.fetch_position();
+        let refused = blocks.is_empty()
             && checkpoint.seq() > self.last_executed
-            && checkpoint.check(&self.committee).is_ok()
-        {
+            && checkpoint.check(&self.committee).is_ok();
+        if refused {
             // A refusal: the peer pruned the blocks we need, and 2f+1
             // replicas certified a checkpoint above our height. Counted and
-            // shown (`needs_snapshot`); the fetch timer asks another peer,
-            // which may still hold them.
+            // shown (`needs_snapshot`); f+1 of them start a jump (see
+            // `jump.rs`), else another peer is asked, which may still hold
+            // them.
             self.metrics.fetches_refused_pruned += 1;
             self.needs_snapshot = true;
+            self.on_pruned(peer, checkpoint.clone());
         }
-        for block in blocks {
-            if block.height() <= self.last_executed {
-                continue;
+        if jumping {
+            self.jump_blocks(blocks);
+        } else {
+            for block in blocks {
+                if block.height() <= self.last_executed {
+                    continue;
+                }
+                if block.height() != self.last_executed.next()
+                    || block.check(&self.committee, self.head_hash).is_err()
+                {
+                    self.drop_input(DropReason::InvalidBlock);
+                    break;
+                }
+                self.metrics.blocks_fetched += 1;
+                self.execute_block(block, None, None);
             }
-            if block.height() != self.last_executed.next()
-                || block.check(&self.committee, self.head_hash).is_err()
-            {
-                self.drop_input(DropReason::InvalidBlock);
-                break;
-            }
-            self.metrics.blocks_fetched += 1;
-            self.execute_block(block, None, None);
         }
         let seq = checkpoint.seq();
         if seq > self.low_watermark()
@@ -280,16 +294,45 @@ impl Replica {
             self.advance_stable(checkpoint);
         }
         self.execute_ready();
-        if self.fetch.is_some_and(|f| f.peer == peer) {
+        if jumping && self.jump.is_none() {
+            // The jump finished, and started fetching what follows it.
+            return;
+        }
+        if self.fetch.is_some_and(|f| f.peer == peer) || (refused && self.fetch.is_none()) {
             self.fetch = None;
-            let progressed = self.last_executed > before;
+            let progressed = self.fetch_position() > before;
             let peer_ahead = self
                 .peer_status
                 .get(&peer)
                 .is_some_and(|s| s.last_executed > self.last_executed);
-            if progressed && (peer_ahead || self.last_executed < self.low_watermark()) {
+            let behind = self.last_executed < self.low_watermark() || self.jump.is_some();
+            if progressed && (peer_ahead || behind) {
                 self.start_fetch(peer);
+            } else if refused {
+                self.fetch_elsewhere(peer);
             }
+        }
+    }
+
+    /// How far fetching got: the jump's next height, or the next height to
+    /// execute.
+    fn fetch_position(&self) -> SeqNum {
+        match &self.jump {
+            Some(jump) => jump.next(),
+            None => self.last_executed.next(),
+        }
+    }
+
+    /// After `refuser` refused as pruned: asks the next peer, in ring order,
+    /// that has not refused since the last execution (when all have, the
+    /// fetch timer and the status reports go on asking).
+    fn fetch_elsewhere(&mut self, refuser: NodeId) {
+        let n = self.committee.n() as u16;
+        let candidate = (1..n)
+            .map(|step| NodeId((refuser.0 + step) % n))
+            .find(|&peer| peer != self.id && !self.refused_by.contains(&peer));
+        if let Some(peer) = candidate {
+            self.start_fetch(peer);
         }
     }
 

@@ -241,6 +241,7 @@ pub fn sim_protocol_config() -> Config {
         max_future_messages_per_peer: 256,
         max_future_bytes_per_peer: 1024 * 1024,
         request_lifetime: 1000,
+        jump_past_pruned: true,
     }
 }
 
