@@ -164,3 +164,56 @@ async fn restart_after_pruning_keeps_at_most_once_and_catches_up() {
     let after = cluster.client(1).await.status().await.unwrap();
     assert_eq!(after.height, height, "nothing new executed");
 }
+
+/// A backup down while its peers commit and prune far past it: every peer
+/// refuses its fetch (they pruned what it needs next), and it jumps to
+/// their certified checkpoint (design notes §47) instead of waiting
+/// forever. It then reaches their head, commits new requests with them,
+/// and restarts from the store the jump wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_down_past_every_peers_retention_jumps_and_catches_up() {
+    let mut cluster = TestCluster::configure_with(4, settings(), NODE_FILE);
+    for id in 0..4 {
+        cluster.init(id);
+        cluster.start_node(id);
+    }
+    cluster.wait_healthy(Duration::from_secs(30));
+    let client = cluster.client(0).await;
+    submit_sequentially(&client, 2).await;
+    cluster.kill(3);
+
+    // A stable checkpoint of at least 56: every peer prunes below 39.
+    submit_sequentially(&client, 60).await;
+    let status = client.status().await.unwrap();
+    assert!(status.first_height > 20, "{status:?}");
+
+    cluster.start_node(3);
+    let height = wait_same_head(&cluster, &[0, 1, 2, 3], status.height).await;
+    let jumps = cluster.metric_reaches(3, "bftd_jumps_total", 1.0).await;
+    assert_eq!(jumps, 1.0, "one jump");
+    let jumped = cluster.client(3).await.status().await.unwrap();
+    assert!(
+        jumped.first_height > 20 && !jumped.needs_snapshot,
+        "node 3 holds from the checkpoint it jumped to: {jumped:?}"
+    );
+
+    // It orders with the others: a request through it commits everywhere.
+    let committed = tokio::time::timeout(Duration::from_secs(30), async {
+        cluster
+            .client(3)
+            .await
+            .submit(b"after the jump".to_vec())
+            .await
+    })
+    .await
+    .expect("a request through node 3 commits within 30 s")
+    .expect("a request through node 3 commits");
+    assert!(committed.height.0 > height);
+    let height = wait_same_head(&cluster, &[0, 1, 2, 3], committed.height.0).await;
+
+    // And it restarts from what the jump stored.
+    cluster.kill(3);
+    cluster.start_node(3);
+    submit_sequentially(&client, 2).await;
+    wait_same_head(&cluster, &[0, 1, 2, 3], height + 2).await;
+}
