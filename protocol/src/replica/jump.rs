@@ -129,15 +129,16 @@ impl Replica {
             highest_refusal: None,
         });
         self.fetch = None;
+        self.avoid.clear();
     }
 
     /// Blocks fetched for the jump: each must be the next height and carry
     /// a valid commit certificate for its batch; the last must hash to the
-    /// checkpoint's block hash.
-    pub(super) fn jump_blocks(&mut self, blocks: Vec<Arc<CommittedBlock>>) {
+    /// checkpoint's block hash. Returns whether one was invalid.
+    pub(super) fn jump_blocks(&mut self, blocks: Vec<Arc<CommittedBlock>>) -> bool {
         for block in blocks {
             let Some(jump) = self.jump.as_mut() else {
-                return;
+                return false;
             };
             let height = block.height();
             if height < jump.next {
@@ -152,7 +153,7 @@ impl Replica {
                 && (height < s || block.hash() == jump.checkpoint.value.block_hash);
             if !valid {
                 self.drop_input(DropReason::InvalidBlock);
-                return;
+                return true;
             }
             self.metrics.blocks_fetched += 1;
             let requests = block
@@ -168,9 +169,10 @@ impl Replica {
                 if let Some(jump) = self.jump.take() {
                     self.finish_jump(jump, block);
                 }
-                return;
+                return false;
             }
         }
+        false
     }
 
     /// Installs the checkpoint block `top` as executed, with the
@@ -209,6 +211,7 @@ impl Replica {
         self.last_execution = self.now;
         self.needs_snapshot = false;
         self.refused_by.clear();
+        self.avoid.clear();
         self.metrics.jumps += 1;
         self.slots.retain(|&seq, _| seq > s);
         self.checkpoint_hashes.insert(s, hash);

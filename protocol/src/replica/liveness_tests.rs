@@ -6,12 +6,16 @@
 
 use super::*;
 use crate::clients::Lookup;
-use crate::message::Request;
+use crate::message::{Blocks, Request};
 use crate::storage::{MemStorage, Storage};
 use crate::verify::{verify_message, verify_request, BatchVerifier, RequestMode};
 
 /// What the test network does with a message from `from` to `to`.
 type Filter = Box<dyn FnMut(NodeId, NodeId, &WireMessage) -> bool>;
+
+/// What a lying sender puts on the wire instead of a message (re-signed
+/// with its own key, so it verifies).
+type Rewrite = Box<dyn FnMut(NodeId, NodeId, WireMessage) -> WireMessage>;
 
 struct Cluster {
     keys: Vec<KeyPair>,
@@ -25,6 +29,8 @@ struct Cluster {
     replies: Vec<(NodeId, ClientReply)>,
     /// Messages pass if this says so (all of them by default).
     filter: Filter,
+    /// Messages are replaced by what this returns (themselves by default).
+    rewrite: Rewrite,
     /// Messages that failed verification at their receiver.
     refused: usize,
 }
@@ -51,6 +57,7 @@ impl Cluster {
             now: Duration::from_secs(1),
             replies: Vec::new(),
             filter: Box::new(|_, _, _| true),
+            rewrite: Box::new(|_, _, message| message),
             refused: 0,
         };
         for id in 0..n {
@@ -102,8 +109,9 @@ impl Cluster {
                     .collect(),
             };
             for to in targets {
-                if (self.filter)(from, to, &outgoing.message) {
-                    self.queue.push_back((from, to, outgoing.message.clone()));
+                let message = (self.rewrite)(from, to, outgoing.message.clone());
+                if (self.filter)(from, to, &message) {
+                    self.queue.push_back((from, to, message));
                 }
             }
         }
@@ -901,4 +909,101 @@ fn without_jumping_a_replica_down_past_retention_waits() {
     assert!(status.needs_snapshot, "{status:?}");
     assert!(status.last_executed < cluster.status(0).last_executed);
     assert_eq!(cluster.replicas[3].as_ref().unwrap().metrics().jumps, 0);
+}
+
+/// Node 0's state-transfer answers to node 3, rewritten by `lie` and
+/// signed again with node 0's key.
+fn lying_blocks(cluster: &Cluster, mut lie: impl FnMut(Blocks) -> Blocks + 'static) -> Rewrite {
+    let key = cluster.keys[0].clone();
+    Box::new(move |from, to, message| match message {
+        WireMessage::Blocks(signed) if from == NodeId(0) && to == NodeId(3) => {
+            let value = lie(signed.value);
+            WireMessage::Blocks(Signed::sign(NodeId(0), value, &key).unwrap())
+        }
+        message => message,
+    })
+}
+
+/// A peer that serves a jump's blocks with another `prev_hash` (which no
+/// commit certificate covers) cannot give the jumping replica another head:
+/// the top block must hash to the checkpoint 2f+1 signed, so its answers
+/// are dropped and the replica ends on its honest peers' head.
+#[test]
+fn a_peer_lying_about_the_chain_cannot_steer_a_jump() {
+    let (mut cluster, _, _) = down_past_retention(true);
+    cluster.rewrite = lying_blocks(&cluster, |mut blocks| {
+        blocks.blocks = blocks
+            .blocks
+            .into_iter()
+            .map(|block| {
+                let mut block = (*block).clone();
+                block.block.prev_hash = Digest([9; 32]);
+                Arc::new(block)
+            })
+            .collect();
+        blocks
+    });
+    // The honest peers' first answers with blocks are lost, so the fetch
+    // timer takes node 3 to node 0 during the jump.
+    let mut lost = 0;
+    cluster.filter = Box::new(move |from, to, message| {
+        let served = matches!(message, WireMessage::Blocks(b) if !b.value.blocks.is_empty());
+        if served && from != NodeId(0) && to == NodeId(3) && lost < 2 {
+            lost += 1;
+            return false;
+        }
+        true
+    });
+    cluster.start(3);
+    cluster.run_for(Duration::from_secs(5));
+    let (jumped, peer) = (cluster.status(3), cluster.status(0));
+    assert_eq!(
+        (jumped.last_executed, jumped.head_hash),
+        (peer.last_executed, peer.head_hash),
+        "node 3 reached the honest head: {jumped:?} / {peer:?}"
+    );
+    let metrics = cluster.replicas[3].as_ref().unwrap().metrics();
+    assert_eq!(metrics.jumps, 1);
+    assert!(
+        metrics.dropped_for(DropReason::InvalidBlock) > 0,
+        "node 0's lie reached node 3 and was refused"
+    );
+}
+
+/// One peer that refuses every fetch as pruned (a liar with a real
+/// certified checkpoint) does not make a replica jump while its other
+/// peers keep the blocks: a jump needs f+1 refusals, so the replica
+/// catches up block by block and keeps its whole history.
+#[test]
+fn one_refusing_liar_does_not_make_a_replica_jump() {
+    let mut cluster = Cluster::new(4, pruning_config(true));
+    let alice = client(24);
+    cluster.crash(3);
+    for id in 1..=40 {
+        let height = cluster.status(0).last_executed.0;
+        let request = request_valid_until(&alice, id, height + 8);
+        cluster.submit(1, &request);
+        assert!(cluster
+            .time_to_execute(&request, Duration::from_secs(2))
+            .is_some());
+    }
+    cluster.rewrite = lying_blocks(&cluster, |mut blocks| {
+        blocks.blocks.clear();
+        blocks
+    });
+    cluster.start(3);
+    cluster.run_for(Duration::from_secs(5));
+    let (caught_up, peer) = (cluster.status(3), cluster.status(0));
+    assert_eq!(
+        (caught_up.last_executed, caught_up.head_hash),
+        (peer.last_executed, peer.head_hash)
+    );
+    let metrics = cluster.replicas[3].as_ref().unwrap().metrics();
+    assert_eq!(metrics.jumps, 0, "no jump on one refusal");
+    assert!(
+        metrics.fetches_refused_pruned > 0,
+        "node 0 was asked and refused"
+    );
+    assert_eq!(cluster.storage[3].first_height(), SeqNum(1));
+    assert_eq!(cluster.executed(3), cluster.executed(0));
 }

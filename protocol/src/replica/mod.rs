@@ -455,6 +455,9 @@ pub struct Replica {
     /// Peers that refused a fetch since the last block executed because
     /// they pruned the blocks asked for: f+1 of them start a jump.
     refused_by: std::collections::BTreeSet<NodeId>,
+    /// Peers not to ask for blocks again until something executes: they
+    /// refused, or served an invalid block, since (see `fetch_elsewhere`).
+    avoid: std::collections::BTreeSet<NodeId>,
     /// A jump past pruned history under way (see `jump.rs`).
     jump: Option<jump::Jump>,
     next_status_at: Duration,
@@ -583,6 +586,7 @@ impl Replica {
             fetch: None,
             needs_snapshot: false,
             refused_by: Default::default(),
+            avoid: Default::default(),
             jump: None,
             next_status_at: now,
             actions: Actions::default(),

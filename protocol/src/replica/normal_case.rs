@@ -537,6 +537,7 @@ impl Replica {
         let height = block.height();
         self.needs_snapshot = false;
         self.refused_by.clear();
+        self.avoid.clear();
         let mut duplicates = Vec::new();
         for (index, request) in block.block.batch.requests.iter().enumerate() {
             match self.executed.lookup(&request.request, height) {

@@ -123,7 +123,11 @@ impl Replica {
         // A peer ahead of us while we make no progress: fetch from it.
         let stalled = self.now >= self.last_execution + self.config.status_interval;
         if value.last_executed > self.last_executed && self.fetch.is_none() && stalled {
-            self.start_fetch(peer);
+            if self.avoid.contains(&peer) {
+                self.fetch_elsewhere(peer);
+            } else {
+                self.start_fetch(peer);
+            }
         }
     }
 
@@ -268,8 +272,9 @@ impl Replica {
             self.needs_snapshot = true;
             self.on_pruned(peer, checkpoint.clone());
         }
+        let mut invalid = false;
         if jumping {
-            self.jump_blocks(blocks);
+            invalid = self.jump_blocks(blocks);
         } else {
             for block in blocks {
                 if block.height() <= self.last_executed {
@@ -279,6 +284,7 @@ impl Replica {
                     || block.check(&self.committee, self.head_hash).is_err()
                 {
                     self.drop_input(DropReason::InvalidBlock);
+                    invalid = true;
                     break;
                 }
                 self.metrics.blocks_fetched += 1;
@@ -298,7 +304,8 @@ impl Replica {
             // The jump finished, and started fetching what follows it.
             return;
         }
-        if self.fetch.is_some_and(|f| f.peer == peer) || (refused && self.fetch.is_none()) {
+        let failed = refused || invalid;
+        if self.fetch.is_some_and(|f| f.peer == peer) || (failed && self.fetch.is_none()) {
             self.fetch = None;
             let progressed = self.fetch_position() > before;
             let peer_ahead = self
@@ -306,10 +313,11 @@ impl Replica {
                 .get(&peer)
                 .is_some_and(|s| s.last_executed > self.last_executed);
             let behind = self.last_executed < self.low_watermark() || self.jump.is_some();
-            if progressed && (peer_ahead || behind) {
-                self.start_fetch(peer);
-            } else if refused {
+            if failed {
+                self.avoid.insert(peer);
                 self.fetch_elsewhere(peer);
+            } else if progressed && (peer_ahead || behind) {
+                self.start_fetch(peer);
             }
         }
     }
@@ -323,16 +331,22 @@ impl Replica {
         }
     }
 
-    /// After `refuser` refused as pruned: asks the next peer, in ring order,
-    /// that has not refused since the last execution (when all have, the
-    /// fetch timer and the status reports go on asking).
-    fn fetch_elsewhere(&mut self, refuser: NodeId) {
+    /// Asks the next peer after `after`, in ring order, that is not avoided
+    /// (it refused, or served an invalid block, since the last execution).
+    /// Without this, the peer whose status arrives first would be asked
+    /// again and again, however it answers. When every peer is avoided,
+    /// none is asked now and the set is forgotten: the next status report
+    /// or fetch timeout asks again, so a round of refusals costs one status
+    /// interval, not a loop (at most f peers lie, and an honest one that
+    /// refused may have something to serve by then).
+    fn fetch_elsewhere(&mut self, after: NodeId) {
         let n = self.committee.n() as u16;
         let candidate = (1..n)
-            .map(|step| NodeId((refuser.0 + step) % n))
-            .find(|&peer| peer != self.id && !self.refused_by.contains(&peer));
-        if let Some(peer) = candidate {
-            self.start_fetch(peer);
+            .map(|step| NodeId((after.0 + step) % n))
+            .find(|&peer| peer != self.id && !self.avoid.contains(&peer));
+        match candidate {
+            Some(peer) => self.start_fetch(peer),
+            None => self.avoid.clear(),
         }
     }
 
