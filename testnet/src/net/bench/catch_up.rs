@@ -4,7 +4,10 @@
 //! `/metrics` are polled every 50 ms until it holds the height the others
 //! reached. What is reported is how far behind it was and how fast it
 //! caught up: state transfer (verified blocks fetched from its peers) from
-//! a cold start, process start and store recovery included.
+//! a cold start, process start and store recovery included. With
+//! `--retain-blocks` below what it missed, it jumps past the pruned blocks
+//! instead (design notes §47): then the time to the others' height is
+//! reported, and no rate.
 
 use crate::net::launch::{kill, node_counter, node_status, start_node};
 use crate::net::layout::{Layout, State};
@@ -39,8 +42,13 @@ pub struct CatchUp {
     /// Seconds from the restart until it held the target height; null if
     /// not within 300 s.
     pub caught_up_s: Option<f64>,
-    /// `behind_tx / caught_up_s`.
+    /// `behind_tx / caught_up_s`; null after a jump (it did not execute
+    /// what it skipped).
     pub tx_per_s: Option<f64>,
+    /// Jumps it made past history its peers pruned (`--retain-blocks`
+    /// below what it missed; design notes §47): then it executed only the
+    /// blocks after the checkpoint it jumped to.
+    pub jumps: u64,
 }
 
 /// The node `--catch-up` stops: the last one (never view 0's primary).
@@ -92,6 +100,7 @@ pub async fn restart_and_watch(
         serving_s: None,
         caught_up_s: None,
         tx_per_s: None,
+        jumps: 0,
     };
     let mut last_said = Instant::now();
     while restarted.elapsed() < GIVE_UP {
@@ -110,7 +119,18 @@ pub async fn restart_and_watch(
                 .await
                 .unwrap_or(0.0);
                 report.behind_tx = executed as u64;
-                report.tx_per_s = Some(executed / seconds.max(1e-9));
+                let jumps = node_counter(metrics, "bftd_jumps_total", Duration::from_secs(1))
+                    .await
+                    .unwrap_or(0.0);
+                report.jumps = jumps as u64;
+                if report.jumps == 0 {
+                    report.tx_per_s = Some(executed / seconds.max(1e-9));
+                } else {
+                    eprintln!(
+                        "catch-up: node {id} jumped past the blocks its peers pruned (retain_blocks), then executed {} tx to reach height {target_height}",
+                        report.behind_tx
+                    );
+                }
                 break;
             }
             if last_said.elapsed() >= Duration::from_secs(5) {

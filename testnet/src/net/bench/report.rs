@@ -471,8 +471,9 @@ pub(super) fn render(report: &BenchReport, parameters: &str) -> String {
             "catch-up: tx behind / serving, caught up (s)",
             |r| match &r.catch_up {
                 Some(c) => format!(
-                    "{} / {}, {}",
+                    "{}{} / {}, {}",
                     c.behind_tx,
+                    if c.jumps > 0 { " after a jump" } else { "" },
                     seconds(c.serving_s),
                     seconds(c.caught_up_s)
                 ),
