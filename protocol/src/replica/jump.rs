@@ -31,12 +31,12 @@
 //! (`Config::jump_past_pruned`): an application's state is not in the
 //! blocks, and it would miss the skipped ones.
 
-use super::{DropReason, Replica};
+use super::{DropReason, Replica, ReplyOutcome};
 use crate::block::CommittedBlock;
 use crate::certificate::CheckpointCertificate;
 use crate::clients::{ExecutedRequests, Lookup};
 use crate::ids::{NodeId, SeqNum};
-use crate::message::RequestKey;
+use crate::message::{RequestKey, SignedRequest};
 use crate::storage::{JumpRecord, Record};
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -215,6 +215,24 @@ impl Replica {
         self.metrics.jumps += 1;
         self.slots.retain(|&seq, _| seq > s);
         self.checkpoint_hashes.insert(s, hash);
+        // Requests this replica holds that the window executed (it could
+        // admit one valid up to `request_lifetime` above its old height):
+        // settled as executed, not left to expire and be answered as
+        // expired. In key order, so the replies are deterministic.
+        let mut settled: Vec<(SignedRequest, SeqNum)> = self
+            .pending
+            .values()
+            .filter_map(
+                |pending| match self.executed.lookup(&pending.request.request, s.next()) {
+                    Lookup::Executed { height } => Some((pending.request.clone(), height)),
+                    _ => None,
+                },
+            )
+            .collect();
+        settled.sort_by_key(|(request, _)| request.key());
+        for (request, height) in settled {
+            self.complete_request(&request, ReplyOutcome::Committed { height });
+        }
         self.drop_expired_pending(s);
         if self.next_seq <= s {
             self.next_seq = s.next();

@@ -1007,3 +1007,67 @@ fn one_refusing_liar_does_not_make_a_replica_jump() {
     assert_eq!(cluster.storage[3].first_height(), SeqNum(1));
     assert_eq!(cluster.executed(3), cluster.executed(0));
 }
+
+/// A replica behind by less than two request lifetimes can admit a request
+/// that its peers then execute inside the window it later jumps over. The
+/// jump settles it: its client is told the height it executed at, not
+/// that it expired (which it would be told if it were left pending until
+/// its validity passed).
+#[test]
+fn a_request_the_jump_skipped_is_answered_as_executed() {
+    let mut cluster =
+        Cluster::with_storage(4, pruning_config(true), |_| MemStorage::with_retention(10));
+    let alice = client(25);
+    let mut id = 0;
+    let mut filler = |cluster: &mut Cluster| {
+        id += 1;
+        let height = cluster.status(0).last_executed.0;
+        let request = request_valid_until(&alice, id, height + 8);
+        cluster.submit(1, &request);
+        assert!(cluster
+            .time_to_execute(&request, Duration::from_secs(2))
+            .is_some());
+    };
+    while cluster.status(0).last_executed < SeqNum(30) {
+        filler(&mut cluster);
+    }
+    cluster.crash(3);
+    let down_at = cluster.status(0).last_executed;
+    while cluster.status(0).last_executed < down_at.plus(6) {
+        filler(&mut cluster);
+    }
+    // Valid through 9 heights above node 3's: node 3 will admit it.
+    let skipped = request_valid_until(&client(26), 1, down_at.0 + 9);
+    cluster.submit(1, &skipped);
+    assert!(cluster
+        .time_to_execute(&skipped, Duration::from_secs(2))
+        .is_some());
+    let executed_at = cluster.status(0).last_executed;
+    while cluster.status(0).stable_checkpoint < executed_at.plus(4) {
+        filler(&mut cluster);
+        cluster.run_for(Duration::from_millis(50));
+    }
+    assert!(cluster.storage[0].first_height() > down_at.next());
+
+    cluster.start(3);
+    cluster.submit(3, &skipped);
+    assert!(
+        cluster.status(3).pending_requests > 0,
+        "node 3 admitted it before jumping"
+    );
+    cluster.run_for(Duration::from_secs(3));
+    assert_eq!(cluster.replicas[3].as_ref().unwrap().metrics().jumps, 1);
+    let answers: Vec<ReplyOutcome> = cluster
+        .replies
+        .iter()
+        .filter(|(node, reply)| *node == NodeId(3) && reply.client == skipped.request.client)
+        .map(|(_, reply)| reply.outcome)
+        .collect();
+    assert_eq!(
+        answers,
+        vec![ReplyOutcome::Committed {
+            height: executed_at
+        }]
+    );
+    assert_eq!(cluster.status(3).pending_requests, 0);
+}
