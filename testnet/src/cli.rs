@@ -93,6 +93,22 @@ struct SimArgs {
     /// executed requests).
     #[arg(long, default_value = "steady")]
     workload: String,
+    /// Heights a request may be valid for (the cluster's
+    /// request_lifetime): 1000 by default, 16 with `--workload crowd`.
+    #[arg(long, value_name = "H")]
+    request_lifetime: Option<u64>,
+    /// Every replica prunes the blocks more than B below its stable
+    /// checkpoint ([storage] retain_blocks; B must exceed the request
+    /// lifetime), and one replica is down for most of the fault phase: it
+    /// comes back to peers that pruned what it needs and jumps past it.
+    /// E.g. `--workload crowd --request-lifetime 8 --retain-blocks 10`.
+    #[arg(long, value_name = "B")]
+    retain_blocks: Option<u64>,
+    /// Replicas never jump past pruned history (as with an embedded
+    /// application): with --retain-blocks, watch the long-down replica
+    /// never catch up and the liveness check fail.
+    #[arg(long)]
+    no_jump: bool,
     /// How clients' requests are authenticated: `client-signed` (every
     /// replica checks each request's signature) or
     /// `connection-authenticated` (requests carry the client's grant to the
@@ -229,6 +245,21 @@ fn run_sim(args: SimArgs) -> Result<ExitCode, String> {
     if args.requests != 40 {
         config.requests = args.requests;
     }
+    if let Some(lifetime) = args.request_lifetime {
+        config.protocol.request_lifetime = lifetime;
+    }
+    if let Some(retain) = args.retain_blocks {
+        let lifetime = config.protocol.request_lifetime;
+        if retain <= lifetime {
+            return Err(format!(
+                "--retain-blocks {retain} must exceed the request lifetime ({lifetime}): \
+                 at-most-once is decided against the last request_lifetime blocks, which a \
+                 store must keep (set a shorter one with --request-lifetime)"
+            ));
+        }
+        config.retain_blocks = Some(retain);
+    }
+    config.protocol.jump_past_pruned = !args.no_jump;
     config.protocol.request_mode = match args.request_mode.as_str() {
         "client-signed" => bftd_protocol::RequestMode::ClientSigned,
         "connection-authenticated" => bftd_protocol::RequestMode::ConnectionAuthenticated,
@@ -316,6 +347,13 @@ fn run_sim(args: SimArgs) -> Result<ExitCode, String> {
             summary.liveness_bound_ms, summary.worst_time_to_commit_ms,
             summary.worst_time_to_commit_seed, summary.receipts_verified, summary.lies_refused
         );
+        if let Some(retain) = args.retain_blocks {
+            say!(
+                "stores keep {retain} blocks below the stable checkpoint: {} jumps past pruned history{}",
+                summary.jumps,
+                if args.no_jump { " (jumping off: --no-jump)" } else { "" }
+            );
+        }
         say!(
             "{} commits in {:.1} s ({:.0} commits/s simulated, {:.0} s of virtual time)",
             summary.commits,
@@ -351,6 +389,15 @@ fn replay_command(args: &SimArgs) -> String {
     }
     if args.workload != "steady" {
         command.push_str(&format!(" --workload {}", args.workload));
+    }
+    if let Some(lifetime) = args.request_lifetime {
+        command.push_str(&format!(" --request-lifetime {lifetime}"));
+    }
+    if let Some(retain) = args.retain_blocks {
+        command.push_str(&format!(" --retain-blocks {retain}"));
+    }
+    if args.no_jump {
+        command.push_str(" --no-jump");
     }
     if args.allow_unsafe {
         command.push_str(" --allow-unsafe");

@@ -262,3 +262,24 @@ fn connection_authenticated_mode_with_f_byzantine() {
         "-n 4 --byzantine random --request-mode connection-authenticated",
     );
 }
+
+/// Every replica prunes (`retain_blocks` 10 over an 8-height request
+/// lifetime) and one is down for most of the fault phase, so it comes back
+/// to peers that no longer hold what it needs and jumps past it (design
+/// notes §47). Safety and liveness hold through the jumps, with every fault
+/// and a byzantine replica (which may be one of the peers it asks); the
+/// runs do jump (29 of 150 seeds when written), so the path is reached.
+#[test]
+fn replicas_down_past_retention_jump() {
+    let mut pruning = config(4, random_byzantine(1, Behaviour::Random));
+    pruning.crowd();
+    pruning.protocol.request_lifetime = 8;
+    pruning.retain_blocks = Some(10);
+    let summary = sweep(&pruning, 0..150, threads(), &|_, _, _| {});
+    assert_clean(
+        &summary,
+        "n=4, crowd, lifetime 8, retain_blocks 10",
+        "-n 4 --byzantine random --workload crowd --request-lifetime 8 --retain-blocks 10",
+    );
+    assert!(summary.jumps > 0, "no run jumped: {summary:#?}");
+}

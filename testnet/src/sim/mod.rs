@@ -168,6 +168,10 @@ pub struct SimConfig {
     pub twins: Twins,
     /// The clients' workload.
     pub workload: Workload,
+    /// Every replica prunes like `[storage] retain_blocks = N` (must exceed
+    /// `protocol.request_lifetime`): a replica down long enough then
+    /// jumps past what its peers pruned (design notes §47).
+    pub retain_blocks: Option<u64>,
 }
 
 impl SimConfig {
@@ -190,6 +194,7 @@ impl SimConfig {
             break_receipts: false,
             twins: Twins::Never,
             workload: Workload::Steady,
+            retain_blocks: None,
         }
     }
 
@@ -281,6 +286,8 @@ pub struct SimReport {
     pub lies_refused: u64,
     /// Requests that expired unexecuted and were signed again.
     pub expired_resigned: u64,
+    /// Jumps honest replicas made past pruned history.
+    pub jumps: u64,
     /// The first violated property, if any.
     pub violation: Option<Violation>,
 }
@@ -325,6 +332,8 @@ pub struct SweepSummary {
     pub receipts_verified: u64,
     /// Replies clients refused as lies, over all runs.
     pub lies_refused: u64,
+    /// Jumps past pruned history by honest replicas, over all runs.
+    pub jumps: u64,
     /// Runs that failed otherwise (a replica that could not restart, a
     /// message storm).
     pub other_failures: u64,
@@ -361,6 +370,7 @@ impl SweepSummary {
         self.liveness_bound_ms = self.liveness_bound_ms.max(report.liveness_bound_ms);
         self.receipts_verified += report.receipts_verified;
         self.lies_refused += report.lies_refused;
+        self.jumps += report.jumps;
         if let Some(worst) = report.worst_time_to_commit_ms {
             if worst > self.worst_time_to_commit_ms {
                 self.worst_time_to_commit_ms = worst;

@@ -9,8 +9,8 @@ use bftd_protocol::byzantine::{Adversary, Behaviour, Emission};
 use bftd_protocol::merkle::MerkleTree;
 use bftd_protocol::{
     codec, verify_message, verify_request, BlockSource, ClientReply, Committee, Destination,
-    MemStorage, MessageLimits, NodeId, Replica, ReplicaSetup, ReplyOutcome, Request, RequestKey,
-    RequestMode, SeqNum, SignedRequest, Storage, WireMessage,
+    MemStorage, MessageLimits, NodeId, Record, Replica, ReplicaSetup, ReplyOutcome, Request,
+    RequestKey, RequestMode, SeqNum, SignedRequest, Storage, WireMessage,
 };
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -109,6 +109,16 @@ pub(super) struct SimNode {
     crash_point: Option<CrashPoint>,
 }
 
+/// What honest replicas executed, recorded as they delivered it: the
+/// checkers' record where stores prune.
+#[derive(Debug, Default)]
+pub(super) struct HonestLog {
+    /// Each request's first height.
+    pub executed_at: BTreeMap<RequestKey, SeqNum>,
+    /// Each height's batch digest.
+    pub digests: BTreeMap<SeqNum, Digest>,
+}
+
 /// What clients were told and what they accepted.
 #[derive(Debug, Default)]
 pub(super) struct ClientView {
@@ -146,6 +156,11 @@ pub(super) struct World<'a> {
     pub everywhere_at: BTreeMap<RequestKey, Duration>,
     honest_executions: BTreeMap<RequestKey, usize>,
     executed_somewhere: BTreeSet<RequestKey>,
+    /// What honest replicas executed, as they delivered it (stores prune):
+    /// each request's first height, and each height's batch digest.
+    pub honest_log: HonestLog,
+    /// Jumps honest replicas made past pruned history.
+    jumps: u64,
     client_keys: Vec<KeyPair>,
     next_request_id: Vec<u64>,
     pub clients: ClientView,
@@ -183,7 +198,10 @@ impl<'a> World<'a> {
         let instance = |id: NodeId, adversary: Option<Adversary>| SimNode {
             id,
             replica: None,
-            storage: MemStorage::new(),
+            storage: match config.retain_blocks {
+                Some(retain) => MemStorage::with_retention(retain),
+                None => MemStorage::new(),
+            },
             adversary,
             executed: BTreeSet::new(),
             timer_generation: 0,
@@ -244,6 +262,8 @@ impl<'a> World<'a> {
             everywhere_at: BTreeMap::new(),
             honest_executions: BTreeMap::new(),
             executed_somewhere: BTreeSet::new(),
+            honest_log: HonestLog::default(),
+            jumps: 0,
             next_request_id: vec![1; client_keys.len()],
             client_keys,
             clients: ClientView::default(),
@@ -435,6 +455,16 @@ impl<'a> World<'a> {
                 }
                 self.schedule(start + down, Event::Restart(victim));
             }
+            // Where stores prune, one long outage: most of the fault phase,
+            // long enough for the peers to prune what the victim needs next,
+            // so that it must jump (design notes §47).
+            if self.config.retain_blocks.is_some() {
+                let victim = self.random_slot();
+                let start = Duration::from_micros(self.rng.gen_range(0..phase / 10));
+                let down = Duration::from_micros(self.rng.gen_range(phase / 2..phase * 9 / 10));
+                self.schedule(start, Event::Crash(victim));
+                self.schedule(start + down, Event::Restart(victim));
+            }
             // A power cut in a fifth of the runs.
             if self.rng.gen_bool(0.2) {
                 let start = Duration::from_micros(self.rng.gen_range(0..phase));
@@ -567,6 +597,7 @@ impl<'a> World<'a> {
             receipts_verified: self.clients.verified,
             lies_refused: self.clients.refused,
             expired_resigned: self.abandoned.len() as u64,
+            jumps: self.jumps,
             violation,
         }
     }
@@ -848,11 +879,21 @@ impl<'a> World<'a> {
                     ));
                 }
             }
+            let height = delivery.block.height();
+            if honest {
+                self.honest_log
+                    .digests
+                    .entry(height)
+                    .or_insert(delivery.block.block.batch_digest);
+            }
             for (index, request) in delivery.block.block.batch.requests.iter().enumerate() {
                 if delivery.duplicates.contains(&(index as u32)) {
                     continue;
                 }
                 let key = request.key();
+                if honest {
+                    self.honest_log.executed_at.entry(key).or_insert(height);
+                }
                 if node.executed.insert(key) && honest {
                     self.executed_somewhere.insert(key);
                     let count = self.honest_executions.entry(key).or_default();
@@ -863,6 +904,34 @@ impl<'a> World<'a> {
                 }
             }
         }
+        // A jump skips blocks: what the honest replicas executed at or
+        // below its checkpoint counts as done on this replica (its table
+        // holds what matters of it; the liveness check asks no more).
+        let jumped_to = actions.persist.iter().find_map(|record| match record {
+            Record::Jump(jump) => Some(jump.checkpoint.seq()),
+            _ => None,
+        });
+        if let (Some(to), true) = (jumped_to, honest) {
+            self.jumps += 1;
+            let skipped: Vec<RequestKey> = self
+                .honest_log
+                .executed_at
+                .iter()
+                .filter(|(_, &at)| at <= to)
+                .map(|(&key, _)| key)
+                .collect();
+            let node = &mut self.nodes[slot];
+            for key in skipped {
+                if node.executed.insert(key) {
+                    let count = self.honest_executions.entry(key).or_default();
+                    *count += 1;
+                    if *count == self.config.n - self.byzantine.len() {
+                        self.everywhere_at.insert(key, self.now);
+                    }
+                }
+            }
+        }
+        let node = &mut self.nodes[slot];
         let (emissions, replies): (Vec<Emission>, Vec<ClientReply>) = match node.adversary.as_mut()
         {
             Some(adversary) => {
