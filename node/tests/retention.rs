@@ -28,6 +28,17 @@ fn settings() -> ConsensusSettings {
 
 const NODE_FILE: &str = "pipeline = 8\n\n[storage]\nretain_blocks = 17";
 
+/// Four nodes that prune, each with its store, started and healthy.
+fn pruning_cluster() -> TestCluster {
+    let mut cluster = TestCluster::configure_with(4, settings(), NODE_FILE);
+    for id in 0..4 {
+        cluster.init(id);
+        cluster.start_node(id);
+    }
+    cluster.wait_healthy(Duration::from_secs(30));
+    cluster
+}
+
 /// Submits `count` requests one after another (about a block each).
 async fn submit_sequentially(client: &Client, count: usize) {
     for i in 0..count {
@@ -76,12 +87,7 @@ async fn wait_same_head(cluster: &TestCluster, nodes: &[usize], at_least: u64) -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_after_pruning_keeps_at_most_once_and_catches_up() {
-    let mut cluster = TestCluster::configure_with(4, settings(), NODE_FILE);
-    for id in 0..4 {
-        cluster.init(id);
-        cluster.start_node(id);
-    }
-    cluster.wait_healthy(Duration::from_secs(30));
+    let mut cluster = pruning_cluster();
     let client = cluster.client(0).await;
 
     // Enough blocks for a stable checkpoint of at least 32, which prunes
@@ -172,12 +178,7 @@ async fn restart_after_pruning_keeps_at_most_once_and_catches_up() {
 /// and restarts from the store the jump wrote.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_down_past_every_peers_retention_jumps_and_catches_up() {
-    let mut cluster = TestCluster::configure_with(4, settings(), NODE_FILE);
-    for id in 0..4 {
-        cluster.init(id);
-        cluster.start_node(id);
-    }
-    cluster.wait_healthy(Duration::from_secs(30));
+    let mut cluster = pruning_cluster();
     let client = cluster.client(0).await;
     submit_sequentially(&client, 2).await;
     cluster.kill(3);

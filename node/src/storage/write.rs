@@ -201,25 +201,8 @@ impl<'txn> WriteTables<'txn> {
     ) -> Result<(), DiskStorageError> {
         let fail = |error: redb::StorageError| redb_error(path, error);
         let above = jump.checkpoint.seq().next();
-        self.blocks
-            .retain_in(..chunk_key(above, 0), |_, _| false)
-            .map_err(fail)?;
-        self.headers
-            .retain_in(..seq_key(above), |_, _| false)
-            .map_err(fail)?;
-        self.batch_chunks
-            .retain_in(..batch_chunk_key(above, &Digest::ZERO, 0), |_, _| false)
-            .map_err(fail)?;
-        self.pending
-            .retain_in(..batch_key(above, &Digest::ZERO), |_, _| false)
-            .map_err(fail)?;
+        self.delete_below(path, above)?;
         self.prepared
-            .retain_in(..seq_key(above), |_, _| false)
-            .map_err(fail)?;
-        self.duplicates
-            .retain_in(..seq_key(above), |_, _| false)
-            .map_err(fail)?;
-        self.executed
             .retain_in(..seq_key(above), |_, _| false)
             .map_err(fail)?;
         let delivery = Delivery {
@@ -316,6 +299,15 @@ impl<'txn> WriteTables<'txn> {
             return Ok(());
         }
         let to = SeqNum(keep_from.0.min(first.0.saturating_add(PRUNE_MAX_BLOCKS)));
+        self.delete_below(path, to)?;
+        self.pruned_to = Some(to);
+        Ok(())
+    }
+
+    /// Deletes every block below `to`: old blocks' chunks, headers, batches
+    /// (pending ones too), duplicates and executed keys.
+    fn delete_below(&mut self, path: &Path, to: SeqNum) -> Result<(), DiskStorageError> {
+        let fail = |error: redb::StorageError| redb_error(path, error);
         self.blocks
             .retain_in(..chunk_key(to, 0), |_, _| false)
             .map_err(fail)?;
@@ -334,7 +326,6 @@ impl<'txn> WriteTables<'txn> {
         self.executed
             .retain_in(..seq_key(to), |_, _| false)
             .map_err(fail)?;
-        self.pruned_to = Some(to);
         Ok(())
     }
 

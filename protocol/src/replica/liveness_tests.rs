@@ -764,6 +764,27 @@ fn pruning_config(jump_past_pruned: bool) -> Config {
     }
 }
 
+/// Commits one request of `client` (number `id`, valid 8 heights on)
+/// through node 1, in a block of its own.
+fn commit_one(cluster: &mut Cluster, client: &KeyPair, id: u64) {
+    let height = cluster.status(0).last_executed.0;
+    let request = request_valid_until(client, id, height + 8);
+    cluster.submit(1, &request);
+    assert!(cluster
+        .time_to_execute(&request, Duration::from_secs(2))
+        .is_some());
+}
+
+/// Node 3 holds node 0's height and head.
+fn assert_node_3_has_the_head(cluster: &Cluster) {
+    let (behind, ahead) = (cluster.status(3), cluster.status(0));
+    assert_eq!(
+        (behind.last_executed, behind.head_hash),
+        (ahead.last_executed, ahead.head_hash),
+        "node 3 / node 0: {behind:?} / {ahead:?}"
+    );
+}
+
 /// Node 3 down while its peers commit 40 blocks and prune all but the last
 /// 10 below their checkpoint; `paid` executes near the end. Returns the
 /// cluster (node 3 still down), `paid` and its height.
@@ -778,16 +799,8 @@ fn down_past_retention(jump_past_pruned: bool) -> (Cluster, SignedRequest, SeqNu
         .time_to_execute(&first, Duration::from_secs(2))
         .is_some());
     cluster.crash(3);
-    let filler = |cluster: &mut Cluster, id: u64| {
-        let height = cluster.status(0).last_executed.0;
-        let request = request_valid_until(&alice, id, height + 8);
-        cluster.submit(1, &request);
-        assert!(cluster
-            .time_to_execute(&request, Duration::from_secs(2))
-            .is_some());
-    };
     for id in 2..=40 {
-        filler(&mut cluster, id);
+        commit_one(&mut cluster, &alice, id);
     }
     let height = cluster.status(0).last_executed;
     let paid = request_valid_until(&client(22), 1, height.0 + 8);
@@ -799,7 +812,7 @@ fn down_past_retention(jump_past_pruned: bool) -> (Cluster, SignedRequest, SeqNu
     // Up to the next checkpoint, made stable, so `paid` is in the window.
     let mut id = 41;
     while cluster.status(0).stable_checkpoint < paid_at {
-        filler(&mut cluster, id);
+        commit_one(&mut cluster, &alice, id);
         id += 1;
         cluster.run_for(Duration::from_millis(50));
     }
@@ -824,14 +837,9 @@ fn a_replica_down_past_every_peers_retention_jumps_and_agrees() {
     let (mut cluster, paid, paid_at) = down_past_retention(true);
     cluster.start(3);
     cluster.run_for(Duration::from_secs(3));
-    let (jumped, peer) = (cluster.status(3), cluster.status(0));
-    assert_eq!(
-        (jumped.last_executed, jumped.head_hash),
-        (peer.last_executed, peer.head_hash),
-        "node 3 reached its peers' head: {jumped:?} / {peer:?}"
-    );
+    assert_node_3_has_the_head(&cluster);
     assert_eq!(cluster.replicas[3].as_ref().unwrap().metrics().jumps, 1);
-    assert!(!jumped.needs_snapshot);
+    assert!(!cluster.status(3).needs_snapshot);
 
     let tables_agree = |cluster: &Cluster| {
         let next = cluster.status(0).last_executed.next();
@@ -956,12 +964,7 @@ fn a_peer_lying_about_the_chain_cannot_steer_a_jump() {
     });
     cluster.start(3);
     cluster.run_for(Duration::from_secs(5));
-    let (jumped, peer) = (cluster.status(3), cluster.status(0));
-    assert_eq!(
-        (jumped.last_executed, jumped.head_hash),
-        (peer.last_executed, peer.head_hash),
-        "node 3 reached the honest head: {jumped:?} / {peer:?}"
-    );
+    assert_node_3_has_the_head(&cluster);
     let metrics = cluster.replicas[3].as_ref().unwrap().metrics();
     assert_eq!(metrics.jumps, 1);
     assert!(
@@ -980,12 +983,7 @@ fn one_refusing_liar_does_not_make_a_replica_jump() {
     let alice = client(24);
     cluster.crash(3);
     for id in 1..=40 {
-        let height = cluster.status(0).last_executed.0;
-        let request = request_valid_until(&alice, id, height + 8);
-        cluster.submit(1, &request);
-        assert!(cluster
-            .time_to_execute(&request, Duration::from_secs(2))
-            .is_some());
+        commit_one(&mut cluster, &alice, id);
     }
     cluster.rewrite = lying_blocks(&cluster, |mut blocks| {
         blocks.blocks.clear();
@@ -993,11 +991,7 @@ fn one_refusing_liar_does_not_make_a_replica_jump() {
     });
     cluster.start(3);
     cluster.run_for(Duration::from_secs(5));
-    let (caught_up, peer) = (cluster.status(3), cluster.status(0));
-    assert_eq!(
-        (caught_up.last_executed, caught_up.head_hash),
-        (peer.last_executed, peer.head_hash)
-    );
+    assert_node_3_has_the_head(&cluster);
     let metrics = cluster.replicas[3].as_ref().unwrap().metrics();
     assert_eq!(metrics.jumps, 0, "no jump on one refusal");
     assert!(
@@ -1021,12 +1015,7 @@ fn a_request_the_jump_skipped_is_answered_as_executed() {
     let mut id = 0;
     let mut filler = |cluster: &mut Cluster| {
         id += 1;
-        let height = cluster.status(0).last_executed.0;
-        let request = request_valid_until(&alice, id, height + 8);
-        cluster.submit(1, &request);
-        assert!(cluster
-            .time_to_execute(&request, Duration::from_secs(2))
-            .is_some());
+        commit_one(cluster, &alice, id);
     };
     while cluster.status(0).last_executed < SeqNum(30) {
         filler(&mut cluster);
