@@ -1188,6 +1188,7 @@ mod tests {
         let config = NodeConfig::load(&path).unwrap();
         assert_eq!(config.storage.retain_blocks, Some(5000));
         assert_eq!(config.runtime.worker_threads, 0);
+        assert!(config.protocol.jump_past_pruned);
     }
 
     /// `[runtime] worker_threads` is optional (0: one per core), taken as
