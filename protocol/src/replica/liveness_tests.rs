@@ -1060,3 +1060,28 @@ fn a_request_the_jump_skipped_is_answered_as_executed() {
     );
     assert_eq!(cluster.status(3).pending_requests, 0);
 }
+
+/// A new replica with an empty store (a replaced disk) joins peers that
+/// pruned their early history: it cannot fetch from height 1, so it jumps
+/// like a replica that was down, and orders with them.
+#[test]
+fn a_new_replica_joins_peers_that_pruned() {
+    let (mut cluster, paid, paid_at) = down_past_retention(true);
+    cluster.storage[3] = MemStorage::with_retention(10);
+    cluster.start(3);
+    cluster.run_for(Duration::from_secs(3));
+    assert_node_3_has_the_head(&cluster);
+    let replica = cluster.replicas[3].as_ref().unwrap();
+    assert_eq!(replica.metrics().jumps, 1);
+    let next = cluster.status(0).last_executed.next();
+    assert_eq!(
+        replica.executed.lookup(&paid.request, next),
+        Lookup::Executed { height: paid_at }
+    );
+    let height = cluster.status(0).last_executed.0;
+    let fresh = request_valid_until(&client(27), 1, height + 8);
+    cluster.submit(3, &fresh);
+    assert!(cluster
+        .time_to_execute(&fresh, Duration::from_secs(3))
+        .is_some());
+}
