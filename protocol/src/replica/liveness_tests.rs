@@ -1061,9 +1061,12 @@ fn a_request_the_jump_skipped_is_answered_as_executed() {
     assert_eq!(cluster.status(3).pending_requests, 0);
 }
 
-/// A new replica with an empty store (a replaced disk) joins peers that
-/// pruned their early history: it cannot fetch from height 1, so it jumps
-/// like a replica that was down, and orders with them.
+/// A replica starting from an empty store joins peers that pruned their
+/// early history: it cannot fetch from height 1, so it jumps like a
+/// replica that was down, and orders with them. (Here node 3 signed
+/// nothing since height 1; an operator recreating a store for a key that
+/// did sign must mind design notes §22: the old store held what it
+/// signed.)
 #[test]
 fn a_new_replica_joins_peers_that_pruned() {
     let (mut cluster, paid, paid_at) = down_past_retention(true);
