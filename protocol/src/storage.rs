@@ -286,6 +286,13 @@ impl Storage for MemStorage {
 }
 
 impl MemState {
+    /// The first block's height (1 while none is stored).
+    fn first_height(&self) -> SeqNum {
+        self.blocks
+            .first_key_value()
+            .map_or(SeqNum(1), |(&height, _)| height)
+    }
+
     fn stable_checkpoint(&mut self, cert: &CheckpointCertificate) {
         let seq = cert.seq();
         if self.checkpoint.as_ref().is_some_and(|c| c.seq() >= seq) {
@@ -318,10 +325,7 @@ impl BlockSource for MemStorage {
     }
 
     fn first_height(&self) -> SeqNum {
-        self.lock()
-            .blocks
-            .first_key_value()
-            .map_or(SeqNum(1), |(&height, _)| height)
+        self.lock().first_height()
     }
 
     fn duplicates(&self, height: SeqNum) -> Vec<u32> {
@@ -334,10 +338,7 @@ impl BlockSource for MemStorage {
 
     fn executed_from(&self) -> SeqNum {
         let state = self.lock();
-        let first = state
-            .blocks
-            .first_key_value()
-            .map_or(SeqNum(1), |(&height, _)| height);
+        let first = state.first_height();
         state
             .executed
             .first_key_value()

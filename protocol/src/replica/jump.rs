@@ -64,11 +64,6 @@ impl Jump {
     pub(super) fn range(&self) -> (SeqNum, SeqNum) {
         (self.next, self.checkpoint.seq())
     }
-
-    /// Where the fetch stands (to tell whether a response advanced it).
-    pub(super) fn next(&self) -> SeqNum {
-        self.next
-    }
 }
 
 impl Replica {

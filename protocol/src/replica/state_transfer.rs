@@ -259,6 +259,10 @@ impl Replica {
         let Blocks { blocks, checkpoint } = response.value;
         let jumping = self.jump.is_some();
         let before = self.fetch_position();
+        // Only an answer to our outstanding fetch moves the fetch on: an
+        // unsolicited refusal or bad block (a liar's, as often as it likes)
+        // must not make this replica send a fetch each time.
+        let asked = self.fetch.is_some_and(|f| f.peer == peer);
         let refused = blocks.is_empty()
             && checkpoint.seq() > self.last_executed
             && checkpoint.check(&self.committee).is_ok();
@@ -305,7 +309,7 @@ impl Replica {
             return;
         }
         let failed = refused || invalid;
-        if self.fetch.is_some_and(|f| f.peer == peer) || (failed && self.fetch.is_none()) {
+        if asked {
             self.fetch = None;
             let progressed = self.fetch_position() > before;
             let peer_ahead = self
@@ -326,7 +330,7 @@ impl Replica {
     /// execute.
     fn fetch_position(&self) -> SeqNum {
         match &self.jump {
-            Some(jump) => jump.next(),
+            Some(jump) => jump.range().0,
             None => self.last_executed.next(),
         }
     }

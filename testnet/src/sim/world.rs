@@ -119,6 +119,27 @@ pub(super) struct HonestLog {
     pub digests: BTreeMap<SeqNum, Digest>,
 }
 
+/// How many honest replicas executed each request, and when the last of
+/// them did.
+struct HonestTally {
+    executions: BTreeMap<RequestKey, usize>,
+    /// When every honest replica had executed each request.
+    everywhere_at: BTreeMap<RequestKey, Duration>,
+    /// Honest replicas.
+    honest: usize,
+}
+
+impl HonestTally {
+    /// One more honest replica executed `key` (or holds it past a jump).
+    fn count(&mut self, key: RequestKey, now: Duration) {
+        let count = self.executions.entry(key).or_default();
+        *count += 1;
+        if *count == self.honest {
+            self.everywhere_at.insert(key, now);
+        }
+    }
+}
+
 /// What clients were told and what they accepted.
 #[derive(Debug, Default)]
 pub(super) struct ClientView {
@@ -152,9 +173,8 @@ pub(super) struct World<'a> {
     pub abandoned: BTreeSet<RequestKey>,
     /// When each wanted request was first submitted.
     submitted_at: BTreeMap<RequestKey, Duration>,
-    /// When every honest replica had executed each request.
-    pub everywhere_at: BTreeMap<RequestKey, Duration>,
-    honest_executions: BTreeMap<RequestKey, usize>,
+    /// How many honest replicas executed each request, and when all had.
+    honest_tally: HonestTally,
     executed_somewhere: BTreeSet<RequestKey>,
     /// What honest replicas executed, as they delivered it (stores prune):
     /// each request's first height, and each height's batch digest.
@@ -241,6 +261,7 @@ impl<'a> World<'a> {
                 0.0
             },
         );
+        let honest_count = config.n - byzantine.len();
         let client_keys: Vec<KeyPair> = (0..config.clients.max(1))
             .map(|_| KeyPair::generate(&mut rng))
             .collect();
@@ -259,8 +280,11 @@ impl<'a> World<'a> {
             wanted: BTreeSet::new(),
             abandoned: BTreeSet::new(),
             submitted_at: BTreeMap::new(),
-            everywhere_at: BTreeMap::new(),
-            honest_executions: BTreeMap::new(),
+            honest_tally: HonestTally {
+                executions: BTreeMap::new(),
+                everywhere_at: BTreeMap::new(),
+                honest: honest_count,
+            },
             executed_somewhere: BTreeSet::new(),
             honest_log: HonestLog::default(),
             jumps: 0,
@@ -513,7 +537,7 @@ impl<'a> World<'a> {
         self.wanted
             .iter()
             .filter_map(|key| {
-                let done = self.everywhere_at.get(key)?;
+                let done = self.honest_tally.everywhere_at.get(key)?;
                 let from = self.submitted_at.get(key)?.max(&self.heal_at);
                 Some(done.saturating_sub(*from))
             })
@@ -729,7 +753,7 @@ impl<'a> World<'a> {
             let everyone = self
                 .wanted
                 .iter()
-                .all(|key| self.everywhere_at.contains_key(key));
+                .all(|key| self.honest_tally.everywhere_at.contains_key(key));
             if everyone {
                 self.live_at = Some(self.now);
             }
@@ -896,11 +920,7 @@ impl<'a> World<'a> {
                 }
                 if node.executed.insert(key) && honest {
                     self.executed_somewhere.insert(key);
-                    let count = self.honest_executions.entry(key).or_default();
-                    *count += 1;
-                    if *count == self.config.n - self.byzantine.len() {
-                        self.everywhere_at.insert(key, self.now);
-                    }
+                    self.honest_tally.count(key, self.now);
                 }
             }
         }
@@ -923,11 +943,7 @@ impl<'a> World<'a> {
             let node = &mut self.nodes[slot];
             for key in skipped {
                 if node.executed.insert(key) {
-                    let count = self.honest_executions.entry(key).or_default();
-                    *count += 1;
-                    if *count == self.config.n - self.byzantine.len() {
-                        self.everywhere_at.insert(key, self.now);
-                    }
+                    self.honest_tally.count(key, self.now);
                 }
             }
         }
