@@ -268,7 +268,8 @@ fn connection_authenticated_mode_with_f_byzantine() {
 /// to peers that no longer hold what it needs and jumps past it (design
 /// notes §47). Safety and liveness hold through the jumps, with every fault
 /// and a byzantine replica (which may be one of the peers it asks); the
-/// runs do jump (29 of 150 seeds when written), so the path is reached.
+/// runs do jump (27 jumps over the 150 seeds when written), so the path is
+/// reached.
 #[test]
 fn replicas_down_past_retention_jump() {
     let mut pruning = config(4, random_byzantine(1, Behaviour::Random));
