@@ -56,6 +56,19 @@ fuzz_target!(|data: &[u8]| {
         NodeMessage::SubscriptionEnded { reason } => {
             let _ = reason.len();
         }
+        NodeMessage::Snapshots(held) => {
+            // What a node fetching a snapshot does with a peer's list.
+            for attestation in &held {
+                let _ = attestation.manifest.check_shape();
+                let _ = attestation.manifest.chunk_range(u32::MAX);
+            }
+            if verify_for_real(data) {
+                let _ = bftd_protocol::snapshot::certified(committee(), &held, SeqNum(0));
+            }
+        }
+        NodeMessage::SnapshotChunk { bytes, .. } => {
+            let _ = bytes.map(|bytes| bytes.len());
+        }
         NodeMessage::Malformed => {}
     }
 });

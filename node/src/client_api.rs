@@ -9,6 +9,7 @@
 
 use bftd_crypto::Digest;
 use bftd_protocol::merkle::{MerkleProof, MerkleTree};
+use bftd_protocol::snapshot::SnapshotAttestation;
 use bftd_protocol::{
     CertificateError, CommitCertificate, CommittedBlock, Committee, RequestMode, SeqNum,
     SignedRequest,
@@ -29,6 +30,17 @@ pub enum ClientMessage {
     },
     /// Report the node's status.
     Status,
+    /// List the application snapshots the node took and signs for
+    /// (design notes §48); answered with [`NodeMessage::Snapshots`].
+    Snapshots,
+    /// One chunk of a snapshot the node holds; answered with
+    /// [`NodeMessage::SnapshotChunk`].
+    SnapshotChunk {
+        /// The snapshot's height.
+        height: SeqNum,
+        /// The chunk's index in its manifest.
+        index: u32,
+    },
 }
 
 /// Bytes a client frame may hold beyond the request's payload: the
@@ -349,6 +361,19 @@ pub enum NodeMessage {
     SubscriptionEnded {
         /// Why, for people (a subscriber that stopped reading, say).
         reason: String,
+    },
+    /// The application snapshots the node holds, each signed by it (none
+    /// when it embeds no application that takes them).
+    Snapshots(Vec<SnapshotAttestation>),
+    /// A chunk of a snapshot, or `None` when the node does not hold that
+    /// snapshot (any more) or has no such chunk.
+    SnapshotChunk {
+        /// The snapshot's height.
+        height: SeqNum,
+        /// The chunk's index.
+        index: u32,
+        /// The chunk.
+        bytes: Option<Vec<u8>>,
     },
 }
 

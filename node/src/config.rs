@@ -176,6 +176,14 @@ pub enum LoadError {
         /// What is wrong.
         reason: &'static str,
     },
+    /// The storage section is invalid.
+    #[error("[storage] in {path}: {reason}")]
+    Storage {
+        /// The node config.
+        path: PathBuf,
+        /// What is wrong.
+        reason: &'static str,
+    },
     /// `[runtime] worker_threads` is more than any machine needs.
     #[error("[runtime] in {path}: worker_threads = {worker_threads} is more than {MAX_WORKER_THREADS}; use 0 for one thread per core, or the number of cores this node may use")]
     TooManyThreads {
@@ -427,7 +435,7 @@ pub struct RuntimeConfig {
 }
 
 /// The `[storage]` section of a node file. Node-local.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
     /// Blocks kept below the stable checkpoint: each new stable checkpoint
@@ -438,6 +446,24 @@ pub struct StorageConfig {
     /// store. Absent: every block is kept. A peer asking for a pruned
     /// height, and `bftd tail --from` one, are told the oldest kept height.
     pub retain_blocks: Option<u64>,
+    /// An embedded application that takes snapshots (design notes §48)
+    /// takes one after every height that is a multiple of this; the node
+    /// keeps the last two and serves them to peers whose application must
+    /// be restored. Nodes restore only a snapshot f+1 of them signed, so
+    /// give every node the same value. Default 256 (four checkpoint
+    /// intervals of the default cluster); with `retain_blocks`, keep it
+    /// well below `retain_blocks - request_lifetime`, so a node that jumps
+    /// past pruned blocks finds a snapshot soon.
+    pub snapshot_every: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> StorageConfig {
+        StorageConfig {
+            retain_blocks: None,
+            snapshot_every: 256,
+        }
+    }
 }
 
 /// The `[grpc]` section of a node file: serve the gRPC client API
@@ -763,6 +789,12 @@ impl NodeConfig {
             return Err(LoadError::Peers {
                 path: path.to_owned(),
                 reason: "fetch_burst_bytes must be at least 1024 (the default is 16777216)",
+            });
+        }
+        if file.storage.snapshot_every == 0 {
+            return Err(LoadError::Storage {
+                path: path.to_owned(),
+                reason: "snapshot_every must be at least 1 (the default is 256)",
             });
         }
         if let Some(retain_blocks) = file.storage.retain_blocks {

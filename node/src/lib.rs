@@ -19,6 +19,7 @@ pub mod config;
 pub mod grpc;
 pub mod health;
 pub mod runtime;
+pub mod snapshots;
 pub mod storage;
 pub mod transport;
 

@@ -10,8 +10,9 @@
 //! codec rejects missing and trailing bytes).
 
 use bftd::client_api::{ClientMessage, NodeMessage, NodeStatus, Rejection};
-use bftd_crypto::KeyPair;
-use bftd_protocol::{codec, Request, RequestMode, SeqNum, SignedRequest};
+use bftd_crypto::{Digest, KeyPair};
+use bftd_protocol::snapshot::{SnapshotAttestation, SnapshotManifest};
+use bftd_protocol::{codec, NodeId, Request, RequestMode, SeqNum, SignedRequest};
 
 fn client_samples() -> Vec<(&'static str, ClientMessage)> {
     let client = KeyPair::from_seed([42; 32]);
@@ -32,6 +33,14 @@ fn client_samples() -> Vec<(&'static str, ClientMessage)> {
         ),
         ("subscribe", ClientMessage::Subscribe { from: SeqNum(9) }),
         ("status_request", ClientMessage::Status),
+        ("snapshots_request", ClientMessage::Snapshots),
+        (
+            "snapshot_chunk_request",
+            ClientMessage::SnapshotChunk {
+                height: SeqNum(64),
+                index: 1,
+            },
+        ),
     ]
 }
 
@@ -71,6 +80,30 @@ fn node_samples() -> Vec<(&'static str, NodeMessage)> {
             "subscription_ended",
             NodeMessage::SubscriptionEnded {
                 reason: "slow".into(),
+            },
+        ),
+        (
+            "snapshots",
+            NodeMessage::Snapshots(vec![SnapshotAttestation::sign(
+                SnapshotManifest::of(SeqNum(64), Digest([5; 32]), b"state").unwrap(),
+                NodeId(2),
+                &KeyPair::from_seed([2; 32]),
+            )]),
+        ),
+        (
+            "snapshot_chunk",
+            NodeMessage::SnapshotChunk {
+                height: SeqNum(64),
+                index: 0,
+                bytes: Some(b"state".to_vec()),
+            },
+        ),
+        (
+            "snapshot_chunk_missing",
+            NodeMessage::SnapshotChunk {
+                height: SeqNum(64),
+                index: 3,
+                bytes: None,
             },
         ),
     ]

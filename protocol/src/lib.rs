@@ -75,6 +75,7 @@ pub mod merkle;
 pub mod message;
 pub mod replica;
 pub mod signer;
+pub mod snapshot;
 pub mod storage;
 pub mod verify;
 pub mod vouch;

@@ -8,7 +8,8 @@ use crate::client_api::{NodeMessage, NodeStatus};
 use crate::config::Cluster;
 use crate::transport::{connect_client, Bytes, FrameSender};
 use bftd_crypto::KeyPair;
-use bftd_protocol::{codec, CommittedBlock, NodeId};
+use bftd_protocol::snapshot::SnapshotAttestation;
+use bftd_protocol::{codec, CommittedBlock, NodeId, SeqNum};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -43,6 +44,10 @@ pub(super) enum Waiter {
 struct Routes {
     receipts: HashMap<u64, Waiter>,
     status: Vec<oneshot::Sender<NodeStatus>>,
+    /// Who asked for the node's snapshots, in order.
+    snapshots: Vec<oneshot::Sender<Vec<SnapshotAttestation>>>,
+    /// Who asked for a snapshot chunk, by (height, index).
+    chunks: HashMap<(SeqNum, u32), oneshot::Sender<Option<Vec<u8>>>>,
     blocks: Option<mpsc::Sender<BlockItem>>,
     /// Where the reason goes if the node ends the subscription.
     subscription_end: Option<SubscriptionEnd>,
@@ -113,6 +118,8 @@ impl Connection {
             routes.closed = true;
             routes.receipts.clear();
             routes.status.clear();
+            routes.snapshots.clear();
+            routes.chunks.clear();
             routes.blocks = None;
         });
         let (outbox, frames) = mpsc::channel(OUTBOX_FRAMES);
@@ -176,17 +183,54 @@ impl Connection {
 
     /// Asks the node for its status, waiting at most `timeout`.
     pub async fn status(&self, frame: Bytes, timeout: Duration) -> Result<NodeStatus, ClientError> {
+        self.ask(frame, timeout, |routes, tx| routes.status.push(tx))
+            .await
+    }
+
+    /// Asks the node for the snapshots it holds, waiting at most `timeout`.
+    pub async fn snapshots(
+        &self,
+        frame: Bytes,
+        timeout: Duration,
+    ) -> Result<Vec<SnapshotAttestation>, ClientError> {
+        self.ask(frame, timeout, |routes, tx| routes.snapshots.push(tx))
+            .await
+    }
+
+    /// Asks the node for chunk `index` of its snapshot at `height`, waiting
+    /// at most `timeout`.
+    pub async fn snapshot_chunk(
+        &self,
+        frame: Bytes,
+        height: SeqNum,
+        index: u32,
+        timeout: Duration,
+    ) -> Result<Option<Vec<u8>>, ClientError> {
+        self.ask(frame, timeout, |routes, tx| {
+            routes.chunks.insert((height, index), tx);
+        })
+        .await
+    }
+
+    /// Sends `frame` after registering, with `register`, who waits for its
+    /// answer; waits at most `timeout` for it.
+    async fn ask<T>(
+        &self,
+        frame: Bytes,
+        timeout: Duration,
+        register: impl FnOnce(&mut Routes, oneshot::Sender<T>),
+    ) -> Result<T, ClientError> {
         let (tx, rx) = oneshot::channel();
         {
             let mut routes = lock(&self.routes);
             if routes.closed {
                 return Err(ClientError::Disconnected);
             }
-            routes.status.push(tx);
+            register(&mut routes, tx);
         }
         self.send(frame).await?;
         match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(status)) => Ok(status),
+            Ok(Ok(answer)) => Ok(answer),
             Ok(Err(_)) => Err(ClientError::Disconnected),
             Err(_) => Err(ClientError::Timeout(timeout)),
         }
@@ -255,6 +299,25 @@ async fn route(routes: &Mutex<Routes>, node: NodeId, message: NodeMessage) {
             }
             // The blocks already routed are read first, then the end.
             routes.blocks = None;
+        }
+        NodeMessage::Snapshots(held) => {
+            let waiter = {
+                let mut routes = lock(routes);
+                routes.snapshots.retain(|waiter| !waiter.is_closed());
+                (!routes.snapshots.is_empty()).then(|| routes.snapshots.remove(0))
+            };
+            if let Some(waiter) = waiter {
+                let _ = waiter.send(held);
+            }
+        }
+        NodeMessage::SnapshotChunk {
+            height,
+            index,
+            bytes,
+        } => {
+            if let Some(waiter) = lock(routes).chunks.remove(&(height, index)) {
+                let _ = waiter.send(bytes);
+            }
         }
         NodeMessage::Receipt(_) | NodeMessage::Rejected { .. } | NodeMessage::Malformed => {}
     }

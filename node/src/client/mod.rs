@@ -33,6 +33,7 @@ use crate::client_api::{
 use crate::config::Cluster;
 use crate::transport::{Bytes, TransportError, DEFAULT_MAX_FRAME_BYTES};
 use bftd_crypto::{Digest, KeyPair};
+use bftd_protocol::snapshot::SnapshotAttestation;
 use bftd_protocol::{
     codec, BlockError, CommittedBlock, Committee, NodeId, Request, RequestMode, SeqNum,
     SignedRequest,
@@ -256,6 +257,29 @@ impl Client {
         let status = self.own().await?.status(frame, self.timeout).await?;
         self.height.fetch_max(status.height, Ordering::Relaxed);
         Ok(status)
+    }
+
+    /// The application snapshots the client's node holds, each signed by
+    /// it (design notes §48). Trust one only once f+1 nodes signed its
+    /// manifest ([`bftd_protocol::snapshot::certified`]).
+    pub async fn snapshots(&self) -> Result<Vec<SnapshotAttestation>, ClientError> {
+        let frame = Self::frame(&ClientMessage::Snapshots)?;
+        self.own().await?.snapshots(frame, self.timeout).await
+    }
+
+    /// Chunk `index` of the node's snapshot at `height`, unchecked (check
+    /// it with [`bftd_protocol::snapshot::SnapshotManifest::check_chunk`]);
+    /// `None` if the node does not hold it.
+    pub async fn snapshot_chunk(
+        &self,
+        height: SeqNum,
+        index: u32,
+    ) -> Result<Option<Vec<u8>>, ClientError> {
+        let frame = Self::frame(&ClientMessage::SnapshotChunk { height, index })?;
+        self.own()
+            .await?
+            .snapshot_chunk(frame, height, index, self.timeout)
+            .await
     }
 
     /// Builds the next request for `payload` (signed if the cluster wants

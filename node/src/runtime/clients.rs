@@ -283,6 +283,30 @@ async fn serve(
                 let status = shared.status();
                 let _ = reply_to.try_send(NodeMessage::Status(status));
             }
+            ClientMessage::Snapshots => {
+                let held = shared
+                    .snapshots
+                    .as_ref()
+                    .map(|snapshots| snapshots.held())
+                    .unwrap_or_default();
+                let _ = reply_to.try_send(NodeMessage::Snapshots(held));
+            }
+            ClientMessage::SnapshotChunk { height, index } => {
+                // Read here, not in a task of its own: this connection
+                // reads its next frame once the chunk is queued, so one
+                // fetcher holds at most one chunk read and one queued chunk.
+                let bytes = snapshot_chunk(&shared, height, index).await;
+                let answer = NodeMessage::SnapshotChunk {
+                    height,
+                    index,
+                    bytes,
+                };
+                if reply_to.send_within(answer, shared.subscriber_stall).await
+                    == Err(QueueFull::Closed)
+                {
+                    break;
+                }
+            }
         }
     }
     if let Some(subscription) = subscription {
@@ -532,6 +556,42 @@ async fn subscribe(
         if height.changed().await.is_err() {
             return;
         }
+    }
+}
+
+/// Chunk `index` of the snapshot at `height`, if the node holds it: read
+/// on a blocking thread in one of the node's store read slots, and charged
+/// to the budget for serving history (a chunk is history in another form).
+async fn snapshot_chunk(shared: &Arc<Shared>, height: SeqNum, index: u32) -> Option<Vec<u8>> {
+    let snapshots = shared.snapshots.clone()?;
+    pace_history(shared).await;
+    let slot = shared
+        .subscription_read_slots
+        .clone()
+        .acquire_owned()
+        .await
+        .ok()?;
+    let read = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        snapshots.chunk(height, index)
+    });
+    match read.await {
+        Ok(Ok(bytes)) => {
+            let size = bytes.as_ref().map_or(0, Vec::len);
+            if let Ok(mut budget) = shared.history.lock() {
+                budget.charge(size as f64);
+            }
+            shared
+                .metrics
+                .snapshot_chunks_served
+                .fetch_add(u64::from(bytes.is_some()), Ordering::Relaxed);
+            bytes
+        }
+        Ok(Err(error)) => {
+            tracing::warn!(%error, height = height.0, index, "cannot read a snapshot chunk");
+            None
+        }
+        Err(_) => None,
     }
 }
 

@@ -122,6 +122,18 @@ pub struct NodeMetrics {
     /// Failed reads of committed blocks for the embedded application
     /// (each retried).
     pub application_read_errors: AtomicU64,
+    /// Snapshots the embedded application took (design notes §48), and the
+    /// height of the newest.
+    pub snapshots_taken: AtomicU64,
+    pub snapshot_height: AtomicU64,
+    /// Times the embedded application was restored from a snapshot: its
+    /// own node's, or one fetched from peers.
+    pub snapshots_restored: AtomicU64,
+    /// Snapshot chunks from peers that did not match their manifest, and
+    /// fetches that failed (a peer that did not answer or lied).
+    pub snapshot_fetches_failed: AtomicU64,
+    /// Snapshot chunks served to peers.
+    pub snapshot_chunks_served: AtomicU64,
     /// Storage write time.
     pub storage_apply: Histogram,
     /// Time from a client's request reaching this node to its receipt.
@@ -452,6 +464,36 @@ impl NodeMetrics {
             "bftd_application_read_errors_total",
             "Failed reads of committed blocks for the embedded application (each retried).",
             load(&self.application_read_errors),
+        );
+        counter(
+            &mut out,
+            "bftd_snapshots_taken_total",
+            "Snapshots the embedded application took (every [storage] snapshot_every heights).",
+            load(&self.snapshots_taken),
+        );
+        gauge(
+            &mut out,
+            "bftd_snapshot_height",
+            "Height of the newest snapshot the node holds (0: none).",
+            load(&self.snapshot_height),
+        );
+        counter(
+            &mut out,
+            "bftd_snapshots_restored_total",
+            "Times the embedded application was restored from a snapshot (its node's own, or one f+1 peers signed).",
+            load(&self.snapshots_restored),
+        );
+        counter(
+            &mut out,
+            "bftd_snapshot_fetches_failed_total",
+            "Snapshot fetches from peers that failed: no f+1 signed snapshot to restore, a peer that did not answer, or a chunk that did not match its manifest.",
+            load(&self.snapshot_fetches_failed),
+        );
+        counter(
+            &mut out,
+            "bftd_snapshot_chunks_served_total",
+            "Snapshot chunks served to peers.",
+            load(&self.snapshot_chunks_served),
         );
         counter(
             &mut out,

@@ -12,6 +12,7 @@
 //!   application.
 
 mod admission;
+mod application;
 mod clients;
 mod consensus;
 mod durable;
@@ -28,6 +29,7 @@ use crate::client_api::NodeStatus;
 use crate::config::NodeConfig;
 use crate::storage::{DiskStorage, StorageOptions, StoreIdentity};
 use crate::transport::{Peer, Transport, TransportConfig, TransportError, TransportStats};
+use application::{Feed, Snapshotting};
 use bftd_protocol::{
     BlockSource, CommittedBlock, Committee, MessageLimits, Replica, ReplicaError, ReplicaSetup,
     RequestMode, SeqNum, Storage, StorageError,
@@ -54,6 +56,37 @@ pub trait Application: Send + 'static {
     /// A committed block. `duplicates` lists positions of requests that were
     /// already executed in an earlier block: skip them.
     fn deliver(&mut self, block: &CommittedBlock, duplicates: &[u32]);
+
+    /// Whether this application takes snapshots of its state and restores
+    /// them (design notes §48). One that does can follow a node that
+    /// prunes blocks (`[storage] retain_blocks`) or jumps past blocks its
+    /// peers pruned: when the blocks it needs next are gone, it is restored
+    /// from a snapshot and fed from the height after it. One that does
+    /// not needs every block from where it starts, and its node never
+    /// jumps.
+    fn takes_snapshots(&self) -> bool {
+        false
+    }
+
+    /// The state after the last block delivered, as bytes that depend on
+    /// the delivered blocks alone: every honest node's application must
+    /// give the same bytes at the same height (sorted maps, no times,
+    /// addresses or random seeds), because a node trusts a snapshot it
+    /// did not take only when f+1 nodes signed the same bytes. Called
+    /// between deliveries, after every height that is a multiple of
+    /// `[storage] snapshot_every`. At most 16 GiB.
+    fn snapshot(&self) -> Vec<u8> {
+        Vec::new()
+    }
+
+    /// Replaces the state with `state`: a snapshot taken after the block
+    /// at `height`, by this node's application or by f+1 others'. The next
+    /// block delivered is `height + 1`. An error is logged and the restore
+    /// is tried again later.
+    fn restore(&mut self, height: SeqNum, state: &[u8]) -> Result<(), String> {
+        let _ = (height, state);
+        Err("this application does not restore snapshots".into())
+    }
 }
 
 /// Why a node could not start.
@@ -113,6 +146,9 @@ pub enum StartError {
         /// The store file.
         path: std::path::PathBuf,
     },
+    /// The application's snapshot directory could not be opened.
+    #[error("{0}")]
+    Snapshots(#[from] crate::snapshots::SnapshotStoreError),
     /// The durability worker thread could not be started.
     #[error("cannot start the storage thread: {0}")]
     Thread(std::io::Error),
@@ -229,6 +265,9 @@ pub(crate) struct Shared {
     /// grants (connection-authenticated mode; one per client and voucher,
     /// seen in every request of theirs).
     pub client_checks: Mutex<bftd_protocol::ClientCheckCache>,
+    /// The embedded application's snapshots, served to peers; `None`
+    /// without an application that takes them.
+    pub snapshots: Option<Arc<crate::snapshots::SnapshotStore>>,
 }
 
 impl Shared {
@@ -447,13 +486,29 @@ pub async fn start_with(
         committee: committee.clone(),
         config: bftd_protocol::Config {
             // An embedded application's state is not in the blocks: a jump
-            // past pruned history would skip blocks it never saw.
-            jump_past_pruned: config.protocol.jump_past_pruned && application.is_none(),
+            // past pruned history skips blocks it never saw, which only a
+            // snapshot of its state makes up for.
+            jump_past_pruned: config.protocol.jump_past_pruned
+                && application
+                    .as_ref()
+                    .is_none_or(|(application, _)| application.takes_snapshots()),
             ..config.protocol.clone()
         },
         blocks: Arc::new(storage.clone()),
     };
     let replica = Replica::new(setup, recovered, started.elapsed())?;
+    let snapshots = match &application {
+        Some((application, _)) if application.takes_snapshots() => Some(Arc::new(
+            crate::snapshots::SnapshotStore::open(&config.data_dir)?,
+        )),
+        _ => None,
+    };
+    if let Some(newest) = snapshots.as_ref().and_then(|store| store.newest()) {
+        tracing::info!(
+            height = newest.manifest.height.0,
+            "application snapshot held"
+        );
+    }
 
     let shared = Arc::new(Shared {
         metrics: NodeMetrics::default(),
@@ -479,6 +534,7 @@ pub async fn start_with(
         transport: Mutex::new(None),
         fatal: Mutex::new(None),
         client_checks: Mutex::new(bftd_protocol::ClientCheckCache::default()),
+        snapshots,
         admission: admission::Admission::new(
             config.clients.in_flight_bytes,
             config.protocol.request_mode,
@@ -642,17 +698,31 @@ pub async fn start_with(
         tasks.push(("grpc", tokio::spawn(serve)));
     }
     if let Some((application, from)) = application {
-        let read: ReadBlocks = Arc::new(move |from| storage.blocks_from(from, 64));
+        let snapshotting = shared.snapshots.clone().map(|store| Snapshotting {
+            store,
+            every: config.storage.snapshot_every,
+            id: config.id,
+            key: config.key.clone(),
+            cluster: config.cluster.clone(),
+            shared: shared.clone(),
+        });
+        let first = storage.clone();
         let counted = shared.clone();
-        let read_error = move || {
-            counted
-                .metrics
-                .application_read_errors
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let feed = Feed {
+            application,
+            read: Arc::new(move |from| storage.blocks_from(from, 64)),
+            first_height: Arc::new(move || first.first_height()),
+            read_error: Box::new(move || {
+                counted
+                    .metrics
+                    .application_read_errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }),
+            snapshotting,
         };
         tasks.push((
             "application",
-            tokio::spawn(follow(application, from, read, height.clone(), read_error)),
+            tokio::spawn(application::follow(feed, from, height.clone())),
         ));
     }
     tracing::info!(
@@ -710,83 +780,6 @@ pub fn init(config: &NodeConfig) -> Result<std::path::PathBuf, StartError> {
     Ok(path)
 }
 
-/// Reads up to 64 committed blocks from a height on.
-type ReadBlocks =
-    Arc<dyn Fn(SeqNum) -> Result<Vec<crate::storage::StoredBlock>, StorageError> + Send + Sync>;
-
-/// First wait after a failed read for the application; doubled after
-/// each further failure, up to [`FOLLOW_RETRY_MAX`].
-const FOLLOW_RETRY_MIN: std::time::Duration = std::time::Duration::from_millis(10);
-const FOLLOW_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Feeds the application every committed block from `from` on, in order,
-/// exactly once each, reading from storage at its own pace: a slow
-/// application never holds consensus back, and no queue grows. A failed
-/// read is logged, counted (`read_error`) and retried with backoff from
-/// where delivery stopped, never the end of delivery. A panic of the
-/// application ends this task with that panic, which [`NodeHandle::wait`]
-/// reports.
-async fn follow(
-    application: Box<dyn Application>,
-    from: SeqNum,
-    read: ReadBlocks,
-    mut height: watch::Receiver<SeqNum>,
-    read_error: impl Fn() + Send + 'static,
-) {
-    let application = Arc::new(Mutex::new(application));
-    let mut next = from.max(SeqNum(1));
-    let mut retry = FOLLOW_RETRY_MIN;
-    loop {
-        let last = *height.borrow_and_update();
-        while next <= last {
-            let read = read.clone();
-            let application = application.clone();
-            let start = next;
-            let done = tokio::task::spawn_blocking(move || {
-                let blocks = read(start)?;
-                let mut app = application.lock().unwrap_or_else(|e| e.into_inner());
-                let mut next = start;
-                for (block, duplicates) in blocks {
-                    app.deliver(&block, &duplicates);
-                    next = block.height().next();
-                }
-                Ok::<SeqNum, StorageError>(next)
-            })
-            .await;
-            let error = match done {
-                Ok(Ok(advanced)) if advanced > next => {
-                    next = advanced;
-                    retry = FOLLOW_RETRY_MIN;
-                    continue;
-                }
-                Ok(Ok(_)) => format!("no block at height {} (committed up to {})", next.0, last.0),
-                Ok(Err(error)) => error.to_string(),
-                Err(error) if error.is_panic() => {
-                    tracing::error!(
-                        height = next.0,
-                        "the application panicked while a block was delivered; delivery stops"
-                    );
-                    std::panic::resume_unwind(error.into_panic());
-                }
-                // Cancelled: the runtime is shutting down.
-                Err(_) => return,
-            };
-            read_error();
-            tracing::warn!(
-                height = next.0,
-                %error,
-                retry_in_ms = retry.as_millis() as u64,
-                "cannot read committed blocks for the application; retrying"
-            );
-            tokio::time::sleep(retry).await;
-            retry = (retry * 2).min(FOLLOW_RETRY_MAX);
-        }
-        if height.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
 /// Why a node stopped by itself.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeStopped {
@@ -835,66 +828,6 @@ fn panic_message(error: tokio::task::JoinError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicU64, Ordering};
-
-    /// Collects the heights delivered.
-    struct Heights(Arc<Mutex<Vec<u64>>>);
-
-    impl Application for Heights {
-        fn deliver(&mut self, block: &CommittedBlock, _duplicates: &[u32]) {
-            self.0.lock().unwrap().push(block.height().0);
-        }
-    }
-
-    /// A read error while feeding an embedded application (a disk hiccup)
-    /// is retried, counted and logged: delivery resumes where it stopped,
-    /// every block exactly once, instead of ending silently for good.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn follow_retries_read_errors() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut storage = DiskStorage::open(&dir.path().join("store.redb")).unwrap();
-        let deliveries: Vec<_> = (1..=5)
-            .map(|height| crate::storage::tests::delivery(height, vec![]))
-            .collect();
-        storage.apply(&[], &deliveries).unwrap();
-        let failures_left = Arc::new(AtomicU64::new(2));
-        let failing = failures_left.clone();
-        let read: ReadBlocks = Arc::new(move |from| {
-            if failing
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok()
-            {
-                return Err(StorageError {
-                    source: "injected read error".into(),
-                });
-            }
-            storage.blocks_from(from, 2)
-        });
-        let errors = Arc::new(AtomicU64::new(0));
-        let counted = errors.clone();
-        let delivered = Arc::new(Mutex::new(Vec::new()));
-        let (_height_tx, height) = watch::channel(SeqNum(5));
-        let task = tokio::spawn(follow(
-            Box::new(Heights(delivered.clone())),
-            SeqNum(1),
-            read,
-            height,
-            move || {
-                counted.fetch_add(1, Ordering::SeqCst);
-            },
-        ));
-        let deadline = Instant::now() + std::time::Duration::from_secs(10);
-        while delivered.lock().unwrap().len() < 5 && Instant::now() < deadline {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-        task.abort();
-        assert_eq!(
-            *delivered.lock().unwrap(),
-            vec![1, 2, 3, 4, 5],
-            "delivered after two read errors"
-        );
-        assert_eq!(errors.load(Ordering::SeqCst), 2, "read errors counted");
-    }
 
     /// A panic in the consensus task is a failure of the node (so `bftd`
     /// exits non-zero and a supervisor restarts it), never a clean stop.

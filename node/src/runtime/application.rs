@@ -1,0 +1,465 @@
+//! Feeding an embedded [`Application`]: committed blocks in order, read
+//! from the store at the application's pace; snapshots of its state every
+//! `[storage] snapshot_every` heights; and, when the blocks it needs next
+//! were pruned, a restore from a snapshot (its node's own, or one f+1
+//! peers signed) instead of waiting forever (design notes §48).
+
+use super::{Application, Shared};
+use crate::client::Client;
+use crate::config::Cluster;
+use crate::snapshots::SnapshotStore;
+use bftd_crypto::KeyPair;
+use bftd_protocol::snapshot::{certified, SnapshotAttestation, SnapshotManifest};
+use bftd_protocol::{NodeId, SeqNum, StorageError};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Reads up to 64 committed blocks from a height on.
+pub(super) type ReadBlocks =
+    Arc<dyn Fn(SeqNum) -> Result<Vec<crate::storage::StoredBlock>, StorageError> + Send + Sync>;
+
+/// The oldest height the store holds now.
+pub(super) type FirstHeight = Arc<dyn Fn() -> SeqNum + Send + Sync>;
+
+/// First wait after a failed read for the application; doubled after
+/// each further failure, up to [`FOLLOW_RETRY_MAX`].
+const FOLLOW_RETRY_MIN: Duration = Duration::from_millis(10);
+const FOLLOW_RETRY_MAX: Duration = Duration::from_secs(5);
+/// How long a peer may take to answer one snapshot question.
+const PEER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What an application that takes snapshots needs besides its blocks.
+pub(super) struct Snapshotting {
+    pub store: Arc<SnapshotStore>,
+    /// A snapshot after every height that is a multiple of this.
+    pub every: u64,
+    pub id: NodeId,
+    pub key: KeyPair,
+    pub cluster: Cluster,
+    pub shared: Arc<Shared>,
+}
+
+/// The application and how it is fed.
+pub(super) struct Feed {
+    pub application: Box<dyn Application>,
+    pub read: ReadBlocks,
+    pub first_height: FirstHeight,
+    /// Counts a failed read (each is retried).
+    pub read_error: Box<dyn Fn() + Send + Sync>,
+    /// `None` when the application takes no snapshots.
+    pub snapshotting: Option<Snapshotting>,
+}
+
+type Shared_ = Arc<Mutex<Box<dyn Application>>>;
+
+fn lock(application: &Shared_) -> std::sync::MutexGuard<'_, Box<dyn Application>> {
+    application.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Feeds the application every committed block from `from` on, in order,
+/// exactly once each, reading from storage at its own pace: a slow
+/// application never holds consensus back, and no queue grows. A failed
+/// read is logged, counted and retried with backoff from where delivery
+/// stopped, never the end of delivery. When the next block is below the
+/// store's first height (pruned, or jumped past), an application that
+/// takes snapshots is restored from one and fed from the height after it;
+/// one that does not waits, its reads failing and counted. A panic of the
+/// application ends this task with that panic, which
+/// [`super::NodeHandle::wait`] reports.
+pub(super) async fn follow(feed: Feed, from: SeqNum, mut height: watch::Receiver<SeqNum>) {
+    let Feed {
+        application,
+        read,
+        first_height,
+        read_error,
+        snapshotting,
+    } = feed;
+    let application: Shared_ = Arc::new(Mutex::new(application));
+    let snapshotting = snapshotting.map(Arc::new);
+    let mut fetcher = snapshotting.as_ref().map(|s| Fetcher::new(s.clone()));
+    let mut next = from.max(SeqNum(1));
+    let mut retry = FOLLOW_RETRY_MIN;
+    loop {
+        let last = *height.borrow_and_update();
+        while next <= last || next < first_height() {
+            let first = first_height();
+            let error = if let (true, Some(fetcher)) = (next < first, fetcher.as_mut()) {
+                match fetcher.restore(&application, first).await {
+                    Ok(restored) => {
+                        next = restored.next();
+                        retry = FOLLOW_RETRY_MIN;
+                        continue;
+                    }
+                    Err(error) => error,
+                }
+            } else if next > last {
+                // Pruned below, nothing to restore from: wait for blocks.
+                break;
+            } else {
+                match deliver(&application, &read, next, snapshotting.as_ref()).await {
+                    Delivered::To(advanced) if advanced > next => {
+                        next = advanced;
+                        retry = FOLLOW_RETRY_MIN;
+                        continue;
+                    }
+                    Delivered::To(_) => {
+                        format!("no block at height {} (committed up to {})", next.0, last.0)
+                    }
+                    Delivered::ReadFailed(error) => error.to_string(),
+                    Delivered::Cancelled => return,
+                }
+            };
+            read_error();
+            tracing::warn!(
+                height = next.0,
+                %error,
+                retry_in_ms = retry.as_millis() as u64,
+                "cannot feed the application; retrying"
+            );
+            tokio::time::sleep(retry).await;
+            retry = (retry * 2).min(FOLLOW_RETRY_MAX);
+        }
+        if height.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+enum Delivered {
+    /// Delivered up to (not including) this height.
+    To(SeqNum),
+    ReadFailed(StorageError),
+    /// The runtime is shutting down.
+    Cancelled,
+}
+
+/// Delivers up to 64 blocks from `start` on a blocking thread, taking a
+/// snapshot after each height that is a multiple of `snapshot_every`.
+async fn deliver(
+    application: &Shared_,
+    read: &ReadBlocks,
+    start: SeqNum,
+    snapshotting: Option<&Arc<Snapshotting>>,
+) -> Delivered {
+    let read = read.clone();
+    let application = application.clone();
+    let snapshotting = snapshotting.cloned();
+    let done = tokio::task::spawn_blocking(move || {
+        let blocks = read(start)?;
+        let mut app = lock(&application);
+        let mut next = start;
+        for (block, duplicates) in blocks {
+            app.deliver(&block, &duplicates);
+            let at = block.height();
+            next = at.next();
+            if let Some(snapshotting) = &snapshotting {
+                if at.0 % snapshotting.every.max(1) == 0 {
+                    take_snapshot(&**app, at, block.hash(), snapshotting);
+                }
+            }
+        }
+        Ok::<SeqNum, StorageError>(next)
+    })
+    .await;
+    match done {
+        Ok(Ok(next)) => Delivered::To(next),
+        Ok(Err(error)) => Delivered::ReadFailed(error),
+        Err(error) if error.is_panic() => {
+            tracing::error!(
+                height = start.0,
+                "the application panicked while a block was delivered; delivery stops"
+            );
+            std::panic::resume_unwind(error.into_panic());
+        }
+        Err(_) => Delivered::Cancelled,
+    }
+}
+
+/// Takes, signs and keeps a snapshot of the application after the block at
+/// `height`. A failure is logged: delivery goes on (the previous snapshot
+/// is still held, and peers hold theirs).
+fn take_snapshot(
+    application: &dyn Application,
+    height: SeqNum,
+    block_hash: bftd_crypto::Digest,
+    snapshotting: &Snapshotting,
+) {
+    let state = application.snapshot();
+    let kept = SnapshotManifest::of(height, block_hash, &state)
+        .map_err(|error| error.to_string())
+        .and_then(|manifest| {
+            let attestation =
+                SnapshotAttestation::sign(manifest, snapshotting.id, &snapshotting.key);
+            snapshotting
+                .store
+                .save(attestation, &state)
+                .map_err(|error| error.to_string())
+        });
+    match kept {
+        Ok(()) => {
+            let metrics = &snapshotting.shared.metrics;
+            metrics.snapshots_taken.fetch_add(1, Ordering::Relaxed);
+            metrics.snapshot_height.store(height.0, Ordering::Relaxed);
+            tracing::debug!(height = height.0, bytes = state.len(), "snapshot taken");
+        }
+        Err(error) => {
+            tracing::error!(height = height.0, %error, "cannot keep the application's snapshot")
+        }
+    }
+}
+
+/// Finds, fetches, checks and restores snapshots for a node's application.
+struct Fetcher {
+    snapshotting: Arc<Snapshotting>,
+    /// Connections to peers, kept between attempts.
+    peers: HashMap<NodeId, Client>,
+}
+
+impl Fetcher {
+    fn new(snapshotting: Arc<Snapshotting>) -> Fetcher {
+        Fetcher {
+            snapshotting,
+            peers: HashMap::new(),
+        }
+    }
+
+    /// Restores the application from a snapshot at `first_height - 1` or
+    /// above (the store holds what follows it): the node's own if it has
+    /// one, else one f+1 peers signed. Returns its height.
+    async fn restore(
+        &mut self,
+        application: &Shared_,
+        first_height: SeqNum,
+    ) -> Result<SeqNum, String> {
+        let at_least = SeqNum(first_height.0.saturating_sub(1));
+        let own = self.snapshotting.store.newest();
+        let (manifest, state) = match own.filter(|own| own.manifest.height >= at_least) {
+            Some(own) => {
+                let store = self.snapshotting.store.clone();
+                let height = own.manifest.height;
+                let state = tokio::task::spawn_blocking(move || store.state(height))
+                    .await
+                    .map_err(|error| error.to_string())?
+                    .map_err(|error| error.to_string())?
+                    .ok_or("the node's own snapshot was forgotten meanwhile")?;
+                (own.manifest, state)
+            }
+            None => {
+                let fetched = self.fetch(at_least).await;
+                if fetched.is_err() {
+                    self.snapshotting
+                        .shared
+                        .metrics
+                        .snapshot_fetches_failed
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                fetched?
+            }
+        };
+        let height = manifest.height;
+        let application = application.clone();
+        let snapshotting = self.snapshotting.clone();
+        tokio::task::spawn_blocking(move || {
+            lock(&application)
+                .restore(height, &state)
+                .map_err(|error| {
+                    format!(
+                        "the application refused the snapshot at height {}: {error}",
+                        height.0
+                    )
+                })?;
+            // Kept as the node's own, signed: f+1 signatures (one honest)
+            // vouch for it, so this node's signature is true too, and a
+            // restart restores it without asking peers.
+            if snapshotting.store.newest().map(|own| own.manifest.height) != Some(height) {
+                let attestation =
+                    SnapshotAttestation::sign(manifest, snapshotting.id, &snapshotting.key);
+                if let Err(error) = snapshotting.store.save(attestation, &state) {
+                    tracing::warn!(%error, "cannot keep the restored snapshot");
+                }
+            }
+            Ok::<(), String>(())
+        })
+        .await
+        .map_err(|error| error.to_string())??;
+        let metrics = &self.snapshotting.shared.metrics;
+        metrics.snapshots_restored.fetch_add(1, Ordering::Relaxed);
+        metrics
+            .snapshot_height
+            .fetch_max(height.0, Ordering::Relaxed);
+        tracing::info!(
+            height = height.0,
+            "the application was restored from a snapshot; blocks are fed from the next height"
+        );
+        Ok(height)
+    }
+
+    /// Asks every peer for its snapshots, picks the highest at or above
+    /// `at_least` that f+1 of them signed, and fetches its chunks from
+    /// those signers, checking each against the manifest.
+    async fn fetch(&mut self, at_least: SeqNum) -> Result<(SnapshotManifest, Vec<u8>), String> {
+        let snapshotting = self.snapshotting.clone();
+        let cluster = &snapshotting.cluster;
+        let peers: Vec<NodeId> = cluster
+            .committee
+            .ids()
+            .filter(|&peer| peer != self.snapshotting.id)
+            .collect();
+        let mut offered = Vec::new();
+        for &peer in &peers {
+            match self.peer(peer).await {
+                Ok(client) => match client.snapshots().await {
+                    Ok(held) => offered.extend(held.into_iter().filter(|held| held.signer == peer)),
+                    Err(error) => {
+                        tracing::debug!(peer = peer.0, %error, "no snapshot list");
+                        self.peers.remove(&peer);
+                    }
+                },
+                Err(error) => {
+                    tracing::debug!(peer = peer.0, %error, "cannot reach a peer for snapshots")
+                }
+            }
+        }
+        let Some((manifest, signers)) = certified(&cluster.committee, &offered, at_least) else {
+            return Err(format!(
+                "no snapshot at height {} or above is signed by f+1 = {} peers yet ({} offered)",
+                at_least.0,
+                cluster.committee.f() + 1,
+                offered.len()
+            ));
+        };
+        let mut state = Vec::with_capacity(manifest.size as usize);
+        for index in 0..manifest.chunks.len() as u32 {
+            let chunk = self.chunk(&manifest, &signers, index).await?;
+            state.extend_from_slice(&chunk);
+        }
+        Ok((manifest, state))
+    }
+
+    /// Chunk `index`, from the first of `signers` (starting at a different
+    /// one for each chunk) that serves one matching the manifest.
+    async fn chunk(
+        &mut self,
+        manifest: &SnapshotManifest,
+        signers: &[NodeId],
+        index: u32,
+    ) -> Result<Vec<u8>, String> {
+        for offset in 0..signers.len() {
+            let peer = signers[(index as usize + offset) % signers.len()];
+            let answer = match self.peer(peer).await {
+                Ok(client) => client.snapshot_chunk(manifest.height, index).await,
+                Err(error) => Err(error),
+            };
+            match answer {
+                Ok(Some(bytes)) => match manifest.check_chunk(index, &bytes) {
+                    Ok(()) => return Ok(bytes),
+                    Err(error) => {
+                        self.snapshotting
+                            .shared
+                            .metrics
+                            .snapshot_fetches_failed
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(peer = peer.0, %error, "a peer served a snapshot chunk that does not match");
+                    }
+                },
+                Ok(None) => tracing::debug!(
+                    peer = peer.0,
+                    index,
+                    "the peer no longer holds the snapshot"
+                ),
+                Err(error) => {
+                    tracing::debug!(peer = peer.0, %error, "no snapshot chunk");
+                    self.peers.remove(&peer);
+                }
+            }
+        }
+        Err(format!(
+            "no signer of the snapshot at height {} served a good chunk {index}",
+            manifest.height.0
+        ))
+    }
+
+    async fn peer(&mut self, peer: NodeId) -> Result<&Client, crate::client::ClientError> {
+        if !self.peers.contains_key(&peer) {
+            let key = KeyPair::generate(&mut rand::rngs::OsRng);
+            let mut client = Client::connect(&self.snapshotting.cluster, peer, key).await?;
+            client.set_timeout(PEER_TIMEOUT);
+            self.peers.insert(peer, client);
+        }
+        self.peers
+            .get(&peer)
+            .ok_or(crate::client::ClientError::UnknownNode(peer))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::DiskStorage;
+    use bftd_protocol::{CommittedBlock, Storage};
+    use std::sync::atomic::AtomicU64;
+    use std::time::Instant;
+
+    /// Collects the heights delivered.
+    struct Heights(Arc<Mutex<Vec<u64>>>);
+
+    impl Application for Heights {
+        fn deliver(&mut self, block: &CommittedBlock, _duplicates: &[u32]) {
+            self.0.lock().unwrap().push(block.height().0);
+        }
+    }
+
+    /// A read error while feeding an embedded application (a disk hiccup)
+    /// is retried, counted and logged: delivery resumes where it stopped,
+    /// every block exactly once, instead of ending silently for good.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn follow_retries_read_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut storage = DiskStorage::open(&dir.path().join("store.redb")).unwrap();
+        let deliveries: Vec<_> = (1..=5)
+            .map(|height| crate::storage::tests::delivery(height, vec![]))
+            .collect();
+        storage.apply(&[], &deliveries).unwrap();
+        let failures_left = Arc::new(AtomicU64::new(2));
+        let failing = failures_left.clone();
+        let read: ReadBlocks = Arc::new(move |from| {
+            if failing
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                return Err(StorageError {
+                    source: "injected read error".into(),
+                });
+            }
+            storage.blocks_from(from, 2)
+        });
+        let errors = Arc::new(AtomicU64::new(0));
+        let counted = errors.clone();
+        let delivered = Arc::new(Mutex::new(Vec::new()));
+        let (_height_tx, height) = watch::channel(SeqNum(5));
+        let feed = Feed {
+            application: Box::new(Heights(delivered.clone())),
+            read,
+            first_height: Arc::new(|| SeqNum(1)),
+            read_error: Box::new(move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+            }),
+            snapshotting: None,
+        };
+        let task = tokio::spawn(follow(feed, SeqNum(1), height));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while delivered.lock().unwrap().len() < 5 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        task.abort();
+        assert_eq!(
+            *delivered.lock().unwrap(),
+            vec![1, 2, 3, 4, 5],
+            "delivered after two read errors"
+        );
+        assert_eq!(errors.load(Ordering::SeqCst), 2, "read errors counted");
+    }
+}

@@ -1,0 +1,260 @@
+//! Application snapshots (design notes §48), with four nodes in this
+//! process, each embedding the same application: a node down past every
+//! peer's retention jumps (§47) and its application, which missed the
+//! pruned blocks, is restored from a snapshot f+1 peers signed, fetched
+//! chunk by chunk around a peer whose snapshot files are damaged; a restart
+//! with a fresh application restores the node's own snapshot.
+
+mod common;
+
+use bftd::config::NodeConfig;
+use bftd::{Application, NodeHandle};
+use bftd_crypto::{Digest, DigestBuilder, Domain};
+use bftd_protocol::{CommittedBlock, ConsensusSettings, RequestMode, SeqNum};
+use common::TestCluster;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const STATE: Domain = Domain::new("test/v1/state");
+/// Bytes of filler in each snapshot: more than one 1 MiB chunk.
+const FILLER: usize = (1 << 20) + 4096;
+
+/// Everything the test reads of one node's application.
+#[derive(Default)]
+struct Seen {
+    /// The state after each height delivered (or restored).
+    states: BTreeMap<u64, Digest>,
+    /// Heights restored at.
+    restored: Vec<u64>,
+}
+
+/// A chain of every executed payload: the state after height `h` is
+/// `H(state after h-1, payloads of h less its duplicates)`. The snapshot is
+/// that digest and the height, then a megabyte of filler derived from it,
+/// so a snapshot spans two chunks and a wrong chunk changes the state.
+struct Chain {
+    height: u64,
+    state: Digest,
+    seen: Arc<Mutex<Seen>>,
+}
+
+impl Chain {
+    fn new(seen: Arc<Mutex<Seen>>) -> Chain {
+        Chain {
+            height: 0,
+            state: Digest::ZERO,
+            seen,
+        }
+    }
+}
+
+impl Application for Chain {
+    fn deliver(&mut self, block: &CommittedBlock, duplicates: &[u32]) {
+        assert_eq!(
+            block.height().0,
+            self.height + 1,
+            "blocks in order, none missed"
+        );
+        let mut next = DigestBuilder::new(STATE);
+        next.update(&self.state.0);
+        for (index, request) in block.block.batch.requests.iter().enumerate() {
+            if !duplicates.contains(&(index as u32)) {
+                next.update(&request.request.payload);
+            }
+        }
+        self.state = next.finish();
+        self.height = block.height().0;
+        self.seen
+            .lock()
+            .unwrap()
+            .states
+            .insert(self.height, self.state);
+    }
+
+    fn takes_snapshots(&self) -> bool {
+        true
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        let mut bytes = self.height.to_le_bytes().to_vec();
+        bytes.extend_from_slice(&self.state.0);
+        bytes.extend(self.state.0.iter().cycle().take(FILLER));
+        bytes
+    }
+
+    fn restore(&mut self, height: SeqNum, state: &[u8]) -> Result<(), String> {
+        let (stated, rest) = state.split_at(8);
+        let digest: [u8; 32] = rest[..32].try_into().unwrap();
+        let filler: Vec<u8> = digest.iter().cycle().take(FILLER).copied().collect();
+        if u64::from_le_bytes(stated.try_into().unwrap()) != height.0 || rest[32..] != filler {
+            return Err("a snapshot that is not this application's".into());
+        }
+        self.height = height.0;
+        self.state = Digest(digest);
+        let mut seen = self.seen.lock().unwrap();
+        seen.restored.push(height.0);
+        seen.states.insert(height.0, self.state);
+        Ok(())
+    }
+}
+
+fn settings() -> ConsensusSettings {
+    ConsensusSettings {
+        request_mode: RequestMode::ClientSigned,
+        checkpoint_interval: 8,
+        window: 16,
+        request_lifetime: 16,
+        ..ConsensusSettings::default()
+    }
+}
+
+const NODE_FILE: &str = "pipeline = 8\n\n[storage]\nretain_blocks = 17\nsnapshot_every = 8";
+
+async fn start(cluster: &TestCluster, id: usize, seen: &Arc<Mutex<Seen>>) -> NodeHandle {
+    let config = NodeConfig::load(&cluster.node_file(id)).unwrap();
+    let application: Box<dyn Application> = Box::new(Chain::new(seen.clone()));
+    bftd::start(config, Some((application, SeqNum(1))))
+        .await
+        .unwrap()
+}
+
+async fn submit(cluster: &TestCluster, node: usize, count: usize, tag: &str) {
+    let client = cluster.client(node).await;
+    for i in 0..count {
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            client.submit(format!("{tag}-{i}").into_bytes()),
+        )
+        .await
+        .expect("a request commits within 30 s")
+        .expect("a request commits");
+    }
+}
+
+/// Waits until `seen` holds a state at `height`; returns it.
+async fn state_at(seen: &Arc<Mutex<Seen>>, height: u64, what: &str) -> Digest {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(state) = seen.lock().unwrap().states.get(&height) {
+            return *state;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: no application state at height {height} within 60 s (restored at {:?}, highest {:?})",
+            seen.lock().unwrap().restored,
+            seen.lock().unwrap().states.keys().next_back()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn metric(node: &NodeHandle, name: &str) -> f64 {
+    node.render_metrics()
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_application_behind_pruned_blocks_is_restored_from_a_certified_snapshot() {
+    let cluster = TestCluster::configure_with(4, settings(), NODE_FILE);
+    let seen: Vec<Arc<Mutex<Seen>>> = (0..4).map(|_| Arc::default()).collect();
+    let mut nodes = Vec::new();
+    for (id, seen) in seen.iter().enumerate() {
+        cluster.init(id);
+        nodes.push(Some(start(&cluster, id, seen).await));
+    }
+    submit(&cluster, 0, 3, "early").await;
+    nodes[3].take().unwrap().shutdown().await;
+
+    // 60 blocks without node 3: every peer prunes what it would need.
+    submit(&cluster, 0, 60, "while-down").await;
+    let status = nodes[0].as_ref().unwrap().status();
+    assert!(
+        status.first_height > 4,
+        "the peers pruned (first height {})",
+        status.first_height
+    );
+    // Node 0's snapshots are damaged on disk: every chunk it serves is
+    // wrong, and the fetch must get each from another signer.
+    let snapshots = cluster.path().join("data0/snapshots");
+    for entry in std::fs::read_dir(&snapshots).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "state") {
+            let mut bytes = std::fs::read(&path).unwrap();
+            for byte in bytes.iter_mut().step_by(4096) {
+                *byte ^= 0xff;
+            }
+            std::fs::write(&path, bytes).unwrap();
+        }
+    }
+
+    // Node 3 comes back with a new application, fed from height 1.
+    let restarted: Arc<Mutex<Seen>> = Arc::default();
+    nodes[3] = Some(start(&cluster, 3, &restarted).await);
+    let node3 = nodes[3].as_ref().unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while restarted.lock().unwrap().restored.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node 3's application was not restored within 60 s (jumps {}, fetch failures {}, states up to {:?})",
+            metric(node3, "bftd_jumps_total"),
+            metric(node3, "bftd_snapshot_fetches_failed_total"),
+            restarted.lock().unwrap().states.keys().next_back()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let restored_at = restarted.lock().unwrap().restored[0];
+    assert!(
+        restored_at > 4,
+        "restored past the pruned blocks, at {restored_at}"
+    );
+    assert_eq!(
+        state_at(&restarted, restored_at, "node 3").await,
+        state_at(&seen[1], restored_at, "node 1").await,
+        "the restored state is the one the honest applications computed"
+    );
+    assert!(
+        metric(node3, "bftd_snapshot_fetches_failed_total") >= 1.0,
+        "node 0's damaged chunks were refused"
+    );
+
+    // It goes on from there with everyone: new blocks reach its
+    // application, and its state stays the others'.
+    submit(&cluster, 3, 10, "after").await;
+    let head = nodes[1].as_ref().unwrap().status().height;
+    assert_eq!(
+        state_at(&restarted, head, "node 3").await,
+        state_at(&seen[1], head, "node 1").await,
+        "node 3's application agrees at height {head}"
+    );
+
+    // Restarted again, with another new application: node 3's own store
+    // pruned below what it needs, and its own snapshot restores it.
+    nodes[3].take().unwrap().shutdown().await;
+    let again: Arc<Mutex<Seen>> = Arc::default();
+    nodes[3] = Some(start(&cluster, 3, &again).await);
+    submit(&cluster, 2, 3, "last").await;
+    let head = nodes[1].as_ref().unwrap().status().height;
+    assert_eq!(
+        state_at(&again, head, "node 3 after its restart").await,
+        state_at(&seen[1], head, "node 1").await,
+    );
+    assert_eq!(
+        again.lock().unwrap().restored.len(),
+        1,
+        "restored once, from its own snapshot"
+    );
+    assert_eq!(
+        metric(
+            nodes[3].as_ref().unwrap(),
+            "bftd_snapshot_fetches_failed_total"
+        ),
+        0.0,
+        "nothing fetched from peers"
+    );
+    for node in nodes.into_iter().flatten() {
+        node.shutdown().await;
+    }
+}
