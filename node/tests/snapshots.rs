@@ -110,6 +110,8 @@ fn settings() -> ConsensusSettings {
 }
 
 const NODE_FILE: &str = "pipeline = 8\n\n[storage]\nretain_blocks = 17\nsnapshot_every = 8";
+/// The same without retention: every block kept.
+const KEEP_ALL: &str = "pipeline = 8\n\n[storage]\nsnapshot_every = 8";
 
 async fn start(cluster: &TestCluster, id: usize, seen: &Arc<Mutex<Seen>>) -> NodeHandle {
     let config = NodeConfig::load(&cluster.node_file(id)).unwrap();
@@ -149,6 +151,23 @@ async fn state_at(seen: &Arc<Mutex<Seen>>, height: u64, what: &str) -> Digest {
     }
 }
 
+/// Waits until `node`'s application took the snapshot after the newest
+/// multiple of 8 at or below the node's height (it is taken once that
+/// height's delivery returned); returns its height.
+async fn wait_for_snapshot(node: &NodeHandle) -> u64 {
+    let height = node.status().height;
+    let newest = height - height % 8;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while metric(node, "bftd_snapshot_height") < newest as f64 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no snapshot at {newest} within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    newest
+}
+
 fn metric(node: &NodeHandle, name: &str) -> f64 {
     node.render_metrics()
         .lines()
@@ -176,6 +195,7 @@ async fn an_application_behind_pruned_blocks_is_restored_from_a_certified_snapsh
         "the peers pruned (first height {})",
         status.first_height
     );
+    wait_for_snapshot(nodes[0].as_ref().unwrap()).await;
     // Node 0's snapshots are damaged on disk: every chunk it serves is
     // wrong, and the fetch must get each from another signer.
     let snapshots = cluster.path().join("data0/snapshots");
@@ -254,6 +274,45 @@ async fn an_application_behind_pruned_blocks_is_restored_from_a_certified_snapsh
         0.0,
         "nothing fetched from peers"
     );
+    for node in nodes.into_iter().flatten() {
+        node.shutdown().await;
+    }
+}
+
+/// A new application on a node that keeps every block starts from the
+/// node's newest snapshot instead of replaying the history: it is fed only
+/// the blocks after it, and reaches the others' state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_application_starts_from_its_nodes_snapshot() {
+    let cluster = TestCluster::configure_with(4, settings(), KEEP_ALL);
+    let seen: Vec<Arc<Mutex<Seen>>> = (0..4).map(|_| Arc::default()).collect();
+    let mut nodes = Vec::new();
+    for (id, seen) in seen.iter().enumerate() {
+        cluster.init(id);
+        nodes.push(Some(start(&cluster, id, seen).await));
+    }
+    submit(&cluster, 1, 20, "tx").await;
+    let head = nodes[0].as_ref().unwrap().status().height;
+    let newest = wait_for_snapshot(nodes[0].as_ref().unwrap()).await;
+    nodes[0].take().unwrap().shutdown().await;
+    let again: Arc<Mutex<Seen>> = Arc::default();
+    nodes[0] = Some(start(&cluster, 0, &again).await);
+    assert_eq!(
+        state_at(&again, head, "node 0 after its restart").await,
+        state_at(&seen[1], head, "node 1").await
+    );
+    let again = again.lock().unwrap();
+    assert_eq!(
+        again.restored,
+        vec![newest],
+        "restored from its newest snapshot"
+    );
+    assert_eq!(
+        again.states.keys().next().copied(),
+        Some(newest),
+        "no block at or below the snapshot was delivered"
+    );
+    drop(again);
     for node in nodes.into_iter().flatten() {
         node.shutdown().await;
     }

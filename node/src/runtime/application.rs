@@ -81,13 +81,28 @@ pub(super) async fn follow(feed: Feed, from: SeqNum, mut height: watch::Receiver
     let snapshotting = snapshotting.map(Arc::new);
     let mut fetcher = snapshotting.as_ref().map(|s| Fetcher::new(s.clone()));
     let mut next = from.max(SeqNum(1));
+    // A node's own snapshot at or above where delivery starts gives the
+    // same state as delivering the blocks up to it: an application that
+    // restarts from scratch need not replay the whole history.
+    if let Some(fetcher) = fetcher.as_mut() {
+        if fetcher.holds(next) {
+            match fetcher.restore(&application, next, Source::Own).await {
+                Ok(restored) => next = restored.next(),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot restore the node's own snapshot; delivering blocks instead")
+                }
+            }
+        }
+    }
     let mut retry = FOLLOW_RETRY_MIN;
     loop {
         let last = *height.borrow_and_update();
         while next <= last || next < first_height() {
             let first = first_height();
             let error = if let (true, Some(fetcher)) = (next < first, fetcher.as_mut()) {
-                match fetcher.restore(&application, first).await {
+                // The store holds the blocks after `first - 1`.
+                let at_least = SeqNum(first.0.saturating_sub(1));
+                match fetcher.restore(&application, at_least, Source::Any).await {
                     Ok(restored) => {
                         next = restored.next();
                         retry = FOLLOW_RETRY_MIN;
@@ -211,6 +226,15 @@ fn take_snapshot(
     }
 }
 
+/// Where a snapshot may come from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// The node's own store only.
+    Own,
+    /// The node's own, else peers.
+    Any,
+}
+
 /// Finds, fetches, checks and restores snapshots for a node's application.
 struct Fetcher {
     snapshotting: Arc<Snapshotting>,
@@ -226,15 +250,23 @@ impl Fetcher {
         }
     }
 
-    /// Restores the application from a snapshot at `first_height - 1` or
-    /// above (the store holds what follows it): the node's own if it has
-    /// one, else one f+1 peers signed. Returns its height.
+    /// Whether the node holds a snapshot of its own at or above `height`.
+    fn holds(&self, height: SeqNum) -> bool {
+        self.snapshotting
+            .store
+            .newest()
+            .is_some_and(|own| own.manifest.height >= height)
+    }
+
+    /// Restores the application from a snapshot at `at_least` or above:
+    /// the node's own if it has one, else (from [`Source::Any`]) one f+1
+    /// peers signed. Returns its height.
     async fn restore(
         &mut self,
         application: &Shared_,
-        first_height: SeqNum,
+        at_least: SeqNum,
+        source: Source,
     ) -> Result<SeqNum, String> {
-        let at_least = SeqNum(first_height.0.saturating_sub(1));
         let own = self.snapshotting.store.newest();
         let (manifest, state) = match own.filter(|own| own.manifest.height >= at_least) {
             Some(own) => {
@@ -246,6 +278,12 @@ impl Fetcher {
                     .map_err(|error| error.to_string())?
                     .ok_or("the node's own snapshot was forgotten meanwhile")?;
                 (own.manifest, state)
+            }
+            None if source == Source::Own => {
+                return Err(format!(
+                    "no snapshot of its own at height {} or above",
+                    at_least.0
+                ))
             }
             None => {
                 let fetched = self.fetch(at_least).await;
@@ -312,7 +350,13 @@ impl Fetcher {
         for &peer in &peers {
             match self.peer(peer).await {
                 Ok(client) => match client.snapshots().await {
-                    Ok(held) => offered.extend(held.into_iter().filter(|held| held.signer == peer)),
+                    // A peer signs for itself, and holds two snapshots: a
+                    // longer list from a liar costs no more checks.
+                    Ok(held) => offered.extend(
+                        held.into_iter()
+                            .filter(|held| held.signer == peer)
+                            .take(2 * crate::snapshots::KEEP),
+                    ),
                     Err(error) => {
                         tracing::debug!(peer = peer.0, %error, "no snapshot list");
                         self.peers.remove(&peer);

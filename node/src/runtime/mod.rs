@@ -503,12 +503,6 @@ pub async fn start_with(
         )),
         _ => None,
     };
-    if let Some(newest) = snapshots.as_ref().and_then(|store| store.newest()) {
-        tracing::info!(
-            height = newest.manifest.height.0,
-            "application snapshot held"
-        );
-    }
 
     let shared = Arc::new(Shared {
         metrics: NodeMetrics::default(),
@@ -534,12 +528,20 @@ pub async fn start_with(
         transport: Mutex::new(None),
         fatal: Mutex::new(None),
         client_checks: Mutex::new(bftd_protocol::ClientCheckCache::default()),
-        snapshots,
+        snapshots: snapshots.clone(),
         admission: admission::Admission::new(
             config.clients.in_flight_bytes,
             config.protocol.request_mode,
         ),
     });
+    if let Some(newest) = snapshots.as_ref().and_then(|store| store.newest()) {
+        let height = newest.manifest.height.0;
+        tracing::info!(height, "application snapshot held");
+        shared
+            .metrics
+            .snapshot_height
+            .store(height, std::sync::atomic::Ordering::Relaxed);
+    }
     shared.metrics.first_height.store(
         storage.first_height().0,
         std::sync::atomic::Ordering::Relaxed,
