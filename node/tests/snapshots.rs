@@ -301,18 +301,16 @@ async fn a_new_application_starts_from_its_nodes_snapshot() {
         state_at(&again, head, "node 0 after its restart").await,
         state_at(&seen[1], head, "node 1").await
     );
-    let again = again.lock().unwrap();
+    let (restored, first_state) = {
+        let again = again.lock().unwrap();
+        (again.restored.clone(), again.states.keys().next().copied())
+    };
+    assert_eq!(restored, vec![newest], "restored from its newest snapshot");
     assert_eq!(
-        again.restored,
-        vec![newest],
-        "restored from its newest snapshot"
-    );
-    assert_eq!(
-        again.states.keys().next().copied(),
+        first_state,
         Some(newest),
         "no block at or below the snapshot was delivered"
     );
-    drop(again);
     for node in nodes.into_iter().flatten() {
         node.shutdown().await;
     }
