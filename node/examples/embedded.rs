@@ -26,6 +26,25 @@ impl Application for Counter {
             self.transactions
         );
     }
+
+    // Snapshots (optional): with them, the node may prune blocks and jump
+    // past blocks its peers pruned; the application is then restored from
+    // a snapshot that f+1 nodes signed (design notes §48).
+    fn takes_snapshots(&self) -> bool {
+        true
+    }
+
+    // The same bytes on every honest node at the same height.
+    fn snapshot(&self) -> Vec<u8> {
+        self.transactions.to_le_bytes().to_vec()
+    }
+
+    fn restore(&mut self, height: SeqNum, state: &[u8]) -> Result<(), String> {
+        let bytes: [u8; 8] = state.try_into().map_err(|_| "not a counter's state")?;
+        self.transactions = u64::from_le_bytes(bytes);
+        println!("application: restored at height {}", height.0);
+        Ok(())
+    }
 }
 
 fn free_address() -> std::net::SocketAddr {
