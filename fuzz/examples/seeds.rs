@@ -19,6 +19,7 @@ use bftd_protocol::message::{
     PrePrepare, Prepare, Status, Suspect, ViewChange,
 };
 use bftd_protocol::signer::SafetyState;
+use bftd_protocol::snapshot::{SnapshotAttestation, SnapshotManifest};
 use bftd_protocol::{
     Batch, CheckpointCertificate, CommitCertificate, CommittedBlock, ConsensusSettings, NodeId,
     PreparedCertificate, QuorumCertificate, Request, RequestMode, SeqNum, Signable, Signed,
@@ -246,6 +247,20 @@ fn node_messages() -> Vec<NodeMessage> {
             needs_snapshot: false,
         }),
         NodeMessage::Malformed,
+        NodeMessage::Snapshots(
+            (0..2)
+                .map(|id| {
+                    let manifest = SnapshotManifest::of(SeqNum(64), Digest([3; 32]), b"state")
+                        .unwrap();
+                    SnapshotAttestation::sign(manifest, NodeId(id), &keys()[id as usize])
+                })
+                .collect(),
+        ),
+        NodeMessage::SnapshotChunk {
+            height: SeqNum(64),
+            index: 0,
+            bytes: Some(b"state".to_vec()),
+        },
     ]
 }
 
@@ -295,6 +310,11 @@ fn main() {
         ClientMessage::Submit(SignedRequest::unsigned(request(9, 2, b"x").request)),
         ClientMessage::Subscribe { from: SeqNum(1) },
         ClientMessage::Status,
+        ClientMessage::Snapshots,
+        ClientMessage::SnapshotChunk {
+            height: SeqNum(64),
+            index: 1,
+        },
     ];
     for (i, message) in clients.iter().enumerate() {
         write(&dir, "client_message", i, &codec::encode(message).unwrap());

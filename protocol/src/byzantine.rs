@@ -73,6 +73,12 @@ pub enum Behaviour {
     WorstNewView,
     /// Never answers batch or block fetches.
     Withhold,
+    /// As primary, adds to every batch it proposes up to three requests
+    /// from earlier batches (most already executed), the same batch to
+    /// every peer: honest replicas must skip each as a duplicate, and skip
+    /// the same ones, whatever their at-most-once table went through
+    /// (restarts, jumps past pruned history).
+    Repropose,
     /// Several byzantine replicas fork the log together without talking:
     /// when one of them is primary, each derives the same split of the honest
     /// replicas from view and sequence and shows each half a different batch.
@@ -84,7 +90,8 @@ impl Behaviour {
     /// The names accepted by [`Behaviour::from_str`].
     pub const NAMES: &'static str = "silent, equivocate, bad-signature, wrong-digest, corrupt, \
         replay, forge-certificate, slow:MS, flood, lie-to-clients, fake-checkpoint, censor, \
-        starve[:MS], omit-prepared, stale-prepared, worst-new-view, withhold, random, collude";
+        starve[:MS], omit-prepared, stale-prepared, worst-new-view, withhold, repropose, random, \
+        collude";
 
     /// Every behaviour, with `slow` at 50 ms.
     pub fn all() -> Vec<Behaviour> {
@@ -106,6 +113,7 @@ impl Behaviour {
             Behaviour::StalePrepared,
             Behaviour::WorstNewView,
             Behaviour::Withhold,
+            Behaviour::Repropose,
             Behaviour::Random,
         ]
     }
@@ -131,6 +139,7 @@ impl fmt::Display for Behaviour {
             Behaviour::StalePrepared => f.write_str("stale-prepared"),
             Behaviour::WorstNewView => f.write_str("worst-new-view"),
             Behaviour::Withhold => f.write_str("withhold"),
+            Behaviour::Repropose => f.write_str("repropose"),
             Behaviour::Random => f.write_str("random"),
             Behaviour::Collude => f.write_str("collude"),
         }
@@ -162,6 +171,7 @@ impl FromStr for Behaviour {
             "stale-prepared" => Behaviour::StalePrepared,
             "worst-new-view" => Behaviour::WorstNewView,
             "withhold" => Behaviour::Withhold,
+            "repropose" => Behaviour::Repropose,
             "random" => Behaviour::Random,
             "collude" => Behaviour::Collude,
             other => {
@@ -227,6 +237,8 @@ impl Rng {
 
 /// Most old messages kept for replay, and batches remembered for collusion.
 const HISTORY: usize = 256;
+/// Requests `repropose` picks from: the last few batches' worth.
+const RECENT_REQUESTS: usize = 32;
 /// `starve` without an interval.
 const DEFAULT_STARVE_PACE: Duration = Duration::from_millis(250);
 /// Views whose view-changes the view-change adversaries remember.
@@ -253,6 +265,11 @@ pub struct Adversary {
     old_prepared: BTreeMap<SeqNum, PreparedCertificate>,
     /// View-changes seen, per view and signer (`worst-new-view`).
     view_changes: BTreeMap<View, BTreeMap<NodeId, Signed<ViewChange>>>,
+    /// Requests of batches seen (`repropose`), newest last.
+    proposed: VecDeque<SignedRequest>,
+    /// The pre-prepare sent for each slot (`repropose`): a resend is the
+    /// same message, not a second version.
+    reproposals: BTreeMap<(View, SeqNum), WireMessage>,
     /// The replica's consensus settings, learnt from its own status
     /// messages, so `flood`'s statuses are not dismissed for them.
     settings: crate::config::ConsensusSettings,
@@ -288,6 +305,8 @@ impl Adversary {
             next_admission: Duration::ZERO,
             old_prepared: BTreeMap::new(),
             view_changes: BTreeMap::new(),
+            proposed: VecDeque::new(),
+            reproposals: BTreeMap::new(),
             settings: crate::config::ConsensusSettings::default(),
         }
     }
@@ -306,6 +325,11 @@ impl Adversary {
                 pre_prepare, batch, ..
             } if self.behaviour == Behaviour::Collude => {
                 self.remember_batch(pre_prepare.value.digest, batch.clone());
+            }
+            WireMessage::PrePrepare { batch, .. }
+                if matches!(self.behaviour, Behaviour::Repropose | Behaviour::Random) =>
+            {
+                self.remember_requests(batch);
             }
             WireMessage::ViewChange(view_change) => self.remember_view_change(view_change),
             WireMessage::NewView(new_view) => {
@@ -397,6 +421,58 @@ impl Adversary {
         true
     }
 
+    fn remember_requests(&mut self, batch: &Batch) {
+        for request in &batch.requests {
+            self.proposed.push_back(request.clone());
+        }
+        while self.proposed.len() > HISTORY {
+            self.proposed.pop_front();
+        }
+    }
+
+    /// Its own pre-prepare with up to three requests of earlier batches
+    /// added (within the batch limits), re-signed; the same one for every
+    /// send of the slot.
+    fn repropose(&mut self, message: &WireMessage) -> Option<WireMessage> {
+        let WireMessage::PrePrepare {
+            pre_prepare, batch, ..
+        } = message
+        else {
+            return None;
+        };
+        let slot = (pre_prepare.value.view, pre_prepare.value.seq);
+        if let Some(sent) = self.reproposals.get(&slot) {
+            return Some(sent.clone());
+        }
+        let room = self
+            .settings
+            .max_batch_requests
+            .saturating_sub(batch.requests.len());
+        let count = (1 + self.rng.below(3) as usize)
+            .min(room)
+            .min(self.proposed.len());
+        let mut requests = batch.requests.clone();
+        // From the most recent batches: requests still inside their
+        // lifetime, which only the at-most-once table (not expiry) skips.
+        let recent = self.proposed.len().min(RECENT_REQUESTS);
+        for _ in 0..count {
+            let back = self.rng.below(recent as u64) as usize;
+            let index = self.proposed.len() - 1 - back;
+            if let Some(old) = self.proposed.get(index) {
+                requests.push(old.clone());
+            }
+        }
+        self.remember_requests(batch);
+        let reproposed = Batch { requests };
+        let digest = MerkleTree::new(&reproposed).root();
+        let sent = self.with_digest(message, digest, Some(Arc::new(reproposed)))?;
+        self.reproposals.insert(slot, sent.clone());
+        while self.reproposals.len() > VIEWS_REMEMBERED * 64 {
+            self.reproposals.pop_first();
+        }
+        Some(sent)
+    }
+
     fn remember_batch(&mut self, digest: Digest, batch: Arc<Batch>) {
         self.batches.insert(digest, batch);
         while self.batches.len() > HISTORY {
@@ -461,6 +537,7 @@ impl Adversary {
             Behaviour::StalePrepared,
             Behaviour::WorstNewView,
             Behaviour::Withhold,
+            Behaviour::Repropose,
             // Honest now and then, so the mix includes well-timed truths.
             Behaviour::LieToClients,
         ];
@@ -574,6 +651,10 @@ impl Adversary {
                 if !matches!(message, WireMessage::Batch(_) | WireMessage::Blocks(_)) {
                     self.emit(out, now, to, &message);
                 }
+            }
+            Behaviour::Repropose => {
+                let message = self.repropose(&message).unwrap_or(message);
+                self.emit(out, now, to, &message);
             }
             Behaviour::Flood
             | Behaviour::LieToClients

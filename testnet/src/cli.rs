@@ -74,7 +74,7 @@ struct SimArgs {
     /// Behaviours: silent, equivocate, bad-signature, wrong-digest, corrupt,
     /// replay, forge-certificate, slow:MS, flood, lie-to-clients,
     /// fake-checkpoint, censor, starve[:MS], omit-prepared, stale-prepared,
-    /// worst-new-view, withhold, random, collude; and `twins`: each byzantine
+    /// worst-new-view, withhold, repropose, random, collude; and `twins`: each byzantine
     /// identity runs as two honest instances with one key, on different
     /// sides of partitions. `random` mixes every behaviour and, in a quarter
     /// of the seeds, twins.

@@ -50,7 +50,8 @@ pub enum NetCommand {
     /// (lets one request in per interval: tiny batches, slowly);
     /// view-change liars omit-prepared, stale-prepared, worst-new-view
     /// (as new primary, builds the valid new-view that keeps least), withhold
-    /// (answers no fetch); random; and collude (several nodes fork the log
+    /// (answers no fetch); repropose (as primary, adds requests of earlier
+    /// batches to its own: duplicates to skip); random; and collude (several nodes fork the log
     /// together; needs more than f of them, hence --allow-unsafe).
     ///
     /// Examples:
