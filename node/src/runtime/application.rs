@@ -53,9 +53,11 @@ pub(super) struct Feed {
     pub snapshotting: Option<Snapshotting>,
 }
 
-type Shared_ = Arc<Mutex<Box<dyn Application>>>;
+/// The application, shared between the feeding task and the blocking
+/// threads that deliver to it, take its snapshots and restore it.
+type SharedApplication = Arc<Mutex<Box<dyn Application>>>;
 
-fn lock(application: &Shared_) -> std::sync::MutexGuard<'_, Box<dyn Application>> {
+fn lock(application: &SharedApplication) -> std::sync::MutexGuard<'_, Box<dyn Application>> {
     application.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -77,7 +79,7 @@ pub(super) async fn follow(feed: Feed, from: SeqNum, mut height: watch::Receiver
         read_error,
         snapshotting,
     } = feed;
-    let application: Shared_ = Arc::new(Mutex::new(application));
+    let application: SharedApplication = Arc::new(Mutex::new(application));
     let snapshotting = snapshotting.map(Arc::new);
     let mut fetcher = snapshotting.as_ref().map(|s| Fetcher::new(s.clone()));
     let mut next = from.max(SeqNum(1));
@@ -154,7 +156,7 @@ enum Delivered {
 /// Delivers up to 64 blocks from `start` on a blocking thread, taking a
 /// snapshot after each height that is a multiple of `snapshot_every`.
 async fn deliver(
-    application: &Shared_,
+    application: &SharedApplication,
     read: &ReadBlocks,
     start: SeqNum,
     snapshotting: Option<&Arc<Snapshotting>>,
@@ -263,7 +265,7 @@ impl Fetcher {
     /// peers signed. Returns its height.
     async fn restore(
         &mut self,
-        application: &Shared_,
+        application: &SharedApplication,
         at_least: SeqNum,
         source: Source,
     ) -> Result<SeqNum, String> {
