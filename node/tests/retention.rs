@@ -8,29 +8,16 @@
 mod common;
 
 use bftd::client::{Client, ClientError};
-use bftd_protocol::{ConsensusSettings, RequestMode, SeqNum};
-use common::TestCluster;
+use bftd_protocol::SeqNum;
+use common::{small_windows, TestCluster};
 use std::process::Command;
 use std::time::Duration;
-
-/// Small windows so that a few dozen blocks prune: a checkpoint every 8
-/// heights, requests remembered for 16, 17 blocks kept below the
-/// checkpoint.
-fn settings() -> ConsensusSettings {
-    ConsensusSettings {
-        request_mode: RequestMode::ClientSigned,
-        checkpoint_interval: 8,
-        window: 16,
-        request_lifetime: 16,
-        ..ConsensusSettings::default()
-    }
-}
 
 const NODE_FILE: &str = "pipeline = 8\n\n[storage]\nretain_blocks = 17";
 
 /// Four nodes that prune, each with its store, started and healthy.
 fn pruning_cluster() -> TestCluster {
-    let mut cluster = TestCluster::configure_with(4, settings(), NODE_FILE);
+    let mut cluster = TestCluster::configure_with(4, small_windows(), NODE_FILE);
     for id in 0..4 {
         cluster.init(id);
         cluster.start_node(id);
@@ -123,7 +110,7 @@ async fn restart_after_pruning_keeps_at_most_once_and_catches_up() {
     );
     // The library reads request_lifetime blocks before the first it
     // shows: from the height the refusal names, blocks come.
-    let from = SeqNum(first_now + settings().request_lifetime);
+    let from = SeqNum(first_now + small_windows().request_lifetime);
     let mut stream = client.subscribe(from).await.unwrap();
     let block = tokio::time::timeout(Duration::from_secs(10), stream.next())
         .await

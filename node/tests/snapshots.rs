@@ -10,8 +10,8 @@ mod common;
 use bftd::config::NodeConfig;
 use bftd::{Application, NodeHandle};
 use bftd_crypto::{Digest, DigestBuilder, Domain};
-use bftd_protocol::{CommittedBlock, ConsensusSettings, RequestMode, SeqNum};
-use common::TestCluster;
+use bftd_protocol::{CommittedBlock, SeqNum};
+use common::{small_windows, TestCluster};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -99,16 +99,6 @@ impl Application for Chain {
     }
 }
 
-fn settings() -> ConsensusSettings {
-    ConsensusSettings {
-        request_mode: RequestMode::ClientSigned,
-        checkpoint_interval: 8,
-        window: 16,
-        request_lifetime: 16,
-        ..ConsensusSettings::default()
-    }
-}
-
 const NODE_FILE: &str = "pipeline = 8\n\n[storage]\nretain_blocks = 17\nsnapshot_every = 8";
 /// The same without retention: every block kept.
 const KEEP_ALL: &str = "pipeline = 8\n\n[storage]\nsnapshot_every = 8";
@@ -177,7 +167,7 @@ fn metric(node: &NodeHandle, name: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_application_behind_pruned_blocks_is_restored_from_a_certified_snapshot() {
-    let cluster = TestCluster::configure_with(4, settings(), NODE_FILE);
+    let cluster = TestCluster::configure_with(4, small_windows(), NODE_FILE);
     let seen: Vec<Arc<Mutex<Seen>>> = (0..4).map(|_| Arc::default()).collect();
     let mut nodes = Vec::new();
     for (id, seen) in seen.iter().enumerate() {
@@ -284,7 +274,7 @@ async fn an_application_behind_pruned_blocks_is_restored_from_a_certified_snapsh
 /// the blocks after it, and reaches the others' state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_application_starts_from_its_nodes_snapshot() {
-    let cluster = TestCluster::configure_with(4, settings(), KEEP_ALL);
+    let cluster = TestCluster::configure_with(4, small_windows(), KEEP_ALL);
     let seen: Vec<Arc<Mutex<Seen>>> = (0..4).map(|_| Arc::default()).collect();
     let mut nodes = Vec::new();
     for (id, seen) in seen.iter().enumerate() {

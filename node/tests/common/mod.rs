@@ -12,6 +12,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Small windows so that a few dozen blocks prune (with `[storage]
+/// retain_blocks = 17`): a checkpoint every 8 heights, requests remembered
+/// for 16.
+pub fn small_windows() -> bftd_protocol::ConsensusSettings {
+    bftd_protocol::ConsensusSettings {
+        request_mode: RequestMode::ClientSigned,
+        checkpoint_interval: 8,
+        window: 16,
+        request_lifetime: 16,
+        ..bftd_protocol::ConsensusSettings::default()
+    }
+}
+
 /// `count` distinct loopback UDP ports that were free a moment ago (each
 /// socket is held until all are bound, so no two are the same, as two
 /// calls of [`free_port`] can be).
