@@ -112,6 +112,28 @@ impl ExecutedRequests {
         &self.executed
     }
 
+    /// A digest of every request remembered with its height, in (height,
+    /// client, id) order: two tables with the same entries have the same
+    /// fingerprint, however they were built (execution, a restart's
+    /// rebuild, a jump's).
+    pub fn fingerprint(&self) -> bftd_crypto::Digest {
+        const TABLE: bftd_crypto::Domain = bftd_crypto::Domain::new("bftd/v1/executed-table");
+        let mut entries: Vec<(SeqNum, &RequestKey)> = self
+            .executed
+            .iter()
+            .map(|(key, &height)| (height, key))
+            .collect();
+        entries.sort_by_key(|&(height, key)| (height, key.client.0, key.request_id));
+        let mut digest = bftd_crypto::DigestBuilder::new(TABLE);
+        for (height, key) in entries {
+            digest
+                .update(&height.0.to_le_bytes())
+                .update(&key.client.0)
+                .update(&key.request_id.to_le_bytes());
+        }
+        digest.finish()
+    }
+
     /// Requests remembered.
     pub fn len(&self) -> usize {
         self.executed.len()

@@ -128,6 +128,11 @@ struct SimArgs {
     /// the agreement checker catch a fork after a view change.
     #[arg(long)]
     break_new_view: bool,
+    /// Deliberately break the at-most-once table a replica rebuilds when it
+    /// jumps past pruned history (keep only the checkpoint block's
+    /// requests), to watch the table check catch it (with --retain-blocks).
+    #[arg(long)]
+    break_jump_table: bool,
     /// Deliberately make clients believe a node's reply without verifying
     /// its receipt, to watch the receipts checker catch `lie-to-clients`.
     #[arg(long)]
@@ -271,6 +276,7 @@ fn run_sim(args: SimArgs) -> Result<ExitCode, String> {
     };
     config.break_quorum = args.break_quorum;
     config.break_new_view = args.break_new_view;
+    config.break_jump_table = args.break_jump_table;
     config.break_receipts = args.break_receipts;
     let replay = replay_command(&args);
     if let Some(seed) = args.seed {
@@ -407,6 +413,9 @@ fn replay_command(args: &SimArgs) -> String {
     }
     if args.break_new_view {
         command.push_str(" --break-new-view");
+    }
+    if args.break_jump_table {
+        command.push_str(" --break-jump-table");
     }
     if args.break_receipts {
         command.push_str(" --break-receipts");

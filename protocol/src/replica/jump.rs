@@ -182,7 +182,9 @@ impl Replica {
             let mut fresh = Vec::with_capacity(requests.len());
             for (index, (key, valid_until)) in requests.into_iter().enumerate() {
                 if table.lookup_key(&key, valid_until, height) == Lookup::Fresh {
-                    table.record(key, height);
+                    if height == s || !self.broken_jump_table {
+                        table.record(key, height);
+                    }
                     fresh.push(key);
                 } else if height == s {
                     duplicates.push(index as u32);

@@ -469,6 +469,8 @@ pub struct Replica {
     broken_commit_quorum: bool,
     /// See [`Replica::break_new_view_rule_for_testing`].
     broken_new_view_rule: bool,
+    /// See [`Replica::break_jump_table_for_testing`].
+    broken_jump_table: bool,
 }
 
 impl std::fmt::Debug for Replica {
@@ -594,6 +596,7 @@ impl Replica {
             evidence: Vec::new(),
             broken_commit_quorum: false,
             broken_new_view_rule: false,
+            broken_jump_table: false,
             executed,
             config,
         };
@@ -763,6 +766,16 @@ impl Replica {
         self.broken_new_view_rule = true;
     }
 
+    /// Deliberately breaks the table a jump past pruned history rebuilds
+    /// (§47): it records only the checkpoint block's requests, forgetting
+    /// the rest of the window. Exists only so the simulator can show its
+    /// checkers catch it (`bftnet sim --break-jump-table`); nothing in the
+    /// daemon reaches it.
+    #[doc(hidden)]
+    pub fn break_jump_table_for_testing(&mut self) {
+        self.broken_jump_table = true;
+    }
+
     // ----- inspection ----------------------------------------------------
 
     /// Where the replica stands.
@@ -782,6 +795,14 @@ impl Replica {
             quorum: self.committee.quorum(),
             needs_snapshot: self.needs_snapshot,
         }
+    }
+
+    /// The last executed height and the fingerprint of the at-most-once
+    /// table there ([`ExecutedRequests::fingerprint`]), for checkers:
+    /// honest replicas at one height must hold the same table, or some
+    /// later block's `duplicates` differ between them.
+    pub fn executed_table(&self) -> (SeqNum, bftd_crypto::Digest) {
+        (self.last_executed, self.executed.fingerprint())
     }
 
     /// Peers heard from within [`IN_TOUCH_STATUS_INTERVALS`] status

@@ -160,6 +160,10 @@ pub struct SimConfig {
     /// prepared digest, not the highest) on every honest replica: to see the
     /// adversary reach the view change and the agreement checker catch it.
     pub break_new_view: bool,
+    /// Deliberately break the table a jump rebuilds (only the checkpoint
+    /// block's requests kept) on every honest replica: to see the table
+    /// checker catch it.
+    pub break_jump_table: bool,
     /// Deliberately make clients believe what a node replies without
     /// verifying its receipt: to see the receipts checker catch
     /// `lie-to-clients`.
@@ -191,6 +195,7 @@ impl SimConfig {
             protocol,
             break_quorum: false,
             break_new_view: false,
+            break_jump_table: false,
             break_receipts: false,
             twins: Twins::Never,
             workload: Workload::Steady,

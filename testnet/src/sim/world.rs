@@ -104,6 +104,8 @@ pub(super) struct SimNode {
     /// Fresh requests this replica executed (survives crashes: it mirrors
     /// storage).
     pub executed: BTreeSet<RequestKey>,
+    /// The height whose at-most-once table was last compared.
+    table_checked_at: SeqNum,
     timer_generation: u64,
     timer_at: Option<Duration>,
     crash_point: Option<CrashPoint>,
@@ -181,6 +183,9 @@ pub(super) struct World<'a> {
     pub honest_log: HonestLog,
     /// Jumps honest replicas made past pruned history.
     jumps: u64,
+    /// The fingerprint of the at-most-once table the first honest replica
+    /// to end a step at each height held there.
+    tables: BTreeMap<SeqNum, (NodeId, Digest)>,
     client_keys: Vec<KeyPair>,
     next_request_id: Vec<u64>,
     pub clients: ClientView,
@@ -224,6 +229,7 @@ impl<'a> World<'a> {
             },
             adversary,
             executed: BTreeSet::new(),
+            table_checked_at: SeqNum(0),
             timer_generation: 0,
             timer_at: None,
             crash_point: None,
@@ -288,6 +294,7 @@ impl<'a> World<'a> {
             executed_somewhere: BTreeSet::new(),
             honest_log: HonestLog::default(),
             jumps: 0,
+            tables: BTreeMap::new(),
             next_request_id: vec![1; client_keys.len()],
             client_keys,
             clients: ClientView::default(),
@@ -347,6 +354,9 @@ impl<'a> World<'a> {
                 }
                 if self.config.break_new_view {
                     replica.break_new_view_rule_for_testing();
+                }
+                if self.config.break_jump_table {
+                    replica.break_jump_table_for_testing();
                 }
                 self.nodes[slot].replica = Some(replica);
                 self.after_step(slot);
@@ -872,6 +882,39 @@ impl<'a> World<'a> {
         }
     }
 
+    /// Honest replicas at one height must hold the same at-most-once
+    /// table, however they got there (execution, a restart's rebuild, a
+    /// jump past pruned history, §47): a difference would make some later
+    /// block's `duplicates` differ. Checked when an honest replica ends a
+    /// step at a height it had not been compared at.
+    fn compare_table(&mut self, slot: Slot) {
+        let node = &mut self.nodes[slot];
+        let Some(replica) = node.replica.as_ref() else {
+            return;
+        };
+        let (height, table) = replica.executed_table();
+        if height == node.table_checked_at {
+            return;
+        }
+        node.table_checked_at = height;
+        let id = node.id;
+        match self.tables.get(&height) {
+            Some(&(other, theirs)) if theirs != table => {
+                self.failure.get_or_insert(Violation::new(
+                    "agreement",
+                    format!(
+                        "height {}: {other} and {id} hold different at-most-once tables ({theirs:#} and {table:#})",
+                        height.0
+                    ),
+                ));
+            }
+            Some(_) => {}
+            None => {
+                self.tables.insert(height, (id, table));
+            }
+        }
+    }
+
     fn after_step(&mut self, slot: Slot) {
         let honest = self.is_honest(slot);
         let node = &mut self.nodes[slot];
@@ -888,6 +931,10 @@ impl<'a> World<'a> {
         node.storage
             .apply(&actions.persist, &actions.deliver)
             .expect("memory storage does not fail");
+        if honest {
+            self.compare_table(slot);
+        }
+        let node = &mut self.nodes[slot];
         for delivery in &actions.deliver {
             // A tree handed on for receipts must be the batch's: a proof cut
             // from another tree would not verify for the client.
