@@ -25,25 +25,35 @@ pub fn small_windows() -> bftd_protocol::ConsensusSettings {
     }
 }
 
-/// `count` distinct loopback UDP ports that were free a moment ago (each
-/// socket is held until all are bound, so no two are the same, as two
-/// calls of [`free_port`] can be).
+/// Ports tests pick from: below Linux's ephemeral range (32768-60999 by
+/// default), where the kernel puts the source ports of outgoing
+/// connections. A port picked from the ephemeral range could be taken,
+/// between the pick and the node's bind, by any client connection of a
+/// test running alongside (each metrics poll opens one): "address already
+/// in use" at a node's start, one run in a few hundred.
+const TEST_PORTS: std::ops::Range<u16> = 20_000..32_768;
+
+/// `count` distinct loopback ports that were free a moment ago for both
+/// UDP (QUIC) and TCP (metrics, gRPC), from [`TEST_PORTS`] (each is held
+/// until all are picked, so no two are the same).
 pub fn free_ports(count: usize) -> Vec<u16> {
-    let sockets: Vec<UdpSocket> = (0..count)
-        .map(|_| UdpSocket::bind("127.0.0.1:0").expect("a free port"))
-        .collect();
-    sockets
-        .iter()
-        .map(|s| s.local_addr().expect("a bound port").port())
-        .collect()
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    let mut held = Vec::with_capacity(count);
+    while held.len() < count {
+        let port = rng.gen_range(TEST_PORTS);
+        let bound = UdpSocket::bind(("127.0.0.1", port))
+            .and_then(|udp| Ok((udp, std::net::TcpListener::bind(("127.0.0.1", port))?)));
+        if let Ok(sockets) = bound {
+            held.push((port, sockets));
+        }
+    }
+    held.into_iter().map(|(port, _)| port).collect()
 }
 
-/// A free loopback UDP port (QUIC) — also free for TCP in practice.
+/// A free loopback port for UDP and TCP (see [`free_ports`]).
 pub fn free_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    free_ports(1)[0]
 }
 
 pub struct TestCluster {
