@@ -406,29 +406,51 @@ struct FreeAddresses {
     grpc: SocketAddr,
 }
 
-/// [`FreeAddresses`] for `n` nodes. All sockets stay bound until every
+/// Ports testnets take: below Linux's ephemeral range (32768-60999 by
+/// default), where the kernel puts the source ports of outgoing UDP and
+/// TCP sockets. A port from that range that was free when chosen could be
+/// taken by any client socket on the machine (a load generator's, another
+/// testnet's) before the node bound it: "address already in use" at start,
+/// about one scenario run in a few hundred when several run at once.
+const NODE_PORTS: std::ops::Range<u16> = 20_000..32_768;
+
+/// [`FreeAddresses`] for `n` nodes, each port from [`NODE_PORTS`] and free
+/// for both UDP and TCP when chosen. All sockets stay bound until every
 /// port is chosen, so no two are equal.
 fn free_addresses(n: usize) -> std::io::Result<Vec<FreeAddresses>> {
-    let mut udp = Vec::new();
-    let mut tcp = Vec::new();
-    for _ in 0..n {
-        udp.push(UdpSocket::bind("127.0.0.1:0")?);
-        udp.push(UdpSocket::bind("127.0.0.1:0")?);
-        tcp.push(TcpListener::bind("127.0.0.1:0")?);
-        tcp.push(TcpListener::bind("127.0.0.1:0")?);
-    }
-    let mut out = Vec::with_capacity(n);
-    for (pair, listeners) in udp.chunks(2).zip(tcp.chunks(2)) {
-        if let ([real, proxy], [http, grpc]) = (pair, listeners) {
-            out.push(FreeAddresses {
-                listen: real.local_addr()?,
-                proxied: proxy.local_addr()?,
-                metrics: http.local_addr()?,
-                grpc: grpc.local_addr()?,
-            });
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    let mut held = Vec::with_capacity(4 * n);
+    let mut attempts = 0;
+    while held.len() < 4 * n {
+        attempts += 1;
+        if attempts > 100_000 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!(
+                    "no free loopback ports between {} and {}",
+                    NODE_PORTS.start, NODE_PORTS.end
+                ),
+            ));
+        }
+        let port = rng.gen_range(NODE_PORTS);
+        let address = SocketAddr::from(([127, 0, 0, 1], port));
+        if let (Ok(udp), Ok(tcp)) = (UdpSocket::bind(address), TcpListener::bind(address)) {
+            held.push((address, udp, tcp));
         }
     }
-    Ok(out)
+    Ok(held
+        .chunks(4)
+        .filter_map(|ports| match ports {
+            [real, proxy, http, grpc] => Some(FreeAddresses {
+                listen: real.0,
+                proxied: proxy.0,
+                metrics: http.0,
+                grpc: grpc.0,
+            }),
+            _ => None,
+        })
+        .collect())
 }
 
 /// Creates a new testnet in `layout.dir` (which must be absent or empty):
