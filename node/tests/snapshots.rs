@@ -124,6 +124,21 @@ async fn start(cluster: &TestCluster, id: usize, seen: &Arc<Mutex<Seen>>) -> Nod
         .unwrap()
 }
 
+/// Four nodes with `node_file`, each with its store and a [`Chain`]
+/// application, started; with what each application saw.
+async fn start_all(
+    node_file: &str,
+) -> (TestCluster, Vec<Arc<Mutex<Seen>>>, Vec<Option<NodeHandle>>) {
+    let cluster = TestCluster::configure_with(4, small_windows(), node_file);
+    let seen: Vec<Arc<Mutex<Seen>>> = (0..4).map(|_| Arc::default()).collect();
+    let mut nodes = Vec::new();
+    for (id, seen) in seen.iter().enumerate() {
+        cluster.init(id);
+        nodes.push(Some(start(&cluster, id, seen).await));
+    }
+    (cluster, seen, nodes)
+}
+
 async fn submit(cluster: &TestCluster, node: usize, count: usize, tag: &str) {
     let client = cluster.client(node).await;
     for i in 0..count {
@@ -186,19 +201,12 @@ async fn an_application_behind_pruned_blocks_is_restored_from_a_certified_snapsh
     if std::env::var_os("RUST_LOG").is_some() {
         bftd::init_logging(bftd::config::LogFormat::Human);
     }
-    let cluster = TestCluster::configure_with(4, small_windows(), NODE_FILE);
-    let seen: Vec<Arc<Mutex<Seen>>> = (0..4).map(|_| Arc::default()).collect();
-    let mut nodes = Vec::new();
-    for (id, seen) in seen.iter().enumerate() {
-        cluster.init(id);
-        nodes.push(Some(start(&cluster, id, seen).await));
-    }
+    let (cluster, seen, mut nodes) = start_all(NODE_FILE).await;
     submit(&cluster, 0, 3, "early").await;
     nodes[3].take().unwrap().shutdown().await;
 
-    // 60 blocks without node 3: every peer prunes what it would need, once
-    // its application was fed (retention waits for it) and the next
-    // checkpoints came.
+    // 60 blocks without node 3: every peer prunes what it would need (more
+    // blocks if a checkpoint has not pruned it yet).
     submit(&cluster, 0, 60, "while-down").await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
@@ -320,13 +328,7 @@ async fn an_application_behind_pruned_blocks_is_restored_from_a_certified_snapsh
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_application_starts_from_its_nodes_snapshot() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let cluster = TestCluster::configure_with(4, small_windows(), KEEP_ALL);
-    let seen: Vec<Arc<Mutex<Seen>>> = (0..4).map(|_| Arc::default()).collect();
-    let mut nodes = Vec::new();
-    for (id, seen) in seen.iter().enumerate() {
-        cluster.init(id);
-        nodes.push(Some(start(&cluster, id, seen).await));
-    }
+    let (cluster, seen, mut nodes) = start_all(KEEP_ALL).await;
     submit(&cluster, 1, 20, "tx").await;
     let head = nodes[0].as_ref().unwrap().status().height;
     let newest = wait_for_snapshot(nodes[0].as_ref().unwrap()).await;
