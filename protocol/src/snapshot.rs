@@ -196,10 +196,14 @@ impl SnapshotAttestation {
 
     /// Whether a member of `committee` signed this manifest.
     pub fn verify(&self, committee: &Committee) -> bool {
-        committee.key(self.signer).is_some_and(|key| {
-            key.verify(ATTESTATION, &self.manifest.signed_bytes(), &self.signature)
-                .is_ok()
-        })
+        self.verify_over(committee, &self.manifest.signed_bytes())
+    }
+
+    /// [`Self::verify`] given the manifest's signed bytes.
+    fn verify_over(&self, committee: &Committee, signed: &[u8]) -> bool {
+        committee
+            .key(self.signer)
+            .is_some_and(|key| key.verify(ATTESTATION, signed, &self.signature).is_ok())
     }
 }
 
@@ -216,16 +220,15 @@ pub fn certified<'a>(
     let mut signers: BTreeMap<(SeqNum, Digest), (&SnapshotManifest, Vec<NodeId>)> = BTreeMap::new();
     for attestation in attestations {
         let manifest = &attestation.manifest;
-        if manifest.height < at_least
-            || manifest.check_shape().is_err()
-            || !attestation.verify(committee)
-        {
+        if manifest.height < at_least || manifest.check_shape().is_err() {
             continue;
         }
-        let key = (
-            manifest.height,
-            Digest::of(ATTESTATION, &manifest.signed_bytes()),
-        );
+        // Encoded once: checked against the signature and keyed by.
+        let signed = manifest.signed_bytes();
+        if !attestation.verify_over(committee, &signed) {
+            continue;
+        }
+        let key = (manifest.height, Digest::of(ATTESTATION, &signed));
         let entry = signers.entry(key).or_insert((manifest, Vec::new()));
         if !entry.1.contains(&attestation.signer) {
             entry.1.push(attestation.signer);
