@@ -445,6 +445,8 @@ pub struct StorageConfig {
     /// `request_lifetime` heights, which a restart reads back from the
     /// store. Absent: every block is kept. A peer asking for a pruned
     /// height, and `bftd tail --from` one, are told the oldest kept height.
+    /// A block the node's embedded application has yet to be fed is never
+    /// pruned (design notes §48).
     pub retain_blocks: Option<u64>,
     /// An embedded application that takes snapshots (design notes §48)
     /// takes one after every height that is a multiple of this; the node

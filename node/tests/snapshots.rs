@@ -116,12 +116,23 @@ const NODE_FILE: &str = "pipeline = 8\n\n[storage]\nretain_blocks = 17\nsnapshot
 /// The same without retention: every block kept.
 const KEEP_ALL: &str = "pipeline = 8\n\n[storage]\nsnapshot_every = 8";
 
+/// Starts node `id` with a [`Chain`] application fed from height 1. A
+/// node restarted at once in this process finds its UDP port still bound
+/// for a few seconds while QUIC drains the closed connections of the one
+/// it replaces (RFC 9000 §10.2: three probe timeouts): retried.
 async fn start(cluster: &TestCluster, id: usize, seen: &Arc<Mutex<Seen>>) -> NodeHandle {
-    let config = NodeConfig::load(&cluster.node_file(id)).unwrap();
-    let application: Box<dyn Application> = Box::new(Chain::new(seen.clone()));
-    bftd::start(config, Some((application, SeqNum(1))))
-        .await
-        .unwrap()
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let config = NodeConfig::load(&cluster.node_file(id)).unwrap();
+        let application: Box<dyn Application> = Box::new(Chain::new(seen.clone()));
+        match bftd::start(config, Some((application, SeqNum(1)))).await {
+            Ok(node) => return node,
+            Err(error) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) => panic!("node {id} did not start within 10 s: {error}"),
+        }
+    }
 }
 
 /// Four nodes with `node_file`, each with its store and a [`Chain`]
@@ -203,10 +214,13 @@ async fn an_application_behind_pruned_blocks_is_restored_from_a_certified_snapsh
     }
     let (cluster, seen, mut nodes) = start_all(NODE_FILE).await;
     submit(&cluster, 0, 3, "early").await;
-    nodes[3].take().unwrap().shutdown().await;
+    let node3 = nodes[3].take().unwrap();
+    let left_at = node3.status().height;
+    node3.shutdown().await;
 
-    // 60 blocks without node 3: every peer prunes what it would need (more
-    // blocks if a checkpoint has not pruned it yet).
+    // 60 blocks without node 3: every peer prunes the block node 3 needs
+    // next (more blocks if a checkpoint has not pruned it yet; pruning
+    // also waits for each peer's own application, §48's hold).
     submit(&cluster, 0, 60, "while-down").await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
@@ -214,7 +228,7 @@ async fn an_application_behind_pruned_blocks_is_restored_from_a_certified_snapsh
             .iter()
             .map(|node| node.as_ref().unwrap().status().first_height)
             .collect();
-        if first.iter().all(|&first| first > 4) {
+        if first.iter().all(|&first| first > left_at + 1) {
             break;
         }
         assert!(
@@ -224,6 +238,15 @@ async fn an_application_behind_pruned_blocks_is_restored_from_a_certified_snapsh
         submit(&cluster, 0, 8, "prune").await;
     }
     wait_for_snapshot(nodes[0].as_ref().unwrap()).await;
+    // The peers restart too (their applications restore their own
+    // snapshots): nothing they queued for node 3 while it was down, which
+    // a reconnect would deliver and let it execute every height it
+    // missed, survives. Node 3 must fetch, and everything it needs was
+    // pruned.
+    for (id, seen) in seen.iter().enumerate().take(3) {
+        nodes[id].take().unwrap().shutdown().await;
+        nodes[id] = Some(start(&cluster, id, seen).await);
+    }
     // Node 0's snapshots are damaged on disk: every chunk it serves is
     // wrong, and the fetch must get each from another signer.
     let snapshots = cluster.path().join("data0/snapshots");
@@ -270,7 +293,7 @@ async fn an_application_behind_pruned_blocks_is_restored_from_a_certified_snapsh
         started.elapsed().as_secs_f64()
     );
     assert!(
-        restored_at > 4,
+        restored_at > left_at,
         "restored past the pruned blocks, at {restored_at}"
     );
     assert_eq!(
@@ -350,6 +373,94 @@ async fn a_new_application_starts_from_its_nodes_snapshot() {
         "no block at or below the snapshot was delivered"
     );
     for node in nodes.into_iter().flatten() {
+        node.shutdown().await;
+    }
+}
+
+/// An application that takes no snapshots and needs 40 ms per block.
+struct Slow(Arc<Mutex<Vec<u64>>>);
+
+impl Application for Slow {
+    fn deliver(&mut self, block: &CommittedBlock, _duplicates: &[u32]) {
+        std::thread::sleep(Duration::from_millis(40));
+        let mut heights = self.0.lock().unwrap();
+        assert_eq!(
+            block.height().0,
+            heights.last().copied().unwrap_or(0) + 1,
+            "blocks in order, none missed"
+        );
+        heights.push(block.height().0);
+    }
+}
+
+/// Retention waits for the node's own application (§48's hold): node 0's
+/// application, fed a block every 40 ms while its peers commit and prune
+/// far faster, still gets every block, with no snapshot to restore from,
+/// and node 0 prunes once it has caught up. Without the hold its next
+/// block is pruned under it and it waits forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_waits_for_a_slow_application() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let cluster = TestCluster::configure_with(4, small_windows(), NODE_FILE);
+    let fed: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let mut nodes = Vec::new();
+    for id in 0..4 {
+        cluster.init(id);
+        let config = NodeConfig::load(&cluster.node_file(id)).unwrap();
+        let application: Option<(Box<dyn Application>, SeqNum)> = (id == 0).then(|| {
+            (
+                Box::new(Slow(fed.clone())) as Box<dyn Application>,
+                SeqNum(1),
+            )
+        });
+        nodes.push(bftd::start(config, application).await.unwrap());
+    }
+    submit(&cluster, 1, 80, "fast").await;
+    let head = nodes[1].status().height;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    // Whether node 1 had pruned the block node 0's application needed next.
+    let mut behind_retention = false;
+    loop {
+        let (first, applied) = (
+            nodes[0].status().first_height,
+            fed.lock().unwrap().last().copied().unwrap_or(0),
+        );
+        assert!(
+            first <= applied + 1,
+            "node 0 pruned height {} before its application was fed it (store from {first})",
+            applied + 1
+        );
+        behind_retention |= nodes[1].status().first_height > applied + 1;
+        if applied >= head {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node 0's application reached only {applied} of {head} within 60 s (node 0's store from {first}, {} read errors)",
+            metric(&nodes[0], "bftd_application_read_errors_total")
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        behind_retention,
+        "node 0's application was never behind node 1's retention (node 1 keeps from {}): the test proves nothing",
+        nodes[1].status().first_height
+    );
+    assert_eq!(
+        metric(&nodes[0], "bftd_application_height"),
+        fed.lock().unwrap().last().copied().unwrap() as f64
+    );
+    // Caught up, it lets node 0 prune like the others.
+    submit(&cluster, 1, 24, "more").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while nodes[0].status().first_height <= 20 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node 0 never pruned once its application caught up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for node in nodes {
         node.shutdown().await;
     }
 }

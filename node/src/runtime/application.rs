@@ -49,6 +49,10 @@ pub(super) struct Feed {
     pub first_height: FirstHeight,
     /// Counts a failed read (each is retried).
     pub read_error: Box<dyn Fn() + Send + Sync>,
+    /// Told the next height the application needs whenever it moves (at
+    /// start, after deliveries and restores): the node keeps its blocks
+    /// from there on ([`crate::storage::DiskStorage::hold_from`]).
+    pub fed: Box<dyn Fn(SeqNum) + Send + Sync>,
     /// `None` when the application takes no snapshots.
     pub snapshotting: Option<Snapshotting>,
 }
@@ -77,19 +81,24 @@ pub(super) async fn follow(feed: Feed, from: SeqNum, mut height: watch::Receiver
         read,
         first_height,
         read_error,
+        fed,
         snapshotting,
     } = feed;
     let application: SharedApplication = Arc::new(Mutex::new(application));
     let snapshotting = snapshotting.map(Arc::new);
     let mut fetcher = snapshotting.as_ref().map(|s| Fetcher::new(s.clone()));
     let mut next = from.max(SeqNum(1));
+    fed(next);
     // A node's own snapshot at or above where delivery starts gives the
     // same state as delivering the blocks up to it: an application that
     // restarts from scratch need not replay the whole history.
     if let Some(fetcher) = fetcher.as_mut() {
         if fetcher.holds(next) {
             match fetcher.restore(&application, next, Source::Own).await {
-                Ok(restored) => next = restored.next(),
+                Ok(restored) => {
+                    next = restored.next();
+                    fed(next);
+                }
                 Err(error) => {
                     tracing::warn!(%error, "cannot restore the node's own snapshot; delivering blocks instead")
                 }
@@ -107,6 +116,7 @@ pub(super) async fn follow(feed: Feed, from: SeqNum, mut height: watch::Receiver
                 match fetcher.restore(&application, at_least, Source::Any).await {
                     Ok(restored) => {
                         next = restored.next();
+                        fed(next);
                         retry = FOLLOW_RETRY_MIN;
                         continue;
                     }
@@ -119,6 +129,7 @@ pub(super) async fn follow(feed: Feed, from: SeqNum, mut height: watch::Receiver
                 match deliver(&application, &read, next, snapshotting.as_ref()).await {
                     Delivered::To(advanced) if advanced > next => {
                         next = advanced;
+                        fed(next);
                         retry = FOLLOW_RETRY_MIN;
                         continue;
                     }
@@ -485,6 +496,8 @@ mod tests {
         let errors = Arc::new(AtomicU64::new(0));
         let counted = errors.clone();
         let delivered = Arc::new(Mutex::new(Vec::new()));
+        let needs = Arc::new(AtomicU64::new(0));
+        let told = needs.clone();
         let (_height_tx, height) = watch::channel(SeqNum(5));
         let feed = Feed {
             application: Box::new(Heights(delivered.clone())),
@@ -493,6 +506,7 @@ mod tests {
             read_error: Box::new(move || {
                 counted.fetch_add(1, Ordering::SeqCst);
             }),
+            fed: Box::new(move |next| told.store(next.0, Ordering::SeqCst)),
             snapshotting: None,
         };
         let task = tokio::spawn(follow(feed, SeqNum(1), height));
@@ -507,5 +521,10 @@ mod tests {
             "delivered after two read errors"
         );
         assert_eq!(errors.load(Ordering::SeqCst), 2, "read errors counted");
+        assert_eq!(
+            needs.load(Ordering::SeqCst),
+            6,
+            "the node told it needs 6 next"
+        );
     }
 }

@@ -165,12 +165,23 @@ pub(crate) async fn accept(
     storage: DiskStorage,
     height: watch::Receiver<SeqNum>,
 ) {
-    while let Some(connection) = connections.recv().await {
+    // Every connection's task, so that stopping this one (a node shutting
+    // down aborts it) stops them all: a connection left running would keep
+    // the endpoint, and with it the node's port, bound after shutdown.
+    let mut served = tokio::task::JoinSet::new();
+    loop {
+        let connection = tokio::select! {
+            connection = connections.recv() => match connection {
+                Some(connection) => connection,
+                None => break,
+            },
+            Some(_) = served.join_next(), if !served.is_empty() => continue,
+        };
         let inputs = inputs.clone();
         let shared = shared.clone();
         let storage = storage.clone();
         let height = height.clone();
-        tokio::spawn(async move {
+        served.spawn(async move {
             let client = connection.client;
             // A connection that opens no stream sends nothing: it is idle.
             let idle = shared.client_idle_timeout.min(STREAM_TIMEOUT);
@@ -207,7 +218,8 @@ async fn serve(
     // Beyond this the client is not reading: replies are dropped (counted),
     // and the client resends what it still waits for.
     let (reply_to, replies) = Replies::new(shared.reply_queue, shared.reply_queue_bytes);
-    let writer = tokio::spawn(write_replies(sender, replies));
+    // Aborted with this task (a node shutting down): see `accept`.
+    let writer = AbortOnDrop(tokio::spawn(write_replies(sender, replies)));
     let mut subscription: Option<Subscription> = None;
     let connection_reads = Arc::new(Semaphore::new(1));
     let idle = shared.client_idle_timeout;
@@ -313,7 +325,23 @@ async fn serve(
         subscription.cancel();
     }
     drop(reply_to);
-    let _ = writer.await;
+    let _ = writer.finish().await;
+}
+
+/// A task aborted when its handle is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> AbortOnDrop<T> {
+    /// Waits for the task to end by itself.
+    async fn finish(mut self) -> Result<T, tokio::task::JoinError> {
+        (&mut self.0).await
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Hands a client's request to consensus the same way for every client API
@@ -414,6 +442,14 @@ impl Subscription {
     /// it begins. (A read under way on its blocking thread finishes, still
     /// holding the connection's read permit.)
     pub(crate) fn cancel(self) {
+        drop(self);
+    }
+}
+
+/// A subscription dropped with its connection's task (a node shutting
+/// down aborts it) is cancelled too.
+impl Drop for Subscription {
+    fn drop(&mut self) {
         self.cancelled.store(true, Ordering::Release);
         self.task.abort();
     }

@@ -119,6 +119,9 @@ pub struct NodeMetrics {
     /// The oldest block height the store still holds (above 1 once
     /// `[storage] retain_blocks` pruned).
     pub first_height: AtomicU64,
+    /// The last height the embedded application was fed (or restored at);
+    /// the store keeps every block above it.
+    pub application_height: AtomicU64,
     /// Failed reads of committed blocks for the embedded application
     /// (each retried).
     pub application_read_errors: AtomicU64,
@@ -458,6 +461,12 @@ impl NodeMetrics {
             "bftd_replies_dropped_total",
             "Replies dropped because a client was not reading.",
             load(&self.replies_dropped),
+        );
+        gauge(
+            &mut out,
+            "bftd_application_height",
+            "Last height the embedded application was fed or restored at; retention keeps every block above it (0: none yet, or no application).",
+            load(&self.application_height),
         );
         counter(
             &mut out,

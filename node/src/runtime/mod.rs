@@ -421,12 +421,19 @@ impl NodeHandle {
         }
     }
 
-    /// Stops every task and closes the endpoint.
+    /// Stops every task (each awaited, not just aborted: an aborted task
+    /// drops its connections and its store handle only when it next runs)
+    /// and closes the endpoint. The UDP port stays bound for a few seconds
+    /// more while QUIC drains the closed connections (RFC 9000 §10.2): a
+    /// node restarted in the same process right after retries its start.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         let _ = self.consensus.await;
         for (_, task) in &self.tasks {
             task.abort();
+        }
+        for (_, task) in self.tasks {
+            let _ = task.await;
         }
         self.transport.shutdown().await;
     }
@@ -478,6 +485,11 @@ pub async fn start_with(
         ..StorageOptions::default()
     };
     let storage = DiskStorage::open_with(&path, Some(&identity), &options)?;
+    if let Some((_, from)) = &application {
+        // Held before consensus runs: no checkpoint prunes what the
+        // application has yet to be fed (the feeding task moves it).
+        storage.hold_from((*from).max(SeqNum(1)));
+    }
     let recovered = storage.recover()?;
     let started = Instant::now();
     let setup = ReplicaSetup {
@@ -710,6 +722,8 @@ pub async fn start_with(
         });
         let first = storage.clone();
         let counted = shared.clone();
+        let held = storage.clone();
+        let fed_metric = shared.clone();
         let feed = Feed {
             application,
             read: Arc::new(move |from| storage.blocks_from(from, 64)),
@@ -719,6 +733,13 @@ pub async fn start_with(
                     .metrics
                     .application_read_errors
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }),
+            fed: Box::new(move |next| {
+                held.hold_from(next);
+                fed_metric
+                    .metrics
+                    .application_height
+                    .store(next.0 - 1, std::sync::atomic::Ordering::Relaxed);
             }),
             snapshotting,
         };

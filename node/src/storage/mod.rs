@@ -275,6 +275,9 @@ struct Inner {
     /// The cluster's `request_lifetime`, from the store's identity (if it
     /// has one): how far back the `executed` table must reach.
     request_lifetime: Option<u64>,
+    /// Pruning keeps every block from this height on (`u64::MAX`: no
+    /// hold); see [`DiskStorage::hold_from`].
+    held_from: AtomicU64,
     cache: Mutex<BlockCache>,
 }
 
@@ -319,6 +322,7 @@ impl DiskStorage {
                 last_height: AtomicU64::new(opened.last_height.0),
                 first_height: AtomicU64::new(opened.first_height.0),
                 request_lifetime: opened.request_lifetime,
+                held_from: AtomicU64::new(u64::MAX),
                 cache: Mutex::new(BlockCache::new(
                     options.block_cache_entries,
                     options.block_cache_bytes,
@@ -337,6 +341,16 @@ impl DiskStorage {
     /// block from here to the last height is stored.
     pub fn first_height(&self) -> SeqNum {
         SeqNum(self.inner.first_height.load(Ordering::Acquire))
+    }
+
+    /// From now on, pruning keeps every block from `height` on, however far
+    /// below the stable checkpoint: the next block the node's embedded
+    /// application needs, moved as it is fed (design notes §48). Without
+    /// it an application slower than pruning would lose its next block on
+    /// its own node. A jump past pruned history still drops what lies below
+    /// its checkpoint (those blocks do not connect to what follows).
+    pub fn hold_from(&self, height: SeqNum) {
+        self.inner.held_from.store(height.0, Ordering::Release);
     }
 }
 

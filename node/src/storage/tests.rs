@@ -731,6 +731,39 @@ fn retain_blocks_prunes_below_the_checkpoint_only() {
     assert!(store.block(SeqNum(1)).is_some());
 }
 
+/// A hold keeps the blocks from its height on, whatever `retain_blocks`
+/// says: a checkpoint at 20 with 5 retained prunes only below the hold at
+/// 9; once the hold moves to 17, the next checkpoint prunes up to the
+/// retention line (15), not to the hold.
+#[test]
+fn a_hold_keeps_the_blocks_the_application_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = StorageOptions {
+        retain_blocks: Some(5),
+        ..StorageOptions::default()
+    };
+    let mut store = DiskStorage::open_with(&store_path(&dir), None, &options).unwrap();
+    let deliveries: Vec<Delivery> = (1..=30).map(|h| delivery(h, vec![])).collect();
+    store.apply(&[], &deliveries).unwrap();
+    store.hold_from(SeqNum(9));
+    store
+        .apply(&[Record::StableCheckpoint(checkpoint(20))], &[])
+        .unwrap();
+    assert_eq!(store.first_height(), SeqNum(9));
+    assert!(store.block(SeqNum(9)).is_some());
+    assert!(store.block(SeqNum(8)).is_none());
+    store.hold_from(SeqNum(17));
+    store
+        .apply(&[Record::StableCheckpoint(checkpoint(25))], &[])
+        .unwrap();
+    assert_eq!(store.first_height(), SeqNum(17), "held at 17, not 20");
+    store.hold_from(SeqNum(u64::MAX));
+    store
+        .apply(&[Record::StableCheckpoint(checkpoint(26))], &[])
+        .unwrap();
+    assert_eq!(store.first_height(), SeqNum(21));
+}
+
 /// Pruning a long history goes at most `PRUNE_MAX_BLOCKS` blocks per
 /// checkpoint, oldest first, so one step never deletes the whole store.
 #[test]

@@ -51,6 +51,7 @@ impl DiskStorage {
             let mut tables =
                 WriteTables::open(&txn, inner.request_lifetime).map_err(|e| fail(e.into()))?;
             tables.retain_blocks = inner.options.retain_blocks;
+            tables.held_from = SeqNum(inner.held_from.load(Ordering::Acquire));
             let mut buffer = Vec::new();
             for record in records {
                 tables.record(path, record, &mut buffer)?;
@@ -99,6 +100,8 @@ struct WriteTables<'txn> {
     request_lifetime: Option<u64>,
     /// See [`StorageOptions::retain_blocks`].
     retain_blocks: Option<u64>,
+    /// See [`DiskStorage::hold_from`].
+    held_from: SeqNum,
     /// The new first height, if this step pruned blocks.
     pruned_to: Option<SeqNum>,
     /// The checkpoint's height, if this step jumped past pruned history.
@@ -121,6 +124,7 @@ impl<'txn> WriteTables<'txn> {
             executed: txn.open_table(EXECUTED)?,
             request_lifetime,
             retain_blocks: None,
+            held_from: SeqNum(u64::MAX),
             pruned_to: None,
             jumped_to: None,
             state: txn.open_table(STATE)?,
@@ -272,7 +276,8 @@ impl<'txn> WriteTables<'txn> {
                 .map_err(fail)?;
         }
         if let Some(retain) = self.retain_blocks {
-            self.prune(path, SeqNum(seq.0.saturating_sub(retain)))?;
+            let keep_from = SeqNum(seq.0.saturating_sub(retain)).min(self.held_from);
+            self.prune(path, keep_from)?;
         }
         Ok(())
     }
