@@ -127,7 +127,7 @@ async fn start(cluster: &TestCluster, id: usize, seen: &Arc<Mutex<Seen>>) -> Nod
         let application: Box<dyn Application> = Box::new(Chain::new(seen.clone()));
         match bftd::start(config, Some((application, SeqNum(1)))).await {
             Ok(node) => return node,
-            Err(error) if tokio::time::Instant::now() < deadline => {
+            Err(_) if tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(error) => panic!("node {id} did not start within 10 s: {error}"),

@@ -252,7 +252,7 @@ enum Source {
 struct Fetcher {
     snapshotting: Arc<Snapshotting>,
     /// Connections to peers, kept between attempts.
-    peers: HashMap<NodeId, Client>,
+    peers: HashMap<NodeId, Arc<Client>>,
 }
 
 impl Fetcher {
@@ -388,68 +388,137 @@ impl Fetcher {
                 offered.len()
             ));
         };
+        let mut sources = Vec::with_capacity(signers.len());
+        for &signer in &signers {
+            match self.peer(signer).await {
+                Ok(client) => sources.push((signer, client)),
+                Err(error) => {
+                    tracing::debug!(peer = signer.0, %error, "cannot reach a snapshot's signer")
+                }
+            }
+        }
+        let fetched = fetch_chunks(&manifest, sources, &snapshotting).await;
+        if let Err(failed) = &fetched {
+            for peer in failed.dropped.iter() {
+                self.peers.remove(peer);
+            }
+        }
+        let chunks = fetched.map_err(|failed| failed.reason)?;
         let mut state = Vec::with_capacity(manifest.size as usize);
-        for index in 0..manifest.chunks.len() as u32 {
-            let chunk = self.chunk(&manifest, &signers, index).await?;
+        for chunk in chunks {
             state.extend_from_slice(&chunk);
         }
         Ok((manifest, state))
     }
 
-    /// Chunk `index`, from the first of `signers` (starting at a different
-    /// one for each chunk) that serves one matching the manifest.
-    async fn chunk(
-        &mut self,
-        manifest: &SnapshotManifest,
-        signers: &[NodeId],
-        index: u32,
-    ) -> Result<Vec<u8>, String> {
-        for offset in 0..signers.len() {
-            let peer = signers[(index as usize + offset) % signers.len()];
-            let answer = match self.peer(peer).await {
-                Ok(client) => client.snapshot_chunk(manifest.height, index).await,
-                Err(error) => Err(error),
-            };
-            match answer {
-                Ok(Some(bytes)) => match manifest.check_chunk(index, &bytes) {
-                    Ok(()) => return Ok(bytes),
-                    Err(error) => {
-                        self.snapshotting
-                            .shared
-                            .metrics
-                            .snapshot_fetches_failed
-                            .fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(peer = peer.0, %error, "a peer served a snapshot chunk that does not match");
-                    }
-                },
-                Ok(None) => tracing::debug!(
-                    peer = peer.0,
-                    index,
-                    "the peer no longer holds the snapshot"
-                ),
-                Err(error) => {
-                    tracing::debug!(peer = peer.0, %error, "no snapshot chunk");
-                    self.peers.remove(&peer);
-                }
-            }
+    async fn peer(&mut self, peer: NodeId) -> Result<Arc<Client>, crate::client::ClientError> {
+        if let Some(client) = self.peers.get(&peer) {
+            return Ok(client.clone());
         }
-        Err(format!(
-            "no signer of the snapshot at height {} served a good chunk {index}",
-            manifest.height.0
-        ))
+        let key = KeyPair::generate(&mut rand::rngs::OsRng);
+        let mut client = Client::connect(&self.snapshotting.cluster, peer, key).await?;
+        client.set_timeout(PEER_TIMEOUT);
+        let client = Arc::new(client);
+        self.peers.insert(peer, client.clone());
+        Ok(client)
     }
+}
 
-    async fn peer(&mut self, peer: NodeId) -> Result<&Client, crate::client::ClientError> {
-        if !self.peers.contains_key(&peer) {
-            let key = KeyPair::generate(&mut rand::rngs::OsRng);
-            let mut client = Client::connect(&self.snapshotting.cluster, peer, key).await?;
-            client.set_timeout(PEER_TIMEOUT);
-            self.peers.insert(peer, client);
-        }
-        self.peers
-            .get(&peer)
-            .ok_or(crate::client::ClientError::UnknownNode(peer))
+/// Why fetching a snapshot's chunks failed, and the signers whose
+/// connections failed (dropped, to be dialled afresh next time).
+struct FetchFailed {
+    reason: String,
+    dropped: Vec<NodeId>,
+}
+
+/// The chunks still to fetch, shared by one worker per signer.
+struct Chunks {
+    /// Indices not fetched yet, nor being fetched.
+    waiting: std::collections::VecDeque<u32>,
+    /// Each chunk, once fetched and checked.
+    fetched: Vec<Option<Vec<u8>>>,
+    dropped: Vec<NodeId>,
+}
+
+/// Fetches every chunk of `manifest` from all its `sources` at once (each
+/// serves at its own history budget, so n signers restore about n times as
+/// fast as one): one worker per signer takes the next chunk not yet
+/// fetched. A signer that serves a chunk not matching the manifest (a liar,
+/// or damaged files) or fails to answer is counted and stops serving this
+/// fetch, and its chunk goes back for the others; the fetch fails only when
+/// no signer is left with chunks missing. At most one chunk per signer is
+/// in flight, so memory is the state plus one chunk per signer.
+async fn fetch_chunks(
+    manifest: &SnapshotManifest,
+    sources: Vec<(NodeId, Arc<Client>)>,
+    snapshotting: &Arc<Snapshotting>,
+) -> Result<Vec<Vec<u8>>, FetchFailed> {
+    let count = manifest.chunks.len();
+    let work = Arc::new(Mutex::new(Chunks {
+        waiting: (0..count as u32).collect(),
+        fetched: vec![None; count],
+        dropped: Vec::new(),
+    }));
+    let manifest = Arc::new(manifest.clone());
+    let mut workers = tokio::task::JoinSet::new();
+    for (peer, client) in sources {
+        let work = work.clone();
+        let manifest = manifest.clone();
+        let snapshotting = snapshotting.clone();
+        workers.spawn(async move {
+            loop {
+                let Some(index) = work.lock().unwrap_or_else(|e| e.into_inner()).waiting.pop_front()
+                else {
+                    break;
+                };
+                let failure = match client.snapshot_chunk(manifest.height, index).await {
+                    Ok(Some(bytes)) => match manifest.check_chunk(index, &bytes) {
+                        Ok(()) => {
+                            work.lock().unwrap_or_else(|e| e.into_inner()).fetched
+                                [index as usize] = Some(bytes);
+                            continue;
+                        }
+                        Err(error) => {
+                            snapshotting
+                                .shared
+                                .metrics
+                                .snapshot_fetches_failed
+                                .fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(peer = peer.0, %error, "a peer served a snapshot chunk that does not match; fetching from the other signers");
+                            None
+                        }
+                    },
+                    Ok(None) => {
+                        tracing::debug!(peer = peer.0, index, "the peer no longer holds the snapshot");
+                        None
+                    }
+                    Err(error) => {
+                        tracing::debug!(peer = peer.0, %error, "no snapshot chunk");
+                        Some(peer)
+                    }
+                };
+                let mut work = work.lock().unwrap_or_else(|e| e.into_inner());
+                work.waiting.push_front(index);
+                work.dropped.extend(failure);
+                break;
+            }
+        });
     }
+    while workers.join_next().await.is_some() {}
+    let mut work = work.lock().unwrap_or_else(|e| e.into_inner());
+    let dropped = std::mem::take(&mut work.dropped);
+    let fetched = std::mem::take(&mut work.fetched);
+    let missing = fetched.iter().filter(|chunk| chunk.is_none()).count();
+    if missing > 0 {
+        return Err(FetchFailed {
+            reason: format!(
+                "no signer of the snapshot at height {} served {missing} of its {count} chunks (each signer that failed stopped serving this fetch)",
+                manifest.height.0
+            ),
+            dropped,
+        });
+    }
+    Ok(fetched.into_iter().flatten().collect())
 }
 
 #[cfg(test)]
