@@ -22,13 +22,14 @@ const STATE: Domain = Domain::new("test/v1/state");
 /// process, and on two cores two such clusters starve each other's
 /// applications, which is not what these tests are about.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-/// Bytes of filler in each snapshot: more than one 1 MiB chunk, or
+/// Bytes of filler in each snapshot: more than two 1 MiB chunks (so a
+/// fetch from three signers asks each, the damaged one too), or
 /// `BFTD_SNAPSHOT_BYTES` (to time the restore of a big state).
 fn filler() -> usize {
     std::env::var("BFTD_SNAPSHOT_BYTES")
         .ok()
         .and_then(|bytes| bytes.parse().ok())
-        .unwrap_or((1 << 20) + 4096)
+        .unwrap_or((2 << 20) + 4096)
 }
 
 /// Everything the test reads of one node's application.
@@ -42,8 +43,9 @@ struct Seen {
 
 /// A chain of every executed payload: the state after height `h` is
 /// `H(state after h-1, payloads of h less its duplicates)`. The snapshot is
-/// that digest and the height, then a megabyte of filler derived from it,
-/// so a snapshot spans two chunks and a wrong chunk changes the state.
+/// that digest and the height, then two megabytes of filler derived from
+/// it, so a snapshot spans three chunks and a wrong chunk changes the
+/// state.
 struct Chain {
     height: u64,
     state: Digest,

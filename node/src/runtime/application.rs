@@ -431,88 +431,93 @@ struct FetchFailed {
     dropped: Vec<NodeId>,
 }
 
-/// The chunks still to fetch, shared by one worker per signer.
-struct Chunks {
-    /// Indices not fetched yet, nor being fetched.
-    waiting: std::collections::VecDeque<u32>,
-    /// Each chunk, once fetched and checked.
-    fetched: Vec<Option<Vec<u8>>>,
-    dropped: Vec<NodeId>,
+/// How one signer answered for one chunk.
+enum Served {
+    Good(Vec<u8>),
+    /// Not matching the manifest, or no longer held: the signer is not
+    /// asked again in this fetch.
+    Refused,
+    /// The connection failed: not asked again, and dialled afresh next
+    /// time.
+    Failed,
 }
 
 /// Fetches every chunk of `manifest` from all its `sources` at once (each
-/// serves at its own history budget, so n signers restore about n times as
-/// fast as one): one worker per signer takes the next chunk not yet
-/// fetched. A signer that serves a chunk not matching the manifest (a liar,
-/// or damaged files) or fails to answer is counted and stops serving this
-/// fetch, and its chunk goes back for the others; the fetch fails only when
-/// no signer is left with chunks missing. At most one chunk per signer is
-/// in flight, so memory is the state plus one chunk per signer.
+/// serves within its own history budget, so k signers restore about k
+/// times as fast as one): each idle signer is given the next chunk not yet
+/// fetched. A signer that serves a chunk not matching the manifest (a
+/// liar, or damaged files), no longer holds it, or fails to answer is
+/// counted and not asked again in this fetch, and its chunk goes to the
+/// next idle signer; the fetch fails only when chunks are missing and no
+/// signer is left. At most one chunk per signer is in flight.
 async fn fetch_chunks(
     manifest: &SnapshotManifest,
     sources: Vec<(NodeId, Arc<Client>)>,
     snapshotting: &Arc<Snapshotting>,
 ) -> Result<Vec<Vec<u8>>, FetchFailed> {
     let count = manifest.chunks.len();
-    let work = Arc::new(Mutex::new(Chunks {
-        waiting: (0..count as u32).collect(),
-        fetched: vec![None; count],
-        dropped: Vec::new(),
-    }));
     let manifest = Arc::new(manifest.clone());
-    let mut workers = tokio::task::JoinSet::new();
-    for (peer, client) in sources {
-        let work = work.clone();
-        let manifest = manifest.clone();
-        let snapshotting = snapshotting.clone();
-        workers.spawn(async move {
-            loop {
-                let Some(index) = work.lock().unwrap_or_else(|e| e.into_inner()).waiting.pop_front()
-                else {
-                    break;
-                };
-                let failure = match client.snapshot_chunk(manifest.height, index).await {
+    let mut waiting: std::collections::VecDeque<u32> = (0..count as u32).collect();
+    let mut fetched: Vec<Option<Vec<u8>>> = vec![None; count];
+    let mut idle = sources;
+    let mut dropped = Vec::new();
+    let mut in_flight = tokio::task::JoinSet::new();
+    loop {
+        while !waiting.is_empty() && !idle.is_empty() {
+            let (Some(index), Some((peer, client))) = (waiting.pop_front(), idle.pop()) else {
+                break;
+            };
+            let manifest = manifest.clone();
+            in_flight.spawn(async move {
+                let served = match client.snapshot_chunk(manifest.height, index).await {
                     Ok(Some(bytes)) => match manifest.check_chunk(index, &bytes) {
-                        Ok(()) => {
-                            work.lock().unwrap_or_else(|e| e.into_inner()).fetched
-                                [index as usize] = Some(bytes);
-                            continue;
-                        }
+                        Ok(()) => Served::Good(bytes),
                         Err(error) => {
-                            snapshotting
-                                .shared
-                                .metrics
-                                .snapshot_fetches_failed
-                                .fetch_add(1, Ordering::Relaxed);
-                            tracing::warn!(peer = peer.0, %error, "a peer served a snapshot chunk that does not match; fetching from the other signers");
-                            None
+                            tracing::warn!(peer = peer.0, %error, "a peer served a snapshot chunk that does not match; fetching it from the other signers");
+                            Served::Refused
                         }
                     },
                     Ok(None) => {
                         tracing::debug!(peer = peer.0, index, "the peer no longer holds the snapshot");
-                        None
+                        Served::Refused
                     }
                     Err(error) => {
                         tracing::debug!(peer = peer.0, %error, "no snapshot chunk");
-                        Some(peer)
+                        Served::Failed
                     }
                 };
-                let mut work = work.lock().unwrap_or_else(|e| e.into_inner());
-                work.waiting.push_front(index);
-                work.dropped.extend(failure);
-                break;
+                (peer, client, index, served)
+            });
+        }
+        let Some(joined) = in_flight.join_next().await else {
+            break;
+        };
+        let Ok((peer, client, index, served)) = joined else {
+            continue;
+        };
+        match served {
+            Served::Good(bytes) => {
+                fetched[index as usize] = Some(bytes);
+                idle.push((peer, client));
             }
-        });
+            Served::Refused | Served::Failed => {
+                snapshotting
+                    .shared
+                    .metrics
+                    .snapshot_fetches_failed
+                    .fetch_add(1, Ordering::Relaxed);
+                if matches!(served, Served::Failed) {
+                    dropped.push(peer);
+                }
+                waiting.push_front(index);
+            }
+        }
     }
-    while workers.join_next().await.is_some() {}
-    let mut work = work.lock().unwrap_or_else(|e| e.into_inner());
-    let dropped = std::mem::take(&mut work.dropped);
-    let fetched = std::mem::take(&mut work.fetched);
     let missing = fetched.iter().filter(|chunk| chunk.is_none()).count();
     if missing > 0 {
         return Err(FetchFailed {
             reason: format!(
-                "no signer of the snapshot at height {} served {missing} of its {count} chunks (each signer that failed stopped serving this fetch)",
+                "no signer of the snapshot at height {} served {missing} of its {count} chunks (a signer that served a bad chunk or failed is not asked again in a fetch)",
                 manifest.height.0
             ),
             dropped,
