@@ -166,8 +166,9 @@ pub(crate) async fn accept(
     height: watch::Receiver<SeqNum>,
 ) {
     // Every connection's task, so that stopping this one (a node shutting
-    // down aborts it) stops them all: a connection left running would keep
-    // the endpoint, and with it the node's port, bound after shutdown.
+    // down aborts it) stops them all: a connection's task left running
+    // kept its connection (so the endpoint) and a handle on the store
+    // after its node shut down.
     let mut served = tokio::task::JoinSet::new();
     loop {
         let connection = tokio::select! {
