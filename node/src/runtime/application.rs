@@ -397,18 +397,11 @@ impl Fetcher {
                 }
             }
         }
-        let fetched = fetch_chunks(&manifest, sources, &snapshotting).await;
-        if let Err(failed) = &fetched {
-            for peer in failed.dropped.iter() {
-                self.peers.remove(peer);
-            }
+        let Fetched { state, dropped } = fetch_chunks(&manifest, sources, &snapshotting).await;
+        for peer in &dropped {
+            self.peers.remove(peer);
         }
-        let chunks = fetched.map_err(|failed| failed.reason)?;
-        let mut state = Vec::with_capacity(manifest.size as usize);
-        for chunk in chunks {
-            state.extend_from_slice(&chunk);
-        }
-        Ok((manifest, state))
+        Ok((manifest, state?))
     }
 
     async fn peer(&mut self, peer: NodeId) -> Result<Arc<Client>, crate::client::ClientError> {
@@ -424,10 +417,11 @@ impl Fetcher {
     }
 }
 
-/// Why fetching a snapshot's chunks failed, and the signers whose
-/// connections failed (dropped, to be dialled afresh next time).
-struct FetchFailed {
-    reason: String,
+/// What fetching a snapshot's chunks gave: the state, or why not; and the
+/// signers whose connections failed (dropped, to be dialled afresh next
+/// time, whether or not the fetch succeeded).
+struct Fetched {
+    state: Result<Vec<u8>, String>,
     dropped: Vec<NodeId>,
 }
 
@@ -449,16 +443,20 @@ enum Served {
 /// liar, or damaged files), no longer holds it, or fails to answer is
 /// counted and not asked again in this fetch, and its chunk goes to the
 /// next idle signer; the fetch fails only when chunks are missing and no
-/// signer is left. At most one chunk per signer is in flight.
+/// signer is left. At most one chunk per signer is in flight, and each is
+/// copied into place as it arrives: memory is the state plus one chunk per
+/// signer.
 async fn fetch_chunks(
     manifest: &SnapshotManifest,
     sources: Vec<(NodeId, Arc<Client>)>,
     snapshotting: &Arc<Snapshotting>,
-) -> Result<Vec<Vec<u8>>, FetchFailed> {
+) -> Fetched {
     let count = manifest.chunks.len();
     let manifest = Arc::new(manifest.clone());
     let mut waiting: std::collections::VecDeque<u32> = (0..count as u32).collect();
-    let mut fetched: Vec<Option<Vec<u8>>> = vec![None; count];
+    // The manifest's size was checked with its signature (at most 16 GiB).
+    let mut state = vec![0u8; manifest.size as usize];
+    let mut missing = count;
     let mut idle = sources;
     let mut dropped = Vec::new();
     let mut in_flight = tokio::task::JoinSet::new();
@@ -497,7 +495,12 @@ async fn fetch_chunks(
         };
         match served {
             Served::Good(bytes) => {
-                fetched[index as usize] = Some(bytes);
+                // Checked against the manifest, so the range exists and
+                // has the chunk's length.
+                if let Ok(range) = manifest.chunk_range(index) {
+                    state[range.start as usize..range.end as usize].copy_from_slice(&bytes);
+                    missing -= 1;
+                }
                 idle.push((peer, client));
             }
             Served::Refused | Served::Failed => {
@@ -513,17 +516,15 @@ async fn fetch_chunks(
             }
         }
     }
-    let missing = fetched.iter().filter(|chunk| chunk.is_none()).count();
-    if missing > 0 {
-        return Err(FetchFailed {
-            reason: format!(
-                "no signer of the snapshot at height {} served {missing} of its {count} chunks (a signer that served a bad chunk or failed is not asked again in a fetch)",
-                manifest.height.0
-            ),
-            dropped,
-        });
-    }
-    Ok(fetched.into_iter().flatten().collect())
+    let state = if missing == 0 {
+        Ok(state)
+    } else {
+        Err(format!(
+            "no signer of the snapshot at height {} served {missing} of its {count} chunks (a signer that served a bad chunk or failed is not asked again in a fetch)",
+            manifest.height.0
+        ))
+    };
+    Fetched { state, dropped }
 }
 
 #[cfg(test)]
