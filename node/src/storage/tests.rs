@@ -733,8 +733,8 @@ fn retain_blocks_prunes_below_the_checkpoint_only() {
 
 /// A hold keeps the blocks from its height on, whatever `retain_blocks`
 /// says: a checkpoint at 20 with 5 retained prunes only below the hold at
-/// 9; once the hold moves to 17, the next checkpoint prunes up to the
-/// retention line (15), not to the hold.
+/// 9; with the hold at 17, a checkpoint at 25 prunes below 17, not below
+/// the retention line (20); released, the next prunes to that line.
 #[test]
 fn a_hold_keeps_the_blocks_the_application_needs() {
     let dir = tempfile::tempdir().unwrap();
