@@ -57,6 +57,14 @@ pub fn encode_into<T: Serialize + ?Sized>(
     Ok(options().serialize_into(buffer, value)?)
 }
 
+/// Encodes `value` at the end of `buffer`, after what it holds.
+pub fn encode_append<T: Serialize + ?Sized>(
+    value: &T,
+    buffer: &mut Vec<u8>,
+) -> Result<(), CodecError> {
+    Ok(options().serialize_into(buffer, value)?)
+}
+
 /// The encoded size of `value`, without encoding it.
 pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> Result<u64, CodecError> {
     Ok(options().serialized_size(value)?)

@@ -141,6 +141,26 @@ pub enum DiskStorageError {
         found: SeqNum,
     },
     /// A value is too large to encode.
+    /// The batch log's directory or a segment cannot be created, read or
+    /// written.
+    #[error("store {path}: the batch log cannot be read or written: {source}")]
+    Log {
+        /// The segment file or the log's directory.
+        path: PathBuf,
+        /// The operating system's report.
+        source: std::io::Error,
+    },
+    /// A batch record the index refers to is torn, damaged, not the batch
+    /// it should be, or gone with its segment.
+    #[error("store is damaged: {path} at offset {offset}: {reason}; this node cannot read the batch stored there: restore its data directory from a backup, or replace the store (`bftd init` a new one) and let the node catch up from its peers")]
+    DamagedLog {
+        /// The segment file.
+        path: PathBuf,
+        /// The record's offset in it.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
     #[error("store {path}: cannot encode a value for table `{table}`: {source}")]
     Encode {
         /// The store.

@@ -19,7 +19,11 @@ use serde::{Deserialize, Serialize};
 /// keeps `executed` entries below its first block, which a restart must
 /// read (a format-4 bftd would skip them); the upgrade from 4 only writes
 /// the version.
-pub const FORMAT_VERSION: u32 = 5;
+/// Version 6: batches are written to the batch log's segments
+/// (`log.rs`), indexed by [`BATCH_LOG`]; batches written before stay in
+/// [`BATCH_CHUNKS`] and are read and deleted there (the upgrade writes the
+/// version and creates the index).
+pub const FORMAT_VERSION: u32 = 6;
 
 /// The oldest format [`super::DiskStorage::open`] upgrades in place: from
 /// 2 it fills the `executed` table from the blocks; from 2 and 3 it moves
@@ -51,18 +55,26 @@ pub(super) const PREPARED: TableDefinition<'static, SeqKey, &[u8]> =
 pub(super) const LEGACY_BATCHES: TableDefinition<'static, BatchKey, &[u8]> =
     TableDefinition::new("batches");
 
-/// `batch_chunks`: sequence number (big-endian) ‖ digest ‖ chunk index
-/// (big-endian `u32`) → a piece of the `Batch`'s encoding, at most
-/// [`BLOCK_CHUNK_BYTES`] (for the reason blocks are chunked, below).
+/// `batch_log`: sequence number (big-endian) ‖ digest → where the batch's
+/// record is in the batch log (segment, offset, length: `log::Location`).
 ///
 /// Every batch the replica records, and every block's batch, is written
-/// here once: when a pre-prepare is accepted (`Record::Batch`), or, for a
-/// block whose batch never came that way (fetched by state transfer), with
-/// the block. A block in [`HEADERS`] refers to the batch under its height
-/// and digest, so executing a batch writes a header and certificate, not
-/// the batch again. A batch is deleted when it stops being pending (see
-/// [`PENDING`]) unless it is its height's block's batch; then it goes with
-/// the block, when `retain_blocks` prunes it.
+/// to the log once: when a pre-prepare is accepted (`Record::Batch`), or,
+/// for a block whose batch never came that way (fetched by state
+/// transfer), with the block. A block in [`HEADERS`] refers to the batch
+/// under its height and digest, so executing a batch writes a header and
+/// certificate, not the batch again. A batch's entry is deleted when it
+/// stops being pending (see [`PENDING`]) unless it is its height's block's
+/// batch; then it goes with the block, when `retain_blocks` prunes it. A
+/// segment goes when no entry refers to it any more.
+pub(super) const BATCH_LOG: TableDefinition<'static, BatchKey, super::log::LocationBytes> =
+    TableDefinition::new("batch_log");
+
+/// `batch_chunks` (formats 4 and 5; read and deleted since, never
+/// written): sequence number (big-endian) ‖ digest ‖ chunk index
+/// (big-endian `u32`) → a piece of the `Batch`'s encoding, at most
+/// [`BLOCK_CHUNK_BYTES`] (for the reason blocks are chunked, below). What
+/// [`BATCH_LOG`] is since format 6.
 pub(super) const BATCH_CHUNKS: TableDefinition<'static, BatchChunkKey, &[u8]> =
     TableDefinition::new("batch_chunks");
 
@@ -70,12 +82,13 @@ pub(super) const BATCH_CHUNKS: TableDefinition<'static, BatchChunkKey, &[u8]> =
 /// the replica recorded and a restart gives back to it
 /// (`Recovered::batches`), with `MemStorage`'s semantics: recorded by
 /// `Record::Batch`, discarded by a stable checkpoint at or above them.
-/// Their bytes are in [`BATCH_CHUNKS`].
+/// Their bytes are in the batch log ([`BATCH_LOG`]), or in
+/// [`BATCH_CHUNKS`] if written before format 6.
 pub(super) const PENDING: TableDefinition<'static, BatchKey, ()> = TableDefinition::new("pending");
 
 /// `headers`: height (big-endian) → [`StoredHeader`]: a block written since
-/// format 4, without its batch (which is in [`BATCH_CHUNKS`] under the
-/// block's height and `batch_digest`).
+/// format 4, without its batch (which is in the batch log, or in
+/// [`BATCH_CHUNKS`], under the block's height and `batch_digest`).
 pub(super) const HEADERS: TableDefinition<'static, SeqKey, &[u8]> = TableDefinition::new("headers");
 
 /// `blocks`: height (big-endian) ‖ chunk index (big-endian `u32`) → a
@@ -113,10 +126,11 @@ pub(super) const EXECUTED: TableDefinition<'static, SeqKey, &[u8]> =
     TableDefinition::new("executed");
 
 /// Every table a bftd store has, created with the store.
-pub(super) const TABLE_NAMES: [&str; 9] = [
+pub(super) const TABLE_NAMES: [&str; 10] = [
     "meta",
     "state",
     "prepared",
+    "batch_log",
     "batch_chunks",
     "pending",
     "headers",
@@ -132,7 +146,8 @@ pub(super) struct StoredHeader {
     pub height: SeqNum,
     /// `Block::prev_hash`.
     pub prev_hash: Digest,
-    /// `Block::batch_digest`: where its batch is in [`BATCH_CHUNKS`].
+    /// `Block::batch_digest`: the batch's key, with the height, in
+    /// [`BATCH_LOG`] (or [`BATCH_CHUNKS`]).
     pub batch_digest: Digest,
     /// The commit certificate.
     pub certificate: CommitCertificate,

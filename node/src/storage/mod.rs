@@ -3,10 +3,14 @@
 //!
 //! The replica never writes; each step it returns [`Record`]s and
 //! [`Delivery`]s, and the shell calls [`Storage::apply`] with all of them
-//! before it sends anything from that step. `apply` is **one redb write
-//! transaction committed durably**: one fsync'd commit per replica step,
-//! however many records (group commit), and atomic — after a crash, either
-//! every record and block of a step is on disk or none is.
+//! before it sends anything from that step. `apply` appends the step's new
+//! batches to the **batch log** (`log.rs`: checksummed segment files beside
+//! the redb file, synced first) and then commits **one redb write
+//! transaction durably** with everything else and the log's index: one
+//! redb commit per replica step, however many records (group commit), and
+//! atomic — after a crash, either every record and block of a step is on
+//! disk or none is (log bytes of a step whose commit did not happen are
+//! referred to by nothing).
 //!
 //! # Why redb
 //!
@@ -37,40 +41,45 @@
 //! # Layout
 //!
 //! One redb file (the `path` given to [`DiskStorage::open`]; the daemon
-//! puts it in its data directory). Values are encoded with
-//! [`bftd_protocol::codec`]; integer keys are big-endian, so byte order is
-//! numeric order and range scans come out sorted.
+//! puts it in its data directory) and the batch log's directory beside it
+//! (`<path>.batches/`, segments `<16 hex digits>.seg`). Values are encoded
+//! with [`bftd_protocol::codec`]; integer keys are big-endian, so byte
+//! order is numeric order and range scans come out sorted.
 //!
 //! | table        | key                                  | value                                  |
 //! |--------------|--------------------------------------|----------------------------------------|
 //! | `meta`       | `"format"`, `"identity"`             | `u32` ([`FORMAT_VERSION`]), [`StoreIdentity`] |
 //! | `state`      | `"safety"`, `"stable_checkpoint"`, `"new_view"`, `"suspicion"` | `SafetyState`, `CheckpointCertificate`, `Signed<NewView>`, `Vec<Signed<Suspect>>` |
 //! | `prepared`   | seq (8 bytes)                        | `PreparedCertificate`                  |
-//! | `batch_chunks` | seq (8) ‖ digest (32) ‖ chunk index (4) | ≤ 32 KiB piece of the `Batch`    |
+//! | `batch_log`  | seq (8) ‖ digest (32)                | where the batch is in the log: segment, offset, length |
+//! | `batch_chunks` | seq (8) ‖ digest (32) ‖ chunk index (4) | ≤ 32 KiB piece of a `Batch` written by format 4 or 5 |
 //! | `pending`    | seq (8) ‖ digest (32)                | nothing: the batch is pending          |
 //! | `headers`    | height (8)                           | the block without its batch, and its certificate |
 //! | `blocks`     | height (8) ‖ chunk index (4)         | ≤ 32 KiB piece of a `CommittedBlock` written by format ≤ 3 |
 //! | `duplicates` | height (8)                           | `Vec<u32>`, only when non-empty        |
 //! | `executed`   | height (8)                           | `Vec<RequestKey>` executed in the block (format 3) |
 //!
-//! **A batch is written once** (format 4): when the replica records it
-//! (`Record::Batch`, at a pre-prepare), in chunks under its sequence
-//! number and digest. Executing it writes a header (height, previous hash,
-//! digest, certificate) that refers to those chunks; a block whose batch
-//! was never recorded here (fetched by state transfer) brings it. A
-//! stable checkpoint deletes a pending batch's chunks only if no block
-//! was made of it. Before, the batch was written whole at the pre-prepare
-//! and again inside the block: at 10,000 tx/s a node wrote 16–18 bytes to
-//! disk per byte of payload, now 2.2–2.5 (design notes §39). A store of
-//! format 2 or 3 is upgraded in place by the first open: its few pending
-//! batches move to `batch_chunks`, its blocks stay in `blocks` and are
-//! read from there.
+//! **A batch is written once** (format 4; to the log since format 6):
+//! when the replica records it (`Record::Batch`, at a pre-prepare), under
+//! its sequence number and digest. Executing it writes a header (height,
+//! previous hash, digest, certificate) that refers to it; a block whose
+//! batch was never recorded here (fetched by state transfer) brings it. A
+//! stable checkpoint deletes a pending batch only if no block was made of
+//! it. Before format 4 the batch was written whole at the pre-prepare and
+//! again inside the block: at 10,000 tx/s a node wrote 16–18 bytes to disk
+//! per byte of payload, 2.2–2.5 after (design notes §39). A store of format
+//! 4 or 5 is upgraded in place by the first open: its batches stay in
+//! `batch_chunks` and are read and deleted there, new ones go to the log
+//! (§50). A store of format 2 or 3 too: its few pending batches move to
+//! `batch_chunks`, its blocks stay in `blocks` and are read from there.
 //!
-//! Values larger than a page are stored in chunks because redb gives a
-//! value larger than a page a power-of-two run of pages: whole 630 KB
-//! blocks took 2.2× their size on disk, 32 KiB chunks take 1.13×. Reading
-//! a block back checks that its chunks are 0, 1, 2, … and that it is
-//! stored under its own height.
+//! Values larger than a page are stored in chunks (old blocks and batches)
+//! because redb gives a value larger than a page a power-of-two run of
+//! pages: whole 630 KB blocks took 2.2× their size on disk, 32 KiB chunks
+//! take 1.13×. Reading a block back checks that its chunks are 0, 1, 2, …
+//! and that it is stored under its own height; reading a batch from the
+//! log checks its record's checksum and that it is the batch the index
+//! says.
 //!
 //! The semantics are [`bftd_protocol::MemStorage`]'s, checked by the shared
 //! `bftd_protocol::storage::suite`: records apply in order; a prepared
@@ -182,6 +191,7 @@
 mod cache;
 mod error;
 mod layout;
+mod log;
 mod open;
 mod read;
 #[cfg(test)]
@@ -279,6 +289,9 @@ struct Inner {
     /// hold); see [`DiskStorage::hold_from`].
     held_from: AtomicU64,
     cache: Mutex<BlockCache>,
+    /// The batch log's writer; readers need only [`Self::log_dir`].
+    log: Mutex<log::BatchLog>,
+    log_dir: PathBuf,
 }
 
 impl fmt::Debug for DiskStorage {
@@ -314,6 +327,7 @@ impl DiskStorage {
     ) -> Result<DiskStorage, StorageError> {
         let db = open::open_database(path, options)?;
         let opened = open::initialize(&db, path, identity, options)?;
+        let log = log::BatchLog::open(path, opened.live)?;
         Ok(DiskStorage {
             inner: Arc::new(Inner {
                 db,
@@ -327,6 +341,8 @@ impl DiskStorage {
                     options.block_cache_entries,
                     options.block_cache_bytes,
                 )),
+                log_dir: log.directory().to_path_buf(),
+                log: Mutex::new(log),
             }),
         })
     }
@@ -359,6 +375,15 @@ impl Inner {
         // A poisoned lock only means another thread panicked mid-update; the
         // cache is still structurally sound (and only a cache).
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The batch log's writer, with nothing staged: a step that failed or
+    /// panicked may have left its staging behind (it wrote nothing that
+    /// the index refers to).
+    fn log(&self) -> MutexGuard<'_, log::BatchLog> {
+        let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        log.aborted();
+        log
     }
 
     fn backend(&self, error: impl Into<redb::Error>) -> DiskStorageError {

@@ -2,10 +2,12 @@
 //! bftd store of this format and, with an identity, of this node.
 
 use super::layout::{
-    batch_chunk_key, batch_from_key, chunk_from_key, chunk_key, seq_key, BATCH_CHUNKS, BLOCKS,
+    batch_chunk_key, batch_from_key, chunk_from_key, chunk_key, seq_key, BATCH_CHUNKS, BATCH_LOG,
+    BLOCKS,
     BLOCK_CHUNK_BYTES, DUPLICATES, EXECUTED, HEADERS, LEGACY_BATCHES, META, META_FORMAT,
     META_IDENTITY, OLDEST_UPGRADABLE_FORMAT, PENDING, PREPARED, STATE, TABLE_NAMES,
 };
+use super::log::Location;
 use super::{
     decode_value, encode_value, redb_error, write::begin_write, DiskStorageError, StorageOptions,
     StoreIdentity, FORMAT_VERSION,
@@ -14,6 +16,7 @@ use bftd_protocol::codec;
 use bftd_protocol::storage::executed_keys;
 use bftd_protocol::{CommittedBlock, SeqNum};
 use redb::{Database, DatabaseError, ReadableTable, TableHandle, WriteTransaction};
+use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
@@ -91,6 +94,9 @@ pub(super) struct Opened {
     pub first_height: SeqNum,
     /// The `request_lifetime` of the store's identity, if it has one.
     pub request_lifetime: Option<u64>,
+    /// The batch log's segments the index refers to, with how many entries
+    /// refer to each.
+    pub live: BTreeMap<u64, u64>,
 }
 
 /// Checks (or, for a new store, writes) the format version and identity,
@@ -186,6 +192,7 @@ pub(super) fn initialize(
     for result in [
         txn.open_table(STATE).map(drop),
         txn.open_table(PREPARED).map(drop),
+        txn.open_table(BATCH_LOG).map(drop),
         txn.open_table(BATCH_CHUNKS).map(drop),
         txn.open_table(PENDING).map(drop),
         txn.open_table(DUPLICATES).map(drop),
@@ -239,6 +246,16 @@ pub(super) fn initialize(
         }
         tracing::info!(path = %path.display(), from = found, to = FORMAT_VERSION, "store upgraded in place");
     }
+    let mut live = BTreeMap::new();
+    {
+        let index = txn.open_table(BATCH_LOG).map_err(|e| fail(e.into()))?;
+        for entry in index.iter().map_err(|e| fail(e.into()))? {
+            let (_, location) = entry.map_err(|e| fail(e.into()))?;
+            let segment = Location::from_bytes(location.value()).segment;
+            let count = live.entry(segment).or_insert(0u64);
+            *count = count.saturating_add(1);
+        }
+    }
     if changed {
         txn.commit().map_err(|e| fail(e.into()))?;
     } else {
@@ -248,6 +265,7 @@ pub(super) fn initialize(
         first_height,
         last_height,
         request_lifetime,
+        live,
     })
 }
 

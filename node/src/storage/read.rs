@@ -3,10 +3,11 @@
 //! restarting replica recovers.
 
 use super::layout::{
-    batch_chunk_key, batch_from_key, chunk_from_key, chunk_key, seq_key, BatchChunkKey, ChunkKey,
-    SeqKey, StoredHeader, BATCH_CHUNKS, BLOCKS, DUPLICATES, EXECUTED, HEADERS, PENDING, PREPARED,
+    batch_chunk_key, batch_from_key, batch_key, chunk_from_key, chunk_key, seq_key, BatchChunkKey,
+    BatchKey, ChunkKey, SeqKey, StoredHeader, BATCH_CHUNKS, BATCH_LOG, BLOCKS, DUPLICATES, EXECUTED, HEADERS, PENDING, PREPARED,
     STATE, STATE_CHECKPOINT, STATE_NEW_VIEW, STATE_SAFETY, STATE_SUSPICION,
 };
+use super::log::{self, Location, LocationBytes};
 use super::{decode_value, redb_error, DiskStorage, DiskStorageError, Inner, StoredBlock};
 use bftd_crypto::Digest;
 use bftd_protocol::{Batch, Block, CommittedBlock, Recovered, RequestKey, SeqNum, StorageError};
@@ -138,11 +139,11 @@ impl DiskStorage {
                 .push(decode_value(path, "prepared", value.value())?);
         }
         let pending = txn.open_table(PENDING).map_err(|e| fail(e.into()))?;
-        let batch_chunks = txn.open_table(BATCH_CHUNKS).map_err(|e| fail(e.into()))?;
+        let batches = BatchTables::open(inner, &txn)?;
         for entry in pending.iter().map_err(|e| fail(e.into()))? {
             let (key, _) = entry.map_err(|e| fail(e.into()))?;
             let (seq, digest) = batch_from_key(key.value());
-            let (batch, _) = read_batch(inner, &batch_chunks, seq, &digest)?.ok_or_else(|| {
+            let (batch, _) = batches.read(inner, seq, &digest)?.ok_or_else(|| {
                 DiskStorageError::BrokenBatch {
                     path: path.to_path_buf(),
                     seq,
@@ -159,7 +160,7 @@ impl DiskStorage {
 /// The tables a block is read from, open in one read transaction.
 struct ReadTables {
     headers: redb::ReadOnlyTable<SeqKey, &'static [u8]>,
-    batch_chunks: redb::ReadOnlyTable<BatchChunkKey, &'static [u8]>,
+    batches: BatchTables,
     blocks: redb::ReadOnlyTable<ChunkKey, &'static [u8]>,
 }
 
@@ -167,7 +168,7 @@ impl ReadTables {
     fn open(inner: &Inner, txn: &ReadTransaction) -> Result<ReadTables, DiskStorageError> {
         Ok(ReadTables {
             headers: txn.open_table(HEADERS).map_err(|e| inner.backend(e))?,
-            batch_chunks: txn.open_table(BATCH_CHUNKS).map_err(|e| inner.backend(e))?,
+            batches: BatchTables::open(inner, txn)?,
             blocks: txn.open_table(BLOCKS).map_err(|e| inner.backend(e))?,
         })
     }
@@ -202,7 +203,7 @@ impl ReadTables {
             });
         }
         let digest = header.batch_digest;
-        let (batch, batch_bytes) = read_batch(inner, &self.batch_chunks, height, &digest)?
+        let (batch, batch_bytes) = self.batches.read(inner, height, &digest)?
             .ok_or_else(|| DiskStorageError::BrokenBatch {
                 path: inner.path.clone(),
                 seq: height,
@@ -279,38 +280,62 @@ impl ReadTables {
     }
 }
 
-/// The batch stored under `(seq, digest)` and its encoded size, reassembled
-/// from its chunks, or `None` if it has none.
-fn read_batch(
-    inner: &Inner,
-    chunks: &impl ReadableTable<BatchChunkKey, &'static [u8]>,
-    seq: SeqNum,
-    digest: &Digest,
-) -> Result<Option<(Arc<Batch>, usize)>, DiskStorageError> {
-    let mut bytes = Vec::new();
-    let mut next_index = 0u32;
-    for entry in chunks
-        .range(batch_chunk_key(seq, digest, 0)..=batch_chunk_key(seq, digest, u32::MAX))
-        .map_err(|e| inner.backend(e))?
-    {
-        let (key, value) = entry.map_err(|e| inner.backend(e))?;
-        let index = super::layout::batch_chunk_from_key(key.value()).2;
-        if index != next_index {
-            return Err(DiskStorageError::BrokenBatch {
-                path: inner.path.clone(),
-                seq,
-                digest: *digest,
-                chunk: next_index,
-            });
+/// Where batches are: the batch log's index, and the chunks of formats 4
+/// and 5.
+struct BatchTables {
+    index: redb::ReadOnlyTable<BatchKey, LocationBytes>,
+    chunks: redb::ReadOnlyTable<BatchChunkKey, &'static [u8]>,
+}
+
+impl BatchTables {
+    fn open(inner: &Inner, txn: &ReadTransaction) -> Result<BatchTables, DiskStorageError> {
+        Ok(BatchTables {
+            index: txn.open_table(BATCH_LOG).map_err(|e| inner.backend(e))?,
+            chunks: txn.open_table(BATCH_CHUNKS).map_err(|e| inner.backend(e))?,
+        })
+    }
+
+    /// The batch stored under `(seq, digest)` and its encoded size, from
+    /// the log (checked there) or reassembled from its chunks, or `None`
+    /// if it is in neither.
+    fn read(
+        &self,
+        inner: &Inner,
+        seq: SeqNum,
+        digest: &Digest,
+    ) -> Result<Option<(Arc<Batch>, usize)>, DiskStorageError> {
+        let key = batch_key(seq, digest);
+        if let Some(location) = self.index.get(key).map_err(|e| inner.backend(e))? {
+            let location = Location::from_bytes(location.value());
+            let (batch, len) = log::read(&inner.log_dir, key, location)?;
+            return Ok(Some((Arc::new(batch), len)));
         }
-        next_index = next_index.saturating_add(1);
-        bytes.extend_from_slice(value.value());
+        let mut bytes = Vec::new();
+        let mut next_index = 0u32;
+        for entry in self
+            .chunks
+            .range(batch_chunk_key(seq, digest, 0)..=batch_chunk_key(seq, digest, u32::MAX))
+            .map_err(|e| inner.backend(e))?
+        {
+            let (key, value) = entry.map_err(|e| inner.backend(e))?;
+            let index = super::layout::batch_chunk_from_key(key.value()).2;
+            if index != next_index {
+                return Err(DiskStorageError::BrokenBatch {
+                    path: inner.path.clone(),
+                    seq,
+                    digest: *digest,
+                    chunk: next_index,
+                });
+            }
+            next_index = next_index.saturating_add(1);
+            bytes.extend_from_slice(value.value());
+        }
+        if next_index == 0 {
+            return Ok(None);
+        }
+        let batch: Batch = inner.decode("batches", &bytes)?;
+        Ok(Some((Arc::new(batch), bytes.len())))
     }
-    if next_index == 0 {
-        return Ok(None);
-    }
-    let batch: Batch = inner.decode("batches", &bytes)?;
-    Ok(Some((Arc::new(batch), bytes.len())))
 }
 
 /// A block being read back from its chunks.

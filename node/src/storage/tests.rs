@@ -12,6 +12,7 @@ use bftd_protocol::{
     Batch, Block, CheckpointCertificate, NodeId, PreparedCertificate, Request, Signed,
     SignedRequest, View,
 };
+use layout::BatchKey;
 use redb::{ReadableDatabase, ReadableTable};
 use std::io::Write;
 
@@ -254,23 +255,43 @@ fn another_format_version_is_refused() {
     );
 }
 
-/// Rewrites a store into the layout of format 2 or 3: every block whole, in
-/// chunks, in `blocks`; pending batches whole in `batches`; no
-/// `batch_chunks`, `pending` or `headers`; for format 2 no `executed`
-/// table either.
+/// Rewrites a store into the layout of an older format. 5 (and 4): every
+/// batch of the log in `batch_chunks`, no `batch_log`. 2 and 3: every block
+/// whole, in chunks, in `blocks`; pending batches whole in `batches`; no
+/// `batch_log`, `batch_chunks`, `pending` or `headers`; for format 2 no
+/// `executed` table either. The segments stay, referred to by nothing.
 fn rewrite_as_format(path: &Path, version: u32) {
-    assert!(version == 2 || version == 3);
-    let (blocks, pending) = {
+    assert!((2..=5).contains(&version));
+    let (blocks, pending, logged) = {
         let store = DiskStorage::open(path).unwrap();
         let last = store.last_height();
         let blocks: Vec<Arc<CommittedBlock>> = (1..=last.0)
             .filter_map(|h| store.block(SeqNum(h)))
             .collect();
-        (blocks, store.recover().unwrap().batches)
+        let logged: Vec<(BatchKey, Vec<u8>)> = stored_batches(&store)
+            .into_iter()
+            .map(|(seq, digest)| {
+                let key = layout::batch_key(SeqNum(seq), &digest);
+                let location = logged_at(&store, key).expect("every batch is in the log");
+                let (batch, _) = log::read(&store.inner.log_dir, key, location).unwrap();
+                (key, codec::encode(&batch).unwrap())
+            })
+            .collect();
+        (blocks, store.recover().unwrap().batches, logged)
     };
     let db = Database::open(path).unwrap();
     let txn = db.begin_write().unwrap();
-    {
+    if version >= 4 {
+        let mut chunks = txn.open_table(layout::BATCH_CHUNKS).unwrap();
+        for (key, bytes) in &logged {
+            let (seq, digest) = layout::batch_from_key(*key);
+            for (index, chunk) in (0u32..).zip(bytes.chunks(layout::BLOCK_CHUNK_BYTES)) {
+                chunks
+                    .insert(layout::batch_chunk_key(seq, &digest, index), chunk)
+                    .unwrap();
+            }
+        }
+    } else {
         let mut old_blocks = txn.open_table(layout::BLOCKS).unwrap();
         for block in &blocks {
             let bytes = codec::encode(&**block).unwrap();
@@ -290,9 +311,12 @@ fn rewrite_as_format(path: &Path, version: u32) {
                 .unwrap();
         }
     }
-    assert!(txn.delete_table(layout::HEADERS).unwrap());
-    assert!(txn.delete_table(layout::BATCH_CHUNKS).unwrap());
-    assert!(txn.delete_table(layout::PENDING).unwrap());
+    assert!(txn.delete_table(layout::BATCH_LOG).unwrap());
+    if version < 4 {
+        assert!(txn.delete_table(layout::HEADERS).unwrap());
+        assert!(txn.delete_table(layout::BATCH_CHUNKS).unwrap());
+        assert!(txn.delete_table(layout::PENDING).unwrap());
+    }
     if version == 2 {
         assert!(txn.delete_table(layout::EXECUTED).unwrap());
     }
@@ -304,19 +328,49 @@ fn rewrite_as_format(path: &Path, version: u32) {
     txn.commit().unwrap();
 }
 
-/// The batches with bytes in `batch_chunks`: (seq, first byte of the
-/// digest, chunks), in key order.
-fn stored_batches(store: &DiskStorage) -> Vec<(u64, u8, u32)> {
+/// The batches stored, in the log or in the chunks of an older format:
+/// (seq, digest), in key order.
+fn stored_batches(store: &DiskStorage) -> Vec<(u64, Digest)> {
     let txn = store.inner.db.begin_read().unwrap();
-    let table = txn.open_table(layout::BATCH_CHUNKS).unwrap();
-    let mut out: Vec<(u64, u8, u32)> = Vec::new();
-    for entry in table.iter().unwrap() {
+    let mut out: Vec<(u64, Digest)> = Vec::new();
+    let index = txn.open_table(layout::BATCH_LOG).unwrap();
+    for entry in index.iter().unwrap() {
+        let (seq, digest) = layout::batch_from_key(entry.unwrap().0.value());
+        out.push((seq.0, digest));
+    }
+    let chunks = txn.open_table(layout::BATCH_CHUNKS).unwrap();
+    for entry in chunks.iter().unwrap() {
         let (seq, digest, _) = layout::batch_chunk_from_key(entry.unwrap().0.value());
-        match out.last_mut() {
-            Some(last) if last.0 == seq.0 && last.1 == digest.0[0] => last.2 += 1,
-            _ => out.push((seq.0, digest.0[0], 1)),
+        if out.last() != Some(&(seq.0, digest)) {
+            out.push((seq.0, digest));
         }
     }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Where the log holds the batch stored under `key`, if it does.
+fn logged_at(store: &DiskStorage, key: BatchKey) -> Option<log::Location> {
+    let txn = store.inner.db.begin_read().unwrap();
+    let index = txn.open_table(layout::BATCH_LOG).unwrap();
+    let location = index.get(key).unwrap()?;
+    Some(log::Location::from_bytes(location.value()))
+}
+
+/// The batch log's segment files and their sizes, in order.
+fn segments(store: &DiskStorage) -> Vec<(String, u64)> {
+    let mut out: Vec<(String, u64)> = std::fs::read_dir(&store.inner.log_dir)
+        .unwrap()
+        .map(|entry| {
+            let entry = entry.unwrap();
+            (
+                entry.file_name().into_string().unwrap(),
+                entry.metadata().unwrap().len(),
+            )
+        })
+        .collect();
+    out.sort();
     out
 }
 
@@ -470,6 +524,12 @@ fn a_format_3_store_is_upgraded_in_place() {
     assert_eq!(store.first_height(), SeqNum(6));
     assert_eq!(store.block(SeqNum(5)), None);
     assert_eq!(stored_batches(&store).first().map(|b| b.0), Some(6));
+    assert_eq!(
+        segments(&store).len(),
+        1,
+        "the segment the rewrite left unreferenced went at the open; 7 and 8 are in a new one: {:?}",
+        segments(&store)
+    );
     drop(store);
     assert_eq!(recorded_format(&path), FORMAT_VERSION);
     let store = DiskStorage::open(&path).unwrap();
@@ -537,17 +597,17 @@ fn a_batch_is_written_once() {
         },
     )
     .unwrap();
-    // Big enough for several chunks.
     let big = batch(4, 40_000, 2);
-    let chunks = codec::encode(&*big)
-        .unwrap()
-        .len()
-        .div_ceil(layout::BLOCK_CHUNK_BYTES) as u32;
-    assert!(chunks > 1);
     let record = |seq: u64, digest: u8, batch: &Arc<Batch>| Record::Batch {
         seq: SeqNum(seq),
         digest: Digest([digest; 32]),
         batch: batch.clone(),
+    };
+    let record_bytes = |batch: &Batch| {
+        (log::HEADER_BYTES + codec::encode(batch).unwrap().len()) as u64
+    };
+    let logged = |seqs: &[(u64, u8)]| -> Vec<(u64, Digest)> {
+        seqs.iter().map(|&(seq, d)| (seq, Digest([d; 32]))).collect()
     };
     store
         .apply(
@@ -561,10 +621,9 @@ fn a_batch_is_written_once() {
             &[],
         )
         .unwrap();
-    assert_eq!(
-        stored_batches(&store),
-        vec![(2, 1, chunks), (2, 7, 1), (3, 1, 1)]
-    );
+    assert_eq!(stored_batches(&store), logged(&[(2, 1), (2, 7), (3, 1)]));
+    let written = record_bytes(&big) + 2 * record_bytes(&batch(1, 10, 9));
+    assert_eq!(segments(&store), vec![("0000000000000000.seg".into(), written)]);
     let block_2 = Delivery {
         block: block(2, big.clone()),
         duplicates: vec![],
@@ -576,7 +635,12 @@ fn a_batch_is_written_once() {
         .unwrap();
     assert_eq!(
         stored_batches(&store),
-        vec![(1, 1, 1), (2, 1, chunks), (2, 7, 1), (3, 1, 1)],
+        logged(&[(1, 1), (2, 1), (2, 7), (3, 1)]),
+    );
+    let written = written + record_bytes(&delivery(1, vec![]).block.block.batch);
+    assert_eq!(
+        segments(&store),
+        vec![("0000000000000000.seg".into(), written)],
         "block 2 wrote no second copy"
     );
     assert_eq!(store.block(SeqNum(2)), Some(block_2.block.clone()));
@@ -586,7 +650,7 @@ fn a_batch_is_written_once() {
         .unwrap();
     assert_eq!(
         stored_batches(&store),
-        vec![(1, 1, 1), (2, 1, chunks), (3, 1, 1)],
+        logged(&[(1, 1), (2, 1), (3, 1)]),
         "only the candidate that became no block is gone"
     );
     assert_eq!(store.block(SeqNum(2)), Some(block_2.block.clone()));
@@ -619,6 +683,157 @@ fn a_batch_is_written_once() {
     drop(store);
     let store = DiskStorage::open(&path).unwrap();
     assert_eq!(store.block(SeqNum(2)), Some(block_2.block));
+}
+
+/// What a crash can leave in the batch log is harmless: bytes after the
+/// last record the index refers to (appended and synced, then the process
+/// died before the commit) and a segment nothing refers to (created, or
+/// emptied and not yet deleted). The next open deletes the segment, keeps
+/// the torn one for what it holds, and appends to a new one.
+#[test]
+fn a_crash_leaves_nothing_in_the_log_that_matters() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = store_path(&dir);
+    let deliveries: Vec<Delivery> = (1..=4).map(|h| delivery(h, vec![])).collect();
+    {
+        let mut store = DiskStorage::open(&path).unwrap();
+        store.apply(&[], &deliveries[..3]).unwrap();
+    }
+    let dir_of_log = log::directory(&path);
+    let first = dir_of_log.join("0000000000000000.seg");
+    let torn = {
+        let mut file = std::fs::OpenOptions::new().append(true).open(&first).unwrap();
+        file.write_all(b"bftB\x10\x00\x00\x00half a rec").unwrap();
+        file.metadata().unwrap().len()
+    };
+    std::fs::write(dir_of_log.join("0000000000000005.seg"), b"never committed").unwrap();
+    std::fs::write(dir_of_log.join("notes.txt"), b"not ours").unwrap();
+
+    let mut store = DiskStorage::open(&path).unwrap();
+    assert_eq!(
+        segments(&store),
+        vec![
+            ("0000000000000000.seg".into(), torn),
+            ("notes.txt".into(), 8),
+        ]
+    );
+    for delivery in &deliveries[..3] {
+        assert_eq!(store.block(delivery.block.height()), Some(delivery.block.clone()));
+    }
+    store.apply(&[], &deliveries[3..]).unwrap();
+    assert_eq!(
+        segments(&store).iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>(),
+        vec!["0000000000000000.seg", "0000000000000006.seg", "notes.txt"],
+        "appends go to a new segment, never after torn bytes"
+    );
+    drop(store);
+    let store = DiskStorage::open(&path).unwrap();
+    let all = store.blocks_from(SeqNum(1), 10).unwrap();
+    assert_eq!(all.len(), 4);
+    assert_eq!(all[3].0, deliveries[3].block);
+}
+
+/// A segment the index refers to that is gone (a data directory copied
+/// without it) is refused at open, naming it; a record that is not what
+/// the index says (another batch, cut short) is refused when read.
+#[test]
+fn a_missing_or_wrong_record_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = store_path(&dir);
+    let mut store = DiskStorage::open_with(
+        &path,
+        None,
+        &StorageOptions {
+            block_cache_entries: 0,
+            ..StorageOptions::default()
+        },
+    )
+    .unwrap();
+    store
+        .apply(&[], &[delivery(1, vec![]), delivery(2, vec![])])
+        .unwrap();
+    let key = |height: u64| layout::batch_key(SeqNum(height), &Digest([1; 32]));
+    let first = logged_at(&store, key(1)).unwrap();
+    let second = logged_at(&store, key(2)).unwrap();
+    let log_dir = store.inner.log_dir.clone();
+    // The index entry of 2 pointed at 1's record.
+    let error = log::read(&log_dir, key(2), first).unwrap_err();
+    assert!(
+        matches!(&error, DiskStorageError::DamagedLog { reason, .. } if reason.contains("not batch 2")),
+        "{error}"
+    );
+    // A record longer than the file.
+    let cut = log::Location {
+        len: second.len + 100,
+        ..second
+    };
+    let error = log::read(&log_dir, key(2), cut).unwrap_err();
+    assert!(
+        matches!(&error, DiskStorageError::DamagedLog { reason, .. } if reason.contains("cut short")),
+        "{error}"
+    );
+    // Not at a record's start.
+    let inside = log::Location {
+        offset: first.offset + 1,
+        ..first
+    };
+    let error = log::read(&log_dir, key(1), inside).unwrap_err();
+    assert!(error.to_string().contains("no record starts here"), "{error}");
+    drop(store);
+
+    std::fs::remove_file(log_dir.join("0000000000000000.seg")).unwrap();
+    let error = open_error(&path);
+    assert!(
+        matches!(&error, DiskStorageError::DamagedLog { reason, .. } if reason.contains("missing")),
+        "{error}"
+    );
+    assert!(error.to_string().contains("0000000000000000.seg"), "{error}");
+    std::fs::remove_dir(&log_dir).unwrap();
+    let error = open_error(&path);
+    assert!(error.to_string().contains("missing"), "{error}");
+}
+
+/// Segments rotate when full, and a segment goes once nothing refers to
+/// it: pruned blocks' batches, discarded candidates.
+#[test]
+fn segments_rotate_and_go_when_nothing_refers_to_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = store_path(&dir);
+    let mut store = DiskStorage::open_with(
+        &path,
+        None,
+        &StorageOptions {
+            retain_blocks: Some(2),
+            ..StorageOptions::default()
+        },
+    )
+    .unwrap();
+    // 100 KB batches: a few a segment (256 KiB in unit tests).
+    let big = |height: u64| Delivery {
+        block: block(height, batch(2, 50_000, height)),
+        duplicates: vec![],
+        tree: None,
+    };
+    for height in 1..=12 {
+        store.apply(&[], &[big(height)]).unwrap();
+    }
+    let before = segments(&store);
+    assert!(before.len() >= 4, "{before:?}");
+    assert_eq!(store.inner.log().live().values().sum::<u64>(), 12);
+    store
+        .apply(&[Record::StableCheckpoint(checkpoint(12))], &[])
+        .unwrap();
+    assert_eq!(store.first_height(), SeqNum(10));
+    let after = segments(&store);
+    assert!(after.len() < before.len() && after.len() <= 2, "{before:?} → {after:?}");
+    assert_eq!(store.inner.log().live().values().sum::<u64>(), 3);
+    for height in 10..=12 {
+        assert_eq!(store.block(SeqNum(height)), Some(big(height).block));
+    }
+    drop(store);
+    let store = DiskStorage::open(&path).unwrap();
+    assert_eq!(segments(&store), after, "nothing else to delete at open");
+    assert_eq!(store.block(SeqNum(11)), Some(big(11).block));
 }
 
 /// Every stored block records what it executed, and a stable checkpoint
@@ -920,7 +1135,7 @@ fn a_failed_step_writes_nothing() {
         matches!(
             disk_error(&error),
             DiskStorageError::Encode {
-                table: "batches",
+                table: "batch_log",
                 ..
             }
         ),
@@ -1104,22 +1319,10 @@ fn large_blocks_are_chunked_and_checked() {
         assert_eq!(store.blocks_from(SeqNum(1), 2).unwrap().len(), 2);
     };
 
-    // Format 4: the batch in chunks under its height and digest, a header.
-    let dir = tempfile::tempdir().unwrap();
-    let path = new_store(&dir);
-    let batch_chunks = stored_batches(&DiskStorage::open(&path).unwrap());
-    assert!(
-        matches!(batch_chunks.as_slice(), [_, (2, 1, n), _] if *n > 5),
-        "200 KB is more than five chunks: {batch_chunks:?}"
-    );
-    {
-        let db = Database::open(&path).unwrap();
+    // Header 2 copied to height 4: a block stored under the wrong height.
+    let misplace_block_2 = |db: &Database| {
         let txn = db.begin_write().unwrap();
         {
-            let mut chunks = txn.open_table(layout::BATCH_CHUNKS).unwrap();
-            chunks
-                .remove(layout::batch_chunk_key(SeqNum(3), &Digest([1; 32]), 2))
-                .unwrap();
             let mut headers = txn.open_table(layout::HEADERS).unwrap();
             let header = headers
                 .get(layout::seq_key(SeqNum(2)))
@@ -1132,6 +1335,51 @@ fn large_blocks_are_chunked_and_checked() {
                 .unwrap();
         }
         txn.commit().unwrap();
+    };
+
+    // Format 6: the batch in the log, a header over it. One byte of block
+    // 3's record flipped: its checksum fails.
+    let dir = tempfile::tempdir().unwrap();
+    let path = new_store(&dir);
+    let location = {
+        let store = DiskStorage::open(&path).unwrap();
+        logged_at(&store, layout::batch_key(SeqNum(3), &Digest([1; 32]))).unwrap()
+    };
+    assert!(location.len > 200_000, "{location:?}");
+    {
+        let segment = log::directory(&path).join(format!("{:016x}.seg", location.segment));
+        let mut bytes = std::fs::read(&segment).unwrap();
+        bytes[location.offset as usize + log::HEADER_BYTES + 1000] ^= 1;
+        std::fs::write(&segment, bytes).unwrap();
+    }
+    misplace_block_2(&Database::open(&path).unwrap());
+    check_damage(&path, &|error| {
+        matches!(error, DiskStorageError::DamagedLog { reason, .. } if reason.contains("checksum"))
+    });
+
+    // Format 5: the batch in chunks under its height and digest.
+    let dir = tempfile::tempdir().unwrap();
+    let path = new_store(&dir);
+    rewrite_as_format(&path, 5);
+    {
+        let db = Database::open(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut chunks = txn.open_table(layout::BATCH_CHUNKS).unwrap();
+            let count = chunks
+                .range(
+                    layout::batch_chunk_key(SeqNum(2), &Digest([1; 32]), 0)
+                        ..=layout::batch_chunk_key(SeqNum(2), &Digest([1; 32]), u32::MAX),
+                )
+                .unwrap()
+                .count();
+            assert!(count > 5, "200 KB is more than five chunks");
+            chunks
+                .remove(layout::batch_chunk_key(SeqNum(3), &Digest([1; 32]), 2))
+                .unwrap();
+        }
+        txn.commit().unwrap();
+        misplace_block_2(&db);
     }
     check_damage(&path, &|error| {
         matches!(error, DiskStorageError::BrokenBatch { chunk: 2, .. })

@@ -2,10 +2,11 @@
 
 use super::layout::{
     batch_chunk_key, batch_from_key, batch_key, chunk_from_key, chunk_key, last_batch_key, seq_key,
-    BatchChunkKey, BatchKey, ChunkKey, SeqKey, StoredHeader, BATCH_CHUNKS, BLOCKS,
-    BLOCK_CHUNK_BYTES, DUPLICATES, EXECUTED, HEADERS, PENDING, PREPARED, STATE, STATE_CHECKPOINT,
+    BatchChunkKey, BatchKey, ChunkKey, SeqKey, StoredHeader, BATCH_CHUNKS, BATCH_LOG, BLOCKS,
+    DUPLICATES, EXECUTED, HEADERS, PENDING, PREPARED, STATE, STATE_CHECKPOINT,
     STATE_NEW_VIEW, STATE_SAFETY, STATE_SUSPICION,
 };
+use super::log::{BatchLog, Location, LocationBytes};
 use super::{
     decode_value, encode_value, redb_error, CommitMode, DiskStorage, DiskStorageError,
     StorageOptions,
@@ -33,8 +34,10 @@ pub(super) fn begin_write(
 }
 
 impl DiskStorage {
-    /// The whole of [`Storage::apply`]: one write transaction, committed
-    /// durably, then the in-memory views (last height, cache) updated.
+    /// The whole of [`Storage::apply`]: the step's batches appended to the
+    /// batch log and synced, then one write transaction (which refers to
+    /// them) committed durably, then the in-memory views (last height,
+    /// cache) updated.
     pub(super) fn apply_step(
         &self,
         records: &[Record],
@@ -43,13 +46,14 @@ impl DiskStorage {
         let inner = &*self.inner;
         let path = inner.path.as_path();
         let fail = |error: redb::Error| redb_error(path, error);
+        let mut log = inner.log();
         let txn = begin_write(&inner.db, &inner.options).map_err(|e| fail(e.into()))?;
         let mut stored = Vec::with_capacity(deliveries.len());
         let pruned_to;
         let jumped_to;
         {
-            let mut tables =
-                WriteTables::open(&txn, inner.request_lifetime).map_err(|e| fail(e.into()))?;
+            let mut tables = WriteTables::open(&txn, &mut log, inner.request_lifetime)
+                .map_err(|e| fail(e.into()))?;
             tables.retain_blocks = inner.options.retain_blocks;
             tables.held_from = SeqNum(inner.held_from.load(Ordering::Acquire));
             let mut buffer = Vec::new();
@@ -63,9 +67,14 @@ impl DiskStorage {
             pruned_to = tables.pruned_to;
             jumped_to = tables.jumped_to;
         }
-        // Dropping `txn` on an error above aborts it: nothing of the step
-        // is written.
+        // Returning early on an error drops `txn`, which aborts it: nothing
+        // of the step is written but, perhaps, log bytes nothing refers to.
+        // The index must never name bytes that are not durable: the log is
+        // synced first.
+        log.sync()?;
         txn.commit().map_err(|e| fail(e.into()))?;
+        log.committed();
+        drop(log);
 
         if let Some(first) = pruned_to {
             inner.first_height.fetch_max(first.0, Ordering::AcqRel);
@@ -89,6 +98,10 @@ impl DiskStorage {
 struct WriteTables<'txn> {
     state: redb::Table<'txn, &'static str, &'static [u8]>,
     prepared: redb::Table<'txn, SeqKey, &'static [u8]>,
+    /// The batch log's index, and the log the step appends to.
+    batch_log: redb::Table<'txn, BatchKey, LocationBytes>,
+    log: &'txn mut BatchLog,
+    /// Batches of formats 4 and 5: only read and deleted.
     batch_chunks: redb::Table<'txn, BatchChunkKey, &'static [u8]>,
     pending: redb::Table<'txn, BatchKey, ()>,
     headers: redb::Table<'txn, SeqKey, &'static [u8]>,
@@ -118,9 +131,12 @@ const PRUNE_MAX_BLOCKS: u64 = 256;
 impl<'txn> WriteTables<'txn> {
     fn open(
         txn: &'txn WriteTransaction,
+        log: &'txn mut BatchLog,
         request_lifetime: Option<u64>,
     ) -> Result<WriteTables<'txn>, redb::TableError> {
         Ok(WriteTables {
+            batch_log: txn.open_table(BATCH_LOG)?,
+            log,
             executed: txn.open_table(EXECUTED)?,
             request_lifetime,
             retain_blocks: None,
@@ -153,7 +169,7 @@ impl<'txn> WriteTables<'txn> {
                     .map_err(fail)?;
             }
             Record::Batch { seq, digest, batch } => {
-                self.write_batch(path, *seq, digest, batch, buffer)?;
+                self.write_batch(path, *seq, digest, batch)?;
                 self.pending
                     .insert(batch_key(*seq, digest), ())
                     .map_err(fail)?;
@@ -322,6 +338,16 @@ impl<'txn> WriteTables<'txn> {
         self.batch_chunks
             .retain_in(..batch_chunk_key(to, &Digest::ZERO, 0), |_, _| false)
             .map_err(fail)?;
+        let freed = self
+            .batch_log
+            .extract_from_if(..batch_key(to, &Digest::ZERO), |_, _| true)
+            .map_err(fail)?
+            .map(|entry| entry.map(|(_, location)| Location::from_bytes(location.value())))
+            .collect::<Result<Vec<Location>, _>>()
+            .map_err(fail)?;
+        for location in freed {
+            self.log.free(location.segment);
+        }
         self.pending
             .retain_in(..batch_key(to, &Digest::ZERO), |_, _| false)
             .map_err(fail)?;
@@ -348,7 +374,7 @@ impl<'txn> WriteTables<'txn> {
         let height = block.height;
         let key = seq_key(height);
         let batch_bytes =
-            match self.write_batch(path, height, &block.batch_digest, &block.batch, buffer)? {
+            match self.write_batch(path, height, &block.batch_digest, &block.batch)? {
                 Some(written) => written,
                 None => encoded_len(path, &block.batch)?,
             };
@@ -383,33 +409,33 @@ impl<'txn> WriteTables<'txn> {
         Ok(bytes)
     }
 
-    /// Writes a batch's chunks unless they are there; returns its encoded
-    /// size if it wrote it. A batch's digest is the Merkle root of its
-    /// requests, so what is stored under `(seq, digest)` is this batch.
+    /// Appends a batch to the log unless it is stored (there, or in the
+    /// chunks of an older format); returns its encoded size if it wrote
+    /// it. A batch's digest is the Merkle root of its requests, so what is
+    /// stored under `(seq, digest)` is this batch.
     fn write_batch(
         &mut self,
         path: &Path,
         seq: SeqNum,
         digest: &Digest,
         batch: &Batch,
-        buffer: &mut Vec<u8>,
     ) -> Result<Option<usize>, DiskStorageError> {
         let fail = |error: redb::StorageError| redb_error(path, error);
-        if self
-            .batch_chunks
-            .get(batch_chunk_key(seq, digest, 0))
-            .map_err(fail)?
-            .is_some()
+        let key = batch_key(seq, digest);
+        if self.batch_log.get(key).map_err(fail)?.is_some()
+            || self
+                .batch_chunks
+                .get(batch_chunk_key(seq, digest, 0))
+                .map_err(fail)?
+                .is_some()
         {
             return Ok(None);
         }
-        encode_value(path, "batches", batch, buffer)?;
-        for (index, chunk) in (0u32..).zip(buffer.chunks(BLOCK_CHUNK_BYTES)) {
-            self.batch_chunks
-                .insert(batch_chunk_key(seq, digest, index), chunk)
-                .map_err(fail)?;
-        }
-        Ok(Some(buffer.len()))
+        let location = self.log.stage(seq, digest, batch)?;
+        self.batch_log
+            .insert(key, location.to_bytes())
+            .map_err(fail)?;
+        Ok(Some(location.len as usize))
     }
 
     /// Whether the block stored at `seq` (since format 4) is over this batch.
@@ -435,6 +461,14 @@ impl<'txn> WriteTables<'txn> {
         seq: SeqNum,
         digest: &Digest,
     ) -> Result<(), DiskStorageError> {
+        let removed = self
+            .batch_log
+            .remove(batch_key(seq, digest))
+            .map_err(|error| redb_error(path, error))?
+            .map(|location| Location::from_bytes(location.value()));
+        if let Some(location) = removed {
+            self.log.free(location.segment);
+        }
         self.batch_chunks
             .retain_in(
                 batch_chunk_key(seq, digest, 0)..=batch_chunk_key(seq, digest, u32::MAX),

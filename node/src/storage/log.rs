@@ -1,0 +1,441 @@
+//! The batch log: every batch the store keeps, written once, appended to
+//! checksummed segment files beside the redb file (design notes §50).
+//!
+//! redb stays the store of record for everything small (safety state,
+//! certificates, headers, the at-most-once keys) and holds the log's index,
+//! `batch_log`: (sequence number, digest) → where the batch's record is.
+//! The bulk bytes, the batches, never enter a B-tree: a step appends them
+//! to the open segment and `fdatasync`s it, then commits its redb
+//! transaction, which refers to them. So
+//!
+//! - the index never names bytes that are not durable (the append is
+//!   synced first); a crash between the two leaves bytes nothing refers
+//!   to, at the end of a segment: harmless, and gone with the segment;
+//! - a record is read back only through the index, and checked there: its
+//!   magic, its length, the sequence number and digest it was written for,
+//!   and a CRC-32 of all of that and the batch. A torn or damaged record is
+//!   refused with an error that names the file and offset, never decoded;
+//! - redb's file holds no batches, so its repair walk after a crash (a
+//!   read of the whole file) stays short however long the history;
+//! - a segment is deleted once no index entry refers to it (pruned blocks,
+//!   discarded batches), after the commit that dropped the last one; a
+//!   segment left with none by a crash is deleted by the next open.
+//!
+//! Record layout, little-endian: magic `bftB` (4 bytes), batch length (4),
+//! sequence number (8), digest (32), CRC-32 (4) of the 48 bytes before it
+//! and the batch, then the batch's codec encoding.
+
+use super::layout::{batch_from_key, BatchKey};
+use super::DiskStorageError;
+use bftd_crypto::Digest;
+use bftd_protocol::{codec, Batch, SeqNum};
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// A segment takes appends until it holds this much; the step that finds it
+/// full starts the next one (so a segment may exceed it by one step). Unit
+/// tests use small segments, so that they rotate and delete them.
+pub(super) const SEGMENT_BYTES: u64 = if cfg!(test) {
+    256 * 1024
+} else {
+    64 * 1024 * 1024
+};
+
+const MAGIC: [u8; 4] = *b"bftB";
+/// Magic, length, sequence number, digest, CRC.
+pub(super) const HEADER_BYTES: usize = 4 + 4 + 8 + 32 + 4;
+/// Where the CRC sits in the header (it covers everything else).
+const CRC_AT: usize = HEADER_BYTES - 4;
+const SUFFIX: &str = ".seg";
+
+/// Where a batch's record is: what the `batch_log` table holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Location {
+    pub segment: u64,
+    /// The record's first byte (its header) in the segment.
+    pub offset: u64,
+    /// The batch's encoded length (the record is [`HEADER_BYTES`] more).
+    pub len: u32,
+}
+
+/// A [`Location`] as an index value: segment, offset, length, big-endian.
+pub(super) type LocationBytes = [u8; 20];
+
+impl Location {
+    pub fn to_bytes(self) -> LocationBytes {
+        let mut out = [0u8; 20];
+        let (segment, rest) = out.split_at_mut(8);
+        let (offset, len) = rest.split_at_mut(8);
+        segment.copy_from_slice(&self.segment.to_be_bytes());
+        offset.copy_from_slice(&self.offset.to_be_bytes());
+        len.copy_from_slice(&self.len.to_be_bytes());
+        out
+    }
+
+    pub fn from_bytes(bytes: LocationBytes) -> Location {
+        let mut segment = [0u8; 8];
+        let mut offset = [0u8; 8];
+        let mut len = [0u8; 4];
+        let (segment_part, rest) = bytes.split_at(8);
+        let (offset_part, len_part) = rest.split_at(8);
+        segment.copy_from_slice(segment_part);
+        offset.copy_from_slice(offset_part);
+        len.copy_from_slice(len_part);
+        Location {
+            segment: u64::from_be_bytes(segment),
+            offset: u64::from_be_bytes(offset),
+            len: u32::from_be_bytes(len),
+        }
+    }
+}
+
+/// The directory of `store`'s segments: `<store file>.batches`.
+pub(super) fn directory(store: &Path) -> PathBuf {
+    let mut name = store.file_name().unwrap_or_default().to_os_string();
+    name.push(".batches");
+    store.with_file_name(name)
+}
+
+fn segment_path(dir: &Path, segment: u64) -> PathBuf {
+    dir.join(format!("{segment:016x}{SUFFIX}"))
+}
+
+fn segment_id(name: &str) -> Option<u64> {
+    let hex = name.strip_suffix(SUFFIX)?;
+    if hex.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// The writer's side of the log: the open segment, what the current step
+/// staged, and how many index entries refer to each segment. Owned by the
+/// store behind a lock: one step writes at a time.
+#[derive(Debug)]
+pub(super) struct BatchLog {
+    dir: PathBuf,
+    /// The segment taking appends; none until the first append after
+    /// opening (a restart never appends after bytes a crash may have torn).
+    current: Option<Segment>,
+    next_id: u64,
+    /// Index entries per segment, as committed.
+    live: BTreeMap<u64, u64>,
+    /// Records the current step appends, written and synced by [`Self::sync`].
+    staged: Vec<u8>,
+    /// The segment of each staged record.
+    added: Vec<u64>,
+    /// The segment of each index entry the current step removed.
+    freed: Vec<u64>,
+}
+
+#[derive(Debug)]
+struct Segment {
+    id: u64,
+    file: File,
+    /// Bytes written and synced.
+    len: u64,
+}
+
+impl BatchLog {
+    /// Opens the log of a store whose index refers to segments as `live`
+    /// counts: creates the directory if absent (only if nothing refers to
+    /// it), refuses a segment the index needs that is not there, and
+    /// deletes the segments nothing refers to (left by a crash).
+    pub fn open(store: &Path, live: BTreeMap<u64, u64>) -> Result<BatchLog, DiskStorageError> {
+        let dir = directory(store);
+        let io_error = |source| DiskStorageError::Log {
+            path: dir.clone(),
+            source,
+        };
+        if !dir.try_exists().map_err(io_error)? {
+            if let Some((&segment, _)) = live.first_key_value() {
+                return Err(missing(&dir, segment));
+            }
+            std::fs::create_dir(&dir).map_err(io_error)?;
+            let parent = match dir.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => parent,
+                _ => Path::new("."),
+            };
+            sync_directory(parent).map_err(io_error)?;
+        }
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(io_error)? {
+            let entry = entry.map_err(io_error)?;
+            // Files that are not segments are not ours to touch.
+            if let Some(id) = entry.file_name().to_str().and_then(segment_id) {
+                found.push(id);
+            }
+        }
+        if let Some(&segment) = live.keys().find(|id| !found.contains(id)) {
+            return Err(missing(&dir, segment));
+        }
+        for &id in found.iter().filter(|id| !live.contains_key(id)) {
+            let path = segment_path(&dir, id);
+            std::fs::remove_file(&path).map_err(io_error)?;
+            tracing::info!(path = %path.display(), "deleted a segment of the batch log that nothing refers to");
+        }
+        let next_id = found
+            .iter()
+            .chain(live.keys())
+            .max()
+            .map_or(0, |id| id.saturating_add(1));
+        Ok(BatchLog {
+            dir,
+            current: None,
+            next_id,
+            live,
+            staged: Vec::new(),
+            added: Vec::new(),
+            freed: Vec::new(),
+        })
+    }
+
+    pub fn directory(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Stages `batch`'s record for the current step; returns where it will
+    /// be once [`Self::sync`] wrote it.
+    pub fn stage(
+        &mut self,
+        seq: SeqNum,
+        digest: &Digest,
+        batch: &Batch,
+    ) -> Result<Location, DiskStorageError> {
+        let segment = self.segment_for_step()?;
+        let (id, written) = (segment.id, segment.len);
+        let start = self.staged.len();
+        let offset = written.saturating_add(start as u64);
+        self.staged.resize(start + HEADER_BYTES, 0);
+        codec::encode_append(batch, &mut self.staged).map_err(|source| {
+            self.staged.truncate(start);
+            DiskStorageError::Encode {
+                path: self.dir.clone(),
+                table: "batch_log",
+                source,
+            }
+        })?;
+        let record = self.staged.get_mut(start..).unwrap_or_default();
+        let len = record.len().saturating_sub(HEADER_BYTES);
+        let Ok(len) = u32::try_from(len) else {
+            self.staged.truncate(start);
+            return Err(DiskStorageError::Log {
+                path: self.dir.clone(),
+                source: io::Error::new(io::ErrorKind::InvalidInput, "a batch of 4 GiB or more"),
+            });
+        };
+        write_header(record, len, seq, digest);
+        self.added.push(id);
+        Ok(Location {
+            segment: id,
+            offset,
+            len,
+        })
+    }
+
+    /// Notes that the current step removed an index entry of `segment`.
+    pub fn free(&mut self, segment: u64) {
+        self.freed.push(segment);
+    }
+
+    /// Writes what the step staged and makes it durable. Call before
+    /// committing the transaction that refers to it.
+    pub fn sync(&mut self) -> Result<(), DiskStorageError> {
+        if self.staged.is_empty() {
+            return Ok(());
+        }
+        let Some(segment) = self.current.as_mut() else {
+            return Ok(());
+        };
+        let result = segment
+            .file
+            .write_all_at(&self.staged, segment.len)
+            .and_then(|()| segment.file.sync_data());
+        match result {
+            Ok(()) => {
+                segment.len = segment.len.saturating_add(self.staged.len() as u64);
+                self.staged.clear();
+                Ok(())
+            }
+            Err(source) => {
+                // What reached the file is not referred to; append no more
+                // after it.
+                let path = segment_path(&self.dir, segment.id);
+                self.current = None;
+                Err(DiskStorageError::Log { path, source })
+            }
+        }
+    }
+
+    /// The step's transaction committed: its index entries count, and a
+    /// segment it left with none (not the open one) is deleted.
+    pub fn committed(&mut self) {
+        for id in self.added.drain(..) {
+            let count = self.live.entry(id).or_insert(0);
+            *count = count.saturating_add(1);
+        }
+        let current = self.current.as_ref().map(|segment| segment.id);
+        for id in std::mem::take(&mut self.freed) {
+            let Some(count) = self.live.get_mut(&id) else {
+                continue;
+            };
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.live.remove(&id);
+                if Some(id) != current {
+                    self.delete(id);
+                }
+            }
+        }
+    }
+
+    /// The step failed before or at its commit: forget what it staged (bytes
+    /// already appended are referred to by nothing).
+    pub fn aborted(&mut self) {
+        self.staged.clear();
+        self.added.clear();
+        self.freed.clear();
+    }
+
+    /// Segments and the index entries that refer to each (for tests).
+    #[cfg(test)]
+    pub fn live(&self) -> &BTreeMap<u64, u64> {
+        &self.live
+    }
+
+    fn delete(&self, id: u64) {
+        let path = segment_path(&self.dir, id);
+        // A segment that cannot be deleted now is deleted by the next open.
+        if let Err(error) = std::fs::remove_file(&path) {
+            tracing::warn!(path = %path.display(), %error, "cannot delete a segment of the batch log");
+        }
+    }
+
+    /// The segment this step appends to: the open one, or a new one if
+    /// there is none or it is full and the step has staged nothing yet.
+    fn segment_for_step(&mut self) -> Result<&Segment, DiskStorageError> {
+        let full = self
+            .current
+            .as_ref()
+            .is_none_or(|segment| segment.len >= SEGMENT_BYTES);
+        if full && self.staged.is_empty() {
+            let id = self.next_id;
+            let path = segment_path(&self.dir, id);
+            let io_error = |source| DiskStorageError::Log {
+                path: path.clone(),
+                source,
+            };
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .map_err(io_error)?;
+            // The new name must survive a power loss before an index entry
+            // refers to it.
+            sync_directory(&self.dir).map_err(io_error)?;
+            self.next_id = id.saturating_add(1);
+            if let Some(old) = self.current.take() {
+                if !self.live.contains_key(&old.id) {
+                    self.delete(old.id);
+                }
+            }
+            self.current = Some(Segment { id, file, len: 0 });
+        }
+        self.current.as_ref().ok_or_else(|| DiskStorageError::Log {
+            path: self.dir.clone(),
+            source: io::Error::other("no open segment"),
+        })
+    }
+}
+
+/// Reads the batch at `location`, stored for `key`, and checks it; returns
+/// it and its encoded length.
+pub(super) fn read(
+    dir: &Path,
+    key: BatchKey,
+    location: Location,
+) -> Result<(Batch, usize), DiskStorageError> {
+    let path = segment_path(dir, location.segment);
+    let damaged = |reason: String| DiskStorageError::DamagedLog {
+        path: path.clone(),
+        offset: location.offset,
+        reason,
+    };
+    let file = File::open(&path).map_err(|source| DiskStorageError::Log {
+        path: path.clone(),
+        source,
+    })?;
+    let len = location.len as usize;
+    let mut record = vec![0u8; HEADER_BYTES.saturating_add(len)];
+    file.read_exact_at(&mut record, location.offset)
+        .map_err(|source| match source.kind() {
+            io::ErrorKind::UnexpectedEof => damaged("the record is cut short".into()),
+            _ => DiskStorageError::Log {
+                path: path.clone(),
+                source,
+            },
+        })?;
+    let (seq, digest) = batch_from_key(key);
+    let (header, body) = record.split_at(HEADER_BYTES);
+    if header.get(..4) != Some(MAGIC.as_slice()) {
+        return Err(damaged("no record starts here".into()));
+    }
+    let mut expected = [0u8; HEADER_BYTES];
+    write_header_fields(&mut expected, location.len, seq, &digest);
+    if header.get(..CRC_AT) != expected.get(..CRC_AT) {
+        return Err(damaged(format!(
+            "the record there is not batch {} {digest} of length {len}",
+            seq.0
+        )));
+    }
+    if header.get(CRC_AT..) != Some(crc(header, body).to_le_bytes().as_slice()) {
+        return Err(damaged("its checksum does not match its bytes".into()));
+    }
+    let batch = codec::decode(body).map_err(|source| DiskStorageError::Decode {
+        path: path.clone(),
+        table: "batch_log",
+        source,
+    })?;
+    Ok((batch, len))
+}
+
+fn write_header(record: &mut [u8], len: u32, seq: SeqNum, digest: &Digest) {
+    let (header, body) = record.split_at_mut(HEADER_BYTES);
+    write_header_fields(header, len, seq, digest);
+    let sum = crc(header, body);
+    if let Some(slot) = header.get_mut(CRC_AT..) {
+        slot.copy_from_slice(&sum.to_le_bytes());
+    }
+}
+
+fn write_header_fields(header: &mut [u8], len: u32, seq: SeqNum, digest: &Digest) {
+    let (len, seq) = (len.to_le_bytes(), seq.0.to_le_bytes());
+    let fields = MAGIC.iter().chain(&len).chain(&seq).chain(&digest.0);
+    for (slot, byte) in header.iter_mut().zip(fields) {
+        *slot = *byte;
+    }
+}
+
+/// CRC-32 of the header's fields (all but the CRC itself) and the body.
+fn crc(header: &[u8], body: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(header.get(..CRC_AT).unwrap_or_default());
+    hasher.update(body);
+    hasher.finalize()
+}
+
+fn missing(dir: &Path, segment: u64) -> DiskStorageError {
+    DiskStorageError::DamagedLog {
+        path: segment_path(dir, segment),
+        offset: 0,
+        reason: "the segment is missing, but the index refers to it".into(),
+    }
+}
+
+fn sync_directory(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
