@@ -258,12 +258,21 @@ fn restart_time() {
         let mut store = open(&path);
         extend(&mut store, blocks);
     }
+    // The redb file, and the batch log's segments beside it.
     let bytes = std::fs::metadata(&path).unwrap().len();
+    let log_bytes: u64 = std::fs::read_dir(dir.path().join("bftd.redb.batches"))
+        .map(|entries| {
+            entries
+                .filter_map(|entry| Some(entry.ok()?.metadata().ok()?.len()))
+                .sum()
+        })
+        .unwrap_or(0);
     let first = open(&path).first_height();
     println!(
-        "store: {} tx in {blocks} blocks, {} MB, built in {:?}; retain_blocks {retain:?}, first height {}",
+        "store: {} tx in {blocks} blocks, redb file {} MB, batch log {} MB, built in {:?}; retain_blocks {retain:?}, first height {}",
         blocks * PER_BLOCK,
         bytes / 1_000_000,
+        log_bytes / 1_000_000,
         built.elapsed(),
         first.0
     );
