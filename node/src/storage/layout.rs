@@ -19,10 +19,10 @@ use serde::{Deserialize, Serialize};
 /// keeps `executed` entries below its first block, which a restart must
 /// read (a format-4 bftd would skip them); the upgrade from 4 only writes
 /// the version.
-/// Version 6: batches are written to the batch log's segments
-/// (`log.rs`), indexed by [`BATCH_LOG`]; batches written before stay in
-/// [`BATCH_CHUNKS`] and are read and deleted there (the upgrade writes the
-/// version and creates the index).
+/// Version 6: batches larger than one chunk are written to the batch log's
+/// segments (`log.rs`), indexed by [`BATCH_LOG`]; batches written before
+/// stay in [`BATCH_CHUNKS`] and are read and deleted there (the upgrade
+/// writes the version and creates the index).
 pub const FORMAT_VERSION: u32 = 6;
 
 /// The oldest format [`super::DiskStorage::open`] upgrades in place: from
@@ -59,9 +59,10 @@ pub(super) const LEGACY_BATCHES: TableDefinition<'static, BatchKey, &[u8]> =
 /// record is in the batch log (segment, offset, length: `log::Location`).
 ///
 /// Every batch the replica records, and every block's batch, is written
-/// to the log once: when a pre-prepare is accepted (`Record::Batch`), or,
-/// for a block whose batch never came that way (fetched by state
-/// transfer), with the block. A block in [`HEADERS`] refers to the batch
+/// once: when a pre-prepare is accepted (`Record::Batch`), or, for a block
+/// whose batch never came that way (fetched by state transfer), with the
+/// block; to the log if it is larger than one chunk, else as one chunk in
+/// [`BATCH_CHUNKS`]. A block in [`HEADERS`] refers to the batch
 /// under its height and digest, so executing a batch writes a header and
 /// certificate, not the batch again. A batch's entry is deleted when it
 /// stops being pending (see [`PENDING`]) unless it is its height's block's
@@ -70,11 +71,12 @@ pub(super) const LEGACY_BATCHES: TableDefinition<'static, BatchKey, &[u8]> =
 pub(super) const BATCH_LOG: TableDefinition<'static, BatchKey, super::log::LocationBytes> =
     TableDefinition::new("batch_log");
 
-/// `batch_chunks` (formats 4 and 5; read and deleted since, never
-/// written): sequence number (big-endian) ‖ digest ‖ chunk index
+/// `batch_chunks`: sequence number (big-endian) ‖ digest ‖ chunk index
 /// (big-endian `u32`) → a piece of the `Batch`'s encoding, at most
-/// [`BLOCK_CHUNK_BYTES`] (for the reason blocks are chunked, below). What
-/// [`BATCH_LOG`] is since format 6.
+/// [`BLOCK_CHUNK_BYTES`] (for the reason blocks are chunked, below).
+/// Since format 6 only batches of one chunk are written here (larger
+/// ones go to the log, [`BATCH_LOG`]); formats 4 and 5 wrote every batch
+/// here, and those are read and deleted here.
 pub(super) const BATCH_CHUNKS: TableDefinition<'static, BatchChunkKey, &[u8]> =
     TableDefinition::new("batch_chunks");
 
@@ -83,7 +85,8 @@ pub(super) const BATCH_CHUNKS: TableDefinition<'static, BatchChunkKey, &[u8]> =
 /// (`Recovered::batches`), with `MemStorage`'s semantics: recorded by
 /// `Record::Batch`, discarded by a stable checkpoint at or above them.
 /// Their bytes are in the batch log ([`BATCH_LOG`]), or in
-/// [`BATCH_CHUNKS`] if written before format 6.
+/// [`BATCH_CHUNKS`] (batches of one chunk, and those written before
+/// format 6).
 pub(super) const PENDING: TableDefinition<'static, BatchKey, ()> = TableDefinition::new("pending");
 
 /// `headers`: height (big-endian) → [`StoredHeader`]: a block written since
