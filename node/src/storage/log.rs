@@ -21,6 +21,11 @@
 //!   discarded batches), after the commit that dropped the last one; a
 //!   segment left with none by a crash is deleted by the next open.
 //!
+//! A segment starts with a header of [`SEGMENT_HEADER_BYTES`]: the text
+//! `bftd batch log\n\0`, the layout version (`u32`, 1), and the committee
+//! epoch of its first record (`u64`; 0 until committee epochs exist,
+//! design notes §49, which asks for it so that pruning and recovery can
+//! tell a segment's committee without reading its records), then records.
 //! Record layout, little-endian: magic `bftB` (4 bytes), batch length (4),
 //! sequence number (8), digest (32), CRC-32 (4) of the 48 bytes before it
 //! and the batch, then the batch's codec encoding.
@@ -44,12 +49,38 @@ pub(super) const SEGMENT_BYTES: u64 = if cfg!(test) {
     64 * 1024 * 1024
 };
 
+/// A segment's header: text, layout version, epoch, 4 bytes reserved.
+pub(super) const SEGMENT_HEADER_BYTES: usize = 32;
+const SEGMENT_MAGIC: [u8; 16] = *b"bftd batch log\n\0";
+const LAYOUT_VERSION: u32 = 1;
 const MAGIC: [u8; 4] = *b"bftB";
 /// Magic, length, sequence number, digest, CRC.
 pub(super) const HEADER_BYTES: usize = 4 + 4 + 8 + 32 + 4;
 /// Where the CRC sits in the header (it covers everything else).
 const CRC_AT: usize = HEADER_BYTES - 4;
 const SUFFIX: &str = ".seg";
+
+/// Where a test stops a step as if the process died there (the write
+/// path's crash points, between its writes).
+#[cfg(test)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum CrashPoint {
+    /// Half of the step's log bytes written, not synced; no commit.
+    TornAppend,
+    /// The step's log bytes written and synced; no commit.
+    BeforeCommit,
+    /// The redb commit done; the segments it emptied neither counted nor
+    /// deleted.
+    AfterCommit,
+}
+
+#[cfg(test)]
+pub(super) fn crashed() -> DiskStorageError {
+    DiskStorageError::Log {
+        path: PathBuf::from("(a test's crash point)"),
+        source: io::Error::other("simulated crash"),
+    }
+}
 
 /// Where a batch's record is: what the `batch_log` table holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -129,6 +160,9 @@ pub(super) struct BatchLog {
     added: Vec<u64>,
     /// The segment of each index entry the current step removed.
     freed: Vec<u64>,
+    /// Where the next step stops (tests).
+    #[cfg(test)]
+    pub crash_at: Option<CrashPoint>,
 }
 
 #[derive(Debug)]
@@ -190,6 +224,8 @@ impl BatchLog {
             staged: Vec::new(),
             added: Vec::new(),
             freed: Vec::new(),
+            #[cfg(test)]
+            crash_at: None,
         })
     }
 
@@ -207,6 +243,14 @@ impl BatchLog {
     ) -> Result<Location, DiskStorageError> {
         let segment = self.segment_for_step()?;
         let (id, written) = (segment.id, segment.len);
+        if written == 0 && self.staged.is_empty() {
+            // A new segment's header, written and synced with its first
+            // record.
+            self.staged.extend_from_slice(&SEGMENT_MAGIC);
+            self.staged.extend_from_slice(&LAYOUT_VERSION.to_le_bytes());
+            self.staged.extend_from_slice(&0u64.to_le_bytes());
+            self.staged.resize(SEGMENT_HEADER_BYTES, 0);
+        }
         let start = self.staged.len();
         let offset = written.saturating_add(start as u64);
         self.staged.resize(start + HEADER_BYTES, 0);
@@ -250,6 +294,18 @@ impl BatchLog {
         let Some(segment) = self.current.as_mut() else {
             return Ok(());
         };
+        #[cfg(test)]
+        if self.crash_at == Some(CrashPoint::TornAppend) {
+            let half = self.staged.get(..self.staged.len() / 2).unwrap_or_default();
+            segment
+                .file
+                .write_all_at(half, segment.len)
+                .map_err(|source| DiskStorageError::Log {
+                    path: self.dir.clone(),
+                    source,
+                })?;
+            return Err(crashed());
+        }
         let result = segment
             .file
             .write_all_at(&self.staged, segment.len)

@@ -72,7 +72,15 @@ impl DiskStorage {
         // The index must never name bytes that are not durable: the log is
         // synced first.
         log.sync()?;
+        #[cfg(test)]
+        if log.crash_at.is_some_and(|at| at != super::log::CrashPoint::AfterCommit) {
+            return Err(super::log::crashed());
+        }
         txn.commit().map_err(|e| fail(e.into()))?;
+        #[cfg(test)]
+        if log.crash_at == Some(super::log::CrashPoint::AfterCommit) {
+            return Err(super::log::crashed());
+        }
         log.committed();
         drop(log);
 
