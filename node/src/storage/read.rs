@@ -4,8 +4,9 @@
 
 use super::layout::{
     batch_chunk_key, batch_from_key, batch_key, chunk_from_key, chunk_key, seq_key, BatchChunkKey,
-    BatchKey, ChunkKey, SeqKey, StoredHeader, BATCH_CHUNKS, BATCH_LOG, BLOCKS, DUPLICATES, EXECUTED, HEADERS, PENDING, PREPARED,
-    STATE, STATE_CHECKPOINT, STATE_NEW_VIEW, STATE_SAFETY, STATE_SUSPICION,
+    BatchKey, ChunkKey, SeqKey, StoredHeader, BATCH_CHUNKS, BATCH_LOG, BLOCKS, DUPLICATES,
+    EXECUTED, HEADERS, PENDING, PREPARED, STATE, STATE_CHECKPOINT, STATE_NEW_VIEW, STATE_SAFETY,
+    STATE_SUSPICION,
 };
 use super::log::{self, Location, LocationBytes};
 use super::{decode_value, redb_error, DiskStorage, DiskStorageError, Inner, StoredBlock};
@@ -203,13 +204,14 @@ impl ReadTables {
             });
         }
         let digest = header.batch_digest;
-        let (batch, batch_bytes) = self.batches.read(inner, height, &digest)?
-            .ok_or_else(|| DiskStorageError::BrokenBatch {
+        let (batch, batch_bytes) = self.batches.read(inner, height, &digest)?.ok_or_else(|| {
+            DiskStorageError::BrokenBatch {
                 path: inner.path.clone(),
                 seq: height,
                 digest,
                 chunk: 0,
-            })?;
+            }
+        })?;
         let block = CommittedBlock {
             block: Block {
                 height,

@@ -611,11 +611,12 @@ fn a_batch_is_written_once() {
         digest: Digest([digest; 32]),
         batch: batch.clone(),
     };
-    let record_bytes = |batch: &Batch| {
-        (log::HEADER_BYTES + codec::encode(batch).unwrap().len()) as u64
-    };
+    let record_bytes =
+        |batch: &Batch| (log::HEADER_BYTES + codec::encode(batch).unwrap().len()) as u64;
     let logged = |seqs: &[(u64, u8)]| -> Vec<(u64, Digest)> {
-        seqs.iter().map(|&(seq, d)| (seq, Digest([d; 32]))).collect()
+        seqs.iter()
+            .map(|&(seq, d)| (seq, Digest([d; 32])))
+            .collect()
     };
     store
         .apply(
@@ -632,9 +633,16 @@ fn a_batch_is_written_once() {
     assert_eq!(stored_batches(&store), logged(&[(2, 1), (2, 7), (3, 1)]));
     // The big batch in the log, the small ones in redb's commit.
     let written = log::SEGMENT_HEADER_BYTES as u64 + record_bytes(&big);
-    assert_eq!(segments(&store), vec![("0000000000000000.seg".into(), written)]);
+    assert_eq!(
+        segments(&store),
+        vec![("0000000000000000.seg".into(), written)]
+    );
     let segment = std::fs::read(store.inner.log_dir.join("0000000000000000.seg")).unwrap();
-    assert_eq!(&segment[..20], b"bftd batch log\n\0\x01\0\0\0", "header, version 1");
+    assert_eq!(
+        &segment[..20],
+        b"bftd batch log\n\0\x01\0\0\0",
+        "header, version 1"
+    );
     let key = |seq: u64, d: u8| layout::batch_key(SeqNum(seq), &Digest([d; 32]));
     assert!(logged_at(&store, key(2, 1)).is_some());
     assert!(logged_at(&store, key(2, 7)).is_none() && logged_at(&store, key(3, 1)).is_none());
@@ -649,7 +657,9 @@ fn a_batch_is_written_once() {
         duplicates: vec![],
         tree: None,
     };
-    store.apply(&[], &[block_1.clone(), block_2.clone()]).unwrap();
+    store
+        .apply(&[], &[block_1.clone(), block_2.clone()])
+        .unwrap();
     assert_eq!(
         stored_batches(&store),
         logged(&[(1, 1), (2, 1), (2, 7), (3, 1)]),
@@ -719,7 +729,10 @@ fn a_crash_leaves_nothing_in_the_log_that_matters() {
     let dir_of_log = log::directory(&path);
     let first = dir_of_log.join("0000000000000000.seg");
     let torn = {
-        let mut file = std::fs::OpenOptions::new().append(true).open(&first).unwrap();
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&first)
+            .unwrap();
         file.write_all(b"bftB\x10\x00\x00\x00half a rec").unwrap();
         file.metadata().unwrap().len()
     };
@@ -735,11 +748,17 @@ fn a_crash_leaves_nothing_in_the_log_that_matters() {
         ]
     );
     for delivery in &deliveries[..3] {
-        assert_eq!(store.block(delivery.block.height()), Some(delivery.block.clone()));
+        assert_eq!(
+            store.block(delivery.block.height()),
+            Some(delivery.block.clone())
+        );
     }
     store.apply(&[], &deliveries[3..]).unwrap();
     assert_eq!(
-        segments(&store).iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>(),
+        segments(&store)
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .collect::<Vec<_>>(),
         vec!["0000000000000000.seg", "0000000000000006.seg", "notes.txt"],
         "appends go to a new segment, never after torn bytes"
     );
@@ -780,11 +799,17 @@ fn a_crash_between_any_two_writes_loses_nothing_committed() {
     let steps: Vec<(Vec<Record>, Vec<Delivery>)> = vec![
         (vec![safety(1), batch_of(1)], vec![]),
         (vec![batch_of(2), candidate], vec![big_delivery(1)]),
-        (vec![safety(2), Record::Prepared(prepared(3, 2))], vec![big_delivery(2), delivery(3, vec![])]),
+        (
+            vec![safety(2), Record::Prepared(prepared(3, 2))],
+            vec![big_delivery(2), delivery(3, vec![])],
+        ),
         (vec![Record::StableCheckpoint(checkpoint(2))], vec![]),
         (vec![batch_of(4), batch_of(5)], vec![big_delivery(4)]),
         (vec![], vec![big_delivery(5), big_delivery(6)]),
-        (vec![Record::StableCheckpoint(checkpoint(6))], vec![big_delivery(7)]),
+        (
+            vec![Record::StableCheckpoint(checkpoint(6))],
+            vec![big_delivery(7)],
+        ),
         (vec![batch_of(8), safety(3)], vec![big_delivery(8)]),
         (vec![Record::StableCheckpoint(checkpoint(8))], vec![]),
     ];
@@ -802,7 +827,10 @@ fn a_crash_between_any_two_writes_loses_nothing_committed() {
     let same = |store: &DiskStorage, model: &MemStorage, context: &str| {
         let (ours, theirs) = (store.recover().unwrap(), model.recover().unwrap());
         assert_eq!(ours.safety, theirs.safety, "{context}");
-        assert_eq!(ours.stable_checkpoint, theirs.stable_checkpoint, "{context}");
+        assert_eq!(
+            ours.stable_checkpoint, theirs.stable_checkpoint,
+            "{context}"
+        );
         assert_eq!(ours.prepared, theirs.prepared, "{context}");
         let sorted = |mut batches: Vec<(SeqNum, Digest, Arc<Batch>)>| {
             batches.sort_by_key(|(seq, digest, _)| (*seq, *digest));
@@ -817,7 +845,11 @@ fn a_crash_between_any_two_writes_loses_nothing_committed() {
         );
         for height in 1..=model.last_height().0 {
             let height = SeqNum(height);
-            assert_eq!(store.block(height), model.block(height), "{context}, block {height:?}");
+            assert_eq!(
+                store.block(height),
+                model.block(height),
+                "{context}, block {height:?}"
+            );
         }
         // Every segment is referred to, and every referred one is there.
         let live: Vec<String> = store
@@ -863,7 +895,11 @@ fn a_crash_between_any_two_writes_loses_nothing_committed() {
             for (records, deliveries) in &steps[applied..] {
                 store.apply(records, deliveries).unwrap();
             }
-            same(&store, &model_after(steps.len()), &format!("{context}, then the rest"));
+            same(
+                &store,
+                &model_after(steps.len()),
+                &format!("{context}, then the rest"),
+            );
         }
     }
     assert_eq!(crashes, 27);
@@ -914,7 +950,10 @@ fn a_missing_or_wrong_record_is_refused() {
         ..first
     };
     let error = log::read(&log_dir, key(1), inside).unwrap_err();
-    assert!(error.to_string().contains("no record starts here"), "{error}");
+    assert!(
+        error.to_string().contains("no record starts here"),
+        "{error}"
+    );
     drop(store);
 
     std::fs::remove_file(log_dir.join("0000000000000000.seg")).unwrap();
@@ -923,7 +962,10 @@ fn a_missing_or_wrong_record_is_refused() {
         matches!(&error, DiskStorageError::DamagedLog { reason, .. } if reason.contains("missing")),
         "{error}"
     );
-    assert!(error.to_string().contains("0000000000000000.seg"), "{error}");
+    assert!(
+        error.to_string().contains("0000000000000000.seg"),
+        "{error}"
+    );
     std::fs::remove_dir(&log_dir).unwrap();
     let error = open_error(&path);
     assert!(error.to_string().contains("missing"), "{error}");
@@ -957,7 +999,10 @@ fn segments_rotate_and_go_when_nothing_refers_to_them() {
         .unwrap();
     assert_eq!(store.first_height(), SeqNum(10));
     let after = segments(&store);
-    assert!(after.len() < before.len() && after.len() <= 2, "{before:?} → {after:?}");
+    assert!(
+        after.len() < before.len() && after.len() <= 2,
+        "{before:?} → {after:?}"
+    );
     assert_eq!(store.inner.log().live().values().sum::<u64>(), 3);
     for height in 10..=12 {
         assert_eq!(store.block(SeqNum(height)), Some(big(height).block));
@@ -1485,9 +1530,10 @@ fn large_blocks_are_chunked_and_checked() {
         std::fs::write(&segment, bytes).unwrap();
     }
     misplace_block_2(&Database::open(&path).unwrap());
-    check_damage(&path, &|error| {
-        matches!(error, DiskStorageError::DamagedLog { reason, .. } if reason.contains("checksum"))
-    });
+    check_damage(
+        &path,
+        &|error| matches!(error, DiskStorageError::DamagedLog { reason, .. } if reason.contains("checksum")),
+    );
 
     // Format 5: the batch in chunks under its height and digest.
     let dir = tempfile::tempdir().unwrap();

@@ -73,7 +73,10 @@ impl DiskStorage {
         // synced first.
         log.sync()?;
         #[cfg(test)]
-        if log.crash_at.is_some_and(|at| at != super::log::CrashPoint::AfterCommit) {
+        if log
+            .crash_at
+            .is_some_and(|at| at != super::log::CrashPoint::AfterCommit)
+        {
             return Err(super::log::crashed());
         }
         txn.commit().map_err(|e| fail(e.into()))?;
