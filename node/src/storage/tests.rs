@@ -20,6 +20,15 @@ fn store_path(dir: &tempfile::TempDir) -> PathBuf {
     dir.path().join("store.redb")
 }
 
+/// The store at `path` without a block cache: every read goes to disk.
+fn uncached(path: &Path) -> DiskStorage {
+    let options = StorageOptions {
+        block_cache_entries: 0,
+        ..StorageOptions::default()
+    };
+    DiskStorage::open_with(path, None, &options).unwrap()
+}
+
 fn disk_error(error: &StorageError) -> &DiskStorageError {
     match DiskStorageError::of(error) {
         Some(error) => error,
@@ -596,15 +605,7 @@ fn blocks_from_steps_over_gaps() {
 fn a_batch_is_written_once() {
     let dir = tempfile::tempdir().unwrap();
     let path = store_path(&dir);
-    let mut store = DiskStorage::open_with(
-        &path,
-        None,
-        &StorageOptions {
-            block_cache_entries: 0,
-            ..StorageOptions::default()
-        },
-    )
-    .unwrap();
+    let mut store = uncached(&path);
     let big = batch(4, 40_000, 2);
     let record = |seq: u64, digest: u8, batch: &Arc<Batch>| Record::Batch {
         seq: SeqNum(seq),
@@ -912,15 +913,7 @@ fn a_crash_between_any_two_writes_loses_nothing_committed() {
 fn a_missing_or_wrong_record_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = store_path(&dir);
-    let mut store = DiskStorage::open_with(
-        &path,
-        None,
-        &StorageOptions {
-            block_cache_entries: 0,
-            ..StorageOptions::default()
-        },
-    )
-    .unwrap();
+    let mut store = uncached(&path);
     store
         .apply(&[], &[big_delivery(1), big_delivery(2)])
         .unwrap();
@@ -928,32 +921,28 @@ fn a_missing_or_wrong_record_is_refused() {
     let first = logged_at(&store, key(1)).unwrap();
     let second = logged_at(&store, key(2)).unwrap();
     let log_dir = store.inner.log_dir.clone();
+    let refused = |height: u64, location: log::Location, why: &str| match log::read(
+        &log_dir,
+        key(height),
+        location,
+    ) {
+        Err(DiskStorageError::DamagedLog { reason, .. }) if reason.contains(why) => {}
+        other => panic!("{location:?} for {height}: {other:?}, not \"{why}\""),
+    };
     // The index entry of 2 pointed at 1's record.
-    let error = log::read(&log_dir, key(2), first).unwrap_err();
-    assert!(
-        matches!(&error, DiskStorageError::DamagedLog { reason, .. } if reason.contains("not batch 2")),
-        "{error}"
-    );
+    refused(2, first, "not batch 2");
     // A record longer than the file.
     let cut = log::Location {
         len: second.len + 100,
         ..second
     };
-    let error = log::read(&log_dir, key(2), cut).unwrap_err();
-    assert!(
-        matches!(&error, DiskStorageError::DamagedLog { reason, .. } if reason.contains("cut short")),
-        "{error}"
-    );
+    refused(2, cut, "cut short");
     // Not at a record's start.
     let inside = log::Location {
         offset: first.offset + 1,
         ..first
     };
-    let error = log::read(&log_dir, key(1), inside).unwrap_err();
-    assert!(
-        error.to_string().contains("no record starts here"),
-        "{error}"
-    );
+    refused(1, inside, "no record starts here");
     drop(store);
 
     std::fs::remove_file(log_dir.join("0000000000000000.seg")).unwrap();
