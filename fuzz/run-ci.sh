@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # CI's short fuzz run: builds every target and runs each for 15 s on its
-# committed corpus (eight targets: with the build, ~4-5 minutes on CI's two
+# committed corpus (nine targets: with the build, ~4-5 minutes on CI's two
 # cores; the build alone took 190 s of CPU here). A crash fails CI (the input is in fuzz/artifacts/ and
 # the log says which target). If the fuzzer itself cannot be had on this
 # machine (no C++ compiler for libFuzzer, crates.io unreachable), prints one
@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 seconds=${FUZZ_SECONDS:-15}
-targets=(wire_message client_message node_message certificate cluster_file node_file store_record replica)
+targets=(wire_message client_message node_message certificate cluster_file node_file store_record batch_log replica)
 export FUZZ_PROFILE=${FUZZ_PROFILE:-ci}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 started=$SECONDS

@@ -435,28 +435,62 @@ pub(super) fn read(
                 source,
             },
         })?;
+    let batch = check(&record, key).map_err(|damage| match damage {
+        Damage::Record(reason) => damaged(reason),
+        Damage::Batch(source) => DiskStorageError::Decode {
+            path: path.clone(),
+            table: "batch_log",
+            source,
+        },
+    })?;
+    Ok((batch, len))
+}
+
+/// What is wrong with a record.
+#[derive(Debug)]
+pub(super) enum Damage {
+    /// Its header or checksum: it is not the record the index names.
+    Record(String),
+    /// It is, but its batch does not decode.
+    Batch(codec::CodecError),
+}
+
+/// Checks that `record` (a header and its body, exactly) is the record of
+/// the batch stored under `key`, intact, and decodes the batch.
+pub(super) fn check(record: &[u8], key: BatchKey) -> Result<Batch, Damage> {
     let (seq, digest) = batch_from_key(key);
+    if record.len() < HEADER_BYTES {
+        return Err(Damage::Record("the record is cut short".into()));
+    }
     let (header, body) = record.split_at(HEADER_BYTES);
     if header.get(..4) != Some(MAGIC.as_slice()) {
-        return Err(damaged("no record starts here".into()));
+        return Err(Damage::Record("no record starts here".into()));
     }
+    let len = u32::try_from(body.len()).unwrap_or(u32::MAX);
     let mut expected = [0u8; HEADER_BYTES];
-    write_header_fields(&mut expected, location.len, seq, &digest);
+    write_header_fields(&mut expected, len, seq, &digest);
     if header.get(..CRC_AT) != expected.get(..CRC_AT) {
-        return Err(damaged(format!(
+        return Err(Damage::Record(format!(
             "the record there is not batch {} {digest} of length {len}",
             seq.0
         )));
     }
     if header.get(CRC_AT..) != Some(crc(header, body).to_le_bytes().as_slice()) {
-        return Err(damaged("its checksum does not match its bytes".into()));
+        return Err(Damage::Record(
+            "its checksum does not match its bytes".into(),
+        ));
     }
-    let batch = codec::decode(body).map_err(|source| DiskStorageError::Decode {
-        path: path.clone(),
-        table: "batch_log",
-        source,
-    })?;
-    Ok((batch, len))
+    codec::decode(body).map_err(Damage::Batch)
+}
+
+/// A record of `body` as the batch `(seq, digest)`, as [`BatchLog::stage`]
+/// writes it (for the fuzzer).
+pub(super) fn record(seq: SeqNum, digest: &Digest, body: &[u8]) -> Vec<u8> {
+    let mut record = vec![0u8; HEADER_BYTES];
+    record.extend_from_slice(body);
+    let len = u32::try_from(body.len()).unwrap_or(u32::MAX);
+    write_header(&mut record, len, seq, digest);
+    record
 }
 
 fn write_header(record: &mut [u8], len: u32, seq: SeqNum, digest: &Digest) {
