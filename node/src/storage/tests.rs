@@ -393,7 +393,11 @@ fn segments(store: &DiskStorage) -> Vec<(String, u64)> {
 }
 
 fn recorded_format(path: &Path) -> u32 {
-    let db = Database::open(path).unwrap();
+    format_in(&Database::open(path).unwrap())
+}
+
+/// The format version a store's database records.
+fn format_in(db: &Database) -> u32 {
     let txn = db.begin_read().unwrap();
     let meta = txn.open_table(layout::META).unwrap();
     let bytes = meta.get(layout::META_FORMAT).unwrap().unwrap();
@@ -552,6 +556,71 @@ fn a_format_3_store_is_upgraded_in_place() {
     let store = DiskStorage::open(&path).unwrap();
     assert_eq!(store.first_height(), SeqNum(6));
     assert_eq!(store.last_height(), SeqNum(8));
+}
+
+/// A store of format 5 (every batch in `batch_chunks`) is upgraded in
+/// place: its blocks and pending batches read back from the chunks, new
+/// large batches go to the log, and a delivery or a checkpoint finds a
+/// batch in either place; pruning and discarding delete both kinds.
+#[test]
+fn a_format_5_store_is_upgraded_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = store_path(&dir);
+    let batch_of = |height: u64| Record::Batch {
+        seq: SeqNum(height),
+        digest: Digest([1; 32]),
+        batch: big_delivery(height).block.block.batch.clone(),
+    };
+    let old: Vec<Arc<CommittedBlock>> = (1..=3).map(|h| big_delivery(h).block).collect();
+    {
+        let mut store = DiskStorage::open(&path).unwrap();
+        let deliveries: Vec<Delivery> = (1..=3).map(big_delivery).collect();
+        store.apply(&[batch_of(4)], &deliveries).unwrap();
+    }
+    rewrite_as_format(&path, 5);
+    assert_eq!(recorded_format(&path), 5);
+
+    let options = StorageOptions {
+        retain_blocks: Some(1),
+        block_cache_entries: 0,
+        ..StorageOptions::default()
+    };
+    let mut store = DiskStorage::open_with(&path, None, &options).unwrap();
+    assert_eq!(format_in(&store.inner.db), FORMAT_VERSION);
+    assert_eq!(
+        segments(&store),
+        vec![],
+        "the old segment went: nothing refers to it"
+    );
+    for block in &old {
+        assert_eq!(store.block(block.height()).as_ref(), Some(block));
+    }
+    let pending = store.recover().unwrap().batches;
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].2, big_delivery(4).block.block.batch);
+    // Block 4's batch is in the chunks: delivering it writes no record;
+    // block 5 brings a new batch, which goes to the log.
+    store
+        .apply(&[], &[big_delivery(4), big_delivery(5)])
+        .unwrap();
+    let key = |height: u64| layout::batch_key(SeqNum(height), &Digest([1; 32]));
+    assert!(logged_at(&store, key(4)).is_none());
+    assert!(logged_at(&store, key(5)).is_some());
+    assert_eq!(store.block(SeqNum(4)), Some(big_delivery(4).block));
+    assert_eq!(store.block(SeqNum(5)), Some(big_delivery(5).block));
+    // A checkpoint at 5 keeping one block below it prunes 1..=3, whose
+    // batches were chunks.
+    store
+        .apply(&[Record::StableCheckpoint(checkpoint(5))], &[])
+        .unwrap();
+    assert_eq!(store.first_height(), SeqNum(4));
+    assert_eq!(
+        stored_batches(&store),
+        vec![(4, Digest([1; 32])), (5, Digest([1; 32]))]
+    );
+    drop(store);
+    let store = DiskStorage::open_with(&path, None, &options).unwrap();
+    assert_eq!(store.blocks_from(SeqNum(4), 10).unwrap().len(), 2);
 }
 
 /// `blocks_from` steps over gaps (heights a node was still fetching) to
