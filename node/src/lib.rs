@@ -24,7 +24,7 @@ pub mod storage;
 pub mod transport;
 
 pub use runtime::{
-    explain_start_error, init, start, Application, NodeHandle, NodeStopped, StartError,
+    check_store, explain_start_error, init, start, Application, NodeHandle, NodeStopped, StartError,
 };
 
 /// Runs `main` on a multi-threaded tokio runtime of `worker_threads`

@@ -803,6 +803,20 @@ pub fn init(config: &NodeConfig) -> Result<std::path::PathBuf, StartError> {
     Ok(path)
 }
 
+/// Reads a stopped node's whole store back and verifies it (`bftd check`):
+/// redb's page checksums, every batch record's checksum, every block's
+/// certificate against the cluster file and its link to the block below,
+/// and the state a restart recovers.
+pub fn check_store(
+    config: &NodeConfig,
+) -> Result<crate::storage::StoreCheck, crate::storage::CheckError> {
+    DiskStorage::check_path(
+        &store_path(config),
+        &store_identity(config),
+        &config.cluster.committee,
+    )
+}
+
 /// Why a node stopped by itself.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeStopped {

@@ -152,7 +152,7 @@ pub enum DiskStorageError {
     },
     /// A batch record the index refers to is torn, damaged, not the batch
     /// it should be, or gone with its segment.
-    #[error("store is damaged: {path} at offset {offset}: {reason}; this node cannot read the batch stored there: restore its data directory from a backup, or replace the store (`bftd init` a new one) and let the node catch up from its peers")]
+    #[error("store is damaged: {path} at offset {offset}: {reason}. This node cannot read the batch stored there (the other nodes serve the same blocks). Do not restore an old copy of this store, or create a new one for the same key, before reading docs/operating.md, \"Backups: never roll a store back\": the node would forget what it signed")]
     DamagedLog {
         /// The segment file.
         path: PathBuf,

@@ -195,6 +195,7 @@
 )]
 
 mod cache;
+mod check;
 mod error;
 mod layout;
 mod log;
@@ -204,6 +205,7 @@ mod read;
 pub(crate) mod tests;
 mod write;
 
+pub use check::{CheckError, StoreCheck};
 pub use error::DiskStorageError;
 pub use layout::{StoreIdentity, FORMAT_VERSION, OLDEST_UPGRADABLE_FORMAT};
 
