@@ -292,7 +292,12 @@ impl BatchLog {
             return Ok(());
         }
         let Some(segment) = self.current.as_mut() else {
-            return Ok(());
+            // `stage` opened one; only a failed sync closes it, and that
+            // step failed. Never report staged bytes durable.
+            return Err(DiskStorageError::Log {
+                path: self.dir.clone(),
+                source: io::Error::other("staged records but no open segment"),
+            });
         };
         #[cfg(test)]
         if self.crash_at == Some(CrashPoint::TornAppend) {
