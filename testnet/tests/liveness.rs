@@ -104,7 +104,8 @@ async fn chain(net: &Testnet, id: u16, to: u64) -> BTreeMap<u64, (Digest, Digest
 /// restarted primary that never proposed again). And nothing acknowledged
 /// is lost: every transaction whose verified receipt a client got before
 /// the cut is at the height its receipt named, in the batch it named, and
-/// every node holds the same block (same hash) there.
+/// every node holds the same block (same hash) there. One client per node
+/// sends 12 KB transactions, so batches go to the batch log too.
 #[test]
 fn power_cut_under_load_then_restart_in_another_order() {
     let _serial = serial();
@@ -120,7 +121,13 @@ fn power_cut_under_load_then_restart_in_another_order() {
                 let acknowledged = acknowledged.clone();
                 tasks.push(tokio::spawn(async move {
                     for i in 0u64.. {
-                        let payload = format!("node {node} lane {lane} tx {i}").into_bytes();
+                        let mut payload = format!("node {node} lane {lane} tx {i}").into_bytes();
+                        if lane == 0 {
+                            // Big enough that batches outgrow one chunk and
+                            // go to the batch log (design notes §50): the
+                            // cut then lands among log appends too.
+                            payload.resize(12_000, b'.');
+                        }
                         match client.submit(payload.clone()).await {
                             Ok(committed) => acknowledged
                                 .lock()
@@ -204,6 +211,13 @@ fn power_cut_under_load_then_restart_in_another_order() {
         }
     }
     net.assert_check("after the power cut");
+    let segments = std::fs::read_dir(net.dir.join("data/node0/bftd.redb.batches"))
+        .map(|entries| entries.flatten().count())
+        .unwrap_or(0);
+    assert!(
+        segments > 0,
+        "no batch went to node 0's batch log: the cut did not exercise it"
+    );
     eprintln!(
         "[power-cut-load] {} acknowledged before the cut (up to height {top}), all kept; \
          commits resumed {:.2} s after the last restart; {:.1} s",
