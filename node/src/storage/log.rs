@@ -430,6 +430,14 @@ pub(super) fn read(
         path: path.clone(),
         source,
     })?;
+    // A length no batch can have (the index is checksummed by redb, so this
+    // is damage redb missed) is refused before it is allocated.
+    if u64::from(location.len) > codec::MAX_MESSAGE_BYTES {
+        return Err(damaged(format!(
+            "the index gives a record of {} bytes, more than any batch",
+            location.len
+        )));
+    }
     let len = location.len as usize;
     let mut record = vec![0u8; HEADER_BYTES.saturating_add(len)];
     file.read_exact_at(&mut record, location.offset)

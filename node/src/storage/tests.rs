@@ -1012,6 +1012,12 @@ fn a_missing_or_wrong_record_is_refused() {
         ..first
     };
     refused(1, inside, "no record starts here");
+    // A length no batch can have: refused before anything is allocated.
+    let huge = log::Location {
+        len: u32::MAX,
+        ..first
+    };
+    refused(1, huge, "more than any batch");
     drop(store);
 
     std::fs::remove_file(log_dir.join("0000000000000000.seg")).unwrap();
