@@ -73,8 +73,13 @@ impl DiskStorage {
             .into());
         }
         {
-            let mut db = open::open_database(path, &StorageOptions::default())
-                .map_err(StorageError::from)?;
+            let mut db = open::open_database(
+                path,
+                &StorageOptions::default(),
+                #[cfg(test)]
+                &Default::default(),
+            )
+            .map_err(StorageError::from)?;
             let intact = db
                 .check_integrity()
                 .map_err(|error| StorageError::from(super::redb_error(path, error)))?;

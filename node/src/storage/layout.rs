@@ -23,7 +23,13 @@ use serde::{Deserialize, Serialize};
 /// segments (`log.rs`), indexed by [`BATCH_LOG`]; batches written before
 /// stay in [`BATCH_CHUNKS`] and are read and deleted there (the upgrade
 /// writes the version and creates the index).
-pub const FORMAT_VERSION: u32 = 6;
+/// Version 7: every step appends a step record to the log and is durable
+/// once the log is synced; redb commits without an fsync, durably about
+/// once a second, and `meta/log` says which steps a restart redoes (design
+/// notes §51). The upgrade writes the version (a format-6 store has no step
+/// to redo); a format-6 bftd must not open a format-7 store, whose last
+/// second may be only in the log.
+pub const FORMAT_VERSION: u32 = 7;
 
 /// The oldest format [`super::DiskStorage::open`] upgrades in place: from
 /// 2 it fills the `executed` table from the blocks; from 2 and 3 it moves
@@ -35,6 +41,10 @@ pub const OLDEST_UPGRADABLE_FORMAT: u32 = 2;
 pub(super) const META: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("meta");
 pub(super) const META_FORMAT: &str = "format";
 pub(super) const META_IDENTITY: &str = "identity";
+/// `meta/log`: where the log stood after the step this commit holds
+/// (`log::Position`); a restart redoes the step records after the one its
+/// last durable commit names (design notes §51). Since format 7.
+pub(super) const META_LOG: &str = "log";
 
 /// `state`: the single-valued parts of the replica's state, codec-encoded:
 /// [`STATE_SAFETY`], [`STATE_CHECKPOINT`], [`STATE_NEW_VIEW`],

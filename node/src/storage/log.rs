@@ -54,6 +54,9 @@ pub(super) const SEGMENT_HEADER_BYTES: usize = 32;
 const SEGMENT_MAGIC: [u8; 16] = *b"bftd batch log\n\0";
 const LAYOUT_VERSION: u32 = 1;
 const MAGIC: [u8; 4] = *b"bftB";
+/// A step record's magic (design notes §51): the header's sequence number
+/// field holds the step's number, its digest field zeros.
+const STEP_MAGIC: [u8; 4] = *b"bftS";
 /// Magic, length, sequence number, digest, CRC.
 pub(super) const HEADER_BYTES: usize = 4 + 4 + 8 + 32 + 4;
 /// Where the CRC sits in the header (it covers everything else).
@@ -94,6 +97,17 @@ pub(super) struct Location {
 
 /// A [`Location`] as an index value: segment, offset, length, big-endian.
 pub(super) type LocationBytes = [u8; 20];
+
+/// Where the log stands after a step: the next record goes at `offset` in
+/// `segment` (or at the start of a later segment), and is step `next_step`.
+/// Every redb commit records it (`meta/log`), so after a crash the steps
+/// to replay are those from here on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(super) struct Position {
+    pub segment: u64,
+    pub offset: u64,
+    pub next_step: u64,
+}
 
 impl Location {
     pub fn to_bytes(self) -> LocationBytes {
@@ -160,6 +174,19 @@ pub(super) struct BatchLog {
     added: Vec<u64>,
     /// The segment of each index entry the current step removed.
     freed: Vec<u64>,
+    /// The number of the next step record.
+    next_step: u64,
+    /// `next_step` as of the last sync: a step whose record was staged but
+    /// never synced gives its number to the next one.
+    synced_next_step: u64,
+    /// Segments below this one hold no step a crash would replay: the
+    /// segment of the position the last durable redb commit recorded.
+    durable_segment: u64,
+    /// When the last durable commit was (see `write::DURABLE_EVERY`).
+    durable_at: std::time::Instant,
+    /// Segments nothing refers to that may still hold steps to replay:
+    /// deleted once a durable commit has passed them.
+    unreferenced: std::collections::BTreeSet<u64>,
     /// Where the next step stops (tests).
     #[cfg(test)]
     pub crash_at: Option<CrashPoint>,
@@ -175,10 +202,17 @@ struct Segment {
 
 impl BatchLog {
     /// Opens the log of a store whose index refers to segments as `live`
-    /// counts: creates the directory if absent (only if nothing refers to
-    /// it), refuses a segment the index needs that is not there, and
-    /// deletes the segments nothing refers to (left by a crash).
-    pub fn open(store: &Path, live: BTreeMap<u64, u64>) -> Result<BatchLog, DiskStorageError> {
+    /// counts and whose last durable commit recorded `durable` (`None`: no
+    /// step to replay): creates the directory if absent (only if nothing
+    /// refers to it), refuses a segment the index needs that is not there,
+    /// and deletes the segments nothing refers to (left by a crash) below
+    /// `durable`'s; those from there on hold the steps to replay, and go
+    /// with [`Self::made_durable`] after the replay.
+    pub fn open(
+        store: &Path,
+        live: BTreeMap<u64, u64>,
+        durable: Option<Position>,
+    ) -> Result<BatchLog, DiskStorageError> {
         let dir = directory(store);
         let io_error = |source| DiskStorageError::Log {
             path: dir.clone(),
@@ -206,7 +240,13 @@ impl BatchLog {
         if let Some(&segment) = live.keys().find(|id| !found.contains(id)) {
             return Err(missing(&dir, segment));
         }
+        let durable_segment = durable.map_or(u64::MAX, |position| position.segment);
+        let mut unreferenced = std::collections::BTreeSet::new();
         for &id in found.iter().filter(|id| !live.contains_key(id)) {
+            if id >= durable_segment {
+                unreferenced.insert(id);
+                continue;
+            }
             let path = segment_path(&dir, id);
             std::fs::remove_file(&path).map_err(io_error)?;
             tracing::info!(path = %path.display(), "deleted a segment of the batch log that nothing refers to");
@@ -224,9 +264,89 @@ impl BatchLog {
             staged: Vec::new(),
             added: Vec::new(),
             freed: Vec::new(),
+            next_step: durable.map_or(0, |position| position.next_step),
+            synced_next_step: durable.map_or(0, |position| position.next_step),
+            durable_segment,
+            durable_at: std::time::Instant::now(),
+            unreferenced,
             #[cfg(test)]
             crash_at: None,
         })
+    }
+
+    /// Stages the current step's record (after its batches' records):
+    /// `body` is what a replay needs to redo the step. Returns where the
+    /// log will stand after it.
+    pub fn stage_step(&mut self, body: &[u8]) -> Result<Position, DiskStorageError> {
+        let step = self.next_step;
+        self.stage_record(STEP_MAGIC, SeqNum(step), &Digest::ZERO, |out| {
+            out.extend_from_slice(body);
+            Ok(())
+        })?;
+        self.next_step = step.saturating_add(1);
+        Ok(self.position())
+    }
+
+    /// Where the log stands, counting what is staged: the next record's
+    /// place, or the start of the next segment if none is open.
+    pub fn position(&self) -> Position {
+        let (segment, offset) = match &self.current {
+            Some(segment) => (
+                segment.id,
+                segment.len.saturating_add(self.staged.len() as u64),
+            ),
+            None => (self.next_id, SEGMENT_HEADER_BYTES as u64),
+        };
+        Position {
+            segment,
+            offset,
+            next_step: self.next_step,
+        }
+    }
+
+    /// A durable redb commit recorded `position`: the steps before it will
+    /// never be replayed, so the segments below its segment that nothing
+    /// refers to go.
+    pub fn made_durable(&mut self, position: Position) {
+        self.durable_segment = position.segment;
+        self.durable_at = std::time::Instant::now();
+        let current = self.current.as_ref().map(|segment| segment.id);
+        let below = self
+            .unreferenced
+            .range(..position.segment)
+            .copied()
+            .filter(|id| Some(*id) != current && !self.live.contains_key(id))
+            .collect::<Vec<_>>();
+        for id in below {
+            self.unreferenced.remove(&id);
+            self.delete(id);
+        }
+    }
+
+    /// Whether this step's redb commit should be durable: the last one was
+    /// [`super::write::DURABLE_EVERY`] ago or more.
+    pub fn durable_due(&self) -> bool {
+        self.durable_at.elapsed() >= super::write::DURABLE_EVERY
+    }
+
+    /// Makes the next step's commit durable (tests).
+    #[cfg(test)]
+    pub fn durable_overdue(&mut self) {
+        let past = std::time::Instant::now().checked_sub(super::write::DURABLE_EVERY);
+        self.durable_at = past.unwrap_or(self.durable_at);
+    }
+
+    /// A replayed step's index entry refers to `segment` (the record was
+    /// written before the crash).
+    pub fn referenced(&mut self, segment: u64) {
+        self.added.push(segment);
+    }
+
+    /// The step number of the next step record (a replay continues after
+    /// its last step).
+    pub fn set_next_step(&mut self, step: u64) {
+        self.next_step = step;
+        self.synced_next_step = step;
     }
 
     pub fn directory(&self) -> &Path {
@@ -241,6 +361,31 @@ impl BatchLog {
         digest: &Digest,
         batch: &Batch,
     ) -> Result<Location, DiskStorageError> {
+        let dir = self.dir.clone();
+        let (id, offset, len) = self.stage_record(MAGIC, seq, digest, |out| {
+            codec::encode_append(batch, out).map_err(|source| DiskStorageError::Encode {
+                path: dir,
+                table: "batch_log",
+                source,
+            })
+        })?;
+        self.added.push(id);
+        Ok(Location {
+            segment: id,
+            offset,
+            len,
+        })
+    }
+
+    /// Stages a record: header, then what `body` appends. Returns its
+    /// segment, offset and body length.
+    fn stage_record(
+        &mut self,
+        magic: [u8; 4],
+        seq: SeqNum,
+        digest: &Digest,
+        body: impl FnOnce(&mut Vec<u8>) -> Result<(), DiskStorageError>,
+    ) -> Result<(u64, u64, u32), DiskStorageError> {
         let segment = self.segment_for_step()?;
         let (id, written) = (segment.id, segment.len);
         if written == 0 && self.staged.is_empty() {
@@ -254,30 +399,21 @@ impl BatchLog {
         let start = self.staged.len();
         let offset = written.saturating_add(start as u64);
         self.staged.resize(start + HEADER_BYTES, 0);
-        codec::encode_append(batch, &mut self.staged).map_err(|source| {
+        if let Err(error) = body(&mut self.staged) {
             self.staged.truncate(start);
-            DiskStorageError::Encode {
-                path: self.dir.clone(),
-                table: "batch_log",
-                source,
-            }
-        })?;
+            return Err(error);
+        }
         let record = self.staged.get_mut(start..).unwrap_or_default();
         let len = record.len().saturating_sub(HEADER_BYTES);
         let Ok(len) = u32::try_from(len) else {
             self.staged.truncate(start);
             return Err(DiskStorageError::Log {
                 path: self.dir.clone(),
-                source: io::Error::new(io::ErrorKind::InvalidInput, "a batch of 4 GiB or more"),
+                source: io::Error::new(io::ErrorKind::InvalidInput, "a record of 4 GiB or more"),
             });
         };
-        write_header(record, len, seq, digest);
-        self.added.push(id);
-        Ok(Location {
-            segment: id,
-            offset,
-            len,
-        })
+        write_header(record, magic, len, seq, digest);
+        Ok((id, offset, len))
     }
 
     /// Notes that the current step removed an index entry of `segment`.
@@ -319,6 +455,7 @@ impl BatchLog {
             Ok(()) => {
                 segment.len = segment.len.saturating_add(self.staged.len() as u64);
                 self.staged.clear();
+                self.synced_next_step = self.next_step;
                 Ok(())
             }
             Err(source) => {
@@ -337,6 +474,8 @@ impl BatchLog {
         for id in self.added.drain(..) {
             let count = self.live.entry(id).or_insert(0);
             *count = count.saturating_add(1);
+            // Referred to again (a replay redoing the steps that wrote it).
+            self.unreferenced.remove(&id);
         }
         let current = self.current.as_ref().map(|segment| segment.id);
         for id in std::mem::take(&mut self.freed) {
@@ -346,19 +485,31 @@ impl BatchLog {
             *count = count.saturating_sub(1);
             if *count == 0 {
                 self.live.remove(&id);
-                if Some(id) != current {
-                    self.delete(id);
-                }
+                self.forget(id, current);
             }
         }
     }
 
+    /// Nothing refers to segment `id` any more: it goes now if no replay
+    /// can need it (and it is not `current`), else with the durable commit
+    /// that passes it.
+    fn forget(&mut self, id: u64, current: Option<u64>) {
+        if id < self.durable_segment && Some(id) != current {
+            self.delete(id);
+        } else {
+            self.unreferenced.insert(id);
+        }
+    }
+
     /// The step failed before or at its commit: forget what it staged (bytes
-    /// already appended are referred to by nothing).
+    /// already appended are referred to by nothing). A step record that was
+    /// never synced gives its number to the next step; one that was keeps
+    /// it (a replay will redo that step).
     pub fn aborted(&mut self) {
         self.staged.clear();
         self.added.clear();
         self.freed.clear();
+        self.next_step = self.synced_next_step;
     }
 
     /// Segments and the index entries that refer to each (for tests).
@@ -401,7 +552,7 @@ impl BatchLog {
             self.next_id = id.saturating_add(1);
             if let Some(old) = self.current.take() {
                 if !self.live.contains_key(&old.id) {
-                    self.delete(old.id);
+                    self.forget(old.id, None);
                 }
             }
             self.current = Some(Segment { id, file, len: 0 });
@@ -459,6 +610,121 @@ pub(super) fn read(
     Ok((batch, len))
 }
 
+/// A step record read back by a replay: its number, what
+/// [`BatchLog::stage_step`] staged, and where the log stood after it.
+#[derive(Debug)]
+pub(super) struct LoggedStep {
+    pub step: u64,
+    pub body: Vec<u8>,
+    pub after: Position,
+}
+
+/// The step records from `from` on, in order: what a crash may have left
+/// unapplied in redb. Batch records between them are skipped (a step record
+/// names the batches it refers to). In each segment the walk ends at the
+/// first record that is cut short or is not a record, and a step record that
+/// fails its checksum ends it too unless an intact step record follows: the
+/// tail a crash tore, which no durable position names (a restart appends to
+/// a new segment). Steps are numbered, so a record lost in the middle shows
+/// as a gap or as damage before intact steps, refused, never skipped.
+pub(super) fn steps_from(dir: &Path, from: Position) -> Result<Vec<LoggedStep>, DiskStorageError> {
+    let io_error = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| DiskStorageError::Log { path, source }
+    };
+    let mut ids = Vec::new();
+    if dir.try_exists().map_err(io_error(dir))? {
+        for entry in std::fs::read_dir(dir).map_err(io_error(dir))? {
+            let entry = entry.map_err(io_error(dir))?;
+            if let Some(id) = entry.file_name().to_str().and_then(segment_id) {
+                if id >= from.segment {
+                    ids.push(id);
+                }
+            }
+        }
+    }
+    ids.sort_unstable();
+    let mut expected = from.next_step;
+    let mut steps = Vec::new();
+    for id in ids {
+        let path = segment_path(dir, id);
+        let file = File::open(&path).map_err(io_error(&path))?;
+        let file_len = file.metadata().map_err(io_error(&path))?.len();
+        let mut offset = if id == from.segment {
+            from.offset
+        } else {
+            SEGMENT_HEADER_BYTES as u64
+        };
+        let mut header = [0u8; HEADER_BYTES];
+        // Where a step record failed its checksum, in this segment.
+        let mut damaged = None;
+        loop {
+            let body_at = offset.saturating_add(HEADER_BYTES as u64);
+            if body_at > file_len {
+                break;
+            }
+            file.read_exact_at(&mut header, offset)
+                .map_err(io_error(&path))?;
+            let field = |range: std::ops::Range<usize>| header.get(range).unwrap_or_default();
+            let mut len = [0u8; 4];
+            len.copy_from_slice(field(4..8));
+            let len = u64::from(u32::from_le_bytes(len));
+            let end = body_at.saturating_add(len);
+            if end > file_len {
+                break;
+            }
+            if field(0..4) == MAGIC {
+                offset = end;
+                continue;
+            }
+            if field(0..4) != STEP_MAGIC || len > codec::MAX_MESSAGE_BYTES {
+                break;
+            }
+            let mut body = vec![0u8; len as usize];
+            file.read_exact_at(&mut body, body_at)
+                .map_err(io_error(&path))?;
+            if field(CRC_AT..HEADER_BYTES) != crc(&header, &body).to_le_bytes().as_slice() {
+                // A torn tail, unless an intact step follows (below).
+                damaged.get_or_insert(offset);
+                offset = end;
+                continue;
+            }
+            if let Some(at) = damaged {
+                return Err(DiskStorageError::DamagedLog {
+                    path,
+                    offset: at,
+                    reason: "a step record fails its checksum, and intact steps follow it".into(),
+                });
+            }
+            let mut step = [0u8; 8];
+            step.copy_from_slice(field(8..16));
+            let step = u64::from_le_bytes(step);
+            if step != expected {
+                return Err(DiskStorageError::DamagedLog {
+                    path,
+                    offset,
+                    reason: format!(
+                        "step {step} follows step {}: a step record the store needs is missing or damaged",
+                        expected.wrapping_sub(1)
+                    ),
+                });
+            }
+            expected = step.saturating_add(1);
+            steps.push(LoggedStep {
+                step,
+                body,
+                after: Position {
+                    segment: id,
+                    offset: end,
+                    next_step: expected,
+                },
+            });
+            offset = end;
+        }
+    }
+    Ok(steps)
+}
+
 /// What is wrong with a record.
 #[derive(Debug)]
 pub(super) enum Damage {
@@ -481,7 +747,7 @@ pub(super) fn check(record: &[u8], key: BatchKey) -> Result<Batch, Damage> {
     }
     let len = u32::try_from(body.len()).unwrap_or(u32::MAX);
     let mut expected = [0u8; HEADER_BYTES];
-    write_header_fields(&mut expected, len, seq, &digest);
+    write_header_fields(&mut expected, MAGIC, len, seq, &digest);
     if header.get(..CRC_AT) != expected.get(..CRC_AT) {
         return Err(Damage::Record(format!(
             "the record there is not batch {} {digest} of length {len}",
@@ -502,22 +768,22 @@ pub(super) fn record(seq: SeqNum, digest: &Digest, body: &[u8]) -> Vec<u8> {
     let mut record = vec![0u8; HEADER_BYTES];
     record.extend_from_slice(body);
     let len = u32::try_from(body.len()).unwrap_or(u32::MAX);
-    write_header(&mut record, len, seq, digest);
+    write_header(&mut record, MAGIC, len, seq, digest);
     record
 }
 
-fn write_header(record: &mut [u8], len: u32, seq: SeqNum, digest: &Digest) {
+fn write_header(record: &mut [u8], magic: [u8; 4], len: u32, seq: SeqNum, digest: &Digest) {
     let (header, body) = record.split_at_mut(HEADER_BYTES);
-    write_header_fields(header, len, seq, digest);
+    write_header_fields(header, magic, len, seq, digest);
     let sum = crc(header, body);
     if let Some(slot) = header.get_mut(CRC_AT..) {
         slot.copy_from_slice(&sum.to_le_bytes());
     }
 }
 
-fn write_header_fields(header: &mut [u8], len: u32, seq: SeqNum, digest: &Digest) {
+fn write_header_fields(header: &mut [u8], magic: [u8; 4], len: u32, seq: SeqNum, digest: &Digest) {
     let (len, seq) = (len.to_le_bytes(), seq.0.to_le_bytes());
-    let fields = MAGIC.iter().chain(&len).chain(&seq).chain(&digest.0);
+    let fields = magic.iter().chain(&len).chain(&seq).chain(&digest.0);
     for (slot, byte) in header.iter_mut().zip(fields) {
         *slot = *byte;
     }

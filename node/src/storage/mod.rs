@@ -201,6 +201,7 @@ mod layout;
 mod log;
 mod open;
 mod read;
+mod step;
 #[cfg(test)]
 pub(crate) mod tests;
 mod write;
@@ -300,6 +301,9 @@ struct Inner {
     /// The batch log's writer; readers need only [`Self::log_dir`].
     log: Mutex<log::BatchLog>,
     log_dir: PathBuf,
+    /// Set by a test's crash point: the redb file takes no more writes.
+    #[cfg(test)]
+    crashed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl fmt::Debug for DiskStorage {
@@ -333,10 +337,18 @@ impl DiskStorage {
         identity: Option<&StoreIdentity>,
         options: &StorageOptions,
     ) -> Result<DiskStorage, StorageError> {
-        let db = open::open_database(path, options)?;
+        #[cfg(test)]
+        let crashed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let db = open::open_database(
+            path,
+            options,
+            #[cfg(test)]
+            &crashed,
+        )?;
         let opened = open::initialize(&db, path, identity, options)?;
-        let log = log::BatchLog::open(path, opened.live)?;
-        Ok(DiskStorage {
+        let log = log::BatchLog::open(path, opened.live, opened.durable)?;
+        let from = opened.durable.unwrap_or_else(|| log.position());
+        let storage = DiskStorage {
             inner: Arc::new(Inner {
                 db,
                 path: path.to_path_buf(),
@@ -351,8 +363,15 @@ impl DiskStorage {
                 )),
                 log_dir: log.directory().to_path_buf(),
                 log: Mutex::new(log),
+                #[cfg(test)]
+                crashed,
             }),
-        })
+        };
+        let redone = storage.replay(from)?;
+        if redone > 0 {
+            tracing::info!(path = %path.display(), steps = redone, "redid the steps the log held after the last durable commit");
+        }
+        Ok(storage)
     }
 
     /// The store's file.
@@ -408,6 +427,13 @@ impl Inner {
         let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
         log.aborted();
         log
+    }
+
+    /// A test's crash point: from here on the redb file takes no writes.
+    #[cfg(test)]
+    fn crash(&self) {
+        self.crashed
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     fn backend(&self, error: impl Into<redb::Error>) -> DiskStorageError {

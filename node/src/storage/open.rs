@@ -4,9 +4,9 @@
 use super::layout::{
     batch_chunk_key, batch_from_key, chunk_from_key, chunk_key, seq_key, BATCH_CHUNKS, BATCH_LOG,
     BLOCKS, BLOCK_CHUNK_BYTES, DUPLICATES, EXECUTED, HEADERS, LEGACY_BATCHES, META, META_FORMAT,
-    META_IDENTITY, OLDEST_UPGRADABLE_FORMAT, PENDING, PREPARED, STATE, TABLE_NAMES,
+    META_IDENTITY, META_LOG, OLDEST_UPGRADABLE_FORMAT, PENDING, PREPARED, STATE, TABLE_NAMES,
 };
-use super::log::Location;
+use super::log::{Location, Position};
 use super::{
     decode_value, encode_value, redb_error, write::begin_write, DiskStorageError, StorageOptions,
     StoreIdentity, FORMAT_VERSION,
@@ -24,6 +24,7 @@ use std::path::Path;
 pub(super) fn open_database(
     path: &Path,
     options: &StorageOptions,
+    #[cfg(test)] crashed: &std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<Database, DiskStorageError> {
     let unreadable = |source| DiskStorageError::Unreadable {
         path: path.to_path_buf(),
@@ -34,11 +35,25 @@ pub(super) fn open_database(
     builder.set_cache_size(options.page_cache_bytes);
     // redb trusts a cleanly closed file and may panic on one damaged
     // outside it; report that as damage of this path, not a node crash.
-    let opened = catch_unwind(AssertUnwindSafe(|| builder.create(path))).map_err(|_| {
-        DiskStorageError::OpenPanicked {
+    #[cfg(not(test))]
+    let create = || builder.create(path);
+    #[cfg(test)]
+    let create = || -> Result<Database, DatabaseError> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        builder.create_with_backend(crashable::Backend {
+            file: redb::backends::FileBackend::new(file)?,
+            crashed: crashed.clone(),
+        })
+    };
+    let opened =
+        catch_unwind(AssertUnwindSafe(create)).map_err(|_| DiskStorageError::OpenPanicked {
             path: path.to_path_buf(),
-        }
-    })?;
+        })?;
     let db = opened.map_err(|error| open_error(path, error))?;
     if !existed {
         sync_parent_directory(path).map_err(unreadable)?;
@@ -96,6 +111,9 @@ pub(super) struct Opened {
     /// The batch log's segments the index refers to, with how many entries
     /// refer to each.
     pub live: BTreeMap<u64, u64>,
+    /// Where the log stood at the last durable commit: the steps after it
+    /// are to be redone (`None` in a store that never logged a step).
+    pub durable: Option<Position>,
 }
 
 /// Checks (or, for a new store, writes) the format version and identity,
@@ -255,6 +273,13 @@ pub(super) fn initialize(
             *count = count.saturating_add(1);
         }
     }
+    let durable = {
+        let meta = txn.open_table(META).map_err(|e| fail(e.into()))?;
+        let position = meta.get(META_LOG).map_err(|e| fail(e.into()))?;
+        position
+            .map(|bytes| decode_value::<Position>(path, "meta", bytes.value()))
+            .transpose()?
+    };
     if changed {
         txn.commit().map_err(|e| fail(e.into()))?;
     } else {
@@ -265,6 +290,7 @@ pub(super) fn initialize(
         last_height,
         request_lifetime,
         live,
+        durable,
     })
 }
 
@@ -387,4 +413,86 @@ fn check_identity(
         });
     }
     Ok(())
+}
+
+/// A redb file that unit tests can "crash": from the moment the flag is
+/// set, nothing more reaches the file (writes, syncs and the close's
+/// header are dropped), so reopening it shows what a killed process left:
+/// the last durable commit, never a later one.
+#[cfg(test)]
+pub(super) mod crashable {
+    use redb::backends::FileBackend;
+    use redb::{BackendError, StorageBackend};
+    use std::io::Error as BackendIoError;
+    use std::ops::Bound;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    #[derive(Debug)]
+    pub struct Backend {
+        pub file: FileBackend,
+        pub crashed: Arc<AtomicBool>,
+    }
+
+    impl Backend {
+        fn alive(&self) -> bool {
+            !self.crashed.load(Ordering::Acquire)
+        }
+    }
+
+    impl StorageBackend for Backend {
+        fn len(&self) -> Result<u64, BackendIoError> {
+            self.file.len()
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), BackendIoError> {
+            self.file.read(offset, out)
+        }
+        fn set_len(&self, len: u64) -> Result<(), BackendIoError> {
+            if self.alive() {
+                self.file.set_len(len)
+            } else {
+                Ok(())
+            }
+        }
+        fn sync_data(&self) -> Result<(), BackendIoError> {
+            if self.alive() {
+                self.file.sync_data()
+            } else {
+                Ok(())
+            }
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> Result<(), BackendIoError> {
+            if self.alive() {
+                self.file.write(offset, data)
+            } else {
+                Ok(())
+            }
+        }
+        fn close(&self) -> Result<(), BackendIoError> {
+            self.file.close()
+        }
+        fn try_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
+            self.file.try_lock_range(start, end)
+        }
+        fn try_lock_shared_range(
+            &self,
+            start: Bound<u64>,
+            end: Bound<u64>,
+        ) -> Result<bool, BackendError> {
+            self.file.try_lock_shared_range(start, end)
+        }
+        fn lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+            self.file.lock_range(start, end)
+        }
+        fn lock_shared_range(
+            &self,
+            start: Bound<u64>,
+            end: Bound<u64>,
+        ) -> Result<(), BackendError> {
+            self.file.lock_shared_range(start, end)
+        }
+        fn unlock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+            self.file.unlock_range(start, end)
+        }
+    }
 }

@@ -13,6 +13,7 @@ use super::{decode_value, redb_error, DiskStorage, DiskStorageError, Inner, Stor
 use bftd_crypto::Digest;
 use bftd_protocol::{Batch, Block, CommittedBlock, Recovered, RequestKey, SeqNum, StorageError};
 use redb::{ReadTransaction, ReadableDatabase, ReadableTable};
+use std::path::Path;
 use std::sync::Arc;
 
 impl DiskStorage {
@@ -306,38 +307,59 @@ impl BatchTables {
         seq: SeqNum,
         digest: &Digest,
     ) -> Result<Option<(Arc<Batch>, usize)>, DiskStorageError> {
-        let key = batch_key(seq, digest);
-        if let Some(location) = self.index.get(key).map_err(|e| inner.backend(e))? {
-            let location = Location::from_bytes(location.value());
-            let (batch, len) = log::read(&inner.log_dir, key, location)?;
-            return Ok(Some((Arc::new(batch), len)));
-        }
-        let mut bytes = Vec::new();
-        let mut next_index = 0u32;
-        for entry in self
-            .chunks
-            .range(batch_chunk_key(seq, digest, 0)..=batch_chunk_key(seq, digest, u32::MAX))
-            .map_err(|e| inner.backend(e))?
-        {
-            let (key, value) = entry.map_err(|e| inner.backend(e))?;
-            let index = super::layout::batch_chunk_from_key(key.value()).2;
-            if index != next_index {
-                return Err(DiskStorageError::BrokenBatch {
-                    path: inner.path.clone(),
-                    seq,
-                    digest: *digest,
-                    chunk: next_index,
-                });
-            }
-            next_index = next_index.saturating_add(1);
-            bytes.extend_from_slice(value.value());
-        }
-        if next_index == 0 {
-            return Ok(None);
-        }
-        let batch: Batch = inner.decode("batches", &bytes)?;
-        Ok(Some((Arc::new(batch), bytes.len())))
+        read_batch(
+            &inner.path,
+            &inner.log_dir,
+            &self.index,
+            &self.chunks,
+            seq,
+            digest,
+        )
     }
+}
+
+/// The batch stored under `(seq, digest)` and its encoded size, from the
+/// log (checked there) or reassembled from its chunks, or `None` if it is
+/// in neither: through a read transaction's tables or a write's.
+pub(super) fn read_batch(
+    path: &Path,
+    log_dir: &Path,
+    index: &impl ReadableTable<BatchKey, LocationBytes>,
+    chunks: &impl ReadableTable<BatchChunkKey, &'static [u8]>,
+    seq: SeqNum,
+    digest: &Digest,
+) -> Result<Option<(Arc<Batch>, usize)>, DiskStorageError> {
+    let backend = |error| redb_error(path, error);
+    let key = batch_key(seq, digest);
+    if let Some(location) = index.get(key).map_err(backend)? {
+        let location = Location::from_bytes(location.value());
+        let (batch, len) = log::read(log_dir, key, location)?;
+        return Ok(Some((Arc::new(batch), len)));
+    }
+    let mut bytes = Vec::new();
+    let mut next_index = 0u32;
+    for entry in chunks
+        .range(batch_chunk_key(seq, digest, 0)..=batch_chunk_key(seq, digest, u32::MAX))
+        .map_err(backend)?
+    {
+        let (key, value) = entry.map_err(backend)?;
+        let index = super::layout::batch_chunk_from_key(key.value()).2;
+        if index != next_index {
+            return Err(DiskStorageError::BrokenBatch {
+                path: path.to_path_buf(),
+                seq,
+                digest: *digest,
+                chunk: next_index,
+            });
+        }
+        next_index = next_index.saturating_add(1);
+        bytes.extend_from_slice(value.value());
+    }
+    if next_index == 0 {
+        return Ok(None);
+    }
+    let batch: Batch = decode_value(path, "batches", &bytes)?;
+    Ok(Some((Arc::new(batch), bytes.len())))
 }
 
 /// A block being read back from its chunks.

@@ -392,6 +392,35 @@ fn segments(store: &DiskStorage) -> Vec<(String, u64)> {
     out
 }
 
+/// Each segment that holds batch records, with the bytes of its header and
+/// its batch records (step records left out).
+fn batch_bytes(store: &DiskStorage) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    for (name, _) in segments(store) {
+        let bytes = std::fs::read(store.inner.log_dir.join(&name)).unwrap();
+        let mut offset = log::SEGMENT_HEADER_BYTES;
+        let mut batches = 0u64;
+        while offset + log::HEADER_BYTES <= bytes.len() {
+            let len =
+                u32::from_le_bytes(bytes[offset + 4..offset + 8].try_into().unwrap()) as usize;
+            if &bytes[offset..offset + 4] == b"bftB" {
+                batches += (log::HEADER_BYTES + len) as u64;
+            }
+            offset += log::HEADER_BYTES + len;
+        }
+        if batches > 0 {
+            out.push((name, log::SEGMENT_HEADER_BYTES as u64 + batches));
+        }
+    }
+    out
+}
+
+/// Makes `store`'s next step commit durably (as a second after the last
+/// durable one would), so that the segments it leaves unreferenced go.
+fn durable_next(store: &DiskStorage) {
+    store.inner.log().durable_overdue();
+}
+
 fn recorded_format(path: &Path) -> u32 {
     format_in(&Database::open(path).unwrap())
 }
@@ -547,7 +576,7 @@ fn a_format_3_store_is_upgraded_in_place() {
     assert_eq!(store.block(SeqNum(5)), None);
     assert_eq!(stored_batches(&store).first().map(|b| b.0), Some(6));
     assert_eq!(
-        segments(&store),
+        batch_bytes(&store),
         vec![],
         "the segment the rewrite left unreferenced went at the open (7 and 8 are small: in redb)"
     );
@@ -704,7 +733,7 @@ fn a_batch_is_written_once() {
     // The big batch in the log, the small ones in redb's commit.
     let written = log::SEGMENT_HEADER_BYTES as u64 + record_bytes(&big);
     assert_eq!(
-        segments(&store),
+        batch_bytes(&store),
         vec![("0000000000000000.seg".into(), written)]
     );
     let segment = std::fs::read(store.inner.log_dir.join("0000000000000000.seg")).unwrap();
@@ -736,7 +765,7 @@ fn a_batch_is_written_once() {
     );
     let written = written + record_bytes(&block_1.block.block.batch);
     assert_eq!(
-        segments(&store),
+        batch_bytes(&store),
         vec![("0000000000000000.seg".into(), written)],
         "block 2 wrote no second copy"
     );
@@ -955,16 +984,24 @@ fn a_crash_between_any_two_writes_loses_nothing_committed() {
             crashes += 1;
             drop(store);
 
+            // Once its log is synced a step is durable: only a torn append
+            // loses it. Every redb commit of the run was without an fsync
+            // (none came a second after the open), so the reopened store is
+            // the log's replay from the start.
             let mut store = DiskStorage::open_with(&path, None, &options).unwrap();
-            let applied = if point == CrashPoint::AfterCommit {
-                at + 1
-            } else {
+            let applied = if point == CrashPoint::TornAppend {
                 at
+            } else {
+                at + 1
             };
             same(&store, &model_after(applied), &context);
             for (records, deliveries) in &steps[applied..] {
                 store.apply(records, deliveries).unwrap();
             }
+            // Segments emptied since the open go with the next durable
+            // commit: the reopen's.
+            drop(store);
+            let store = DiskStorage::open_with(&path, None, &options).unwrap();
             same(
                 &store,
                 &model_after(steps.len()),
@@ -1002,7 +1039,7 @@ fn a_missing_or_wrong_record_is_refused() {
     refused(2, first, "not batch 2");
     // A record longer than the file.
     let cut = log::Location {
-        len: second.len + 100,
+        len: second.len + 1_000_000,
         ..second
     };
     refused(2, cut, "cut short");
@@ -1058,6 +1095,7 @@ fn segments_rotate_and_go_when_nothing_refers_to_them() {
     let before = segments(&store);
     assert!(before.len() >= 4, "{before:?}");
     assert_eq!(store.inner.log().live().values().sum::<u64>(), 12);
+    durable_next(&store);
     store
         .apply(&[Record::StableCheckpoint(checkpoint(12))], &[])
         .unwrap();
@@ -1071,9 +1109,10 @@ fn segments_rotate_and_go_when_nothing_refers_to_them() {
     for height in 10..=12 {
         assert_eq!(store.block(SeqNum(height)), Some(big(height).block));
     }
+    let after = batch_bytes(&store);
     drop(store);
     let store = DiskStorage::open(&path).unwrap();
-    assert_eq!(segments(&store), after, "nothing else to delete at open");
+    assert_eq!(batch_bytes(&store), after, "no batch lost at open");
     assert_eq!(store.block(SeqNum(11)), Some(big(11).block));
 }
 
@@ -1675,4 +1714,62 @@ fn large_blocks_are_chunked_and_checked() {
     assert_eq!(store.block(SeqNum(2)), Some(delivery(2, vec![]).block));
     drop(store);
     assert_eq!(old_chunks(&Database::open(&path).unwrap(), 2), 0);
+}
+
+/// A step record lost in the middle of the log (damage, not a torn tail) is
+/// refused at the open, naming the gap, never skipped: redoing the steps
+/// after it without it would make a state no run of the replica made.
+#[test]
+fn a_replay_refuses_a_missing_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = store_path(&dir);
+    let safety = |view: u64| {
+        Record::Safety(SafetyState {
+            view: View(view),
+            ..SafetyState::default()
+        })
+    };
+    let mut store = DiskStorage::open(&path).unwrap();
+    for view in 1..=3 {
+        store.apply(&[safety(view)], &[]).unwrap();
+    }
+    // A crash: redb keeps only its last durable commit (the open's).
+    store.inner.crash();
+    drop(store);
+    let segment = log::directory(&path).join("0000000000000000.seg");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let mut steps = Vec::new();
+    let mut offset = log::SEGMENT_HEADER_BYTES;
+    while offset + log::HEADER_BYTES <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[offset + 4..offset + 8].try_into().unwrap()) as usize;
+        if &bytes[offset..offset + 4] == b"bftS" {
+            steps.push(offset);
+        }
+        offset += log::HEADER_BYTES + len;
+    }
+    assert_eq!(steps.len(), 3, "one step record per step");
+    // Each open below starts from the file the crash left (an open's
+    // replay ends in a durable commit).
+    let crashed = std::fs::read(&path).unwrap();
+    // Intact, the replay redoes all three.
+    {
+        let store = DiskStorage::open(&path).unwrap();
+        assert_eq!(store.recover().unwrap().safety.view, View(3));
+    }
+    // The middle one damaged: refused, naming the gap.
+    std::fs::write(&path, &crashed).unwrap();
+    bytes[steps[1] + log::HEADER_BYTES] ^= 1;
+    std::fs::write(&segment, &bytes).unwrap();
+    let error = open_error(&path);
+    assert!(
+        matches!(&error, DiskStorageError::DamagedLog { reason, .. } if reason.contains("intact steps follow")),
+        "{error}"
+    );
+    // The last one damaged is a torn tail: the two before it are redone.
+    bytes[steps[1] + log::HEADER_BYTES] ^= 1;
+    bytes[steps[2] + log::HEADER_BYTES] ^= 1;
+    std::fs::write(&segment, &bytes).unwrap();
+    std::fs::write(&path, &crashed).unwrap();
+    let store = DiskStorage::open(&path).unwrap();
+    assert_eq!(store.recover().unwrap().safety.view, View(2));
 }

@@ -3,10 +3,11 @@
 use super::layout::{
     batch_chunk_key, batch_from_key, batch_key, chunk_from_key, chunk_key, last_batch_key, seq_key,
     BatchChunkKey, BatchKey, ChunkKey, SeqKey, StoredHeader, BATCH_CHUNKS, BATCH_LOG, BLOCKS,
-    BLOCK_CHUNK_BYTES, DUPLICATES, EXECUTED, HEADERS, PENDING, PREPARED, STATE, STATE_CHECKPOINT,
-    STATE_NEW_VIEW, STATE_SAFETY, STATE_SUSPICION,
+    BLOCK_CHUNK_BYTES, DUPLICATES, EXECUTED, HEADERS, META, META_LOG, PENDING, PREPARED, STATE,
+    STATE_CHECKPOINT, STATE_NEW_VIEW, STATE_SAFETY, STATE_SUSPICION,
 };
-use super::log::{BatchLog, Location, LocationBytes};
+use super::log::{self, BatchLog, Location, LocationBytes, LoggedStep, Position};
+use super::step::{Entry, EntryRef, Stored, StoredRef};
 use super::{
     decode_value, encode_value, redb_error, CommitMode, DiskStorage, DiskStorageError,
     StorageOptions,
@@ -14,11 +15,20 @@ use super::{
 use bftd_crypto::Digest;
 use bftd_protocol::storage::executed_keys;
 use bftd_protocol::{
-    codec, Batch, CheckpointCertificate, Delivery, JumpRecord, PreparedCertificate, Record, SeqNum,
+    codec, Batch, Block, CheckpointCertificate, CommittedBlock, Delivery, JumpRecord,
+    PreparedCertificate, Record, SeqNum,
 };
-use redb::{Database, ReadableTable, WriteTransaction};
+use redb::{Database, Durability, ReadableTable, WriteTransaction};
 use std::path::Path;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long redb commits go without an fsync: the steps since the last
+/// durable commit are in the log, and a restart after a crash redoes them
+/// (at most this long's worth). A durable commit every second costs one
+/// redb fsync a second instead of one per step.
+pub(super) const DURABLE_EVERY: Duration = Duration::from_secs(1);
 
 /// A write transaction with the durability this module promises.
 pub(super) fn begin_write(
@@ -34,10 +44,11 @@ pub(super) fn begin_write(
 }
 
 impl DiskStorage {
-    /// The whole of [`Storage::apply`]: the step's batches appended to the
-    /// batch log and synced, then one write transaction (which refers to
-    /// them) committed durably, then the in-memory views (last height,
-    /// cache) updated.
+    /// The whole of [`Storage::apply`]: the step's batches and then its
+    /// step record appended to the log and synced (the step is durable
+    /// from here on), then one redb write transaction with the same writes
+    /// committed (with an fsync only if [`DURABLE_EVERY`] has passed), then
+    /// the in-memory views (last height, cache) updated.
     pub(super) fn apply_step(
         &self,
         records: &[Record],
@@ -47,62 +58,170 @@ impl DiskStorage {
         let path = inner.path.as_path();
         let fail = |error: redb::Error| redb_error(path, error);
         let mut log = inner.log();
-        let txn = begin_write(&inner.db, &inner.options).map_err(|e| fail(e.into()))?;
+        let mut txn = begin_write(&inner.db, &inner.options).map_err(|e| fail(e.into()))?;
+        let mut entries = Vec::with_capacity(records.len().saturating_add(deliveries.len()));
         let mut stored = Vec::with_capacity(deliveries.len());
-        let pruned_to;
-        let jumped_to;
-        {
+        let mut buffer = Vec::new();
+        let written = {
             let mut tables = WriteTables::open(&txn, &mut log, inner.request_lifetime)
                 .map_err(|e| fail(e.into()))?;
             tables.retain_blocks = inner.options.retain_blocks;
             tables.held_from = SeqNum(inner.held_from.load(Ordering::Acquire));
-            let mut buffer = Vec::new();
             for record in records {
-                tables.record(path, record, &mut buffer)?;
+                if let Some(entry) = tables.record(path, record, &mut buffer)? {
+                    entries.push(entry);
+                }
             }
             for delivery in deliveries {
-                let bytes = tables.deliver(path, delivery, &mut buffer)?;
-                stored.push((delivery, bytes));
+                let (bytes, entry) = tables.deliver(path, delivery, &mut buffer)?;
+                entries.push(entry);
+                stored.push((delivery.block.clone(), delivery.duplicates.clone(), bytes));
             }
-            pruned_to = tables.pruned_to;
-            jumped_to = tables.jumped_to;
+            Written {
+                pruned_to: tables.pruned_to,
+                jumped_to: tables.jumped_to,
+            }
+        };
+        // A jump (rare, and carrying a whole window's executed keys) is not
+        // logged: its commit is made durable instead.
+        let durable = written.jumped_to.is_some() || log.durable_due();
+        if written.jumped_to.is_none() {
+            encode_value(path, "log", &entries, &mut buffer)?;
+            log.stage_step(&buffer)?;
+        }
+        let position = log.position();
+        write_position(&txn, path, position, &mut buffer)?;
+        if !durable {
+            txn.set_durability(Durability::None)
+                .map_err(|e| fail(e.into()))?;
         }
         // Returning early on an error drops `txn`, which aborts it: nothing
-        // of the step is written but, perhaps, log bytes nothing refers to.
-        // The index must never name bytes that are not durable: the log is
-        // synced first.
+        // of the step is in redb, and the log holds at most bytes no
+        // position names, or a synced step record a restart redoes.
         log.sync()?;
         #[cfg(test)]
         if log
             .crash_at
             .is_some_and(|at| at != super::log::CrashPoint::AfterCommit)
         {
+            inner.crash();
             return Err(super::log::crashed());
         }
         txn.commit().map_err(|e| fail(e.into()))?;
         #[cfg(test)]
         if log.crash_at == Some(super::log::CrashPoint::AfterCommit) {
+            inner.crash();
             return Err(super::log::crashed());
         }
         log.committed();
+        if durable {
+            log.made_durable(position);
+        }
         drop(log);
+        self.after_commit(written, stored);
+        Ok(())
+    }
 
-        if let Some(first) = pruned_to {
+    /// The in-memory views after a commit: first and last height, the
+    /// cache.
+    fn after_commit(&self, written: Written, stored: Vec<(Arc<CommittedBlock>, Vec<u32>, usize)>) {
+        let inner = &*self.inner;
+        if let Some(first) = written.pruned_to {
             inner.first_height.fetch_max(first.0, Ordering::AcqRel);
         }
-        if let Some(height) = jumped_to {
+        if let Some(height) = written.jumped_to {
             // The checkpoint's block is now the only one below what follows.
             inner.first_height.fetch_max(height.0, Ordering::AcqRel);
             inner.last_height.fetch_max(height.0, Ordering::AcqRel);
         }
         let mut cache = inner.cache();
-        for (delivery, bytes) in stored {
-            let height = delivery.block.height();
-            inner.last_height.fetch_max(height.0, Ordering::AcqRel);
-            cache.insert(delivery.block.clone(), delivery.duplicates.clone(), bytes);
+        for (block, duplicates, bytes) in stored {
+            inner
+                .last_height
+                .fetch_max(block.height().0, Ordering::AcqRel);
+            cache.insert(block, duplicates, bytes);
         }
-        Ok(())
     }
+
+    /// Redoes the steps the log holds after `from`, the position of the
+    /// last durable commit (see `step.rs`), each in a transaction of its
+    /// own, then commits durably. Called by the open, before anything else
+    /// reads or writes the store.
+    pub(super) fn replay(&self, from: Position) -> Result<usize, DiskStorageError> {
+        let inner = &*self.inner;
+        let path = inner.path.as_path();
+        let fail = |error: redb::Error| redb_error(path, error);
+        let steps = log::steps_from(&inner.log_dir, from)?;
+        let count = steps.len();
+        let mut buffer = Vec::new();
+        let mut log = inner.log();
+        for LoggedStep { step, body, after } in steps {
+            let entries: Vec<Entry> =
+                decode_value(path, "log", &body).map_err(|error| DiskStorageError::DamagedLog {
+                    path: inner.log_dir.clone(),
+                    offset: after.offset,
+                    reason: format!("step {step} does not decode: {error}"),
+                })?;
+            let mut txn = begin_write(&inner.db, &inner.options).map_err(|e| fail(e.into()))?;
+            txn.set_durability(Durability::None)
+                .map_err(|e| fail(e.into()))?;
+            let mut stored = Vec::new();
+            let written = {
+                let mut tables = WriteTables::open(&txn, &mut log, inner.request_lifetime)
+                    .map_err(|e| fail(e.into()))?;
+                tables.retain_blocks = inner.options.retain_blocks;
+                for entry in entries {
+                    if let Some(block) = tables.redo(path, &inner.log_dir, entry, &mut buffer)? {
+                        stored.push(block);
+                    }
+                }
+                Written {
+                    pruned_to: tables.pruned_to,
+                    jumped_to: None,
+                }
+            };
+            write_position(&txn, path, after, &mut buffer)?;
+            txn.commit().map_err(|e| fail(e.into()))?;
+            log.committed();
+            log.set_next_step(after.next_step);
+            self.after_commit(written, stored);
+        }
+        // One durable commit for all of them, naming where appends go now
+        // (a new segment): the segments before it need no replay again.
+        let position = log.position();
+        let txn = begin_write(&inner.db, &inner.options).map_err(|e| fail(e.into()))?;
+        write_position(&txn, path, position, &mut buffer)?;
+        txn.commit().map_err(|e| fail(e.into()))?;
+        log.made_durable(position);
+        Ok(count)
+    }
+}
+
+/// A block a step stored, its duplicates, and its encoded size (for the
+/// cache).
+type StoredDelivery = (Arc<CommittedBlock>, Vec<u32>, usize);
+
+/// What a step's writes changed that the in-memory views follow.
+struct Written {
+    /// The new first height, if the step pruned blocks.
+    pruned_to: Option<SeqNum>,
+    /// The checkpoint's height, if the step jumped past pruned history.
+    jumped_to: Option<SeqNum>,
+}
+
+/// Records in `meta` where the log stands after this transaction's step.
+fn write_position(
+    txn: &WriteTransaction,
+    path: &Path,
+    position: Position,
+    buffer: &mut Vec<u8>,
+) -> Result<(), DiskStorageError> {
+    let fail = |error: redb::Error| redb_error(path, error);
+    encode_value(path, "meta", &position, buffer)?;
+    let mut meta = txn.open_table(META).map_err(|e| fail(e.into()))?;
+    meta.insert(META_LOG, buffer.as_slice())
+        .map_err(|e| fail(e.into()))?;
+    Ok(())
 }
 
 /// The tables one step writes, open in its transaction.
@@ -164,26 +283,33 @@ impl<'txn> WriteTables<'txn> {
         })
     }
 
-    /// Applies one record with `MemStorage`'s semantics.
-    fn record(
+    /// Applies one record with `MemStorage`'s semantics; returns what the
+    /// step record says of it (nothing for a jump, which is not logged).
+    fn record<'r>(
         &mut self,
         path: &Path,
-        record: &Record,
+        record: &'r Record,
         buffer: &mut Vec<u8>,
-    ) -> Result<(), DiskStorageError> {
+    ) -> Result<Option<EntryRef<'r>>, DiskStorageError> {
         let fail = |error: redb::StorageError| redb_error(path, error);
-        match record {
+        let entry = match record {
             Record::Safety(safety) => {
                 encode_value(path, "state", safety, buffer)?;
                 self.state
                     .insert(STATE_SAFETY, buffer.as_slice())
                     .map_err(fail)?;
+                EntryRef::Safety(safety)
             }
             Record::Batch { seq, digest, batch } => {
-                self.write_batch(path, *seq, digest, batch, buffer)?;
+                let stored = self.write_batch(path, *seq, digest, batch, buffer)?;
                 self.pending
                     .insert(batch_key(*seq, digest), ())
                     .map_err(fail)?;
+                EntryRef::Batch {
+                    seq: *seq,
+                    digest: *digest,
+                    stored,
+                }
             }
             Record::Prepared(cert) => {
                 let key = seq_key(cert.seq());
@@ -199,21 +325,140 @@ impl<'txn> WriteTables<'txn> {
                     encode_value(path, "prepared", cert, buffer)?;
                     self.prepared.insert(key, buffer.as_slice()).map_err(fail)?;
                 }
+                EntryRef::Prepared(cert)
             }
-            Record::StableCheckpoint(cert) => self.stable_checkpoint(path, cert, buffer)?,
+            Record::StableCheckpoint(cert) => {
+                self.stable_checkpoint(path, cert, buffer)?;
+                EntryRef::StableCheckpoint(cert)
+            }
             Record::NewView(new_view) => {
                 encode_value(path, "state", new_view, buffer)?;
                 self.state
                     .insert(STATE_NEW_VIEW, buffer.as_slice())
                     .map_err(fail)?;
+                EntryRef::NewView(new_view)
             }
             Record::Suspicion(suspects) => {
                 encode_value(path, "state", suspects, buffer)?;
                 self.state
                     .insert(STATE_SUSPICION, buffer.as_slice())
                     .map_err(fail)?;
+                EntryRef::Suspicion(suspects)
             }
-            Record::Jump(jump) => self.jump(path, jump, buffer)?,
+            Record::Jump(jump) => {
+                self.jump(path, jump, buffer)?;
+                return Ok(None);
+            }
+        };
+        Ok(Some(entry))
+    }
+
+    /// Redoes one entry of a logged step (see `step.rs`): the same writes
+    /// as [`Self::record`] or [`Self::deliver`] made, with each batch
+    /// found where the step put it. Returns a redone delivery's block.
+    fn redo(
+        &mut self,
+        path: &Path,
+        log_dir: &Path,
+        entry: Entry,
+        buffer: &mut Vec<u8>,
+    ) -> Result<Option<StoredDelivery>, DiskStorageError> {
+        let fail = |error: redb::StorageError| redb_error(path, error);
+        let record = match entry {
+            Entry::Safety(safety) => Record::Safety(safety),
+            Entry::Prepared(cert) => Record::Prepared(cert),
+            Entry::StableCheckpoint(cert) => Record::StableCheckpoint(cert),
+            Entry::NewView(new_view) => Record::NewView(new_view),
+            Entry::Suspicion(suspects) => Record::Suspicion(suspects),
+            Entry::Batch {
+                seq,
+                digest,
+                stored,
+            } => {
+                self.place_batch(path, seq, &digest, &stored, buffer)?;
+                self.pending
+                    .insert(batch_key(seq, &digest), ())
+                    .map_err(fail)?;
+                return Ok(None);
+            }
+            Entry::Deliver {
+                height,
+                prev_hash,
+                batch_digest,
+                certificate,
+                duplicates,
+                stored,
+            } => {
+                self.place_batch(path, height, &batch_digest, &stored, buffer)?;
+                let batch = match stored {
+                    Stored::Here(batch) => batch,
+                    Stored::Before | Stored::Log(_) => {
+                        let found = super::read::read_batch(
+                            path,
+                            log_dir,
+                            &self.batch_log,
+                            &self.batch_chunks,
+                            height,
+                            &batch_digest,
+                        )?;
+                        let (batch, _) = found.ok_or(DiskStorageError::BrokenBatch {
+                            path: path.to_path_buf(),
+                            seq: height,
+                            digest: batch_digest,
+                            chunk: 0,
+                        })?;
+                        Arc::unwrap_or_clone(batch)
+                    }
+                };
+                let delivery = Delivery {
+                    block: Arc::new(CommittedBlock {
+                        block: Block {
+                            height,
+                            prev_hash,
+                            batch_digest,
+                            batch: Arc::new(batch),
+                        },
+                        certificate,
+                    }),
+                    duplicates,
+                    tree: None,
+                };
+                let (bytes, _) = self.deliver(path, &delivery, buffer)?;
+                return Ok(Some((delivery.block, delivery.duplicates, bytes)));
+            }
+        };
+        self.record(path, &record, buffer)?;
+        Ok(None)
+    }
+
+    /// Puts a replayed step's batch where the step put it: its chunk, or
+    /// its index entry (the record is in the log already).
+    fn place_batch(
+        &mut self,
+        path: &Path,
+        seq: SeqNum,
+        digest: &Digest,
+        stored: &Stored,
+        buffer: &mut Vec<u8>,
+    ) -> Result<(), DiskStorageError> {
+        let fail = |error: redb::StorageError| redb_error(path, error);
+        match stored {
+            Stored::Before => {}
+            Stored::Here(batch) => {
+                encode_value(path, "batch_chunks", batch, buffer)?;
+                self.batch_chunks
+                    .insert(batch_chunk_key(seq, digest, 0), buffer.as_slice())
+                    .map_err(fail)?;
+            }
+            Stored::Log(location) => {
+                let previous = self
+                    .batch_log
+                    .insert(batch_key(seq, digest), *location)
+                    .map_err(fail)?;
+                if previous.is_none() {
+                    self.log.referenced(Location::from_bytes(*location).segment);
+                }
+            }
         }
         Ok(())
     }
@@ -371,24 +616,26 @@ impl<'txn> WriteTables<'txn> {
         Ok(())
     }
 
-    /// Stores a block and its duplicates; returns its encoded size. The
-    /// batch is written only if it is not there already (it is whenever
-    /// this replica accepted the pre-prepare that ordered it).
-    fn deliver(
+    /// Stores a block and its duplicates; returns its encoded size and
+    /// what the step record says of it. The batch is written only if it is
+    /// not there already (it is whenever this replica accepted the
+    /// pre-prepare that ordered it).
+    fn deliver<'d>(
         &mut self,
         path: &Path,
-        delivery: &Delivery,
+        delivery: &'d Delivery,
         buffer: &mut Vec<u8>,
-    ) -> Result<usize, DiskStorageError> {
+    ) -> Result<(usize, EntryRef<'d>), DiskStorageError> {
         let fail = |error: redb::StorageError| redb_error(path, error);
         let block = &delivery.block.block;
         let height = block.height;
         let key = seq_key(height);
-        let batch_bytes =
-            match self.write_batch(path, height, &block.batch_digest, &block.batch, buffer)? {
-                Some(written) => written,
-                None => encoded_len(path, &block.batch)?,
-            };
+        let stored = self.write_batch(path, height, &block.batch_digest, &block.batch, buffer)?;
+        let batch_bytes = match &stored {
+            StoredRef::Before => encoded_len(path, &block.batch)?,
+            StoredRef::Here(_) => buffer.len(),
+            StoredRef::Log(location) => Location::from_bytes(*location).len as usize,
+        };
         let header = StoredHeader {
             height,
             prev_hash: block.prev_hash,
@@ -417,11 +664,20 @@ impl<'txn> WriteTables<'txn> {
                 .insert(key, buffer.as_slice())
                 .map_err(fail)?;
         }
-        Ok(bytes)
+        let entry = EntryRef::Deliver {
+            height,
+            prev_hash: block.prev_hash,
+            batch_digest: block.batch_digest,
+            certificate: &delivery.block.certificate,
+            duplicates: &delivery.duplicates,
+            stored,
+        };
+        Ok((bytes, entry))
     }
 
     /// Writes a batch unless it is stored (in the log, or in chunks);
-    /// returns its encoded size if it wrote it. A batch's digest is the
+    /// returns where it is for the step record (after a chunk, `buffer`
+    /// holds its encoding). A batch's digest is the
     /// Merkle root of its requests, so what is stored under `(seq, digest)`
     /// is this batch.
     ///
@@ -430,14 +686,14 @@ impl<'txn> WriteTables<'txn> {
     /// (0.2 ms here for an append) for a few kilobytes. A larger batch goes
     /// to the log, where it is written once, sequentially, and never
     /// walked by redb's repair (design notes §50).
-    fn write_batch(
+    fn write_batch<'b>(
         &mut self,
         path: &Path,
         seq: SeqNum,
         digest: &Digest,
-        batch: &Batch,
+        batch: &'b Batch,
         buffer: &mut Vec<u8>,
-    ) -> Result<Option<usize>, DiskStorageError> {
+    ) -> Result<StoredRef<'b>, DiskStorageError> {
         let fail = |error: redb::StorageError| redb_error(path, error);
         let key = batch_key(seq, digest);
         if self.batch_log.get(key).map_err(fail)?.is_some()
@@ -447,20 +703,20 @@ impl<'txn> WriteTables<'txn> {
                 .map_err(fail)?
                 .is_some()
         {
-            return Ok(None);
+            return Ok(StoredRef::Before);
         }
         if encoded_len(path, batch)? > BLOCK_CHUNK_BYTES {
             let location = self.log.stage(seq, digest, batch)?;
             self.batch_log
                 .insert(key, location.to_bytes())
                 .map_err(fail)?;
-            return Ok(Some(location.len as usize));
+            return Ok(StoredRef::Log(location.to_bytes()));
         }
         encode_value(path, "batch_chunks", batch, buffer)?;
         self.batch_chunks
             .insert(batch_chunk_key(seq, digest, 0), buffer.as_slice())
             .map_err(fail)?;
-        Ok(Some(buffer.len()))
+        Ok(StoredRef::Here(batch))
     }
 
     /// Whether the block stored at `seq` (since format 4) is over this batch.
