@@ -1,8 +1,9 @@
 //! Store records: every value `node/src/storage` decodes from disk (the
-//! first byte picks the table and key), decoded with the same codec.
+//! first byte picks the table and key, or the log's step records), decoded
+//! with the same codec.
 #![no_main]
 
-use bftd::storage::StoreIdentity;
+use bftd::storage::{decode_step_record, StoreIdentity};
 use bftd_fuzz::decode_canonical;
 use bftd_protocol::codec;
 use bftd_protocol::message::{NewView, Suspect};
@@ -14,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&kind, rest)) = data.split_first() else {
         return;
     };
-    match kind % 10 {
+    match kind % 11 {
         // meta/format
         0 => drop(decode_canonical::<u32>(rest)),
         // meta/identity
@@ -46,6 +47,8 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         // duplicates/*
-        _ => drop(decode_canonical::<Vec<u32>>(rest)),
+        9 => drop(decode_canonical::<Vec<u32>>(rest)),
+        // a step record's body in the log (the replay after a crash)
+        _ => drop(decode_step_record(rest)),
     }
 });

@@ -1,34 +1,45 @@
-//! The batch log: every batch the store keeps, written once, appended to
-//! checksummed segment files beside the redb file (design notes §50).
+//! The log: every batch the store keeps, written once, and one record per
+//! step, appended to checksummed segment files beside the redb file
+//! (design notes §50, §51).
 //!
-//! redb stays the store of record for everything small (safety state,
-//! certificates, headers, the at-most-once keys) and holds the log's index,
-//! `batch_log`: (sequence number, digest) → where the batch's record is.
-//! The bulk bytes, the batches, never enter a B-tree: a step appends them
-//! to the open segment and `fdatasync`s it, then commits its redb
-//! transaction, which refers to them. So
+//! redb holds everything small (safety state, certificates, headers, the
+//! at-most-once keys) and the index of the batches, `batch_log`: (sequence
+//! number, digest) → where the batch's record is. The bulk bytes, the
+//! batches, never enter a B-tree. A step appends its batches' records and
+//! then its step record (`step.rs`: the step's records and deliveries, each
+//! batch named by where it is) to the open segment and `fdatasync`s it:
+//! the step is durable from then on. Its redb transaction, which refers to
+//! the batch records, is committed after that (mostly without an fsync:
+//! the storage module doc). So
 //!
-//! - the index never names bytes that are not durable (the append is
-//!   synced first); a crash between the two leaves bytes nothing refers
-//!   to, at the end of a segment: harmless, and gone with the segment;
-//! - a record is read back only through the index, and checked there: its
-//!   magic, its length, the sequence number and digest it was written for,
-//!   and a CRC-32 of all of that and the batch. A torn or damaged record is
-//!   refused with an error that names the file and offset, never decoded;
+//! - nothing names bytes that are not durable (the append is synced
+//!   first); a crash during an append leaves a torn tail no position
+//!   names, at the end of a segment, and a restart appends to a new one;
+//! - a batch record is read back only through the index, and checked there:
+//!   its magic, its length, the sequence number and digest it was written
+//!   for, and a CRC-32 of all of that and the batch. A torn or damaged
+//!   record is refused with an error that names the file and offset, never
+//!   decoded;
+//! - step records are read only by the open's replay ([`steps_from`]), from
+//!   the position redb's last durable commit names; they are numbered, so a
+//!   missing one is a gap, refused;
 //! - redb's file holds no batches, so its repair walk after a crash (a
 //!   read of the whole file) stays short however long the history;
 //! - a segment is deleted once no index entry refers to it (pruned blocks,
-//!   discarded batches), after the commit that dropped the last one; a
-//!   segment left with none by a crash is deleted by the next open.
+//!   discarded batches) and a durable redb commit has passed it (its step
+//!   records will not be replayed); a segment left with none by a crash is
+//!   deleted by the next open, after its replay.
 //!
 //! A segment starts with a header of [`SEGMENT_HEADER_BYTES`]: the text
 //! `bftd batch log\n\0`, the layout version (`u32`, 1), and the committee
 //! epoch of its first record (`u64`; 0 until committee epochs exist,
 //! design notes §49, which asks for it so that pruning and recovery can
 //! tell a segment's committee without reading its records), then records.
-//! Record layout, little-endian: magic `bftB` (4 bytes), batch length (4),
-//! sequence number (8), digest (32), CRC-32 (4) of the 48 bytes before it
-//! and the batch, then the batch's codec encoding.
+//! Record layout, little-endian: magic (4 bytes: `bftB` a batch, `bftS` a
+//! step), body length (4), sequence number (8: the batch's, or the step's
+//! number), digest (32: the batch's, zeros for a step), CRC-32 (4) of the
+//! 48 bytes before it and the body, then the body: the batch's or the step
+//! record's codec encoding.
 
 use super::layout::{batch_from_key, BatchKey};
 use super::DiskStorageError;
@@ -179,9 +190,6 @@ pub(super) struct BatchLog {
     /// `next_step` as of the last sync: a step whose record was staged but
     /// never synced gives its number to the next one.
     synced_next_step: u64,
-    /// Segments below this one hold no step a crash would replay: the
-    /// segment of the position the last durable redb commit recorded.
-    durable_segment: u64,
     /// When the last durable commit was (see `write::DURABLE_EVERY`).
     durable_at: std::time::Instant,
     /// Segments nothing refers to that may still hold steps to replay:
@@ -266,7 +274,6 @@ impl BatchLog {
             freed: Vec::new(),
             next_step: durable.map_or(0, |position| position.next_step),
             synced_next_step: durable.map_or(0, |position| position.next_step),
-            durable_segment,
             durable_at: std::time::Instant::now(),
             unreferenced,
             #[cfg(test)]
@@ -308,7 +315,6 @@ impl BatchLog {
     /// never be replayed, so the segments below its segment that nothing
     /// refers to go.
     pub fn made_durable(&mut self, position: Position) {
-        self.durable_segment = position.segment;
         self.durable_at = std::time::Instant::now();
         let current = self.current.as_ref().map(|segment| segment.id);
         let below = self
@@ -469,7 +475,7 @@ impl BatchLog {
     }
 
     /// The step's transaction committed: its index entries count, and a
-    /// segment it left with none (not the open one) is deleted.
+    /// segment it left with none is deleted with the next durable commit.
     pub fn committed(&mut self) {
         for id in self.added.drain(..) {
             let count = self.live.entry(id).or_insert(0);
@@ -477,7 +483,6 @@ impl BatchLog {
             // Referred to again (a replay redoing the steps that wrote it).
             self.unreferenced.remove(&id);
         }
-        let current = self.current.as_ref().map(|segment| segment.id);
         for id in std::mem::take(&mut self.freed) {
             let Some(count) = self.live.get_mut(&id) else {
                 continue;
@@ -485,20 +490,17 @@ impl BatchLog {
             *count = count.saturating_sub(1);
             if *count == 0 {
                 self.live.remove(&id);
-                self.forget(id, current);
+                self.forget(id);
             }
         }
     }
 
-    /// Nothing refers to segment `id` any more: it goes now if no replay
-    /// can need it (and it is not `current`), else with the durable commit
-    /// that passes it.
-    fn forget(&mut self, id: u64, current: Option<u64>) {
-        if id < self.durable_segment && Some(id) != current {
-            self.delete(id);
-        } else {
-            self.unreferenced.insert(id);
-        }
+    /// Nothing refers to segment `id` any more, as of a commit that may not
+    /// be durable: it goes with the next durable commit ([`Self::made_durable`]).
+    /// Deleting it sooner would let a crash roll redb back to an index that
+    /// still names it, and its step records may be replayed.
+    fn forget(&mut self, id: u64) {
+        self.unreferenced.insert(id);
     }
 
     /// The step failed before or at its commit: forget what it staged (bytes
@@ -552,7 +554,7 @@ impl BatchLog {
             self.next_id = id.saturating_add(1);
             if let Some(old) = self.current.take() {
                 if !self.live.contains_key(&old.id) {
-                    self.forget(old.id, None);
+                    self.forget(old.id);
                 }
             }
             self.current = Some(Segment { id, file, len: 0 });

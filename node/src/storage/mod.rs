@@ -4,13 +4,17 @@
 //! The replica never writes; each step it returns [`Record`]s and
 //! [`Delivery`]s, and the shell calls [`Storage::apply`] with all of them
 //! before it sends anything from that step. `apply` appends the step's new
-//! batches to the **batch log** (`log.rs`: checksummed segment files beside
-//! the redb file, synced first) and then commits **one redb write
-//! transaction durably** with everything else and the log's index: one
-//! redb commit per replica step, however many records (group commit), and
-//! atomic — after a crash, either every record and block of a step is on
-//! disk or none is (log bytes of a step whose commit did not happen are
-//! referred to by nothing).
+//! batches and then a **step record** (what a replay needs to redo the
+//! step, batches named by where they are) to the **log** (`log.rs`,
+//! `step.rs`: checksummed segment files beside the redb file) and syncs it:
+//! one `fdatasync` per replica step, however many records (group commit),
+//! and from then on the step is durable. It then commits **one redb write
+//! transaction** with the same writes, without an fsync, and every 200 ms
+//! one with (design notes §51). After a crash redb holds everything up to
+//! its last durable commit, which names the log position it covers, and
+//! the open redoes the step records after it: either every record and
+//! block of a step is back or none is, and every step whose `apply`
+//! returned is back.
 //!
 //! # Why redb
 //!
@@ -54,7 +58,7 @@
 //!
 //! | table        | key                                  | value                                  |
 //! |--------------|--------------------------------------|----------------------------------------|
-//! | `meta`       | `"format"`, `"identity"`             | `u32` ([`FORMAT_VERSION`]), [`StoreIdentity`] |
+//! | `meta`       | `"format"`, `"identity"`, `"log"`    | `u32` ([`FORMAT_VERSION`]), [`StoreIdentity`], where the log stood after this commit's step (segment, offset, next step number) |
 //! | `state`      | `"safety"`, `"stable_checkpoint"`, `"new_view"`, `"suspicion"` | `SafetyState`, `CheckpointCertificate`, `Signed<NewView>`, `Vec<Signed<Suspect>>` |
 //! | `prepared`   | seq (8 bytes)                        | `PreparedCertificate`                  |
 //! | `batch_log`  | seq (8) ‖ digest (32)                | where the batch is in the log: segment, offset, length |
@@ -98,20 +102,31 @@
 //!
 //! # Durability and atomicity
 //!
-//! [`Storage::apply`] is one write transaction, committed with redb's
-//! `Durability::Immediate`: `commit` returns after `fdatasync`. redb writes
-//! a commit's pages to free space only (copy-on-write), then the header
-//! slot naming the new roots with a checksum; after a crash, open takes the
-//! newest slot whose checksum verifies, else the previous one. Either way
-//! the store is exactly as after some complete `apply`: everything of a step
-//! or nothing of it, and everything of a step whose `apply` returned. The
-//! in-memory views (last height, block cache) are updated only after the
-//! commit returns. An `apply` that fails aborts its transaction (nothing is
-//! written); after a failed *commit* redb refuses writes until reopened,
-//! so the shell must treat an `apply` error as fatal and stop without
-//! sending anything of that step.
+//! [`Storage::apply`] returns once its step record is synced in the log.
+//! Its redb transaction is committed after that with `Durability::None`
+//! (no fsync; redb keeps the commit's header in memory and writes it with
+//! the next durable commit), except every `DURABLE_EVERY` (200 ms, `write.rs`)
+//! and for a jump, which are committed with `Durability::Immediate`. redb
+//! writes a commit's pages to free space only (copy-on-write), then, for a
+//! durable commit, the header slot naming the new roots with a checksum;
+//! after a crash, open takes the newest slot whose checksum verifies, else
+//! the previous one: the store as after its last durable commit. Every
+//! commit records in `meta/log` where the log stood after its step, so the
+//! open then reads the log from the position that commit names and redoes
+//! each step record after it, in order, with the same code that wrote it
+//! (`write.rs`), on the same redb state the step saw, and ends with a
+//! durable commit. Step records are numbered: a step missing in the middle,
+//! or a damaged one with intact ones after it, is refused as damage (a
+//! torn last record is the step a crash interrupted, never acknowledged).
+//! The in-memory views (last height, block cache) are updated only after
+//! the commit. An `apply` that fails before its log sync leaves nothing of
+//! the step; one that fails after it (a failed commit) leaves a step the
+//! next open redoes, and redb refuses writes until reopened, so the shell
+//! must treat an `apply` error as fatal and stop without sending anything
+//! of that step.
 //!
-//! The default [`CommitMode::OnePhase`] costs one fsync per step, whatever
+//! [`CommitMode`] applies to the durable commits. The default
+//! [`CommitMode::OnePhase`] costs one fsync per durable commit, whatever
 //! the store's size. redb's alternative, two-phase commit with quick repair
 //! ([`CommitMode::TwoPhaseQuickRepair`]), makes reopening after a crash
 //! instant but writes redb's whole allocator state with every commit, a
@@ -411,6 +426,14 @@ pub fn check_log_record(record: &[u8], seq: SeqNum, digest: &bftd_crypto::Digest
 #[doc(hidden)]
 pub fn log_record(seq: SeqNum, digest: &bftd_crypto::Digest, body: &[u8]) -> Vec<u8> {
     log::record(seq, digest, body)
+}
+
+/// Whether `body` decodes as a step record, what the open's replay decodes
+/// from the log after a crash (design notes §51). For the fuzzer: the
+/// log's bytes come from a disk that may be damaged.
+#[doc(hidden)]
+pub fn decode_step_record(body: &[u8]) -> bool {
+    codec::decode::<Vec<step::Entry>>(body).is_ok()
 }
 
 impl Inner {
