@@ -21,8 +21,9 @@
 //!
 //! [`EntryRef`] borrows what the step already holds, for writing;
 //! [`Entry`] owns it, for reading. bincode encodes a reference as the
-//! value and a slice as a vector, so the two have one encoding (a test
-//! checks it).
+//! value and a slice as a vector, so the two have one encoding
+//! (`passes_the_shared_suite_through_crashes` writes every kind through
+//! one and reads it back through the other).
 
 use super::log::LocationBytes;
 use bftd_crypto::Digest;

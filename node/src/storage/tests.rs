@@ -157,6 +157,22 @@ fn passes_the_shared_suite() {
     });
 }
 
+/// The shared suite again, each reopen after a crash: redb loses every
+/// commit since the open's durable one, and the open redoes them from the
+/// log's step records, every kind of record and delivery (design notes
+/// §51).
+#[test]
+fn passes_the_shared_suite_through_crashes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = store_path(&dir);
+    let store = DiskStorage::open(&path).unwrap();
+    bftd_protocol::storage::suite::run(store, |store| {
+        store.inner.crash();
+        drop(store);
+        DiskStorage::open(&path).unwrap()
+    });
+}
+
 /// A store held open (here by another handle in the same process; across
 /// processes the same file lock applies, see the crash test) cannot be
 /// opened again, and the error names the path.
