@@ -37,6 +37,17 @@ pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// so a couple of lost pings do not kill a healthy connection.
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(2);
 
+/// The round-trip time a connection assumes before it has measured one
+/// (quinn's default is 333 ms). It sets when an unanswered handshake packet
+/// is sent again: after about three of it. A peer that redials a restarting
+/// node sends its first packet while the node is down, and with 333 ms
+/// the retransmission that reaches the node's new run came a second later:
+/// a node restarted in 160 ms was cut off from its peers for 1.15 s (the
+/// slow-node scenario's p99 rose past its 1 s bound, CI 2026-12-05). With
+/// 100 ms it is about 0.3 s. On a link slower than that the cost is a
+/// spurious resend of the first handshake packet.
+const INITIAL_RTT: Duration = Duration::from_millis(100);
+
 /// Whether quinn hands the kernel several packets per `sendmsg` (UDP GSO).
 ///
 /// Measured with `tests::measure_segmentation_offload` (release build, 2-core
@@ -168,6 +179,7 @@ pub(crate) fn transport_config(streams: StreamLimits, gso: bool) -> Arc<quinn::T
         .max_concurrent_uni_streams(VarInt::from_u32(streams.uni))
         .max_concurrent_bidi_streams(VarInt::from_u32(streams.bidi))
         .keep_alive_interval(Some(KEEP_ALIVE_INTERVAL))
+        .initial_rtt(INITIAL_RTT)
         // Ten seconds always fits a QUIC idle timeout (62 bits of ms).
         .max_idle_timeout(IdleTimeout::try_from(IDLE_TIMEOUT).ok())
         .enable_segmentation_offload(gso)

@@ -732,3 +732,34 @@ async fn crashed_node_is_redialed_before_the_idle_timeout() {
     })
     .await;
 }
+
+/// A node stopped cleanly and started again 200 ms later is reached within
+/// half a second of its start: its dialer's first redial went out while it
+/// was down, and the handshake packet is sent again after about three
+/// initial round-trip times. At quinn's default (333 ms) that took a second
+/// (the slow-node scenario failed on it); at `INITIAL_RTT` about 0.3 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_after_a_short_stop_is_reached_soon() {
+    bounded(async {
+        let configs = cluster(2, 140);
+        let zero = start(configs[0].clone()).await;
+        let mut one = start(configs[1].clone()).await;
+        deliver(
+            &zero.transport,
+            NodeId(1),
+            &mut one.frames,
+            NodeId(0),
+            b"first",
+        )
+        .await;
+        one.transport.shutdown().await;
+        drop(one);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let took = reach_restarted(&zero, configs[1].clone()).await;
+        assert!(
+            took < Duration::from_millis(600),
+            "the restarted node was reached {took:?} after its restart"
+        );
+    })
+    .await;
+}
