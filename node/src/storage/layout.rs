@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 /// writes the version and creates the index).
 /// Version 7: every step appends a step record to the log and is durable
 /// once the log is synced; redb commits without an fsync, durably about
-/// once a second, and `meta/log` says which steps a restart redoes (design
+/// every 200 ms, and `meta/log` says which steps a restart redoes (design
 /// notes §51). The upgrade writes the version (a format-6 store has no step
 /// to redo); a format-6 bftd must not open a format-7 store, whose last
 /// second may be only in the log.

@@ -4,7 +4,7 @@
 //! Each step appends one to the log, after the records of the batches it
 //! writes, and syncs the log: that sync is what makes the step durable.
 //! The redb transaction with the same writes is then committed without an
-//! fsync (`Durability::None`), and about once a second one with
+//! fsync (`Durability::None`), and every 200 ms one with
 //! (`Durability::Immediate`), which makes every commit before it durable
 //! too. Every commit records where the log stood after its step
 //! (`meta/log`, a [`super::log::Position`]), so after a crash redb holds

@@ -1,4 +1,6 @@
-//! Writing: one replica step as one durable, atomic write transaction.
+//! Writing: one replica step as one step record synced in the log (durable
+//! from then on) and one atomic redb write transaction; and the open's
+//! replay of the steps redb lost in a crash.
 
 use super::layout::{
     batch_chunk_key, batch_from_key, batch_key, chunk_from_key, chunk_key, last_batch_key, seq_key,
