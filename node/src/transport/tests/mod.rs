@@ -649,6 +649,16 @@ async fn crash_behind_relay(first_seed: u8) -> (Vec<TransportConfig>, Node, Rela
     let mut configs = cluster(2, first_seed);
     let relay = Relay::start(configs[1].listen).await;
     configs[0].peers[1].address = relay.address;
+    let (zero, one) = linked(&configs).await;
+    relay.cut.store(true, Ordering::Release);
+    one.transport.shutdown().await;
+    drop(one);
+    (configs, zero, relay)
+}
+
+/// Starts nodes 0 and 1 of `configs` and waits until node 0 (the dialer)
+/// has delivered node 1 a frame.
+async fn linked(configs: &[TransportConfig]) -> (Node, Node) {
     let zero = start(configs[0].clone()).await;
     let mut one = start(configs[1].clone()).await;
     deliver(
@@ -659,10 +669,7 @@ async fn crash_behind_relay(first_seed: u8) -> (Vec<TransportConfig>, Node, Rela
         b"first",
     )
     .await;
-    relay.cut.store(true, Ordering::Release);
-    one.transport.shutdown().await;
-    drop(one);
-    (configs, zero, relay)
+    (zero, one)
 }
 
 /// Restarts node 1 and returns how long node 0 took to deliver it a frame.
@@ -742,16 +749,7 @@ async fn crashed_node_is_redialed_before_the_idle_timeout() {
 async fn a_node_restarted_after_a_short_stop_is_reached_soon() {
     bounded(async {
         let configs = cluster(2, 140);
-        let zero = start(configs[0].clone()).await;
-        let mut one = start(configs[1].clone()).await;
-        deliver(
-            &zero.transport,
-            NodeId(1),
-            &mut one.frames,
-            NodeId(0),
-            b"first",
-        )
-        .await;
+        let (zero, one) = linked(&configs).await;
         one.transport.shutdown().await;
         drop(one);
         tokio::time::sleep(Duration::from_millis(200)).await;
